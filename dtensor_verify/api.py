@@ -1,0 +1,168 @@
+"""The Python API: load a network, bound it, optionally under a placement plan.
+
+    import dtensor_verify as dv
+    model = dv.load("net.onnx.gz")                       # or dv.load(module, input_shape=(784,))
+    res = model.compute_bounds(x_lower, x_upper, method="alpha-crown")
+    res.lower, res.upper                                 # [B, n_out] tensors
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import InputSpecError
+from .graph import BoundGraph, build_graph
+from .layout import DEFAULT_LAYOUT, Layout
+from .methods import AlphaOptions, CrownOptions, alpha_crown, crown
+from .methods.crown import default_spec
+from .methods.ibp import ibp_output
+from .model_loading import LoadedModel, load_onnx, trace_module
+
+METHODS = ("ibp", "crown", "alpha-crown")
+
+
+@dataclass
+class BoundResult:
+    lower: torch.Tensor          # [B, K]
+    upper: torch.Tensor          # [B, K]
+    method: str
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+
+def normalize_method(method: str) -> str:
+    m = method.lower().replace("_", "-")
+    aliases = {"alpha": "alpha-crown", "alphacrown": "alpha-crown", "alpha-crown": "alpha-crown",
+               "crown": "crown", "ibp": "ibp", "backward": "crown"}
+    if m not in aliases:
+        raise InputSpecError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    return aliases[m]
+
+
+class BoundedModel:
+    """A network ready for bounding: its bound graph plus the layout its tensors live in."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.graph: BoundGraph = build_graph(loaded)
+        self.layout: Layout = DEFAULT_LAYOUT
+        self.plan_report: list[str] = []
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike) -> "BoundedModel":
+        return cls(load_onnx(path))
+
+    @classmethod
+    def from_module(cls, module: nn.Module, input_shape) -> "BoundedModel":
+        return cls(trace_module(module.eval(), tuple(input_shape)))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.graph.input_shape
+
+    @property
+    def n_inputs(self) -> int:
+        n = 1
+        for s in self.input_shape:
+            n *= s
+        return n
+
+    @property
+    def n_outputs(self) -> int:
+        return self.graph.output.numel
+
+    @property
+    def module(self) -> nn.Module:
+        return self.graph.module
+
+    def to(self, device) -> "BoundedModel":
+        self.graph.module.to(device)
+        for node in self.graph.nodes:
+            if node.op is not None and hasattr(node.op, "to") and callable(getattr(node.op, "to")):
+                node.op.to(device)
+        return self
+
+    # -- evaluation -----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the network through its bound ops (works under any placement). x: [B, *input_shape]."""
+        x = self._as_batch(x, "x")
+        values = {self.graph.input_name: x}
+        for node in self.graph.nodes:
+            if node.op is None:
+                continue
+            with self.layout.weights(node):
+                values[node.name] = self.layout.local(node.op.forward(*[values[i] for i in node.inputs]))
+        return values[self.graph.output_name].flatten(1)
+
+    __call__ = forward
+
+    def _as_batch(self, t, what: str) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float32)
+        n = self.n_inputs
+        if t.numel() % n != 0 or t.dim() == 0:
+            raise InputSpecError(f"{what} has {t.numel()} values; the model's input {list(self.input_shape)} "
+                                 f"needs a multiple of {n}")
+        if t.shape[-len(self.input_shape):] != self.input_shape or t.dim() == len(self.input_shape):
+            t = t.reshape(-1, *self.input_shape)
+        return t
+
+    def check_box(self, x_lower, x_upper):
+        lo, hi = self._as_batch(x_lower, "lower bound"), self._as_batch(x_upper, "upper bound")
+        if lo.shape != hi.shape:
+            raise InputSpecError(f"lower bound shape {list(lo.shape)} != upper bound shape {list(hi.shape)}")
+        if torch.isnan(lo).any() or torch.isnan(hi).any():
+            raise InputSpecError("input box contains NaN")
+        if torch.isinf(lo).any() or torch.isinf(hi).any():
+            raise InputSpecError("input box is unbounded (inf); bound propagation needs a finite box")
+        bad = (lo > hi).flatten(1)
+        if bad.any():
+            b, i = bad.nonzero()[0].tolist()
+            raise InputSpecError(f"input box has lower > upper at X_{i} (box {b}): "
+                                 f"{lo.flatten(1)[b, i].item()} > {hi.flatten(1)[b, i].item()}")
+        return lo, hi
+
+    # -- bounding -------------------------------------------------------------------------
+    def compute_bounds(self, x_lower, x_upper, method: str = "crown", C: torch.Tensor | None = None,
+                       crown_options: CrownOptions | None = None, alpha_options: AlphaOptions | None = None,
+                       want_lower: bool = True, want_upper: bool = True) -> BoundResult:
+        """Bounds of `C f(x)` for x in [x_lower, x_upper]. C: [B, K, n_out] (None = identity)."""
+        method = normalize_method(method)
+        box = self.check_box(x_lower, x_upper)
+        batch = box[0].shape[0]
+        if C is not None:
+            C = torch.as_tensor(C, dtype=box[0].dtype)
+            if C.dim() == 2:
+                C = C.unsqueeze(0).expand(batch, -1, -1)
+            if C.shape[0] != batch or C.shape[-1] != self.n_outputs:
+                raise InputSpecError(f"spec matrix C has shape {list(C.shape)}; expected [{batch}, K, {self.n_outputs}]")
+        t0 = time.perf_counter()
+        info = {}
+        if method == "ibp":
+            with torch.no_grad():
+                lower, upper = ibp_output(self.graph, box, C, self.layout)
+        elif method == "crown":
+            lower, upper, _ = crown(self.graph, box, C, self.layout, crown_options)
+        else:
+            opts = alpha_options or AlphaOptions()
+            if crown_options is not None:
+                opts.crown = crown_options
+            lower, upper, extra = alpha_crown(self.graph, box, C, self.layout, opts, want_lower, want_upper)
+            info = {"iterations": extra["iterations"], "crown_lower": extra["crown_lower"],
+                    "crown_upper": extra["crown_upper"]}
+        return BoundResult(lower, upper, method, time.perf_counter() - t0, info)
+
+
+def load(model, input_shape=None) -> BoundedModel:
+    """Load an ONNX path (`.onnx` / `.onnx.gz`) or wrap an `nn.Module` (needs `input_shape`)."""
+    if isinstance(model, (str, os.PathLike)):
+        return BoundedModel.from_onnx(model)
+    if isinstance(model, nn.Module):
+        if input_shape is None:
+            raise InputSpecError("an nn.Module needs input_shape (per sample, without the batch dim)")
+        return BoundedModel.from_module(model, input_shape)
+    raise InputSpecError(f"cannot load a model from {type(model).__name__}")

@@ -1,0 +1,59 @@
+"""Where tensors live. The engine asks its `Layout` at every step; it never calls collectives.
+
+The default layout is one process with everything local. The placement pass
+(`placements.apply_plan`) installs a `DistributedLayout` that answers the same questions with
+DTensors on a DeviceMesh: FSDP unshard/reshard around a layer, A-matrices sharded on the
+neuron dim (tp) or rows of a bound split over ranks (spec).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+import torch
+
+
+class Layout:
+    world_size = 1
+    rank = 0
+    device = torch.device("cpu")
+
+    def weights(self, node):
+        """Context in which `node`'s parameters are usable as full tensors or DTensor shards."""
+        return nullcontext()
+
+    def place_A(self, A, node):
+        """Lay out an A-matrix w.r.t. `node`'s output as `node`'s policy expects."""
+        return A
+
+    def place_bounds(self, bounds, node):
+        """Lay out the (lower, upper) bounds of `node` as its policy expects."""
+        return bounds
+
+    def place_alpha(self, alpha, relu_node, start_name):
+        return alpha
+
+    def local(self, t):
+        """A full, plain tensor (gathering / reducing a DTensor)."""
+        return t
+
+    def row_slice(self, start_name: str, n_rows: int) -> slice:
+        """The rows of a bound starting at `start_name` that this rank computes."""
+        return slice(0, n_rows)
+
+    def gather_rows(self, t: torch.Tensor, start_name: str, n_rows: int, differentiable=False) -> torch.Tensor:
+        """Assemble `[B, n_rows]` from each rank's `row_slice` part."""
+        return t
+
+    def all_true(self, flag: bool) -> bool:
+        """A decision all ranks agree on (e.g. early stopping)."""
+        return flag
+
+    def barrier(self):
+        pass
+
+    @contextmanager
+    def phase(self, name: str):
+        yield
+
+
+DEFAULT_LAYOUT = Layout()

@@ -1,0 +1,31 @@
+"""Interval bound propagation: one forward sweep of boxes."""
+from __future__ import annotations
+
+import torch
+
+from ..layout import DEFAULT_LAYOUT
+
+
+def ibp(graph, box, layout=DEFAULT_LAYOUT, until: str | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Boxes for every node (up to `until`); `box` = (x_lower, x_upper) of shape [B, *input_shape]."""
+    bounds = {graph.input_name: box}
+    for node in graph.nodes:
+        if node.op is None:
+            continue
+        with layout.weights(node):
+            lo, hi = node.op.ibp(*[bounds[i] for i in node.inputs])
+        bounds[node.name] = (layout.local(lo), layout.local(hi))
+        if node.name == until:
+            break
+    return bounds
+
+
+def ibp_output(graph, box, C=None, layout=DEFAULT_LAYOUT):
+    """IBP bounds of `C f(x)` (C: [B, K, n_out]; None = identity)."""
+    lo, hi = ibp(graph, box, layout)[graph.output_name]
+    lo, hi = lo.flatten(1), hi.flatten(1)
+    if C is None:
+        return lo, hi
+    mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
+    center, dev = C.matmul(mid).squeeze(-1), C.abs().matmul(rad).squeeze(-1)
+    return center - dev, center + dev

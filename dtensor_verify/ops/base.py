@@ -1,0 +1,67 @@
+"""The contract every bound op follows.
+
+A bound op is one node of the bound graph. It knows three rules for its operation:
+
+* `forward(*xs)`              the concrete function (used by attacks and sampling checks);
+* `ibp(*intervals)`           interval bound propagation: input boxes -> output box;
+* `backward(lA, uA, ...)`     one CROWN step: linear bounds on the output, written as
+                              `lA . out + lbias <= f <= uA . out + ubias`, become linear bounds
+                              on the op's inputs.
+
+Shapes: a node's value has shape `[B, *S]` (B = batch of boxes). A-matrices have shape
+`[B, K, *S]` (K = rows being bounded). `lA` / `uA` may be None when only one side is wanted.
+Only the op's *perturbed* inputs (those that depend on the network input) are arguments;
+constant operands were folded into the op when the graph was built.
+
+Ops touch weights only through their `module` (an `nn.Linear`, `nn.Conv2d`, ...): the
+placement pass decides whether that weight is a full tensor or a DTensor shard, and the same
+op code runs on both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+Interval = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class BackwardResult:
+    """Linear bounds moved to the inputs: one (lA, uA) pair per perturbed input, plus biases."""
+
+    input_A: list[tuple[torch.Tensor | None, torch.Tensor | None]]
+    lbias: torch.Tensor | float = 0.0
+    ubias: torch.Tensor | float = 0.0
+
+
+def per_row_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum `[B, K, *S]` over the node dims, giving `[B, K]`."""
+    return t.flatten(2).sum(-1) if t.dim() > 2 else t
+
+
+@dataclass
+class BoundOp:
+    name: str
+    module: torch.nn.Module | None = None
+    out_shape: tuple[int, ...] = ()          # per-sample output shape (filled by the graph builder)
+    in_shapes: list[tuple[int, ...]] = field(default_factory=list)
+
+    kind = "op"
+    # True for ops whose backward rule depends on pre-activation bounds (ReLU): the methods
+    # compute bounds of their inputs first.
+    needs_input_bounds = False
+    # True for ops that are linear in their inputs: IBP through a purely affine chain is exact.
+    is_affine = True
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def ibp(self, *intervals: Interval) -> Interval:
+        raise NotImplementedError
+
+    def backward(self, lA, uA, input_bounds: list[Interval | None], alpha=None) -> BackwardResult:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name}"

@@ -1,0 +1,38 @@
+"""Linear / Gemm (`nn.Linear`): z = x W^T + b, W of shape [n_out, n_in]."""
+from __future__ import annotations
+
+import torch
+
+from .base import BackwardResult, BoundOp, per_row_sum
+
+
+class LinearOp(BoundOp):
+    kind = "linear"
+
+    def _params(self):
+        w = self.module.weight.detach()
+        b = self.module.bias.detach() if self.module.bias is not None else None
+        return w, b
+
+    def forward(self, x):
+        w, b = self._params()
+        return torch.nn.functional.linear(x, w, b)
+
+    def ibp(self, interval):
+        lo, hi = interval
+        w, b = self._params()
+        mid, rad = (hi + lo) / 2, (hi - lo) / 2
+        center = torch.nn.functional.linear(mid, w, b)
+        deviation = torch.nn.functional.linear(rad, w.abs())
+        return center - deviation, center + deviation
+
+    def backward(self, lA, uA, input_bounds, alpha=None):
+        w, b = self._params()
+
+        def step(A):
+            return None if A is None else A.matmul(w)        # [B,K,...,out] @ [out,in]
+
+        def bias(A):
+            return 0.0 if (A is None or b is None) else per_row_sum(A.matmul(b).unsqueeze(-1))
+
+        return BackwardResult([(step(lA), step(uA))], bias(lA), bias(uA))

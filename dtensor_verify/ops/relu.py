@@ -1,0 +1,61 @@
+"""ReLU with the CROWN / alpha-CROWN linear relaxation.
+
+For a neuron with pre-activation bounds l < 0 < u (unstable) the upper line is
+u/(u-l) * (x - l); the lower line has slope alpha in [0, 1]. CROWN picks alpha adaptively
+(1 if u > -l else 0); alpha-CROWN passes optimised slopes. Stable neurons are exact.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import BackwardResult, BoundOp, per_row_sum
+
+
+def relaxation(lower: torch.Tensor, upper: torch.Tensor):
+    """Upper slope/intercept, adaptive lower slope and the unstable mask, each shaped like the bounds."""
+    active = lower >= 0
+    unstable = (lower < 0) & (upper > 0)
+    denom = (upper - lower).clamp(min=1e-12)
+    up_slope = torch.where(unstable, upper / denom, active.to(lower.dtype))
+    up_intercept = torch.where(unstable, -lower * upper / denom, torch.zeros_like(lower))
+    adaptive = torch.where(unstable, (upper > -lower).to(lower.dtype), active.to(lower.dtype))
+    return up_slope, up_intercept, adaptive, unstable, active
+
+
+class ReluOp(BoundOp):
+    kind = "relu"
+    needs_input_bounds = True
+    is_affine = False
+
+    def forward(self, x):
+        return torch.relu(x)
+
+    def ibp(self, interval):
+        lo, hi = interval
+        return lo.clamp(min=0), hi.clamp(min=0)
+
+    def backward(self, lA, uA, input_bounds, alpha=None):
+        """`alpha` (optional): a pair of lower slopes (for lA, for uA), each `[B, K, *S]`, already
+        in [0, 1]; they are used for unstable neurons only."""
+        lower, upper = input_bounds[0]
+        up_slope, up_intercept, adaptive, unstable, active = relaxation(lower, upper)
+        # Bounds are [B, *S]; the A-matrices carry the extra row dim K.
+        up_slope, up_intercept = up_slope.unsqueeze(1), up_intercept.unsqueeze(1)
+        adaptive, unstable, active = adaptive.unsqueeze(1), unstable.unsqueeze(1), active.unsqueeze(1)
+
+        def lower_slope(which):
+            if alpha is None or alpha[which] is None:
+                return adaptive
+            return torch.where(unstable, alpha[which], active.to(alpha[which].dtype))
+
+        new_lA = new_uA = None
+        lbias = ubias = 0.0
+        if lA is not None:
+            pos, neg = lA.clamp(min=0), lA.clamp(max=0)
+            new_lA = pos * lower_slope(0) + neg * up_slope
+            lbias = per_row_sum(neg * up_intercept)
+        if uA is not None:
+            pos, neg = uA.clamp(min=0), uA.clamp(max=0)
+            new_uA = neg * lower_slope(1) + pos * up_slope
+            ubias = per_row_sum(pos * up_intercept)
+        return BackwardResult([(new_lA, new_uA)], lbias, ubias)
