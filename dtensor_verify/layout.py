@@ -17,7 +17,7 @@ class Layout:
     rank = 0
     device = torch.device("cpu")
 
-    def weights(self, node):
+    def weights(self, node, backward: bool = False):
         """Context in which `node`'s parameters are usable as full tensors or DTensor shards."""
         return nullcontext()
 
@@ -35,6 +35,15 @@ class Layout:
     def local(self, t):
         """A full, plain tensor (gathering / reducing a DTensor)."""
         return t
+
+    @contextmanager
+    def sweep(self, start_name: str):
+        """Context of one backward sweep started at `start_name`."""
+        yield
+
+    def max_local_rows(self, start_name: str, n_rows: int) -> int:
+        """The most rows any rank computes for a bound started at `start_name`."""
+        return n_rows
 
     def row_slice(self, start_name: str, n_rows: int) -> slice:
         """The rows of a bound starting at `start_name` that this rank computes."""

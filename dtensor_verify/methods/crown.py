@@ -52,6 +52,11 @@ def backward_bound(graph, start: str, lA, uA, bounds, layout: Layout = DEFAULT_L
     input upstream of `start`. `alphas` maps ReLU node names to their (lA, uA) lower slopes.
     Returns (lower, upper), each [B, K] or None.
     """
+    with layout.sweep(start):
+        return _backward_sweep(graph, start, lA, uA, bounds, layout, alphas)
+
+
+def _backward_sweep(graph, start, lA, uA, bounds, layout, alphas):
     pending = {start: (lA, uA)}
     lbias = ubias = 0.0
     ancestors = graph.ancestors(start)
@@ -62,11 +67,12 @@ def backward_bound(graph, start: str, lA, uA, bounds, layout: Layout = DEFAULT_L
         alpha = None
         if alphas is not None and node.name in alphas:
             alpha = layout.place_alpha(alphas[node.name], node, start)
-        with layout.weights(node):
-            result = node.op.backward(node_lA, node_uA, [bounds.get(i) for i in node.inputs], alpha=alpha)
+        input_bounds = [layout.place_bounds(bounds.get(i), graph[i]) for i in node.inputs]
+        with layout.weights(node, backward=True):
+            result = node.op.backward(node_lA, node_uA, input_bounds, alpha=alpha)
         del node_lA, node_uA
-        lbias = lbias + result.lbias
-        ubias = ubias + result.ubias
+        lbias = lbias + layout.local(result.lbias)
+        ubias = ubias + layout.local(result.ubias)
         for name, (in_lA, in_uA) in zip(node.inputs, result.input_A):
             target = graph[name]
             in_lA = None if in_lA is None else layout.place_A(in_lA, target)
@@ -113,9 +119,11 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
     n = len(rows)
     mine = layout.row_slice(name, n)
     local_rows = rows[mine]
-    chunk = opts.max_rows or max(len(local_rows), 1)
+    most = layout.max_local_rows(name, n)
+    chunk = max(opts.max_rows or most, 1)
     lows, ups = [], []
-    for start in range(0, len(local_rows), chunk):
+    # Every rank runs the same number of sweeps (FSDP gathers are collectives), even with no rows.
+    for start in range(0, most, chunk):
         part = local_rows[start:start + chunk]
         A = identity_rows(part, node.shape, batch, box[0].dtype, box[0].device)
         A = layout.place_A(A, node)

@@ -1,0 +1,153 @@
+"""VNN-COMP result files and counterexamples.
+
+A result file's first line is the verdict (`sat`, `unsat`, `timeout`, `unknown` or `error`);
+for `sat` it is followed by the counterexample, one `(X_i value)` per input and one
+`(Y_j value)` per output, wrapped in one pair of parentheses:
+
+    sat
+    (
+    (X_0 0.125)
+    (Y_0 -3.5)
+    )
+
+Values are written with Python's shortest round-trip float repr, so reading a counterexample
+back gives bit-identical float64 values (the competition re-runs the network on them).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .vnnlib import Property
+
+__all__ = ["VERDICTS", "format_counterexample", "parse_counterexample", "write_result_file",
+           "read_result_file", "violates"]
+
+VERDICTS = ("sat", "unsat", "timeout", "unknown", "error")
+# VNN-COMP 2021 wrote these; read them as today's words.
+_OLD_VERDICTS = {"violated": "sat", "holds": "unsat"}
+
+_TOKEN = re.compile(r";[^\n]*|\(|\)|[^\s()]+")
+_ENTRY_NAME = re.compile(r"([XY])_(0|[1-9]\d*)\Z")
+
+
+def format_counterexample(x: np.ndarray, y: np.ndarray) -> str:
+    """The VNN-COMP text for input `x` and output `y` (both flattened, row-major)."""
+    xs = np.asarray(x, dtype=np.float64).ravel().tolist()   # tolist(): Python floats, exact repr
+    ys = np.asarray(y, dtype=np.float64).ravel().tolist()
+    lines = ["("]
+    lines += [f"(X_{i} {v!r})" for i, v in enumerate(xs)]
+    lines += [f"(Y_{j} {v!r})" for j, v in enumerate(ys)]
+    lines.append(")")
+    return "\n".join(lines) + "\n"
+
+
+def parse_counterexample(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parse `((X_0 v) ... (Y_0 v) ...)`, optionally after a `sat` line, into (x, y) float64.
+
+    Entries may come in any order, but the X (and Y) indices must be exactly 0..n-1.
+    Raises ValueError on malformed text.
+    """
+    tokens = [t for t in _TOKEN.findall(text) if not t.startswith(";")]
+    if tokens and tokens[0].lower() == "sat":
+        tokens = tokens[1:]
+    if not tokens:
+        raise ValueError("empty counterexample")
+    # The entries are normally wrapped in one outer pair of parentheses; accept them bare too.
+    if len(tokens) >= 2 and tokens[0] == "(" and tokens[1] == "(":
+        if tokens[-1] != ")":
+            raise ValueError("counterexample: missing final ')'")
+        tokens = tokens[1:-1]
+    if len(tokens) % 4 != 0:
+        raise ValueError("counterexample: expected entries of the form (X_i value)")
+    values: tuple[dict[int, float], dict[int, float]] = ({}, {})
+    for k in range(0, len(tokens), 4):
+        lp, name, value, rp = tokens[k:k + 4]
+        m = _ENTRY_NAME.match(name)
+        if lp != "(" or rp != ")" or m is None:
+            raise ValueError(f"counterexample: bad entry '{' '.join(tokens[k:k + 4])}'")
+        try:
+            v = float(value)
+        except ValueError:
+            raise ValueError(f"counterexample: bad number '{value}' for {name}") from None
+        table = values[m.group(1) == "Y"]
+        idx = int(m.group(2))
+        if idx in table:
+            raise ValueError(f"counterexample: {name} given twice")
+        table[idx] = v
+    out = []
+    for kind, table in zip("XY", values):
+        n = len(table)
+        if table and max(table) != n - 1:
+            missing = next(i for i in range(n) if i not in table)
+            raise ValueError(f"counterexample: {kind}_{missing} is missing")
+        out.append(np.array([table[i] for i in range(n)], dtype=np.float64))
+    if out[0].size == 0:
+        raise ValueError("counterexample has no X entries")
+    return out[0], out[1]
+
+
+def write_result_file(path: str | os.PathLike, verdict: str, x: np.ndarray | None = None,
+                      y: np.ndarray | None = None) -> None:
+    """Write a VNN-COMP result file; for `sat`, `x` and `y` are required.
+
+    The file is written next to its final name and renamed into place, so a harness that reads
+    it (e.g. after killing us on timeout) never sees a half-written counterexample.
+    """
+    if verdict not in VERDICTS:
+        raise ValueError(f"unknown verdict '{verdict}'; expected one of {', '.join(VERDICTS)}")
+    text = verdict + "\n"
+    if verdict == "sat":
+        if x is None or y is None:
+            raise ValueError("a 'sat' result needs the counterexample x and y")
+        text += format_counterexample(x, y)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_result_file(path: str | os.PathLike
+                     ) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    """Read a result file: (verdict, x, y); x, y are None unless a counterexample follows `sat`."""
+    text = Path(path).read_text()
+    stripped = text.lstrip()
+    first, _, rest = stripped.partition("\n")
+    verdict = first.strip().lower()
+    verdict = _OLD_VERDICTS.get(verdict, verdict)
+    if verdict not in VERDICTS:
+        raise ValueError(f"{path}: unknown verdict '{first.strip()}'")
+    if verdict != "sat" or not rest.strip():
+        return verdict, None, None
+    try:
+        x, y = parse_counterexample(rest)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return verdict, x, y
+
+
+def violates(prop: Property, x: np.ndarray, y: np.ndarray, tol: float = 1e-4) -> bool:
+    """True iff `x` lies in some region's box (within `tol`) and `y` meets one of its disjuncts.
+
+    Each row must hold as `C @ y <= d + tol`; a disjunct with no rows always holds. NaNs never
+    satisfy a comparison, so a NaN input or output is never a counterexample.
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.size != prop.n_inputs or y.size != prop.n_outputs:
+        raise ValueError(f"counterexample has {x.size} inputs and {y.size} outputs; the "
+                         f"property has {prop.n_inputs} and {prop.n_outputs}")
+    for region in prop.regions:
+        if not (np.all(x >= region.lower - tol) and np.all(x <= region.upper + tol)):
+            continue
+        for dj in region.disjuncts:
+            if np.all(dj.C @ y <= dj.d + tol):
+                return True
+    return False

@@ -1,0 +1,517 @@
+"""A fast reader for VNN-LIB 1.0 properties (the dialect used by VNN-COMP 2021-2024).
+
+A property file declares the network inputs `X_i` and outputs `Y_j` as `Real` constants and
+asserts constraints on them; the asserted formula describes the *unsafe* set. The reader turns it
+into a `Property`: a list of input boxes (`Region`), each with a disjunction of output polytopes
+(`OutputDisjunct`, rows `C @ y <= d`). The property is violated ("sat") iff for some region some
+`x` in its box gives an output satisfying one of its disjuncts.
+
+How a file is turned into regions:
+
+* Top-level asserts are conjoined; the whole conjunction is put in disjunctive normal form.
+* Atoms over one input variable are box bounds; atoms over outputs become rows `c . y <= d`;
+  `<` / `>` are read as `<=` / `>=` (a sound over-approximation of the unsafe set).
+* Bounds shared by every DNF term form the common box; each term's own input bounds intersect it.
+  Terms with identical boxes share one `Region` (one disjunct per term), so a classification
+  property with one box and `(or (and (>= Y_0 Y_4)) ...)` gives 1 region with 9 disjuncts.
+* A term with no output atom means "every output is unsafe": a disjunct with zero rows.
+
+Speed matters (CIFAR properties have 6144 asserts, and VNN-COMP counts parse time), so the text
+is tokenised by one regular expression, plain `(assert (<= X_i c))` / `(declare-const ...)`
+forms are matched whole by that same expression, and the s-expression parser uses an explicit
+stack. Nesting is capped at `MAX_DEPTH`, so the recursive formula walk cannot overflow.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputSpecError
+
+__all__ = ["VnnlibError", "OutputDisjunct", "Region", "Property", "read_vnnlib", "parse_vnnlib",
+           "MAX_DNF_TERMS", "MAX_DEPTH"]
+
+MAX_DNF_TERMS = 100_000   # guard against exponential DNF blow-up
+MAX_DEPTH = 200           # nesting limit: keeps the recursive formula walk far from the stack limit
+
+
+class VnnlibError(InputSpecError, ValueError):
+    """A malformed or unsupported VNN-LIB file; the message starts with `file:line:`.
+
+    It is an `InputSpecError` (so the CLI reports it as an `error` verdict) and a `ValueError`.
+    """
+
+
+@dataclass(eq=False)
+class OutputDisjunct:
+    """One conjunction of linear output constraints: unsafe iff every row of `C @ y <= d` holds."""
+    C: np.ndarray          # [k, n_outputs]
+    d: np.ndarray          # [k]
+
+
+@dataclass(eq=False)
+class Region:
+    """One input box together with the output disjunction that is unsafe for it."""
+    lower: np.ndarray      # [n_inputs]
+    upper: np.ndarray      # [n_inputs]
+    disjuncts: list[OutputDisjunct]   # unsafe iff ANY disjunct holds
+
+
+@dataclass(eq=False)
+class Property:
+    """A whole property: violated iff some region has an input reaching one of its disjuncts.
+
+    `regions` is empty only when every term of the formula is trivially false (a constant
+    constraint such as `(<= 1 0)`): then the property cannot be violated.
+    """
+    n_inputs: int
+    n_outputs: int
+    regions: list[Region]
+    path: str | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokeniser
+# ---------------------------------------------------------------------------------------------
+_NUM_RE = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_NUM = re.compile(_NUM_RE + r"\Z")
+_VAR_NAME = re.compile(r"([XY])_(0|[1-9]\d*)\Z")
+
+# One pass over the text. Alternatives, tried in this order at each position (m.lastindex):
+#   1 a whole `(assert (<=|>=|<|> X_i number))`   (groups 2-4: op, var, number) - the fast path
+#   5 a whole `(declare-const NAME SORT)`          (groups 6-7)
+#   8 a comment, 9 '(', 10 ')', 11 any other atom (symbol or number)
+# Whitespace between tokens is skipped by finditer; every other character belongs to a token.
+_TOKEN = re.compile(
+    r"(\(\s*assert\s*\(\s*([<>]=?)\s+(X_\d+)\s+(" + _NUM_RE + r")\s*\)\s*\))"
+    r"|(\(\s*declare-const\s+([^\s();]+)\s+([^\s();]+)\s*\))"
+    r"|(;[^\n]*)|(\()|(\))|([^\s();]+)")
+_T_FAST_ASSERT, _T_DECLARE, _T_COMMENT, _T_OPEN, _T_CLOSE = 1, 5, 8, 9, 10
+
+_IGNORED_COMMANDS = frozenset({"set-logic", "set-info", "set-option", "check-sat", "get-model",
+                               "exit"})
+_COMPARISONS = frozenset({"<=", ">=", "<", ">", "="})
+_X, _Y = 0, 1
+
+
+class _Atom:
+    __slots__ = ("text", "pos")
+
+    def __init__(self, text: str, pos: int):
+        self.text, self.pos = text, pos
+
+
+class _List:
+    __slots__ = ("items", "pos")
+
+    def __init__(self, pos: int):
+        self.items: list[_Atom | _List] = []
+        self.pos = pos
+
+
+# A classified atom of a DNF term:
+#   ("x", index, is_upper, value, pos)      an input bound
+#   ("y", {index: coef}, d, pos)             an output row  sum(coef * Y_index) <= d
+_Constraint = tuple
+_Term = tuple          # conjunction of _Constraint
+_Dnf = list            # disjunction of _Term
+
+
+def _name(kind: int, idx: int) -> str:
+    return f"{'XY'[kind]}_{idx}"
+
+
+class _Parser:
+    def __init__(self, text: str, path: str):
+        self.text = text
+        self.path = path
+        self.vars: dict[str, tuple[int, int]] = {}          # name -> (kind, index)
+        self.decl_pos: dict[tuple[int, int], int] = {}
+        # Common box from fast-path asserts and from atoms shared by every DNF term.
+        self.lo: dict[int, float] = {}
+        self.hi: dict[int, float] = {}
+        self.lo_pos: dict[int, int] = {}
+        self.hi_pos: dict[int, int] = {}
+        self.dnfs: list[tuple[_Dnf, int]] = []              # (DNF, position) per non-fast assert
+        self.n_commands = 0
+
+    # -- errors ---------------------------------------------------------------------------------
+    def error(self, pos: int, msg: str) -> VnnlibError:
+        line = self.text.count("\n", 0, max(pos, 0)) + 1
+        return VnnlibError(f"{self.path}:{line}: {msg}")
+
+    # -- tokenising and s-expressions -------------------------------------------------------------
+    def run(self, n_inputs: int | None, n_outputs: int | None) -> Property:
+        stack: list[_List] = []
+        for m in _TOKEN.finditer(self.text):
+            kind = m.lastindex
+            if kind == _T_COMMENT:
+                continue
+            if kind == _T_OPEN:
+                if len(stack) >= MAX_DEPTH:
+                    raise self.error(m.start(), f"expressions nested deeper than {MAX_DEPTH}")
+                stack.append(_List(m.start()))
+            elif kind == _T_CLOSE:
+                if not stack:
+                    raise self.error(m.start(), "unbalanced ')'")
+                node = stack.pop()
+                if stack:
+                    stack[-1].items.append(node)
+                else:
+                    self.command(node)
+            elif kind == _T_FAST_ASSERT:
+                if stack:
+                    raise self.error(m.start(), "'assert' inside another expression "
+                                                "(a ')' is missing before it?)")
+                self.n_commands += 1
+                self.fast_bound(m.group(2), m.group(3), m.group(4), m.start())
+            elif kind == _T_DECLARE:
+                if stack:
+                    raise self.error(m.start(), "'declare-const' inside another expression "
+                                                "(a ')' is missing before it?)")
+                self.n_commands += 1
+                self.declare(m.group(6), m.group(7), m.start(6), m.start(7))
+            else:
+                if not stack:
+                    raise self.error(m.start(), f"unexpected '{m.group()}' outside parentheses")
+                stack[-1].items.append(_Atom(m.group(), m.start()))
+        if stack:
+            raise self.error(stack[0].pos, "unbalanced '(': missing ')' before the end of file")
+        if self.n_commands == 0:
+            raise self.error(0, "empty file: no declarations or assertions")
+        return self.build(n_inputs, n_outputs)
+
+    def command(self, node: _List) -> None:
+        items = node.items
+        if not items or not isinstance(items[0], _Atom):
+            raise self.error(node.pos, "expected a command such as 'declare-const' or 'assert'")
+        head = items[0].text
+        self.n_commands += 1
+        if head == "assert":
+            if len(items) != 2:
+                raise self.error(node.pos, f"'assert' takes one formula, got {len(items) - 1}")
+            self.dnfs.append((self.formula(items[1]), node.pos))
+        elif head == "declare-const":
+            if len(items) != 3 or not all(isinstance(a, _Atom) for a in items[1:]):
+                raise self.error(node.pos, "expected (declare-const NAME Real)")
+            self.declare(items[1].text, items[2].text, items[1].pos, items[2].pos)
+        elif head in _IGNORED_COMMANDS:
+            pass
+        else:
+            raise self.error(items[0].pos, f"unknown command '{head}'")
+
+    # -- declarations and fast path ---------------------------------------------------------------
+    def declare(self, name: str, sort: str, pos: int, sort_pos: int) -> None:
+        if sort != "Real":
+            raise self.error(sort_pos, f"unsupported sort '{sort}' for {name} (expected Real)")
+        m = _VAR_NAME.match(name)
+        if m is None:
+            raise self.error(pos, f"unsupported variable name '{name}' (expected X_<i> or Y_<j>)")
+        if name in self.vars:
+            raise self.error(pos, f"variable {name} declared twice")
+        key = (_X if m.group(1) == "X" else _Y, int(m.group(2)))
+        self.vars[name] = key
+        self.decl_pos[key] = pos
+
+    def fast_bound(self, op: str, var: str, num: str, pos: int) -> None:
+        key = self.vars.get(var)
+        if key is None:
+            raise self.error(pos, f"unknown variable {var}")
+        self.add_bound(key[1], op[0] == "<", float(num), pos)
+
+    def add_bound(self, idx: int, is_upper: bool, value: float, pos: int) -> None:
+        # Repeated bounds intersect: keep the tightest and remember where it came from.
+        if is_upper:
+            if idx not in self.hi or value < self.hi[idx]:
+                self.hi[idx], self.hi_pos[idx] = value, pos
+        elif idx not in self.lo or value > self.lo[idx]:
+            self.lo[idx], self.lo_pos[idx] = value, pos
+
+    # -- formulas -------------------------------------------------------------------------------
+    def formula(self, node: _Atom | _List) -> _Dnf:
+        """DNF of a boolean formula: a list of terms, each a tuple of constraints."""
+        if isinstance(node, _Atom):
+            if node.text == "true":
+                return [()]
+            if node.text == "false":
+                return []
+            raise self.error(node.pos, f"expected a constraint, got '{node.text}'")
+        if not node.items:
+            raise self.error(node.pos, "empty expression '()'")
+        head = node.items[0]
+        if not isinstance(head, _Atom):
+            raise self.error(node.pos, "expected an operator after '('")
+        op, args = head.text, node.items[1:]
+        if op == "and":
+            return self.conjoin([(self.formula(a), a.pos) for a in args])
+        if op == "or":
+            out: _Dnf = []
+            for a in args:
+                out.extend(self.formula(a))
+                if len(out) > MAX_DNF_TERMS:
+                    raise self.error(node.pos, f"formula has more than {MAX_DNF_TERMS} "
+                                               "disjunctive-normal-form terms")
+            return out
+        if op in _COMPARISONS:
+            return self.comparison(op, args, node)
+        raise self.error(head.pos, f"unknown operator '{op}'")
+
+    def conjoin(self, dnfs: list[tuple[_Dnf, int]]) -> _Dnf:
+        """DNF of the conjunction of (dnf, source position) pairs."""
+        # Single-term conjuncts are concatenated once instead of multiplied (a CIFAR box inside
+        # one `and` would otherwise cost quadratic tuple copies); only true disjunctions multiply.
+        common: list[_Constraint] = []
+        multi: list[tuple[_Dnf, int]] = []
+        for dnf, pos in dnfs:
+            if not dnf:
+                return []
+            if len(dnf) == 1:
+                common.extend(dnf[0])
+            else:
+                multi.append((dnf, pos))
+        terms: _Dnf = [tuple(common)]
+        for dnf, pos in multi:
+            if len(terms) * len(dnf) > MAX_DNF_TERMS:
+                raise self.error(pos, f"formula has more than {MAX_DNF_TERMS} "
+                                      "disjunctive-normal-form terms")
+            terms = [t + s for t in terms for s in dnf]
+        return terms
+
+    def comparison(self, op: str, args: list, node: _List) -> _Dnf:
+        if len(args) < 2:
+            raise self.error(node.pos, f"'{op}' needs at least two arguments")
+        lins = [self.linear(a) for a in args]
+        term: list[_Constraint] = []
+        for (ca, ka), (cb, kb) in zip(lins, lins[1:]):   # chained (<= a b c) = a<=b and b<=c
+            diffs = []
+            if op in ("<=", "<", "="):
+                diffs.append(_combine(ca, ka, cb, kb, -1.0))   # a - b <= 0
+            if op in (">=", ">", "="):
+                diffs.append(_combine(cb, kb, ca, ka, -1.0))   # b - a <= 0
+            for coeffs, const in diffs:
+                c = self.classify(coeffs, const, node.pos)
+                if c is False:
+                    return []
+                if c is not True:
+                    term.append(c)
+        return [tuple(term)]
+
+    def classify(self, coeffs: dict, const: float, pos: int) -> _Constraint | bool:
+        """Turn `sum(coeffs * vars) + const <= 0` into an input bound or an output row."""
+        coeffs = {k: v for k, v in coeffs.items() if v != 0.0}
+        if not coeffs:
+            return const <= 0.0
+        kinds = {k[0] for k in coeffs}
+        if len(kinds) == 2:
+            raise self.error(pos, "constraint mixes input (X) and output (Y) variables")
+        if _X in kinds:
+            if len(coeffs) > 1:
+                names = ", ".join(_name(*k) for k in sorted(coeffs))
+                raise self.error(pos, f"constraint over several input variables ({names}) is not "
+                                      "a box bound; not supported")
+            (key, a), = coeffs.items()
+            return ("x", key[1], a > 0.0, -const / a, pos)
+        return ("y", {k[1]: v for k, v in coeffs.items()}, -const + 0.0, pos)  # +0.0: no -0.0
+
+    def linear(self, node: _Atom | _List) -> tuple[dict, float]:
+        """A linear term as ({(kind, index): coefficient}, constant)."""
+        if isinstance(node, _Atom):
+            t = node.text
+            key = self.vars.get(t)
+            if key is not None:
+                return {key: 1.0}, 0.0
+            if _NUM.match(t):
+                return {}, float(t)
+            if t[0] in "+-.0123456789":
+                raise self.error(node.pos, f"bad number '{t}'")
+            raise self.error(node.pos, f"unknown variable {t}")
+        if not node.items or not isinstance(node.items[0], _Atom):
+            raise self.error(node.pos, "expected a term")
+        op, args = node.items[0].text, node.items[1:]
+        if op in ("+", "-", "*", "/") and not args:
+            raise self.error(node.pos, f"'{op}' needs arguments")
+        if op == "+" or op == "-":
+            coeffs, const = self.linear(args[0])
+            if op == "-" and len(args) == 1:
+                return {k: -v for k, v in coeffs.items()}, -const
+            sign = 1.0 if op == "+" else -1.0
+            for a in args[1:]:
+                cb, kb = self.linear(a)
+                coeffs, const = _combine(coeffs, const, cb, kb, sign)
+            return coeffs, const
+        if op == "*":
+            coeffs, const = self.linear(args[0])
+            for a in args[1:]:
+                cb, kb = self.linear(a)
+                if coeffs and cb:
+                    raise self.error(node.pos, "product of variables is not linear")
+                if cb:      # keep the variable part in `coeffs`, scale it by the constant
+                    coeffs, const, cb, kb = cb, kb, coeffs, const
+                coeffs = {k: v * kb for k, v in coeffs.items()}
+                const *= kb
+            return coeffs, const
+        if op == "/":
+            coeffs, const = self.linear(args[0])
+            for a in args[1:]:
+                cb, kb = self.linear(a)
+                if cb:
+                    raise self.error(node.pos, "division by a variable is not linear")
+                if kb == 0.0:
+                    raise self.error(node.pos, "division by zero")
+                coeffs = {k: v / kb for k, v in coeffs.items()}
+                const /= kb
+            return coeffs, const
+        if op in _COMPARISONS or op in ("and", "or"):
+            raise self.error(node.pos, f"'{op}' cannot be used as a term")
+        raise self.error(node.items[0].pos, f"unknown operator '{op}'")
+
+    # -- building the Property ------------------------------------------------------------------
+    def build(self, n_inputs: int | None, n_outputs: int | None) -> Property:
+        n_in = self.count(_X, "input", n_inputs)
+        n_out = self.count(_Y, "output", n_outputs)
+        terms = self.conjoin(self.dnfs)
+        if terms:
+            # Input bounds present in every term belong to the common box.
+            shared = {c for c in terms[0] if c[0] == "x"}
+            for t in terms[1:]:
+                shared.intersection_update(c for c in t if c[0] == "x")
+            for c in shared:
+                self.add_bound(c[1], c[2], c[3], c[4])
+            if shared:
+                terms = [tuple(c for c in t if c[0] == "y" or c not in shared) for t in terms]
+
+        lo = np.full(n_in, -np.inf)
+        hi = np.full(n_in, np.inf)
+        lo_pos = np.full(n_in, -1, dtype=np.int64)
+        hi_pos = np.full(n_in, -1, dtype=np.int64)
+        if self.lo:
+            idx = np.fromiter(self.lo.keys(), np.int64, len(self.lo))
+            lo[idx] = np.fromiter(self.lo.values(), np.float64, len(self.lo))
+            lo_pos[idx] = np.fromiter(self.lo_pos.values(), np.int64, len(self.lo))
+        if self.hi:
+            idx = np.fromiter(self.hi.keys(), np.int64, len(self.hi))
+            hi[idx] = np.fromiter(self.hi.values(), np.float64, len(self.hi))
+            hi_pos[idx] = np.fromiter(self.hi_pos.values(), np.int64, len(self.hi))
+
+        # Group terms by their effective box. A box is keyed by the inputs where it differs from
+        # the common one, so terms never copy a full 3072-wide box just to be compared.
+        groups: dict[tuple, list[list[_Constraint]]] = {}
+        edits: dict[tuple, dict[int, list]] = {}
+        for term in terms:
+            own: dict[int, list] = {}
+            rows = []
+            for c in term:
+                if c[0] == "y":
+                    rows.append(c)
+                    continue
+                _, i, is_upper, v, pos = c
+                e = own.get(i)
+                if e is None:
+                    e = own[i] = [lo[i], hi[i], int(lo_pos[i]), int(hi_pos[i])]
+                if is_upper and v < e[1]:
+                    e[1], e[3] = v, pos
+                elif not is_upper and v > e[0]:
+                    e[0], e[2] = v, pos
+            key = tuple(sorted((i, e[0], e[1]) for i, e in own.items()
+                               if e[0] != lo[i] or e[1] != hi[i]))
+            if key not in groups:
+                groups[key] = []
+                edits[key] = own
+            groups[key].append(rows)
+
+        regions = []
+        for key, disjunct_rows in groups.items():
+            lower, upper, lpos, upos = lo.copy(), hi.copy(), lo_pos.copy(), hi_pos.copy()
+            for i, e in edits[key].items():
+                lower[i], upper[i], lpos[i], upos[i] = e
+            self.check_box(lower, upper, lpos, upos)
+            regions.append(Region(lower, upper, [self.disjunct(r, n_out) for r in disjunct_rows]))
+        return Property(n_in, n_out, regions, self.path)
+
+    def count(self, kind: int, what: str, expected: int | None) -> int:
+        indices = sorted(k[1] for k in self.decl_pos if k[0] == kind)
+        n = len(indices)
+        if n == 0:
+            raise self.error(0, f"no {what} variables declared")
+        if indices[-1] != n - 1:
+            present = set(indices)
+            missing = next(i for i in range(n) if i not in present)
+            raise self.error(self.decl_pos[(kind, indices[-1])],
+                             f"{what} variables are not numbered 0..{n - 1}: "
+                             f"{_name(kind, missing)} is not declared")
+        if expected is not None and expected != n:
+            raise self.error(self.decl_pos[(kind, n - 1)],
+                             f"file declares {n} {what}s but the network has {expected}")
+        return n
+
+    def check_box(self, lower, upper, lpos, upos) -> None:
+        finite = np.isfinite(lower) & np.isfinite(upper)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            side = "lower" if not np.isfinite(lower[i]) else "upper"
+            raise self.error(self.decl_pos[(_X, i)], f"input X_{i} has no finite {side} bound")
+        bad = lower > upper
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise self.error(int(max(lpos[i], upos[i])),
+                             f"input X_{i} has lower bound {float(lower[i])!r} > upper bound "
+                             f"{float(upper[i])!r}")
+
+    @staticmethod
+    def disjunct(rows: list[_Constraint], n_out: int) -> OutputDisjunct:
+        C = np.zeros((len(rows), n_out))
+        d = np.empty(len(rows))
+        for r, (_, coeffs, rhs, _pos) in enumerate(rows):
+            for j, v in coeffs.items():
+                C[r, j] = v
+            d[r] = rhs
+        return OutputDisjunct(C, d)
+
+
+def _combine(ca: dict, ka: float, cb: dict, kb: float, sign: float) -> tuple[dict, float]:
+    """(ca, ka) + sign * (cb, kb) for linear terms."""
+    out = dict(ca)
+    for k, v in cb.items():
+        out[k] = out.get(k, 0.0) + sign * v
+    return out, ka + sign * kb
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+def parse_vnnlib(text: str, path: str = "<string>", n_inputs: int | None = None,
+                 n_outputs: int | None = None) -> Property:
+    """Parse VNN-LIB 1.0 text. `n_inputs` / `n_outputs`, when given, must match the declarations."""
+    return _Parser(text, str(path)).run(n_inputs, n_outputs)
+
+
+def read_vnnlib(path: str | os.PathLike, n_inputs: int | None = None,
+                n_outputs: int | None = None) -> Property:
+    """Read a VNN-LIB file, plain or gzipped (detected by magic bytes).
+
+    If `path` does not exist but `path + ".gz"` does, that is read: VNN-COMP `instances.csv`
+    files name the `.vnnlib` while the benchmarks ship `.vnnlib.gz`.
+    """
+    p = Path(path)
+    if not p.exists() and Path(str(p) + ".gz").exists():
+        p = Path(str(p) + ".gz")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise VnnlibError(f"{p}: cannot read file: {e.strerror or e}") from e
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise VnnlibError(f"{p}:1: corrupt gzip data: {e}") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise VnnlibError(f"{p}:{line}: not UTF-8 text") from e
+    return _Parser(text, str(p)).run(n_inputs, n_outputs)

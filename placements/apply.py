@@ -1,0 +1,141 @@
+"""The placement pass: walk the bound graph once, give every layer its policy, shard in place.
+
+Read top to bottom:
+  1. resolve each parameter-owning layer's policy from the plan (first matching rule wins);
+  2. validate (unknown names, tp on a layer it cannot shard);
+  3. work out per node whether A-matrices are sharded on its neuron dim (tp zones) and which
+     policy decides the row split of a bound started at it (spec);
+  4. shard the modules: `fully_shard` for fsdp/spec, `distribute_tensor(Shard(0))` for tp;
+  5. install a DistributedLayout on the model and report what went where.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from torch.distributed.tensor import Shard, distribute_tensor
+
+from dtensor_verify.errors import PlanError
+
+from .layout import DistributedLayout
+from .mesh import mesh_device
+from .plan import Plan, parse_plan
+from .policies import Policy, get_policy
+
+# Ops that act elementwise: a tp-sharded neuron dim passes through them unchanged.
+_ELEMENTWISE = ("relu", "identity", "add_const", "sub_const", "rsub_const", "mul_const", "div_const",
+                "batchnorm")
+
+
+@dataclass
+class PlacementReport:
+    plan: str
+    world_size: int
+    lines: list[str] = field(default_factory=list)
+    policies: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self):
+        return "\n".join([f"placement plan '{self.plan}' on {self.world_size} rank(s):", *self.lines])
+
+
+def resolve_policies(graph, plan: Plan) -> dict[str, Policy]:
+    """Policy of each node that owns parameters, validated against the graph."""
+    chosen = {}
+    for node in graph.layers():
+        policy = plan.policy_for(node.layer, node.layer_type)
+        if policy.a_matrix_sharding == "neuron":
+            if not policy.supports_conv and node.op.kind == "conv2d":
+                raise PlanError(f"layer '{node.layer}' ({node.layer_type}): policy 'tp' does not shard "
+                                "convolutions yet; use 'fsdp' or 'spec' for it (e.g. --plan \"conv*=fsdp;*=tp\")")
+            if node.op.kind != "linear" or len(node.shape) != 1:
+                raise PlanError(f"layer '{node.layer}' ({node.layer_type}, output shape {list(node.shape)}): "
+                                "policy 'tp' needs a Linear layer with a flat output")
+        chosen[node.name] = policy
+    unused = [r for r in plan.rules if not r.used and "*" not in r.patterns]
+    if unused:
+        names = ", ".join(f"{n.layer} ({n.layer_type})" for n in graph.layers())
+        raise PlanError(f"plan rule '{unused[0]}' matches no layer of the model; layers are: {names}")
+    return chosen
+
+
+def neuron_sharding(graph, policies: dict[str, Policy]) -> dict[str, bool]:
+    """tp zones: a tp layer's output, and elementwise ops (ReLU, ...) fed only by such outputs."""
+    sharded = {}
+    for node in graph.nodes:
+        if node.op is None:
+            sharded[node.name] = False
+        elif node.name in policies:
+            sharded[node.name] = policies[node.name].a_matrix_sharding == "neuron"
+        elif node.op.kind in _ELEMENTWISE or node.op.kind in ("add", "sub"):
+            sharded[node.name] = all(sharded[i] for i in node.inputs)
+        else:
+            sharded[node.name] = False
+    return sharded
+
+
+def sweep_policies(graph, policies: dict[str, Policy], default: Policy) -> dict[str, Policy]:
+    """The policy that decides how a bound started at each node is split by rows: the node's own
+    layer's, else the nearest upstream layer's, else the plan's default."""
+    owner = {}
+    for node in graph.nodes:
+        if node.name in policies:
+            owner[node.name] = policies[node.name]
+        elif node.inputs and node.inputs[0] in owner:
+            owner[node.name] = owner[node.inputs[0]]
+        else:
+            owner[node.name] = default
+    return owner
+
+
+def _shard_modules(graph, policies: dict[str, Policy], mesh, report: PlacementReport):
+    from torch.distributed.fsdp import fully_shard
+
+    for node in graph.layers():
+        policy = policies[node.name]
+        module = node.op.module
+        shapes = "x".join(str(s) for s in module.weight.shape)
+        if policy.weights_at_rest == "fsdp":
+            fully_shard(module, mesh=mesh, reshard_after_forward=True)
+            local = module.weight.to_local().shape
+            how = f"fully_shard: weight Shard(0), local {'x'.join(map(str, local))}"
+        elif policy.weights_at_rest == "tp":
+            for name, p in list(module.named_parameters(recurse=False)):
+                dt = distribute_tensor(p.detach(), mesh, [Shard(0)])
+                module._parameters[name] = torch.nn.Parameter(dt, requires_grad=False)
+            local = module.weight.to_local().shape
+            how = f"tp: weight Shard(0) rows, local {'x'.join(map(str, local))}"
+        else:
+            how = "replicated"
+        report.lines.append(f"  {node.layer:<24} {node.layer_type or '':<8} {shapes:<12} -> {policy.name:<9} {how}")
+        report.policies[node.layer] = policy.name
+
+
+def apply_plan(model, plan=None, mesh=None, log: bool = False) -> PlacementReport:
+    """Place `model` (a dtensor_verify.BoundedModel) on `mesh` following `plan`."""
+    plan = parse_plan(plan)
+    graph = model.graph
+    policies = resolve_policies(graph, plan)
+    world = mesh.size() if mesh is not None else 1
+    report = PlacementReport(str(plan), world)
+    if mesh is None or world == 1:
+        for node in graph.layers():
+            report.policies[node.layer] = policies[node.name].name
+        report.lines.append("  one process: every policy runs as 'replicate' (nothing to shard)")
+    else:
+        model.to(mesh_device(mesh))
+        _shard_modules(graph, policies, mesh, report)
+        model.layout = DistributedLayout(graph, mesh, policies, neuron_sharding(graph, policies),
+                                         sweep_policies(graph, policies, plan.default))
+    model.plan_report = report.lines
+    model.plan = str(plan)
+    if log and (mesh is None or mesh.get_rank() == 0):
+        print(report, file=sys.stderr)
+    return report
+
+
+def apply_plan_from_cli(model, plan_text: str | None, log: bool = True) -> PlacementReport:
+    """CLI entry: set up the mesh from the torchrun environment, then apply the plan."""
+    from .mesh import init_mesh
+
+    return apply_plan(model, plan_text or "replicate", init_mesh(), log=log)

@@ -1,0 +1,186 @@
+"""The distributed layout: answers the engine's placement questions with DTensors on a mesh.
+
+The engine (dtensor_verify.methods) calls these hooks and nothing else; see
+dtensor_verify/layout.py for the contract. Which layer gets which treatment comes from the
+policies chosen by the plan (`apply.py`), held here as per-node data.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager, nullcontext
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+
+from dtensor_verify.layout import Layout
+
+from .mesh import mesh_device
+from .policies import Policy
+
+
+def chunk_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
+    """This rank's [start, stop) of n items split like DTensor's Shard (torch.chunk semantics)."""
+    size = math.ceil(n / world) if n else 0
+    start = min(n, rank * size)
+    return start, min(n, start + size)
+
+
+class DistributedLayout(Layout):
+    def __init__(self, graph, mesh, node_policy: dict[str, Policy], neuron_sharded: dict[str, bool],
+                 sweep_policy: dict[str, Policy]):
+        self.graph = graph
+        self.mesh = mesh
+        self.node_policy = node_policy          # policy of each node that owns parameters
+        self.neuron_sharded = neuron_sharded    # node -> A / bounds sharded on its neuron dim (tp zone)
+        self.sweep_policy = sweep_policy        # start node -> policy deciding row (spec) sharding
+        self.world_size = mesh.size()
+        self.rank = mesh.get_local_rank()
+        self.device = mesh_device(mesh)
+        self._row_sharded = [False]             # stack: is the current sweep split by rows?
+
+    # -- weights ---------------------------------------------------------------------------
+    @contextmanager
+    def weights(self, node, backward: bool = False):
+        policy = self.node_policy.get(node.name)
+        module = node.op.module if node.op is not None else None
+        if policy is None or module is None or policy.weights_at_rest == "full":
+            yield
+            return
+        if policy.weights_at_rest == "fsdp":
+            module.unshard()
+            try:
+                hooks = _RegatherSavedWeights(module) if torch.is_grad_enabled() else nullcontext()
+                with hooks:
+                    yield
+            finally:
+                module.reshard()
+            return
+        # tp: inside a neuron-sharded backward sweep the op works on the DTensor shards; anywhere
+        # else (IBP, forward, row-split sweeps) it needs the full weight for a moment.
+        if backward and not self._row_sharded[-1]:
+            yield
+            return
+        saved = {name: p for name, p in module.named_parameters(recurse=False)}
+        try:
+            for name, p in saved.items():
+                module._parameters[name] = torch.nn.Parameter(p.detach().full_tensor(), requires_grad=False)
+            yield
+        finally:
+            for name, p in saved.items():
+                module._parameters[name] = p
+
+    # -- sweeps, A-matrices, bounds, alphas --------------------------------------------------
+    def _spec_split(self, start_name: str) -> bool:
+        policy = self.sweep_policy.get(start_name)
+        return policy is not None and policy.a_matrix_sharding == "spec"
+
+    @contextmanager
+    def sweep(self, start_name: str):
+        self._row_sharded.append(self._spec_split(start_name))
+        try:
+            yield
+        finally:
+            self._row_sharded.pop()
+
+    def _shard_local(self, t: torch.Tensor, dim: int) -> DTensor:
+        """This rank's chunk of a replicated tensor as a Shard(dim) DTensor: no communication
+        forward; backward all-gathers the gradient, so every rank's copy gets the same grad."""
+        replicated = DTensor.from_local(t, self.mesh, [Replicate()], run_check=False)
+        return replicated.redistribute(self.mesh, [Shard(dim)])
+
+    def place_A(self, A, node):
+        want_shard = self.neuron_sharded.get(node.name, False) and not self._row_sharded[-1]
+        if isinstance(A, DTensor):
+            if want_shard:
+                return A.redistribute(self.mesh, [Shard(A.dim() - 1)])    # Partial -> reduce-scatter
+            return A.full_tensor()
+        if want_shard:
+            return self._shard_local(A, A.dim() - 1)
+        return A
+
+    def place_bounds(self, bounds, node):
+        if bounds is None or self._row_sharded[-1] or not self.neuron_sharded.get(node.name, False):
+            return bounds
+        return tuple(self._shard_local(b, b.dim() - 1) for b in bounds)
+
+    def place_alpha(self, alpha, relu_node, start_name):
+        if self._row_sharded[-1] or not self.neuron_sharded.get(relu_node.name, False):
+            return alpha
+        return self._shard_local(alpha, alpha.dim() - 1)
+
+    def local(self, t):
+        if isinstance(t, DTensor):
+            return t.full_tensor()
+        return t
+
+    # -- rows (spec sharding) ---------------------------------------------------------------
+    def row_slice(self, start_name: str, n_rows: int) -> slice:
+        if not self._spec_split(start_name):
+            return slice(0, n_rows)
+        return slice(*chunk_bounds(n_rows, self.world_size, self.rank))
+
+    def max_local_rows(self, start_name: str, n_rows: int) -> int:
+        if not self._spec_split(start_name):
+            return n_rows
+        return math.ceil(n_rows / self.world_size)
+
+    def gather_rows(self, t, start_name: str, n_rows: int, differentiable: bool = False):
+        if not self._spec_split(start_name):
+            return t
+        shape = torch.Size((t.shape[0], n_rows))
+        dt = DTensor.from_local(t.contiguous(), self.mesh, [Shard(1)], run_check=False, shape=shape,
+                                stride=(n_rows, 1))
+        # Each rank's later use of the gathered rows differs (its own slice of the next bound),
+        # so the gradient arriving here is a partial sum over ranks.
+        return dt.full_tensor(grad_placements=[Partial()] if differentiable else None)
+
+    def all_true(self, flag: bool) -> bool:
+        t = torch.tensor([1 if flag else 0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.mesh.get_group())
+        return bool(t.item())
+
+    def barrier(self):
+        dist.barrier(group=self.mesh.get_group())
+
+
+class _RegatherSavedWeights(torch.autograd.graph.saved_tensors_hooks):
+    """Let autograd save an FSDP layer's weight without keeping it unsharded.
+
+    alpha-CROWN backpropagates through every bound step; autograd would keep the gathered weights
+    alive (or read freed storage after `reshard()`). Instead a saved weight is stored as a
+    reference to its module and re-gathered with `unshard()` when the backward pass needs it,
+    which is what FSDP itself does around a layer's backward.
+    """
+
+    def __init__(self, module):
+        params = {name: p for name, p in module.named_parameters(recurse=False)}
+        ptrs = {}
+        for name, p in params.items():
+            if not isinstance(p, DTensor):
+                ptrs[p.untyped_storage().data_ptr()] = (name, p.storage_offset())
+
+        def pack(t):
+            if isinstance(t, DTensor) or t.device.type == "meta":
+                return t
+            try:
+                key = t.untyped_storage().data_ptr()
+            except RuntimeError:
+                return t
+            if key not in ptrs:
+                return t
+            name, base = ptrs[key]
+            return (module, name, tuple(t.shape), tuple(t.stride()), t.storage_offset() - base)
+
+        def unpack(packed):
+            if isinstance(packed, torch.Tensor):
+                return packed
+            mod, name, shape, stride, offset = packed
+            mod.unshard()
+            try:
+                full = getattr(mod, name).detach().clone()
+            finally:
+                mod.reshard()
+            return full.as_strided(shape, stride, offset)
+
+        super().__init__(pack, unpack)
