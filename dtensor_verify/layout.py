@@ -29,7 +29,12 @@ class Layout:
         """Lay out the (lower, upper) bounds of `node` as its policy expects."""
         return bounds
 
+    def alpha_param(self, alpha, relu_node, start_name):
+        """The part of a (full) slope tensor this rank stores and optimises."""
+        return alpha
+
     def place_alpha(self, alpha, relu_node, start_name):
+        """The stored slopes as the ReLU's backward rule needs them in this sweep."""
         return alpha
 
     def local(self, t):

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
 from dtensor_verify.layout import Layout
+from dtensor_verify.memory import tag, track_existing
 
 from .mesh import mesh_device
 from .policies import Policy
@@ -48,7 +49,10 @@ class DistributedLayout(Layout):
             yield
             return
         if policy.weights_at_rest == "fsdp":
-            module.unshard()
+            with tag("weights"):
+                module.unshard()
+            for p in module.parameters(recurse=False):
+                track_existing(p, "weights")
             try:
                 hooks = _RegatherSavedWeights(module) if torch.is_grad_enabled() else nullcontext()
                 with hooks:
@@ -63,8 +67,9 @@ class DistributedLayout(Layout):
             return
         saved = {name: p for name, p in module.named_parameters(recurse=False)}
         try:
-            for name, p in saved.items():
-                module._parameters[name] = torch.nn.Parameter(p.detach().full_tensor(), requires_grad=False)
+            with tag("weights"):
+                for name, p in saved.items():
+                    module._parameters[name] = torch.nn.Parameter(p.detach().full_tensor(), requires_grad=False)
             yield
         finally:
             for name, p in saved.items():
@@ -104,10 +109,27 @@ class DistributedLayout(Layout):
             return bounds
         return tuple(self._shard_local(b, b.dim() - 1) for b in bounds)
 
-    def place_alpha(self, alpha, relu_node, start_name):
-        if self._row_sharded[-1] or not self.neuron_sharded.get(relu_node.name, False):
+    def _alpha_sharded(self, relu_node, start_name) -> bool:
+        return self.neuron_sharded.get(relu_node.name, False) and not self._spec_split(start_name)
+
+    def alpha_param(self, alpha, relu_node, start_name):
+        # tp zone: keep only this rank's neurons (slopes, their grads and Adam state all 1/P);
+        # spec: the rows are already this rank's slice (init_alphas asked row_slice).
+        if not self._alpha_sharded(relu_node, start_name):
             return alpha
-        return self._shard_local(alpha, alpha.dim() - 1)
+        start, stop = chunk_bounds(alpha.shape[-1], self.world_size, self.rank)
+        return alpha[..., start:stop]
+
+    def place_alpha(self, alpha, relu_node, start_name):
+        if not self._alpha_sharded(relu_node, start_name):
+            return alpha
+        shape = torch.Size((*alpha.shape[:-1], relu_node.shape[-1]))
+        stride, acc = [], 1
+        for s in reversed(shape):
+            stride.append(acc)
+            acc *= s
+        return DTensor.from_local(alpha, self.mesh, [Shard(alpha.dim() - 1)], run_check=False, shape=shape,
+                                  stride=tuple(reversed(stride)))
 
     def local(self, t):
         if isinstance(t, DTensor):
@@ -176,9 +198,11 @@ class _RegatherSavedWeights(torch.autograd.graph.saved_tensors_hooks):
             if isinstance(packed, torch.Tensor):
                 return packed
             mod, name, shape, stride, offset = packed
-            mod.unshard()
+            with tag("weights"):
+                mod.unshard()
             try:
-                full = getattr(mod, name).detach().clone()
+                with tag("weights"):
+                    full = getattr(mod, name).detach().clone()
             finally:
                 mod.reshard()
             return full.as_strided(shape, stride, offset)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..layout import DEFAULT_LAYOUT, Layout
+from ..memory import tag
 from ..ops.relu import relaxation
 from .crown import CrownOptions, default_spec, intermediate_bounds, node_bound_rows, output_bound, scatter_rows
 
@@ -45,7 +46,7 @@ def init_alphas(graph, bounds, starts: dict[str, int], layout: Layout):
             lower, upper = bounds[relu.inputs[0]]
             adaptive = relaxation(lower, upper)[2]                   # [B, *S]
             a = adaptive.unsqueeze(0).unsqueeze(2).expand(2, -1, k, *([-1] * (adaptive.dim() - 1)))
-            per_start[relu.name] = a.clone().requires_grad_(True)
+            per_start[relu.name] = layout.alpha_param(a, relu, start).clone().requires_grad_(True)
         alphas[start] = per_start
     return alphas
 
@@ -65,7 +66,8 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
     starts = {graph.output_name: C.shape[1]}
     if opts.optimize_intermediate:
         starts.update({name: len(r) for name, r in rows.items()})
-    alphas = init_alphas(graph, bounds, starts, layout)
+    with tag("alphas"):
+        alphas = init_alphas(graph, bounds, starts, layout)
     params = [a for per_start in alphas.values() for a in per_start.values()]
     best_bounds = {k: (v[0].detach(), v[1].detach()) for k, v in bounds.items()}
     iterations = 0
@@ -94,9 +96,10 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
                 loss = loss - lo.sum()
             if up is not None:
                 loss = loss + up.sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            with tag("alpha-optimizer"):
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             with torch.no_grad():
                 for a in params:
                     a.clamp_(0.0, 1.0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import DEFAULT_LAYOUT, Layout
+from ..memory import tag
 
 
 @dataclass
@@ -52,7 +53,7 @@ def backward_bound(graph, start: str, lA, uA, bounds, layout: Layout = DEFAULT_L
     input upstream of `start`. `alphas` maps ReLU node names to their (lA, uA) lower slopes.
     Returns (lower, upper), each [B, K] or None.
     """
-    with layout.sweep(start):
+    with layout.sweep(start), tag("A-matrices"):
         return _backward_sweep(graph, start, lA, uA, bounds, layout, alphas)
 
 
@@ -125,8 +126,8 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
     # Every rank runs the same number of sweeps (FSDP gathers are collectives), even with no rows.
     for start in range(0, most, chunk):
         part = local_rows[start:start + chunk]
-        A = identity_rows(part, node.shape, batch, box[0].dtype, box[0].device)
-        A = layout.place_A(A, node)
+        with tag("A-matrices"):
+            A = layout.place_A(identity_rows(part, node.shape, batch, box[0].dtype, box[0].device), node)
         alphas = alphas_for(start, start + len(part)) if alphas_for else None
         lo, up = backward_bound(graph, name, A, A, bounds, layout, alphas)
         lows.append(lo)
@@ -160,7 +161,11 @@ def intermediate_bounds(graph, box, layout: Layout = DEFAULT_LAYOUT, opts: Crown
     Returns (bounds, rows): `bounds` maps node names to (lower, upper) [B, *S]; `rows` maps each
     pre-activation node to the neuron indices that got a CROWN sweep.
     """
-    opts = opts or CrownOptions()
+    with tag("bounds"):
+        return _intermediate_bounds(graph, box, layout, opts or CrownOptions())
+
+
+def _intermediate_bounds(graph, box, layout, opts):
     batch = box[0].shape[0]
     bounds = {graph.input_name: box}
     preactivation = set(graph.preactivation_nodes())

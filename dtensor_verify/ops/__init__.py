@@ -36,7 +36,14 @@ def _binary_kind(target) -> str | None:
 
 def describe_target(gm, node) -> str:
     if node.op == "call_module":
-        return type(gm.get_submodule(node.target)).__name__
+        module = gm.get_submodule(node.target)
+        what = type(module).__name__
+        # onnx2torch wraps many ONNX ops (Tanh, Exp, Sin, ...) in one generic module that holds the
+        # torch function: name the function, or the message would not say which op it is.
+        fn = getattr(module, "function", None)
+        if callable(fn) and getattr(fn, "__name__", None):
+            what = f"{what} {fn.__name__}"
+        return what
     if node.op == "call_function":
         return getattr(node.target, "__name__", str(node.target))
     return f"{node.op}:{node.target}"
