@@ -14,7 +14,8 @@ The one-process reference is computed inside rank 0 of each run, on a pristine c
 before any plan is applied: same process, same thread settings (1 thread) as the sharded runs,
 so a bitwise comparison is meaningful. Models: an MLP with widths P does not divide (10-21-13-3:
 at P=4 the last rank owns no output row), the zoo CNN, and the SRI ResNet (VNN-COMP 2022) on a
-small box around one of its properties' centres. Each spawned run computes every plan and method
+box of radius 1e-3 around one of its properties' centres (where 2 alpha-CROWN iterations
+already tighten CROWN). Each spawned run computes every plan and method
 of one model, because each spawn costs seconds.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ METHODS = ("ibp", "crown", "alpha-crown")
 
 RESNET_ONNX = "sri_resnet_a/onnx/resnet_3b2_bn_mixup_adv_4.0_bs128_lr-1.onnx.gz"
 RESNET_VNNLIB = "sri_resnet_a/vnnlib/cifar10_spec_idx_3998_eps_0.00022.vnnlib.gz"
-RESNET_EPS = 5e-5
+RESNET_EPS = 1e-3
 
 # Per model: plans whose bounds must be bitwise equal, plans checked by tolerance, and the
 # plans under which every parameter is sharded at rest (checked for 1/P resident bytes).
@@ -59,6 +60,16 @@ PLANS = {
         "sharded": ["fsdp", "spec", "Gemm_*=tp;*=spec"],
     },
 }
+# The ResNet is the expensive one (alpha-CROWN ~4 s per bound on one core): at P=4 only the
+# bitwise plan and the mixed plan that has both tp zones and spec sweeps.
+WORLD4_ONLY = {"resnet": ["fsdp", "Gemm_*=tp;*=spec"]}
+
+
+def _plans_for(key, world):
+    spec = PLANS[key]
+    keep = WORLD4_ONLY.get(key) if world == 4 else None
+    pick = (lambda ps: [p for p in ps if keep is None or p in keep])
+    return {"exact": pick(spec["exact"]), "close": pick(spec["close"]), "sharded": pick(spec["sharded"])}
 
 
 # ------------------------------------------------------------------------------ worker side
@@ -70,7 +81,7 @@ def _model_and_box(key):
 
     if key == "mlp":
         net, shape = zoo.random_mlp([10, 21, 13, 3], seed=0)
-        return dv.load(net, shape), zoo.random_box(shape, 0.4, seed=1, batch=2), dv.AlphaOptions(iterations=10)
+        return dv.load(net, shape), zoo.random_box(shape, 0.4, seed=1, batch=2), dv.AlphaOptions(iterations=5)
     if key == "cnn":
         net, shape = zoo.random_cnn("basic", seed=0)
         return dv.load(net, shape), zoo.random_box(shape, 0.1, seed=1, batch=2), dv.AlphaOptions(iterations=5)
@@ -82,11 +93,13 @@ def _model_and_box(key):
     raise ValueError(key)
 
 
-def _all_bounds(m, box, alpha):
+def _all_bounds(m, box, alpha, seconds=None):
     out = {}
     for method in METHODS:
         r = m.compute_bounds(box[0], box[1], method, alpha_options=copy.deepcopy(alpha))
         out[method] = (r.lower.detach().clone(), r.upper.detach().clone())
+        if seconds is not None:
+            seconds[method] = round(r.seconds, 2)
     return out
 
 
@@ -127,7 +140,8 @@ def _bounds_job(rank, world, key, plans, sharded):
         entry = {"report": str(report), "policies": dict(report.policies)}
         if plan in sharded:
             entry["resident"] = _resident(m, rank, world)
-        entry["bounds"] = _all_bounds(m, box, alpha)
+        entry["seconds"] = {}
+        entry["bounds"] = _all_bounds(m, box, alpha, entry["seconds"])
         out[_plan_key(plan)] = entry
     return {"ref": ref, "plans": out}
 
@@ -141,7 +155,11 @@ def _plan_key(plan):
 def _check_run(results, key, world):
     ref = results[0]["ref"]
     problems = []
-    spec = PLANS[key]
+    # The alpha-CROWN comparison means something only if the slopes moved the bounds.
+    (clo, cup), (alo, aup) = ref["crown"], ref["alpha-crown"]
+    if torch.equal(clo, alo) and torch.equal(cup, aup):
+        problems.append("one-process alpha-CROWN equals CROWN: the box is too small to test optimised slopes")
+    spec = _plans_for(key, world)
     for plan in spec["exact"] + spec["close"]:
         pk = _plan_key(plan)
         exact = plan in spec["exact"]
@@ -195,7 +213,7 @@ def test_plans_match_one_process(key, world, tmp_path):
     if key == "resnet":
         import model_zoo
         model_zoo.benchmarks_dir()          # fails loudly if the shared benchmarks are missing
-    spec = PLANS[key]
+    spec = _plans_for(key, world)
     plans = spec["exact"] + spec["close"]
     results = run_distributed(_bounds_job, world, tmp_path, key, plans, spec["sharded"], timeout_s=240,
                               start_method=START)
