@@ -102,14 +102,16 @@ class BoundedModel:
     __call__ = forward
 
     def _as_batch(self, t, what: str) -> torch.Tensor:
+        """[B, *input_shape] from one sample (input shape or flat) or a batch (same, with a
+        leading batch dim). Anything else is refused rather than silently re-chunked."""
         t = torch.as_tensor(t, dtype=torch.float32)
-        n = self.n_inputs
-        if t.numel() % n != 0 or t.dim() == 0:
-            raise InputSpecError(f"{what} has {t.numel()} values; the model's input {list(self.input_shape)} "
-                                 f"needs a multiple of {n}")
-        if t.shape[-len(self.input_shape):] != self.input_shape or t.dim() == len(self.input_shape):
-            t = t.reshape(-1, *self.input_shape)
-        return t
+        shape, n = tuple(self.input_shape), self.n_inputs
+        if tuple(t.shape) == shape or (t.dim() == 1 and t.numel() == n):
+            return t.reshape(1, *shape)
+        if t.dim() >= 1 and (tuple(t.shape[1:]) == shape or (t.dim() == 2 and t.shape[1] == n)):
+            return t.reshape(t.shape[0], *shape)
+        raise InputSpecError(f"{what} has shape {list(t.shape)}; the model's input is {list(shape)} "
+                             f"({n} values): give one sample of that shape (or flat), or a batch [B, ...] of them")
 
     def check_box(self, x_lower, x_upper):
         lo, hi = self._as_batch(x_lower, "lower bound"), self._as_batch(x_upper, "upper bound")

@@ -274,7 +274,7 @@ def cmd_run(args) -> int:
     plan = _apply_plan(model, args.plan, args.quiet)
     left = max(args.timeout - (time.perf_counter() - t0), 0.0)
     res = verify_instance(model, prop, args.onnx, left, methods=tuple(args.methods),
-                          attack=not args.no_attack, log=_stderr_log(args.quiet))
+                          attack=not args.no_attack, log=_stderr_log(args.quiet or not _is_rank0(model)))
     memory = _memory_report(model) if args.json else {}
     if not _is_rank0(model):
         return EXIT_ERROR if res.verdict == "error" else EXIT_OK
@@ -528,6 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_command(args) -> int:
+    code = args.func(args)
+    from placements.mesh import exit_now_if_distributed
+    exit_now_if_distributed(code)
+    return code
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -541,7 +548,7 @@ def main(argv=None) -> int:
             return EXIT_ERROR
         torch.set_num_threads(args.threads)
     try:
-        return args.func(args)
+        return _run_command(args)
     except _user_errors() as exc:
         message = _one_line(exc)
         _err(message)

@@ -21,9 +21,20 @@ class Layout:
         """Context in which `node`'s parameters are usable as full tensors or DTensor shards."""
         return nullcontext()
 
+    def weights_are_local(self, node) -> bool:
+        """Inside `weights(node, backward=True)`: are `node`'s parameters plain full tensors?"""
+        return True
+
     def place_A(self, A, node):
         """Lay out an A-matrix w.r.t. `node`'s output as `node`'s policy expects."""
         return A
+
+    def backward_step(self, node, step, lA, uA):
+        """Run `step(lA, uA)`: `node`'s backward rule, returning a BackwardResult whose input
+        A-matrices are already laid out by `place_A`. A layout may instead run it on slices of
+        the rows (dim 1) and join the results (rows are independent linear functions, and the
+        rule's alpha, if any, must not be per-row for the nodes it does this for)."""
+        return step(lA, uA)
 
     def place_bounds(self, bounds, node):
         """Lay out the (lower, upper) bounds of `node` as its policy expects."""

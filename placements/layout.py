@@ -15,6 +15,7 @@ from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
 from dtensor_verify.layout import Layout
 from dtensor_verify.memory import tag, track_existing
+from dtensor_verify.ops.base import BackwardResult
 
 from .mesh import mesh_device
 from .policies import Policy
@@ -33,7 +34,11 @@ class DistributedLayout(Layout):
         self.graph = graph
         self.mesh = mesh
         self.node_policy = node_policy          # policy of each node that owns parameters
-        self.neuron_sharded = neuron_sharded    # node -> A / bounds sharded on its neuron dim (tp zone)
+        self.neuron_sharded = dict(neuron_sharded)  # node -> A / bounds sharded on its neuron dim (tp zone)
+        # The network input joins a tp zone that reads it: A w.r.t. the input then stays sharded
+        # (a reduce-scatter instead of a full Partial all-reduced on every rank) and the box is
+        # sharded to match, so concretisation only reduces the [B, K] result.
+        self.neuron_sharded[graph.input_name] = _read_only_by_tp(graph, graph.input_name, node_policy)
         self.sweep_policy = sweep_policy        # start node -> policy deciding row (spec) sharding
         self.world_size = mesh.size()
         self.rank = mesh.get_local_rank()
@@ -75,6 +80,11 @@ class DistributedLayout(Layout):
             for name, p in saved.items():
                 module._parameters[name] = p
 
+    def weights_are_local(self, node) -> bool:
+        policy = self.node_policy.get(node.name)
+        # tp weights stay DTensor shards inside a neuron-sharded sweep (see `weights`).
+        return policy is None or policy.weights_at_rest != "tp" or self._row_sharded[-1]
+
     # -- sweeps, A-matrices, bounds, alphas --------------------------------------------------
     def _spec_split(self, start_name: str) -> bool:
         policy = self.sweep_policy.get(start_name)
@@ -104,6 +114,29 @@ class DistributedLayout(Layout):
             return self._shard_local(A, A.dim() - 1)
         return A
 
+    # Row slices per rank of a tp layer's backward step (see `backward_step`): the transient
+    # Partial A-matrix is then about 1/(ROW_SLICES_PER_RANK * P) of a full one.
+    ROW_SLICES_PER_RANK = 1
+
+    def backward_step(self, node, step, lA, uA):
+        # A tp layer's rule (A Shard(-1) @ W Shard(0)) yields a full-size Partial A-matrix on every
+        # rank until `place_A` reduce-scatters it, which would be the per-rank peak. Run on
+        # slices of the rows, only a slice of it exists at a time; every rank cuts the same
+        # slices (rows are not split over ranks here), so the collectives match.
+        n_rows = _n_rows(lA, uA)
+        if self.weights_are_local(node) or n_rows < 2:
+            return step(lA, uA)
+        n_slices = min(n_rows, self.ROW_SLICES_PER_RANK * self.world_size)
+        joined = _RowJoin(n_rows, self.local)
+        for i in range(n_slices):
+            start, stop = chunk_bounds(n_rows, n_slices, i)
+            if start == stop:
+                continue
+            part_lA = _narrow_rows(lA, start, stop)
+            part_uA = part_lA if uA is lA else _narrow_rows(uA, start, stop)
+            joined.add(step(part_lA, part_uA), start, stop)
+        return joined.result()
+
     def place_bounds(self, bounds, node):
         if bounds is None or self._row_sharded[-1] or not self.neuron_sharded.get(node.name, False):
             return bounds
@@ -124,12 +157,8 @@ class DistributedLayout(Layout):
         if not self._alpha_sharded(relu_node, start_name):
             return alpha
         shape = torch.Size((*alpha.shape[:-1], relu_node.shape[-1]))
-        stride, acc = [], 1
-        for s in reversed(shape):
-            stride.append(acc)
-            acc *= s
         return DTensor.from_local(alpha, self.mesh, [Shard(alpha.dim() - 1)], run_check=False, shape=shape,
-                                  stride=tuple(reversed(stride)))
+                                  stride=_contiguous_stride(shape))
 
     def local(self, t):
         if isinstance(t, DTensor):
@@ -164,6 +193,103 @@ class DistributedLayout(Layout):
 
     def barrier(self):
         dist.barrier(group=self.mesh.get_group())
+
+
+def _read_only_by_tp(graph, name, node_policy) -> bool:
+    """Is every reader of node `name` a tp layer (and its value flat, as tp layers need)?"""
+    readers = graph.consumers.get(name, [])
+    return len(graph[name].shape) == 1 and bool(readers) and all(
+        node_policy.get(r) is not None and node_policy[r].a_matrix_sharding == "neuron" for r in readers)
+
+
+def _contiguous_stride(shape) -> tuple[int, ...]:
+    stride, acc = [], 1
+    for s in reversed(shape):
+        stride.append(acc)
+        acc *= s
+    return tuple(reversed(stride))
+
+
+def _n_rows(lA, uA) -> int:
+    A = lA if lA is not None else uA
+    return 0 if A is None else A.shape[1]
+
+
+def _narrow_rows(A, start, stop):
+    return None if A is None else A.narrow(1, start, stop - start)
+
+
+class _RowBuffer:
+    """One A-matrix assembled from row slices, each copied into a local buffer as it arrives (so
+    the slices need not all be alive at once); wrapped as a DTensor again if the slices were."""
+
+    def __init__(self, n_rows: int):
+        self.n_rows = n_rows
+        self.buffer = None
+        self.dtensor_spec = None       # (mesh, placements, global shape) of DTensor slices
+        self.joined = None
+
+    def write(self, part, start: int, stop: int):
+        local = part
+        if isinstance(part, DTensor):
+            # Each rank holds whole rows of its shard: rows must not be split or pending a sum.
+            assert not any(p.is_shard(1) or p.is_partial() for p in part.placements), part.placements
+            local = part.to_local()
+            if self.dtensor_spec is None:
+                shape = torch.Size((part.shape[0], self.n_rows, *part.shape[2:]))
+                self.dtensor_spec = (part.device_mesh, part.placements, shape)
+        if self.buffer is None:
+            self.buffer = local.new_empty((local.shape[0], self.n_rows, *local.shape[2:]))
+        self.buffer.narrow(1, start, stop - start).copy_(local)     # differentiable (CopySlices)
+
+    def tensor(self):
+        if self.joined is None:
+            self.joined = self.buffer
+            if self.dtensor_spec is not None:
+                mesh, placements, shape = self.dtensor_spec
+                self.joined = DTensor.from_local(self.buffer, mesh, placements, run_check=False, shape=shape,
+                                                 stride=_contiguous_stride(shape))
+        return self.joined
+
+
+class _RowJoin:
+    """The BackwardResult of a step run on row slices: A-matrices joined per input and side
+    (a pair shared by both sides stays shared), biases [B, k] made local and concatenated."""
+
+    def __init__(self, n_rows: int, local):
+        self.n_rows = n_rows
+        self.local = local
+        self.slots = None
+        self.bias_parts = ([], [])
+        self.bias_shared = False
+
+    def _slots_for(self, pair):
+        lower = None if pair[0] is None else _RowBuffer(self.n_rows)
+        upper = lower if pair[1] is pair[0] else (None if pair[1] is None else _RowBuffer(self.n_rows))
+        return lower, upper
+
+    def add(self, result: BackwardResult, start: int, stop: int):
+        if self.slots is None:
+            self.slots = [self._slots_for(pair) for pair in result.input_A]
+            self.bias_shared = result.ubias is result.lbias
+        for (lower, upper), (part_lA, part_uA) in zip(self.slots, result.input_A):
+            if lower is not None:
+                lower.write(part_lA, start, stop)
+            if upper is not None and upper is not lower:
+                upper.write(part_uA, start, stop)
+        self.bias_parts[0].append(self.local(result.lbias))
+        if not self.bias_shared:
+            self.bias_parts[1].append(self.local(result.ubias))
+
+    @staticmethod
+    def _join_bias(parts):
+        return torch.cat(parts, 1) if isinstance(parts[0], torch.Tensor) else parts[0]
+
+    def result(self) -> BackwardResult:
+        input_A = [tuple(None if slot is None else slot.tensor() for slot in pair) for pair in self.slots]
+        lbias = self._join_bias(self.bias_parts[0])
+        ubias = lbias if self.bias_shared else self._join_bias(self.bias_parts[1])
+        return BackwardResult(input_A, lbias, ubias)
 
 
 class _RegatherSavedWeights(torch.autograd.graph.saved_tensors_hooks):

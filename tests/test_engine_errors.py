@@ -168,6 +168,10 @@ def test_box_shape_mismatch(mlp, cnn):
             "[1, 8, 8]")
     # lower and upper of different shapes
     _raises(dv.InputSpecError, lambda: mlp.compute_bounds(torch.zeros(1, 4), torch.ones(2, 4)), "shape")
+    # a multiple of the input size in the wrong layout is refused, not silently re-chunked into boxes
+    _raises(dv.InputSpecError, lambda: mlp.compute_bounds(torch.zeros(8), torch.ones(8)), "[8]")
+    _raises(dv.InputSpecError, lambda: mlp.compute_bounds(torch.zeros(2, 2, 2), torch.ones(2, 2, 2)), "[2, 2, 2]")
+    _raises(dv.InputSpecError, lambda: cnn.compute_bounds(torch.zeros(2, 8, 8), torch.ones(2, 8, 8)), "[1, 8, 8]")
 
 
 def test_spec_matrix_shape_mismatch(mlp):
@@ -188,3 +192,6 @@ def test_valid_calls_still_work(mlp):
     for method in ("ibp", "CROWN", "alpha_crown", "alpha"):
         r = mlp.compute_bounds(xl, xu, method=method)
         assert r.lower.shape == (1, 3) and (r.lower <= r.upper).all()
+    # a batch of flat boxes [B, n] is accepted too
+    r = mlp.compute_bounds(torch.zeros(2, 4), torch.ones(2, 4), method="ibp")
+    assert r.lower.shape == (2, 3)

@@ -282,3 +282,48 @@ def test_rank_failure_fails_every_rank(mode, tmp_path):
     # rank 0 failed by an error of its own (the broken collective), not by hanging until killed
     assert run.exitcodes[0] == 1 and run.results[0] is not None and run.results[0][0] == "error", run
     assert "finished" not in str(run.results[0][1])
+
+
+# ------------------------------------------------------------------------------ tp memory
+
+# Per-rank peak of `tp` over the one-process peak. The target at P=2 is 0.52; about
+# 0.50 is reached. A full-size Partial A-matrix (before the reduce-scatter) pushed it to ~0.66.
+TP_PEAK_RATIO_P2 = 0.52
+
+
+def _tp_peak_job(rank, world, methods):
+    import dtensor_verify as dv
+    import model_zoo as zoo
+    from dtensor_verify.memory import measure
+    from placements import apply_plan, mesh_from_process_group
+
+    net, shape = zoo.random_mlp([64, 256, 256, 256, 10], seed=0)
+    template = dv.load(net, shape)
+    box = zoo.random_box(shape, 0.5, seed=1)
+    alpha = dv.AlphaOptions(iterations=2, patience=2)
+    mesh = mesh_from_process_group()
+    out = {}
+    for method in methods:
+        ref = None
+        if rank == 0:
+            one = copy.deepcopy(template)
+            with measure(one) as rep:
+                r = one.compute_bounds(*box, method, alpha_options=copy.deepcopy(alpha))
+            ref = (rep.peak_bytes, r.lower.detach().clone())
+        m = copy.deepcopy(template)
+        apply_plan(m, "tp", mesh)
+        m.compute_bounds(*box, method, alpha_options=copy.deepcopy(alpha))     # warm-up
+        with measure(m) as rep:
+            r = m.compute_bounds(*box, method, alpha_options=copy.deepcopy(alpha))
+        out[method] = {"ref": ref, "peak": rep.peak_bytes, "lower": r.lower.detach().clone()}
+    return out
+
+
+def test_tp_peak_memory_per_rank_is_about_half_at_p2(tmp_path):
+    methods = ("crown", "alpha-crown")
+    results = run_distributed(_tp_peak_job, 2, tmp_path, methods, timeout_s=240, start_method=START)
+    for method in methods:
+        ref_peak, ref_lower = results[0][method]["ref"]
+        assert torch.allclose(results[0][method]["lower"], ref_lower, rtol=RTOL, atol=ATOL), method
+        ratio = max(r[method]["peak"] for r in results) / ref_peak
+        assert ratio <= TP_PEAK_RATIO_P2, f"{method}: tp per-rank peak is {ratio:.3f} of one process"

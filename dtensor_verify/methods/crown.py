@@ -38,6 +38,17 @@ def concretize(A: torch.Tensor, box, upper: bool) -> torch.Tensor:
     return mid + dev if upper else mid - dev
 
 
+def concretize_both(A: torch.Tensor, box):
+    """(min, max) over the box of A . x, sharing the work of the two sides."""
+    x_lower, x_upper = box
+    center = ((x_upper + x_lower) / 2).flatten(1).unsqueeze(-1)
+    radius = ((x_upper - x_lower) / 2).flatten(1).unsqueeze(-1)
+    flat = A.flatten(2)
+    mid = flat.matmul(center).squeeze(-1)
+    dev = flat.abs().matmul(radius).squeeze(-1)
+    return mid - dev, mid + dev
+
+
 def _add(a, b):
     if a is None:
         return b
@@ -46,18 +57,69 @@ def _add(a, b):
     return a + b
 
 
-def backward_bound(graph, start: str, lA, uA, bounds, layout: Layout = DEFAULT_LAYOUT, alphas=None):
+def backward_bound(graph, start: str, lA, uA, bounds, layout: Layout = DEFAULT_LAYOUT, alphas=None, rows=None):
     """Bounds of `lA . v_start` (lower) and `uA . v_start` (upper) over the input box.
 
     `bounds` must hold the input box (under `graph.input_name`) and the bounds of every ReLU
     input upstream of `start`. `alphas` maps ReLU node names to their (lA, uA) lower slopes.
+    With `rows` (and lA = uA = None) the sweep bounds those flattened neurons of `start`
+    themselves (one-hot A-matrices, built only if the start op has no direct rule for them).
     Returns (lower, upper), each [B, K] or None.
     """
     with layout.sweep(start), tag("A-matrices"):
-        return _backward_sweep(graph, start, lA, uA, bounds, layout, alphas)
+        return _backward_sweep(graph, start, lA, uA, bounds, layout, alphas, rows)
 
 
-def _backward_sweep(graph, start, lA, uA, bounds, layout, alphas):
+def _step(node, lA, uA, input_bounds, alpha):
+    """One op's backward rule. An affine op maps lower and upper A-matrices the same way, so when
+    both sides carry the same matrix it is pushed through once and shared."""
+    if lA is uA and lA is not None and node.op.is_affine:
+        result = node.op.backward(lA, None, input_bounds, alpha=alpha)
+        result.input_A = [(a, a) for a, _ in result.input_A]
+        result.ubias = result.lbias
+        return result
+    return node.op.backward(lA, uA, input_bounds, alpha=alpha)
+
+
+def _place_inputs(graph, node, result, layout):
+    """Lay out a step's input A-matrices as their nodes expect, keeping a shared pair shared."""
+    placed = []
+    for name, (in_lA, in_uA) in zip(node.inputs, result.input_A):
+        target = graph[name]
+        shared = in_lA is in_uA
+        in_lA = None if in_lA is None else layout.place_A(in_lA, target)
+        in_uA = in_lA if shared else (None if in_uA is None else layout.place_A(in_uA, target))
+        placed.append((in_lA, in_uA))
+    result.input_A = placed
+    return result
+
+
+def _placed_step(graph, node, lA, uA, input_bounds, alpha, layout):
+    """`node`'s backward rule with its input A-matrices laid out (call inside `layout.weights`).
+    The layout may run it on slices of the rows (tp does, so that no full-size Partial
+    A-matrix exists at once); the rule itself never sees the difference."""
+    def step(part_lA, part_uA):
+        return _place_inputs(graph, node, _step(node, part_lA, part_uA, input_bounds, alpha), layout)
+
+    return layout.backward_step(node, step, lA, uA)
+
+
+def _first_step(graph, node, rows, bounds, layout):
+    """The backward step out of `node` for the one-hot rows `rows`: the op's direct rule
+    (a Linear layer's rows of W and b) where it has one, else the generic rule on one-hot A."""
+    box = bounds[graph.input_name]
+    batch = box[0].shape[0]
+    with layout.weights(node, backward=True):
+        if layout.weights_are_local(node):
+            result = node.op.backward_rows(rows, batch)
+            if result is not None:
+                return _place_inputs(graph, node, result, layout)
+        A = layout.place_A(identity_rows(rows, node.shape, batch, box[0].dtype, box[0].device), node)
+        input_bounds = [layout.place_bounds(bounds.get(i), graph[i]) for i in node.inputs]
+        return _placed_step(graph, node, A, A, input_bounds, None, layout)
+
+
+def _backward_sweep(graph, start, lA, uA, bounds, layout, alphas, rows=None):
     pending = {start: (lA, uA)}
     lbias = ubias = 0.0
     ancestors = graph.ancestors(start)
@@ -65,30 +127,50 @@ def _backward_sweep(graph, start, lA, uA, bounds, layout, alphas):
         if node.name not in pending or node.op is None:
             continue
         node_lA, node_uA = pending.pop(node.name)
-        alpha = None
-        if alphas is not None and node.name in alphas:
-            alpha = layout.place_alpha(alphas[node.name], node, start)
-        input_bounds = [layout.place_bounds(bounds.get(i), graph[i]) for i in node.inputs]
-        with layout.weights(node, backward=True):
-            result = node.op.backward(node_lA, node_uA, input_bounds, alpha=alpha)
+        if rows is not None and node.name == start:
+            result = _first_step(graph, node, rows, bounds, layout)
+        else:
+            alpha = None
+            if alphas is not None and node.name in alphas:
+                alpha = layout.place_alpha(alphas[node.name], node, start)
+            input_bounds = [layout.place_bounds(bounds.get(i), graph[i]) for i in node.inputs]
+            with layout.weights(node, backward=True):
+                result = _placed_step(graph, node, node_lA, node_uA, input_bounds, alpha, layout)
         del node_lA, node_uA
-        lbias = lbias + layout.local(result.lbias)
-        ubias = ubias + layout.local(result.ubias)
-        for name, (in_lA, in_uA) in zip(node.inputs, result.input_A):
-            target = graph[name]
-            in_lA = None if in_lA is None else layout.place_A(in_lA, target)
-            in_uA = None if in_uA is None else layout.place_A(in_uA, target)
-            old = pending.get(name, (None, None))
-            pending[name] = (_add(old[0], in_lA), _add(old[1], in_uA))
+        step_lbias = layout.local(result.lbias)
+        step_ubias = step_lbias if result.ubias is result.lbias else layout.local(result.ubias)
+        lbias, ubias = lbias + step_lbias, ubias + step_ubias
+        _accumulate(pending, node.inputs, result.input_A)
+        # Drop the step's A-matrices now: kept until the next step they would add to its memory.
+        del result
     assert set(pending) <= {graph.input_name} and ancestors, "backward sweep left unvisited nodes"
-    in_lA, in_uA = pending.get(graph.input_name, (None, None))
-    box = bounds[graph.input_name]
+    in_lA, in_uA = pending.pop(graph.input_name, (None, None))
+    # The layout may keep A w.r.t. the input sharded (tp): the box is laid out to match and only
+    # the [B, K] results are made local.
+    box = layout.place_bounds(bounds[graph.input_name], graph[graph.input_name])
+    want_lower, want_upper = (True, True) if rows is not None else (lA is not None, uA is not None)
     lower = upper = None
-    if lA is not None:
-        lower = layout.local(concretize(in_lA, box, upper=False) + lbias) if in_lA is not None else layout.local(lbias)
-    if uA is not None:
-        upper = layout.local(concretize(in_uA, box, upper=True) + ubias) if in_uA is not None else layout.local(ubias)
+    if in_lA is not None and in_lA is in_uA:
+        lower, upper = concretize_both(in_lA, box)
+    else:
+        if in_lA is not None:
+            lower = concretize(in_lA, box, upper=False)
+        if in_uA is not None:
+            upper = concretize(in_uA, box, upper=True)
+    if want_lower:
+        lower = layout.local(lbias) if lower is None else layout.local(lower) + lbias
+    if want_upper:
+        upper = layout.local(ubias) if upper is None else layout.local(upper) + ubias
     return lower, upper
+
+
+def _accumulate(pending, names, input_A):
+    """Add a step's input A-matrices to those already pending for each input (branches meet)."""
+    for name, (in_lA, in_uA) in zip(names, input_A):
+        old_lA, old_uA = pending.get(name, (None, None))
+        merged_lA = _add(old_lA, in_lA)
+        merged_uA = merged_lA if (in_lA is in_uA and old_lA is old_uA) else _add(old_uA, in_uA)
+        pending[name] = (merged_lA, merged_uA)
 
 
 def identity_rows(rows: torch.Tensor, shape, batch: int, dtype, device) -> torch.Tensor:
@@ -126,10 +208,8 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
     # Every rank runs the same number of sweeps (FSDP gathers are collectives), even with no rows.
     for start in range(0, most, chunk):
         part = local_rows[start:start + chunk]
-        with tag("A-matrices"):
-            A = layout.place_A(identity_rows(part, node.shape, batch, box[0].dtype, box[0].device), node)
         alphas = alphas_for(start, start + len(part)) if alphas_for else None
-        lo, up = backward_bound(graph, name, A, A, bounds, layout, alphas)
+        lo, up = backward_bound(graph, name, None, None, bounds, layout, alphas, rows=part)
         lows.append(lo)
         ups.append(up)
     if lows:

@@ -63,5 +63,10 @@ class BoundOp:
     def backward(self, lA, uA, input_bounds: list[Interval | None], alpha=None) -> BackwardResult:
         raise NotImplementedError
 
+    def backward_rows(self, rows: torch.Tensor, batch: int) -> BackwardResult | None:
+        """Optional shortcut for `backward` on one-hot A-matrices selecting the flattened output
+        neurons `rows` (how every intermediate bound starts). None: use `backward`."""
+        return None
+
     def describe(self) -> str:
         return f"{self.kind} {self.name}"

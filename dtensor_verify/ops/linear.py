@@ -36,3 +36,10 @@ class LinearOp(BoundOp):
             return 0.0 if (A is None or b is None) else per_row_sum(A.matmul(b).unsqueeze(-1))
 
         return BackwardResult([(step(lA), step(uA))], bias(lA), bias(uA))
+
+    def backward_rows(self, rows, batch):
+        # e_r^T W is row r of W: the one-hot matmul of the generic rule is skipped.
+        w, b = self._params()
+        A = w[rows].unsqueeze(0).expand(batch, -1, -1)
+        bias = 0.0 if b is None else b[rows].unsqueeze(0).expand(batch, -1)
+        return BackwardResult([(A, A)], bias, bias)

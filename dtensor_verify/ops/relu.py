@@ -48,14 +48,60 @@ class ReluOp(BoundOp):
                 return adaptive
             return torch.where(unstable, alpha[which], active.to(alpha[which].dtype))
 
+        def optimised(which):
+            return alpha is not None and alpha[which] is not None and alpha[which].requires_grad \
+                and torch.is_grad_enabled()
+
         new_lA = new_uA = None
         lbias = ubias = 0.0
         if lA is not None:
             pos, neg = lA.clamp(min=0), lA.clamp(max=0)
-            new_lA = pos * lower_slope(0) + neg * up_slope
+            if optimised(0):
+                new_lA = AlphaRelaxedA.apply(lA, alpha[0], unstable, active, up_slope, True)
+            else:
+                new_lA = pos * lower_slope(0) + neg * up_slope
             lbias = per_row_sum(neg * up_intercept)
         if uA is not None:
             pos, neg = uA.clamp(min=0), uA.clamp(max=0)
-            new_uA = neg * lower_slope(1) + pos * up_slope
+            if optimised(1):
+                new_uA = AlphaRelaxedA.apply(uA, alpha[1], unstable, active, up_slope, False)
+            else:
+                new_uA = neg * lower_slope(1) + pos * up_slope
             ubias = per_row_sum(pos * up_intercept)
         return BackwardResult([(new_lA, new_uA)], lbias, ubias)
+
+
+class AlphaRelaxedA(torch.autograd.Function):
+    """One side of the relaxed ReLU step with optimised slopes, A -> A+ s + A- u (lower side) or
+    A- s + A+ u (upper side), s = alpha on unstable neurons (0/1 on stable ones), u = upper slope.
+
+    Same values as the plain expression in `ReluOp.backward`, but autograd keeps only A and the
+    slopes: the plain expression keeps about three A-sized tensors per step (A+, the masked
+    slopes, A), which are most of alpha-CROWN's memory on wide layers. The rest is recomputed.
+    """
+
+    @staticmethod
+    def forward(ctx, A, alpha, unstable, active, up_slope, alpha_on_positive: bool):
+        slope = torch.where(unstable, alpha, active.to(alpha.dtype))
+        pos, neg = A.clamp(min=0), A.clamp(max=0)
+        out = pos * slope + neg * up_slope if alpha_on_positive else neg * slope + pos * up_slope
+        ctx.save_for_backward(A, alpha, unstable, active, up_slope)
+        ctx.alpha_on_positive = alpha_on_positive
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        A, alpha, unstable, active, up_slope = ctx.saved_tensors
+        slope = torch.where(unstable, alpha, active.to(alpha.dtype))
+        # clamp's gradient passes where min <= x <= max, so both halves see x = 0.
+        alpha_side = A >= 0 if ctx.alpha_on_positive else A <= 0
+        grad_A = grad_alpha = None
+        if ctx.needs_input_grad[0]:
+            upper_side = A <= 0 if ctx.alpha_on_positive else A >= 0
+            grad_A = torch.where(alpha_side, grad * slope, 0.0) + torch.where(upper_side, grad * up_slope, 0.0)
+        if ctx.needs_input_grad[1]:
+            part = A.clamp(min=0) if ctx.alpha_on_positive else A.clamp(max=0)
+            grad_alpha = torch.where(unstable, grad * part, 0.0)
+            if grad_alpha.shape != alpha.shape:
+                grad_alpha = grad_alpha.sum_to_size(alpha.shape)
+        return grad_A, grad_alpha, None, None, None, None
