@@ -161,11 +161,15 @@ def run(args):
 
 def run_lirpa(args, device, out):
     """auto_LiRPA 0.3 on the same wide MLPs, same meter, same process (the one-device anchor)."""
-    from lirpa_reference import patch_auto_lirpa
+    try:
+        from lirpa_reference import patch_auto_lirpa
 
-    patch_auto_lirpa()
-    from auto_LiRPA import BoundedModule, BoundedTensor
-    from auto_LiRPA.perturbations import PerturbationLpNorm
+        patch_auto_lirpa()
+        from auto_LiRPA import BoundedModule, BoundedTensor
+        from auto_LiRPA.perturbations import PerturbationLpNorm
+    except Exception as exc:  # not installed / not importable here: the table says so, the run goes on
+        print(f"[P=1] auto_LiRPA unavailable: {type(exc).__name__}: {exc}", flush=True)
+        return
 
     for width in [int(w) for w in args.widths.split(",")]:
         for method in args.methods.split(","):
