@@ -40,22 +40,30 @@ GIB = 1024 ** 3
 
 
 # ----------------------------------------------------------------------------- models
-def wide_mlp(width: int, depth: int, seed: int = 0) -> torch.nn.Module:
-    """784 -> depth x width -> 10, ReLU; weights scaled so that bounds stay finite and meaningful."""
-    gen = torch.Generator().manual_seed(seed)
+def wide_mlp(width: int, depth: int, seed: int = 0, device="cpu") -> torch.nn.Module:
+    """784 -> depth x width -> 10, ReLU; weights scaled so that bounds stay finite and meaningful.
+
+    Built directly on `device` from a seeded generator there (no default init, no copy): at
+    width 32768 a CPU build takes minutes. Every rank builds the same weights."""
+    gen = torch.Generator(device=device).manual_seed(seed)
     layers, fan_in = [], 784
-    for _ in range(depth):
-        lin = torch.nn.Linear(fan_in, width)
+
+    def linear(n_in, n_out, scale, bias_scale):
+        lin = torch.nn.utils.skip_init(torch.nn.Linear, n_in, n_out, device=device)
         with torch.no_grad():
-            lin.weight.copy_(torch.randn(width, fan_in, generator=gen) * (2.0 / fan_in) ** 0.5)
-            lin.bias.copy_(torch.randn(width, generator=gen) * 0.01)
-        layers += [lin, torch.nn.ReLU()]
+            lin.weight.copy_(torch.randn(n_out, n_in, generator=gen, device=device).mul_(scale))
+            lin.bias.copy_(torch.randn(n_out, generator=gen, device=device).mul_(bias_scale))
+        return lin
+
+    for _ in range(depth):
+        layers += [linear(fan_in, width, (2.0 / fan_in) ** 0.5, 0.01), torch.nn.ReLU()]
         fan_in = width
-    head = torch.nn.Linear(fan_in, 10)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(10, fan_in, generator=gen) * (1.0 / fan_in) ** 0.5)
-        head.bias.zero_()
+    head = linear(fan_in, 10, (1.0 / fan_in) ** 0.5, 0.0)
     return torch.nn.Sequential(*layers, head).eval()
+
+
+def _device(args) -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
 
 
 def model_specs(args):
@@ -64,14 +72,18 @@ def model_specs(args):
     for kind in args.models.split(","):
         if kind == "mlp":
             for width in [int(w) for w in args.widths.split(",")]:
-                specs.append((f"mlp{args.depth}x{width}", lambda w=width: dv.load(wide_mlp(w, args.depth), (784,)),
+                # small=True: same layer names, for choosing the plans without building the model.
+                specs.append((f"mlp{args.depth}x{width}",
+                              lambda small=False, w=width: dv.load(wide_mlp(8 if small else w, args.depth,
+                                                                            device="cpu" if small else _device(args)),
+                                                                   (784,)),
                               0.01, {"width": width, "depth": args.depth}))
         elif kind == "cnn":
             path = Path(args.benchmarks) / "oval21/onnx/cifar_wide_kw.onnx.gz"
-            specs.append(("cifar_wide_kw", lambda p=path: dv.load(p), 2 / 255, {}))
+            specs.append(("cifar_wide_kw", lambda small=False, p=path: dv.load(p), 2 / 255, {}))
         elif kind == "resnet":
             path = Path(args.benchmarks) / "sri_resnet_a/onnx/resnet_3b2_bn_mixup_adv_4.0_bs128_lr-1.onnx.gz"
-            specs.append(("sri_resnet_a", lambda p=path: dv.load(p), 1 / 255, {}))
+            specs.append(("sri_resnet_a", lambda small=False, p=path: dv.load(p), 1 / 255, {}))
         else:
             raise SystemExit(f"unknown model kind {kind}")
     return specs
@@ -107,7 +119,7 @@ def run(args):
     out.mkdir(parents=True, exist_ok=True)
     for name, loader, eps, meta in model_specs(args):
         for method in args.methods.split(","):
-            probe = loader()
+            probe = loader(small=True)
             plans = plans_for(probe)
             del probe
             for plan_name in args.plans.split(","):
@@ -177,7 +189,7 @@ def run_lirpa(args, device, out):
                    "plan": "auto_LiRPA", "plan_rule": "auto_LiRPA 0.3", "P": 1, "torch": torch.__version__,
                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
             try:
-                net = wide_mlp(width, args.depth).to(device)
+                net = wide_mlp(width, args.depth, device=device)
                 gen = torch.Generator().manual_seed(1)
                 x = torch.rand(1, 784, generator=gen).to(device)
                 lirpa = BoundedModule(net, torch.zeros(1, 784, device=device), device=str(device),

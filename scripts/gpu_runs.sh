@@ -28,7 +28,7 @@ case "$PART" in
   models)
     segment models 170 "1 2" --models cnn,resnet --methods crown,alpha-crown --repeats 1 ;;
   widest)
-    segment crown_p1 150 "1" --models mlp --widths 16384,32768 --methods crown --repeats 1 --lirpa ;;
+    segment crown_p1 240 "1" --models mlp --widths 16384,32768 --methods crown --repeats 1 --lirpa ;;
   beyond)
     segment alpha_p1 100 "1" --models mlp --widths 16384,24576 --methods alpha-crown --alpha-iters 5 --repeats 1
     segment alpha_p2 170 "2" --models mlp --widths 24576 --methods alpha-crown --plans spec,tp --alpha-iters 5 --repeats 1 ;;
