@@ -92,7 +92,9 @@ class BoundGraph:
 
 def build_graph(loaded: LoadedModel) -> BoundGraph:
     gm = loaded.module
-    example = torch.zeros(1, *loaded.input_shape)
+    # The example input lives where the weights do (a module may come already on a GPU).
+    first = next(iter(gm.parameters()), None)
+    example = torch.zeros(1, *loaded.input_shape, device=first.device if first is not None else "cpu")
     try:
         ShapeProp(gm).propagate(example)
     except Exception as exc:
