@@ -281,6 +281,8 @@ def report(args):
     lines += ["", *targets(table)]
     (out / "memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    global _GPU_GIB
+    _GPU_GIB = _gpu_gib_from(out)
     try:
         plot(table, out / "memory.png")
     except ImportError:
@@ -299,8 +301,8 @@ def _target_rows(table):
         if mlp and e["method"] == "crown" and e["plan"] in ("fsdp", "spec", "mixed"):
             yield f"fsdp-family peak, wide MLP, P={P} (fsdp weights; spec where it helps)", e, "peak_ratio", \
                 0.55 if P == 2 else 0.30
-        if e["plan"] == "tp" and P == 2:
-            yield "tp peak, P = 2", e, "peak_ratio", 0.52
+        if e["plan"] == "tp" and P == 2 and mlp:      # CNNs use tp on their Linear head only
+            yield "tp peak, wide MLP, P = 2", e, "peak_ratio", 0.52
         if e["method"] == "alpha-crown" and e["plan"] == "spec" and P == 2:
             yield "alpha-CROWN peak, P = 2, alphas sharded (spec)", e, "peak_ratio", 0.55
         if P == 2 and e["device"] != "cpu":
@@ -327,6 +329,21 @@ def targets(table):
     return lines
 
 
+# Memory of the GPU the runs were made on, for marking out-of-memory runs in the plot.
+_GPU_GIB = None
+
+
+def _gpu_gib_from(out: Path):
+    """total memory of the first GPU named in gpus.txt (written by gpu_bench.sh), in GiB."""
+    try:
+        for line in (out / "gpus.txt").read_text().splitlines():
+            if "MiB" in line and "," in line and not line.startswith("name"):
+                return float(line.split(",")[1].split()[0]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def plot(table, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -342,14 +359,21 @@ def plot(table, path):
         for plan in ["fsdp", "tp", "spec", "mixed"]:
             pts = sorted((e["P"], e["peak_GiB"]) for e in table if e["model"] == model and e["method"] == method
                          and e["plan"] == plan and e["peak_GiB"] is not None)
-            if ref:
+            if ref and pts:
                 pts = [(1, ref[0]["peak_GiB"])] + [p for p in pts if p[0] != 1]
-            if len(pts) > 1:
+            if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=plan)
         lirpa = [e for e in table if e["model"] == model and e["method"] == method and e["plan"] == "auto_LiRPA"
                  and e["peak_GiB"] is not None]
         if lirpa:
             ax.scatter([1], [lirpa[0]["peak_GiB"]], marker="x", color="black", label="auto_LiRPA 0.3", zorder=5)
+        # Runs that did not fit: drawn at the device's memory, the line they crossed.
+        ooms = [e for e in table if e["model"] == model and e["method"] == method and e["status"] == "oom"]
+        if ooms and (_GPU_GIB or torch.cuda.is_available()):
+            cap = _GPU_GIB or torch.cuda.get_device_properties(0).total_memory / GIB
+            ax.axhline(cap, ls="--", color="red", lw=0.8, label=f"device memory ({cap:.0f} GiB)")
+            ax.scatter([e["P"] for e in ooms], [cap] * len(ooms), marker="X", s=80, color="red",
+                       label="out of memory", zorder=6)
         if ref:
             ps = [1, 2, 4]
             ax.plot(ps, [ref[0]["peak_GiB"] / p for p in ps], ls=":", color="grey", label="1/P")
