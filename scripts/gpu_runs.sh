@@ -2,6 +2,7 @@
 # The GPU runs behind docs/MEMORY.md, as made through the `device` tool (see scripts/gpu_bench.sh).
 #   scripts/gpu_runs.sh scaling OUT   wide MLPs 4096/8192, all plans, P = 1, 2, ours and auto_LiRPA 0.3
 #   scripts/gpu_runs.sh models  OUT   the oval21 CNN and the SRI ResNet, all plans, P = 1, 2
+#   scripts/gpu_runs.sh deep    OUT   a depth-8 MLP (8 x 8192), all plans, P = 1, 2 (alpha-CROWN: 5 iterations)
 #   scripts/gpu_runs.sh widest  OUT   the widest MLPs for CROWN on one GPU, ours vs auto_LiRPA 0.3
 #   scripts/gpu_runs.sh beyond  OUT   alpha-CROWN on an MLP that does not fit one GPU, then on two
 # Each part leaves OUT/<part>_results.jsonl (+ log); `python scripts/bench_memory.py report --out DIR`
@@ -27,6 +28,8 @@ case "$PART" in
     segment scaling 560 "1 2" --models mlp --widths 4096,8192 --methods crown,alpha-crown --repeats 1 --lirpa ;;
   models)
     segment models 170 "1 2" --models cnn,resnet --methods crown,alpha-crown --repeats 1 ;;
+  deep)
+    segment deep 420 "1 2" --models mlp --widths 8192 --depth 8 --methods crown,alpha-crown --alpha-iters 5 --repeats 1 ;;
   widest)
     segment crown_p1 240 "1" --models mlp --widths 16384,32768 --methods crown --repeats 1 --lirpa ;;
   beyond)
