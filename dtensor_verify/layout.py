@@ -25,6 +25,11 @@ class Layout:
         """Inside `weights(node, backward=True)`: are `node`'s parameters plain full tensors?"""
         return True
 
+    def rows_step(self, node, rows: torch.Tensor, batch: int):
+        """Inside `weights(node, backward=True)`: the op's direct rule for the one-hot rows `rows`
+        (`BoundOp.backward_rows`), or None to use the generic rule on one-hot A-matrices."""
+        return node.op.backward_rows(rows, batch) if self.weights_are_local(node) else None
+
     def place_A(self, A, node):
         """Lay out an A-matrix w.r.t. `node`'s output as `node`'s policy expects."""
         return A

@@ -139,10 +139,20 @@ class LiveTensorMeter(TorchDispatchMode):
         # neither allocates (except FSDP refilling a freed unsharded weight, tagged "weights").
         if getattr(func, "is_view", False) or (func._schema.is_mutable and _KIND.get() != "weights"):
             return out
+        # Nor does an op that hands back one of its inputs (c10d collectives work in place
+        # without saying so in their schema).
+        inputs = {_storage_key(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and _storage_key(t) not in inputs:
                 self._track(t)
         return out
+
+
+def _storage_key(t: torch.Tensor):
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
 
 
 @dataclass

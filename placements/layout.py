@@ -44,6 +44,10 @@ class DistributedLayout(Layout):
         self.rank = mesh.get_local_rank()
         self.device = mesh_device(mesh)
         self._row_sharded = [False]             # stack: is the current sweep split by rows?
+        self._gather_order = [()]               # stack: fsdp layers the current sweep gathers, in order
+        self._gather_orders = {}                # (start node, autograd on?) -> that order
+        self._prefetched = {}                   # node name -> pending async unshard (UnshardHandle)
+        self._streaming = set()                 # nodes whose step runs shard by shard right now
 
     # -- weights ---------------------------------------------------------------------------
     @contextmanager
@@ -54,10 +58,24 @@ class DistributedLayout(Layout):
             yield
             return
         if policy.weights_at_rest == "fsdp":
+            if backward and self._streams(node, policy):
+                # The step fetches the weight one rank's shard at a time (`backward_step`).
+                self._streaming.add(node.name)
+                try:
+                    yield
+                finally:
+                    self._streaming.discard(node.name)
+                return
+            handle = self._prefetched.pop(node.name, None)
             with tag("weights"):
-                module.unshard()
+                if handle is not None:
+                    handle.wait()
+                else:
+                    module.unshard()
             for p in module.parameters(recurse=False):
                 track_existing(p, "weights")
+            if backward and policy.prefetch_next:
+                self._prefetch_after(node)
             try:
                 hooks = _RegatherSavedWeights(module) if torch.is_grad_enabled() else nullcontext()
                 with hooks:
@@ -81,9 +99,106 @@ class DistributedLayout(Layout):
                 module._parameters[name] = p
 
     def weights_are_local(self, node) -> bool:
+        if node.name in self._streaming:
+            return False
         policy = self.node_policy.get(node.name)
         # tp weights stay DTensor shards inside a neuron-sharded sweep (see `weights`).
         return policy is None or policy.weights_at_rest != "tp" or self._row_sharded[-1]
+
+    # -- fsdp prefetch ----------------------------------------------------------------------
+    def _gathers_in_step(self, node) -> bool:
+        policy = self.node_policy.get(node.name)
+        return (policy is not None and node.op is not None and node.op.module is not None
+                and policy.weights_at_rest == "fsdp" and not self._streams(node, policy))
+
+    def _sweep_gather_order(self, start_name: str) -> tuple[str, ...]:
+        """The fsdp layers a sweep from `start_name` gathers, in the order it visits them (reverse
+        topological over the start's ancestors: `crown._backward_sweep` visits every one)."""
+        key = (start_name, torch.is_grad_enabled())
+        if key not in self._gather_orders:
+            ancestors = self.graph.ancestors(start_name)
+            self._gather_orders[key] = tuple(n.name for n in reversed(self.graph.nodes)
+                                             if n.name in ancestors and self._gathers_in_step(n))
+        return self._gather_orders[key]
+
+    def _prefetch_after(self, node):
+        """Start the all-gather of the layer the sweep gathers after `node`. Every rank runs the
+        same sweeps over the same graph, so the collectives are issued in the same order."""
+        order = self._gather_order[-1]
+        if node.name not in order:
+            return
+        i = order.index(node.name) + 1
+        if i == len(order) or order[i] in self._prefetched:
+            return
+        with tag("weights"):
+            self._prefetched[order[i]] = self.graph[order[i]].op.module.unshard(async_op=True)
+
+    def _drop_prefetched(self, finish: bool):
+        prefetched, self._prefetched = self._prefetched, {}
+        if not finish:
+            return                  # an error is unwinding: do not wait on collectives
+        for name, handle in prefetched.items():
+            handle.wait()
+            self.graph[name].op.module.reshard()
+
+    # -- spec: weights streamed shard by shard ---------------------------------------------
+    def _streams(self, node, policy) -> bool:
+        # Only without autograd (CROWN): alpha-CROWN saves the weights its steps use, and the
+        # regather hooks (`_RegatherSavedWeights`) work on whole FSDP layers.
+        return (policy.stream_shards and not torch.is_grad_enabled()
+                and node.op.step_sums_over_weight_rows())
+
+    def _weight_shards(self, node):
+        """For each rank k in turn: set `node`'s parameters to rank k's Shard(0) rows (broadcast
+        from k; its own are used in place) and yield their [start, stop). One shard besides the
+        rank's own is resident at a time."""
+        module = node.op.module
+        params = dict(module.named_parameters(recurse=False))
+        n_rows = params["weight"].shape[0]
+        group = self.mesh.get_group()
+        for k in range(self.world_size):
+            start, stop = chunk_bounds(n_rows, self.world_size, k)
+            if start == stop:
+                continue
+            shard = {}
+            for name, p in params.items():
+                if k == self.rank:
+                    t = p.to_local().detach().contiguous()
+                else:
+                    with tag("weights"):
+                        t = torch.empty((stop - start, *p.shape[1:]), dtype=p.dtype, device=self.device)
+                # Outside the tag: the meter counts writes under "weights" as new memory (FSDP's
+                # refills), and the owner's shard is already counted as resident.
+                dist.broadcast(t, src=dist.get_global_rank(group, k), group=group)
+                shard[name] = torch.nn.Parameter(t, requires_grad=False)
+            try:
+                module._parameters.update(shard)
+                yield start, stop
+            finally:
+                module._parameters.update(params)
+            del shard
+
+    def _rows_step_by_shard(self, node, rows, batch):
+        """The op's direct rule for one-hot `rows`, each row taken from the shard that holds it."""
+        joined = _RowScatter(len(rows))
+        for start, stop in self._weight_shards(node):
+            inside = ((rows >= start) & (rows < stop)).nonzero().flatten()
+            joined.add(node.op.backward_rows(rows[inside] - start, batch), inside)
+        return joined.result()
+
+    def _step_by_shard(self, step, lA, uA, node):
+        """The step as a sum over weight shards: shard k's rows of W against A's columns [start, stop)."""
+        total = None
+        for start, stop in self._weight_shards(node):
+            part_lA = _narrow_columns(lA, start, stop)
+            part_uA = part_lA if uA is lA else _narrow_columns(uA, start, stop)
+            total = _add_results(total, step(part_lA, part_uA))
+        return total
+
+    def rows_step(self, node, rows, batch):
+        if node.name in self._streaming:
+            return self._rows_step_by_shard(node, rows, batch) if node.op.has_rows_rule() else None
+        return super().rows_step(node, rows, batch)
 
     # -- sweeps, A-matrices, bounds, alphas --------------------------------------------------
     def _spec_split(self, start_name: str) -> bool:
@@ -93,9 +208,14 @@ class DistributedLayout(Layout):
     @contextmanager
     def sweep(self, start_name: str):
         self._row_sharded.append(self._spec_split(start_name))
+        self._gather_order.append(self._sweep_gather_order(start_name))
+        finished = False
         try:
             yield
+            finished = True
         finally:
+            self._drop_prefetched(finish=finished)
+            self._gather_order.pop()
             self._row_sharded.pop()
 
     def _shard_local(self, t: torch.Tensor, dim: int) -> DTensor:
@@ -123,6 +243,8 @@ class DistributedLayout(Layout):
         # rank until `place_A` reduce-scatters it, which would be the per-rank peak. Run on
         # slices of the rows, only a slice of it exists at a time; every rank cuts the same
         # slices (rows are not split over ranks here), so the collectives match.
+        if node.name in self._streaming:
+            return self._step_by_shard(step, lA, uA, node)
         n_rows = _n_rows(lA, uA)
         if self.weights_are_local(node) or n_rows < 2:
             return step(lA, uA)
@@ -217,6 +339,58 @@ def _n_rows(lA, uA) -> int:
 
 def _narrow_rows(A, start, stop):
     return None if A is None else A.narrow(1, start, stop - start)
+
+
+def _narrow_columns(A, start, stop):
+    """A's slice on the node's first dim (Linear features, conv channels): dim 2 of [B, K, *S]."""
+    return None if A is None else A.narrow(2, start, stop - start)
+
+
+def _add_results(total: BackwardResult | None, part: BackwardResult) -> BackwardResult:
+    """Sum of two step results over the same rows (in place into `total`: no autograd here)."""
+    if total is None:
+        return part
+    for (t_l, t_u), (p_l, p_u) in zip(total.input_A, part.input_A):
+        if t_l is not None:
+            t_l.add_(p_l)
+        if t_u is not None and t_u is not t_l:
+            t_u.add_(p_u)
+    shared = total.ubias is total.lbias
+    total.lbias = total.lbias + part.lbias
+    total.ubias = total.lbias if shared else total.ubias + part.ubias
+    return total
+
+
+class _RowScatter:
+    """One BackwardResult over n rows, assembled from results for subsets of them (`inside`)."""
+
+    def __init__(self, n_rows: int):
+        self.n_rows = n_rows
+        self.input_A = None
+        self.bias = [0.0, 0.0]
+        self.bias_shared = True
+
+    def _scatter(self, buffer, part, inside):
+        if buffer is None:
+            buffer = part.new_zeros((part.shape[0], self.n_rows, *part.shape[2:]))
+        return buffer.index_copy_(1, inside, part)
+
+    def add(self, part: BackwardResult, inside: torch.Tensor):
+        if self.input_A is None:
+            self.input_A = [[None, None] for _ in part.input_A]
+            self.bias_shared = part.ubias is part.lbias
+        for slot, (p_l, p_u) in zip(self.input_A, part.input_A):
+            slot[0] = self._scatter(slot[0], p_l, inside)
+            slot[1] = slot[0] if p_u is p_l else self._scatter(slot[1], p_u, inside)
+        for side, b in enumerate((part.lbias, part.ubias)):
+            if isinstance(b, torch.Tensor):
+                self.bias[side] = self._scatter(self.bias[side] if isinstance(self.bias[side], torch.Tensor)
+                                                else None, b, inside)
+
+    def result(self) -> BackwardResult:
+        lbias = self.bias[0]
+        ubias = lbias if self.bias_shared else self.bias[1]
+        return BackwardResult([tuple(pair) for pair in self.input_A], lbias, ubias)
 
 
 class _RowBuffer:

@@ -24,6 +24,12 @@ class Policy:
     a_matrix_sharding: str | None
     summary: str
     supports_conv: bool = True
+    # fsdp-style layers: start the next layer's all-gather (`unshard(async_op=True)`) while this
+    # layer's bound step runs; costs one more gathered layer at a time, hides the gather's latency.
+    prefetch_next: bool = False
+    # fsdp-style layers in a CROWN step (no autograd): fetch the weight one rank's Shard(0) rows
+    # at a time and sum the partial products, so a whole layer is never gathered on a rank.
+    stream_shards: bool = False
 
 
 POLICIES: dict[str, Policy] = {
@@ -32,13 +38,17 @@ POLICIES: dict[str, Policy] = {
         Policy("fsdp", "fsdp", True, None,
                "weights Shard(0) at rest via fully_shard, unshard()/reshard() around each bound step; "
                "bitwise identical to one process"),
+        Policy("fsdp-prefetch", "fsdp", True, None,
+               "as fsdp, and each step starts the next layer's all-gather (unshard(async_op=True)) so "
+               "it overlaps this step's compute; one more gathered layer per rank", prefetch_next=True),
         Policy("tp", "tp", False, "neuron",
                "weights Shard(0) on the neuron dim; A-matrices Shard on the neuron dim; matmul gives "
                "Partial, reduce-scattered by DTensor; intermediate bounds are real CROWN bounds",
                supports_conv=False),
         Policy("spec", "fsdp", True, "spec",
                "weights as fsdp; each rank bounds a slice of the rows (neurons / outputs) of the bound, "
-               "alphas sharded the same way; no A-matrix communication"),
+               "alphas sharded the same way; no A-matrix communication; CROWN steps stream the weight one "
+               "rank's shard at a time", stream_shards=True),
     )
 }
 

@@ -96,7 +96,8 @@ def plans_for(model) -> dict[str, str]:
     tp = "Linear=tp;*=fsdp" if has_conv else "tp"
     # Mixed: tp on the wide hidden layers, fsdp on the input layer and the head, spec elsewhere.
     mixed = f"{linears[0]},{linears[-1]}=fsdp;Linear=tp;*=spec" if len(linears) > 2 else "Linear=tp;*=spec"
-    return {"replicate": "replicate", "fsdp": "fsdp", "tp": tp, "spec": "spec", "mixed": mixed}
+    return {"replicate": "replicate", "fsdp": "fsdp", "fsdp-prefetch": "fsdp-prefetch", "tp": tp, "spec": "spec",
+            "mixed": mixed}
 
 
 # ----------------------------------------------------------------------------- run
@@ -356,7 +357,7 @@ def plot(table, path):
     for ax, (model, method) in zip(axes.flat, groups):
         ref = [e for e in table if e["model"] == model and e["method"] == method and e["plan"] == "replicate"
                and e["P"] == 1 and e["peak_GiB"] is not None]
-        for plan in ["fsdp", "tp", "spec", "mixed"]:
+        for plan in ["fsdp", "fsdp-prefetch", "tp", "spec", "mixed"]:
             pts = sorted((e["P"], e["peak_GiB"]) for e in table if e["model"] == model and e["method"] == method
                          and e["plan"] == plan and e["peak_GiB"] is not None)
             if ref and pts:

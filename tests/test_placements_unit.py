@@ -133,7 +133,7 @@ def test_missing_plan_file(tmp_path):
 def test_unknown_policy(spec):
     with pytest.raises(PlanError, match="unknown placement policy") as info:
         parse_plan(spec)
-    assert "known: replicate, fsdp, tp, spec" in str(info.value)
+    assert "known: replicate, fsdp, fsdp-prefetch, tp, spec" in str(info.value)
 
 
 def test_rule_without_equals():

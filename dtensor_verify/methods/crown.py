@@ -104,10 +104,9 @@ def _first_step(graph, node, rows, bounds, layout):
     box = bounds[graph.input_name]
     batch = box[0].shape[0]
     with layout.weights(node, backward=True):
-        if layout.weights_are_local(node):
-            result = node.op.backward_rows(rows, batch)
-            if result is not None:
-                return _place_inputs(graph, node, result, layout)
+        result = layout.rows_step(node, rows, batch)
+        if result is not None:
+            return _place_inputs(graph, node, result, layout)
         A = layout.place_A(identity_rows(rows, node.shape, batch, box[0].dtype, box[0].device), node)
         input_bounds = [layout.place_bounds(bounds.get(i), graph[i]) for i in node.inputs]
         return _placed_step(graph, node, A, A, input_bounds, None, layout)
@@ -214,13 +213,29 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
     return layout.gather_rows(lo, name, n, differentiable=diff), layout.gather_rows(up, name, n, differentiable=diff)
 
 
+class _TighterOf(torch.autograd.Function):
+    """max (lower side) or min (upper side) of a bound being optimised and a reference bound. The
+    value is exactly the tighter one; the gradient goes whole to the optimised bound. (With
+    `torch.maximum` a tie splits it in half and a 1-ulp win of the reference zeroes it, so the
+    slopes' Adam steps would hinge on rounding: on the first alpha iteration the optimised bound
+    *is* the CROWN reference, up to the order of a sum.)"""
+
+    @staticmethod
+    def forward(ctx, new, ref, upper: bool):
+        return torch.minimum(new, ref) if upper else torch.maximum(new, ref)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None
+
+
 def scatter_rows(full_lower, full_upper, rows, lo, up, intersect: bool):
     """Write row bounds into copies of the (IBP) bounds of the whole node."""
     shape = full_lower.shape
     fl, fu = full_lower.flatten(1), full_upper.flatten(1)
     if intersect:
-        lo = torch.maximum(lo, fl[:, rows])
-        up = torch.minimum(up, fu[:, rows])
+        lo = _TighterOf.apply(lo, fl[:, rows], False)
+        up = _TighterOf.apply(up, fu[:, rows], True)
     fl = fl.index_copy(1, rows, lo)
     fu = fu.index_copy(1, rows, up)
     return fl.reshape(shape), fu.reshape(shape)

@@ -68,5 +68,15 @@ class BoundOp:
         neurons `rows` (how every intermediate bound starts). None: use `backward`."""
         return None
 
+    def has_rows_rule(self) -> bool:
+        return type(self).backward_rows is not BoundOp.backward_rows
+
+    def step_sums_over_weight_rows(self) -> bool:
+        """True when `backward` is a sum over the weight's dim 0 (output neurons / channels, the
+        A-matrix's dim 2): run on a slice of those rows of the weight and the matching slice of
+        A, it gives that slice's share, and the shares add up to the whole step. A layout that
+        never gathers a whole weight (`spec` streaming) relies on it."""
+        return False
+
     def describe(self) -> str:
         return f"{self.kind} {self.name}"

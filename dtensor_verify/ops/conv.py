@@ -41,11 +41,14 @@ class Conv2dOp(BoundOp):
         deviation = self._conv((hi - lo) / 2, w.abs(), None)
         return center - deviation, center + deviation
 
+    def step_sums_over_weight_rows(self):
+        return self.module.groups == 1      # with groups, an output channel reads only its group
+
     def backward(self, lA, uA, input_bounds, alpha=None):
         m = self.module
         w, b = self._params()
         in_c, in_h, in_w = self.in_shapes[0]
-        out_c, out_h, out_w = self.out_shape
+        _, out_h, out_w = self.out_shape
         kh, kw = w.shape[-2:]
         output_padding = tuple(
             size - ((o - 1) * s - 2 * p + d * (k - 1) + 1)
@@ -55,7 +58,8 @@ class Conv2dOp(BoundOp):
             if A is None:
                 return None
             B, K = A.shape[:2]
-            back = F.conv_transpose2d(A.reshape(B * K, out_c, out_h, out_w), w, None, m.stride, m.padding,
+            # A's channels may be a slice of out_c (see step_sums_over_weight_rows), with w's rows to match.
+            back = F.conv_transpose2d(A.reshape(B * K, *A.shape[2:]), w, None, m.stride, m.padding,
                                       output_padding, m.groups, m.dilation)
             return back.reshape(B, K, in_c, in_h, in_w)
 

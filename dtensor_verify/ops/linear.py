@@ -37,6 +37,9 @@ class LinearOp(BoundOp):
 
         return BackwardResult([(step(lA), step(uA))], bias(lA), bias(uA))
 
+    def step_sums_over_weight_rows(self):
+        return True
+
     def backward_rows(self, rows, batch):
         # e_r^T W is row r of W: the one-hot matmul of the generic rule is skipped.
         w, b = self._params()
