@@ -104,13 +104,7 @@ class LiveTensorMeter(TorchDispatchMode):
         return super().__exit__(*exc)
 
     def _track(self, t: torch.Tensor, resizable: bool = False):
-        from torch.distributed.tensor import DTensor
-
-        if isinstance(t, DTensor):
-            t = t._local_tensor
-        inner = getattr(t, "elem", None)          # e.g. AsyncCollectiveTensor wraps its result
-        if isinstance(inner, torch.Tensor):
-            t = inner
+        t = _plain(t)
         if t.device.type == "meta":
             return
         try:
@@ -142,17 +136,29 @@ class LiveTensorMeter(TorchDispatchMode):
         # Nor does an op that hands back one of its inputs (c10d collectives work in place
         # without saying so in their schema).
         inputs = {_storage_key(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs.discard(None)
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and _storage_key(t) not in inputs:
                 self._track(t)
         return out
 
 
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """The tensor that owns the memory: a DTensor's local shard, a wrapper's inner tensor."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(t, DTensor):
+        t = t._local_tensor
+    inner = getattr(t, "elem", None)          # e.g. AsyncCollectiveTensor wraps its result
+    return inner if isinstance(inner, torch.Tensor) else t
+
+
 def _storage_key(t: torch.Tensor):
     try:
-        return t.untyped_storage().data_ptr()
+        key = _plain(t).untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):
         return None
+    return key or None
 
 
 @dataclass
