@@ -409,3 +409,34 @@ def test_spec_peak_memory_per_rank_at_p4(tmp_path):
     assert torch.allclose(results[0]["lower"], ref_lower, rtol=RTOL, atol=ATOL)
     ratio = max(r["peak"] for r in results) / ref_peak
     assert ratio <= SPEC_PEAK_RATIO_P4, f"spec per-rank CROWN peak at P=4 is {ratio:.3f} of one process"
+
+
+# ------------------------------------------------------------------------------ meter
+
+def _meter_job(rank, world):
+    """Bytes the CPU meter counts for ops whose outputs are new, or are one of their inputs."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from dtensor_verify.memory import LiveTensorMeter
+    from placements import mesh_from_process_group
+
+    mesh = mesh_from_process_group()
+    x = distribute_tensor(torch.ones(64, 32), mesh, [Shard(0)])     # 32 x 32 floats per rank
+    buf = torch.zeros(1000)
+    counts = {}
+    for name, fn in {
+        "dtensor op": lambda: x * 2.0,                                # a new local shard: 4096 bytes
+        "broadcast in place": lambda: dist.broadcast(buf, src=0),    # writes into buf: 0 bytes
+        "plain op": lambda: buf + 1.0,                                # 4000 bytes
+    }.items():
+        with LiveTensorMeter() as meter:
+            keep = fn()
+        counts[name] = meter.peak
+        del keep
+    return counts
+
+
+def test_meter_counts_dtensor_shards_and_not_inplace_collectives(tmp_path):
+    for counts in run_distributed(_meter_job, 2, tmp_path, timeout_s=60, start_method=START):
+        assert counts == {"dtensor op": 32 * 32 * 4, "broadcast in place": 0, "plain op": 4000}, counts
