@@ -25,6 +25,10 @@ class Layout:
         """Inside `weights(node, backward=True)`: are `node`'s parameters plain full tensors?"""
         return True
 
+    def ibp(self, node, intervals):
+        """Inside `weights(node)`: the op's IBP rule on the input boxes `intervals`."""
+        return node.op.ibp(*intervals)
+
     def rows_step(self, node, rows: torch.Tensor, batch: int):
         """Inside `weights(node, backward=True)`: the op's direct rule for the one-hot rows `rows`
         (`BoundOp.backward_rows`), or None to use the generic rule on one-hot A-matrices."""

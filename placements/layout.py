@@ -58,8 +58,8 @@ class DistributedLayout(Layout):
             yield
             return
         if policy.weights_at_rest == "fsdp":
-            if backward and self._streams(node, policy):
-                # The step fetches the weight one rank's shard at a time (`backward_step`).
+            if self._streams(node, policy):
+                # Steps and IBP fetch the weight one rank's shard at a time (`backward_step`, `ibp`).
                 self._streaming.add(node.name)
                 try:
                     yield
@@ -143,8 +143,9 @@ class DistributedLayout(Layout):
 
     # -- spec: weights streamed shard by shard ---------------------------------------------
     def _streams(self, node, policy) -> bool:
-        # Only without autograd (CROWN): alpha-CROWN saves the weights its steps use, and the
-        # regather hooks (`_RegatherSavedWeights`) work on whole FSDP layers.
+        # Only without autograd (IBP, CROWN, alpha-CROWN's CROWN start): its optimisation saves
+        # the weights its steps use, and the regather hooks (`_RegatherSavedWeights`) work on
+        # whole FSDP layers.
         return (policy.stream_shards and not torch.is_grad_enabled()
                 and node.op.step_sums_over_weight_rows())
 
@@ -194,6 +195,20 @@ class DistributedLayout(Layout):
             part_uA = part_lA if uA is lA else _narrow_columns(uA, start, stop)
             total = _add_results(total, step(part_lA, part_uA))
         return total
+
+    def ibp(self, node, intervals):
+        """IBP of a streamed layer: shard k's rows of the weight give output slice k (dim 1)."""
+        if node.name not in self._streaming:
+            return super().ibp(node, intervals)
+        lower = upper = None
+        for start, stop in self._weight_shards(node):
+            lo, up = node.op.ibp(*intervals)
+            if lower is None:
+                lower = lo.new_empty((lo.shape[0], *node.shape))
+                upper = up.new_empty((up.shape[0], *node.shape))
+            lower.narrow(1, start, stop - start).copy_(lo)
+            upper.narrow(1, start, stop - start).copy_(up)
+        return lower, upper
 
     def rows_step(self, node, rows, batch):
         if node.name in self._streaming:

@@ -4,7 +4,7 @@ Claims checked (DESIGN.md, placement table):
 
 * ``fsdp`` and ``fsdp-prefetch``: IBP, CROWN and alpha-CROWN bounds are ``torch.equal`` to one
   process; prefetch gathers each layer once per sweep, ahead of its step.
-* ``spec``: a CROWN sweep never gathers a whole layer (weights streamed one shard at a time), and
+* ``spec``: CROWN (IBP boxes included) never gathers a whole layer (weights streamed one shard at a time), and
   its per-rank peak at P = 4 is at most 0.30 of one process on a wide MLP.
 * ``tp``, ``spec`` and mixed per-layer plans: within ``rtol=1e-5, atol=1e-6`` of one process and
   never looser than that (lower >= ref - tol, upper <= ref + tol).
@@ -373,8 +373,8 @@ def test_prefetch_and_streaming_gather_what_they_claim(tmp_path):
         assert not any(a for _, a, _ in plain)
         assert sum(a for _, a, _ in ahead) >= 3, ahead       # every sweep past its first layer
         assert res["fsdp-prefetch"]["left"] == 0
-        # spec: whole layers are gathered only for the IBP boxes, never inside a sweep.
-        assert spec and not any(inside for _, _, inside in spec), spec
+        # spec: IBP and CROWN steps stream the weight shard by shard; no layer is ever gathered.
+        assert spec == [], spec
 
 
 # Per-rank CROWN peak of `spec` at P = 4 over one process (the fsdp-family target: 0.30).

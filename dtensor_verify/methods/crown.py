@@ -263,7 +263,7 @@ def _intermediate_bounds(graph, box, layout, opts):
         if node.op is None:
             continue
         with layout.weights(node):
-            ref_lo, ref_up = node.op.ibp(*[bounds[i] for i in node.inputs])
+            ref_lo, ref_up = layout.ibp(node, [bounds[i] for i in node.inputs])
         ref_lo, ref_up = layout.local(ref_lo), layout.local(ref_up)
         name = node.name
         if name not in preactivation or graph.affine_from_input(name):

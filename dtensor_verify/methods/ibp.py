@@ -13,7 +13,7 @@ def ibp(graph, box, layout=DEFAULT_LAYOUT, until: str | None = None) -> dict[str
         if node.op is None:
             continue
         with layout.weights(node):
-            lo, hi = node.op.ibp(*[bounds[i] for i in node.inputs])
+            lo, hi = layout.ibp(node, [bounds[i] for i in node.inputs])
         bounds[node.name] = (layout.local(lo), layout.local(hi))
         if node.name == until:
             break

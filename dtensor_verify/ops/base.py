@@ -75,7 +75,8 @@ class BoundOp:
         """True when `backward` is a sum over the weight's dim 0 (output neurons / channels, the
         A-matrix's dim 2): run on a slice of those rows of the weight and the matching slice of
         A, it gives that slice's share, and the shares add up to the whole step. A layout that
-        never gathers a whole weight (`spec` streaming) relies on it."""
+        never gathers a whole weight (`spec` streaming) relies on it. Such an op's `ibp` on those
+        rows of the weight gives the matching slice of its output's first dim."""
         return False
 
     def describe(self) -> str:
