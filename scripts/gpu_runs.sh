@@ -5,6 +5,8 @@
 #   scripts/gpu_runs.sh deep    OUT   a depth-8 MLP (8 x 8192), all plans, P = 1, 2 (alpha-CROWN: 5 iterations)
 #   scripts/gpu_runs.sh widest  OUT   the widest MLPs for CROWN on one GPU, ours vs auto_LiRPA 0.3
 #   scripts/gpu_runs.sh beyond  OUT   alpha-CROWN on an MLP that does not fit one GPU, then on two
+#   scripts/gpu_runs.sh streaming OUT fsdp vs fsdp-prefetch vs spec (streamed weights) time, CROWN, 3 repeats
+# GPU_PS="1 2 4" overrides every part's list of world sizes (on nvidia-h200-x4).
 # Each part leaves OUT/<part>_results.jsonl (+ log); `python scripts/bench_memory.py report --out DIR`
 # turns a results.jsonl into the tables and plot. Parts run under time limits so that a call of the
 # device tool (10 minutes) always returns what finished.
@@ -14,7 +16,7 @@ PART="$1"; OUT="$2"
 WORK="${TMPDIR:-/tmp}/gpu_runs"; mkdir -p "$OUT"
 
 segment() {   # segment NAME SECONDS PS ARGS...
-  local name="$1" limit="$2" ps="$3"; shift 3
+  local name="$1" limit="$2" ps="${GPU_PS:-$3}"; shift 3
   mkdir -p "$WORK/$name"
   timeout "$limit" bash "$ROOT/scripts/gpu_bench.sh" "$WORK/$name" "$ps" "$@"
   echo "[$name] exit $?" | tee -a "$OUT/${PART}_log.txt"
@@ -32,6 +34,8 @@ case "$PART" in
     segment deep 420 "1 2" --models mlp --widths 8192 --depth 8 --methods crown,alpha-crown --alpha-iters 5 --repeats 1 ;;
   widest)
     segment crown_p1 240 "1" --models mlp --widths 16384,32768 --methods crown --repeats 1 --lirpa ;;
+  streaming)
+    segment streaming 400 "1 2" --models mlp --widths 4096,8192 --methods crown --plans replicate,fsdp,fsdp-prefetch,spec --repeats 3 ;;
   beyond)
     segment alpha_p1 100 "1" --models mlp --widths 16384,24576 --methods alpha-crown --alpha-iters 5 --repeats 1
     segment alpha_p2 170 "2" --models mlp --widths 24576 --methods alpha-crown --plans spec,tp --alpha-iters 5 --repeats 1 ;;
