@@ -27,8 +27,9 @@ class Policy:
     # fsdp-style layers: start the next layer's all-gather (`unshard(async_op=True)`) while this
     # layer's bound step runs; costs one more gathered layer at a time, hides the gather's latency.
     prefetch_next: bool = False
-    # fsdp-style layers in a CROWN step (no autograd): fetch the weight one rank's Shard(0) rows
-    # at a time and sum the partial products, so a whole layer is never gathered on a rank.
+    # fsdp-style Linear / Conv layers without autograd (IBP and CROWN steps): fetch the weight one
+    # rank's Shard(0) rows at a time (CROWN: sum the partial products; IBP: fill that output
+    # slice), so a whole layer is never gathered on a rank.
     stream_shards: bool = False
 
 
@@ -47,8 +48,8 @@ POLICIES: dict[str, Policy] = {
                supports_conv=False),
         Policy("spec", "fsdp", True, "spec",
                "weights as fsdp; each rank bounds a slice of the rows (neurons / outputs) of the bound, "
-               "alphas sharded the same way; no A-matrix communication; CROWN steps stream the weight one "
-               "rank's shard at a time", stream_shards=True),
+               "alphas sharded the same way; no A-matrix communication; IBP and CROWN steps stream the "
+               "weight one rank's shard at a time", stream_shards=True),
     )
 }
 
