@@ -181,7 +181,7 @@ class DistributedLayout(Layout):
 
     def _rows_step_by_shard(self, node, rows, batch):
         """The op's direct rule for one-hot `rows`, each row taken from the shard that holds it."""
-        joined = _RowScatter(len(rows))
+        joined = _RowJoin(len(rows), self.local)
         for start, stop in self._weight_shards(node):
             inside = ((rows >= start) & (rows < stop)).nonzero().flatten()
             joined.add(node.op.backward_rows(rows[inside] - start, batch), inside)
@@ -271,7 +271,7 @@ class DistributedLayout(Layout):
                 continue
             part_lA = _narrow_rows(lA, start, stop)
             part_uA = part_lA if uA is lA else _narrow_rows(uA, start, stop)
-            joined.add(step(part_lA, part_uA), start, stop)
+            joined.add(step(part_lA, part_uA), slice(start, stop))
         return joined.result()
 
     def place_bounds(self, bounds, node):
@@ -376,41 +376,10 @@ def _add_results(total: BackwardResult | None, part: BackwardResult) -> Backward
     return total
 
 
-class _RowScatter:
-    """One BackwardResult over n rows, assembled from results for subsets of them (`inside`)."""
-
-    def __init__(self, n_rows: int):
-        self.n_rows = n_rows
-        self.input_A = None
-        self.bias = [0.0, 0.0]
-        self.bias_shared = True
-
-    def _scatter(self, buffer, part, inside):
-        if buffer is None:
-            buffer = part.new_zeros((part.shape[0], self.n_rows, *part.shape[2:]))
-        return buffer.index_copy_(1, inside, part)
-
-    def add(self, part: BackwardResult, inside: torch.Tensor):
-        if self.input_A is None:
-            self.input_A = [[None, None] for _ in part.input_A]
-            self.bias_shared = part.ubias is part.lbias
-        for slot, (p_l, p_u) in zip(self.input_A, part.input_A):
-            slot[0] = self._scatter(slot[0], p_l, inside)
-            slot[1] = slot[0] if p_u is p_l else self._scatter(slot[1], p_u, inside)
-        for side, b in enumerate((part.lbias, part.ubias)):
-            if isinstance(b, torch.Tensor):
-                self.bias[side] = self._scatter(self.bias[side] if isinstance(self.bias[side], torch.Tensor)
-                                                else None, b, inside)
-
-    def result(self) -> BackwardResult:
-        lbias = self.bias[0]
-        ubias = lbias if self.bias_shared else self.bias[1]
-        return BackwardResult([tuple(pair) for pair in self.input_A], lbias, ubias)
-
-
 class _RowBuffer:
-    """One A-matrix assembled from row slices, each copied into a local buffer as it arrives (so
-    the slices need not all be alive at once); wrapped as a DTensor again if the slices were."""
+    """One A-matrix (or bias) assembled from parts over subsets of its rows (dim 1), each copied
+    into a local buffer as it arrives (so the parts need not all be alive at once); wrapped as a
+    DTensor again if the parts were. Every row must be written once."""
 
     def __init__(self, n_rows: int):
         self.n_rows = n_rows
@@ -418,7 +387,8 @@ class _RowBuffer:
         self.dtensor_spec = None       # (mesh, placements, global shape) of DTensor slices
         self.joined = None
 
-    def write(self, part, start: int, stop: int):
+    def write(self, part, rows):
+        """`rows`: a slice, or an index tensor (then no autograd: index_copy_ is in place)."""
         local = part
         if isinstance(part, DTensor):
             # Each rank holds whole rows of its shard: rows must not be split or pending a sum.
@@ -429,7 +399,10 @@ class _RowBuffer:
                 self.dtensor_spec = (part.device_mesh, part.placements, shape)
         if self.buffer is None:
             self.buffer = local.new_empty((local.shape[0], self.n_rows, *local.shape[2:]))
-        self.buffer.narrow(1, start, stop - start).copy_(local)     # differentiable (CopySlices)
+        if isinstance(rows, slice):
+            self.buffer[:, rows].copy_(local)     # differentiable (CopySlices)
+        else:
+            self.buffer.index_copy_(1, rows, local)
 
     def tensor(self):
         if self.joined is None:
@@ -442,14 +415,14 @@ class _RowBuffer:
 
 
 class _RowJoin:
-    """The BackwardResult of a step run on row slices: A-matrices joined per input and side
-    (a pair shared by both sides stays shared), biases [B, k] made local and concatenated."""
+    """The BackwardResult of a step run on subsets of the rows: A-matrices joined per input and
+    side (a pair shared by both sides stays shared), biases [B, k] made local and joined."""
 
     def __init__(self, n_rows: int, local):
         self.n_rows = n_rows
         self.local = local
         self.slots = None
-        self.bias_parts = ([], [])
+        self.biases = [None, None]     # per side: a _RowBuffer, or the float every part had
         self.bias_shared = False
 
     def _slots_for(self, pair):
@@ -457,28 +430,29 @@ class _RowJoin:
         upper = lower if pair[1] is pair[0] else (None if pair[1] is None else _RowBuffer(self.n_rows))
         return lower, upper
 
-    def add(self, result: BackwardResult, start: int, stop: int):
+    def add(self, result: BackwardResult, rows):
+        """`rows`: where `result`'s rows go (a slice, or an index tensor)."""
         if self.slots is None:
             self.slots = [self._slots_for(pair) for pair in result.input_A]
             self.bias_shared = result.ubias is result.lbias
         for (lower, upper), (part_lA, part_uA) in zip(self.slots, result.input_A):
             if lower is not None:
-                lower.write(part_lA, start, stop)
+                lower.write(part_lA, rows)
             if upper is not None and upper is not lower:
-                upper.write(part_uA, start, stop)
-        self.bias_parts[0].append(self.local(result.lbias))
-        if not self.bias_shared:
-            self.bias_parts[1].append(self.local(result.ubias))
-
-    @staticmethod
-    def _join_bias(parts):
-        return torch.cat(parts, 1) if isinstance(parts[0], torch.Tensor) else parts[0]
+                upper.write(part_uA, rows)
+        for side, bias in enumerate((result.lbias, result.ubias)[:1 if self.bias_shared else 2]):
+            bias = self.local(bias)
+            if isinstance(bias, torch.Tensor):
+                if self.biases[side] is None:
+                    self.biases[side] = _RowBuffer(self.n_rows)
+                self.biases[side].write(bias, rows)
+            else:
+                self.biases[side] = bias
 
     def result(self) -> BackwardResult:
         input_A = [tuple(None if slot is None else slot.tensor() for slot in pair) for pair in self.slots]
-        lbias = self._join_bias(self.bias_parts[0])
-        ubias = lbias if self.bias_shared else self._join_bias(self.bias_parts[1])
-        return BackwardResult(input_A, lbias, ubias)
+        lbias, ubias = (b.tensor() if isinstance(b, _RowBuffer) else b for b in self.biases)
+        return BackwardResult(input_A, lbias, lbias if self.bias_shared else ubias)
 
 
 class _RegatherSavedWeights(torch.autograd.graph.saved_tensors_hooks):
