@@ -23,3 +23,8 @@ class InputSpecError(VerifierError):
 
 class PlanError(VerifierError):
     """A placement plan does not match the graph or asks for an impossible combination."""
+
+
+class TimeLimitReached(Exception):
+    """The run's time limit passed (raised by the verifier's clock; never a user error, never a
+    verdict of its own: the pipeline turns it into `timeout`)."""

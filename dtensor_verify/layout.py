@@ -89,5 +89,17 @@ class Layout:
     def phase(self, name: str):
         yield
 
+    @contextmanager
+    def domain_batches(self):
+        """Context of branch and bound: the batch dim holds domains, which the solver spreads
+        over ranks itself, so a layout must not split the rows of a bound over ranks here."""
+        yield
+
+    @property
+    def splits_domains(self) -> bool:
+        """Under `domain_batches`, may the ranks of this layout bound different domains? (False
+        when a step needs every rank on the same domains, e.g. neuron-sharded A-matrices.)"""
+        return True
+
 
 DEFAULT_LAYOUT = Layout()

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import InputSpecError, VerifierError
+from .errors import InputSpecError, TimeLimitReached, VerifierError
 
 __all__ = ["verify_instance", "VerifyResult", "DisjunctStatus", "AttackOptions", "VERDICTS"]
 
@@ -94,8 +94,7 @@ class VerifyResult:
         return out
 
 
-class _Timeout(Exception):
-    """Raised internally when the time limit is reached (never escapes verify_instance)."""
+_Timeout = TimeLimitReached       # raised by the clock; never escapes verify_instance
 
 
 class _Clock:
@@ -411,6 +410,17 @@ def _bound_pairs(model, method, pairs: _Pairs, open_idx, region_lo, region_hi, c
         margin_lower = lower - d
         for b, pos, p in slots:
             results[p] = margin_lower[b, pos:pos + pairs.rows_of[p]]
+        if method != "ibp":
+            # Where branch and bound starts from: each pair's intermediate bounds and (one
+            # process: the rows are not split over ranks) its rows' optimised lower slopes.
+            pre = graph.preactivation_nodes()
+            for b, pos, p in slots:
+                k = pairs.rows_of[p]
+                root = {"bounds": {n: (bounds[n][0][b].detach(), bounds[n][1][b].detach()) for n in pre},
+                        "alphas": None}
+                if alphas and getattr(layout, "world_size", 1) == 1:
+                    root["alphas"] = {r: a[0, b, pos:pos + k] for r, a in alphas.items()}
+                info.setdefault("roots", {})[p] = root
         if guide:
             clock.check()
             # Rows padded in (beyond a box's real rows) have C = 0: skip them.
@@ -425,13 +435,63 @@ def _bound_pairs(model, method, pairs: _Pairs, open_idx, region_lo, region_hi, c
     return results, vertices, info
 
 
+# ------------------------------------------------------------------------------------ branch and bound
+
+def _branch_and_bound(model, pairs: _Pairs, details, roots, pair_lo, pair_hi, clock, bab_options, try_candidates,
+                      log, res) -> str:
+    """Run branch and bound on the open pairs; returns 'proved', 'sat', 'timeout' or 'unknown'."""
+    from .bab import BabOptions, BabProblem, BabSolver, make_roots
+    from .bab.comm import comm_for
+
+    say = log or (lambda msg: None)
+    open_idx = [p for p in range(len(pairs)) if details[p].status == "open"]
+    if any(p not in roots or pairs.n_real_rows[p] == 0 for p in open_idx):
+        say("bab: skipped (a disjunct has no bound to start from)")
+        return "unknown"
+    layout = model.layout
+    opts = bab_options or BabOptions()
+    if log is not None and getattr(layout, "rank", 0) == 0:
+        opts.progress = True
+    t = time.perf_counter()
+    with layout.domain_batches():
+        problem = BabProblem(model.graph, layout, model.forward, pairs.C, pairs.d, pairs.mask, pair_lo, pair_hi)
+        one_process = getattr(layout, "world_size", 1) == 1
+        if not one_process and opts.root_iterations == 0:
+            opts.root_iterations = opts.beta.iterations     # slopes of split rows are not at hand
+        root_domains = make_roots(problem, open_idx, [roots[p]["bounds"] for p in open_idx],
+                                  [torch.tensor(details[p].lower, dtype=pairs.d.dtype) for p in open_idx],
+                                  [roots[p]["alphas"] for p in open_idx])
+
+        def try_points(x, pair):
+            with torch.no_grad():
+                y = model.forward(x)
+            margins = _margin(y.unsqueeze(0), pairs.C[pair], pairs.d[pair], pairs.mask[pair])[0]
+            return try_candidates(x.detach().cpu(), margins.cpu(), pair.tolist())
+
+        solver = BabSolver(problem, opts, clock.check, try_points, log=say, comm=comm_for(layout))
+        outcome = solver.solve(root_domains)
+    stats = outcome.stats
+    res.bounds["bab"] = stats
+    res.phases["bab"] = time.perf_counter() - t
+    say(f"bab: {outcome.status}: {stats['domains_visited']} domains bounded, {stats['domains_proved']} proved, "
+        f"{stats['open_domains']} open, depth {stats['max_depth']}, batch {stats['batch_size']} "
+        f"({stats['seconds']:.2f} s)")
+    if outcome.status == "proved":
+        for p in open_idx:
+            details[p].status, details[p].proved_by = "proved", "bab"
+    return outcome.status
+
+
 # ------------------------------------------------------------------------------------------ main
 
 def verify_instance(model, prop, onnx_path: str | None, timeout: float,
                     methods=("crown", "alpha-crown"), attack: bool = True, log=None,
                     attack_options: AttackOptions | None = None, alpha_options=None,
-                    bound_batching: str = "region", max_batch: int = 64) -> VerifyResult:
+                    bound_batching: str = "region", max_batch: int = 64, bab: bool = True,
+                    bab_options=None) -> VerifyResult:
     """Decide one instance. See the module docstring. `log`: a callable taking a str, or None.
+    `bab`: run branch and bound (beta-CROWN) on what the bounds leave open, with the time left
+    (`bab_options`: a `bab.BabOptions`).
 
     `onnx_path` is the original ONNX file (plain or gzipped) that confirms counterexamples with
     onnxruntime; None means the file the model was loaded from, or, for a model built from an
@@ -514,6 +574,7 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
             return False
 
         guided: dict[int, torch.Tensor] = {}      # pair -> bound-guided vertices [n, *S]
+        roots: dict[int, dict] = {}               # pair -> where branch and bound starts from
 
         def attack_round(restarts, seed, phase, starts=None):
             open_idx = [p for p in range(len(pairs)) if details[p].status == "open"]
@@ -568,6 +629,7 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
             t = time.perf_counter()
             lowers, vertices, info = _bound_pairs(model, method, pairs, open_idx, region_lo, region_hi, clock,
                                                   bound_batching, alpha_options, max_batch, guide=attack)
+            roots.update(info.get("roots", {}))
             proved = 0
             for p, lo in lowers.items():
                 k_real = pairs.n_real_rows[p]
@@ -596,11 +658,29 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
                 if check_vertices(vertices, "attack-guided"):
                     return finish("sat", decided_by=f"attack ({method}-guided)")
 
-        # 4. more attack rounds, from the bound-guided vertices and new random starts -----------
-        if attack and aopts.extra_rounds > 0:
+        # 4. branch and bound on what is still open (one quick attack round first) --------------
+        extra_rounds = aopts.extra_rounds if attack else 0
+        first_extra = 0
+        if bab and any(d.status == "open" for d in details):
+            if extra_rounds > 0:
+                clock.check()
+                if attack_round(aopts.restarts, aopts.seed + 1, "attack-extra", guided):
+                    return finish("sat", decided_by="attack")
+                first_extra = 1
+            outcome = _branch_and_bound(model, pairs, details, roots, pair_lo, pair_hi, clock, bab_options,
+                                        try_candidates, log, res)
+            if outcome == "sat":
+                return finish("sat", decided_by="bab")
+            if outcome == "proved":
+                return finish("unsat", decided_by="bab")
+            if outcome == "timeout":
+                raise _Timeout()
+
+        # 5. more attack rounds, from the bound-guided vertices and new random starts -----------
+        if extra_rounds > first_extra:
             stop_at = time.perf_counter() + max(clock.left(), 0.0) * aopts.extra_budget
-            restarts = aopts.restarts
-            for k in range(aopts.extra_rounds):
+            restarts = aopts.restarts * (2 ** first_extra)
+            for k in range(first_extra, extra_rounds):
                 clock.check()
                 if time.perf_counter() >= stop_at:
                     break

@@ -14,6 +14,7 @@ import torch
 from ..layout import DEFAULT_LAYOUT, Layout
 from ..memory import tag
 from ..ops.relu import relaxation
+from .optimize import ParamGroup, maximise
 from .crown import CrownOptions, default_spec, intermediate_bounds, node_bound_rows, output_bound, scatter_rows
 
 
@@ -69,63 +70,52 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
     with tag("alphas"):
         alphas = init_alphas(graph, bounds, starts, layout)
     params = [a for per_start in alphas.values() for a in per_start.values()]
-    best_bounds = {k: (v[0].detach(), v[1].detach()) for k, v in bounds.items()}
-    iterations = 0
-    if params and opts.iterations > 0:
-        optimizer = torch.optim.Adam(params, lr=opts.lr)
-        history = []
-        for it in range(opts.iterations):
-            iterations = it + 1
-            cur = {graph.input_name: box}
-            for name in graph.preactivation_nodes():
-                if name not in alphas or name not in rows:
-                    cur[name] = best_bounds[name]
-                    continue
-                start_alphas = alphas[name]
+    best = {"lo": best_lo, "up": best_up, "bounds": {k: (v[0].detach(), v[1].detach()) for k, v in bounds.items()}}
 
-                def slice_alphas(s, e, start_alphas=start_alphas):
-                    return {r: a[:, :, s:e] for r, a in start_alphas.items()}
+    def evaluate(it):
+        cur = {graph.input_name: box}
+        for name in graph.preactivation_nodes():
+            if name not in alphas or name not in rows:
+                cur[name] = best["bounds"][name]
+                continue
+            start_alphas = alphas[name]
 
-                lo, up = node_bound_rows(graph, name, rows[name], cur, layout, opts.crown, batch, slice_alphas)
-                ref_lo, ref_up = best_bounds[name]
-                cur[name] = scatter_rows(ref_lo, ref_up, rows[name], lo, up, intersect=True)
-            lo, up = output_bound(graph, cur, C, layout, alphas[graph.output_name], want_lower, want_upper,
-                                  gather=False)
-            loss = 0.0
-            if lo is not None:
-                loss = loss - lo.sum()
-            if up is not None:
-                loss = loss + up.sum()
-            with tag("alpha-optimizer"):
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            with torch.no_grad():
-                for a in params:
-                    a.clamp_(0.0, 1.0)
-                if lo is not None:
-                    best_lo = torch.maximum(best_lo, lo.detach())
-                if up is not None:
-                    best_up = torch.minimum(best_up, up.detach())
-                for name in rows:
-                    if name in cur:
-                        l_new, u_new = cur[name]
-                        l_old, u_old = best_bounds[name]
-                        best_bounds[name] = (torch.maximum(l_old, l_new.detach()), torch.minimum(u_old, u_new.detach()))
-                score = 0.0
-                if best_lo is not None:
-                    score += float(best_lo.sum())
-                if best_up is not None:
-                    score -= float(best_up.sum())
-            history.append(score)
-            if on_step is not None:
-                on_step(it, score)
-            if len(history) > opts.patience:
-                old = history[-1 - opts.patience]
-                stalled = abs(score - old) <= opts.tol * max(1.0, abs(old))
-                if layout.all_true(stalled):
-                    break
-            del cur, lo, up, loss
+            def slice_alphas(s, e, start_alphas=start_alphas):
+                return {r: a[:, :, s:e] for r, a in start_alphas.items()}
+
+            lo, up = node_bound_rows(graph, name, rows[name], cur, layout, opts.crown, batch, slice_alphas)
+            ref_lo, ref_up = best["bounds"][name]
+            cur[name] = scatter_rows(ref_lo, ref_up, rows[name], lo, up, intersect=True)
+        lo, up = output_bound(graph, cur, C, layout, alphas[graph.output_name], want_lower, want_upper,
+                              gather=False)
+        loss = 0.0
+        if lo is not None:
+            loss = loss - lo.sum()
+        if up is not None:
+            loss = loss + up.sum()
+        return loss, (cur, lo, up)
+
+    def keep_best(state):
+        cur, lo, up = state
+        if lo is not None:
+            best["lo"] = torch.maximum(best["lo"], lo.detach())
+        if up is not None:
+            best["up"] = torch.minimum(best["up"], up.detach())
+        for name in rows:
+            if name in cur:
+                l_new, u_new = cur[name]
+                l_old, u_old = best["bounds"][name]
+                best["bounds"][name] = (torch.maximum(l_old, l_new.detach()), torch.minimum(u_old, u_new.detach()))
+        score = 0.0
+        if best["lo"] is not None:
+            score += float(best["lo"].sum())
+        if best["up"] is not None:
+            score -= float(best["up"].sum())
+        return score, False
+
+    iterations = maximise([ParamGroup(params, opts.lr, 0.0, 1.0)], evaluate, keep_best, opts.iterations, layout,
+                          opts.patience, opts.tol, on_step)
+    best_lo, best_up, best_bounds = best["lo"], best["up"], best["bounds"]
     n_rows = C.shape[1]
     gather = (lambda t: None if t is None else layout.gather_rows(t, graph.output_name, n_rows))
     info = {"crown_lower": gather(crown_lo), "crown_upper": gather(crown_up), "iterations": iterations,

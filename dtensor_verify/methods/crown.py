@@ -51,20 +51,24 @@ def _add(a, b):
     return a + b
 
 
-def backward_bound(graph, start: str, lA, uA, bounds, layout: Layout = DEFAULT_LAYOUT, alphas=None, rows=None):
+def backward_bound(graph, start: str, lA, uA, bounds, layout: Layout = DEFAULT_LAYOUT, alphas=None, rows=None,
+                   betas=None, record=None):
     """Bounds of `lA . v_start` (lower) and `uA . v_start` (upper) over the input box.
 
     `bounds` must hold the input box (under `graph.input_name`) and the bounds of every ReLU
-    input upstream of `start`. `alphas` maps ReLU node names to their (lA, uA) lower slopes.
-    With `rows` (and lA = uA = None) the sweep bounds those flattened neurons of `start`
-    themselves (one-hot A-matrices, built only if the start op has no direct rule for them).
+    input upstream of `start`. `alphas` maps ReLU node names to their (lA, uA) lower slopes
+    (a `[2, ...]` tensor or a pair whose entries may be None). `betas` maps ReLU node names to
+    their split constraints (multipliers, signs) (beta-CROWN). With `rows` (and lA = uA = None)
+    the sweep bounds those flattened neurons of `start` themselves (one-hot A-matrices, built
+    only if the start op has no direct rule for them). `record`, a dict, receives the lower
+    A-matrix reaching each ReLU's output (detached, full), which branching heuristics score.
     Returns (lower, upper), each [B, K] or None.
     """
     with layout.sweep(start), tag("A-matrices"):
-        return _backward_sweep(graph, start, lA, uA, bounds, layout, alphas, rows)
+        return _backward_sweep(graph, start, lA, uA, bounds, layout, alphas, rows, betas, record)
 
 
-def _step(node, lA, uA, input_bounds, alpha):
+def _step(node, lA, uA, input_bounds, alpha, beta=None):
     """One op's backward rule. An affine op maps lower and upper A-matrices the same way, so when
     both sides carry the same matrix it is pushed through once and shared."""
     if lA is uA and lA is not None and node.op.is_affine:
@@ -72,6 +76,8 @@ def _step(node, lA, uA, input_bounds, alpha):
         result.input_A = [(a, a) for a, _ in result.input_A]
         result.ubias = result.lbias
         return result
+    if beta is not None:
+        return node.op.backward(lA, uA, input_bounds, alpha=alpha, beta=beta)
     return node.op.backward(lA, uA, input_bounds, alpha=alpha)
 
 
@@ -88,12 +94,12 @@ def _place_inputs(graph, node, result, layout):
     return result
 
 
-def _placed_step(graph, node, lA, uA, input_bounds, alpha, layout):
+def _placed_step(graph, node, lA, uA, input_bounds, alpha, layout, beta=None):
     """`node`'s backward rule with its input A-matrices laid out (call inside `layout.weights`).
     The layout may run it on slices of the rows (tp does, so that no full-size Partial
     A-matrix exists at once); the rule itself never sees the difference."""
     def step(part_lA, part_uA):
-        return _place_inputs(graph, node, _step(node, part_lA, part_uA, input_bounds, alpha), layout)
+        return _place_inputs(graph, node, _step(node, part_lA, part_uA, input_bounds, alpha, beta), layout)
 
     return layout.backward_step(node, step, lA, uA)
 
@@ -112,7 +118,22 @@ def _first_step(graph, node, rows, bounds, layout):
         return _placed_step(graph, node, A, A, input_bounds, None, layout)
 
 
-def _backward_sweep(graph, start, lA, uA, bounds, layout, alphas, rows=None):
+def _place_slopes(alpha, node, start, layout):
+    """Slopes as stored (`[2, ...]` or a pair with None entries) laid out for this sweep."""
+    if isinstance(alpha, (tuple, list)):
+        return tuple(None if a is None else layout.place_alpha(a, node, start) for a in alpha)
+    return layout.place_alpha(alpha, node, start)
+
+
+def _place_split(beta, node, start, layout):
+    """Split constraints (multipliers [B, K, *S], signs [B, *S]) laid out like slopes / bounds."""
+    multipliers, signs = beta
+    # A ReLU's neurons are sharded (tp) exactly when its input's are: signs go like its bounds.
+    signs, = layout.place_bounds((signs,), node)
+    return layout.place_alpha(multipliers, node, start), signs
+
+
+def _backward_sweep(graph, start, lA, uA, bounds, layout, alphas, rows=None, betas=None, record=None):
     pending = {start: (lA, uA)}
     lbias = ubias = 0.0
     ancestors = graph.ancestors(start)
@@ -123,12 +144,16 @@ def _backward_sweep(graph, start, lA, uA, bounds, layout, alphas, rows=None):
         if rows is not None and node.name == start:
             result = _first_step(graph, node, rows, bounds, layout)
         else:
-            alpha = None
+            alpha = beta = None
             if alphas is not None and node.name in alphas:
-                alpha = layout.place_alpha(alphas[node.name], node, start)
+                alpha = _place_slopes(alphas[node.name], node, start, layout)
+            if betas is not None and node.name in betas:
+                beta = _place_split(betas[node.name], node, start, layout)
+            if record is not None and node.op.needs_input_bounds and node_lA is not None:
+                record[node.name] = layout.local(node_lA).detach()
             input_bounds = [layout.place_bounds(bounds.get(i), graph[i]) for i in node.inputs]
             with layout.weights(node, backward=True):
-                result = _placed_step(graph, node, node_lA, node_uA, input_bounds, alpha, layout)
+                result = _placed_step(graph, node, node_lA, node_uA, input_bounds, alpha, layout, beta)
         del node_lA, node_uA
         step_lbias = layout.local(result.lbias)
         step_ubias = step_lbias if result.ubias is result.lbias else layout.local(result.ubias)
@@ -138,6 +163,8 @@ def _backward_sweep(graph, start, lA, uA, bounds, layout, alphas, rows=None):
         del result
     assert set(pending) <= {graph.input_name} and ancestors, "backward sweep left unvisited nodes"
     in_lA, in_uA = pending.pop(graph.input_name, (None, None))
+    if record is not None and in_lA is not None:
+        record[graph.input_name] = layout.local(in_lA).detach()
     # The layout may keep A w.r.t. the input sharded (tp): the box is laid out to match and only
     # the [B, K] results are made local.
     box = layout.place_bounds(bounds[graph.input_name], graph[graph.input_name])
@@ -277,16 +304,17 @@ def _intermediate_bounds(graph, box, layout, opts):
 
 
 def output_bound(graph, bounds, C, layout: Layout = DEFAULT_LAYOUT, alphas=None, want_lower=True,
-                 want_upper=True, gather=True):
+                 want_upper=True, gather=True, betas=None, record=None):
     """CROWN bounds of `C f(x)` given intermediate bounds; C: [B, K, n_out]. Spec rows are split
-    over ranks by the layout (a no-op on one process); `gather=False` returns this rank's rows."""
+    over ranks by the layout (a no-op on one process); `gather=False` returns this rank's rows.
+    `betas` / `record`: see `backward_bound`."""
     out = graph.output
     batch, n_rows = C.shape[:2]
     mine = layout.row_slice(graph.output_name, n_rows)
     A = C[:, mine].reshape(batch, -1, *out.shape)
     A = layout.place_A(A, out)
     lo, up = backward_bound(graph, graph.output_name, A if want_lower else None, A if want_upper else None,
-                            bounds, layout, alphas)
+                            bounds, layout, alphas, betas=betas, record=record)
     if not gather:
         return lo, up
     return tuple(None if t is None else layout.gather_rows(t, graph.output_name, n_rows) for t in (lo, up))

@@ -3,6 +3,12 @@
 For a neuron with pre-activation bounds l < 0 < u (unstable) the upper line is
 u/(u-l) * (x - l); the lower line has slope alpha in [0, 1]. CROWN picks alpha adaptively
 (1 if u > -l else 0); alpha-CROWN passes optimised slopes. Stable neurons are exact.
+
+beta-CROWN's split constraints enter here too: a domain of branch and bound that fixes neuron j
+to `z_j >= 0` or `z_j <= 0` passes `beta` = (multipliers >= 0, signs). The Lagrangian term
+`beta_j * sign_j * z_j` (sign +1 for `z <= 0`, -1 for `z >= 0`; both constraints read
+`sign_j * z_j <= 0`) is added to the lower A-matrix on the ReLU's input and subtracted from the
+upper one, so every bound stays valid on the inputs that satisfy the splits.
 """
 from __future__ import annotations
 
@@ -34,9 +40,10 @@ class ReluOp(BoundOp):
         lo, hi = interval
         return lo.clamp(min=0), hi.clamp(min=0)
 
-    def backward(self, lA, uA, input_bounds, alpha=None):
+    def backward(self, lA, uA, input_bounds, alpha=None, beta=None):
         """`alpha` (optional): a pair of lower slopes (for lA, for uA), each `[B, K, *S]`, already
-        in [0, 1]; they are used for unstable neurons only."""
+        in [0, 1]; they are used for unstable neurons only. `beta` (optional): (multipliers
+        `[B, K, *S]` >= 0, signs `[B, *S]` in {-1, 0, +1}) of the split constraints."""
         lower, upper = input_bounds[0]
         up_slope, up_intercept, adaptive, unstable, active = relaxation(lower, upper)
         # Bounds are [B, *S]; the A-matrices carry the extra row dim K.
@@ -68,7 +75,16 @@ class ReluOp(BoundOp):
             else:
                 new_uA = neg * lower_slope(1) + pos * up_slope
             ubias = per_row_sum(pos * up_intercept)
+        if beta is not None:
+            new_lA, new_uA = add_split_terms(new_lA, new_uA, *beta)
         return BackwardResult([(new_lA, new_uA)], lbias, ubias)
+
+
+def add_split_terms(lA, uA, multipliers, signs):
+    """A-matrices on the split neurons' pre-activations, with `beta * sign` added (lower side) or
+    subtracted (upper side): for x meeting `sign * z <= 0`, `lA . z + beta sign z <= lA . z`."""
+    term = multipliers * signs.unsqueeze(1)
+    return (None if lA is None else lA + term), (None if uA is None else uA - term)
 
 
 class AlphaRelaxedA(torch.autograd.Function):

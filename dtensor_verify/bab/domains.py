@@ -1,0 +1,165 @@
+"""Domains of branch and bound, as batches of tensors.
+
+A domain is a set of ReLU split decisions together with everything needed to bound it again:
+its intermediate bounds (split neurons clamped), the split signs, the slopes and multipliers of
+its last bound (children start from them), its best lower bound and the neuron to split next.
+A `Domains` holds many of them along dim 0 of every tensor, so choosing, splitting and dropping
+domains is indexing; no state lives on graph nodes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+NO_DECISION = -1      # decision[:, 0] of a domain with no unstable neuron left to split
+
+
+@dataclass
+class Domains:
+    pair: torch.Tensor        # [n] long: the (region, disjunct) pair of the property it refines
+    lower: torch.Tensor       # [n, K] best lower bounds of C y (the pair's rows; d not subtracted)
+    bounds: dict              # pre-activation node -> (lower, upper) [n, *S], split neurons clamped
+    signs: dict               # relu node -> [n, *S]: +1 split `z <= 0`, -1 split `z >= 0`, 0 free
+    alphas: dict              # relu node -> [n, K, *S] lower slopes of the last bound
+    betas: dict               # relu node -> [n, K, *S] split multipliers of the last bound
+    depth: torch.Tensor       # [n] long: number of splits
+    decision: torch.Tensor    # [n, 2] long: (relu index, flat neuron) to split next
+
+    def __len__(self) -> int:
+        return int(self.pair.shape[0])
+
+    def _map(self, fn) -> "Domains":
+        def apply(v):
+            if isinstance(v, dict):
+                return {k: apply(x) for k, x in v.items()}
+            if isinstance(v, tuple):
+                return tuple(apply(x) for x in v)
+            return fn(v)
+        return Domains(**{f.name: apply(getattr(self, f.name)) for f in fields(self)})
+
+    def index(self, idx) -> "Domains":
+        """The domains `idx` (a long index or a bool mask over dim 0)."""
+        return self._map(lambda t: t[idx])
+
+    def to(self, device) -> "Domains":
+        return self._map(lambda t: t.to(device))
+
+    @staticmethod
+    def cat(parts: list["Domains"]) -> "Domains":
+        """One batch from several (the same fields, dims after 0 equal)."""
+        parts = [p for p in parts if p is not None]
+        if len(parts) == 1:
+            return parts[0]
+
+        def join(values):
+            first = values[0]
+            if isinstance(first, dict):
+                return {k: join([v[k] for v in values]) for k in first}
+            if isinstance(first, tuple):
+                return tuple(join([v[i] for v in values]) for i in range(len(first)))
+            return torch.cat(values)
+
+        return Domains(**{f.name: join([getattr(p, f.name) for p in parts]) for f in fields(Domains)})
+
+    def margin(self, d: torch.Tensor, row_mask: torch.Tensor) -> torch.Tensor:
+        """[n]: the best row's `lower - d`; a domain is proved once it is > 0."""
+        return (self.lower - d[self.pair]).masked_fill(~row_mask[self.pair], -torch.inf).max(1).values
+
+    def nbytes(self) -> int:
+        total = 0
+
+        def count(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+        self._map(count)
+        return total
+
+
+class DomainStore:
+    """The open domains of one worker, worst (smallest margin) first out."""
+
+    def __init__(self):
+        self.domains: Domains | None = None
+        self.margins: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.domains is None else len(self.domains)
+
+    def push(self, domains: Domains, margins: torch.Tensor):
+        if len(domains) == 0:
+            return
+        if self.domains is None:
+            self.domains, self.margins = domains, margins
+        else:
+            self.domains = Domains.cat([self.domains, domains])
+            self.margins = torch.cat([self.margins, margins])
+
+    def worst_margin(self) -> float:
+        return float(self.margins.min()) if len(self) else float("inf")
+
+    def pop_worst(self, k: int) -> tuple[Domains | None, torch.Tensor | None]:
+        """Remove and return the `k` domains with the smallest margins (and those margins)."""
+        n = len(self)
+        if n == 0 or k <= 0:
+            return None, None
+        if k >= n:
+            out = (self.domains, self.margins)
+            self.domains = self.margins = None
+            return out
+        idx = torch.topk(self.margins, k, largest=False).indices
+        keep = torch.ones(n, dtype=torch.bool, device=self.margins.device)
+        keep[idx] = False
+        out = (self.domains.index(idx), self.margins[idx])
+        self.domains, self.margins = self.domains.index(keep), self.margins[keep]
+        return out
+
+    def pop_best(self, k: int) -> tuple[Domains | None, torch.Tensor | None]:
+        """Remove and return the `k` domains with the largest margins (to hand to another worker:
+        the easy end of the queue, so the sender keeps the work it was about to do)."""
+        n = len(self)
+        if n == 0 or k <= 0:
+            return None, None
+        k = min(k, n)
+        idx = torch.topk(self.margins, k, largest=True).indices
+        keep = torch.ones(n, dtype=torch.bool, device=self.margins.device)
+        keep[idx] = False
+        out = (self.domains.index(idx), self.margins[idx])
+        if k == n:
+            self.domains = self.margins = None
+        else:
+            self.domains, self.margins = self.domains.index(keep), self.margins[keep]
+        return out
+
+
+def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: dict[str, str]) -> Domains:
+    """The two children of each domain on its `decision` (relu index, flat neuron): the first n
+    take `z >= 0` (lower bound clamped to 0), the last n `z <= 0` (upper bound clamped to 0).
+    Children keep their parent's slopes, multipliers and lower bound (a floor: a child's domain
+    lies inside its parent's)."""
+    n = len(domains)
+    both = torch.cat([torch.arange(n, device=domains.pair.device)] * 2)
+    kids = domains.index(both)
+    kids.depth = kids.depth + 1
+    dec = decision[both]
+    side = torch.cat([torch.full((n,), -1.0), torch.full((n,), 1.0)]).to(domains.pair.device)
+    for li, relu in enumerate(relus):
+        rows = (dec[:, 0] == li).nonzero().flatten()
+        if rows.numel() == 0:
+            continue
+        neuron = dec[rows, 1]
+        signs = kids.signs[relu]
+        flat = signs.reshape(len(kids), -1)
+        flat[rows, neuron] = side[rows].to(flat.dtype)
+        kids.signs[relu] = flat.reshape(signs.shape)
+        lower, upper = kids.bounds[pre_of[relu]]
+        lo, up = lower.reshape(len(kids), -1), upper.reshape(len(kids), -1)
+        active = side[rows] < 0
+        ra, na = rows[active], neuron[active]
+        ri, ni = rows[~active], neuron[~active]
+        lo[ra, na] = lo[ra, na].clamp(min=0.0)
+        up[ri, ni] = up[ri, ni].clamp(max=0.0)
+        kids.bounds[pre_of[relu]] = (lo.reshape(lower.shape), up.reshape(upper.shape))
+    kids.decision = torch.full_like(kids.decision, NO_DECISION)
+    return kids

@@ -1,0 +1,284 @@
+"""Branch and bound with beta-CROWN: pick -> split -> bound -> prune -> add, on a clock.
+
+Each round a worker takes its worst open domains (smallest margin first), splits each on the
+neuron its branching heuristic chose, bounds all children in one batch with beta-CROWN (slopes
+and multipliers warm-started from the parent), drops the children whose bound proves them,
+tries the vertex that minimises each open child's linear bound as a counterexample, chooses
+the next split of the rest and stores them. Workers (dp groups of ranks, see `comm.py`) agree
+every round on whether to stop: a confirmed counterexample anywhere, no open domain anywhere,
+a domain that cannot be split any more, or the clock.
+
+Soundness: a domain leaves the store only when its bound proves it (`margin > 0`, the bound of
+`C y - d` on some row of its disjunct is positive on every input of the domain); "proved" is
+reported only when no worker holds an open domain and none was given up.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import TimeLimitReached
+from ..methods.beta_crown import BetaOptions, beta_crown
+from .branching import BranchingContext, choose
+from .comm import LocalComm
+from .domains import NO_DECISION, Domains, DomainStore, split
+
+
+@dataclass
+class BabOptions:
+    batch_size: int | None = None       # parents per round per worker (children: 2x); None: from memory
+    max_batch: int = 2048               # cap for the memory-derived batch
+    memory_fraction: float = 0.4        # of the free memory (per rank) that a round may use
+    branching: str = "fsb"              # 'fsb' | 'babsr'
+    candidates: int = 3                 # fsb: candidate splits tried per domain
+    beta: BetaOptions = field(default_factory=BetaOptions)
+    root_iterations: int = 0            # beta-CROWN steps on the roots (they come from alpha-CROWN)
+    max_domains: int = 500_000          # open domains per worker before giving up (verdict unknown)
+    progress: bool = False              # a tqdm line on stderr (rank 0)
+
+
+@dataclass
+class BabProblem:
+    """What stays fixed while domains come and go: the network, its layout and the property."""
+    graph: object
+    layout: object
+    forward: object                     # x [m, *S] -> y [m, n_out] (the network, under its layout)
+    C: torch.Tensor                     # [P, K, n_out] rows of each (region, disjunct) pair (padded)
+    d: torch.Tensor                     # [P, K]
+    row_mask: torch.Tensor              # [P, K] real rows
+    box_lower: torch.Tensor             # [P, *S] input box of each pair
+    box_upper: torch.Tensor
+
+    def __post_init__(self):
+        self.relus = [n.name for n in self.graph.nodes if n.op is not None and n.op.needs_input_bounds]
+        self.pre_of = {r: self.graph[r].inputs[0] for r in self.relus}
+
+    def bounds_of(self, domains: Domains) -> dict:
+        bounds = dict(domains.bounds)
+        bounds[self.graph.input_name] = (self.box_lower[domains.pair], self.box_upper[domains.pair])
+        return bounds
+
+    def margins(self, lower: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+        return (lower - self.d[pair]).masked_fill(~self.row_mask[pair], -math.inf).max(1).values
+
+
+@dataclass
+class BabResult:
+    status: str                          # 'proved' | 'sat' | 'timeout' | 'unknown'
+    stats: dict
+
+
+class _Stats:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.rounds = 0
+        self.bounded = 0           # children bounded (domains visited)
+        self.proved = 0            # children proved
+        self.max_depth = 0
+        self.batch_sizes: list[int] = []
+        self.phases = {"branching": 0.0, "bounding": 0.0, "attack": 0.0, "bookkeeping": 0.0}
+        self.iterations = 0
+        self.global_margin = -math.inf
+
+    def as_dict(self, store_len: int) -> dict:
+        seconds = time.perf_counter() - self.t0
+        return {"rounds": self.rounds, "domains_visited": self.bounded, "domains_proved": self.proved,
+                "open_domains": store_len, "max_depth": self.max_depth,
+                "batch_size": max(self.batch_sizes) if self.batch_sizes else 0,
+                "beta_iterations": self.iterations, "seconds": seconds,
+                "domains_per_second": self.bounded / seconds if seconds > 0 else 0.0,
+                "phases": dict(self.phases), "global_margin": self.global_margin}
+
+
+class _Timer:
+    def __init__(self, stats, phase):
+        self.stats, self.phase = stats, phase
+
+    def __enter__(self):
+        self.t = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.stats.phases[self.phase] += time.perf_counter() - self.t
+
+
+def bytes_per_domain(problem: BabProblem) -> int:
+    """Rough bytes one child needs while it is bounded: its slopes, multipliers, bounds and the
+    A-matrices of one sweep with autograd (about six per node: values, saved tensors, Adam)."""
+    K = problem.C.shape[1]
+    elems = sum(problem.graph[n].numel for n in [x.name for x in problem.graph.nodes])
+    relu_elems = sum(problem.graph[r].numel for r in problem.relus)
+    return 4 * (6 * K * elems + 4 * K * relu_elems + 4 * relu_elems) + 256
+
+
+def free_memory_bytes(device) -> int:
+    """Free memory for this rank: CUDA's free bytes, or MemAvailable shared by the ranks on the host."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if ":" in line}
+        avail = info.get("MemAvailable", 4 << 30)
+    except OSError:
+        avail = 4 << 30
+    import os
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return avail // max(local, 1)
+
+
+def auto_batch_size(problem: BabProblem, opts: BabOptions, device) -> int:
+    if opts.batch_size is not None:
+        return max(1, opts.batch_size)
+    budget = free_memory_bytes(device) * opts.memory_fraction
+    # Children are 2x the parents; fsb bounds `candidates` x 2 more (without autograd, ~1/3).
+    per_parent = bytes_per_domain(problem) * (2 + 2 * opts.candidates / 3)
+    return int(max(1, min(opts.max_batch, budget // per_parent)))
+
+
+class BabSolver:
+    def __init__(self, problem: BabProblem, opts: BabOptions, clock_check, try_points, log=None, comm=None):
+        self.problem = problem
+        self.opts = opts
+        self.clock_check = clock_check          # raises on time-out (agreed by the layout's ranks)
+        self.try_points = try_points            # (x [m, *S], pair [m]) -> True when sat is confirmed
+        self.log = log or (lambda msg: None)
+        self.comm = comm or LocalComm()
+        self.store = DomainStore()
+        self.stats = _Stats()
+        self.exhausted = 0                      # open domains with no neuron left to split
+        self.found = False
+        device = problem.d.device
+        self.batch = auto_batch_size(problem, opts, device)
+        self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
+                                    self._bound_once, opts.candidates)
+
+    # -- bounding --------------------------------------------------------------------------
+    def _bound(self, domains: Domains, iterations: int):
+        p = self.problem
+        opts = BetaOptions(**{**self.opts.beta.__dict__, "iterations": iterations})
+        return beta_crown(p.graph, p.bounds_of(domains), p.C[domains.pair], p.d[domains.pair],
+                          p.row_mask[domains.pair], domains.alphas, domains.betas, domains.signs, p.layout,
+                          opts, on_step=lambda it, score: self.clock_check())
+
+    def _bound_once(self, domains: Domains) -> torch.Tensor:
+        with torch.no_grad():
+            return self._bound(domains, 0).lower
+
+    # -- one round's steps -----------------------------------------------------------------
+    def _attack(self, domains: Domains, lA_input: torch.Tensor, margins: torch.Tensor) -> bool:
+        """Try the input vertex minimising each open domain's linear bound (its most-violated
+        row's). Cheap (one forward pass) and finds the counterexamples BaB runs into."""
+        p = self.problem
+        if len(domains) == 0 or lA_input is None:
+            return False
+        n, K = lA_input.shape[:2]
+        lo, hi = p.box_lower[domains.pair], p.box_upper[domains.pair]
+        row = (domains.lower - p.d[domains.pair]).masked_fill(~p.row_mask[domains.pair], -math.inf).argmax(1)
+        A = lA_input[torch.arange(n, device=row.device), row]                 # [n, *S]
+        x = torch.where(A > 0, lo, hi)
+        with torch.no_grad():
+            y = p.forward(x)
+        rows = torch.einsum("pkn,pn->pk", p.C[domains.pair], y) - p.d[domains.pair]
+        worst = rows.masked_fill(~p.row_mask[domains.pair], -math.inf).max(1).values
+        hits = (worst <= 0).nonzero().flatten()
+        if hits.numel() == 0:
+            return False
+        return bool(self.try_points(x[hits], domains.pair[hits]))
+
+    def _settle(self, kids: Domains, result, parent_lower: torch.Tensor | None):
+        """Children's bounds in, proved ones out, the rest branched and stored."""
+        p = self.problem
+        lower = result.lower if parent_lower is None else torch.maximum(result.lower, parent_lower)
+        kids.lower = lower
+        kids.alphas, kids.betas = result.alphas, result.betas
+        margins = p.margins(lower, kids.pair)
+        proved = margins > 0
+        self.stats.proved += int(proved.sum())
+        open_idx = (~proved).nonzero().flatten()
+        with _Timer(self.stats, "attack"):
+            lA_in = result.lA.get(p.graph.input_name)
+            if self._attack(kids.index(open_idx), None if lA_in is None else lA_in[open_idx], margins[open_idx]):
+                self.found = True
+                return
+        if open_idx.numel() == 0:
+            return
+        rest = kids.index(open_idx)
+        lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.pre_of}
+        with _Timer(self.stats, "branching"):
+            rest.decision = choose(self.opts.branching, rest, lA, self.ctx)
+        stuck = rest.decision[:, 0] == NO_DECISION
+        if bool(stuck.any()):
+            # Every neuron of these domains is fixed, yet the bound does not prove them: the
+            # relaxation is exact up to beta's optimisation, so say unknown rather than loop.
+            self.exhausted += int(stuck.sum())
+            rest = rest.index(~stuck)
+            margins_rest = margins[open_idx][~stuck]
+        else:
+            margins_rest = margins[open_idx]
+        self.store.push(rest, margins_rest)
+
+    def add_roots(self, roots: Domains):
+        """Bound the roots (their slopes come from alpha-CROWN), then branch them."""
+        with _Timer(self.stats, "bounding"):
+            result = self._bound(roots, self.opts.root_iterations)
+        self.stats.iterations += result.iterations
+        self._settle(roots, result, roots.lower)
+
+    def round(self):
+        parents, _ = self.store.pop_worst(self.batch)
+        if parents is None:
+            return
+        self.stats.rounds += 1
+        kids = split(parents, parents.decision, self.problem.relus, self.problem.pre_of)
+        self.stats.batch_sizes.append(len(kids))
+        self.stats.max_depth = max(self.stats.max_depth, int(kids.depth.max()))
+        with _Timer(self.stats, "bounding"):
+            result = self._bound(kids, self.opts.beta.iterations)
+        self.stats.iterations += result.iterations
+        self.stats.bounded += len(kids)
+        self._settle(kids, result, kids.lower)
+
+    # -- the loop --------------------------------------------------------------------------
+    def solve(self, roots: Domains) -> BabResult:
+        bar = None
+        try:
+            if self.comm.owns_roots:
+                self.add_roots(roots)
+            if self.opts.progress and self.comm.is_leader:
+                from tqdm import tqdm
+                bar = tqdm(desc="bab", unit="dom", file=sys.stderr, dynamic_ncols=True, leave=False)
+            while True:
+                state = self.comm.sync(len(self.store), self.store.worst_margin(), self.found, self.exhausted,
+                                       self.stats.bounded)
+                self.stats.global_margin = state.worst_margin
+                if bar is not None:
+                    bar.n = state.visited
+                    bar.set_postfix_str(f"open {state.open} proved {self.stats.proved} "
+                                        f"worst {state.worst_margin:.4g}", refresh=True)
+                if state.found:
+                    return self._result("sat")
+                if state.open == 0:
+                    return self._result("unknown" if state.exhausted else "proved")
+                if state.too_many(self.opts.max_domains):
+                    return self._result("unknown", "too many open domains")
+                self.clock_check()
+                self.comm.rebalance(self.store, self.batch)
+                self.round()
+        except TimeLimitReached:
+            return self._result("timeout")
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _result(self, status: str, why: str | None = None) -> BabResult:
+        stats = self.stats.as_dict(len(self.store))
+        stats["exhausted_domains"] = self.exhausted
+        stats["batch_per_worker"] = self.batch
+        stats["workers"] = self.comm.workers
+        if why:
+            stats["reason"] = why
+        return BabResult(status, stats)

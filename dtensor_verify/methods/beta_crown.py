@@ -1,0 +1,110 @@
+"""beta-CROWN: lower bounds of `C y - d` on a batch of branch-and-bound domains.
+
+A domain fixes some ReLU pre-activations to `z >= 0` or `z <= 0`. Its intermediate bounds are
+its parent's with the split neurons clamped (`l = 0` / `u = 0`), so the split neurons' ReLUs are
+exact; the constraints themselves enter the output's backward sweep as `beta * sign` terms at the
+split layer (see `ops.relu`), and the lower slopes `alpha` and multipliers `beta >= 0` are
+optimised together by the same projected-gradient loop as alpha-CROWN (`optimize.maximise`).
+Intermediate bounds stay fixed, as in alpha,beta-CROWN's default: one backward sweep from the
+output per step, which is what makes large domain batches cheap.
+
+Every tensor is batched over domains (dim 0), so a batch of domains is bounded in one sweep, and
+choosing, splitting or dropping domains is indexing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..layout import DEFAULT_LAYOUT, Layout
+from ..memory import tag
+from .crown import output_bound
+from .optimize import ParamGroup, maximise
+
+
+@dataclass
+class BetaOptions:
+    iterations: int = 20
+    lr_alpha: float = 0.1
+    lr_beta: float = 0.05
+    patience: int = 5
+    tol: float = 1e-4
+
+
+@dataclass
+class BetaResult:
+    lower: torch.Tensor                      # [B, K] best lower bounds of C y (d not subtracted)
+    alphas: dict                             # relu -> [B, K, *S], the slopes of the best step
+    betas: dict                              # relu -> [B, K, *S], the multipliers of the best step
+    lA: dict                                 # relu -> [B, K, *S] lower A-matrix at its output;
+                                             # input name -> A w.r.t. the input (last step)
+    iterations: int
+
+
+def _objective(lower, d, row_mask):
+    """Per domain: sum over its real rows of `lower - d` (padded rows count 0)."""
+    return (lower - d).masked_fill(~row_mask, 0.0).sum(1)
+
+
+def _where_batch(mask, new, old):
+    """`new` where the domain (dim 0) is marked, else `old`."""
+    return torch.where(mask.reshape(-1, *([1] * (new.dim() - 1))), new, old)
+
+
+def beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout: Layout = DEFAULT_LAYOUT,
+               opts: BetaOptions | None = None, on_step=None) -> BetaResult:
+    """Optimised lower bounds of `C y` on a batch of domains.
+
+    bounds: the input box (under `graph.input_name`) and every pre-activation's bounds, [B, *S],
+        split neurons already clamped. C: [B, K, n_out]; d, row_mask: [B, K] (padded rows False).
+    alphas, betas: relu node -> [B, K, *S] warm starts (copied, not changed). signs: relu node ->
+        [B, *S] in {-1, 0, +1}: +1 where the domain has `z <= 0`, -1 where `z >= 0`.
+    A domain's rows are proved where `lower - d > 0`; the loop stops early once every domain has a
+    proved row (on every rank).
+    """
+    opts = opts or BetaOptions()
+    with tag("alphas"):
+        alpha_p = {r: a.detach().clone().requires_grad_(True) for r, a in alphas.items()}
+        beta_p = {r: b.detach().clone().requires_grad_(True) for r, b in betas.items()}
+    recorded: dict = {}
+
+    def bound(record=None):
+        return output_bound(graph, bounds, C, layout, {r: (a, None) for r, a in alpha_p.items()},
+                            want_lower=True, want_upper=False, gather=False,
+                            betas={r: (b, signs[r]) for r, b in beta_p.items()}, record=record)[0]
+
+    with torch.no_grad():
+        best_lower = bound(recorded)
+    best = {"lower": best_lower, "objective": _objective(best_lower, d, row_mask),
+            "alphas": {r: a.detach().clone() for r, a in alpha_p.items()},
+            "betas": {r: b.detach().clone() for r, b in beta_p.items()}}
+
+    def proved_all(lower):
+        return bool(((lower - d).masked_fill(~row_mask, -torch.inf) > 0).any(1).all())
+
+    def evaluate(it):
+        rec: dict = {}
+        lower = bound(rec)
+        return -(lower.masked_fill(~row_mask, 0.0)).sum(), (lower.detach(), rec)
+
+    def keep_best(state):
+        lower, rec = state
+        objective = _objective(lower, d, row_mask)
+        better = objective > best["objective"]
+        best["objective"] = torch.where(better, objective, best["objective"])
+        best["lower"] = torch.maximum(best["lower"], lower)
+        for r in alpha_p:
+            best["alphas"][r] = _where_batch(better, alpha_p[r].detach(), best["alphas"][r])
+        for r in beta_p:
+            best["betas"][r] = _where_batch(better, beta_p[r].detach(), best["betas"][r])
+        recorded.update(rec)
+        return float(best["objective"].sum()), proved_all(best["lower"])
+
+    iterations = 0
+    if not layout.all_true(proved_all(best_lower)):
+        groups = [ParamGroup(list(alpha_p.values()), opts.lr_alpha, 0.0, 1.0),
+                  ParamGroup(list(beta_p.values()), opts.lr_beta, 0.0, None)]
+        iterations = maximise(groups, evaluate, keep_best, opts.iterations, layout, opts.patience, opts.tol,
+                              on_step)
+    return BetaResult(best["lower"], best["alphas"], best["betas"], recorded, iterations)

@@ -1,0 +1,69 @@
+"""Projected gradient ascent on the parameters of a bound: one loop for alpha-CROWN and beta-CROWN.
+
+beta-CROWN is alpha-CROWN with more parameters: both maximise a sound bound over parameters that
+live in a box (slopes in [0, 1], split multipliers >= 0). Any value of them gives a valid bound,
+so the loop only has to climb, project back into the box, and remember the best bound seen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..memory import tag
+
+
+@dataclass
+class ParamGroup:
+    """Tensors sharing a learning rate and a projection `[low, high]` (None: unbounded side)."""
+    params: list
+    lr: float
+    low: float | None = None
+    high: float | None = None
+
+    def project_(self):
+        for p in self.params:
+            p.clamp_(self.low, self.high)
+
+
+def maximise(groups: list[ParamGroup], evaluate, keep_best, iterations: int, layout,
+             patience: int = 5, tol: float = 1e-4, on_step=None) -> int:
+    """Adam on `groups` for at most `iterations` steps; returns the number of steps run.
+
+    `evaluate(it)` computes the bound with the current parameters and returns `(loss, state)`:
+    Adam minimises `loss`; `state` goes to `keep_best(state)` once the step and the projection are
+    done, which records the best bounds and returns `(score, finished)`. The loop stops early when
+    `finished` holds on every rank (e.g. every domain proved), or when `score` improved by less
+    than `tol` (relative) over `patience` steps on every rank: ranks bound different rows or
+    domains, but their collectives must stay in step.
+    """
+    groups = [g for g in groups if g.params]
+    if not groups or iterations <= 0:
+        return 0
+    optimizer = torch.optim.Adam([{"params": g.params, "lr": g.lr} for g in groups])
+    history = []
+    steps = 0
+    for it in range(iterations):
+        steps = it + 1
+        loss, state = evaluate(it)
+        with tag("alpha-optimizer"):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        del loss
+        with torch.no_grad():
+            for g in groups:
+                g.project_()
+            score, finished = keep_best(state)
+        del state
+        history.append(score)
+        if on_step is not None:
+            on_step(it, score)
+        stalled = False
+        if len(history) > patience:
+            old = history[-1 - patience]
+            stalled = abs(score - old) <= tol * max(1.0, abs(old))
+        # Every rank asks every step, so the collective stays in step.
+        if layout.all_true(finished or stalled):
+            break
+    return steps
