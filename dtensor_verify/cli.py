@@ -73,8 +73,9 @@ def _read_property(path: str, model):
     return read_vnnlib(str(p), n_inputs=model.n_inputs, n_outputs=model.n_outputs)
 
 
-def _apply_plan(model, plan: str | None, quiet: bool):
-    """Apply `--plan` through placements.apply_plan_from_cli; returns a printable description."""
+def _apply_plan(model, plan: str | None, quiet: bool, mesh: str | None = None):
+    """Apply `--plan` (and `--mesh`) through placements.apply_plan_from_cli; returns a printable
+    description."""
     if plan is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         plan = "replicate"
     if plan is None:
@@ -85,7 +86,7 @@ def _apply_plan(model, plan: str | None, quiet: bool):
         if plan.strip() == "replicate":
             return plan
         raise CliError(f"--plan '{plan}' needs the placements package, which cannot be imported ({exc})") from None
-    kwargs = {}
+    kwargs = {"mesh_shape": mesh}
     try:
         if "log" in inspect.signature(apply_plan_from_cli).parameters:
             kwargs["log"] = not quiet
@@ -122,7 +123,24 @@ def _metered(model, fn):
 
 
 def _is_rank0(model) -> bool:
+    """The rank that prints and writes results: global rank 0 (a dp group's rank 0 is not)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
     return getattr(getattr(model, "layout", None), "rank", 0) == 0
+
+
+def _bab_options(args):
+    """BabOptions from `--bab-batch` / `--branching` (None: the defaults)."""
+    from .bab import BabOptions
+
+    opts = BabOptions(branching=args.branching)
+    if args.bab_batch is not None:
+        if args.bab_batch < 1:
+            raise CliError("--bab-batch must be >= 1")
+        opts.batch_size = args.bab_batch
+    return opts
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -271,10 +289,11 @@ def cmd_run(args) -> int:
         raise CliError(f"--timeout must be a positive number of seconds, not {args.timeout}")
     model = _load_model(args.onnx)
     prop = _read_property(args.vnnlib, model)
-    plan = _apply_plan(model, args.plan, args.quiet)
+    plan = _apply_plan(model, args.plan, args.quiet, args.mesh)
     left = max(args.timeout - (time.perf_counter() - t0), 0.0)
     res = verify_instance(model, prop, args.onnx, left, methods=tuple(args.methods),
-                          attack=not args.no_attack, log=_stderr_log(args.quiet or not _is_rank0(model)))
+                          attack=not args.no_attack, log=_stderr_log(args.quiet or not _is_rank0(model)),
+                          bab=not args.no_bab, bab_options=_bab_options(args))
     memory = _memory_report(model) if args.json else {}
     if not _is_rank0(model):
         return EXIT_ERROR if res.verdict == "error" else EXIT_OK
@@ -414,7 +433,7 @@ def cmd_benchmark(args) -> int:
             prop = read_vnnlib(str(vnn_path), n_inputs=model.n_inputs, n_outputs=model.n_outputs)
             limit = timeout * args.timeout_scale - (time.perf_counter() - t0)
             res = verify_instance(model, prop, str(onnx_path), max(limit, 0.0), methods=tuple(args.methods),
-                                  log=log)
+                                  log=log, bab=not args.no_bab, bab_options=_bab_options(args))
             verdict, decided_by, message = res.verdict, res.decided_by or "", res.message or ""
         except _user_errors() as exc:
             verdict, message = "error", _one_line(exc)
@@ -474,6 +493,21 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_ERROR)
 
 
+def _add_bab_arguments(p):
+    p.add_argument("--no-bab", action="store_true",
+                   help="stop after the bounds (no branch and bound: incomplete, answers unknown more often)")
+    p.add_argument("--bab-batch", type=int, default=None, metavar="N",
+                   help="domains split per round per worker (default: from the free memory)")
+    p.add_argument("--branching", default="fsb", choices=["fsb", "babsr"],
+                   help="branching heuristic (default fsb: filtered smart branching)")
+
+
+def _add_mesh_argument(p):
+    p.add_argument("--mesh", default=None, metavar="DPxSHARD",
+                   help="under torchrun: DP groups of SHARD ranks; the plan applies within a group, "
+                        "branch-and-bound domains are spread over all ranks (default 1xP)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -509,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--plan", default=None)
     r.add_argument("--methods", nargs="+", default=["crown", "alpha-crown"], choices=methods)
     r.add_argument("--no-attack", action="store_true", help="skip the PGD attack (never finds sat)")
+    _add_bab_arguments(r)
+    _add_mesh_argument(r)
     r.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     r.set_defaults(func=cmd_run)
 
@@ -524,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--methods", nargs="+", default=["crown", "alpha-crown"], choices=methods)
     k.add_argument("--quiet", action="store_true", help="no progress bar")
     k.add_argument("--verbose", action="store_true", help="pipeline messages per instance")
+    _add_bab_arguments(k)
     k.set_defaults(func=cmd_benchmark)
     return p
 

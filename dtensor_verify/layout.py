@@ -13,9 +13,10 @@ import torch
 
 
 class Layout:
-    world_size = 1
-    rank = 0
+    world_size = 1          # ranks that share each bounding step (the "shard" mesh dim)
+    rank = 0                # this rank among them
     device = torch.device("cpu")
+    dp_mesh = None          # branch and bound's "dp" mesh dim (groups with their own domains), or None
 
     def weights(self, node, backward: bool = False):
         """Context in which `node`'s parameters are usable as full tensors or DTensor shards."""

@@ -462,14 +462,18 @@ def _branch_and_bound(model, pairs: _Pairs, details, roots, pair_lo, pair_hi, cl
                                   [torch.tensor(details[p].lower, dtype=pairs.d.dtype) for p in open_idx],
                                   [roots[p]["alphas"] for p in open_idx])
 
-        def try_points(x, pair):
-            with torch.no_grad():
-                y = model.forward(x)
+        def try_points(x, pair, y):
             margins = _margin(y.unsqueeze(0), pairs.C[pair], pairs.d[pair], pairs.mask[pair])[0]
             return try_candidates(x.detach().cpu(), margins.cpu(), pair.tolist())
 
-        solver = BabSolver(problem, opts, clock.check, try_points, log=say, comm=comm_for(layout))
+        comm = comm_for(layout)
+        solver = BabSolver(problem, opts, clock.left, try_points, log=say, comm=comm)
         outcome = solver.solve(root_domains)
+        if outcome.status == "sat":
+            found = (res.counterexample, res.confirmed_by) if res.counterexample is not None else None
+            res.counterexample, res.confirmed_by = comm.share_counterexample(found)
+            if res.counterexample is None:
+                raise RuntimeError("branch and bound reported sat without a confirmed counterexample")
     stats = outcome.stats
     res.bounds["bab"] = stats
     res.phases["bab"] = time.perf_counter() - t

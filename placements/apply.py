@@ -17,9 +17,10 @@ import torch
 from torch.distributed.tensor import Shard, distribute_tensor
 
 from dtensor_verify.errors import PlanError
+from dtensor_verify.layout import Layout
 
 from .layout import DistributedLayout
-from .mesh import mesh_device
+from .mesh import mesh_device, split_mesh
 from .plan import Plan, parse_plan
 from .policies import Policy, get_policy
 
@@ -116,17 +117,26 @@ def apply_plan(model, plan=None, mesh=None, log: bool = False) -> PlacementRepor
     plan = parse_plan(plan)
     graph = model.graph
     policies = resolve_policies(graph, plan)
+    mesh, dp_mesh = split_mesh(mesh)
     world = mesh.size() if mesh is not None else 1
     report = PlacementReport(str(plan), world)
     if mesh is None or world == 1:
         for node in graph.layers():
             report.policies[node.layer] = policies[node.name].name
-        report.lines.append("  one process: every policy runs as 'replicate' (nothing to shard)")
+        report.lines.append("  one process per shard group: every policy runs as 'replicate' (nothing to shard)")
+        if dp_mesh is not None:
+            model.to(mesh_device(dp_mesh))
+            model.layout = Layout()
     else:
         model.to(mesh_device(mesh))
         _shard_modules(graph, policies, mesh, report)
         model.layout = DistributedLayout(graph, mesh, policies, neuron_sharding(graph, policies),
                                          sweep_policies(graph, policies, plan.default))
+    if dp_mesh is not None:
+        # Branch and bound spreads domains over the dp groups; bounding itself is per group.
+        model.layout.dp_mesh = dp_mesh
+        report.lines.append(f"  mesh dp x shard = {dp_mesh.size()} x {world}: the plan applies within each "
+                            f"of the {dp_mesh.size()} dp groups")
     model.plan_report = report.lines
     model.plan = str(plan)
     if log and (mesh is None or mesh.get_rank() == 0):
@@ -134,8 +144,9 @@ def apply_plan(model, plan=None, mesh=None, log: bool = False) -> PlacementRepor
     return report
 
 
-def apply_plan_from_cli(model, plan_text: str | None, log: bool = True) -> PlacementReport:
-    """CLI entry: set up the mesh from the torchrun environment, then apply the plan."""
+def apply_plan_from_cli(model, plan_text: str | None, log: bool = True, mesh_shape: str | None = None) -> PlacementReport:
+    """CLI entry: set up the mesh from the torchrun environment (`mesh_shape` "DPxSHARD"), then
+    apply the plan."""
     from .mesh import init_mesh
 
-    return apply_plan(model, plan_text or "replicate", init_mesh(), log=log)
+    return apply_plan(model, plan_text or "replicate", init_mesh(shape=mesh_shape), log=log)

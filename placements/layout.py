@@ -48,6 +48,7 @@ class DistributedLayout(Layout):
         self._gather_orders = {}                # (start node, autograd on?) -> that order
         self._prefetched = {}                   # node name -> pending async unshard (UnshardHandle)
         self._streaming = set()                 # nodes whose step runs shard by shard right now
+        self._domain_mode = False               # inside branch and bound: rows are never split
 
     # -- weights ---------------------------------------------------------------------------
     @contextmanager
@@ -217,8 +218,24 @@ class DistributedLayout(Layout):
 
     # -- sweeps, A-matrices, bounds, alphas --------------------------------------------------
     def _spec_split(self, start_name: str) -> bool:
+        if self._domain_mode:
+            return False
         policy = self.sweep_policy.get(start_name)
         return policy is not None and policy.a_matrix_sharding == "spec"
+
+    @contextmanager
+    def domain_batches(self):
+        # Branch and bound gives each rank its own domains (or, with tp, the same ones): the
+        # rows of a bound stay whole on the rank that bounds them.
+        self._domain_mode = True
+        try:
+            yield
+        finally:
+            self._domain_mode = False
+
+    @property
+    def splits_domains(self) -> bool:
+        return not any(p.a_matrix_sharding == "neuron" for p in self.node_policy.values())
 
     @contextmanager
     def sweep(self, start_name: str):

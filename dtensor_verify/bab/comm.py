@@ -19,6 +19,7 @@ class SyncState:
     exhausted: int            # open domains given up (nothing left to split), all workers
     visited: int              # domains bounded, all workers
     most_open: int            # the largest queue of one worker
+    time_up: bool = False     # some worker's clock ran out
 
     def too_many(self, limit: int) -> bool:
         return self.most_open > limit
@@ -30,15 +31,16 @@ class LocalComm:
     is_leader = True
     workers = 1
 
-    def sync(self, n_open: int, worst_margin: float, found: bool, exhausted: int, visited: int) -> SyncState:
-        return SyncState(n_open, worst_margin if n_open else math.inf, found, exhausted, visited, n_open)
+    def sync(self, n_open: int, worst_margin: float, found: bool, exhausted: int, visited: int,
+             time_up: bool) -> SyncState:
+        return SyncState(n_open, worst_margin if n_open else math.inf, found, exhausted, visited, n_open, time_up)
 
     def rebalance(self, store, batch: int) -> None:
         return None
 
     def share_counterexample(self, found_here):
         """The counterexample found on some worker, on every worker (here: the one we have)."""
-        return found_here
+        return found_here or (None, None)
 
 
 def comm_for(layout):

@@ -150,11 +150,11 @@ def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: di
             continue
         neuron = dec[rows, 1]
         signs = kids.signs[relu]
-        flat = signs.reshape(len(kids), -1)
+        flat = signs.flatten(1)
         flat[rows, neuron] = side[rows].to(flat.dtype)
         kids.signs[relu] = flat.reshape(signs.shape)
         lower, upper = kids.bounds[pre_of[relu]]
-        lo, up = lower.reshape(len(kids), -1), upper.reshape(len(kids), -1)
+        lo, up = lower.flatten(1), upper.flatten(1)
         active = side[rows] < 0
         ra, na = rows[active], neuron[active]
         ri, ni = rows[~active], neuron[~active]

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import TimeLimitReached
 from ..methods.beta_crown import BetaOptions, beta_crown
 from .branching import BranchingContext, choose
 from .comm import LocalComm
@@ -140,19 +139,24 @@ def auto_batch_size(problem: BabProblem, opts: BabOptions, device) -> int:
 
 
 class BabSolver:
-    def __init__(self, problem: BabProblem, opts: BabOptions, clock_check, try_points, log=None, comm=None):
+    """One worker's branch and bound. Under a layout whose ranks share each bounding step
+    (`lockstep`: FSDP gathers, streamed shards and early-stop votes are collectives), every rank
+    runs every step of every round, with an empty batch when it has nothing to do."""
+
+    def __init__(self, problem: BabProblem, opts: BabOptions, time_left, try_points, log=None, comm=None):
         self.problem = problem
         self.opts = opts
-        self.clock_check = clock_check          # raises on time-out (agreed by the layout's ranks)
-        self.try_points = try_points            # (x [m, *S], pair [m]) -> True when sat is confirmed
+        self.time_left = time_left              # seconds left (this rank's clock; no collective)
+        self.try_points = try_points            # (x [m, *S], pair [m], y [m, n_out]) -> True on confirmed sat
         self.log = log or (lambda msg: None)
         self.comm = comm or LocalComm()
+        self.lockstep = getattr(problem.layout, "world_size", 1) > 1
         self.store = DomainStore()
         self.stats = _Stats()
         self.exhausted = 0                      # open domains with no neuron left to split
         self.found = False
-        device = problem.d.device
-        self.batch = auto_batch_size(problem, opts, device)
+        self.template: Domains | None = None    # an empty batch of the right shapes
+        self.batch = auto_batch_size(problem, opts, problem.d.device)
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
                                     self._bound_once, opts.candidates)
 
@@ -160,22 +164,24 @@ class BabSolver:
     def _bound(self, domains: Domains, iterations: int):
         p = self.problem
         opts = BetaOptions(**{**self.opts.beta.__dict__, "iterations": iterations})
+        # Out of time: stop optimising (every rank agrees inside the loop); the round ends and
+        # the next sync stops every worker together.
         return beta_crown(p.graph, p.bounds_of(domains), p.C[domains.pair], p.d[domains.pair],
                           p.row_mask[domains.pair], domains.alphas, domains.betas, domains.signs, p.layout,
-                          opts, on_step=lambda it, score: self.clock_check())
+                          opts, on_step=lambda it, score: self.time_left() <= 0)
 
     def _bound_once(self, domains: Domains) -> torch.Tensor:
         with torch.no_grad():
             return self._bound(domains, 0).lower
 
     # -- one round's steps -----------------------------------------------------------------
-    def _attack(self, domains: Domains, lA_input: torch.Tensor, margins: torch.Tensor) -> bool:
-        """Try the input vertex minimising each open domain's linear bound (its most-violated
-        row's). Cheap (one forward pass) and finds the counterexamples BaB runs into."""
+    def _attack(self, domains: Domains, lA_input: torch.Tensor) -> bool:
+        """Try the input vertex minimising each open domain's linear bound (on its best row).
+        Cheap (one forward pass) and finds the counterexamples BaB runs into."""
         p = self.problem
-        if len(domains) == 0 or lA_input is None:
+        if lA_input is None or (len(domains) == 0 and not self.lockstep):
             return False
-        n, K = lA_input.shape[:2]
+        n = lA_input.shape[0]
         lo, hi = p.box_lower[domains.pair], p.box_upper[domains.pair]
         row = (domains.lower - p.d[domains.pair]).masked_fill(~p.row_mask[domains.pair], -math.inf).argmax(1)
         A = lA_input[torch.arange(n, device=row.device), row]                 # [n, *S]
@@ -187,7 +193,7 @@ class BabSolver:
         hits = (worst <= 0).nonzero().flatten()
         if hits.numel() == 0:
             return False
-        return bool(self.try_points(x[hits], domains.pair[hits]))
+        return bool(self.try_points(x[hits], domains.pair[hits], y[hits]))
 
     def _settle(self, kids: Domains, result, parent_lower: torch.Tensor | None):
         """Children's bounds in, proved ones out, the rest branched and stored."""
@@ -199,27 +205,26 @@ class BabSolver:
         proved = margins > 0
         self.stats.proved += int(proved.sum())
         open_idx = (~proved).nonzero().flatten()
+        rest = kids.index(open_idx)
         with _Timer(self.stats, "attack"):
             lA_in = result.lA.get(p.graph.input_name)
-            if self._attack(kids.index(open_idx), None if lA_in is None else lA_in[open_idx], margins[open_idx]):
+            if self._attack(rest, None if lA_in is None else lA_in[open_idx]):
                 self.found = True
-                return
-        if open_idx.numel() == 0:
+        if self.found and not self.lockstep:
             return
-        rest = kids.index(open_idx)
+        if open_idx.numel() == 0 and not self.lockstep:
+            return
         lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.pre_of}
         with _Timer(self.stats, "branching"):
             rest.decision = choose(self.opts.branching, rest, lA, self.ctx)
+        margins = margins[open_idx]
         stuck = rest.decision[:, 0] == NO_DECISION
         if bool(stuck.any()):
-            # Every neuron of these domains is fixed, yet the bound does not prove them: the
-            # relaxation is exact up to beta's optimisation, so say unknown rather than loop.
+            # Every neuron of these domains is fixed, yet the bound does not prove them (beta's
+            # optimisation stopped short of the exact bound): say unknown rather than loop.
             self.exhausted += int(stuck.sum())
-            rest = rest.index(~stuck)
-            margins_rest = margins[open_idx][~stuck]
-        else:
-            margins_rest = margins[open_idx]
-        self.store.push(rest, margins_rest)
+            rest, margins = rest.index(~stuck), margins[~stuck]
+        self.store.push(rest, margins)
 
     def add_roots(self, roots: Domains):
         """Bound the roots (their slopes come from alpha-CROWN), then branch them."""
@@ -231,11 +236,14 @@ class BabSolver:
     def round(self):
         parents, _ = self.store.pop_worst(self.batch)
         if parents is None:
-            return
+            if not self.lockstep:
+                return
+            parents = self.template
         self.stats.rounds += 1
         kids = split(parents, parents.decision, self.problem.relus, self.problem.pre_of)
-        self.stats.batch_sizes.append(len(kids))
-        self.stats.max_depth = max(self.stats.max_depth, int(kids.depth.max()))
+        if len(kids):
+            self.stats.batch_sizes.append(len(kids))
+            self.stats.max_depth = max(self.stats.max_depth, int(kids.depth.max()))
         with _Timer(self.stats, "bounding"):
             result = self._bound(kids, self.opts.beta.iterations)
         self.stats.iterations += result.iterations
@@ -244,32 +252,35 @@ class BabSolver:
 
     # -- the loop --------------------------------------------------------------------------
     def solve(self, roots: Domains) -> BabResult:
+        """Decide the roots. Every worker calls this with the same roots; the comm says which
+        worker starts with them (the others get theirs by rebalancing)."""
+        self.template = roots.index(torch.zeros(0, dtype=torch.long, device=roots.pair.device))
         bar = None
         try:
             if self.comm.owns_roots:
                 self.add_roots(roots)
+            elif self.lockstep:
+                self.add_roots(self.template)
             if self.opts.progress and self.comm.is_leader:
                 from tqdm import tqdm
                 bar = tqdm(desc="bab", unit="dom", file=sys.stderr, dynamic_ncols=True, leave=False)
             while True:
                 state = self.comm.sync(len(self.store), self.store.worst_margin(), self.found, self.exhausted,
-                                       self.stats.bounded)
+                                       self.stats.bounded, self.time_left() <= 0)
                 self.stats.global_margin = state.worst_margin
                 if bar is not None:
                     bar.n = state.visited
-                    bar.set_postfix_str(f"open {state.open} proved {self.stats.proved} "
-                                        f"worst {state.worst_margin:.4g}", refresh=True)
+                    bar.set_postfix_str(f"open {state.open} worst {state.worst_margin:.4g}", refresh=True)
                 if state.found:
                     return self._result("sat")
                 if state.open == 0:
                     return self._result("unknown" if state.exhausted else "proved")
+                if state.time_up:
+                    return self._result("timeout")
                 if state.too_many(self.opts.max_domains):
                     return self._result("unknown", "too many open domains")
-                self.clock_check()
                 self.comm.rebalance(self.store, self.batch)
                 self.round()
-        except TimeLimitReached:
-            return self._result("timeout")
         finally:
             if bar is not None:
                 bar.close()

@@ -49,7 +49,7 @@ def _objective(lower, d, row_mask):
 
 def _where_batch(mask, new, old):
     """`new` where the domain (dim 0) is marked, else `old`."""
-    return torch.where(mask.reshape(-1, *([1] * (new.dim() - 1))), new, old)
+    return torch.where(mask.reshape(mask.shape[0], *([1] * (new.dim() - 1))), new, old)
 
 
 def beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout: Layout = DEFAULT_LAYOUT,

@@ -311,7 +311,8 @@ def output_bound(graph, bounds, C, layout: Layout = DEFAULT_LAYOUT, alphas=None,
     out = graph.output
     batch, n_rows = C.shape[:2]
     mine = layout.row_slice(graph.output_name, n_rows)
-    A = C[:, mine].reshape(batch, -1, *out.shape)
+    A = C[:, mine]
+    A = A.reshape(batch, A.shape[1], *out.shape)
     A = layout.place_A(A, out)
     lo, up = backward_bound(graph, graph.output_name, A if want_lower else None, A if want_upper else None,
                             bounds, layout, alphas, betas=betas, record=record)

@@ -32,8 +32,9 @@ def maximise(groups: list[ParamGroup], evaluate, keep_best, iterations: int, lay
 
     `evaluate(it)` computes the bound with the current parameters and returns `(loss, state)`:
     Adam minimises `loss`; `state` goes to `keep_best(state)` once the step and the projection are
-    done, which records the best bounds and returns `(score, finished)`. The loop stops early when
-    `finished` holds on every rank (e.g. every domain proved), or when `score` improved by less
+    done, which records the best bounds and returns `(score, finished)`. `on_step(it, score)` may
+    raise (a time-out) or return True to ask for a stop. The loop stops early when `finished` (or
+    that request) holds on every rank (e.g. every domain proved), or when `score` improved by less
     than `tol` (relative) over `patience` steps on every rank: ranks bound different rows or
     domains, but their collectives must stay in step.
     """
@@ -57,8 +58,8 @@ def maximise(groups: list[ParamGroup], evaluate, keep_best, iterations: int, lay
             score, finished = keep_best(state)
         del state
         history.append(score)
-        if on_step is not None:
-            on_step(it, score)
+        if on_step is not None and on_step(it, score):
+            finished = True
         stalled = False
         if len(history) > patience:
             old = history[-1 - patience]

@@ -21,9 +21,9 @@ def intercept_scores(domains, lA, ctx) -> list[torch.Tensor]:
     out = []
     for relu in ctx.relus:
         lower, upper = domains.bounds[ctx.pre_of[relu]]
-        lo, up = lower.reshape(n, -1), upper.reshape(n, -1)
+        lo, up = lower.flatten(1), upper.flatten(1)
         unstable = (lo < 0) & (up > 0)
-        a = lA[relu].reshape(n, rows.shape[1], -1) * rows.to(lA[relu].dtype).unsqueeze(-1)
+        a = lA[relu].flatten(2) * rows.to(lA[relu].dtype).unsqueeze(-1)
         neg = (-a).clamp(min=0).sum(1)
         mag = a.abs().sum(1)
         intercept = (-lo).clamp(min=0) * up.clamp(min=0) / (up - lo).clamp(min=1e-12)

@@ -3,7 +3,8 @@
 For each domain the `ctx.candidates` best-scored neurons are split for real and both children
 bounded once, without optimisation (parent's slopes and multipliers, a single backward sweep,
 all candidates of all domains in one batch). The candidate whose worse child is best wins:
-that is the split most likely to prove both halves.
+that is the split most likely to prove both halves. An empty batch still bounds (nothing):
+ranks that share bounding steps must all take them.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def fsb(domains, lA, ctx) -> torch.Tensor:
     values, layer, neuron = flat_choice(intercept_scores(domains, lA, ctx), ctx.candidates)
     k = values.shape[1]
     decisions = torch.stack([layer, neuron], -1)                             # [n, k, 2]
-    if n == 0 or k == 0:
+    if k == 0:          # no ReLU neuron at all (the same on every rank)
         return torch.full((n, 2), NO_DECISION, dtype=torch.long, device=domains.pair.device)
     # All candidates of all domains as one batch: candidate j of domain i at j * n + i.
     parents = domains.index(torch.arange(n, device=domains.pair.device).repeat(k))

@@ -1,0 +1,119 @@
+"""Branch-and-bound workers spread over ranks (the `dp` collectives).
+
+Who is a worker depends on the layout, never on policy names:
+
+* the layout lets its ranks bound different domains (`layout.splits_domains`: every plan
+  without tp): every rank is a worker with its own queue. Ranks of one shard group still run
+  each bounding step together (FSDP gathers and streamed shards are collectives), which the
+  solver's lockstep mode guarantees; dp groups run independently between syncs.
+* otherwise (tp: every rank of a shard group holds a slice of the same domains' A-matrices):
+  each dp group is one worker whose ranks hold identical queues; a transfer ships each rank's
+  slice of the moved domains to the rank with the same shard index in the receiving group.
+
+Every round every rank calls `sync` (two small all-reduces over all ranks: counts, flags,
+worst margin) and `rebalance` (an all-gather of queue sizes; domains move only when some
+worker would otherwise run short of a full batch). Stopping is decided from the synced state,
+so all ranks stop in the same round. A rank that dies makes the next collective fail (or time
+out): the pipeline reports `error` / `timeout`, never a verdict.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from .comm import SyncState
+from .domains import Domains
+
+
+class MeshComm:
+    def __init__(self, layout):
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+        self.device = getattr(layout, "device", torch.device("cpu"))
+        shard_size = getattr(layout, "world_size", 1)
+        self.shard_index = getattr(layout, "rank", 0)
+        dp_mesh = getattr(layout, "dp_mesh", None)
+        dp_index = dp_mesh.get_local_rank() if dp_mesh is not None else 0
+        if getattr(layout, "splits_domains", True) or shard_size == 1:
+            self.worker_of = list(range(self.world))          # worker id of each global rank
+            self.worker = self.rank
+            self.member = 0
+        else:
+            # Ranks of one shard group are consecutive in a (dp, shard) mesh (row-major).
+            self.worker_of = [r // shard_size for r in range(self.world)]
+            self.worker = dp_index
+            self.member = self.shard_index
+        self.workers = max(self.worker_of) + 1
+        self.members = [[r for r in range(self.world) if self.worker_of[r] == w] for w in range(self.workers)]
+        self.owns_roots = self.worker == 0
+        self.is_leader = self.rank == 0
+        self.moved = 0                                         # domains received by rebalancing
+
+    def _counts_once(self) -> bool:
+        """Does this rank speak for its worker in sums (one member per worker)?"""
+        return self.member == 0
+
+    def sync(self, n_open: int, worst_margin: float, found: bool, exhausted: int, visited: int,
+             time_up: bool) -> SyncState:
+        own = 1.0 if self._counts_once() else 0.0
+        sums = torch.tensor([own * n_open, own * exhausted, own * visited], dtype=torch.float64,
+                            device=self.device)
+        maxes = torch.tensor([-(worst_margin if n_open else math.inf), float(found), float(time_up), n_open],
+                             dtype=torch.float64, device=self.device)
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
+        s, m = sums.tolist(), maxes.tolist()
+        return SyncState(open=int(s[0]), worst_margin=-m[0], found=m[1] > 0, exhausted=int(s[1]),
+                         visited=int(s[2]), most_open=int(m[3]), time_up=m[2] > 0)
+
+    def _plan(self, counts: list[int], batch: int) -> list[tuple[int, int, int]]:
+        """Transfers (donor, receiver, n) that bring every worker up to min(fair share, batch),
+        taken from the workers above their fair share. The same on every rank."""
+        total = sum(counts)
+        fair = [total // self.workers + (1 if w < total % self.workers else 0) for w in range(self.workers)]
+        need = [max(0, min(fair[w], batch) - counts[w]) for w in range(self.workers)]
+        spare = [max(0, counts[w] - fair[w]) for w in range(self.workers)]
+        moves = []
+        for r in range(self.workers):
+            for d in range(self.workers):
+                if need[r] == 0:
+                    break
+                n = min(need[r], spare[d])
+                if n > 0:
+                    moves.append((d, r, n))
+                    need[r] -= n
+                    spare[d] -= n
+        return moves
+
+    def rebalance(self, store, batch: int) -> None:
+        counts = torch.zeros(self.world, dtype=torch.int64, device=self.device)
+        counts[self.rank] = len(store)
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)          # an all-gather of one number each
+        per_rank = counts.tolist()
+        per_worker = [per_rank[self.members[w][0]] for w in range(self.workers)]
+        moves = self._plan(per_worker, batch)
+        if not moves:
+            return
+        outgoing = {}
+        for donor, receiver, n in moves:
+            if donor == self.worker:
+                domains, margins = store.pop_worst(n)
+                target = self.members[receiver][self.member]
+                outgoing.setdefault(target, []).append((domains.to("cpu"), margins.cpu()))
+        gathered = [None] * self.world
+        dist.all_gather_object(gathered, outgoing)
+        for sent in gathered:
+            for domains, margins in (sent or {}).get(self.rank, []):
+                store.push(domains.to(self.device), margins.to(self.device))
+                self.moved += len(domains)
+
+    def share_counterexample(self, found_here):
+        """The first rank's confirmed counterexample (x, y, who confirmed), on every rank."""
+        gathered = [None] * self.world
+        dist.all_gather_object(gathered, found_here)
+        return next((g for g in gathered if g is not None), (None, None))
+
+
+__all__ = ["MeshComm", "Domains"]
