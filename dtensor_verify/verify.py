@@ -161,52 +161,29 @@ def _region_boxes(prop, input_shape, dtype=torch.float32):
 
 # ----------------------------------------------------------------------------------- confirmation
 
-_ORT_CACHE: dict = {}
-
-
-def _ort_session(path: str):
-    import onnxruntime as ort
-
-    from .model_loading import read_bytes
-
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
-    sess = _ORT_CACHE.get(key)
-    if sess is None:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = 1
-        sess = ort.InferenceSession(read_bytes(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        if len(_ORT_CACHE) > 8:
-            _ORT_CACHE.clear()
-        _ORT_CACHE[key] = sess
-    return sess
-
-
 class _Confirmer:
     """Runs candidates through the original model: onnxruntime on the ONNX file (or, for models
-    that never were ONNX, the traced torch module)."""
+    that never were ONNX, the nn.Module as given to `dv.load`)."""
 
     def __init__(self, model, onnx_path, log):
         self.model = model
         self.onnx_path = onnx_path
         self.log = log
-        self.session = None
-        self.failed = None
         self.kind = "onnxruntime" if onnx_path else "torch"
+        self.what = None
+        self._run = None
+
+    def runner(self):
+        from .selfcheck import module_runner, reference_of
+
+        if self._run is None:
+            self._run, self.what = reference_of(self.model, self.onnx_path)
+            if self._run is None:        # a LoadedModel built by hand: only its own module
+                self._run, self.what = module_runner(self.model.module, self.model.input_shape), "the module"
+        return self._run
 
     def __call__(self, x32: np.ndarray) -> np.ndarray:
-        if self.onnx_path is None:
-            with torch.no_grad():
-                t = torch.from_numpy(x32.astype(np.float32)).reshape(1, *self.model.input_shape)
-                return self.model.module(t).detach().double().numpy().ravel()
-        if self.session is None:
-            self.session = _ort_session(self.onnx_path)
-        inp = self.session.get_inputs()[0]
-        shape = self.model.loaded.onnx_input_shape or (1, *self.model.input_shape)
-        dtype = np.float64 if inp.type == "tensor(double)" else np.float32
-        out = self.session.run(None, {inp.name: x32.astype(dtype).reshape(shape)})[0]
-        return np.asarray(out, dtype=np.float64).ravel()
+        return self.runner()(x32)
 
 
 def _inside_box_f32(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -438,6 +415,7 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
     nn.Module, the traced torch module (then `confirmed_by` is 'torch').
     """
     from .api import normalize_method
+    from .selfcheck import check_on_box
     from .specs import violates
 
     layout = model.layout
@@ -478,6 +456,8 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
                 and os.path.isfile(str(model.loaded.source)):
             onnx_path = str(model.loaded.source)          # loaded from ONNX: confirm with that file
         confirm = _Confirmer(model, onnx_path, say)
+        # Before bounding: the bound graph must match the original model on this property's boxes.
+        check_on_box(model, region_lo, region_hi, confirm.runner(), confirm.what)
         aopts = attack_options or AttackOptions()
         say(f"{len(prop.regions)} region(s), {len(pairs)} disjunct(s), timeout {timeout:g} s")
 
