@@ -186,15 +186,29 @@ class _Confirmer:
         return self.runner()(x32)
 
 
-def _inside_box_f32(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """A float32 point inside the float64 box [lo, hi], as close to x as float32 allows."""
-    x64 = np.clip(np.asarray(x, dtype=np.float64).ravel(), lo, hi)
-    x32 = x64.astype(np.float32)
-    below = x32.astype(np.float64) < lo
-    x32[below] = np.nextafter(x32[below], np.float32(np.inf))
-    above = x32.astype(np.float64) > hi
-    x32[above] = np.nextafter(x32[above], np.float32(-np.inf))
-    return x32
+def _inside_box_f32(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, lo_strict=None, hi_strict=None
+                    ) -> np.ndarray | None:
+    """A float32 point inside the float64 box [lo, hi] (open on the sides marked strict), as close
+    to x as float32 allows; None when some coordinate's range holds no float32 value (a point box
+    X = 0.1, say): then no float32 input is a counterexample, and none is claimed."""
+    lo = np.asarray(lo, dtype=np.float64).ravel()
+    hi = np.asarray(hi, dtype=np.float64).ravel()
+    lo_strict = np.zeros(lo.shape, bool) if lo_strict is None else np.asarray(lo_strict, bool).ravel()
+    hi_strict = np.zeros(hi.shape, bool) if hi_strict is None else np.asarray(hi_strict, bool).ravel()
+    with np.errstate(over="ignore", invalid="ignore"):
+        x32 = np.clip(np.asarray(x, dtype=np.float64).ravel(), lo, hi).astype(np.float32)
+        # Rounding to float32 may leave the box by one step: step back towards it (twice covers
+        # an open side that the first step lands on exactly).
+        for _ in range(2):
+            v = x32.astype(np.float64)
+            below = (v < lo) | (lo_strict & (v == lo))
+            x32[below] = np.nextafter(x32[below], np.float32(np.inf))
+            v = x32.astype(np.float64)
+            above = (v > hi) | (hi_strict & (v == hi))
+            x32[above] = np.nextafter(x32[above], np.float32(-np.inf))
+        v = x32.astype(np.float64)
+        inside = np.where(lo_strict, v > lo, v >= lo) & np.where(hi_strict, v < hi, v <= hi)
+    return x32 if bool(inside.all()) else None
 
 
 # ------------------------------------------------------------------------------------------ attack
@@ -473,16 +487,19 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
                     continue
                 r = pairs.index[p][0]
                 region = prop.regions[r]
-                lo64 = np.asarray(region.lower, dtype=np.float64)
-                hi64 = np.asarray(region.upper, dtype=np.float64)
-                x32 = _inside_box_f32(x_best[i].double().numpy(), lo64, hi64)
+                x32 = _inside_box_f32(x_best[i].double().numpy(), region.lower, region.upper,
+                                      region.lower_strict, region.upper_strict)
+                if x32 is None:
+                    say(f"candidate for region {r} disjunct {pairs.index[p][1]} dropped: no float32 input "
+                        f"lies in the box there")
+                    continue
                 try:
                     y = confirm(x32)
                 except Exception as exc:      # cannot run the original model: never sat
                     say(f"could not confirm the counterexample with {confirm.kind}: {type(exc).__name__}: {exc}")
                     return False
                 x = x32.astype(np.float64)
-                if violates(prop, x, y):
+                if violates(prop, x, y):          # as written: strict stays strict, no tolerance
                     details[p].status = "violated"
                     res.counterexample = (x, y)
                     res.confirmed_by = confirm.kind
