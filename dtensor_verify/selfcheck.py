@@ -71,11 +71,16 @@ def onnxruntime_runner(path: str, onnx_input_shape):
     return run
 
 
+def _device_of(module) -> torch.device:
+    p = next(iter(module.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def module_runner(module, input_shape):
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             t = torch.from_numpy(np.asarray(x, dtype=np.float32)).reshape(1, *input_shape)
-            return module(t).detach().double().cpu().numpy().ravel()
+            return module(t.to(_device_of(module))).detach().double().cpu().numpy().ravel()
 
     return run
 
@@ -104,7 +109,7 @@ def compare(model, points: torch.Tensor, runner, what: str, where: str) -> float
     rank runs the forward and the ranks agree on the outcome."""
     layout = model.layout
     with torch.no_grad():
-        ours = layout.local(model.forward(points)).detach().double().cpu().numpy()
+        ours = layout.local(model.forward(points.to(_device_of(model.module)))).detach().double().cpu().numpy()
     message = None
     dev = 0.0
     try:

@@ -426,7 +426,7 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
 
     `onnx_path` is the original ONNX file (plain or gzipped) that confirms counterexamples with
     onnxruntime; None means the file the model was loaded from, or, for a model built from an
-    nn.Module, the traced torch module (then `confirmed_by` is 'torch').
+    nn.Module, that module as given (then `confirmed_by` is 'torch').
     """
     from .api import normalize_method
     from .selfcheck import check_on_box

@@ -286,6 +286,20 @@ def test_reshape_and_the_batch_dim(tmp_path, in_shape, target, expected):
     check(path, expected, *(("resh", "batch") if expected == REFUSED else ()))
 
 
+def test_conv_batchnorm_residual_flatten(tmp_path):
+    """The README's other ops through ONNX: Conv, BatchNormalization, Add / Sub of two
+    input-dependent tensors, Flatten, Gemm."""
+    nodes = [node("Conv", ["x", "Wc", "bc"], ["c"], "conv", pads=[1, 1, 1, 1]),
+             node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"], "bn"),
+             node("Relu", ["n"], ["r"], "relu"), node("Add", ["r", "c"], ["s"], "res"),
+             node("Sub", ["s", "n"], ["t"], "sub"), node("Flatten", ["t"], ["f"], "flat"),
+             node("Gemm", ["f", "Wf"], ["y"], "fc", transB=1)]
+    inits = [const("Wc", rand((2, 1, 3, 3), 0)), const("bc", rand(2, 1)), const("g", [1.5, 0.5]),
+             const("b", [0.1, -0.2]), const("m", [0.05, -0.1]), const("v", [0.8, 1.2]),
+             const("Wf", rand((3, 32), 2))]
+    check(build(tmp_path, "cnn", nodes, inits, [1, 1, 4, 4]), LOADED)
+
+
 # ----------------------------------------------------------------------------- opsets
 
 @pytest.mark.parametrize("opset", [9, 11, 13, 17, 18, 21])
