@@ -305,7 +305,8 @@ class _Canonicalizer:
     def __init__(self, gm: torch.fx.GraphModule, input_shape: tuple[int, ...], source: str):
         self.gm, self.graph, self.source = gm, gm.graph, source
         gen = torch.Generator().manual_seed(0)
-        self.example = torch.randn((1, *input_shape), generator=gen)
+        first = next(iter(gm.parameters()), None)        # a module may come already on a GPU
+        self.example = torch.randn((1, *input_shape), generator=gen).to(first.device if first is not None else "cpu")
         self.value: dict[torch.fx.Node, Any] = {}
         self.constant: set[torch.fx.Node] = set()     # nodes that do not depend on the input
         self.fresh: set[torch.fx.Node] = set()        # bias-free Linear nodes made here
