@@ -21,6 +21,7 @@ from .methods import AlphaOptions, CrownOptions, alpha_crown, crown
 from .methods.crown import default_spec
 from .methods.ibp import ibp_output
 from .model_loading import LoadedModel, load_onnx, trace_module
+from .selfcheck import check_loaded_model
 
 METHODS = ("ibp", "crown", "alpha-crown")
 
@@ -51,6 +52,9 @@ class BoundedModel:
         self.graph: BoundGraph = build_graph(loaded)
         self.layout: Layout = DEFAULT_LAYOUT
         self.plan_report: list[str] = []
+        # The bound graph must compute the model as given (onnxruntime / the nn.Module): a
+        # loading rewrite that changed the function is an error here, never a verdict later.
+        self.self_check_deviation = check_loaded_model(self)
 
     # -- construction ---------------------------------------------------------------------
     @classmethod

@@ -583,6 +583,10 @@ def main(argv=None) -> int:
         if args.threads < 1:
             _err("--threads must be >= 1")
             return EXIT_ERROR
+        cap = min(1024, 4 * (os.cpu_count() or 1))      # torch crashes on absurd counts (100000)
+        if args.threads > cap:
+            _err(f"--threads {args.threads} is more than {cap} (4 x the {os.cpu_count()} CPUs, at most 1024)")
+            return EXIT_ERROR
         torch.set_num_threads(args.threads)
     try:
         return _run_command(args)

@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import ModelLoadError, UnsupportedOpError
-from .model_loading import LoadedModel
+from .model_loading import LoadedModel, describe_node, propagate_shapes
 from .ops import BoundOp, make_op
 from .ops.elementwise_affine import ElementwiseAffineOp
 
@@ -91,16 +90,22 @@ class BoundGraph:
 
 
 def build_graph(loaded: LoadedModel) -> BoundGraph:
+    """The bound graph of a canonical module; an unsupported node is one error line that names
+    the file and the node."""
+    try:
+        return _build_graph(loaded)
+    except UnsupportedOpError as exc:
+        if str(exc).startswith(f"{loaded.source}:"):
+            raise
+        raise UnsupportedOpError(f"{loaded.source}: {exc}") from None
+
+
+def _build_graph(loaded: LoadedModel) -> BoundGraph:
     gm = loaded.module
     # The example input lives where the weights do (a module may come already on a GPU).
     first = next(iter(gm.parameters()), None)
     example = torch.zeros(1, *loaded.input_shape, device=first.device if first is not None else "cpu")
-    try:
-        ShapeProp(gm).propagate(example)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{loaded.source}: running the model on an input of shape {list(example.shape)} failed: "
-            f"{type(exc).__name__}: {exc}") from None
+    propagate_shapes(gm, example, loaded.source)
 
     nodes: list[BoundNode] = []
     perturbed: set[str] = set()
@@ -149,8 +154,7 @@ def build_graph(loaded: LoadedModel) -> BoundGraph:
         if fx_node.op == "call_function" and fx_node.target in (torch.flatten, torch.reshape):
             const_args = {}
         op = make_op(gm, fx_node, pert_args, const_args)
-        meta = fx_node.meta.get("tensor_meta")
-        op.out_shape = tuple(meta.shape[1:])
+        op.out_shape = _per_sample_shape(loaded.source, gm, fx_node)
         op.in_shapes = [nodes_by_name_shape(nodes, a.name) for a in pert_args]
         if isinstance(op, ElementwiseAffineOp):
             if op.kind == "batchnorm":
@@ -169,6 +173,23 @@ def build_graph(loaded: LoadedModel) -> BoundGraph:
     if output_name is None or output_name not in perturbed:
         raise ModelLoadError(f"{loaded.source}: the output does not depend on the input")
     return BoundGraph(nodes, input_name, output_name, gm, loaded.input_shape)
+
+
+def _per_sample_shape(source: str, gm, fx_node) -> tuple[int, ...]:
+    """The node's output shape without the batch dim. Shapes come from a run at batch size 1,
+    and every bound op treats dim 0 as the batch: a node whose output there does not have dim 0
+    of size 1 (a Reshape to [6, 1], a constant that broadcasts [1, 3] up to [4, 3]) has moved or
+    grown the batch dim, and its per-sample function is not what the ops would compute."""
+    meta = fx_node.meta.get("tensor_meta")
+    if meta is None:
+        raise UnsupportedOpError(f"{source}: node '{fx_node.name}' ({describe_node(gm, fx_node)}) does not "
+                                 f"produce a tensor; not supported")
+    shape = tuple(meta.shape)
+    if len(shape) == 0 or shape[0] != 1:
+        raise UnsupportedOpError(
+            f"{source}: node '{fx_node.name}' ({describe_node(gm, fx_node)}) gives shape {list(shape)} on one "
+            f"sample: it moves or broadcasts the batch dimension (dim 0 must stay of size 1); not supported")
+    return shape[1:]
 
 
 def nodes_by_name_shape(nodes: list[BoundNode], name: str) -> tuple[int, ...]:

@@ -1,24 +1,35 @@
 """Load networks into a canonical `torch.fx.GraphModule`.
 
 ONNX files (also `.onnx.gz`) go through onnx2torch; plain `nn.Module`s through `torch.fx`.
-A small canonicalisation pass then rewrites `MatMul(x, W_const) [+ Add(b_const)]` into
-`nn.Linear`, so that every weight of the network is held by an `nn.Linear` / `nn.Conv2d`
-module: the placement pass shards modules in place, never loose graph constants.
+A canonicalisation pass then rewrites products by constant matrices (`MatMul`, onnx2torch's
+generic `Gemm`) into `nn.Linear`, so that every weight of the network is held by an
+`nn.Linear` / `nn.Conv2d` module: the placement pass shards modules in place, never loose
+graph constants.
+
+Rule for every rewrite here: it fires only when the shapes seen on an example input prove that it
+keeps the function (operand order, ranks, broadcasting); otherwise the general op stays, and the
+bound graph refuses it with a clear message if it has no bound rule. After loading,
+`selfcheck.py` compares the result with the original model (onnxruntime for ONNX files), so a
+rewrite that slipped through would give an error, never a verdict.
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import operator
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, UnsupportedOpError
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# Largest weight (elements) the `W @ x` rewrite may build for a matrix-valued x (see _left_product).
+MAX_REWRITE_WEIGHT = 1 << 24
 
 
 @dataclass
@@ -28,6 +39,9 @@ class LoadedModel:
     onnx_input_shape: tuple[int, ...] | None  # the ONNX graph input's full shape (for onnxruntime)
     onnx_input_name: str | None
     source: str
+    # The model as given, for the load-time self-check and for confirming counterexamples of
+    # models that never were ONNX files (None for ONNX files: onnxruntime runs the file itself).
+    reference: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -58,7 +72,46 @@ def load_onnx_proto(path: str | os.PathLike):
     return proto
 
 
-def _normalise_proto(proto):
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+# --------------------------------------------------------------------------- ONNX checks
+
+def _refused_float_types() -> dict[int, str]:
+    from onnx import TensorProto
+
+    return {TensorProto.DOUBLE: "float64", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
+
+
+def _check_float32(proto, path) -> None:
+    """The engine computes in float32: a float64 / float16 model would be verified in another
+    precision than the one it runs in, so it is refused by name (input, output or weight)."""
+    from onnx import TensorProto
+
+    refused = _refused_float_types()
+    initializer_names = {init.name for init in proto.graph.initializer}
+    for kind, infos in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for info in infos:
+            if info.name in initializer_names:
+                continue
+            elem = info.type.tensor_type.elem_type
+            if elem != TensorProto.FLOAT:
+                what = refused.get(elem) or TensorProto.DataType.Name(elem).lower()
+                raise ModelLoadError(f"{path}: {kind} '{info.name}' is {what}; only float32 models are "
+                                     f"supported (convert the model to float32)")
+    for init in proto.graph.initializer:
+        if init.data_type in refused:
+            raise ModelLoadError(f"{path}: initializer '{init.name}' is {refused[init.data_type]}; only "
+                                 f"float32 models are supported (convert the model to float32)")
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t") and attr.t.data_type in refused:
+                raise ModelLoadError(f"{path}: node '{node.name or node.op_type}' ({node.op_type}) holds a "
+                                     f"{refused[attr.t.data_type]} tensor; only float32 models are supported")
+
+
+def _normalise_proto(proto, path):
     """Make old-style ONNX files digestible by onnx2torch.
 
     Old exporters list initializers among the graph inputs and use opsets below 9 (e.g.
@@ -66,9 +119,13 @@ def _normalise_proto(proto):
     """
     from onnx import version_converter
 
-    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=13)
+    opset = _opset(proto)
     if opset < 11:
-        proto = version_converter.convert_version(proto, 11)
+        try:
+            proto = version_converter.convert_version(proto, 11)
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: cannot upgrade opset {opset} to 11 for conversion "
+                                 f"({_one_line(exc)})") from None
     initializer_names = {init.name for init in proto.graph.initializer}
     real_inputs = [i for i in proto.graph.input if i.name not in initializer_names]
     del proto.graph.input[:]
@@ -79,58 +136,138 @@ def _normalise_proto(proto):
 
 
 def _input_shape_of(proto, path) -> tuple[str, tuple[int, ...]]:
+    """The input's name and full shape. Only dim 0 of a rank >= 2 input (the batch) may be
+    symbolic: it counts as 1. Any other unknown dim would be a guess, so it is refused."""
     if len(proto.graph.input) != 1:
         names = [i.name for i in proto.graph.input]
         raise ModelLoadError(f"{path}: expected exactly one graph input, found {len(names)}: {names}")
     inp = proto.graph.input[0]
+    if not inp.type.tensor_type.HasField("shape"):
+        raise ModelLoadError(f"{path}: input '{inp.name}' has no shape; the verifier needs a fixed input shape")
+    raw = list(inp.type.tensor_type.shape.dim)
+    shown = [d.dim_value if d.dim_value > 0 else (d.dim_param or "?") for d in raw]
     dims = []
-    for d in inp.type.tensor_type.shape.dim:
-        # A symbolic batch dim ('N', 'batch') counts as 1.
-        dims.append(d.dim_value if d.dim_value > 0 else 1)
+    for i, d in enumerate(raw):
+        if d.dim_value > 0:
+            dims.append(d.dim_value)
+        elif i == 0 and len(raw) >= 2:
+            dims.append(1)
+        else:
+            raise ModelLoadError(
+                f"{path}: input '{inp.name}' has a dynamic dimension '{shown[i]}' at position {i} "
+                f"(shape {shown}); only the batch dimension (position 0) may be dynamic")
     return inp.name, tuple(dims)
 
 
-def load_onnx(path: str | os.PathLike) -> LoadedModel:
-    import onnx2torch
+# onnx2torch lacks the newest versions of some ops (Reshape-19, Identity-21, ...): a model of a
+# newer opset that it refuses is converted down to this one by onnx's version converter and tried
+# again (the self-check then compares the result with onnxruntime on the original file).
+FALLBACK_OPSET = 17
 
-    proto = _normalise_proto(load_onnx_proto(path))
-    name, full_shape = _input_shape_of(proto, path)
-    try:
+
+def _opset(proto) -> int:
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=13)
+
+
+def _convert(proto, path) -> torch.fx.GraphModule:
+    import onnx2torch
+    from onnx import version_converter
+
+    def attempt(p):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = onnx2torch.convert(proto)
+            return onnx2torch.convert(p)
+
+    try:
+        try:
+            return attempt(proto)
+        except NotImplementedError as first:
+            if _opset(proto) <= FALLBACK_OPSET:
+                raise
+            try:
+                older = version_converter.convert_version(proto, FALLBACK_OPSET)
+            except Exception:
+                raise first from None
+            return attempt(older)
     except NotImplementedError as exc:
-        raise ModelLoadError(f"{path}: onnx2torch cannot convert this model: {exc}") from None
+        raise ModelLoadError(f"{path}: onnx2torch cannot convert this model (opset {_opset(proto)}): "
+                             f"{' '.join(str(exc).split())}") from None
     except Exception as exc:
-        raise ModelLoadError(f"{path}: conversion failed ({type(exc).__name__}: {exc})") from None
+        raise ModelLoadError(f"{path}: conversion failed ({_one_line(exc)})") from None
+
+
+def load_onnx(path: str | os.PathLike) -> LoadedModel:
+    proto = load_onnx_proto(path)
+    _check_float32(proto, path)
+    proto = _normalise_proto(proto, path)
+    name, full_shape = _input_shape_of(proto, path)
+    module = _convert(proto, path)
     # Leading dim of size 1 on a rank>=2 input is the batch dim; a rank-1 input has none.
     per_sample = full_shape[1:] if len(full_shape) >= 2 and full_shape[0] == 1 else full_shape
-    module = canonicalize(module.eval())
+    module = canonicalize(module.eval(), tuple(per_sample), str(path))
     return LoadedModel(module, tuple(per_sample), full_shape, name, str(path))
 
 
 def trace_module(model: nn.Module, input_shape: tuple[int, ...]) -> LoadedModel:
     """Trace a plain `nn.Module` (per-sample `input_shape`, batch dim excluded)."""
     if isinstance(model, torch.fx.GraphModule):
-        gm = model
+        gm = copy.deepcopy(model)        # canonicalize edits the graph: leave the caller's alone
     else:
         try:
             gm = torch.fx.symbolic_trace(model)
         except Exception as exc:
-            raise ModelLoadError(f"{type(model).__name__}: torch.fx cannot trace it: {exc}") from None
-    return LoadedModel(canonicalize(gm.eval()), tuple(input_shape), None, None, type(model).__name__)
+            raise ModelLoadError(f"{type(model).__name__}: torch.fx cannot trace it: {_one_line(exc)}") from None
+    source = type(model).__name__
+    return LoadedModel(canonicalize(gm.eval(), tuple(input_shape), source), tuple(input_shape), None, None,
+                       source, reference=model)
+
+
+# --------------------------------------------------------------------------- shapes
+
+@dataclass
+class TensorMeta:
+    shape: torch.Size
+    dtype: torch.dtype
+
+
+class _ShapeProp(torch.fx.Interpreter):
+    """Runs the module once and records each node's output shape in `node.meta["tensor_meta"]`.
+
+    Unlike torch.fx's ShapeProp it prints nothing: a failing node becomes one ModelLoadError line
+    that names it (torch's prints a traceback to stderr first)."""
+
+    def __init__(self, gm, source):
+        super().__init__(gm)
+        self.source = source
+
+    def run_node(self, n):
+        try:
+            result = super().run_node(n)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"{self.source}: node '{n.name}' ({describe_node(self.module, n)}) fails: "
+                                 f"{_one_line(exc)}") from None
+        if isinstance(result, torch.Tensor):
+            n.meta["tensor_meta"] = TensorMeta(result.shape, result.dtype)
+        return result
+
+
+def propagate_shapes(gm: torch.fx.GraphModule, example: torch.Tensor, source: str) -> None:
+    with torch.no_grad():
+        _ShapeProp(gm, source).run(example)
+
+
+def describe_node(gm, node) -> str:
+    from .ops import describe_target
+
+    try:
+        return describe_target(gm, node)
+    except Exception:
+        return f"{node.op}:{node.target}"
 
 
 # --------------------------------------------------------------------------- canonicalisation
-
-def _get_attr(gm: torch.fx.GraphModule, node: torch.fx.Node):
-    if node.op != "get_attr":
-        return None
-    obj = gm
-    for part in node.target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
 
 def _binary_kind(gm, node) -> str | None:
     """'add' / 'sub' / 'mul' / 'div' for onnx2torch binary modules and fx arithmetic calls."""
@@ -139,7 +276,11 @@ def _binary_kind(gm, node) -> str | None:
         fn = getattr(mod, "math_op_function", None)
         if fn is None or getattr(mod, "broadcast", None) == 1:
             return None
-        return {torch.add: "add", torch.sub: "sub", torch.mul: "mul", torch.div: "div"}.get(fn)
+        kinds = {torch.add: "add", torch.sub: "sub", torch.mul: "mul", torch.div: "div"}
+        if fn in kinds:
+            return kinds[fn]
+        # onnx2torch's Div is its own function (float division, or truncation for integers).
+        return "div" if getattr(fn, "__name__", "") == "_onnx_div" else None
     if node.op == "call_function":
         return {operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub",
                 operator.mul: "mul", torch.mul: "mul", operator.truediv: "div", torch.div: "div"}.get(node.target)
@@ -152,48 +293,265 @@ def _is_matmul(gm, node) -> bool:
     return node.op == "call_function" and node.target in (torch.matmul, operator.matmul)
 
 
-def canonicalize(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Rewrite MatMul by a constant matrix (plus a following constant Add) into nn.Linear."""
-    graph = gm.graph
-    counter = 0
-    for node in list(graph.nodes):
-        if not _is_matmul(gm, node) or len(node.args) != 2:
-            continue
-        a, b = node.args
-        wa, wb = (_get_attr(gm, a) if isinstance(a, torch.fx.Node) else None,
-                  _get_attr(gm, b) if isinstance(b, torch.fx.Node) else None)
-        if isinstance(wb, torch.Tensor) and wb.dim() == 2 and wa is None:
-            x, weight = a, wb.t()            # x @ W  ==  Linear with weight W^T
-        elif isinstance(wa, torch.Tensor) and wa.dim() == 2 and wb is None:
-            x, weight = b, wa                # W @ x for an unbatched vector x
-        else:
-            continue
-        bias = None
-        users = list(node.users)
-        add_node = None
-        if len(users) == 1 and _binary_kind(gm, users[0]) == "add":
-            other = [arg for arg in users[0].args if arg is not node]
-            if len(other) == 1 and isinstance(other[0], torch.fx.Node):
-                c = _get_attr(gm, other[0])
-                if isinstance(c, torch.Tensor) and c.numel() == weight.shape[0] and c.dim() <= 2:
-                    bias, add_node = c.reshape(-1), users[0]
+def _is_module(gm, node, *type_names) -> bool:
+    return node.op == "call_module" and type(gm.get_submodule(node.target)).__name__ in type_names
+
+
+class _Canonicalizer:
+    """Walks the graph in order, running it on an example input as it goes, and rewrites nodes
+    with the shapes of their actual operands in hand. A rewritten node's value is computed from
+    the rewrite, so later decisions see the graph as it now is."""
+
+    def __init__(self, gm: torch.fx.GraphModule, input_shape: tuple[int, ...], source: str):
+        self.gm, self.graph, self.source = gm, gm.graph, source
+        gen = torch.Generator().manual_seed(0)
+        first = next(iter(gm.parameters()), None)        # a module may come already on a GPU
+        self.example = torch.randn((1, *input_shape), generator=gen).to(first.device if first is not None else "cpu")
+        self.value: dict[torch.fx.Node, Any] = {}
+        self.constant: set[torch.fx.Node] = set()     # nodes that do not depend on the input
+        self.fresh: set[torch.fx.Node] = set()        # bias-free Linear nodes made here
+
+    # -- helpers -------------------------------------------------------------------------
+    def is_constant(self, arg) -> bool:
+        return not isinstance(arg, torch.fx.Node) or arg in self.constant
+
+    def const_tensor(self, arg) -> torch.Tensor | None:
+        if isinstance(arg, torch.fx.Node) and arg in self.constant and isinstance(self.value[arg], torch.Tensor):
+            return self.value[arg]
+        return None
+
+    def evaluate(self, node):
+        args = torch.fx.node.map_arg(node.args, lambda n: self.value[n])
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: self.value[n])
+        try:
+            with torch.no_grad():
+                if node.op == "call_module":
+                    return self.gm.get_submodule(node.target)(*args, **kwargs)
+                if node.op == "call_function":
+                    return node.target(*args, **kwargs)
+                if node.op == "call_method":
+                    return getattr(args[0], node.target)(*args[1:], **kwargs)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{self.source}: node '{node.name}' ({describe_node(self.gm, node)}) fails on an input of "
+                f"shape {list(self.example.shape)}: {_one_line(exc)}") from None
+        raise ModelLoadError(f"{self.source}: node '{node.name}': unexpected fx op '{node.op}'")
+
+    def add_linear(self, after, x, weight, bias=None, name_hint="linear"):
+        """Insert `Linear(x)` after node `after`; returns the new node (its value computed)."""
         linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
         with torch.no_grad():
-            linear.weight.copy_(weight.detach())
+            linear.weight.copy_(weight.detach().to(torch.float32))
             if bias is not None:
-                linear.bias.copy_(bias.detach())
-        name = f"linear_{node.name}"
-        while hasattr(gm, name):
-            counter += 1
-            name = f"linear_{node.name}_{counter}"
-        gm.add_module(name, linear)
-        with graph.inserting_after(add_node or node):
-            new = graph.call_module(name, (x,))
-        (add_node or node).replace_all_uses_with(new)
-        if add_node is not None:
-            graph.erase_node(add_node)
-        graph.erase_node(node)
-    graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    return gm
+                linear.bias.copy_(bias.detach().to(torch.float32))
+        name, k = f"linear_{name_hint}", 0
+        while hasattr(self.gm, name):
+            k += 1
+            name = f"linear_{name_hint}_{k}"
+        self.gm.add_module(name, linear)
+        with self.graph.inserting_after(after):
+            new = self.graph.call_module(name, (x,))
+        self.value[new] = self.evaluate(new)
+        if bias is None:
+            self.fresh.add(new)
+        return new
+
+    def replace(self, node, new) -> None:
+        node.replace_all_uses_with(new)
+        self.graph.erase_node(node)
+
+    # -- the walk ------------------------------------------------------------------------
+    def run(self) -> torch.fx.GraphModule:
+        inputs = 0
+        for node in list(self.graph.nodes):
+            if node.op == "placeholder":
+                inputs += 1
+                if inputs > 1:
+                    raise ModelLoadError(f"{self.source}: the model has more than one input")
+                self.value[node] = self.example
+            elif node.op == "get_attr":
+                self.value[node] = _fetch_attr(self.gm, node.target)
+                self.constant.add(node)
+            elif node.op == "output":
+                continue
+            elif all(self.is_constant(a) for a in node.all_input_nodes):
+                self.value[node] = self.evaluate(node)
+                self.constant.add(node)
+            elif not (self.rewrite_matmul(node) or self.rewrite_gemm(node) or self.fold_bias(node)
+                      or self.expand_scalar_bias(node)):
+                self.value[node] = self.evaluate(node)
+        self.graph.eliminate_dead_code()
+        self.gm.delete_all_unused_submodules()
+        self.gm.recompile()
+        return self.gm
+
+    # -- MatMul by a constant matrix -----------------------------------------------------
+    def rewrite_matmul(self, node) -> bool:
+        if not _is_matmul(self.gm, node) or len(node.args) != 2 or node.kwargs:
+            return False
+        a, b = node.args
+        wa, wb = self.const_tensor(a), self.const_tensor(b)
+        if wb is not None and wa is None and not self.is_constant(a) and wb.dim() == 2:
+            x = a
+            if self.value[x].dim() < 2 or self.value[x].shape[-1] != wb.shape[0]:
+                return False            # not a valid product: evaluating the node reports it
+            new = self.add_linear(node, x, wb.t(), name_hint=node.name)    # x @ W == Linear(W^T)
+        elif wa is not None and wb is None and not self.is_constant(b) and wa.dim() == 2:
+            new = self.left_product(node, wa, b)
+            if new is None:
+                return False
+        else:
+            return False
+        self.replace(node, new)
+        return True
+
+    def left_product(self, node, w: torch.Tensor, x):
+        """`W @ x` (constant W [n, k] on the left), exactly, by the per-sample rank of x.
+
+        * x per sample a vector [k] (an ONNX input without batch dim): each sample is W x, a
+          Linear with weight W.
+        * x per sample [..., k, m]: W multiplies dim -2, independently for each of the m columns
+          and each leading index; on the flattened sample that is one Linear whose weight is
+          I_lead (x) W (x) I_m (Kronecker products), followed by a reshape to [..., n, m].
+        """
+        xv = self.value[x]
+        per_sample = tuple(xv.shape[1:])
+        n, k = w.shape
+        if len(per_sample) == 1:
+            return self.add_linear(node, x, w, name_hint=node.name) if per_sample[0] == k else None
+        if per_sample[-2] != k:
+            return None                     # not a valid product: evaluating the node reports it
+        lead = 1
+        for s in per_sample[:-2]:
+            lead *= s
+        m = per_sample[-1]
+        rows, cols = lead * n * m, lead * k * m
+        if rows * cols > MAX_REWRITE_WEIGHT:
+            raise UnsupportedOpError(
+                f"{self.source}: node '{node.name}' (MatMul with the constant on the left, W {list(w.shape)} @ "
+                f"x {list(per_sample)}): its exact rewrite needs a {rows}x{cols} weight, more than "
+                f"{MAX_REWRITE_WEIGHT} elements; not supported")
+        weight = torch.kron(torch.eye(lead), torch.kron(w.detach().float(), torch.eye(m)))
+        with self.graph.inserting_after(node):
+            flat = self.graph.call_method("flatten", (x, 1))
+        self.value[flat] = self.evaluate(flat)
+        linear = self.add_linear(flat, flat, weight, name_hint=node.name)
+        self.fresh.discard(linear)          # a following Add is not a per-row bias of this Linear
+        with self.graph.inserting_after(linear):
+            out = self.graph.call_method("reshape", (linear, (-1, *per_sample[:-2], n, m)))
+        self.value[out] = self.evaluate(out)
+        return out
+
+    # -- onnx2torch's generic Gemm ---------------------------------------------------------
+    def rewrite_gemm(self, node) -> bool:
+        """`alpha * A @ op(B) + beta * C` with constant B and C (onnx2torch makes an nn.Linear
+        itself only for a 1-D C): a Linear, then an Add of the constant that `fold_bias` turns
+        into the bias when that keeps the function."""
+        if not _is_module(self.gm, node, "OnnxGemm") or node.kwargs:
+            return False
+        mod = self.gm.get_submodule(node.target)
+        a, b, *rest = node.args
+        c = rest[0] if rest else None
+        wb = self.const_tensor(b)
+        if self.is_constant(a) or wb is None or wb.dim() != 2 or (c is not None and self.const_tensor(c) is None):
+            return False
+        if mod.trans_a:
+            raise UnsupportedOpError(
+                f"{self.source}: node '{node.name}' (Gemm): transA=1 on a tensor that depends on the network "
+                f"input is not supported (it transposes the batch dimension)")
+        mat = wb.t() if mod.trans_b else wb                  # [k, n]
+        new = self.add_linear(node, a, mat.t() * mod.alpha, name_hint=node.name)
+        if c is not None:
+            name = self._register_constant(f"{node.name}_c", self.value[c] * mod.beta)
+            with self.graph.inserting_after(new):
+                const = self.graph.get_attr(name)
+                add = self.graph.call_function(operator.add, (new, const))
+            self.value[const] = _fetch_attr(self.gm, name)
+            self.constant.add(const)
+            self.replace(node, add)
+            if not self.fold_bias(add):
+                self.value[add] = self.evaluate(add)
+        else:
+            self.replace(node, new)
+        return True
+
+    def _register_constant(self, hint: str, value: torch.Tensor) -> str:
+        name, k = f"_const_{hint}", 0
+        while hasattr(self.gm, name):
+            k += 1
+            name = f"_const_{hint}_{k}"
+        self.gm.register_buffer(name, value.detach().clone())
+        return name
+
+    # -- Add of a constant after a fresh Linear --------------------------------------------
+    def fold_bias(self, node) -> bool:
+        """`Linear(x) + c` becomes the Linear's bias only when c is one value per output
+        feature, broadcast along every other dim, and the sum keeps the Linear's output shape.
+        A column [n, 1], a matrix [m, n], or a constant that broadcasts the output up stay a
+        separate (exact) Add."""
+        if _binary_kind(self.gm, node) != "add" or len(node.args) != 2 or node.kwargs:
+            return False
+        lin = next((a for a in node.args if a in self.fresh), None)
+        if lin is None or len(lin.users) != 1:
+            return False
+        other = node.args[1] if node.args[0] is lin else node.args[0]
+        if isinstance(other, (int, float)):
+            c = torch.tensor(float(other))
+        else:
+            c = self.const_tensor(other)
+            if c is None:
+                return False
+        out = self.evaluate(node)
+        lin_out = self.value[lin]
+        n = lin_out.shape[-1]
+        per_feature = c.dim() == 0 or (all(s == 1 for s in c.shape[:-1]) and c.shape[-1] in (1, n))
+        if tuple(out.shape) != tuple(lin_out.shape) or not per_feature:
+            return False
+        module = self.gm.get_submodule(lin.target)
+        biased = nn.Linear(module.in_features, module.out_features, bias=True)
+        with torch.no_grad():
+            biased.weight.copy_(module.weight)
+            biased.bias.copy_(c.detach().float().reshape(-1).expand(n))
+        _set_submodule(self.gm, lin.target, biased)
+        self.fresh.discard(lin)
+        self.replace(node, lin)
+        self.value[lin] = self.evaluate(lin)
+        return True
+
+    # -- nn.Linear with a broadcast scalar bias (onnx2torch: Gemm with C of shape [1]) -----
+    def expand_scalar_bias(self, node) -> bool:
+        if node.op != "call_module":
+            return False
+        mod = self.gm.get_submodule(node.target)
+        if not isinstance(mod, nn.Linear) or mod.bias is None or mod.bias.numel() == mod.out_features:
+            return False
+        if mod.bias.numel() != 1:
+            raise ModelLoadError(f"{self.source}: node '{node.name}' (Linear): bias of {mod.bias.numel()} "
+                                 f"values for {mod.out_features} outputs")
+        fixed = nn.Linear(mod.in_features, mod.out_features, bias=True)
+        with torch.no_grad():
+            fixed.weight.copy_(mod.weight)
+            fixed.bias.copy_(mod.bias.detach().reshape(()).expand(mod.out_features))
+        _set_submodule(self.gm, node.target, fixed)
+        self.value[node] = self.evaluate(node)
+        return True
+
+
+def _fetch_attr(gm, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set_submodule(gm, target: str, module: nn.Module) -> None:
+    """Put `module` at `target` in gm. GraphModule builds its own containers along the path,
+    so this never edits a module the caller passed in."""
+    parent, _, leaf = target.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
+
+
+def canonicalize(gm: torch.fx.GraphModule, input_shape: tuple[int, ...], source: str = "model"
+                 ) -> torch.fx.GraphModule:
+    """Rewrite products by constant matrices into nn.Linear (see _Canonicalizer)."""
+    return _Canonicalizer(gm, tuple(input_shape), source).run()

@@ -160,63 +160,54 @@ def _region_boxes(prop, input_shape, dtype=torch.float32):
 
 # ----------------------------------------------------------------------------------- confirmation
 
-_ORT_CACHE: dict = {}
-
-
-def _ort_session(path: str):
-    import onnxruntime as ort
-
-    from .model_loading import read_bytes
-
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
-    sess = _ORT_CACHE.get(key)
-    if sess is None:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = 1
-        sess = ort.InferenceSession(read_bytes(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        if len(_ORT_CACHE) > 8:
-            _ORT_CACHE.clear()
-        _ORT_CACHE[key] = sess
-    return sess
-
-
 class _Confirmer:
     """Runs candidates through the original model: onnxruntime on the ONNX file (or, for models
-    that never were ONNX, the traced torch module)."""
+    that never were ONNX, the nn.Module as given to `dv.load`)."""
 
     def __init__(self, model, onnx_path, log):
         self.model = model
         self.onnx_path = onnx_path
         self.log = log
-        self.session = None
-        self.failed = None
         self.kind = "onnxruntime" if onnx_path else "torch"
+        self.what = None
+        self._run = None
+
+    def runner(self):
+        from .selfcheck import module_runner, reference_of
+
+        if self._run is None:
+            self._run, self.what = reference_of(self.model, self.onnx_path)
+            if self._run is None:        # a LoadedModel built by hand: only its own module
+                self._run, self.what = module_runner(self.model.module, self.model.input_shape), "the module"
+        return self._run
 
     def __call__(self, x32: np.ndarray) -> np.ndarray:
-        if self.onnx_path is None:
-            with torch.no_grad():
-                t = torch.from_numpy(x32.astype(np.float32)).reshape(1, *self.model.input_shape)
-                return self.model.module(t).detach().double().numpy().ravel()
-        if self.session is None:
-            self.session = _ort_session(self.onnx_path)
-        inp = self.session.get_inputs()[0]
-        shape = self.model.loaded.onnx_input_shape or (1, *self.model.input_shape)
-        dtype = np.float64 if inp.type == "tensor(double)" else np.float32
-        out = self.session.run(None, {inp.name: x32.astype(dtype).reshape(shape)})[0]
-        return np.asarray(out, dtype=np.float64).ravel()
+        return self.runner()(x32)
 
 
-def _inside_box_f32(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """A float32 point inside the float64 box [lo, hi], as close to x as float32 allows."""
-    x64 = np.clip(np.asarray(x, dtype=np.float64).ravel(), lo, hi)
-    x32 = x64.astype(np.float32)
-    below = x32.astype(np.float64) < lo
-    x32[below] = np.nextafter(x32[below], np.float32(np.inf))
-    above = x32.astype(np.float64) > hi
-    x32[above] = np.nextafter(x32[above], np.float32(-np.inf))
-    return x32
+def _inside_box_f32(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, lo_strict=None, hi_strict=None
+                    ) -> np.ndarray | None:
+    """A float32 point inside the float64 box [lo, hi] (open on the sides marked strict), as close
+    to x as float32 allows; None when some coordinate's range holds no float32 value (a point box
+    X = 0.1, say): then no float32 input is a counterexample, and none is claimed."""
+    lo = np.asarray(lo, dtype=np.float64).ravel()
+    hi = np.asarray(hi, dtype=np.float64).ravel()
+    lo_strict = np.zeros(lo.shape, bool) if lo_strict is None else np.asarray(lo_strict, bool).ravel()
+    hi_strict = np.zeros(hi.shape, bool) if hi_strict is None else np.asarray(hi_strict, bool).ravel()
+    with np.errstate(over="ignore", invalid="ignore"):
+        x32 = np.clip(np.asarray(x, dtype=np.float64).ravel(), lo, hi).astype(np.float32)
+        # Rounding to float32 may leave the box by one step: step back towards it (twice covers
+        # an open side that the first step lands on exactly).
+        for _ in range(2):
+            v = x32.astype(np.float64)
+            below = (v < lo) | (lo_strict & (v == lo))
+            x32[below] = np.nextafter(x32[below], np.float32(np.inf))
+            v = x32.astype(np.float64)
+            above = (v > hi) | (hi_strict & (v == hi))
+            x32[above] = np.nextafter(x32[above], np.float32(-np.inf))
+        v = x32.astype(np.float64)
+        inside = np.where(lo_strict, v > lo, v >= lo) & np.where(hi_strict, v < hi, v <= hi)
+    return x32 if bool(inside.all()) else None
 
 
 # ------------------------------------------------------------------------------------------ attack
@@ -499,9 +490,10 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
 
     `onnx_path` is the original ONNX file (plain or gzipped) that confirms counterexamples with
     onnxruntime; None means the file the model was loaded from, or, for a model built from an
-    nn.Module, the traced torch module (then `confirmed_by` is 'torch').
+    nn.Module, that module as given (then `confirmed_by` is 'torch').
     """
     from .api import normalize_method
+    from .selfcheck import check_on_box
     from .specs import violates
 
     layout = model.layout
@@ -542,6 +534,8 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
                 and os.path.isfile(str(model.loaded.source)):
             onnx_path = str(model.loaded.source)          # loaded from ONNX: confirm with that file
         confirm = _Confirmer(model, onnx_path, say)
+        # Before bounding: the bound graph must match the original model on this property's boxes.
+        check_on_box(model, region_lo, region_hi, confirm.runner(), confirm.what)
         aopts = attack_options or AttackOptions()
         say(f"{len(prop.regions)} region(s), {len(pairs)} disjunct(s), timeout {timeout:g} s")
 
@@ -557,16 +551,19 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
                     continue
                 r = pairs.index[p][0]
                 region = prop.regions[r]
-                lo64 = np.asarray(region.lower, dtype=np.float64)
-                hi64 = np.asarray(region.upper, dtype=np.float64)
-                x32 = _inside_box_f32(x_best[i].double().numpy(), lo64, hi64)
+                x32 = _inside_box_f32(x_best[i].double().numpy(), region.lower, region.upper,
+                                      region.lower_strict, region.upper_strict)
+                if x32 is None:
+                    say(f"candidate for region {r} disjunct {pairs.index[p][1]} dropped: no float32 input "
+                        f"lies in the box there")
+                    continue
                 try:
                     y = confirm(x32)
                 except Exception as exc:      # cannot run the original model: never sat
                     say(f"could not confirm the counterexample with {confirm.kind}: {type(exc).__name__}: {exc}")
                     return False
                 x = x32.astype(np.float64)
-                if violates(prop, x, y):
+                if violates(prop, x, y):          # as written: strict stays strict, no tolerance
                     details[p].status = "violated"
                     res.counterexample = (x, y)
                     res.confirmed_by = confirm.kind

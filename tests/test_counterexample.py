@@ -103,9 +103,9 @@ PROP = parse_vnnlib("""
     ([0.5, 0.5], [6.0, 1.0], True),          # region 0, first disjunct
     ([0.5, 0.5], [4.0, 1.0], False),         # first disjunct fails on Y_0 >= 5, second on Y_1
     ([0.5, 0.5], [0.0, -3.0], True),         # region 0, second disjunct
-    ([0.5, 0.5], [4.99995, 1.0], True),      # within tol of Y_0 >= 5
+    ([0.5, 0.5], [4.99995, 1.0], False),     # just below Y_0 >= 5: no tolerance by default
     ([0.5, 0.5], [4.999, 1.0], False),
-    ([1.00005, 0.5], [6.0, 1.0], True),      # input within tol of the box
+    ([1.00005, 0.5], [6.0, 1.0], False),     # just outside the box: no tolerance by default
     ([1.001, 0.5], [6.0, 1.0], False),       # input outside every box
     ([2.5, 0.5], [-100.0, 100.0], True),     # region without output rows: any output
     ([2.5, 1.5], [-100.0, 100.0], False),

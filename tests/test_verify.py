@@ -89,9 +89,24 @@ def test_unsat_proved_by_bounds():
     assert verify_instance(model, prop, onnx, timeout=60, attack=False).verdict == "unsat"
 
 
-def test_onnxruntime_disagreement_is_never_sat():
-    # Bound/attack the network of test_sat, but "confirm" with test_unsat's ONNX file (same
-    # architecture, other weights): the candidates must all be rejected.
+def test_onnxruntime_disagreement_is_an_error():
+    # Bound the network of test_sat, but name test_unsat's ONNX file (same architecture, other
+    # weights) as the original: the self-check on the property's box catches it before bounding.
+    model, _ = model_of("test", "test_sat.onnx")
+    _, other = model_of("test", "test_unsat.onnx")
+    prop = read_vnnlib(bench("test", "test_prop.vnnlib"), model.n_inputs, model.n_outputs)
+    res = verify_instance(model, prop, other, timeout=60,
+                          attack_options=AttackOptions(restarts=5, steps=30, extra_rounds=1))
+    assert res.verdict == "error", res
+    assert "self-check" in res.message and "differs from onnxruntime" in res.message, res.message
+    assert res.counterexample is None
+
+
+def test_onnxruntime_disagreement_is_never_sat(monkeypatch):
+    # The same mismatch with the box self-check switched off: the attack's candidates reach
+    # onnxruntime, which rejects them all.
+    import dtensor_verify.selfcheck as selfcheck
+    monkeypatch.setattr(selfcheck, "check_on_box", lambda *args, **kwargs: 0.0)
     model, _ = model_of("test", "test_sat.onnx")
     _, other = model_of("test", "test_unsat.onnx")
     prop = read_vnnlib(bench("test", "test_prop.vnnlib"), model.n_inputs, model.n_outputs)

@@ -19,11 +19,15 @@ from .reshape import ReshapeOp
 __all__ = ["BoundOp", "BackwardResult", "Interval", "make_op", "LinearOp", "Conv2dOp", "ReluOp",
            "ReshapeOp", "IdentityOp", "AddOp", "SubOp", "ElementwiseAffineOp", "SUPPORTED"]
 
-SUPPORTED = ("Linear/Gemm, MatMul by a constant (+Add), Conv2d, ReLU, Flatten/Reshape/View, "
-             "Add/Sub of two tensors, Add/Sub/Mul/Div by constants, BatchNorm (eval), Identity, Dropout")
+# Keep in step with the README's "Supported operations" section.
+SUPPORTED = ("Linear/Gemm (constant B, transA=0), MatMul by a constant matrix, Conv2d, ReLU, "
+             "Flatten/Reshape/View (batch dim kept), Add/Sub of two same-shape tensors, "
+             "Add/Sub/Mul by constants, Div by a nonzero constant, BatchNorm (eval), Identity, Dropout (inference)")
 
 _RESHAPE_MODULES = ("OnnxReshape", "OnnxFlatten", "Flatten", "Unflatten")
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+# onnx2torch's Identity (a copy) and its Dropout of opsets 12+ (ratio / training_mode inputs).
+_IDENTITY_MODULE_NAMES = ("OnnxCopyIdentity", "OnnxDropoutDynamic")
 _RESHAPE_FUNCS = (torch.flatten, torch.reshape)
 _RESHAPE_METHODS = ("view", "reshape", "flatten")
 _RELU_FUNCS = (torch.relu, torch.nn.functional.relu)
@@ -47,6 +51,13 @@ def describe_target(gm, node) -> str:
     if node.op == "call_function":
         return getattr(node.target, "__name__", str(node.target))
     return f"{node.op}:{node.target}"
+
+
+def _check_inference_dropout(constants: dict, unsupported) -> None:
+    """Dropout is the identity only in inference: refuse a constant training_mode = true (input 2)."""
+    training = constants.get(2)
+    if training is not None and bool(torch.as_tensor(training).any()):
+        raise unsupported("Dropout with training_mode = true is random, not a function")
 
 
 def make_op(gm: torch.fx.GraphModule, node: torch.fx.Node, perturbed: list, constants: dict) -> BoundOp:
@@ -79,7 +90,9 @@ def make_op(gm: torch.fx.GraphModule, node: torch.fx.Node, perturbed: list, cons
             or (node.op == "call_function" and node.target in _RESHAPE_FUNCS)
             or (node.op == "call_method" and node.target in _RESHAPE_METHODS)) and n_pert == 1:
         return ReshapeOp(node.name, module)
-    if isinstance(module, _IDENTITY_MODULES) and n_pert == 1:
+    if (isinstance(module, _IDENTITY_MODULES) or type(module).__name__ in _IDENTITY_MODULE_NAMES) and n_pert == 1:
+        if type(module).__name__ == "OnnxDropoutDynamic":
+            _check_inference_dropout(constants, unsupported)
         return IdentityOp(node.name, module)
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and n_pert == 1:
         if module.training or module.running_mean is None:
@@ -91,6 +104,8 @@ def make_op(gm: torch.fx.GraphModule, node: torch.fx.Node, perturbed: list, cons
             return (AddOp if kind == "add" else SubOp)(node.name, module)
         if n_pert == 1 and len(constants) == 1:
             (pos, const), = constants.items()
+            if kind == "div" and pos == 1 and bool((torch.as_tensor(const) == 0).any()):
+                raise unsupported("division by a constant that contains 0")
             op = from_binary(node.name, kind, torch.as_tensor(const), const_first=(pos == 0))
             if op is not None:
                 return op

@@ -2,6 +2,8 @@
 
 Covers Add/Sub/Mul/Div with one constant operand (input normalisation: (x - mean) / std),
 `c - x`, and BatchNorm in inference mode. Exact: the linear bound passes straight through.
+The constant may broadcast a sample up (x [3] + c [4, 3] gives [4, 3]): each output then reads
+one input element, and the backward step sums the A-matrix over the broadcast dims.
 """
 from __future__ import annotations
 
@@ -22,26 +24,44 @@ class ElementwiseAffineOp(BoundOp):
         if kind:
             self.kind = kind
 
+    # The input's per-sample shape padded with leading 1s to the output's rank (set by finalize).
+    in_padded: tuple[int, ...] | None = None
+
     def finalize(self):
         """Broadcast the constants to the per-sample shape once the shapes are known."""
         shape = (1, *self.out_shape)
         self.scale = torch.broadcast_to(torch.as_tensor(self.scale, dtype=torch.float32), shape)[0].clone()
         self.shift = torch.broadcast_to(torch.as_tensor(self.shift, dtype=torch.float32), shape)[0].clone()
+        in_shape = tuple(self.in_shapes[0]) if self.in_shapes else tuple(self.out_shape)
+        self.in_padded = (1,) * (len(self.out_shape) - len(in_shape)) + in_shape
+
+    def _lift(self, x):
+        """x [B, *in] as [B, *in_padded], so that it broadcasts against the per-sample constants."""
+        if self.in_padded is None or tuple(x.shape[1:]) == self.in_padded:
+            return x
+        return x.reshape(x.shape[0], *self.in_padded)
+
+    def _sum_to_input(self, A):
+        """A [B, K, *out] -> [B, K, *in]: sum over the dims the constant broadcast the input up."""
+        if self.in_padded is None or self.in_padded == tuple(self.out_shape):
+            return A
+        A = A.sum_to_size(*A.shape[:2], *self.in_padded)
+        return A.reshape(*A.shape[:2], *self.in_shapes[0])
 
     def to(self, device):
         self.scale, self.shift = self.scale.to(device), self.shift.to(device)
 
     def forward(self, x):
-        return x * self.scale + self.shift
+        return self._lift(x) * self.scale + self.shift
 
     def ibp(self, interval):
-        lo, hi = interval
+        lo, hi = self._lift(interval[0]), self._lift(interval[1])
         a, b = lo * self.scale + self.shift, hi * self.scale + self.shift
         return torch.minimum(a, b), torch.maximum(a, b)
 
     def backward(self, lA, uA, input_bounds, alpha=None):
         def step(A):
-            return None if A is None else A * self.scale
+            return None if A is None else self._sum_to_input(A * self.scale)
 
         def bias(A):
             return 0.0 if A is None else per_row_sum(A * self.shift)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -133,21 +134,66 @@ def read_result_file(path: str | os.PathLike
     return verdict, x, y
 
 
-def violates(prop: Property, x: np.ndarray, y: np.ndarray, tol: float = 1e-4) -> bool:
-    """True iff `x` lies in some region's box (within `tol`) and `y` meets one of its disjuncts.
+def violates(prop: Property, x: np.ndarray, y: np.ndarray, tol: float = 0.0) -> bool:
+    """True iff `x` lies in some region's box and `y` meets one of that region's disjuncts, as
+    the property is written: `<` / `>` strictly, `<=` / `>=` / `=` inclusively, every number as
+    the nearest float64 to its text, and no tolerance (the sums `C @ y` are exact: rows near
+    their bound are recomputed in rational arithmetic).
 
-    Each row must hold as `C @ y <= d + tol`; a disjunct with no rows always holds. NaNs never
-    satisfy a comparison, so a NaN input or output is never a counterexample.
+    A disjunct with no rows always holds. NaNs never satisfy a comparison, so a NaN input or
+    output is never a counterexample. `tol > 0` loosens every comparison by `tol`, which can make
+    a false property look violated: the verifier never passes it; it exists only for comparing
+    with looser checkers on purpose.
     """
     x = np.asarray(x, dtype=np.float64).ravel()
     y = np.asarray(y, dtype=np.float64).ravel()
     if x.size != prop.n_inputs or y.size != prop.n_outputs:
         raise ValueError(f"counterexample has {x.size} inputs and {y.size} outputs; the "
                          f"property has {prop.n_inputs} and {prop.n_outputs}")
+    tol = float(tol)
     for region in prop.regions:
-        if not (np.all(x >= region.lower - tol) and np.all(x <= region.upper + tol)):
+        if not _inside(x, region, tol):
             continue
         for dj in region.disjuncts:
-            if np.all(dj.C @ y <= dj.d + tol):
+            if _rows_hold(dj, y, tol):
                 return True
     return False
+
+
+def _inside(x: np.ndarray, region, tol: float) -> bool:
+    lo, hi = region.lower - tol, region.upper + tol
+    lo_strict = _flags(region.lower_strict, x.size)
+    hi_strict = _flags(region.upper_strict, x.size)
+    return bool(np.all(np.where(lo_strict, x > lo, x >= lo)) and np.all(np.where(hi_strict, x < hi, x <= hi)))
+
+
+def _flags(flags, n: int) -> np.ndarray:
+    return np.zeros(n, bool) if flags is None else np.asarray(flags, bool).ravel()
+
+
+def _rows_hold(dj, y: np.ndarray, tol: float) -> bool:
+    C = np.asarray(dj.C, dtype=np.float64).reshape(-1, y.size)
+    d = np.asarray(dj.d, dtype=np.float64).ravel()
+    if C.shape[0] == 0:
+        return True
+    strict = dj.strict_rows() if hasattr(dj, "strict_rows") else np.zeros(len(d), bool)
+    with np.errstate(invalid="ignore", over="ignore"):
+        terms = np.where(C != 0.0, C * y, 0.0)              # an output a row ignores stays ignored (inf)
+        slack = terms.sum(1) - d                             # the row holds iff slack <= 0 (< 0)
+        # Float64 rounding can only flip a row whose slack is within a few ulps of the sum's
+        # magnitude: recompute those exactly (only the sign matters).
+        scale = np.abs(terms).sum(1) + np.abs(d)
+        close = np.isfinite(slack) & (np.abs(slack) <= 1e-12 * scale)
+    if tol == 0.0:
+        for r in np.flatnonzero(close):
+            slack[r] = _exact_slack(C[r], y, d[r])
+    return bool(np.all(np.where(strict, slack < tol, slack <= tol)))
+
+
+def _exact_slack(c: np.ndarray, y: np.ndarray, d: float) -> float:
+    """sign-exact C.y - d for finite float64 values: -1.0, 0.0 or 1.0."""
+    total = -Fraction(float(d))
+    for cj, yj in zip(c.tolist(), y.tolist()):
+        if cj != 0.0:
+            total += Fraction(cj) * Fraction(yj)
+    return float((total > 0) - (total < 0))

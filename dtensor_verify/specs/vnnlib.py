@@ -10,7 +10,12 @@ How a file is turned into regions:
 
 * Top-level asserts are conjoined; the whole conjunction is put in disjunctive normal form.
 * Atoms over one input variable are box bounds; atoms over outputs become rows `c . y <= d`;
-  `<` / `>` are read as `<=` / `>=` (a sound over-approximation of the unsafe set).
+  `(= a b)` is the two rows `a <= b`, `b <= a`. Numbers are read as the nearest float64.
+* Strictness is kept on the side: `<` / `>` rows and bounds are bounded as `<=` / `>=` (the
+  closure: a sound over-approximation of the unsafe set, fine for proving it empty), and marked
+  strict (`OutputDisjunct.strict`, `Region.lower_strict` / `upper_strict`) so that `violates`
+  checks a counterexample against the property as written. A comparison of constants is decided
+  exactly: `(< 1 1)` and `(> Y_0 Y_0)` are false, so their term is dropped.
 * Bounds shared by every DNF term form the common box; each term's own input bounds intersect it.
   Terms with identical boxes share one `Region` (one disjunct per term), so a classification
   property with one box and `(or (and (>= Y_0 Y_4)) ...)` gives 1 region with 9 disjuncts.
@@ -49,9 +54,14 @@ class VnnlibError(InputSpecError, ValueError):
 
 @dataclass(eq=False)
 class OutputDisjunct:
-    """One conjunction of linear output constraints: unsafe iff every row of `C @ y <= d` holds."""
+    """One conjunction of linear output constraints: unsafe iff every row of `C @ y <= d` holds
+    (`C @ y < d` for the rows marked strict)."""
     C: np.ndarray          # [k, n_outputs]
     d: np.ndarray          # [k]
+    strict: np.ndarray | None = None    # [k] bool: the row came from `<` / `>`; None: none strict
+
+    def strict_rows(self) -> np.ndarray:
+        return np.zeros(len(self.d), bool) if self.strict is None else np.asarray(self.strict, bool)
 
 
 @dataclass(eq=False)
@@ -60,6 +70,8 @@ class Region:
     lower: np.ndarray      # [n_inputs]
     upper: np.ndarray      # [n_inputs]
     disjuncts: list[OutputDisjunct]   # unsafe iff ANY disjunct holds
+    lower_strict: np.ndarray | None = None   # [n_inputs] bool: `(> X_i lower)`; None: none strict
+    upper_strict: np.ndarray | None = None   # [n_inputs] bool: `(< X_i upper)`
 
 
 @dataclass(eq=False)
@@ -115,8 +127,8 @@ class _List:
 
 
 # A classified atom of a DNF term:
-#   ("x", index, is_upper, value, pos)      an input bound
-#   ("y", {index: coef}, d, pos)             an output row  sum(coef * Y_index) <= d
+#   ("x", index, is_upper, value, strict, pos)      an input bound
+#   ("y", {index: coef}, d, strict, pos)             an output row  sum(coef * Y_index) <= d (< if strict)
 _Constraint = tuple
 _Term = tuple          # conjunction of _Constraint
 _Dnf = list            # disjunction of _Term
@@ -137,6 +149,8 @@ class _Parser:
         self.hi: dict[int, float] = {}
         self.lo_pos: dict[int, int] = {}
         self.hi_pos: dict[int, int] = {}
+        self.lo_strict: dict[int, bool] = {}      # only strict bounds are entered
+        self.hi_strict: dict[int, bool] = {}
         self.dnfs: list[tuple[_Dnf, int]] = []              # (DNF, position) per non-fast assert
         self.n_commands = 0
 
@@ -222,15 +236,21 @@ class _Parser:
         key = self.vars.get(var)
         if key is None:
             raise self.error(pos, f"unknown variable {var}")
-        self.add_bound(key[1], op[0] == "<", float(num), pos)
+        self.add_bound(key[1], op[0] == "<", float(num), pos, len(op) == 1)
 
-    def add_bound(self, idx: int, is_upper: bool, value: float, pos: int) -> None:
-        # Repeated bounds intersect: keep the tightest and remember where it came from.
-        if is_upper:
-            if idx not in self.hi or value < self.hi[idx]:
-                self.hi[idx], self.hi_pos[idx] = value, pos
-        elif idx not in self.lo or value > self.lo[idx]:
-            self.lo[idx], self.lo_pos[idx] = value, pos
+    def add_bound(self, idx: int, is_upper: bool, value: float, pos: int, strict: bool = False) -> None:
+        # Repeated bounds intersect: keep the tightest (at equal values, the strict one) and
+        # remember where it came from.
+        bound, where, strict_of = (self.hi, self.hi_pos, self.hi_strict) if is_upper else \
+            (self.lo, self.lo_pos, self.lo_strict)
+        old = bound.get(idx)
+        tighter = old is None or (value < old if is_upper else value > old)
+        if tighter or (value == old and strict and not strict_of.get(idx, False)):
+            bound[idx], where[idx] = value, pos
+            if strict:
+                strict_of[idx] = True
+            else:
+                strict_of.pop(idx, None)
 
     # -- formulas -------------------------------------------------------------------------------
     def formula(self, node: _Atom | _List) -> _Dnf:
@@ -287,25 +307,27 @@ class _Parser:
             raise self.error(node.pos, f"'{op}' needs at least two arguments")
         lins = [self.linear(a) for a in args]
         term: list[_Constraint] = []
+        strict = op in ("<", ">")
         for (ca, ka), (cb, kb) in zip(lins, lins[1:]):   # chained (<= a b c) = a<=b and b<=c
             diffs = []
             if op in ("<=", "<", "="):
-                diffs.append(_combine(ca, ka, cb, kb, -1.0))   # a - b <= 0
+                diffs.append(_combine(ca, ka, cb, kb, -1.0))   # a - b <= 0  (< 0 if strict)
             if op in (">=", ">", "="):
-                diffs.append(_combine(cb, kb, ca, ka, -1.0))   # b - a <= 0
+                diffs.append(_combine(cb, kb, ca, ka, -1.0))   # b - a <= 0  (< 0 if strict)
             for coeffs, const in diffs:
-                c = self.classify(coeffs, const, node.pos)
+                c = self.classify(coeffs, const, node.pos, strict)
                 if c is False:
                     return []
                 if c is not True:
                     term.append(c)
         return [tuple(term)]
 
-    def classify(self, coeffs: dict, const: float, pos: int) -> _Constraint | bool:
-        """Turn `sum(coeffs * vars) + const <= 0` into an input bound or an output row."""
+    def classify(self, coeffs: dict, const: float, pos: int, strict: bool = False) -> _Constraint | bool:
+        """Turn `sum(coeffs * vars) + const <= 0` (`< 0` if strict) into an input bound or an
+        output row; a constraint without variables is decided here, strictness included."""
         coeffs = {k: v for k, v in coeffs.items() if v != 0.0}
         if not coeffs:
-            return const <= 0.0
+            return const < 0.0 if strict else const <= 0.0
         kinds = {k[0] for k in coeffs}
         if len(kinds) == 2:
             raise self.error(pos, "constraint mixes input (X) and output (Y) variables")
@@ -315,8 +337,8 @@ class _Parser:
                 raise self.error(pos, f"constraint over several input variables ({names}) is not "
                                       "a box bound; not supported")
             (key, a), = coeffs.items()
-            return ("x", key[1], a > 0.0, -const / a, pos)
-        return ("y", {k[1]: v for k, v in coeffs.items()}, -const + 0.0, pos)  # +0.0: no -0.0
+            return ("x", key[1], a > 0.0, -const / a, strict, pos)
+        return ("y", {k[1]: v for k, v in coeffs.items()}, -const + 0.0, strict, pos)  # +0.0: no -0.0
 
     def linear(self, node: _Atom | _List) -> tuple[dict, float]:
         """A linear term as ({(kind, index): coefficient}, constant)."""
@@ -381,7 +403,7 @@ class _Parser:
             for t in terms[1:]:
                 shared.intersection_update(c for c in t if c[0] == "x")
             for c in shared:
-                self.add_bound(c[1], c[2], c[3], c[4])
+                self.add_bound(c[1], c[2], c[3], c[5], c[4])
             if shared:
                 terms = [tuple(c for c in t if c[0] == "y" or c not in shared) for t in terms]
 
@@ -397,6 +419,10 @@ class _Parser:
             idx = np.fromiter(self.hi.keys(), np.int64, len(self.hi))
             hi[idx] = np.fromiter(self.hi.values(), np.float64, len(self.hi))
             hi_pos[idx] = np.fromiter(self.hi_pos.values(), np.int64, len(self.hi))
+        lo_strict = np.zeros(n_in, bool)
+        hi_strict = np.zeros(n_in, bool)
+        lo_strict[list(self.lo_strict)] = True
+        hi_strict[list(self.hi_strict)] = True
 
         # Group terms by their effective box. A box is keyed by the inputs where it differs from
         # the common one, so terms never copy a full 3072-wide box just to be compared.
@@ -409,16 +435,18 @@ class _Parser:
                 if c[0] == "y":
                     rows.append(c)
                     continue
-                _, i, is_upper, v, pos = c
+                _, i, is_upper, v, strict, pos = c
                 e = own.get(i)
                 if e is None:
-                    e = own[i] = [lo[i], hi[i], int(lo_pos[i]), int(hi_pos[i])]
-                if is_upper and v < e[1]:
-                    e[1], e[3] = v, pos
-                elif not is_upper and v > e[0]:
-                    e[0], e[2] = v, pos
-            key = tuple(sorted((i, e[0], e[1]) for i, e in own.items()
-                               if e[0] != lo[i] or e[1] != hi[i]))
+                    e = own[i] = [lo[i], hi[i], int(lo_pos[i]), int(hi_pos[i]),
+                                  bool(lo_strict[i]), bool(hi_strict[i])]
+                if is_upper and (v < e[1] or (v == e[1] and strict)):
+                    e[1], e[3], e[5] = v, pos, strict
+                elif not is_upper and (v > e[0] or (v == e[0] and strict)):
+                    e[0], e[2], e[4] = v, pos, strict
+            key = tuple(sorted((i, e[0], e[1], e[4], e[5]) for i, e in own.items()
+                               if e[0] != lo[i] or e[1] != hi[i] or e[4] != lo_strict[i]
+                               or e[5] != hi_strict[i]))
             if key not in groups:
                 groups[key] = []
                 edits[key] = own
@@ -427,10 +455,12 @@ class _Parser:
         regions = []
         for key, disjunct_rows in groups.items():
             lower, upper, lpos, upos = lo.copy(), hi.copy(), lo_pos.copy(), hi_pos.copy()
+            lstrict, ustrict = lo_strict.copy(), hi_strict.copy()
             for i, e in edits[key].items():
-                lower[i], upper[i], lpos[i], upos[i] = e
-            self.check_box(lower, upper, lpos, upos)
-            regions.append(Region(lower, upper, [self.disjunct(r, n_out) for r in disjunct_rows]))
+                lower[i], upper[i], lpos[i], upos[i], lstrict[i], ustrict[i] = e
+            self.check_box(lower, upper, lpos, upos, lstrict | ustrict)
+            regions.append(Region(lower, upper, [self.disjunct(r, n_out) for r in disjunct_rows],
+                                  lstrict, ustrict))
         return Property(n_in, n_out, regions, self.path)
 
     def count(self, kind: int, what: str, expected: int | None) -> int:
@@ -449,7 +479,7 @@ class _Parser:
                              f"file declares {n} {what}s but the network has {expected}")
         return n
 
-    def check_box(self, lower, upper, lpos, upos) -> None:
+    def check_box(self, lower, upper, lpos, upos, strict) -> None:
         finite = np.isfinite(lower) & np.isfinite(upper)
         if not finite.all():
             i = int(np.argmin(finite))
@@ -461,16 +491,24 @@ class _Parser:
             raise self.error(int(max(lpos[i], upos[i])),
                              f"input X_{i} has lower bound {float(lower[i])!r} > upper bound "
                              f"{float(upper[i])!r}")
+        empty = (lower == upper) & strict
+        if empty.any():
+            i = int(np.argmax(empty))
+            raise self.error(int(max(lpos[i], upos[i])),
+                             f"input X_{i} has an empty range: a strict bound at {float(lower[i])!r} "
+                             f"with lower = upper")
 
     @staticmethod
     def disjunct(rows: list[_Constraint], n_out: int) -> OutputDisjunct:
         C = np.zeros((len(rows), n_out))
         d = np.empty(len(rows))
-        for r, (_, coeffs, rhs, _pos) in enumerate(rows):
+        strict = np.zeros(len(rows), bool)
+        for r, (_, coeffs, rhs, is_strict, _pos) in enumerate(rows):
             for j, v in coeffs.items():
                 C[r, j] = v
             d[r] = rhs
-        return OutputDisjunct(C, d)
+            strict[r] = is_strict
+        return OutputDisjunct(C, d, strict)
 
 
 def _combine(ca: dict, ka: float, cb: dict, kb: float, sign: float) -> tuple[dict, float]:
