@@ -439,6 +439,9 @@ def _branch_and_bound(model, pairs: _Pairs, details, roots, pair_lo, pair_hi, cl
     if any(p not in roots or pairs.n_real_rows[p] == 0 for p in open_idx):
         say("bab: skipped (a disjunct has no bound to start from)")
         return "unknown"
+    if not any(n.op is not None and n.op.needs_input_bounds for n in model.graph.nodes):
+        say("bab: skipped (no ReLU to split: the bounds are already those of a linear network)")
+        return "unknown"
     layout = model.layout
     opts = bab_options or BabOptions()
     if log is not None and getattr(layout, "rank", 0) == 0:

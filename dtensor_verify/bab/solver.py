@@ -37,6 +37,7 @@ class BabOptions:
     beta: BetaOptions = field(default_factory=BetaOptions)
     root_iterations: int = 0            # beta-CROWN steps on the roots (they come from alpha-CROWN)
     max_domains: int = 500_000          # open domains per worker before giving up (verdict unknown)
+    max_rounds: int | None = None       # stop (unknown) after this many rounds (benchmarks: equal work)
     progress: bool = False              # a tqdm line on stderr (rank 0)
 
 
@@ -82,6 +83,7 @@ class _Stats:
         self.phases = {"branching": 0.0, "bounding": 0.0, "attack": 0.0, "bookkeeping": 0.0}
         self.iterations = 0
         self.global_margin = -math.inf
+        self.visited_all = 0       # domains bounded by all workers (from the last sync)
 
     def as_dict(self, store_len: int) -> dict:
         seconds = time.perf_counter() - self.t0
@@ -90,7 +92,8 @@ class _Stats:
                 "batch_size": max(self.batch_sizes) if self.batch_sizes else 0,
                 "beta_iterations": self.iterations, "seconds": seconds,
                 "domains_per_second": self.bounded / seconds if seconds > 0 else 0.0,
-                "phases": dict(self.phases), "global_margin": self.global_margin}
+                "phases": dict(self.phases), "global_margin": self.global_margin,
+                "domains_visited_all_workers": self.visited_all}
 
 
 class _Timer:
@@ -264,10 +267,12 @@ class BabSolver:
             if self.opts.progress and self.comm.is_leader:
                 from tqdm import tqdm
                 bar = tqdm(desc="bab", unit="dom", file=sys.stderr, dynamic_ncols=True, leave=False)
+            loops = 0
             while True:
                 state = self.comm.sync(len(self.store), self.store.worst_margin(), self.found, self.exhausted,
                                        self.stats.bounded, self.time_left() <= 0)
                 self.stats.global_margin = state.worst_margin
+                self.stats.visited_all = state.visited
                 if bar is not None:
                     bar.n = state.visited
                     bar.set_postfix_str(f"open {state.open} worst {state.worst_margin:.4g}", refresh=True)
@@ -279,6 +284,9 @@ class BabSolver:
                     return self._result("timeout")
                 if state.too_many(self.opts.max_domains):
                     return self._result("unknown", "too many open domains")
+                if self.opts.max_rounds is not None and loops >= self.opts.max_rounds:
+                    return self._result("unknown", f"stopped after {loops} rounds")   # the same on every rank
+                loops += 1
                 self.comm.rebalance(self.store, self.batch)
                 self.round()
         finally:
