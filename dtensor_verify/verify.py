@@ -447,13 +447,17 @@ def _branch_and_bound(model, pairs: _Pairs, details, roots, pair_lo, pair_hi, cl
     if log is not None and getattr(layout, "rank", 0) == 0:
         opts.progress = True
     t = time.perf_counter()
+    param = next(iter(model.module.parameters()), None)          # where the weights live (DTensors too)
+    device = param.device if param is not None else layout.device
     with layout.domain_batches():
-        problem = BabProblem(model.graph, layout, model.forward, pairs.C, pairs.d, pairs.mask, pair_lo, pair_hi)
+        problem = BabProblem(model.graph, layout, model.forward, pairs.C.to(device), pairs.d.to(device),
+                             pairs.mask.to(device), pair_lo.to(device), pair_hi.to(device))
         one_process = getattr(layout, "world_size", 1) == 1
         if not one_process and opts.root_iterations == 0:
             opts.root_iterations = opts.beta.iterations     # slopes of split rows are not at hand
         root_domains = make_roots(problem, open_idx, [roots[p]["bounds"] for p in open_idx],
-                                  [torch.tensor(details[p].lower, dtype=pairs.d.dtype) for p in open_idx],
+                                  [torch.tensor(details[p].lower, dtype=pairs.d.dtype, device=device)
+                                   for p in open_idx],
                                   [roots[p]["alphas"] for p in open_idx])
 
         def try_points(x, pair, y):

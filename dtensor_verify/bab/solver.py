@@ -217,10 +217,18 @@ class BabSolver:
             return
         if open_idx.numel() == 0 and not self.lockstep:
             return
+        margins = margins[open_idx]
+        late = self.time_left() <= 0
+        if self.lockstep:
+            late = p.layout.all_true(late)
+        if late:
+            # Out of time: the run stops at the next sync. Keep the open domains (unbranched)
+            # so that they count as open: dropping them would read as proved.
+            self.store.push(rest, margins)
+            return
         lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.pre_of}
         with _Timer(self.stats, "branching"):
             rest.decision = choose(self.opts.branching, rest, lA, self.ctx)
-        margins = margins[open_idx]
         stuck = rest.decision[:, 0] == NO_DECISION
         if bool(stuck.any()):
             # Every neuron of these domains is fixed, yet the bound does not prove them (beta's
@@ -243,6 +251,8 @@ class BabSolver:
                 return
             parents = self.template
         self.stats.rounds += 1
+        # Only a domain stored after the clock ran out lacks a decision, and the run stops first.
+        assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
         kids = split(parents, parents.decision, self.problem.relus, self.problem.pre_of)
         if len(kids):
             self.stats.batch_sizes.append(len(kids))

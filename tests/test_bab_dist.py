@@ -1,0 +1,96 @@
+"""Branch and bound on several processes (CPU gloo): every plan and mesh gives the verdicts of one
+process, domains move between workers, and all ranks stop together."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dist_utils import run_distributed
+from model_zoo import random_mlp
+
+# A 2-D input network whose threshold properties need branch and bound (see test_bab.py).
+SEED = 11
+
+
+def _threshold(t: float) -> str:
+    return ("(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
+            "(assert (>= X_0 -1))\n(assert (<= X_0 1))\n(assert (>= X_1 -1))\n(assert (<= X_1 1))\n"
+            f"(assert (<= Y_0 {t!r}))\n")
+
+
+def _thresholds():
+    """(certainly below the minimum, above the grid's minimum) for the SEED network."""
+    import dtensor_verify as dv
+
+    net, shape = random_mlp([2, 24, 24, 1], seed=SEED)
+    model = dv.load(net, input_shape=shape)
+    g = torch.linspace(-1, 1, 401)
+    xx, yy = torch.meshgrid(g, g, indexing="ij")
+    with torch.no_grad():
+        gmin = float(model.forward(torch.stack([xx.flatten(), yy.flatten()], 1)).min())
+    L = 1.0
+    for m in net.modules():
+        if isinstance(m, torch.nn.Linear):
+            L *= float(torch.linalg.matrix_norm(m.weight.detach(), ord=2))
+    return gmin - L * (2 / 400) * math.sqrt(2) / 2 - 1e-3, gmin + 1e-3
+
+
+def _decide_under_plans(rank, world, configs, props):
+    import dtensor_verify as dv
+    from dtensor_verify.bab import BabOptions
+    from dtensor_verify.specs import parse_vnnlib
+    from dtensor_verify.verify import verify_instance
+    from placements import apply_plan, mesh_from_process_group
+
+    torch.set_num_threads(1)
+    out = []
+    for plan, mesh in configs:
+        net, shape = random_mlp([2, 24, 24, 1], seed=SEED)
+        model = dv.load(net, input_shape=shape)
+        apply_plan(model, plan, mesh_from_process_group(mesh))
+        for text in props:
+            prop = parse_vnnlib(text, n_inputs=2, n_outputs=1)
+            res = verify_instance(model, prop, None, timeout=60, bab_options=BabOptions(batch_size=8))
+            bab = res.bounds.get("bab", {})
+            out.append((plan, mesh, res.verdict, res.decided_by, res.message, bab.get("workers"),
+                        bab.get("domains_visited_all_workers")))
+    return out
+
+
+def _check(results, world):
+    by_rank = [r for r in results]
+    for rank_rows in by_rank[1:]:
+        assert [row[:4] for row in rank_rows] == [row[:4] for row in by_rank[0]], by_rank
+    for plan, mesh, verdict, decided_by, message, workers, visited in by_rank[0]:
+        assert verdict in ("unsat", "sat"), (plan, mesh, verdict, message)
+    rows = by_rank[0]
+    for i in range(0, len(rows), 2):
+        unsat_row, sat_row = rows[i], rows[i + 1]
+        assert unsat_row[2] == "unsat" and unsat_row[3] == "bab", unsat_row
+        assert sat_row[2] == "sat", sat_row
+        assert unsat_row[5] >= 1 and unsat_row[6] > 0, unsat_row
+
+
+def test_bab_on_two_ranks_every_plan(tmp_path):
+    low, high = _thresholds()
+    configs = [("fsdp", None), ("fsdp-prefetch", None), ("tp", None), ("spec", None),
+               ("0=fsdp;*=spec", None), ("replicate", "2x1")]
+    res = run_distributed(_decide_under_plans, 2, tmp_path, configs, [_threshold(low), _threshold(high)],
+                          timeout_s=240)
+    _check(res, 2)
+    workers = {(row[0], row[1]): row[5] for row in res[0][::2]}
+    assert workers[("tp", None)] == 1           # tp: both ranks bound the same domains
+    assert workers[("fsdp", None)] == 2         # every other plan: each rank has its own queue
+    assert workers[("replicate", "2x1")] == 2
+
+
+def test_bab_on_a_2x2_mesh(tmp_path):
+    low, high = _thresholds()
+    configs = [("spec", "2x2"), ("tp", "2x2")]
+    res = run_distributed(_decide_under_plans, 4, tmp_path, configs, [_threshold(low), _threshold(high)],
+                          timeout_s=240)
+    _check(res, 4)
+    workers = {(row[0], row[1]): row[5] for row in res[0][::2]}
+    assert workers[("spec", "2x2")] == 4 and workers[("tp", "2x2")] == 2
