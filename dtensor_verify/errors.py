@@ -23,3 +23,7 @@ class InputSpecError(VerifierError):
 
 class PlanError(VerifierError):
     """A placement plan does not match the graph or asks for an impossible combination."""
+
+
+class OutputFileError(VerifierError):
+    """An output path (the results file) must not be written: a link, a device, a directory, ..."""

@@ -134,8 +134,17 @@ def apply_plan(model, plan=None, mesh=None, log: bool = False) -> PlacementRepor
     return report
 
 
-def apply_plan_from_cli(model, plan_text: str | None, log: bool = True) -> PlacementReport:
-    """CLI entry: set up the mesh from the torchrun environment, then apply the plan."""
+def apply_plan_from_cli(model, plan_text: str | None, log: bool = True,
+                        timeout_s: float | None = None) -> PlacementReport:
+    """CLI entry: set up the mesh from the torchrun environment, then apply the plan.
+
+    The plan is checked against the graph first, before the process group exists: under
+    torchrun every rank then refuses a bad plan on its own, at once, with nothing to tear down.
+    `timeout_s` is the process group's timeout (how long a collective may wait for a peer).
+    """
     from .mesh import init_mesh
 
-    return apply_plan(model, plan_text or "replicate", init_mesh(), log=log)
+    plan_text = plan_text or "replicate"
+    resolve_policies(model.graph, parse_plan(plan_text))
+    mesh = init_mesh() if timeout_s is None else init_mesh(timeout_s=timeout_s)
+    return apply_plan(model, plan_text, mesh, log=log)
