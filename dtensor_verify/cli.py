@@ -5,8 +5,9 @@
     dtensor-verify benchmark DIR --csv OUT [--instances CSV] [--expected CSV] [--filter SUB]
 
 User errors (unreadable or malformed model / property / box files, unsupported operations, bad
-plans) give one line `dtensor-verify: error: <message>` on stderr, an `error` result file where
-one was asked for, and exit status 2. Bugs keep their traceback.
+plans) give one line `dtensor-verify: error: <message>` on stderr (under torchrun: from rank 0
+only), an `error` result file where one was asked for, and exit status 2. Bugs keep their
+traceback. `run`'s results file and time limit under faults: see run_guard.py and the README.
 """
 from __future__ import annotations
 
@@ -279,14 +280,15 @@ def cmd_run(args) -> int:
     """Verify one instance. The results file's life cycle and the watchdog: see run_guard."""
     from .run_guard import ResultsFile, Watchdog, torchrun_rank
 
-    t0 = time.perf_counter()
+    t0 = getattr(args, "started_at", None) or time.perf_counter()     # see main()
     rank = torchrun_rank()
     # Refuse a symlink / device / directory / missing directory before any work.
     results = ResultsFile(args.results, rank=rank or 0, torchrun=rank is not None)
     args.results_file = results          # main() writes `error` through it on a failure
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
         raise CliError(f"--timeout must be a positive number of seconds, not {args.timeout}")
-    with Watchdog(args.timeout, results, rank=rank or 0, torchrun=rank is not None):
+    with Watchdog(args.timeout, results, rank=rank or 0, torchrun=rank is not None,
+                  used_s=time.perf_counter() - t0):
         results.reset()
         try:
             return _run_instance(args, results, t0)
@@ -626,11 +628,19 @@ def _exit_code(code: int) -> int:
 
 
 def main(argv=None) -> int:
+    """The command line (`argv=None`: sys.argv, and `run --timeout` counts from the start of
+    this process, imports included, as a harness counts; a given `argv`, as in tests or when
+    embedded, counts from this call)."""
+    started_at = time.perf_counter()
+    if argv is None:
+        from .run_guard import process_age_s
+        started_at -= process_age_s()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_ERROR
+    args.started_at = started_at
     if args.threads is not None:
         import torch
         if args.threads < 1:

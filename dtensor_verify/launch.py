@@ -12,9 +12,11 @@ This launcher instead:
 * prints nothing more for ranks that exited by themselves (they said why: rank 0 prints the
   one-line error), and one line per rank killed by a signal other than the SIGTERM torchrun
   itself sends to the remaining ranks once one has failed;
-* exits with rank 0's status if rank 0 exited by itself (2 for a refused input or an `error`
-  verdict, 124 when the watchdog had to end the run, ...), else with the first failed rank's
-  own status, else 128 + the signal that killed it (as a shell reports it).
+* exits with 0 if rank 0 finished by itself (its verdict is in the results file), 124 if a
+  watchdog had to end the run at its time limit (`timeout` in the results file), 2 for any
+  other failure (a refused input, an `error` verdict, a rank that died: `error` in the results
+  file), and 128 + N when the launcher itself got signal N (e.g. 143 for SIGTERM, which
+  torchrun passes on to the ranks: they write `error` and stop).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import signal
 import sys
 
 PROG = "dtensor-verify"
+EXIT_ERROR = 2
+EXIT_WATCHDOG = 124          # run_guard.EXIT_WATCHDOG
 
 
 def _signal_name(num: int) -> str:
@@ -33,17 +37,19 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def exit_status(failures: dict, first_rank: int) -> int:
-    """The launcher's status from torchrun's failures ({global rank: ProcessFailure})."""
+def exit_status(failures: dict) -> int:
+    """The launcher's status from torchrun's failures ({global rank: ProcessFailure}).
+
+    0 when rank 0 finished by itself (it wrote the verdict and printed it; a later failure of
+    another rank cannot change that verdict), 124 when a watchdog had to end the run at its time
+    limit (the results file says `timeout`), else 2: the run ended in error (a refused input,
+    an `error` verdict, a rank that died), and the results file, if any, says `error`.
+    """
     if 0 not in failures:
-        return 0                                   # rank 0 finished and wrote the verdict
-    if failures[0].exitcode >= 0:
-        return failures[0].exitcode
-    own = [failures[r].exitcode for r in sorted(failures, key=lambda r: failures[r].timestamp)
-           if failures[r].exitcode > 0]
-    if own:
-        return own[0]
-    return 128 - failures[first_rank].exitcode
+        return 0
+    if any(f.exitcode == EXIT_WATCHDOG for f in failures.values()):
+        return EXIT_WATCHDOG
+    return EXIT_ERROR
 
 
 def failure_lines(failures: dict, first_rank: int) -> list[str]:
@@ -82,7 +88,7 @@ def main(argv=None) -> int:
         first_rank, _ = exc.get_first_failure()
         for line in failure_lines(exc.failures, first_rank):
             print(line, file=sys.stderr)
-        return exit_status(exc.failures, first_rank)
+        return exit_status(exc.failures)
     except SignalException as exc:                 # the launcher itself got SIGTERM / SIGINT / ...
         return 128 + int(exc.sigval)
     return 0

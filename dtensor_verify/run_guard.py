@@ -49,6 +49,19 @@ def torchrun_rank() -> int | None:
     return None
 
 
+def process_age_s() -> float:
+    """Seconds since this process started (Linux /proc; 0.0 where that cannot be read). A time
+    limit given on the command line counts from here, as the harness that started us counts."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            start_ticks = int(fh.read().rsplit(b")", 1)[1].split()[19])    # field 22: starttime
+        with open("/proc/uptime", "rb") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _say(msg: str) -> None:
     try:
         print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
@@ -102,7 +115,8 @@ class ResultsFile:
             except Exception as exc:   # noqa: BLE001 - reported, and the process ends anyway
                 _say(f"{self.path}: cannot write the results file: {exc}")
                 return False
-            self.final = verdict
+            if written:
+                self.final = verdict
             return written
 
 
@@ -114,14 +128,15 @@ class Watchdog:
     """
 
     def __init__(self, timeout_s: float, results: ResultsFile | None, rank: int = 0,
-                 torchrun: bool = False, grace_s: float = WATCHDOG_GRACE_S, poll_s: float = POLL_S):
+                 torchrun: bool = False, used_s: float = 0.0, grace_s: float = WATCHDOG_GRACE_S,
+                 poll_s: float = POLL_S):
+        """`used_s`: seconds of the time limit already spent (e.g. on start-up) before now."""
         self.timeout_s = timeout_s
         self.results = results
         self.rank = rank
         self.torchrun = torchrun
         self.poll_s = poll_s
-        self.started = time.monotonic()
-        self.deadline = self.started + timeout_s
+        self.deadline = time.monotonic() - used_s + timeout_s
         self.fire_at = self.deadline + grace_s + (PEER_EXTRA_GRACE_S if rank else 0.0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -199,7 +214,15 @@ class Watchdog:
             if time.monotonic() >= self.fire_at:
                 self._end_expired()
 
+    def _verdict_already_written(self) -> str | None:
+        """The verdict this process wrote before the watchdog acted (it is then only stuck on its
+        way out, e.g. in the JSON's memory report): the watchdog leaves it as it is."""
+        return None if self.results is None else self.results.final
+
     def _end_terminated(self) -> None:
+        done = self._verdict_already_written()
+        if done is not None:
+            _flush_and_exit(_exit_status_for(done))
         verdict = "timeout" if time.monotonic() >= self.deadline else "error"
         if self.results is not None:
             self.results.write_fallback(verdict)
@@ -208,15 +231,25 @@ class Watchdog:
         _flush_and_exit(EXIT_TERMINATED)
 
     def _end_expired(self) -> None:
-        if self.results is not None:
-            self.results.write_fallback("timeout")
         who = f"rank {self.rank}: " if self.torchrun else ""
-        stuck = "a rank is stuck" if self.torchrun else "a step is stuck"
-        _say(f"{who}no result {self.fire_at - self.deadline:g} s after the time limit of {self.timeout_s:g} s ({stuck}); the watchdog ends the run, "
-             "results file: timeout")
+        late = f"{who}still running {self.fire_at - self.deadline:g} s after the time limit of {self.timeout_s:g} s"
+        done = self._verdict_already_written()
+        if done is not None:
+            _say(f"{late}, after writing its verdict '{done}'; the watchdog ends the process")
+            code = _exit_status_for(done)
+        else:
+            written = self.results is not None and self.results.write_fallback("timeout")
+            where = "results file: timeout" if written else "the results file was written by rank 0"
+            stuck = "a rank is stuck" if self.torchrun else "a step is stuck"
+            _say(f"{late} ({stuck}); the watchdog ends the run, {where}")
+            code = EXIT_WATCHDOG
         if self.torchrun:
             kill_local_peers()
-        _flush_and_exit(EXIT_WATCHDOG)
+        _flush_and_exit(code)
+
+
+def _exit_status_for(verdict: str) -> int:
+    return 2 if verdict == "error" else 0
 
 
 def _poke(fd: int) -> None:
