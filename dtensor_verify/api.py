@@ -100,7 +100,7 @@ class BoundedModel:
             if node.op is None:
                 continue
             with self.layout.weights(node):
-                values[node.name] = self.layout.local(node.op.forward(*[values[i] for i in node.inputs]))
+                values[node.name] = self.layout.local(self.layout.forward(node, [values[i] for i in node.inputs]))
         return values[self.graph.output_name].flatten(1)
 
     __call__ = forward

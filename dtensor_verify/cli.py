@@ -5,8 +5,9 @@
     dtensor-verify benchmark DIR --csv OUT [--instances CSV] [--expected CSV] [--filter SUB]
 
 User errors (unreadable or malformed model / property / box files, unsupported operations, bad
-plans) give one line `dtensor-verify: error: <message>` on stderr, an `error` result file where
-one was asked for, and exit status 2. Bugs keep their traceback.
+plans) give one line `dtensor-verify: error: <message>` on stderr (under torchrun: from rank 0
+only), an `error` result file where one was asked for, and exit status 2. Bugs keep their
+traceback. `run`'s results file and time limit under faults: see run_guard.py and the README.
 """
 from __future__ import annotations
 
@@ -73,9 +74,10 @@ def _read_property(path: str, model):
     return read_vnnlib(str(p), n_inputs=model.n_inputs, n_outputs=model.n_outputs)
 
 
-def _apply_plan(model, plan: str | None, quiet: bool, mesh: str | None = None):
+def _apply_plan(model, plan: str | None, quiet: bool, timeout_s: float | None = None, mesh: str | None = None):
     """Apply `--plan` (and `--mesh`) through placements.apply_plan_from_cli; returns a printable
-    description."""
+    description. `timeout_s`: how long a collective may wait (the process group's timeout) under
+    torchrun."""
     if plan is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         plan = "replicate"
     if plan is None:
@@ -92,6 +94,8 @@ def _apply_plan(model, plan: str | None, quiet: bool, mesh: str | None = None):
             kwargs["log"] = not quiet
     except (TypeError, ValueError):
         pass
+    if timeout_s is not None:
+        kwargs["timeout_s"] = timeout_s
     report = apply_plan_from_cli(model, plan, **kwargs)
     if report is not None and not quiet and getattr(model.layout, "rank", 0) == 0 and "log" not in kwargs:
         print(str(report), file=sys.stderr)
@@ -280,39 +284,106 @@ def _stderr_log(quiet: bool):
     return lambda msg: print(f"[{PROG}] {msg}", file=sys.stderr, flush=True)
 
 
-def cmd_run(args) -> int:
-    from .specs import write_result_file
-    from .verify import verify_instance
+def _warn(msg: str) -> None:
+    msg = " ".join(str(msg).split())
+    print(f"{PROG}: warning: {msg}", file=sys.stderr, flush=True)
 
-    t0 = time.perf_counter()
+
+# Collectives may wait this much past the time limit before failing; longer than the watchdog's
+# grace, so a stuck peer is handled by the watchdog (which also ends the stuck rank) first.
+COLLECTIVE_SLACK_S = 10.0
+
+
+def cmd_run(args) -> int:
+    """Verify one instance. The results file's life cycle and the watchdog: see run_guard."""
+    from .run_guard import ResultsFile, Watchdog, torchrun_rank
+
+    t0 = getattr(args, "started_at", None) or time.perf_counter()     # see main()
+    rank = torchrun_rank()
+    # Refuse a symlink / device / directory / missing directory before any work.
+    results = ResultsFile(args.results, rank=rank or 0, torchrun=rank is not None)
+    args.results_file = results          # main() writes `error` through it on a failure
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
         raise CliError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    with Watchdog(args.timeout, results, rank=rank or 0, torchrun=rank is not None,
+                  used_s=time.perf_counter() - t0):
+        results.reset()
+        try:
+            return _run_instance(args, results, t0)
+        except BaseException:
+            # Written while the watchdog still catches SIGTERM: under torchrun the launcher
+            # stops the other ranks as soon as this one exits.
+            results.write_fallback("error")
+            raise
+
+
+def _run_instance(args, results, t0: float) -> int:
+    from .verify import verify_instance
+
+    def left() -> float:
+        return max(args.timeout - (time.perf_counter() - t0), 0.0)
+
     model = _load_model(args.onnx)
     prop = _read_property(args.vnnlib, model)
-    plan = _apply_plan(model, args.plan, args.quiet, args.mesh)
-    left = max(args.timeout - (time.perf_counter() - t0), 0.0)
-    res = verify_instance(model, prop, args.onnx, left, methods=tuple(args.methods),
-                          attack=not args.no_attack, log=_stderr_log(args.quiet or not _is_rank0(model)),
+    plan = _apply_plan(model, args.plan, args.quiet, timeout_s=left() + COLLECTIVE_SLACK_S,
+                       mesh=getattr(args, "mesh", None))
+    lead = _is_rank0(model)
+    res = verify_instance(model, prop, args.onnx, left(), methods=tuple(args.methods),
+                          attack=not args.no_attack, log=_stderr_log(args.quiet or not lead),
                           bab=not args.no_bab, bab_options=_bab_options(args))
-    memory = _memory_report(model) if args.json else {}
-    if not _is_rank0(model):
+    # The verdict goes to the results file first: nothing after it (memory report, JSON) can
+    # change it. Ranks other than 0 only write `error`, and only where rank 0 has not written.
+    if lead:
+        x, y = res.counterexample if res.counterexample is not None else (None, None)
+        results.write_verdict(res.verdict, x, y)
+    elif res.verdict == "error":
+        results.write_verdict("error")
+    memory = _memory_report_or_warn(model, lead) if args.json else {}
+    if not lead:
         return EXIT_ERROR if res.verdict == "error" else EXIT_OK
-    x, y = res.counterexample if res.counterexample is not None else (None, None)
-    write_result_file(args.results, res.verdict, x, y)
-    total = time.perf_counter() - t0
     if args.json:
         data = res.as_dict()
         data.update({"onnx": str(args.onnx), "vnnlib": str(args.vnnlib), "timeout": args.timeout,
-                     "total_seconds": total, "plan": plan or "replicate",
+                     "total_seconds": time.perf_counter() - t0, "plan": plan or "replicate",
                      "world_size": getattr(model.layout, "world_size", 1), "memory": memory})
-        _write_json(args.json, data)
-    print(res.verdict)
+        try:
+            _write_json(args.json, data)
+        except OSError as exc:
+            _warn(f"--json {_one_line(exc)}: the JSON report was not written; the verdict "
+                  f"'{res.verdict}' stands in {args.results}")
+    print(res.verdict, flush=True)
     if res.verdict == "error":
+        if _peer_failure(model, res):
+            _err(f"a collective failed: another rank died or stopped answering ({res.message[:300]})")
+            return EXIT_ERROR
         if res.traceback:
             print(res.traceback, file=sys.stderr, end="")
         _err(res.message or "verification failed")
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _memory_report_or_warn(model, lead: bool) -> dict:
+    """The JSON's memory entry (a collective). After the verdict, so a failure is only a warning."""
+    try:
+        return _memory_report(model)
+    except Exception as exc:    # noqa: BLE001 - e.g. a peer rank died after the verdict
+        if lead:
+            _warn(f"memory report failed ({_one_line(exc)}); the JSON has no memory entry")
+        return {}
+
+
+# How gloo / NCCL / c10d word a collective that failed because a peer is gone or stuck.
+_PEER_FAILURE_TEXT = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                      "Timed out waiting", "timed out", "DistBackendError", "NCCL communicator was aborted")
+
+
+def _peer_failure(model, res) -> bool:
+    """Did verification fail because a collective failed (a peer rank died or timed out)?
+    That is a fault of the run, not a bug in this process: one line, no traceback."""
+    if getattr(model.layout, "world_size", 1) <= 1 or not res.message:
+        return False
+    return any(text in res.message for text in _PEER_FAILURE_TEXT)
 
 
 # ------------------------------------------------------------------------------------------ benchmark
@@ -572,12 +643,42 @@ def _run_command(args) -> int:
     return code
 
 
+def _reports_errors() -> bool:
+    """Under torchrun every rank meets the same user error: only rank 0 prints it."""
+    from .run_guard import torchrun_rank
+
+    return torchrun_rank() in (None, 0)
+
+
+def _write_error_result(args) -> None:
+    """`error` in the results file of a `run` that failed, if its path passed the checks."""
+    results = getattr(args, "results_file", None)
+    if results is not None:
+        results.write_fallback("error")
+
+
+def _exit_code(code: int) -> int:
+    """Leave at once if a process group is up (see exit_now_if_distributed), else return."""
+    if "torch.distributed" in sys.modules:
+        from placements.mesh import exit_now_if_distributed
+        exit_now_if_distributed(code)
+    return code
+
+
 def main(argv=None) -> int:
+    """The command line (`argv=None`: sys.argv, and `run --timeout` counts from the start of
+    this process, imports included, as a harness counts; a given `argv`, as in tests or when
+    embedded, counts from this call)."""
+    started_at = time.perf_counter()
+    if argv is None:
+        from .run_guard import process_age_s
+        started_at -= process_age_s()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_ERROR
+    args.started_at = started_at
     if args.threads is not None:
         import torch
         if args.threads < 1:
@@ -591,28 +692,16 @@ def main(argv=None) -> int:
     try:
         return _run_command(args)
     except _user_errors() as exc:
-        message = _one_line(exc)
-        _err(message)
-        results = getattr(args, "results", None)
-        if results:
-            try:
-                from .specs import write_result_file
-                write_result_file(results, "error")
-            except OSError as exc2:
-                _err(f"{results}: cannot write the result file: {exc2.strerror or exc2}")
-        return EXIT_ERROR
+        if _reports_errors():
+            _err(_one_line(exc))
+        _write_error_result(args)
+        return _exit_code(EXIT_ERROR)
     except KeyboardInterrupt:
         _err("interrupted")
-        return 130
+        return _exit_code(130)
     except Exception:
         # A bug: keep the traceback, but a harness waiting for the result file still gets one.
-        results = getattr(args, "results", None)
-        if results:
-            try:
-                from .specs import write_result_file
-                write_result_file(results, "error")
-            except Exception:
-                pass
+        _write_error_result(args)
         raise
 
 

@@ -25,6 +25,10 @@ class PlanError(VerifierError):
     """A placement plan does not match the graph or asks for an impossible combination."""
 
 
+class OutputFileError(VerifierError):
+    """An output path (the results file) must not be written: a link, a device, a directory, ..."""
+
+
 class TimeLimitReached(Exception):
     """The run's time limit passed (raised by the verifier's clock; never a user error, never a
     verdict of its own: the pipeline turns it into `timeout`)."""

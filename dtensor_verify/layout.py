@@ -30,6 +30,10 @@ class Layout:
         """Inside `weights(node)`: the op's IBP rule on the input boxes `intervals`."""
         return node.op.ibp(*intervals)
 
+    def forward(self, node, inputs):
+        """Inside `weights(node)`: the op's forward on the values `inputs` (the network itself)."""
+        return node.op.forward(*inputs)
+
     def rows_step(self, node, rows: torch.Tensor, batch: int):
         """Inside `weights(node, backward=True)`: the op's direct rule for the one-hot rows `rows`
         (`BoundOp.backward_rows`), or None to use the generic rule on one-hot A-matrices."""

@@ -144,9 +144,19 @@ def apply_plan(model, plan=None, mesh=None, log: bool = False) -> PlacementRepor
     return report
 
 
-def apply_plan_from_cli(model, plan_text: str | None, log: bool = True, mesh_shape: str | None = None) -> PlacementReport:
+def apply_plan_from_cli(model, plan_text: str | None, log: bool = True, timeout_s: float | None = None,
+                        mesh_shape: str | None = None) -> PlacementReport:
     """CLI entry: set up the mesh from the torchrun environment (`mesh_shape` "DPxSHARD"), then
-    apply the plan."""
-    from .mesh import init_mesh
+    apply the plan.
 
-    return apply_plan(model, plan_text or "replicate", init_mesh(shape=mesh_shape), log=log)
+    The plan and the mesh shape are checked first, before the process group exists: under
+    torchrun every rank then refuses a bad plan on its own, at once, with nothing to tear down.
+    `timeout_s` is the process group's timeout (how long a collective may wait for a peer).
+    """
+    from .mesh import init_mesh, parse_mesh_shape, world_size_from_env
+
+    plan_text = plan_text or "replicate"
+    resolve_policies(model.graph, parse_plan(plan_text))
+    parse_mesh_shape(mesh_shape, world_size_from_env())
+    kwargs = {"shape": mesh_shape} if timeout_s is None else {"shape": mesh_shape, "timeout_s": timeout_s}
+    return apply_plan(model, plan_text, init_mesh(**kwargs), log=log)

@@ -201,15 +201,27 @@ class DistributedLayout(Layout):
         """IBP of a streamed layer: shard k's rows of the weight give output slice k (dim 1)."""
         if node.name not in self._streaming:
             return super().ibp(node, intervals)
-        lower = upper = None
+        return self._outputs_by_shard(node, lambda: node.op.ibp(*intervals))
+
+    def forward(self, node, inputs):
+        """The network's forward through a streamed layer (spec under no_grad: PGD's last step,
+        bound-guided vertices): like IBP, shard k's rows of the weight give output slice k."""
+        if node.name not in self._streaming:
+            return super().forward(node, inputs)
+        out, = self._outputs_by_shard(node, lambda: (node.op.forward(*inputs),))
+        return out
+
+    def _outputs_by_shard(self, node, rule):
+        """Run `rule()` (a tuple of [B, k, ...] outputs for the current shard's k output rows) once
+        per weight shard and join the slices along dim 1 into full [B, *node.shape] outputs."""
+        full = None
         for start, stop in self._weight_shards(node):
-            lo, up = node.op.ibp(*intervals)
-            if lower is None:
-                lower = lo.new_empty((lo.shape[0], *node.shape))
-                upper = up.new_empty((up.shape[0], *node.shape))
-            lower.narrow(1, start, stop - start).copy_(lo)
-            upper.narrow(1, start, stop - start).copy_(up)
-        return lower, upper
+            parts = rule()
+            if full is None:
+                full = [p.new_empty((p.shape[0], *node.shape)) for p in parts]
+            for whole, part in zip(full, parts):
+                whole.narrow(1, start, stop - start).copy_(part)
+        return tuple(full)
 
     def rows_step(self, node, rows, batch):
         if node.name in self._streaming:

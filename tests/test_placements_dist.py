@@ -440,3 +440,38 @@ def _meter_job(rank, world):
 def test_meter_counts_dtensor_shards_and_not_inplace_collectives(tmp_path):
     for counts in run_distributed(_meter_job, 2, tmp_path, timeout_s=60, start_method=START):
         assert counts == {"dtensor op": 32 * 32 * 4, "broadcast in place": 0, "plain op": 4000}, counts
+
+
+# ------------------------------------------------------------------------------ forward
+
+def _forward_job(rank, world, plans_by_model):
+    """`model.forward` under each plan, with and without autograd (PGD's last step and the
+    bound-guided vertices run it under no_grad, where spec streams its weights)."""
+    import dtensor_verify as dv
+    import model_zoo as zoo
+    from placements import apply_plan, mesh_from_process_group
+
+    out = {}
+    for key, plans in plans_by_model.items():
+        net, shape = zoo.random_mlp([10, 21, 13, 3], seed=0) if key == "mlp" else zoo.random_cnn("basic", seed=0)
+        template = dv.load(net, shape)
+        x = zoo.random_box(shape, 0.4, seed=1, batch=3)[0]
+        with torch.no_grad():
+            ref = template.forward(x)
+        for plan in plans:
+            m = copy.deepcopy(template)
+            apply_plan(m, plan, mesh_from_process_group())
+            with torch.no_grad():
+                plain = m.forward(x)
+            xg = x.clone().requires_grad_(True)
+            grad = m.forward(xg)
+            out[(key, plan)] = (ref, plain, grad.detach())
+    return out
+
+
+def test_forward_matches_one_process_under_every_plan(tmp_path):
+    plans = {"mlp": ("fsdp", "tp", "spec", "0=spec;*=fsdp"), "cnn": ("fsdp", "spec", "Linear=tp;Conv2d=spec")}
+    for res in run_distributed(_forward_job, 2, tmp_path, plans, timeout_s=120, start_method=START):
+        for (key, plan), (ref, plain, grad) in res.items():
+            assert torch.allclose(plain, ref, rtol=RTOL, atol=ATOL), (key, plan, (plain - ref).abs().max())
+            assert torch.allclose(grad, ref, rtol=RTOL, atol=ATOL), (key, plan, (grad - ref).abs().max())

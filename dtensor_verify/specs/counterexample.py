@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import stat
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import OutputFileError
 from .vnnlib import Property
 
 __all__ = ["VERDICTS", "format_counterexample", "parse_counterexample", "write_result_file",
-           "read_result_file", "violates"]
+           "check_result_path", "remove_result_file", "read_result_file", "violates"]
 
 VERDICTS = ("sat", "unsat", "timeout", "unknown", "error")
 # VNN-COMP 2021 wrote these; read them as today's words.
@@ -91,12 +94,63 @@ def parse_counterexample(text: str) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def write_result_file(path: str | os.PathLike, verdict: str, x: np.ndarray | None = None,
-                      y: np.ndarray | None = None) -> None:
-    """Write a VNN-COMP result file; for `sat`, `x` and `y` are required.
+def check_result_path(path: str | os.PathLike) -> Path:
+    """Refuse a results path that must not be written (raises OutputFileError, one line).
 
-    The file is written next to its final name and renamed into place, so a harness that reads
-    it (e.g. after killing us on timeout) never sees a half-written counterexample.
+    The file is replaced by rename, so an existing symlink would be replaced (and a device node
+    such as /dev/null too, when run as root): both are refused, as are directories and paths
+    whose directory is missing or not writable. A missing file is fine.
+    """
+    p = Path(path)
+    try:
+        mode = os.lstat(p).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None:
+        if stat.S_ISLNK(mode):
+            raise OutputFileError(f"{path}: is a symbolic link; give the real path of the results file "
+                                  "(a link is never written through or replaced)")
+        if stat.S_ISDIR(mode):
+            raise OutputFileError(f"{path}: is a directory, not a results file")
+        if not stat.S_ISREG(mode):
+            raise OutputFileError(f"{path}: is not a regular file (a device, FIFO or socket); "
+                                  "the results file must be a regular file or a new name")
+    parent = p.absolute().parent
+    if not parent.is_dir():
+        raise OutputFileError(f"{path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputFileError(f"{path}: directory {parent} is not writable")
+    return p
+
+
+def remove_result_file(path: str | os.PathLike) -> None:
+    """Remove an earlier run's results file (the reset at the start of a run): from then on a
+    reader finds no file until this run writes one, never an old verdict. Unlinking is atomic."""
+    p = check_result_path(path)
+    try:
+        p.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _write_temp(path: Path, text: str) -> Path:
+    """`text` in a new file next to `path` (same directory, so a rename is atomic)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return tmp
+
+
+def write_result_file(path: str | os.PathLike, verdict: str, x: np.ndarray | None = None,
+                      y: np.ndarray | None = None, *, only_if_absent: bool = False) -> bool:
+    """Write a VNN-COMP result file; for `sat`, `x` and `y` are required. Returns True if written.
+
+    The text goes to a temporary file in the same directory, which is then renamed onto `path`
+    (`os.replace`), so a reader sees the old file or the whole new one, never a part. Symlinks,
+    devices and other special files are refused (`check_result_path`). `only_if_absent=True`
+    puts the file in place only if `path` does not exist (hard link, atomic; returns False when
+    it exists): ranks other than 0 use it so they never overwrite rank 0's verdict.
     """
     if verdict not in VERDICTS:
         raise ValueError(f"unknown verdict '{verdict}'; expected one of {', '.join(VERDICTS)}")
@@ -105,13 +159,26 @@ def write_result_file(path: str | os.PathLike, verdict: str, x: np.ndarray | Non
         if x is None or y is None:
             raise ValueError("a 'sat' result needs the counterexample x and y")
         text += format_counterexample(x, y)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path = check_result_path(path)
+    tmp = _write_temp(path, text)
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        if not only_if_absent:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:          # a file system without hard links: exclusive create instead
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+        return True
     finally:
-        if tmp.exists():
+        if os.path.lexists(tmp):
             tmp.unlink()
 
 
