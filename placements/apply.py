@@ -10,6 +10,7 @@ Read top to bottom:
 """
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass, field
 
@@ -128,6 +129,11 @@ def apply_plan(model, plan=None, mesh=None, log: bool = False) -> PlacementRepor
             model.to(mesh_device(dp_mesh))
             model.layout = Layout()
     else:
+        if getattr(model.loaded, "reference", None) is not None:
+            # The traced graph shares its layers with the nn.Module given to dv.load, and
+            # sharding is in place: keep an unsharded CPU copy as the reference that self-checks
+            # and counterexample confirmation run (ONNX models use onnxruntime instead).
+            model.loaded.reference = copy.deepcopy(model.loaded.reference).cpu()
         model.to(mesh_device(mesh))
         _shard_modules(graph, policies, mesh, report)
         model.layout = DistributedLayout(graph, mesh, policies, neuron_sharding(graph, policies),

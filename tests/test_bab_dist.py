@@ -10,12 +10,16 @@ import torch
 from dist_utils import run_distributed
 from model_zoo import random_mlp
 
-# A 2-D input network whose threshold properties need branch and bound (see test_bab.py).
+# A 2-D input network whose threshold properties on Y_0 need branch and bound (see test_bab.py).
+# Two outputs: tp shards the last layer's rows, and DTensor cannot view a [1, 1, 1] A-matrix
+# sharded on a size-1 dim (a one-output tp layer fails in plain CROWN too).
 SEED = 11
+WIDTHS = [2, 24, 24, 2]
 
 
 def _threshold(t: float) -> str:
     return ("(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
+            "(declare-const Y_1 Real)\n"
             "(assert (>= X_0 -1))\n(assert (<= X_0 1))\n(assert (>= X_1 -1))\n(assert (<= X_1 1))\n"
             f"(assert (<= Y_0 {t!r}))\n")
 
@@ -24,16 +28,16 @@ def _thresholds():
     """(certainly below the minimum, above the grid's minimum) for the SEED network."""
     import dtensor_verify as dv
 
-    net, shape = random_mlp([2, 24, 24, 1], seed=SEED)
+    net, shape = random_mlp(WIDTHS, seed=SEED)
     model = dv.load(net, input_shape=shape)
     g = torch.linspace(-1, 1, 401)
     xx, yy = torch.meshgrid(g, g, indexing="ij")
     with torch.no_grad():
-        gmin = float(model.forward(torch.stack([xx.flatten(), yy.flatten()], 1)).min())
+        gmin = float(model.forward(torch.stack([xx.flatten(), yy.flatten()], 1))[:, 0].min())
     L = 1.0
     for m in net.modules():
         if isinstance(m, torch.nn.Linear):
-            L *= float(torch.linalg.matrix_norm(m.weight.detach(), ord=2))
+            L *= float(torch.linalg.matrix_norm(m.weight.detach(), ord=2))   # bounds Y_0's too
     return gmin - L * (2 / 400) * math.sqrt(2) / 2 - 1e-3, gmin + 1e-3
 
 
@@ -47,11 +51,11 @@ def _decide_under_plans(rank, world, configs, props):
     torch.set_num_threads(1)
     out = []
     for plan, mesh in configs:
-        net, shape = random_mlp([2, 24, 24, 1], seed=SEED)
+        net, shape = random_mlp(WIDTHS, seed=SEED)
         model = dv.load(net, input_shape=shape)
         apply_plan(model, plan, mesh_from_process_group(mesh))
         for text in props:
-            prop = parse_vnnlib(text, n_inputs=2, n_outputs=1)
+            prop = parse_vnnlib(text, n_inputs=2, n_outputs=2)
             res = verify_instance(model, prop, None, timeout=60, bab_options=BabOptions(batch_size=8))
             bab = res.bounds.get("bab", {})
             out.append((plan, mesh, res.verdict, res.decided_by, res.message, bab.get("workers"),

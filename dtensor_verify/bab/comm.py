@@ -44,8 +44,9 @@ class LocalComm:
 
 
 def comm_for(layout):
-    """The workers' agreement for this layout: one worker in one process."""
-    if getattr(layout, "world_size", 1) == 1:
+    """The workers' agreement for this layout: one worker unless the model was placed on several
+    ranks (a shard group of more than one, or a `dp` mesh dim)."""
+    if getattr(layout, "world_size", 1) == 1 and getattr(layout, "dp_mesh", None) is None:
         return LocalComm()
     from .mesh_comm import MeshComm
     return MeshComm(layout)
