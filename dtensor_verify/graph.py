@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from .errors import ModelLoadError, UnsupportedOpError
 from .model_loading import LoadedModel
@@ -90,13 +91,37 @@ class BoundGraph:
         return len(node.inputs) == 1 and node.inputs[0] == self.input_name and node.op.is_affine
 
 
+class _ShapeProp(torch.fx.Interpreter):
+    """torch.fx's ShapeProp (records `meta["tensor_meta"]` per node), minus its memory-format
+    probe and its import of symbolic_shapes / sympy: those cost 0.3-0.5 s of every process's
+    start-up, and only the shapes are read here."""
+
+    def run_node(self, n):
+        result = super().run_node(n)
+        found = False
+
+        def extract(obj):
+            nonlocal found
+            if isinstance(obj, torch.Tensor):
+                found = True
+                return TensorMetadata(obj.shape, obj.dtype, obj.requires_grad, tuple(obj.stride()), None,
+                                      obj.is_quantized, {})
+            return obj
+
+        meta = map_aggregate(result, extract)
+        if found:
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
+        return result
+
+
 def build_graph(loaded: LoadedModel) -> BoundGraph:
     gm = loaded.module
     # The example input lives where the weights do (a module may come already on a GPU).
     first = next(iter(gm.parameters()), None)
     example = torch.zeros(1, *loaded.input_shape, device=first.device if first is not None else "cpu")
     try:
-        ShapeProp(gm).propagate(example)
+        _ShapeProp(gm).run(example)
     except Exception as exc:
         raise ModelLoadError(
             f"{loaded.source}: running the model on an input of shape {list(example.shape)} failed: "

@@ -91,7 +91,9 @@ def _input_shape_of(proto, path) -> tuple[str, tuple[int, ...]]:
 
 
 def load_onnx(path: str | os.PathLike) -> LoadedModel:
-    import onnx2torch
+    from ._lazy_onnx2torch import import_onnx2torch
+
+    onnx2torch = import_onnx2torch()        # without torchvision's start-up cost
 
     proto = _normalise_proto(load_onnx_proto(path))
     name, full_shape = _input_shape_of(proto, path)
