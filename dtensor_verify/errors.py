@@ -23,3 +23,7 @@ class InputSpecError(VerifierError):
 
 class PlanError(VerifierError):
     """A placement plan does not match the graph or asks for an impossible combination."""
+
+
+class DeviceError(VerifierError):
+    """The requested device does not exist here (e.g. `--device cuda` on a machine without a GPU)."""
