@@ -239,7 +239,7 @@ def cmd_benchmark(args) -> int:
     share = _share(args, instances)
     from .device import resolve_device, use_device
 
-    device = resolve_device(args.device, what="--device")
+    device = resolve_device(args.device, what=f"--device {args.device}")
     use_device(device)
     out = Path(args.csv)
     dist = _process_group(share, instances, args.timeout_scale) if share.world > 1 else None

@@ -46,7 +46,7 @@ def _device(args):
     """The `--device` of a command as a torch.device (made this process's current CUDA device)."""
     from .device import resolve_device, use_device
 
-    device = resolve_device(args.device, what="--device")
+    device = resolve_device(args.device, what=f"--device {args.device}")
     use_device(device)
     return device
 
@@ -221,8 +221,8 @@ def cmd_bounds(args) -> int:
                     labels.append(f"d{j}.r{i}")
             if not rows_C:
                 raise CliError(f"{args.vnnlib}: the first region has no output constraint rows to bound")
-            C = torch.tensor(np.stack(rows_C), dtype=torch.float32).unsqueeze(0)
-            d = torch.tensor(np.asarray(rows_d), dtype=torch.float32)
+            C = torch.tensor(np.stack(rows_C), dtype=torch.float32, device=model.device).unsqueeze(0)
+            d = torch.tensor(np.asarray(rows_d), dtype=torch.float32, device="cpu")   # subtracted on the CPU
             spec_desc["rows"] = labels
     else:
         lo, hi = _read_vector(args.lower), _read_vector(args.upper)
@@ -232,8 +232,8 @@ def cmd_bounds(args) -> int:
         spec_desc = {"lower": str(args.lower), "upper": str(args.upper)}
     plan = _apply_plan(model, args.plan, args.quiet)
     alpha_opts = AlphaOptions(iterations=args.iterations) if args.iterations is not None else None
-    x_lo = torch.tensor(lo, dtype=torch.float32).reshape(1, *model.input_shape)
-    x_hi = torch.tensor(hi, dtype=torch.float32).reshape(1, *model.input_shape)
+    x_lo = torch.tensor(lo, dtype=torch.float32, device=model.device).reshape(1, *model.input_shape)
+    x_hi = torch.tensor(hi, dtype=torch.float32, device=model.device).reshape(1, *model.input_shape)
     t0 = time.perf_counter()
     res = model.compute_bounds(x_lo, x_hi, method=method, C=C, alpha_options=alpha_opts)
     seconds = time.perf_counter() - t0
