@@ -250,7 +250,7 @@ def cmd_benchmark(args) -> int:
     done = read_rows(out) if args.resume else {}
     todo = [i for i in share.take(instances) if i.key not in done]
     skipped = len(share.take(instances)) - len(todo)
-    if skipped and not args.quiet:
+    if skipped:
         print(f"{share.tag()}resuming {out}: {skipped} instance(s) already there, {len(todo)} to run",
               file=sys.stderr)
 
