@@ -52,9 +52,13 @@ def resolve_device(spec="auto", what: str | None = None) -> torch.device:
     error messages (default: the spec itself)."""
     what = what or f"device '{spec}'"
     if isinstance(spec, torch.device):
-        text = str(spec)
-    else:
-        text = str(spec if spec is not None else "auto").strip().lower()
+        # A torch.device is taken as given (e.g. the mesh's device for this rank under torchrun).
+        if spec.type == "cpu":
+            return torch.device("cpu")
+        if spec.type == "cuda":
+            return _cuda_device(spec.index, what)
+        raise DeviceError(f"{what}: '{spec}' is not supported; use {CHOICES}")
+    text = str(spec if spec is not None else "auto").strip().lower()
     if text == "cpu":
         return torch.device("cpu")
     if text == "auto":

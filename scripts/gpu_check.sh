@@ -6,9 +6,10 @@
 #   scripts/gpu_check.sh prepare          # here: copy the three benchmarks into .bench_models/
 #   scripts/gpu_check.sh OUT_DIR          # on the GPU machine (the `device` tool), repeatable
 #
-# Made for the lent machines of the `device` tool: torch + CUDA in the image, onnx2torch (and
-# anything else missing) carried as wheels in .whl/ and the models in .bench_models/ (both
-# git-ignored: name them in the tool's `carry`). One call of the tool may run 10 minutes, so a
+# Made for the lent machines of the `device` tool: the image has torch 2.11 + CUDA, onnx,
+# onnxruntime, numpy, tqdm and torchvision; onnx2torch travels as a wheel in .whl/ (`prepare`
+# prints the pip command) and the models in .bench_models/ (both git-ignored: name them in the
+# tool's `carry`). The script checks the imports first and names anything missing. One call of the tool may run 10 minutes, so a
 # call stops itself after GPU_CHECK_BUDGET seconds and the next call goes on where it stopped:
 # the CSVs live in out/gpu_check/ (kept while the machine stays warm) and every run uses
 # `benchmark --resume`. Each call copies the CSVs, logs and the table to OUT_DIR.
@@ -40,8 +41,8 @@ if [ "$1" = "prepare" ]; then
     cp -r "$SRC/$s" "$ROOT/.bench_models/" || exit 2
   done
   du -sh "$ROOT/.bench_models"
-  echo "carry: .bench_models and .whl (wheels of onnx2torch and of whatever else the image lacks:" \
-       "a first call of this script lists what is missing)"
+  echo "wheel: python3 -m pip download --no-deps --only-binary=:all: -d .whl onnx2torch==1.5.15" \
+       "(pure Python; the image has onnx, onnxruntime, tqdm); carry .bench_models and .whl"
   exit 0
 fi
 
@@ -66,7 +67,7 @@ if ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH="$ROOT:${PYTHONPATH:-}"
 fi
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 
 # Everything the benchmark imports must be there; say what is not, in one line, before any run.
 missing=$("$PY" - <<'EOF'

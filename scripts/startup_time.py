@@ -13,7 +13,10 @@ VNN-COMP), and splits the command's wall time with the phase times it writes to 
   property  VNN-LIB parsing
   verify    the verdict pipeline (attack, CROWN, ...)
   write     the result file
-  exit      JSON, interpreter shutdown
+  exit      JSON, interpreter shutdown (after the result file exists)
+
+`to_result` (start .. write) is the figure the target is about: process start to result file.
+`run_total` also holds the exit.
 
 Prints min and median per column (the machine may be shared: the minimum is the least disturbed
 run) and writes one CSV row per repeat. Default instance: mnist-net_256x2, prop_0_0.03 (unsat).
@@ -34,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "benchmarks" / "mnist_fc"
 PHASES = ["start", "imports", "load", "property", "verify", "write", "exit"]
-COLUMNS = ["import_torch", "run_total", *PHASES]
+COLUMNS = ["import_torch", "to_result", "run_total", *PHASES]
 
 
 def _env() -> dict:
@@ -71,7 +74,8 @@ def one_repeat(args, work: Path) -> dict:
            **{p: phases.get(p, 0.0) for p in ("imports", "load", "property", "verify", "write")},
            "verdict": results.read_text().split("\n", 1)[0].strip()}
     row["load"] += phases.get("plan", 0.0)
-    row["exit"] = total - sum(row[p] for p in PHASES[:-1])
+    row["to_result"] = sum(row[p] for p in PHASES[:-1])
+    row["exit"] = total - row["to_result"]
     return row
 
 
@@ -83,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--python", default=sys.executable, help="interpreter (default: this one)")
     p.add_argument("--csv", default=None, help="per-repeat rows (default: out/startup_time.csv)")
-    p.add_argument("--budget", type=float, default=3.0, help="target for the median run_total, s (default 3)")
+    p.add_argument("--budget", type=float, default=3.0, help="target for the median to_result, s (default 3)")
     p.add_argument("cli_args", nargs="*", help="options before `run`, e.g. -- --threads 1")
     args = p.parse_args(argv)
 
@@ -108,9 +112,10 @@ def main(argv=None) -> int:
     print("| --- |" + " ---: |" * len(COLUMNS))
     for name, f in (("min", min), ("median", statistics.median)):
         print(f"| {name} | " + " | ".join(f"{f([r[c] for r in rows]):.2f}" for c in COLUMNS) + " |")
-    median = statistics.median(r["run_total"] for r in rows)
-    print(f"median process start -> result file: {median:.2f} s (target {args.budget:g} s: "
-          f"{'met' if median <= args.budget else 'MISSED'}); `import torch` alone: "
+    median = statistics.median(r["to_result"] for r in rows)
+    print(f"process start -> result file: median {median:.2f} s, min {min(r['to_result'] for r in rows):.2f} s "
+          f"(target {args.budget:g} s for the median: {'met' if median <= args.budget else 'MISSED'}); "
+          f"`python -c 'import torch'` alone (start to exit): median "
           f"{statistics.median(r['import_torch'] for r in rows):.2f} s; rows in {out}")
     return 0
 

@@ -94,6 +94,8 @@ def test_under_torchrun_each_rank_keeps_its_own_gpu(two_gpus, monkeypatch):
         assert resolve_device("cuda") == torch.device("cuda", rank)
     with pytest.raises(DeviceError, match="every torchrun rank on one GPU"):
         resolve_device("cuda:1")
+    # The placement pass moves the model to the mesh's device for this rank: a torch.device passes.
+    assert resolve_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
     monkeypatch.setenv("LOCAL_RANK", "2")
     with pytest.raises(DeviceError, match="LOCAL_RANK is 2 but only 2 GPU"):
         resolve_device("auto")
