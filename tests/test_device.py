@@ -220,3 +220,14 @@ def test_verify_instance_creates_no_tensor_off_the_model_device(case):
     assert set(got.phases) == set(ref.phases)
     if case == "unknown":
         assert {"attack", "crown", "alpha-crown", "attack-extra"} <= set(got.phases), got.phases
+
+
+def test_pgd_creates_no_tensor_off_the_box_device():
+    from dtensor_verify.attack import pgd
+
+    module, shape = zoo.random_mlp([4, 8, 3], seed=0)
+    model = dv.load(module, shape, device="cpu")
+    lo, hi = zoo.random_box(shape, 0.1, seed=0, batch=2)
+    ref = pgd(model.forward, lo, hi, lambda out: out[..., 0], steps=3, restarts=2)
+    got = _on_meta_by_default(lambda: pgd(model.forward, lo, hi, lambda out: out[..., 0], steps=3, restarts=2))
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
