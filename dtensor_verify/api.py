@@ -1,7 +1,7 @@
 """The Python API: load a network, bound it, optionally under a placement plan.
 
     import dtensor_verify as dv
-    model = dv.load("net.onnx.gz")                       # or dv.load(module, input_shape=(784,))
+    model = dv.load("net.onnx.gz", device="auto")        # or dv.load(module, input_shape=(784,))
     res = model.compute_bounds(x_lower, x_upper, method="alpha-crown")
     res.lower, res.upper                                 # [B, n_out] tensors
 """
@@ -52,6 +52,8 @@ class BoundedModel:
         self.graph: BoundGraph = build_graph(loaded)
         self.layout: Layout = DEFAULT_LAYOUT
         self.plan_report: list[str] = []
+        # Where the weights, and every tensor the bound methods and the verdict pipeline create, live.
+        self.device = next((p.device for p in loaded.module.parameters()), torch.device("cpu"))
         # The bound graph must compute the model as given (onnxruntime / the nn.Module): a
         # loading rewrite that changed the function is an error here, never a verdict later.
         self.self_check_deviation = check_loaded_model(self)
@@ -85,10 +87,21 @@ class BoundedModel:
         return self.graph.module
 
     def to(self, device) -> "BoundedModel":
+        """Move the model to `device` ('auto', 'cpu', 'cuda', 'cuda:N' or a torch.device).
+        Inputs given later (boxes, C) are moved to it; results come back on it."""
+        from .device import resolve_device
+
+        device = resolve_device(device, what=f"device={device!r}")
         self.graph.module.to(device)
         for node in self.graph.nodes:
             if node.op is not None and hasattr(node.op, "to") and callable(getattr(node.op, "to")):
                 node.op.to(device)
+        self.device = device
+        if type(self.layout) is Layout:
+            # One process: the layout answers `device` for the memory meter (a distributed layout
+            # gets its device from the mesh).
+            self.layout = Layout()
+            self.layout.device = device
         return self
 
     # -- evaluation -----------------------------------------------------------------------
@@ -108,7 +121,7 @@ class BoundedModel:
     def _as_batch(self, t, what: str) -> torch.Tensor:
         """[B, *input_shape] from one sample (input shape or flat) or a batch (same, with a
         leading batch dim). Anything else is refused rather than silently re-chunked."""
-        t = torch.as_tensor(t, dtype=torch.float32)
+        t = torch.as_tensor(t, dtype=torch.float32, device=self.device)
         shape, n = tuple(self.input_shape), self.n_inputs
         if tuple(t.shape) == shape or (t.dim() == 1 and t.numel() == n):
             return t.reshape(1, *shape)
@@ -141,7 +154,7 @@ class BoundedModel:
         box = self.check_box(x_lower, x_upper)
         batch = box[0].shape[0]
         if C is not None:
-            C = torch.as_tensor(C, dtype=box[0].dtype)
+            C = torch.as_tensor(C, dtype=box[0].dtype, device=box[0].device)
             if C.dim() == 2:
                 C = C.unsqueeze(0).expand(batch, -1, -1)
             if C.shape[0] != batch or C.shape[-1] != self.n_outputs:
@@ -163,12 +176,22 @@ class BoundedModel:
         return BoundResult(lower, upper, method, time.perf_counter() - t0, info)
 
 
-def load(model, input_shape=None) -> BoundedModel:
-    """Load an ONNX path (`.onnx` / `.onnx.gz`) or wrap an `nn.Module` (needs `input_shape`)."""
+def load(model, input_shape=None, device=None) -> BoundedModel:
+    """Load an ONNX path (`.onnx` / `.onnx.gz`) or wrap an `nn.Module` (needs `input_shape`).
+
+    `device`: 'auto' (the GPU when there is one), 'cpu', 'cuda', 'cuda:N' or a torch.device.
+    None keeps the weights where they are (the CPU for ONNX files); the command line's default
+    is 'auto'. An ONNX model is converted on the CPU, then moved."""
+    if device is not None:
+        from .device import resolve_device
+
+        device = resolve_device(device, what=f"device={device!r}")     # refuse before loading
     if isinstance(model, (str, os.PathLike)):
-        return BoundedModel.from_onnx(model)
-    if isinstance(model, nn.Module):
+        bounded = BoundedModel.from_onnx(model)
+    elif isinstance(model, nn.Module):
         if input_shape is None:
             raise InputSpecError("an nn.Module needs input_shape (per sample, without the batch dim)")
-        return BoundedModel.from_module(model, input_shape)
-    raise InputSpecError(f"cannot load a model from {type(model).__name__}")
+        bounded = BoundedModel.from_module(model, input_shape)
+    else:
+        raise InputSpecError(f"cannot load a model from {type(model).__name__}")
+    return bounded.to(device) if device is not None else bounded

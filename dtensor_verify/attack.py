@@ -36,8 +36,9 @@ def pgd(fn, x_lower, x_upper, objective, steps: int = 50, restarts: int = 5, ste
         with torch.no_grad():
             flat = val.reshape(restarts, B, -1).min(-1).values     # worst row per (restart, box)
             idx = flat.argmin(0)                                   # best restart per box
-            cand_val = val[idx, torch.arange(B)]
-            cand_x = x[idx, torch.arange(B)].detach()
+            boxes = torch.arange(B, device=x.device)
+            cand_val = val[idx, boxes]
+            cand_x = x[idx, boxes].detach()
             if best_val is None:
                 best_val, best_x = cand_val.clone(), cand_x.clone()
             else:

@@ -2,29 +2,36 @@
 
     dtensor-verify bounds MODEL (--vnnlib SPEC | --lower FILE --upper FILE) [--method M] [--json OUT]
     dtensor-verify run --onnx M --vnnlib S --results OUT --timeout T [--json J]
-    dtensor-verify benchmark DIR --csv OUT [--instances CSV] [--expected CSV] [--filter SUB]
+    dtensor-verify benchmark DIR --csv OUT [--instances CSV] [--expected CSV] [--filter SUB] [--resume]
+
+Every command takes `--device auto|cpu|cuda|cuda:N` (default auto: the GPU when there is one;
+under torchrun each rank's own, cuda:LOCAL_RANK).
 
 User errors (unreadable or malformed model / property / box files, unsupported operations, bad
 plans) give one line `dtensor-verify: error: <message>` on stderr (under torchrun: from rank 0
 only), an `error` result file where one was asked for, and exit status 2. Bugs keep their
 traceback. `run`'s results file and time limit under faults: see run_guard.py and the README.
+
+Start-up matters (under VNN-COMP every instance is a new process): nothing heavy is imported at
+the top of this module, so arguments are parsed (and bad ones refused) before torch is imported.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import inspect
 import json
 import math
 import os
 import re
-import statistics
 import sys
 import time
 from pathlib import Path
 
 PROG = "dtensor-verify"
 EXIT_OK, EXIT_CONTRADICTION, EXIT_ERROR = 0, 1, 2
+# When main() started, as time.time() and time.perf_counter() (the start-up breakdown of `run`).
+_MAIN_ENTERED_AT: float | None = None
+_MAIN_ENTERED_PERF: float | None = None
 
 
 class CliError(Exception):
@@ -36,6 +43,15 @@ def _user_errors():
     from .specs import VnnlibError
 
     return (VerifierError, VnnlibError, CliError, OSError)
+
+
+def _device(args):
+    """The `--device` of a command as a torch.device (made this process's current CUDA device)."""
+    from .device import resolve_device, use_device
+
+    device = resolve_device(args.device, what=f"--device {args.device}")
+    use_device(device)
+    return device
 
 
 def _err(msg: str) -> None:
@@ -54,7 +70,7 @@ def _one_line(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------------------------------ shared
 
-def _load_model(path: str):
+def _load_model(path: str, device=None):
     from .api import load
 
     p = Path(path)
@@ -62,7 +78,7 @@ def _load_model(path: str):
         raise CliError(f"{path}: no such file")
     if p.is_dir():
         raise CliError(f"{path}: is a directory, not an ONNX file")
-    return load(str(p))
+    return load(str(p), device=device)
 
 
 def _read_property(path: str, model):
@@ -209,7 +225,7 @@ def cmd_bounds(args) -> int:
         raise CliError("--spec-rows needs --vnnlib (the rows come from its output constraints)")
     if args.iterations is not None and args.iterations < 0:
         raise CliError("--iterations must be >= 0")
-    model = _load_model(args.model)
+    model = _load_model(args.model, _device(args))
     C = d = None
     labels = [f"Y_{j}" for j in range(model.n_outputs)]
     spec_desc = None
@@ -229,8 +245,8 @@ def cmd_bounds(args) -> int:
                     labels.append(f"d{j}.r{i}")
             if not rows_C:
                 raise CliError(f"{args.vnnlib}: the first region has no output constraint rows to bound")
-            C = torch.tensor(np.stack(rows_C), dtype=torch.float32).unsqueeze(0)
-            d = torch.tensor(np.asarray(rows_d), dtype=torch.float32)
+            C = torch.tensor(np.stack(rows_C), dtype=torch.float32, device=model.device).unsqueeze(0)
+            d = torch.tensor(np.asarray(rows_d), dtype=torch.float32, device="cpu")   # subtracted on the CPU
             spec_desc["rows"] = labels
     else:
         lo, hi = _read_vector(args.lower), _read_vector(args.upper)
@@ -240,8 +256,8 @@ def cmd_bounds(args) -> int:
         spec_desc = {"lower": str(args.lower), "upper": str(args.upper)}
     plan = _apply_plan(model, args.plan, args.quiet)
     alpha_opts = AlphaOptions(iterations=args.iterations) if args.iterations is not None else None
-    x_lo = torch.tensor(lo, dtype=torch.float32).reshape(1, *model.input_shape)
-    x_hi = torch.tensor(hi, dtype=torch.float32).reshape(1, *model.input_shape)
+    x_lo = torch.tensor(lo, dtype=torch.float32, device=model.device).reshape(1, *model.input_shape)
+    x_hi = torch.tensor(hi, dtype=torch.float32, device=model.device).reshape(1, *model.input_shape)
     t0 = time.perf_counter()
     res = model.compute_bounds(x_lo, x_hi, method=method, C=C, alpha_options=alpha_opts)
     seconds = time.perf_counter() - t0
@@ -250,7 +266,7 @@ def cmd_bounds(args) -> int:
         # A second, metered pass: the meter slows bounding, so `seconds` comes from the first.
         _, memory = _metered(model, lambda: model.compute_bounds(x_lo, x_hi, method=method, C=C,
                                                                  alpha_options=alpha_opts))
-    lower, upper = res.lower[0].detach().double(), res.upper[0].detach().double()
+    lower, upper = res.lower[0].detach().cpu().double(), res.upper[0].detach().cpu().double()
     if d is not None:
         lower, upper = lower - d.double(), upper - d.double()
     lower, upper = lower.tolist(), upper.tolist()
@@ -267,6 +283,7 @@ def cmd_bounds(args) -> int:
             print(f"  ... {len(labels) - show} more (see --json)")
     if args.json:
         data = {"lower": lower, "upper": upper, "labels": labels, "method": method, "seconds": seconds,
+                "device": str(model.device),
                 "world_size": getattr(model.layout, "world_size", 1), "plan": plan or "replicate",
                 "memory": memory, "model": str(args.model), "spec": spec_desc,
                 "spec_rows": bool(args.spec_rows)}
@@ -284,6 +301,27 @@ def _stderr_log(quiet: bool):
     return lambda msg: print(f"[{PROG}] {msg}", file=sys.stderr, flush=True)
 
 
+class _Stopwatch:
+    """Seconds per start-up phase, for `run --json` (scripts/startup_time.py reads them)."""
+
+    def __init__(self, since: float | None = None):
+        self.seconds: dict[str, float] = {}
+        self._last = since if since is not None else time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
+
+
+def _import_engine() -> None:
+    """The imports `run` needs, in one place so that their cost shows as one phase."""
+    from . import api, verify  # noqa: F401
+    from ._lazy_onnx2torch import import_onnx2torch
+
+    import_onnx2torch()
+
+
 def _warn(msg: str) -> None:
     msg = " ".join(str(msg).split())
     print(f"{PROG}: warning: {msg}", file=sys.stderr, flush=True)
@@ -296,9 +334,11 @@ COLLECTIVE_SLACK_S = 10.0
 
 def cmd_run(args) -> int:
     """Verify one instance. The results file's life cycle and the watchdog: see run_guard."""
+    watch = _Stopwatch(since=_MAIN_ENTERED_PERF)      # "imports" = argument parsing and every import
     from .run_guard import ResultsFile, Watchdog, torchrun_rank
 
     t0 = getattr(args, "started_at", None) or time.perf_counter()     # see main()
+    args.stopwatch = watch
     rank = torchrun_rank()
     # Refuse a symlink / device / directory / missing directory before any work.
     results = ResultsFile(args.results, rank=rank or 0, torchrun=rank is not None)
@@ -318,19 +358,27 @@ def cmd_run(args) -> int:
 
 
 def _run_instance(args, results, t0: float) -> int:
+    watch = args.stopwatch
+    _import_engine()
     from .verify import verify_instance
+
+    watch.lap("imports")
 
     def left() -> float:
         return max(args.timeout - (time.perf_counter() - t0), 0.0)
 
-    model = _load_model(args.onnx)
+    model = _load_model(args.onnx, _device(args))
+    watch.lap("load")
     prop = _read_property(args.vnnlib, model)
+    watch.lap("property")
     plan = _apply_plan(model, args.plan, args.quiet, timeout_s=left() + COLLECTIVE_SLACK_S,
                        mesh=getattr(args, "mesh", None))
+    watch.lap("plan")
     lead = _is_rank0(model)
     res = verify_instance(model, prop, args.onnx, left(), methods=tuple(args.methods),
                           attack=not args.no_attack, log=_stderr_log(args.quiet or not lead),
                           bab=not args.no_bab, bab_options=_bab_options(args))
+    watch.lap("verify")
     # The verdict goes to the results file first: nothing after it (memory report, JSON) can
     # change it. Ranks other than 0 only write `error`, and only where rank 0 has not written.
     if lead:
@@ -338,6 +386,7 @@ def _run_instance(args, results, t0: float) -> int:
         results.write_verdict(res.verdict, x, y)
     elif res.verdict == "error":
         results.write_verdict("error")
+    watch.lap("write")
     memory = _memory_report_or_warn(model, lead) if args.json else {}
     if not lead:
         return EXIT_ERROR if res.verdict == "error" else EXIT_OK
@@ -345,7 +394,8 @@ def _run_instance(args, results, t0: float) -> int:
         data = res.as_dict()
         data.update({"onnx": str(args.onnx), "vnnlib": str(args.vnnlib), "timeout": args.timeout,
                      "total_seconds": time.perf_counter() - t0, "plan": plan or "replicate",
-                     "world_size": getattr(model.layout, "world_size", 1), "memory": memory})
+                     "device": str(model.device), "world_size": getattr(model.layout, "world_size", 1),
+                     "memory": memory, "startup": {"main_entered_at": _MAIN_ENTERED_AT, **watch.seconds}})
         try:
             _write_json(args.json, data)
         except OSError as exc:
@@ -388,171 +438,10 @@ def _peer_failure(model, res) -> bool:
 
 # ------------------------------------------------------------------------------------------ benchmark
 
-def _resolve(base: Path, rel: str) -> Path:
-    p = Path(rel)
-    if not p.is_absolute():
-        p = base / p
-    if not p.exists() and Path(str(p) + ".gz").exists():
-        p = Path(str(p) + ".gz")
-    return p
-
-
-def _norm_key(path: str) -> str:
-    s = path.strip().replace("\\", "/")
-    while s.startswith("./"):
-        s = s[2:]
-    return s[:-3] if s.endswith(".gz") else s
-
-
-def _read_instances(path: Path):
-    rows = []
-    with open(path, newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh), 1):
-            row = [c.strip() for c in row]
-            if not row or not any(row) or row[0].startswith("#"):
-                continue
-            if len(row) < 3:
-                raise CliError(f"{path}:{lineno}: expected 'onnx, vnnlib, timeout'")
-            try:
-                timeout = float(row[2])
-            except ValueError:
-                if lineno == 1:   # a header line
-                    continue
-                raise CliError(f"{path}:{lineno}: timeout '{row[2]}' is not a number") from None
-            rows.append((row[0], row[1], timeout))
-    return rows
-
-
-def _read_expected(path: Path) -> dict:
-    out = {}
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = None
-        for lineno, row in enumerate(reader, 1):
-            row = [c.strip() for c in row]
-            if not row or not any(row):
-                continue
-            if header is None and lineno == 1 and "verdict" in [c.lower() for c in row]:
-                header = [c.lower() for c in row]
-                continue
-            if header:
-                rec = dict(zip(header, row))
-                onnx_p, vnn_p, verdict = rec.get("onnx"), rec.get("vnnlib"), rec.get("verdict")
-            else:
-                onnx_p, vnn_p, verdict = (row + ["", "", ""])[:3]
-            if not onnx_p or not vnn_p or not verdict:
-                raise CliError(f"{path}:{lineno}: expected 'onnx, vnnlib, verdict'")
-            verdict = {"violated": "sat", "holds": "unsat"}.get(verdict.lower(), verdict.lower())
-            out[(_norm_key(onnx_p), _norm_key(vnn_p))] = verdict
-    return out
-
-
-def _agreement(verdict: str, expected: str | None) -> str:
-    if not expected:
-        return ""
-    if verdict == expected:
-        return "agree"
-    if {verdict, expected} == {"sat", "unsat"}:
-        return "CONTRADICTION"
-    return "unsolved"
-
-
 def cmd_benchmark(args) -> int:
-    from tqdm import tqdm
+    from .benchmark import cmd_benchmark as run_benchmark   # dtensor_verify/benchmark.py
 
-    from .specs import read_vnnlib
-    from .verify import verify_instance
-
-    base = Path(args.dir)
-    if not base.is_dir():
-        raise CliError(f"{args.dir}: not a directory")
-    inst_path = Path(args.instances) if args.instances else base / "instances.csv"
-    if not inst_path.exists():
-        raise CliError(f"{inst_path}: no such file")
-    instances = _read_instances(inst_path)
-    if args.filter:
-        instances = [r for r in instances if any(args.filter in s for s in (r[0], r[1]))]
-    if args.limit is not None:
-        instances = instances[:args.limit]
-    if not instances:
-        raise CliError(f"{inst_path}: no instances to run" + (f" (filter '{args.filter}')" if args.filter else ""))
-    expected = _read_expected(Path(args.expected)) if args.expected else {}
-    if args.timeout_scale <= 0:
-        raise CliError("--timeout-scale must be > 0")
-
-    models: dict[str, object] = {}
-    rows = []
-    log = None
-    if args.verbose:
-        log = lambda msg: tqdm.write(f"[{PROG}]   {msg}", file=sys.stderr)  # noqa: E731
-    bar = tqdm(instances, desc="instances", unit="inst", file=sys.stderr, disable=args.quiet, dynamic_ncols=True)
-    counts: dict[str, int] = {}
-    for onnx_rel, vnn_rel, timeout in bar:
-        t0 = time.perf_counter()
-        onnx_path, vnn_path = _resolve(base, onnx_rel), _resolve(base, vnn_rel)
-        decided_by, message = "", ""
-        try:
-            key = str(onnx_path)
-            if key not in models:
-                try:
-                    models[key] = _load_model(key)
-                except _user_errors() as exc:
-                    models[key] = exc
-            model = models[key]
-            if isinstance(model, BaseException):
-                raise model
-            prop = read_vnnlib(str(vnn_path), n_inputs=model.n_inputs, n_outputs=model.n_outputs)
-            limit = timeout * args.timeout_scale - (time.perf_counter() - t0)
-            res = verify_instance(model, prop, str(onnx_path), max(limit, 0.0), methods=tuple(args.methods),
-                                  log=log, bab=not args.no_bab, bab_options=_bab_options(args))
-            verdict, decided_by, message = res.verdict, res.decided_by or "", res.message or ""
-        except _user_errors() as exc:
-            verdict, message = "error", _one_line(exc)
-        seconds = time.perf_counter() - t0
-        exp = expected.get((_norm_key(onnx_rel), _norm_key(vnn_rel)))
-        agree = _agreement(verdict, exp)
-        rows.append({"onnx": onnx_rel, "vnnlib": vnn_rel, "verdict": verdict, "seconds": f"{seconds:.3f}",
-                     "expected": exp or "", "agreement": agree, "decided_by": decided_by, "message": message})
-        counts[verdict] = counts.get(verdict, 0) + 1
-        bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-        if agree == "CONTRADICTION" or (verdict == "error" and not args.quiet):
-            tqdm.write(f"[{PROG}] {Path(onnx_rel).name} {Path(vnn_rel).name}: {verdict}"
-                       + (f" (expected {exp})" if exp else "") + (f": {message}" if message else ""),
-                       file=sys.stderr)
-    bar.close()
-
-    fields = ["onnx", "vnnlib", "verdict", "seconds", "expected", "agreement", "decided_by", "message"]
-    with open(args.csv, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-
-    times = [float(r["seconds"]) for r in rows]
-    print(f"{len(rows)} instance(s) from {inst_path}")
-    print("verdicts: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in ("sat", "unsat", "unknown", "timeout", "error")))
-    print(f"time: median {statistics.median(times):.2f} s, mean {statistics.mean(times):.2f} s, "
-          f"max {max(times):.2f} s, total {sum(times):.1f} s")
-    by = {}
-    for r in rows:
-        if r["decided_by"]:
-            by[r["decided_by"]] = by.get(r["decided_by"], 0) + 1
-    if by:
-        print("decided by: " + ", ".join(f"{k} {v}" for k, v in sorted(by.items())))
-    contradictions = [r for r in rows if r["agreement"] == "CONTRADICTION"]
-    if expected:
-        n_agree = sum(r["agreement"] == "agree" for r in rows)
-        n_unsolved = sum(r["agreement"] == "unsolved" for r in rows)
-        n_missing = sum(r["agreement"] == "" for r in rows)
-        print(f"expected verdicts: {n_agree} agree, {n_unsolved} unsolved, {len(contradictions)} contradiction(s)"
-              + (f", {n_missing} without an expected verdict" if n_missing else ""))
-        for r in rows:
-            if r["agreement"] in ("agree", "unsolved", "CONTRADICTION"):
-                print(f"  {r['agreement']:<13} {r['onnx']} {r['vnnlib']}: {r['verdict']} (expected {r['expected']})")
-    print(f"results written to {args.csv}")
-    if contradictions:
-        _err(f"{len(contradictions)} verdict(s) contradict the expected ones")
-        return EXIT_CONTRADICTION
-    return EXIT_OK
+    return run_benchmark(args)
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -590,6 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     methods = ["ibp", "crown", "alpha-crown"]
 
+    def add_device(parser):
+        parser.add_argument("--device", default="auto", metavar="DEV",
+                            help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one; under "
+                                 "torchrun each rank's own, cuda:LOCAL_RANK). Counterexamples are still "
+                                 "confirmed by onnxruntime on the CPU")
+
     b = sub.add_parser("bounds", help="bounds of the network outputs (or spec rows) over an input box")
     b.add_argument("model", metavar="MODEL", help="ONNX file (.onnx or .onnx.gz)")
     b.add_argument("--vnnlib", metavar="SPEC", help="VNN-LIB file; its first input box is used")
@@ -603,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no table when --json is given")
     b.add_argument("--no-memory", action="store_true",
                    help="skip the metered second pass that fills the JSON's 'memory' entry")
+    add_device(b)
     b.set_defaults(func=cmd_bounds)
 
     r = sub.add_parser("run", help="verify one VNN-COMP instance and write the result file")
@@ -617,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bab_arguments(r)
     _add_mesh_argument(r)
     r.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    add_device(r)
     r.set_defaults(func=cmd_run)
 
     k = sub.add_parser("benchmark", help="run every instance of a VNN-COMP benchmark folder")
@@ -632,14 +529,23 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--quiet", action="store_true", help="no progress bar")
     k.add_argument("--verbose", action="store_true", help="pipeline messages per instance")
     _add_bab_arguments(k)
+    k.add_argument("--resume", action="store_true",
+                   help="keep the rows already in --csv and run only the instances without one")
+    k.add_argument("--shard-instances", action="store_true",
+                   help="under torchrun: rank r of P runs instances r, r+P, ... on its own device; all ranks "
+                        "append to the one --csv, rank 0 prints the summary")
+    add_device(k)
     k.set_defaults(func=cmd_benchmark)
     return p
 
 
 def _run_command(args) -> int:
     code = args.func(args)
-    from placements.mesh import exit_now_if_distributed
-    exit_now_if_distributed(code)
+    if "torch.distributed" in sys.modules:      # never import it (0.1-0.8 s) just to learn it is unused
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            from placements.mesh import exit_now_if_distributed
+            exit_now_if_distributed(code)
     return code
 
 
@@ -669,6 +575,8 @@ def main(argv=None) -> int:
     """The command line (`argv=None`: sys.argv, and `run --timeout` counts from the start of
     this process, imports included, as a harness counts; a given `argv`, as in tests or when
     embedded, counts from this call)."""
+    global _MAIN_ENTERED_AT, _MAIN_ENTERED_PERF
+    _MAIN_ENTERED_AT, _MAIN_ENTERED_PERF = time.time(), time.perf_counter()
     started_at = time.perf_counter()
     if argv is None:
         from .run_guard import process_age_s

@@ -32,3 +32,7 @@ class OutputFileError(VerifierError):
 class TimeLimitReached(Exception):
     """The run's time limit passed (raised by the verifier's clock; never a user error, never a
     verdict of its own: the pipeline turns it into `timeout`)."""
+
+
+class DeviceError(VerifierError):
+    """The requested device does not exist here (e.g. `--device cuda` on a machine without a GPU)."""

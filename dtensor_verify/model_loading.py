@@ -170,8 +170,11 @@ def _opset(proto) -> int:
 
 
 def _convert(proto, path) -> torch.fx.GraphModule:
-    import onnx2torch
     from onnx import version_converter
+
+    from ._lazy_onnx2torch import import_onnx2torch
+
+    onnx2torch = import_onnx2torch()        # without torchvision's start-up cost
 
     def attempt(p):
         with warnings.catch_warnings():

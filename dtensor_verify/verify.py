@@ -124,7 +124,7 @@ class _Pairs:
     holds (attack margin 0) and can never be proved (lower bound 0).
     """
 
-    def __init__(self, prop, n_out: int, dtype=torch.float32):
+    def __init__(self, prop, n_out: int, dtype=torch.float32, device=None):
         self.index = []           # (region, disjunct)
         rows = []
         for r, region in enumerate(prop.regions):
@@ -138,24 +138,26 @@ class _Pairs:
         self.n_real_rows = [k for _, _, k in rows]
         P = len(rows)
         K = max((c.shape[0] for c, _, _ in rows), default=1)
-        self.C = torch.zeros(P, K, n_out, dtype=dtype)
-        self.d = torch.zeros(P, K, dtype=dtype)
-        self.mask = torch.zeros(P, K, dtype=torch.bool)
+        # Filled row by row on the CPU, then moved to the model's device in one copy each.
+        self.C = torch.zeros(P, K, n_out, dtype=dtype, device="cpu")
+        self.d = torch.zeros(P, K, dtype=dtype, device="cpu")
+        self.mask = torch.zeros(P, K, dtype=torch.bool, device="cpu")
         for p, (C, d, _) in enumerate(rows):
             k = C.shape[0]
             self.C[p, :k] = torch.from_numpy(C).to(dtype)
             self.d[p, :k] = torch.from_numpy(d).to(dtype)
             self.mask[p, :k] = True
         self.rows_of = [int(m.sum()) for m in self.mask]
+        self.C, self.d, self.mask = (t.to(device) for t in (self.C, self.d, self.mask))
 
     def __len__(self):
         return len(self.index)
 
 
-def _region_boxes(prop, input_shape, dtype=torch.float32):
-    lo = torch.stack([torch.as_tensor(np.asarray(r.lower, dtype=np.float64)) for r in prop.regions])
-    hi = torch.stack([torch.as_tensor(np.asarray(r.upper, dtype=np.float64)) for r in prop.regions])
-    return lo.to(dtype).reshape(-1, *input_shape), hi.to(dtype).reshape(-1, *input_shape)
+def _region_boxes(prop, input_shape, dtype=torch.float32, device=None):
+    lo = torch.from_numpy(np.stack([np.asarray(r.lower, dtype=np.float64) for r in prop.regions]))
+    hi = torch.from_numpy(np.stack([np.asarray(r.upper, dtype=np.float64) for r in prop.regions]))
+    return (lo.to(device, dtype).reshape(-1, *input_shape), hi.to(device, dtype).reshape(-1, *input_shape))
 
 
 # ----------------------------------------------------------------------------------- confirmation
@@ -367,8 +369,8 @@ def _bound_pairs(model, method, pairs: _Pairs, open_idx, region_lo, region_hi, c
         B = len(chunk)
         K = max(sum(pairs.rows_of[p] for p in g) for g in chunk)
         n_out = pairs.C.shape[-1]
-        C = torch.zeros(B, K, n_out)
-        d = torch.zeros(B, K)
+        C = torch.zeros(B, K, n_out, device=pairs.C.device)
+        d = torch.zeros(B, K, device=pairs.C.device)
         slots = []          # (b, start, pair)
         for b, g in enumerate(chunk):
             pos = 0
@@ -415,7 +417,7 @@ def _bound_pairs(model, method, pairs: _Pairs, open_idx, region_lo, region_hi, c
         if guide:
             clock.check()
             # Rows padded in (beyond a box's real rows) have C = 0: skip them.
-            real = torch.zeros(B, K, dtype=torch.bool)
+            real = torch.zeros(B, K, dtype=torch.bool, device=C.device)
             for b, pos, p in slots:
                 real[b, pos:pos + pairs.rows_of[p]] = True
             verts = _guided_vertices(model, bounds, C, margin_lower.masked_fill(~real, math.inf), alphas)
@@ -531,11 +533,12 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
         if not prop.regions:
             # Every term of the formula is a false constant: nothing can violate it.
             return finish("unsat", decided_by="spec")
-        pairs = _Pairs(prop, model.n_outputs)
+        device = model.device                   # every tensor below lives where the weights do
+        pairs = _Pairs(prop, model.n_outputs, device=device)
         details = [DisjunctStatus(r, j, k) for (r, j), k in zip(pairs.index, pairs.n_real_rows)]
-        region_lo, region_hi = _region_boxes(prop, model.input_shape)
+        region_lo, region_hi = _region_boxes(prop, model.input_shape, device=device)
         model.check_box(region_lo, region_hi)
-        pair_region = torch.tensor([r for r, _ in pairs.index])
+        pair_region = torch.tensor([r for r, _ in pairs.index], device=device)
         pair_lo, pair_hi = region_lo[pair_region], region_hi[pair_region]
         if onnx_path is None and getattr(model.loaded, "onnx_input_name", None) is not None \
                 and os.path.isfile(str(model.loaded.source)):
@@ -558,7 +561,7 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
                     continue
                 r = pairs.index[p][0]
                 region = prop.regions[r]
-                x32 = _inside_box_f32(x_best[i].double().numpy(), region.lower, region.upper,
+                x32 = _inside_box_f32(x_best[i].double().cpu().numpy(), region.lower, region.upper,
                                       region.lower_strict, region.upper_strict)
                 if x32 is None:
                     say(f"candidate for region {r} disjunct {pairs.index[p][1]} dropped: no float32 input "
@@ -608,10 +611,11 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
                 keep = torch.cat([v, guided[p]]) if p in guided else v
                 guided[p] = keep[:8]
             pts = torch.cat([v for v in vertices.values()])
-            pts_region = torch.cat([torch.full((v.shape[0],), pairs.index[p][0]) for p, v in vertices.items()])
+            pts_region = torch.cat([torch.full((v.shape[0],), pairs.index[p][0], device=device)
+                                    for p, v in vertices.items()])
             with torch.no_grad():
                 y = model.forward(pts)                                            # [N, n_out]
-            idx = torch.tensor(open_idx)
+            idx = torch.tensor(open_idx, device=device)
             margins = _margin(y.unsqueeze(1).expand(-1, len(idx), -1), pairs.C[idx], pairs.d[idx],
                               pairs.mask[idx])                                  # [N, p]
             same = pts_region.unsqueeze(1) == pair_region[idx].unsqueeze(0)

@@ -11,6 +11,7 @@ Read top to bottom:
 from __future__ import annotations
 
 import copy
+import glob
 import sys
 from dataclasses import dataclass, field
 
@@ -22,7 +23,7 @@ from dtensor_verify.layout import Layout
 
 from .layout import DistributedLayout
 from .mesh import mesh_device, split_mesh
-from .plan import Plan, parse_plan
+from .plan import Plan, Rule, parse_plan
 from .policies import Policy, get_policy
 
 # Ops that act elementwise: a tp-sharded neuron dim passes through them unchanged.
@@ -41,24 +42,84 @@ class PlacementReport:
         return "\n".join([f"placement plan '{self.plan}' on {self.world_size} rank(s):", *self.lines])
 
 
+def _refusal(policy: Policy, node) -> str | None:
+    """Why `policy` cannot place `node`'s layer, or None when it can."""
+    if policy.a_matrix_sharding != "neuron":
+        return None
+    if not policy.supports_conv and node.op.kind == "conv2d":
+        return f"policy '{policy.name}' does not shard convolutions yet"
+    if node.op.kind != "linear" or len(node.shape) != 1:
+        return f"policy '{policy.name}' needs a Linear layer with a flat output (this one: {list(node.shape)})"
+    return None
+
+
 def resolve_policies(graph, plan: Plan) -> dict[str, Policy]:
     """Policy of each node that owns parameters, validated against the graph."""
-    chosen = {}
-    for node in graph.layers():
-        policy = plan.policy_for(node.layer, node.layer_type)
-        if policy.a_matrix_sharding == "neuron":
-            if not policy.supports_conv and node.op.kind == "conv2d":
-                raise PlanError(f"layer '{node.layer}' ({node.layer_type}): policy 'tp' does not shard "
-                                "convolutions yet; use 'fsdp' or 'spec' for it (e.g. --plan \"conv*=fsdp;*=tp\")")
-            if node.op.kind != "linear" or len(node.shape) != 1:
-                raise PlanError(f"layer '{node.layer}' ({node.layer_type}, output shape {list(node.shape)}): "
-                                "policy 'tp' needs a Linear layer with a flat output")
-        chosen[node.name] = policy
+    chosen = {node.name: plan.policy_for(node.layer, node.layer_type) for node in graph.layers()}
+    refused = [(node, why) for node in graph.layers() if (why := _refusal(chosen[node.name], node))]
+    if refused:
+        node, why = refused[0]
+        fix = suggest_plan(graph, plan, [n for n, _ in refused])
+        more = f" (and {len(refused) - 1} more layer(s))" if len(refused) > 1 else ""
+        raise PlanError(f"layer '{node.layer}' ({node.layer_type}){more}: {why}; "
+                        f"use 'fsdp' or 'spec' there, e.g. --plan \"{fix}\"")
     unused = [r for r in plan.rules if not r.used and "*" not in r.patterns]
     if unused:
         names = ", ".join(f"{n.layer} ({n.layer_type})" for n in graph.layers())
         raise PlanError(f"plan rule '{unused[0]}' matches no layer of the model; layers are: {names}")
     return chosen
+
+
+def suggest_plan(graph, plan: Plan, refused, fallback: str = "fsdp") -> str:
+    """A plan for this model that keeps `plan` but gives the `refused` layers `fallback`.
+
+    Built from the model's own layer types (when every layer of a type is refused) or names,
+    put in front of the user's rules; rules left matching nothing are dropped. The result is
+    checked with resolve_policies; if it still fails, an explicit one-rule-per-layer plan is
+    returned instead, which always resolves.
+    """
+    layers = graph.layers()
+    refused_names = {n.layer for n in refused}
+    patterns = []
+    for node in refused:
+        same_type = [n for n in layers if n.layer_type == node.layer_type]
+        if node.layer_type and all(n.layer in refused_names for n in same_type):
+            pattern = node.layer_type
+        else:
+            pattern = glob.escape(node.layer)
+        if pattern not in patterns:
+            patterns.append(pattern)
+    rules = [Rule(tuple(patterns), get_policy(fallback))] + [Rule(r.patterns, r.policy) for r in plan.rules]
+    text = str(Plan(_without_redundant_rules(rules, layers)))
+    if _resolves(graph, text):
+        return text
+    explicit = [f"{glob.escape(n.layer)}={fallback if n.layer in refused_names else plan.policy_for(n.layer, n.layer_type).name}"
+                for n in layers]
+    return ";".join(explicit)
+
+
+def _without_redundant_rules(rules: list[Rule], layers) -> list[Rule]:
+    """Drop the rules (but a '*' default) whose removal gives every layer the same policy."""
+    def policies(rs):
+        return [Plan(rs).policy_for(n.layer, n.layer_type).name for n in layers]
+
+    want = policies(rules)
+    kept, changed = list(rules), True
+    while changed:              # dropping one rule can make an earlier one redundant
+        changed = False
+        for rule in [r for r in kept if "*" not in r.patterns]:
+            trial = [r for r in kept if r is not rule]
+            if policies(trial) == want:
+                kept, changed = trial, True
+    return kept
+
+
+def _resolves(graph, text: str) -> bool:
+    try:
+        resolve_policies(graph, parse_plan(text))
+    except PlanError:
+        return False
+    return True
 
 
 def neuron_sharding(graph, policies: dict[str, Policy]) -> dict[str, bool]:
@@ -157,12 +218,17 @@ def apply_plan_from_cli(model, plan_text: str | None, log: bool = True, timeout_
 
     The plan and the mesh shape are checked first, before the process group exists: under
     torchrun every rank then refuses a bad plan on its own, at once, with nothing to tear down.
-    `timeout_s` is the process group's timeout (how long a collective may wait for a peer).
+    `timeout_s` is the process group's timeout (how long a collective may wait for a peer). The
+    ranks talk over the device the model is on (--device): NCCL for GPUs, gloo for CPUs.
     """
     from .mesh import init_mesh, parse_mesh_shape, world_size_from_env
 
     plan_text = plan_text or "replicate"
     resolve_policies(model.graph, parse_plan(plan_text))
     parse_mesh_shape(mesh_shape, world_size_from_env())
-    kwargs = {"shape": mesh_shape} if timeout_s is None else {"shape": mesh_shape, "timeout_s": timeout_s}
+    device = getattr(model, "device", None)
+    backend = None if device is None else ("nccl" if device.type == "cuda" else "gloo")
+    kwargs = {"shape": mesh_shape, "backend": backend}
+    if timeout_s is not None:
+        kwargs["timeout_s"] = timeout_s
     return apply_plan(model, plan_text, init_mesh(**kwargs), log=log)

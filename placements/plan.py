@@ -6,7 +6,9 @@ Accepted forms:
   * a rule string:                     "fc1,fc2=tp;conv*=fsdp;*=replicate"
   * a file (one rule per line, '#' comments), given as "@path" or a path that exists
   * a Python dict / list of pairs:     {"gemm_1": "tp", "*": "fsdp"}
-Patterns match a layer's module name (e.g. `gemm_1`) or its type (e.g. `Linear`, `Conv2d`).
+Patterns are shell-style globs (`*`, `?`, `[...]`) matched case-insensitively against a layer's
+module name (e.g. `Gemm_1`, `Conv_0`) or its type (e.g. `Linear`, `Conv2d`): `conv*` matches both
+the layer `Conv_0` and every `Conv2d`.
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ class Rule:
     used: bool = False
 
     def matches(self, layer: str, layer_type: str | None) -> bool:
-        return any(fnmatch.fnmatchcase(layer, p) or (layer_type and fnmatch.fnmatchcase(layer_type, p))
-                   for p in self.patterns)
+        names = [layer.lower()] + ([layer_type.lower()] if layer_type else [])
+        return any(fnmatch.fnmatchcase(name, p.lower()) for p in self.patterns for name in names)
 
     def __str__(self):
         return f"{','.join(self.patterns)}={self.policy.name}"

@@ -38,7 +38,8 @@ POLICIES: dict[str, Policy] = {
         Policy("replicate", "full", False, None, "weights and A-matrices full on every rank (reference)"),
         Policy("fsdp", "fsdp", True, None,
                "weights Shard(0) at rest via fully_shard, unshard()/reshard() around each bound step; "
-               "bitwise identical to one process"),
+               "bitwise identical to one process at the same thread count (a one-process run with more "
+               "threads than each rank sums in another order)"),
         Policy("fsdp-prefetch", "fsdp", True, None,
                "as fsdp, and each step starts the next layer's all-gather (unshard(async_op=True)) so "
                "it overlaps this step's compute; one more gathered layer per rank", prefetch_next=True),

@@ -2,6 +2,7 @@
 # Run a dtensor-verify sub-command (bounds, run, benchmark) on P processes with torchrun.
 #   scripts/torchrun.sh P bounds MODEL.onnx.gz --vnnlib SPEC.vnnlib.gz --method alpha-crown --plan spec
 #   scripts/torchrun.sh P run --onnx M.onnx.gz --vnnlib S.vnnlib.gz --results out.txt --timeout 60 --plan fsdp
+#   scripts/torchrun.sh P benchmark DIR --csv out.csv --shard-instances   (rank r runs instances r, r+P, ...)
 # CPU: gloo, one thread per rank unless OMP_NUM_THREADS says otherwise. CUDA: nccl, one GPU per rank.
 # Uses the repo's .venv (created on first use); set DV_PYTHON to use another interpreter (GPU images).
 # Launches through dtensor_verify.launch (torchrun itself, run in-process): a failed run is reported

@@ -87,9 +87,13 @@ def test_star_is_the_default_and_missing_star_means_replicate():
 def test_type_globs():
     plan = parse_plan("Lin*=tp;Conv?d=spec")
     assert _names(plan, CNN_LAYERS) == {"0": "spec", "2": "spec", "5": "tp", "7": "tp"}
-    # matching is on the exact (case-sensitive) name or type
+    # matching ignores case, on names and types alike (issue 13: `conv*` must match `Conv2d`)
     plan = parse_plan("linear=tp;*=fsdp")
-    assert _names(plan, CNN_LAYERS) == {"0": "fsdp", "2": "fsdp", "5": "fsdp", "7": "fsdp"}
+    assert _names(plan, CNN_LAYERS) == {"0": "fsdp", "2": "fsdp", "5": "tp", "7": "tp"}
+    plan = parse_plan("conv*=fsdp;*=tp")
+    assert _names(plan, CNN_LAYERS) == {"0": "fsdp", "2": "fsdp", "5": "tp", "7": "tp"}
+    assert _names(parse_plan("GEMM_1=tp;*=spec"), [("Gemm_1", "Linear"), ("Conv_0", "Conv2d")]) == \
+        {"Gemm_1": "tp", "Conv_0": "spec"}
 
 
 def test_name_globs_on_onnx_style_names():

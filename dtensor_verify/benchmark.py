@@ -1,0 +1,371 @@
+"""`dtensor-verify benchmark DIR --csv OUT`: every instance of a VNN-COMP benchmark folder.
+
+Results survive an interrupted run: each instance's CSV row is appended, flushed and synced as
+soon as the instance ends, and `--resume` skips the instances that already have a row (keeping
+those rows). Under torchrun, `--shard-instances` splits the instances over the ranks (rank r of
+P takes instances r, r+P, ...), each rank on its own device, all appending to the one CSV under
+a file lock; rank 0 prints the summary of every rank's rows. Without it `benchmark` refuses to
+run under torchrun: every rank would run every instance and write the same file.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import os
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cli import (EXIT_CONTRADICTION, EXIT_OK, PROG, CliError, _bab_options, _err, _load_model, _one_line,
+                  _user_errors)
+
+FIELDS = ["onnx", "vnnlib", "verdict", "seconds", "expected", "agreement", "decided_by", "message"]
+REQUIRED = ("onnx", "vnnlib", "verdict")
+
+
+@dataclass(frozen=True)
+class Instance:
+    onnx: str          # as written in instances.csv (relative to the folder)
+    vnnlib: str
+    timeout: float
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (_norm_key(self.onnx), _norm_key(self.vnnlib))
+
+    @property
+    def label(self) -> str:
+        """How log lines and the progress bar name the instance."""
+        return f"{_short(self.onnx)} {_short(self.vnnlib)}"
+
+
+def _short(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".gz", ".onnx", ".vnnlib"):
+        name = name[:-len(suffix)] if name.endswith(suffix) else name
+    return name
+
+
+def _norm_key(path: str) -> str:
+    s = path.strip().replace("\\", "/")
+    while s.startswith("./"):
+        s = s[2:]
+    return s[:-3] if s.endswith(".gz") else s
+
+
+def _resolve(base: Path, rel: str) -> Path:
+    p = Path(rel)
+    if not p.is_absolute():
+        p = base / p
+    if not p.exists() and Path(str(p) + ".gz").exists():
+        p = Path(str(p) + ".gz")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ input files
+
+def read_instances(path: Path) -> list[Instance]:
+    rows = []
+    with open(path, newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh), 1):
+            row = [c.strip() for c in row]
+            if not row or not any(row) or row[0].startswith("#"):
+                continue
+            if len(row) < 3:
+                raise CliError(f"{path}:{lineno}: expected 'onnx, vnnlib, timeout'")
+            try:
+                timeout = float(row[2])
+            except ValueError:
+                if lineno == 1:   # a header line
+                    continue
+                raise CliError(f"{path}:{lineno}: timeout '{row[2]}' is not a number") from None
+            rows.append(Instance(row[0], row[1], timeout))
+    return rows
+
+
+def read_expected(path: Path) -> dict:
+    out = {}
+    with open(path, newline="") as fh:
+        header = None
+        for lineno, row in enumerate(csv.reader(fh), 1):
+            row = [c.strip() for c in row]
+            if not row or not any(row):
+                continue
+            if header is None and lineno == 1 and "verdict" in [c.lower() for c in row]:
+                header = [c.lower() for c in row]
+                continue
+            if header:
+                rec = dict(zip(header, row))
+                onnx_p, vnn_p, verdict = rec.get("onnx"), rec.get("vnnlib"), rec.get("verdict")
+            else:
+                onnx_p, vnn_p, verdict = (row + ["", "", ""])[:3]
+            if not onnx_p or not vnn_p or not verdict:
+                raise CliError(f"{path}:{lineno}: expected 'onnx, vnnlib, verdict'")
+            verdict = {"violated": "sat", "holds": "unsat"}.get(verdict.lower(), verdict.lower())
+            out[(_norm_key(onnx_p), _norm_key(vnn_p))] = verdict
+    return out
+
+
+def agreement(verdict: str, expected: str | None) -> str:
+    if not expected:
+        return ""
+    if verdict == expected:
+        return "agree"
+    if {verdict, expected} == {"sat", "unsat"}:
+        return "CONTRADICTION"
+    return "unsolved"
+
+
+# ------------------------------------------------------------------------------------------ results CSV
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` (created if missing), held by one writer (rank) at a time."""
+    with open(path, "a+", newline="") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield fh
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def prepare_csv(path: Path, resume: bool) -> None:
+    """Start the results file: a fresh header, or (resume) the rows already there, minus a last
+    row cut short by a kill (it would otherwise glue itself to the next row)."""
+    try:
+        with _locked(path) as fh:
+            fh.seek(0)
+            text = fh.read()
+            if resume and text.strip():
+                header = next(csv.reader([text.splitlines()[0]]), [])
+                missing = [f for f in REQUIRED if f not in header]
+                if missing:
+                    raise CliError(f"{path}: cannot resume: not a benchmark results file "
+                                   f"(no {', '.join(missing)} column in its header)")
+                if not text.endswith("\n"):
+                    fh.truncate(text.rfind("\n") + 1)
+                return
+            fh.truncate(0)
+            fh.write(",".join(FIELDS) + "\n")
+            fh.flush()
+    except IsADirectoryError:
+        raise CliError(f"{path}: is a directory, not a CSV file") from None
+
+
+def read_rows(path: Path) -> dict:
+    """The rows already in the results file, by instance key (a later row wins)."""
+    with _locked(path) as fh:
+        fh.seek(0)
+        rows = list(csv.DictReader(fh))
+    return {(_norm_key(r.get("onnx") or ""), _norm_key(r.get("vnnlib") or "")): r for r in rows
+            if r.get("verdict")}
+
+
+def append_row(path: Path, row: dict) -> None:
+    """One finished instance, on disk before the next one starts (flush + fsync)."""
+    with _locked(path) as fh:
+        fh.seek(0, os.SEEK_END)
+        csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore").writerow(row)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# ------------------------------------------------------------------------------------------ ranks
+
+@dataclass
+class Share:
+    """This process's part of the instances: all of them, or every P-th under torchrun."""
+    rank: int = 0
+    world: int = 1
+
+    def take(self, instances: list) -> list:
+        return instances[self.rank::self.world]
+
+    def tag(self) -> str:
+        return f"[rank {self.rank}/{self.world}] " if self.world > 1 else ""
+
+
+def _share(args, instances) -> Share:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Share()
+    if not args.shard_instances:
+        raise CliError(f"benchmark under torchrun ({world} ranks) would run every instance on every rank and "
+                       "write the same CSV: add --shard-instances (rank r runs instances r, r+P, ...; all "
+                       "ranks append to the one --csv), or run it as one process")
+    return Share(int(os.environ.get("RANK", "0")), world)
+
+
+def _process_group(share: Share, instances: list[Instance], scale: float):
+    """A gloo group only to keep the ranks in step around the CSV: rank 0 starts the file before
+    anyone appends, and prints the summary after everyone is done. Its timeout covers the longest
+    a rank can take (every instance at its full time limit) plus ten minutes of loading."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        budget = sum(i.timeout for i in instances) * scale + 600.0
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=budget))
+    return dist
+
+
+# ------------------------------------------------------------------------------------------ run
+
+def _select(args) -> tuple[Path, list[Instance]]:
+    base = Path(args.dir)
+    if not base.is_dir():
+        raise CliError(f"{args.dir}: not a directory")
+    inst_path = Path(args.instances) if args.instances else base / "instances.csv"
+    if not inst_path.exists():
+        raise CliError(f"{inst_path}: no such file")
+    instances = read_instances(inst_path)
+    if args.filter:
+        instances = [i for i in instances if args.filter in i.onnx or args.filter in i.vnnlib]
+    if args.limit is not None:
+        instances = instances[:args.limit]
+    if not instances:
+        raise CliError(f"{inst_path}: no instances to run" + (f" (filter '{args.filter}')" if args.filter else ""))
+    return inst_path, instances
+
+
+def cmd_benchmark(args) -> int:
+    inst_path, instances = _select(args)
+    expected = read_expected(Path(args.expected)) if args.expected else {}
+    if not args.timeout_scale > 0:
+        raise CliError("--timeout-scale must be > 0")
+    share = _share(args, instances)
+    from .device import resolve_device, use_device
+
+    device = resolve_device(args.device, what=f"--device {args.device}")
+    use_device(device)
+    out = Path(args.csv)
+    dist = _process_group(share, instances, args.timeout_scale) if share.world > 1 else None
+    if share.rank == 0:
+        prepare_csv(out, args.resume)
+    if dist is not None:
+        dist.barrier()
+    done = read_rows(out) if args.resume else {}
+    todo = [i for i in share.take(instances) if i.key not in done]
+    skipped = len(share.take(instances)) - len(todo)
+    if skipped:
+        print(f"{share.tag()}resuming {out}: {skipped} instance(s) already there, {len(todo)} to run",
+              file=sys.stderr)
+
+    _run_instances(args, Path(args.dir), todo, expected, device, out, share)
+
+    if dist is not None:
+        dist.barrier()
+        if share.rank != 0:
+            return EXIT_OK
+    rows = read_rows(out)
+    return _summary(inst_path, [rows[i.key] for i in instances if i.key in rows], expected, out)
+
+
+def _run_instances(args, base: Path, todo: list[Instance], expected: dict, device, out: Path, share: Share):
+    from tqdm import tqdm
+
+    from .specs import read_vnnlib
+    from .verify import verify_instance
+
+    models: dict[str, object] = {}
+    counts: dict[str, int] = {}
+    # One bar per process; under torchrun only rank 0's (the others' would overwrite it).
+    bar = tqdm(todo, desc=f"{share.tag()}instances", unit="inst", file=sys.stderr,
+               disable=args.quiet or share.rank != 0, dynamic_ncols=True)
+    for inst in bar:
+        t0 = time.perf_counter()
+        say = _instance_log(share.tag() + inst.label)
+        onnx_path, vnn_path = _resolve(base, inst.onnx), _resolve(base, inst.vnnlib)
+        decided_by, message = "", ""
+        try:
+            model = _cached_model(models, str(onnx_path), device)
+            prop = read_vnnlib(str(vnn_path), n_inputs=model.n_inputs, n_outputs=model.n_outputs)
+            limit = inst.timeout * args.timeout_scale - (time.perf_counter() - t0)
+            res = verify_instance(model, prop, str(onnx_path), max(limit, 0.0), methods=tuple(args.methods),
+                                  log=say if args.verbose else None, bab=not args.no_bab,
+                                  bab_options=_bab_options(args))
+            verdict, decided_by, message = res.verdict, res.decided_by or "", res.message or ""
+        except _user_errors() as exc:
+            verdict, message = "error", _one_line(exc)
+        exp = expected.get(inst.key)
+        agree = agreement(verdict, exp)
+        append_row(out, {"onnx": inst.onnx, "vnnlib": inst.vnnlib, "verdict": verdict,
+                         "seconds": f"{time.perf_counter() - t0:.3f}", "expected": exp or "",
+                         "agreement": agree, "decided_by": decided_by, "message": message})
+        counts[verdict] = counts.get(verdict, 0) + 1
+        tally = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        bar.set_postfix_str(f"last: {inst.label} {verdict} | {tally}")
+        if agree == "CONTRADICTION" or (verdict == "error" and not args.quiet):
+            say(f"{verdict}" + (f" (expected {exp})" if exp else "") + (f": {message}" if message else ""))
+    bar.close()
+
+
+def _instance_log(label: str):
+    """A logger whose every line names the instance (and the rank, under torchrun)."""
+    from tqdm import tqdm
+
+    def say(msg: str):
+        tqdm.write(f"[{PROG}] {label}: {msg}", file=sys.stderr)
+    return say
+
+
+def _cached_model(models: dict, path: str, device):
+    """Each network is loaded once per process; a file that fails to load fails every instance
+    that uses it with the same message, without being read again."""
+    if path not in models:
+        try:
+            models[path] = _load_model(path, device)
+        except _user_errors() as exc:
+            models[path] = exc
+    model = models[path]
+    if isinstance(model, BaseException):
+        raise model
+    return model
+
+
+def _summary(inst_path: Path, rows: list[dict], expected: dict, out: Path) -> int:
+    """The summary of every selected instance's row (this run's and resumed ones)."""
+    for r in rows:          # resumed rows: agreement with today's --expected
+        exp = expected.get((_norm_key(r["onnx"]), _norm_key(r["vnnlib"])))
+        r["expected"], r["agreement"] = exp or "", agreement(r["verdict"], exp)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    times = [float(r["seconds"]) for r in rows if _is_number(r.get("seconds"))] or [0.0]
+    print(f"{len(rows)} instance(s) from {inst_path}")
+    print("verdicts: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in ("sat", "unsat", "unknown", "timeout", "error")))
+    print(f"time: median {statistics.median(times):.2f} s, mean {statistics.mean(times):.2f} s, "
+          f"max {max(times):.2f} s, total {sum(times):.1f} s")
+    by: dict[str, int] = {}
+    for r in rows:
+        if r.get("decided_by"):
+            by[r["decided_by"]] = by.get(r["decided_by"], 0) + 1
+    if by:
+        print("decided by: " + ", ".join(f"{k} {v}" for k, v in sorted(by.items())))
+    contradictions = [r for r in rows if r["agreement"] == "CONTRADICTION"]
+    if expected:
+        n_agree = sum(r["agreement"] == "agree" for r in rows)
+        n_unsolved = sum(r["agreement"] == "unsolved" for r in rows)
+        n_missing = sum(r["agreement"] == "" for r in rows)
+        print(f"expected verdicts: {n_agree} agree, {n_unsolved} unsolved, {len(contradictions)} contradiction(s)"
+              + (f", {n_missing} without an expected verdict" if n_missing else ""))
+        for r in rows:
+            if r["agreement"] in ("agree", "unsolved", "CONTRADICTION"):
+                print(f"  {r['agreement']:<13} {r['onnx']} {r['vnnlib']}: {r['verdict']} (expected {r['expected']})")
+    print(f"results written to {out}")
+    if contradictions:
+        _err(f"{len(contradictions)} verdict(s) contradict the expected ones")
+        return EXIT_CONTRADICTION
+    return EXIT_OK
+
+
+def _is_number(text) -> bool:
+    try:
+        float(text)
+        return True
+    except (TypeError, ValueError):
+        return False
