@@ -167,11 +167,11 @@ def check_loaded_model(model) -> float | None:
 
 def box_points(lo: torch.Tensor, hi: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Centre and random points of the first BOX_REGIONS boxes (lo, hi: [R, *S])."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=lo.device).manual_seed(seed)
     lo, hi = lo[:BOX_REGIONS].double(), hi[:BOX_REGIONS].double()
     pts = [(lo + hi) / 2]
     for _ in range(BOX_POINTS_PER_REGION - 1):
-        pts.append(lo + (hi - lo) * torch.rand(lo.shape, generator=gen, dtype=torch.float64))
+        pts.append(lo + (hi - lo) * torch.rand(lo.shape, generator=gen, dtype=torch.float64, device=lo.device))
     return torch.cat(pts).float()
 
 

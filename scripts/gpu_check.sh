@@ -60,9 +60,10 @@ mkdir -p "$OUT" "$WORK"
 LOG="$WORK/gpu_check_log.txt"
 say() { echo "[gpu_check] $*" | tee -a "$LOG"; }
 
-if ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
+WHEELS="${WHEELS:-$ROOT/.whl}"        # carried wheels (a dry run points this elsewhere)
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/dv_site \
-    "$ROOT"/.whl/*.whl || { say "installing .whl/ failed"; exit 2; }
+    "$WHEELS"/*.whl || { say "installing $WHEELS failed"; exit 2; }
   export PYTHONPATH="/tmp/dv_site:$ROOT:${PYTHONPATH:-}"
 else
   export PYTHONPATH="$ROOT:${PYTHONPATH:-}"

@@ -203,23 +203,29 @@ def _unknown_instance():
     return model, parse_vnnlib(text, n_inputs=4, n_outputs=3)
 
 
-@pytest.mark.parametrize("case", ["sat", "unsat", "unknown"])
+@pytest.mark.parametrize("case", ["sat", "unsat", "unknown", "bab"])
 def test_verify_instance_creates_no_tensor_off_the_model_device(case):
     opts = AttackOptions(restarts=5, steps=20, extra_rounds=1)
-    if case == "unknown":
+    expected, bab = case, True
+    if case in ("unknown", "bab"):
+        # Undecided by the attack and the bounds: without branch and bound it stays unknown,
+        # with it branch and bound proves it.
         model, prop = _unknown_instance()
         onnx = None
+        expected, bab = ("unknown", False) if case == "unknown" else ("unsat", True)
     else:
         onnx = str(TEST / f"test_{case}.onnx")
         model = dv.load(onnx, device="cpu")
         prop = read_vnnlib(TEST / "test_prop.vnnlib", n_inputs=model.n_inputs, n_outputs=model.n_outputs)
-    ref = verify_instance(model, prop, onnx, 60, attack_options=opts)
-    got = _on_meta_by_default(lambda: verify_instance(model, prop, onnx, 60, attack_options=opts))
-    assert ref.verdict == case, (ref.verdict, ref.message)
-    assert got.verdict == case, (got.message, got.traceback)
+    ref = verify_instance(model, prop, onnx, 60, attack_options=opts, bab=bab)
+    got = _on_meta_by_default(lambda: verify_instance(model, prop, onnx, 60, attack_options=opts, bab=bab))
+    assert ref.verdict == expected, (ref.verdict, ref.message)
+    assert got.verdict == expected, (got.message, got.traceback)
     assert set(got.phases) == set(ref.phases)
     if case == "unknown":
         assert {"attack", "crown", "alpha-crown", "attack-extra"} <= set(got.phases), got.phases
+    if case == "bab":
+        assert got.decided_by == "bab" and "bab" in got.phases, (got.decided_by, got.phases)
 
 
 def test_pgd_creates_no_tensor_off_the_box_device():

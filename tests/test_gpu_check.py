@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _gpu_check(out: Path, work_env: dict) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", DV_PYTHON=sys.executable, GPU_CHECK_SUITES="test",
-               GPU_CHECK_SCALE="0.5", BENCH=str(model_zoo.benchmarks_dir()), **work_env)
+               GPU_CHECK_SCALE="0.5", BENCH=str(model_zoo.benchmarks_dir()),
+               WHEELS=str(out.parent / "no_wheels"), **work_env)   # not the GPU image's .whl/
     return subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), str(out)], env=env,
                           capture_output=True, text=True, timeout=300)
 

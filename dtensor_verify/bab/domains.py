@@ -143,7 +143,8 @@ def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: di
     kids = domains.index(both)
     kids.depth = kids.depth + 1
     dec = decision[both]
-    side = torch.cat([torch.full((n,), -1.0), torch.full((n,), 1.0)]).to(domains.pair.device)
+    device = domains.pair.device
+    side = torch.cat([torch.full((n,), -1.0, device=device), torch.full((n,), 1.0, device=device)])
     for li, relu in enumerate(relus):
         rows = (dec[:, 0] == li).nonzero().flatten()
         if rows.numel() == 0:
