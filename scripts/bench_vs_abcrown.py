@@ -2,7 +2,7 @@
 """dtensor-verify and alpha,beta-CROWN side by side on the same VNN-COMP instances.
 
     scripts/bench_vs_abcrown.py BENCH_DIR --abcrown DIR --auto-lirpa DIR --out OUT
-        [--filter SUBSTRING] [--limit N] [--instances CSV] [--timeout-scale F]
+        [--filter SUBSTRING ...] [--limit N] [--instances CSV] [--timeout-scale F]
         [--device cpu|cuda] [--expected CSV] [--onnx2pytorch DIR] [--abcrown-config YAML]
         [--threads N] [--tools ours,abcrown] [--deadline SECONDS] [--work DIR]
 
@@ -133,21 +133,23 @@ def _quote(cmd) -> str:
 
 # ------------------------------------------------------------------------------ instances
 
-def select_instances(bench: Path, instances_csv: Path | None, substring: str | None,
+def select_instances(bench: Path, instances_csv: Path | None, substrings: list[str] | None,
                      limit: int | None, scale: float) -> list[Instance]:
     path = instances_csv or bench / "instances.csv"
     if not path.exists():
         raise UsageError(f"{path}: no such file")
     rows = _read_instances(path)
-    if substring:
-        rows = [r for r in rows if substring in r[0] or substring in r[1]]
+    if substrings:
+        rows = [r for r in rows if any(s in r[0] or s in r[1] for s in substrings)]
     if limit is not None:
         rows = rows[:limit]
     if not rows:
-        raise UsageError(f"{path}: no instances selected" + (f" (filter '{substring}')" if substring else ""))
+        raise UsageError(f"{path}: no instances selected" + (f" (filter {substrings})" if substrings else ""))
     out = []
     for i, (onnx, vnnlib, timeout) in enumerate(rows):
         for rel in (onnx, vnnlib):
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:   # copies are staged at these paths
+                raise UsageError(f"{path}: instance {i}: {rel}: expected a path inside {bench}")
             if not _resolve(bench, rel).exists():
                 raise UsageError(f"{path}: instance {i}: {bench / rel} (or .gz): no such file")
         out.append(Instance(i, onnx, vnnlib, timeout, timeout * scale))
@@ -644,7 +646,7 @@ def header_lines(args, facts: dict, instances, runs: list[ToolRun], groups: list
              f"- alpha-beta-CROWN commit: {facts['abcrown_commit']}; auto_LiRPA commit: "
              f"{facts['auto_lirpa_commit']}; onnx2pytorch commit: {facts['onnx2pytorch_commit']}",
              f"- instances: {len(instances)} of {args.instances or args.bench / 'instances.csv'}"
-             + (f", filter `{args.filter}`" if args.filter else "")
+             + (f", filter {' or '.join(f'`{s}`' for s in args.filter)}" if args.filter else "")
              + (f", first {args.limit}" if args.limit is not None else "")
              + f"; time limit per instance = its instances.csv timeout x {args.timeout_scale:g}",
              f"- threads: {args.threads or 'torch default'}; each tool runs all instances in one process",
@@ -740,7 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default OUT/work)")
     p.add_argument("--instances", type=Path, default=None, help="instances file (default BENCH_DIR/instances.csv)")
-    p.add_argument("--filter", default=None, metavar="SUBSTRING", help="instances whose paths contain it")
+    p.add_argument("--filter", action="append", default=None, metavar="SUBSTRING",
+                   help="instances whose paths contain it (repeat: any of them)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N selected instances")
     p.add_argument("--timeout-scale", type=float, default=1.0, metavar="F")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

@@ -232,9 +232,13 @@ def test_runner_stops_abcrown_at_the_deadline(tmp_path, test_bench):
     (["--abcrown", "/nonexistent/abcrown"], "--abcrown: /nonexistent/abcrown/complete_verifier/abcrown.py"),
     (["--timeout-scale", "0"], "--timeout-scale must be > 0"),
     (["--filter", "no-such-model"], "no instances selected"),
+    (["--instances", "OUTSIDE"], "../elsewhere/net.onnx: expected a path inside"),
 ])
 def test_runner_usage_errors_are_one_line(tmp_path, test_bench, capsys, extra, needle):
     opts, _ = _fake_abcrown(tmp_path, {"rows": []})
+    outside = tmp_path / "outside.csv"
+    outside.write_text("../elsewhere/net.onnx,p.vnnlib,60\n")
+    extra = [str(outside) if e == "OUTSIDE" else e for e in extra]
     assert bva.main([str(test_bench), *opts, "--out", str(tmp_path / "out"), *extra]) == 2
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
