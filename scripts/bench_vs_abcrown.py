@@ -269,12 +269,13 @@ def abcrown_groups(family: str, instances: list[Instance], abcrown: Path, overri
 
 def abcrown_verdict(status: str, seconds: float, limit: float) -> str:
     """abcrown's per-instance status (its Logger's strings) as a VNN-COMP verdict."""
-    s = status.lower()
-    if "unsafe" in s:
+    words = status.lower().split()
+    word = words[0] if words else ""
+    if word.startswith("unsafe") or word == "sat":          # unsafe-pgd, unsafe-bab, unsafe-mip
         return "sat"
-    if "safe" in s:
+    if word.startswith("safe") or word == "unsat":          # safe, safe-incomplete(-refine), safe-mip
         return "unsat"
-    if "unknown" in s or "timeout" in s or "timed out" in s:
+    if word.startswith("unknown") or word in ("timeout", "timed"):
         return "timeout" if seconds >= 0.95 * limit else "unknown"
     return "error"
 
@@ -423,6 +424,9 @@ def run_abcrown_group(args, group: ConfigGroup, csv_name: str, data_dir: Path, e
     members = group.instances
     start = 0
     while start < len(members):
+        if deadline is not None and time.perf_counter() > deadline:
+            _fail_rows(run, members[start:], "error", "not finished before --deadline")
+            return
         cmd = [args.python, str(args.abcrown / "complete_verifier" / "abcrown.py"),
                "--config", str(group.config), "--root_path", str(data_dir), "--csv_name", csv_name,
                "--results_file", str(work / f"results_{group.config.stem}_from{start}.pkl"),

@@ -88,8 +88,10 @@ def test_released_configs_per_benchmark():
 
 @pytest.mark.parametrize("status, seconds, verdict", [
     ("unsafe-pgd", 0.1, "sat"), ("unsafe-bab", 5.0, "sat"), ("safe-incomplete", 1.0, "unsat"),
-    ("safe", 9.0, "unsat"), ("unknown", 10.0, "timeout"), ("unknown", 2.0, "unknown"),
-    ("something new", 1.0, "error")])
+    ("safe", 9.0, "unsat"), ("safe-incomplete-refine", 1.0, "unsat"), ("safe (timed out)", 12.0, "unsat"),
+    ("unsafe-mip", 1.0, "sat"), ("sat", 1.0, "sat"), ("unsat", 1.0, "unsat"),
+    ("unknown", 10.0, "timeout"), ("unknown", 2.0, "unknown"), ("unknown-mip", 2.0, "unknown"),
+    ("timeout", 10.0, "timeout"), ("something new", 1.0, "error"), ("", 1.0, "error")])
 def test_abcrown_status_to_verdict(status, seconds, verdict):
     assert bva.abcrown_verdict(status, seconds, limit=10.0) == verdict
 
