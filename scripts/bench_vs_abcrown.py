@@ -401,9 +401,13 @@ class _Lines:
 
 
 def abcrown_env(args, env: dict) -> dict:
+    """auto_LiRPA (and onnx2pytorch) from source first, so that no installed auto_LiRPA (the
+    test reference 0.3) shadows it; this repository left out (abcrown has modules of its own)."""
     paths = [str(args.auto_lirpa)] + ([str(args.onnx2pytorch)] if args.onnx2pytorch else [])
+    inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                 if p and Path(p).resolve() != ROOT]
     out = dict(env)
-    out["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [env.get("PYTHONPATH")] if p])
+    out["PYTHONPATH"] = os.pathsep.join(paths + inherited)
     out["PYTHONUNBUFFERED"] = "1"
     return out
 

@@ -245,3 +245,11 @@ def test_runner_usage_errors_are_one_line(tmp_path, test_bench, capsys, extra, n
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("bench_vs_abcrown: error: ") and needle in lines[0], err
+
+
+def test_abcrown_gets_auto_lirpa_from_source_first_and_not_this_repo(tmp_path):
+    args = bva.build_parser().parse_args(["b", "--abcrown", "a", "--auto-lirpa", str(tmp_path / "lirpa"),
+                                          "--onnx2pytorch", str(tmp_path / "o2p"), "--out", "o"])
+    env = bva.abcrown_env(args, {"PYTHONPATH": os.pathsep.join([str(REPO), "/site"]), "HOME": "/h"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "lirpa"), str(tmp_path / "o2p"), "/site"]
+    assert env["HOME"] == "/h" and env["PYTHONUNBUFFERED"] == "1"
