@@ -1,0 +1,255 @@
+"""scripts/bench_vs_abcrown.py: abcrown configs made plain BaB, verdict counting, contradictions,
+and its runner surviving an alpha,beta-CROWN that crashes, hangs or cannot start (a stand-in
+abcrown.py that speaks its batch mode: `idx: i, vnnlib ID: row` ... `Result: status in t seconds`).
+Our side is the real `dtensor-verify benchmark` on the tiny test benchmark."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "bench_vs_abcrown.py"
+TEST_BENCH = REPO.parent / "shared" / "benchmarks" / "test"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("bench_vs_abcrown", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod          # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bva = _load_script()
+
+
+# ------------------------------------------------------------------------------ plain_bab
+
+MNISTFC_SMALL = {   # abcrown's vnncomp22/mnistfc_small.yaml (Dec 2025 release), abridged
+    "general": {"root_path": "../../vnncomp2022_benchmarks/benchmarks/mnist_fc",
+                "csv_name": "instances.csv", "complete_verifier": "mip"},
+    "model": {"input_shape": [-1, 1, 28, 28]},
+    "data": {"start": 0, "end": 30},
+    "solver": {"batch_size": 500, "mip": {"parallel_solvers": 8}},
+}
+OVAL22 = {          # vnncomp22/oval22.yaml
+    "general": {"root_path": "x", "csv_name": "instances.csv", "conv_mode": "matrix"},
+    "solver": {"batch_size": 2000},
+    "bab": {"branching": {"candidates": 10},
+            "cut": {"enabled": True, "cplex_cuts": True, "bab_cut": True, "lr_beta": 0.01}},
+    "attack": {"pgd_order": "middle"},
+}
+
+
+def test_plain_bab_turns_mip_into_bab_and_keeps_the_rest():
+    cfg, changes = bva.plain_bab(MNISTFC_SMALL)
+    assert cfg["general"] == {"complete_verifier": "bab"}
+    assert "data" not in cfg
+    assert cfg["model"] == MNISTFC_SMALL["model"] and cfg["solver"] == MNISTFC_SMALL["solver"]
+    assert any(c.startswith("general.complete_verifier: mip -> bab") for c in changes)
+    assert MNISTFC_SMALL["general"]["complete_verifier"] == "mip"      # the input is not modified
+
+
+def test_plain_bab_turns_bab_refine_into_bab():
+    cfg, _ = bva.plain_bab({"general": {"complete_verifier": "bab-refine"}})
+    assert cfg["general"]["complete_verifier"] == "bab"
+
+
+def test_plain_bab_switches_cplex_cuts_and_their_matrix_mode_off():
+    cfg, changes = bva.plain_bab(OVAL22)
+    assert cfg["bab"]["cut"]["enabled"] is False and cfg["bab"]["cut"]["cplex_cuts"] is False
+    assert cfg["general"]["conv_mode"] == "patches"
+    assert cfg["bab"]["branching"] == {"candidates": 10} and cfg["attack"] == {"pgd_order": "middle"}
+    assert len([c for c in changes if "(runner's)" not in c]) == 3, changes
+
+
+def test_plain_bab_leaves_a_plain_config_alone():
+    plain = {"general": {"complete_verifier": "bab", "conv_mode": "matrix"}, "solver": {"batch_size": 7}}
+    cfg, changes = bva.plain_bab(plain)
+    assert cfg == plain and changes == []
+
+
+def test_released_configs_per_benchmark():
+    assert bva.released_config_for("mnist_fc", "mnist-net_256x2") == "vnncomp22/mnistfc_small.yaml"
+    assert bva.released_config_for("mnist_fc", "mnist-net_256x6") == "vnncomp22/mnistfc.yaml"
+    assert bva.released_config_for("oval21", "cifar_deep_kw") == "vnncomp22/oval22.yaml"
+    assert bva.released_config_for("sri_resnet_a", "resnet_3b2_bn_mixup_adv_4.0_bs128_lr-1") is None
+
+
+# ------------------------------------------------------------------------------ counting
+
+@pytest.mark.parametrize("status, seconds, verdict", [
+    ("unsafe-pgd", 0.1, "sat"), ("unsafe-bab", 5.0, "sat"), ("safe-incomplete", 1.0, "unsat"),
+    ("safe", 9.0, "unsat"), ("safe-incomplete-refine", 1.0, "unsat"), ("safe (timed out)", 12.0, "unsat"),
+    ("unsafe-mip", 1.0, "sat"), ("sat", 1.0, "sat"), ("unsat", 1.0, "unsat"),
+    ("unknown", 10.0, "timeout"), ("unknown", 2.0, "unknown"), ("unknown-mip", 2.0, "unknown"),
+    ("timeout", 10.0, "timeout"), ("something new", 1.0, "error"), ("", 1.0, "error")])
+def test_abcrown_status_to_verdict(status, seconds, verdict):
+    assert bva.abcrown_verdict(status, seconds, limit=10.0) == verdict
+
+
+def test_late_verdicts_count_as_timeouts_for_both_tools():
+    on_time, late = bva.Outcome("unsat", 10.9), bva.Outcome("unsat", 11.6)
+    assert bva.counted(on_time, 10.0) == "unsat" and bva.counted(late, 10.0) == "timeout"
+    marked = bva.Outcome("unsat", 3.0, "safe (timed out)")          # abcrown's own mark
+    assert bva.counted(marked, 10.0) == "timeout"
+    assert bva.counted(bva.Outcome("unknown", 30.0), 10.0) == "unknown"
+
+
+def test_sat_against_unsat_is_flagged_whoever_says_it():
+    inst = bva.Instance(0, "a.onnx", "p.vnnlib", 10.0, 10.0)
+    row = bva.Row(inst, "unsat", bva.Outcome("unsat", 1.0), bva.Outcome("sat", 20.0))
+    flags = row.flags()
+    assert "CONTRADICTION: abcrown says sat, expected unsat" in flags
+    assert "CONTRADICTION: ours says unsat, abcrown says sat" in flags
+    assert bva.Row(inst, "unsat", bva.Outcome("unsat", 1.0), bva.Outcome("timeout", 10.0)).flags() == []
+
+
+# ------------------------------------------------------------------------------ the runner
+
+FAKE_ABCROWN = textwrap.dedent('''
+    """Stand-in for alpha,beta-CROWN's abcrown.py in csv batch mode; what it does on each csv
+    row comes from the config's `fake` section."""
+    import argparse, csv, os, sys, time
+    import yaml
+    p = argparse.ArgumentParser()
+    for opt in ("--config", "--root_path", "--csv_name", "--results_file", "--timeout_scale", "--device"):
+        p.add_argument(opt, required=True)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--end", type=int, default=10000)
+    a = p.parse_args()
+    plan = yaml.safe_load(open(a.config))["fake"]
+    with open(plan["calls"], "a") as fh:
+        fh.write(f"{a.start}\\n")
+    if plan.get("cannot_start"):
+        print("ModuleNotFoundError: No module named 'gurobipy'")
+        sys.exit(1)
+    rows = list(csv.reader(open(os.path.join(a.root_path, a.csv_name))))
+    for row in range(a.start, min(a.end, len(rows))):
+        print(f" %%%%% idx: {row - a.start}, vnnlib ID: {row} %%%%%", flush=True)
+        onnx, vnnlib, timeout = rows[row]
+        for rel in (onnx, vnnlib):   # staged as plain files under --root_path
+            assert not rel.endswith(".gz") and os.path.isfile(os.path.join(a.root_path, rel)), rel
+        action = plan["rows"][row]
+        if action == "crash":
+            raise RuntimeError(f"fake crash on row {row}")
+        if action == "hang":
+            time.sleep(3600)
+        print(f"Result: {action} in 0.25 seconds", flush=True)
+''')
+
+
+def _fake_abcrown(tmp_path: Path, plan: dict) -> tuple[list[str], Path]:
+    """A fake abcrown / auto_LiRPA pair and a config that drives it; the runner's options."""
+    root = tmp_path / "abcrown"
+    (root / "complete_verifier").mkdir(parents=True)
+    (root / "complete_verifier" / "abcrown.py").write_text(FAKE_ABCROWN)
+    lirpa = tmp_path / "auto_lirpa"
+    (lirpa / "auto_LiRPA").mkdir(parents=True)
+    (lirpa / "auto_LiRPA" / "__init__.py").write_text("")
+    calls = tmp_path / "calls.txt"
+    config = tmp_path / "fake.yaml"
+    config.write_text(yaml.safe_dump({"general": {"complete_verifier": "mip"},
+                                      "fake": dict(plan, calls=str(calls))}))
+    return ["--abcrown", str(root), "--auto-lirpa", str(lirpa), "--abcrown-config", str(config)], calls
+
+
+def _run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture
+def test_bench():
+    if not (TEST_BENCH / "instances.csv").exists():
+        pytest.fail(f"benchmark folder {TEST_BENCH} is missing (the shared benchmarks beside the repo)")
+    return TEST_BENCH
+
+
+def test_runner_survives_crash_and_hang_and_flags_contradictions(tmp_path, test_bench):
+    # rows of test/instances.csv: nano, tiny, small, test_sat, test_unsat (both tools must agree
+    # with the expected sat / unsat of the last two; the fake claims sat on test_unsat)
+    opts, calls = _fake_abcrown(tmp_path, {"rows": ["safe", "crash", "hang", "unsafe-pgd", "unsafe-pgd"]})
+    expected = tmp_path / "expected.csv"
+    expected.write_text("onnx,vnnlib,verdict\ntest_sat.onnx,test_prop.vnnlib,sat\n"
+                        "test_unsat.onnx,test_prop.vnnlib,unsat\n")
+    out = tmp_path / "out"
+    res = _run([str(test_bench), *opts, "--out", str(out), "--timeout-scale", "0.05", "--threads", "1",
+                "--expected", str(expected), "--hang-grace", "2"])
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    rows = _rows(out)
+    assert [r["abcrown_raw"] for r in rows] == ["unsat", "error", "timeout", "sat", "sat"]
+    assert "fake crash on row 1" in rows[1]["abcrown_message"]
+    assert rows[2]["abcrown_status"] == "killed"
+    assert calls.read_text().split() == ["0", "2", "3"]      # restarted after the crash and the hang
+    assert [r["ours_raw"] for r in rows[3:]] == ["sat", "unsat"]
+    assert rows[3]["flags"] == ""
+    assert "CONTRADICTION: abcrown says sat, expected unsat" in rows[4]["flags"]
+    assert "CONTRADICTION: ours says unsat, abcrown says sat" in rows[4]["flags"]
+    table = (out / "table.md").read_text()
+    assert "general.complete_verifier: mip -> bab" in table
+    assert "**CONTRADICTION: ours says unsat, abcrown says sat**" in table
+    assert "| test_unsat | dtensor-verify | 1 | 0 | 1 | 0 | 0 | 0 | 1 |" in res.stdout
+    assert "| test_unsat | alpha,beta-CROWN | 1 | 1 | 0 | 0 | 0 | 0 | 1 |" in res.stdout
+    assert (out / "ours.csv").exists() and "fake crash on row 1" in (out / "abcrown.log").read_text()
+
+
+def test_runner_records_an_abcrown_that_cannot_start_once(tmp_path, test_bench):
+    opts, calls = _fake_abcrown(tmp_path, {"cannot_start": True})
+    out = tmp_path / "out"
+    res = _run([str(test_bench), *opts, "--out", str(out), "--tools", "abcrown", "--limit", "3"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = _rows(out)
+    assert [r["abcrown_raw"] for r in rows] == ["error"] * 3
+    assert all("No module named 'gurobipy'" in r["abcrown_message"] for r in rows)
+    assert calls.read_text().split() == ["0"]
+    assert "ours_raw" in rows[0] and rows[0]["ours_raw"] == ""
+
+
+def test_runner_stops_abcrown_at_the_deadline(tmp_path, test_bench):
+    opts, _ = _fake_abcrown(tmp_path, {"rows": ["hang"] * 5})
+    out = tmp_path / "out"
+    res = _run([str(test_bench), *opts, "--out", str(out), "--tools", "abcrown", "--deadline", "3",
+                "--limit", "2"], timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [r["abcrown_message"] for r in _rows(out)] == ["not finished before --deadline"] * 2
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--abcrown", "/nonexistent/abcrown"], "--abcrown: /nonexistent/abcrown/complete_verifier/abcrown.py"),
+    (["--timeout-scale", "0"], "--timeout-scale must be > 0"),
+    (["--filter", "no-such-model"], "no instances selected"),
+    (["--instances", "OUTSIDE"], "../elsewhere/net.onnx: expected a path inside"),
+])
+def test_runner_usage_errors_are_one_line(tmp_path, test_bench, capsys, extra, needle):
+    opts, _ = _fake_abcrown(tmp_path, {"rows": []})
+    outside = tmp_path / "outside.csv"
+    outside.write_text("../elsewhere/net.onnx,p.vnnlib,60\n")
+    extra = [str(outside) if e == "OUTSIDE" else e for e in extra]
+    assert bva.main([str(test_bench), *opts, "--out", str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("bench_vs_abcrown: error: ") and needle in lines[0], err
+
+
+def test_abcrown_gets_auto_lirpa_from_source_first_and_not_this_repo(tmp_path):
+    args = bva.build_parser().parse_args(["b", "--abcrown", "a", "--auto-lirpa", str(tmp_path / "lirpa"),
+                                          "--onnx2pytorch", str(tmp_path / "o2p"), "--out", "o"])
+    env = bva.abcrown_env(args, {"PYTHONPATH": os.pathsep.join([str(REPO), "/site"]), "HOME": "/h"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "lirpa"), str(tmp_path / "o2p"), "/site"]
+    assert env["HOME"] == "/h" and env["PYTHONUNBUFFERED"] == "1"
