@@ -59,7 +59,14 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from dtensor_verify.cli import CliError, _norm_key, _read_expected, _read_instances, _resolve  # noqa: E402
+from dtensor_verify.benchmark import _norm_key, _resolve, read_instances  # noqa: E402
+from dtensor_verify.benchmark import read_expected as _read_expected  # noqa: E402
+from dtensor_verify.cli import CliError  # noqa: E402
+
+
+def _read_instances(path):
+    """(onnx, vnnlib, timeout) rows of an instances.csv, as `dtensor-verify benchmark` reads it."""
+    return [(i.onnx, i.vnnlib, i.timeout) for i in read_instances(path)]
 
 PROG = "bench_vs_abcrown"
 EXIT_OK, EXIT_CONTRADICTION, EXIT_ERROR = 0, 1, 2
