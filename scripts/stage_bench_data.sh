@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SRC="${1:-$ROOT/../shared/benchmarks}"
 DEST="$ROOT/.bench_data"
-FAMILIES="mnist_fc oval21 test"
+FAMILIES="mnist_fc oval21 sri_resnet_a test"
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 if ! git -C "$ROOT" check-ignore -q "$DEST/"; then

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The GPU runs behind docs/BENCHMARKS.md, on one lent machine (the `device` tool, nvidia-h100-x1),
+# as background jobs that outlive the tool's 10-minute calls:
+#
+#   scripts/gpu_session.sh start     # install the carried wheels, check both tools start, launch:
+#     job gpu: dtensor-verify vs alpha,beta-CROWN on the GPU, one after the other on the same
+#              instances and limits (scripts/bench_vs_abcrown.py): mnist-net_256x2 at its VNN-COMP
+#              limit, 256x4 and 256x6 at SCALE_DEEP x theirs, oval21 at SCALE_OVAL x its limit;
+#              then dtensor-verify alone on sri_resnet_a (cuda) at SCALE_SRI;
+#     job cpu: dtensor-verify --device cpu (CPU_THREADS threads) on the same suites and limits, at
+#              the same time (the GPU jobs need one core each; the machine has 16).
+#   scripts/gpu_session.sh status    # what has finished (prints the tails of the logs)
+#   scripts/gpu_session.sh collect   # tar.gz of everything into $OUT (one file)
+#
+# Carry [".whl", ".abcrown", ".bench_data"] (scripts/stage_bench_data.sh; git-ignored). Results
+# live in /tmp/gpu_session until the machine goes back.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+W=/tmp/gpu_session
+PY="${DV_PYTHON:-python3}"
+SCALE_SMALL="${SCALE_SMALL:-1.0}"      # mnist-net_256x2 (VNN-COMP limit 120 s)
+SCALE_DEEP="${SCALE_DEEP:-0.05}"
+SCALE_OVAL="${SCALE_OVAL:-0.02}"
+SCALE_SRI="${SCALE_SRI:-0.02}"
+CPU_THREADS="${CPU_THREADS:-8}"
+LIMIT="${LIMIT:-}"                       # first N instances of each run (dry runs)
+DEVICE="${DEVICE:-cuda}"
+ABC="$ROOT/.abcrown"
+B="$ROOT/.bench_data"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+
+setup_env() {
+  if [ -z "${SKIP_WHEELS:-}" ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      "$ROOT"/.whl/*.whl || { echo "gpu_session: pip could not install the carried wheels" >&2; exit 2; }
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+vs_abcrown() {   # NAME FAMILY SCALE FILTER
+  local name=$1 family=$2 scale=$3 filter=$4
+  local args=("$B/$family" --abcrown "$ABC/alpha-beta-CROWN" --auto-lirpa "$ABC/auto_LiRPA"
+              --onnx2pytorch "$ABC/onnx2pytorch" --out "$W/$name" --work "$W/work_$name"
+              --device "$DEVICE" --timeout-scale "$scale" --deadline 100000)
+  [ -n "$filter" ] && args+=(--filter "$filter")
+  [ -n "${LIMIT:-}" ] && args+=(--limit "$LIMIT")
+  [ -f "$B/ours_commit.txt" ] && args+=(--ours-commit "$(cat "$B/ours_commit.txt")")
+  [ -f "$B/$family/expected_256x2.csv" ] && args+=(--expected "$B/$family/expected_256x2.csv")
+  "$PY" "$ROOT/scripts/bench_vs_abcrown.py" "${args[@]}" > "$W/$name.log" 2>&1
+  echo "$name exit $?" >> "$W/progress.txt"
+}
+
+ours() {   # NAME DEVICE SUITE SCALE FILTER THREADS
+  local name=$1 dev=$2 suite=$3 scale=$4 filter=$5 threads=$6
+  local args=(--threads "$threads" benchmark "$B/$suite" --device "$dev" --timeout-scale "$scale"
+              --csv "$W/$name.csv" --quiet)
+  [ -n "$filter" ] && args+=(--filter "$filter")
+  [ -n "${LIMIT:-}" ] && args+=(--limit "$LIMIT")
+  [ -f "$B/$suite/expected_256x2.csv" ] && [ "$filter" = "mnist-net_256x2" ] && args+=(--expected "$B/$suite/expected_256x2.csv")
+  "$PY" -m dtensor_verify "${args[@]}" > "$W/$name.log" 2>&1
+  echo "$name exit $?" >> "$W/progress.txt"
+}
+
+job_gpu() {
+  vs_abcrown vs_abcrown_256x2 mnist_fc "$SCALE_SMALL" mnist-net_256x2
+  vs_abcrown vs_abcrown_256x4 mnist_fc "$SCALE_DEEP" mnist-net_256x4
+  vs_abcrown vs_abcrown_256x6 mnist_fc "$SCALE_DEEP" mnist-net_256x6
+  vs_abcrown vs_abcrown_oval21 oval21 "$SCALE_OVAL" ""
+  ours sri_resnet_a_cuda cuda sri_resnet_a "$SCALE_SRI" "" 1
+  echo "job gpu done" >> "$W/progress.txt"
+}
+
+job_cpu() {
+  ours mnist_256x2_cpu cpu mnist_fc "$SCALE_SMALL" mnist-net_256x2 "$CPU_THREADS"
+  ours mnist_256x4_cpu cpu mnist_fc "$SCALE_DEEP" mnist-net_256x4 "$CPU_THREADS"
+  ours mnist_256x6_cpu cpu mnist_fc "$SCALE_DEEP" mnist-net_256x6 "$CPU_THREADS"
+  ours oval21_cpu cpu oval21 "$SCALE_OVAL" "" "$CPU_THREADS"
+  ours sri_resnet_a_cpu cpu sri_resnet_a "$SCALE_SRI" "" "$CPU_THREADS"
+  echo "job cpu done" >> "$W/progress.txt"
+}
+
+case "${1:-}" in
+  start)
+    setup_env
+    rm -rf "$W"; mkdir -p "$W"
+    {
+      date -u
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+      nproc
+      "$PY" -c 'import sys, torch, numpy, onnx, onnxruntime; print("python", sys.version.split()[0], "torch",
+torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU",
+"numpy", numpy.__version__, "onnx", onnx.__version__, "onnxruntime", onnxruntime.__version__)'
+      echo "scales: deep $SCALE_DEEP oval $SCALE_OVAL sri $SCALE_SRI; cpu threads $CPU_THREADS"
+      echo "dtensor_verify commit: $(cat "$B/ours_commit.txt" 2>/dev/null)"
+      for d in alpha-beta-CROWN auto_LiRPA onnx2pytorch; do echo "$d commit: $(cat "$ABC/$d/COMMIT" 2>/dev/null)"; done
+    } > "$W/env.txt" 2>&1
+    cat "$W/env.txt"
+    "$PY" -m dtensor_verify --help > /dev/null || { echo "gpu_session: dtensor_verify does not start" >&2; exit 2; }
+    PYTHONPATH="$ABC/auto_LiRPA:$ABC/onnx2pytorch:$PYTHONPATH" "$PY" \
+      "$ABC/alpha-beta-CROWN/complete_verifier/abcrown.py" --help > "$W/abcrown_help.log" 2>&1 \
+      || { tail -5 "$W/abcrown_help.log"; echo "gpu_session: abcrown does not start" >&2; exit 2; }
+    export -f vs_abcrown ours job_gpu job_cpu
+    export W PY B ABC DEVICE LIMIT SCALE_SMALL SCALE_DEEP SCALE_OVAL SCALE_SRI CPU_THREADS ROOT PYTHONPATH
+    setsid bash -c job_gpu > "$W/job_gpu.out" 2>&1 < /dev/null &
+    setsid bash -c job_cpu > "$W/job_cpu.out" 2>&1 < /dev/null &
+    sleep 2
+    echo "started: job gpu and job cpu (results in $W)"
+    ;;
+  status)
+    date -u
+    cat "$W/progress.txt" 2>/dev/null
+    for f in "$W"/*.log; do echo "== $f"; tail -c 600 "$f" | tr '\r' '\n' | tail -4; done
+    ;;
+  collect)
+    mkdir -p "${OUT:?}"
+    tar -czf "$OUT/gpu_session.tar.gz" -C /tmp --exclude='gpu_session/work_*' gpu_session
+    ls -la "$OUT"
+    ;;
+  *)
+    echo "usage: scripts/gpu_session.sh start | status | collect" >&2
+    exit 2
+    ;;
+esac
