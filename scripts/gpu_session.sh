@@ -9,6 +9,7 @@
 #              then dtensor-verify alone on sri_resnet_a (cuda) at SCALE_SRI;
 #     job cpu: dtensor-verify --device cpu (CPU_THREADS threads) on the same suites and limits, at
 #              the same time (the GPU jobs need one core each; the machine has 16).
+#   scripts/gpu_session.sh start-rest   # on a second machine: oval21 vs abcrown and sri (cuda) only
 #   scripts/gpu_session.sh status    # what has finished (prints the tails of the logs)
 #   scripts/gpu_session.sh collect   # tar.gz of everything into $OUT (one file)
 #
@@ -72,6 +73,12 @@ job_gpu() {
   echo "job gpu done" >> "$W/progress.txt"
 }
 
+job_gpu_rest() {   # a second machine: what job gpu had not reached when the first went back
+  vs_abcrown vs_abcrown_oval21 oval21 "$SCALE_OVAL" ""
+  ours sri_resnet_a_cuda cuda sri_resnet_a "$SCALE_SRI" "" 1
+  echo "job gpu-rest done" >> "$W/progress.txt"
+}
+
 job_cpu() {
   ours mnist_256x2_cpu cpu mnist_fc "$SCALE_SMALL" mnist-net_256x2 "$CPU_THREADS"
   ours mnist_256x4_cpu cpu mnist_fc "$SCALE_DEEP" mnist-net_256x4 "$CPU_THREADS"
@@ -82,7 +89,7 @@ job_cpu() {
 }
 
 case "${1:-}" in
-  start)
+  start|start-rest)
     setup_env
     rm -rf "$W"; mkdir -p "$W"
     {
@@ -101,12 +108,16 @@ torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if 
     PYTHONPATH="$ABC/auto_LiRPA:$ABC/onnx2pytorch:$PYTHONPATH" "$PY" \
       "$ABC/alpha-beta-CROWN/complete_verifier/abcrown.py" --help > "$W/abcrown_help.log" 2>&1 \
       || { tail -5 "$W/abcrown_help.log"; echo "gpu_session: abcrown does not start" >&2; exit 2; }
-    export -f vs_abcrown ours job_gpu job_cpu
+    export -f vs_abcrown ours job_gpu job_gpu_rest job_cpu
     export W PY B ABC DEVICE LIMIT SCALE_SMALL SCALE_DEEP SCALE_OVAL SCALE_SRI CPU_THREADS ROOT PYTHONPATH
-    setsid bash -c job_gpu > "$W/job_gpu.out" 2>&1 < /dev/null &
-    setsid bash -c job_cpu > "$W/job_cpu.out" 2>&1 < /dev/null &
+    if [ "$1" = start ]; then
+      setsid bash -c job_gpu > "$W/job_gpu.out" 2>&1 < /dev/null &
+      setsid bash -c job_cpu > "$W/job_cpu.out" 2>&1 < /dev/null &
+    else
+      setsid bash -c job_gpu_rest > "$W/job_gpu.out" 2>&1 < /dev/null &
+    fi
     sleep 2
-    echo "started: job gpu and job cpu (results in $W)"
+    echo "started $1 (results in $W)"
     ;;
   status)
     date -u
