@@ -89,9 +89,11 @@ class BoundedModel:
     def to(self, device) -> "BoundedModel":
         """Move the model to `device` ('auto', 'cpu', 'cuda', 'cuda:N' or a torch.device).
         Inputs given later (boxes, C) are moved to it; results come back on it."""
-        from .device import resolve_device
+        from .device import exact_float32, resolve_device
 
         device = resolve_device(device, what=f"device={device!r}")
+        if device.type == "cuda":
+            exact_float32()          # no TF32: bounds must hold for the float32 network
         self.graph.module.to(device)
         for node in self.graph.nodes:
             if node.op is not None and hasattr(node.op, "to") and callable(getattr(node.op, "to")):

@@ -77,8 +77,20 @@ def resolve_device(spec="auto", what: str | None = None) -> torch.device:
     raise DeviceError(f"{what}: unknown device '{spec}'; use {CHOICES}")
 
 
+def exact_float32() -> None:
+    """Full float32 arithmetic on the GPU. Ampere and Hopper GPUs may round matmul and conv
+    inputs to TF32 (10-bit mantissa; cuDNN does so for convolutions by default): bounds and the
+    network function would then be off by ~1e-3 of the output, so that a bound could exclude
+    what the float32 network (onnxruntime) computes. The box self-check caught it on an H100."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
 def use_device(device: torch.device) -> None:
     """Make `device` the current CUDA device of this process (NCCL and the allocator counters use
-    the current device); nothing to do for the CPU."""
+    the current device) and its float32 arithmetic exact (`exact_float32`); nothing to do for the
+    CPU."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        exact_float32()

@@ -237,3 +237,20 @@ def test_pgd_creates_no_tensor_off_the_box_device():
     ref = pgd(model.forward, lo, hi, lambda out: out[..., 0], steps=3, restarts=2)
     got = _on_meta_by_default(lambda: pgd(model.forward, lo, hi, lambda out: out[..., 0], steps=3, restarts=2))
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+
+
+def test_gpu_arithmetic_is_full_float32():
+    """TF32 (cuDNN's default for convolutions on Ampere/Hopper) moved an H100's outputs ~1e-3
+    away from onnxruntime's: a CUDA model must run in full float32."""
+    from dtensor_verify.device import exact_float32
+
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        exact_float32()
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old[:2]
+        torch.set_float32_matmul_precision(old[2])
