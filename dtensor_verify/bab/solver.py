@@ -159,19 +159,33 @@ class BabSolver:
         self.exhausted = 0                      # open domains with no neuron left to split
         self.found = False
         self.template: Domains | None = None    # an empty batch of the right shapes
+        self._step_seconds = 0.0                # recent duration of one beta-CROWN step
         self.batch = auto_batch_size(problem, opts, problem.d.device)
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
                                     self._bound_once, opts.candidates)
 
     # -- bounding --------------------------------------------------------------------------
+    def _out_of_time(self) -> bool:
+        """True once the time left would not cover the rest of a round: a couple of optimisation
+        steps (measured) for the bookkeeping after the last one, so the run ends by its limit."""
+        return self.time_left() <= max(0.1, 2.0 * self._step_seconds)
+
     def _bound(self, domains: Domains, iterations: int):
         p = self.problem
         opts = BetaOptions(**{**self.opts.beta.__dict__, "iterations": iterations})
-        # Out of time: stop optimising (every rank agrees inside the loop); the round ends and
-        # the next sync stops every worker together.
+        last = [time.perf_counter()]
+
+        def on_step(it, score):
+            now = time.perf_counter()
+            self._step_seconds = max(0.5 * self._step_seconds, now - last[0])
+            last[0] = now
+            # Out of time: stop optimising (every rank agrees inside the loop); the round ends
+            # and the next sync stops every worker together.
+            return self._out_of_time()
+
         return beta_crown(p.graph, p.bounds_of(domains), p.C[domains.pair], p.d[domains.pair],
                           p.row_mask[domains.pair], domains.alphas, domains.betas, domains.signs, p.layout,
-                          opts, on_step=lambda it, score: self.time_left() <= 0)
+                          opts, on_step=on_step)
 
     def _bound_once(self, domains: Domains) -> torch.Tensor:
         with torch.no_grad():
@@ -218,7 +232,7 @@ class BabSolver:
         if open_idx.numel() == 0 and not self.lockstep:
             return
         margins = margins[open_idx]
-        late = self.time_left() <= 0
+        late = self._out_of_time()
         if self.lockstep:
             late = p.layout.all_true(late)
         if late:
@@ -280,7 +294,7 @@ class BabSolver:
             loops = 0
             while True:
                 state = self.comm.sync(len(self.store), self.store.worst_margin(), self.found, self.exhausted,
-                                       self.stats.bounded, self.time_left() <= 0)
+                                       self.stats.bounded, self._out_of_time())
                 self.stats.global_margin = state.worst_margin
                 self.stats.visited_all = state.visited
                 if bar is not None:
