@@ -95,6 +95,12 @@ class Layout:
         yield
 
     @contextmanager
+    def network_function(self):
+        """Context of an attack (many forward passes of the network): a layout may hold gathered
+        weights for its duration instead of gathering them for every pass."""
+        yield
+
+    @contextmanager
     def domain_batches(self):
         """Context of branch and bound: the batch dim holds domains, which the solver spreads
         over ranks itself, so a layout must not split the rows of a bound over ranks here."""

@@ -97,6 +97,13 @@ class VerifyResult:
 _Timeout = TimeLimitReached       # raised by the clock; never escapes verify_instance
 
 
+class _NoClock:
+    """For attacks inside branch and bound, whose workers stop together at their sync."""
+
+    def check(self):
+        pass
+
+
 class _Clock:
     def __init__(self, timeout: float, layout):
         self.t0 = time.perf_counter()
@@ -272,20 +279,21 @@ def _attack_round(model, pairs: _Pairs, open_idx, lo, hi, clock, opts: AttackOpt
         n0 = max((starts[p].shape[0] for p in open_idx if p in starts), default=0)
     chunk = max(1, opts.max_samples // max(restarts + n0, 1))
     xs, vals = [], []
-    for s in range(0, len(open_idx), chunk):
-        idx = open_idx[s:s + chunk]
-        C, d, mask = pairs.C[idx], pairs.d[idx], pairs.mask[idx]
-        init = None
-        if n0:
-            # Pairs with fewer starts repeat their box centre.
-            init = ((lo[idx] + hi[idx]) / 2).unsqueeze(0).repeat(n0, *([1] * lo[idx].dim()))
-            for j, p in enumerate(idx):
-                if p in starts:
-                    init[:starts[p].shape[0], j] = starts[p]
-        x_best, v_best = _pgd(fn, lo[idx], hi[idx], lambda out, C=C, d=d, mask=mask: _margin(out, C, d, mask),
-                              steps=opts.steps, restarts=restarts, seed=seed, starts=init)
-        xs.append(x_best.detach())
-        vals.append(v_best.detach().reshape(-1))
+    with model.layout.network_function():      # a placed model may gather its weights once here
+        for s in range(0, len(open_idx), chunk):
+            idx = open_idx[s:s + chunk]
+            C, d, mask = pairs.C[idx], pairs.d[idx], pairs.mask[idx]
+            init = None
+            if n0:
+                # Pairs with fewer starts repeat their box centre.
+                init = ((lo[idx] + hi[idx]) / 2).unsqueeze(0).repeat(n0, *([1] * lo[idx].dim()))
+                for j, p in enumerate(idx):
+                    if p in starts:
+                        init[:starts[p].shape[0], j] = starts[p]
+            x_best, v_best = _pgd(fn, lo[idx], hi[idx], lambda out, C=C, d=d, mask=mask: _margin(out, C, d, mask),
+                                  steps=opts.steps, restarts=restarts, seed=seed, starts=init)
+            xs.append(x_best.detach())
+            vals.append(v_best.detach().reshape(-1))
     return torch.cat(xs), torch.cat(vals)
 
 
@@ -466,8 +474,28 @@ def _branch_and_bound(model, pairs: _Pairs, details, roots, pair_lo, pair_hi, cl
             margins = _margin(y.unsqueeze(0), pairs.C[pair], pairs.d[pair], pairs.mask[pair])[0]
             return try_candidates(x.detach().cpu(), margins.cpu(), pair.tolist())
 
+        open_now = [p for p in range(len(pairs)) if details[p].status == "open"]
+        rounds = [0]
+
+        def pgd_from(x, pair):
+            """A short PGD from branch and bound's most promising points. Every open pair gets the
+            same number of starts (its seeds, padded with its box centre) on every rank, so the
+            forward passes line up where they are collectives; no clock check inside (BaB's sync
+            handles time for all workers)."""
+            k = opts.pgd_points
+            starts = {}
+            for p in open_now:
+                own = x[pair == p][:k].to(pair_lo.device)
+                centre = ((pair_lo[p] + pair_hi[p]) / 2).unsqueeze(0)
+                starts[p] = torch.cat([own, centre.expand(k - own.shape[0], *centre.shape[1:])])
+            rounds[0] += 1
+            x_best, margins = _attack_round(model, pairs, open_now, pair_lo, pair_hi, _NoClock(),
+                                            AttackOptions(steps=20), restarts=1, seed=1000 + rounds[0],
+                                            starts=starts)
+            return try_candidates(x_best.detach().cpu(), margins.detach().cpu(), open_now)
+
         comm = comm_for(layout)
-        solver = BabSolver(problem, opts, clock.left, try_points, log=say, comm=comm)
+        solver = BabSolver(problem, opts, clock.left, try_points, log=say, comm=comm, pgd=pgd_from)
         outcome = solver.solve(root_domains)
         if outcome.status == "sat":
             found = (res.counterexample, res.confirmed_by) if res.counterexample is not None else None

@@ -49,13 +49,14 @@ class DistributedLayout(Layout):
         self._prefetched = {}                   # node name -> pending async unshard (UnshardHandle)
         self._streaming = set()                 # nodes whose step runs shard by shard right now
         self._domain_mode = False               # inside branch and bound: rows are never split
+        self._gathered = frozenset()            # fsdp layers held unsharded by `network_function`
 
     # -- weights ---------------------------------------------------------------------------
     @contextmanager
     def weights(self, node, backward: bool = False):
         policy = self.node_policy.get(node.name)
         module = node.op.module if node.op is not None else None
-        if policy is None or module is None or policy.weights_at_rest == "full":
+        if policy is None or module is None or policy.weights_at_rest == "full" or node.name in self._gathered:
             yield
             return
         if policy.weights_at_rest == "fsdp":
@@ -202,6 +203,31 @@ class DistributedLayout(Layout):
         if node.name not in self._streaming:
             return super().ibp(node, intervals)
         return self._outputs_by_shard(node, lambda: node.op.ibp(*intervals))
+
+    # An attack evaluates the network thousands of times; gathering each FSDP layer per call is
+    # then mostly collective latency. Up to this many bytes of such weights (the whole model, per
+    # rank), `network_function` gathers them once for the attack instead; larger models keep
+    # gathering (or streaming) layer by layer, so an attack never holds more than a bound step.
+    GATHER_ONCE_BYTES = 256 * 2**20
+
+    @contextmanager
+    def network_function(self):
+        layers = [n for n in self.graph.layers()
+                  if n.name in self.node_policy and self.node_policy[n.name].weights_at_rest == "fsdp"]
+        full_bytes = sum(p.numel() * p.element_size() for n in layers for p in n.op.module.parameters())
+        if self._gathered or not layers or full_bytes > self.GATHER_ONCE_BYTES:
+            yield
+            return
+        with tag("weights"):
+            for n in layers:                      # the same order on every rank: collectives
+                n.op.module.unshard()
+        self._gathered = frozenset(n.name for n in layers)
+        try:
+            yield
+        finally:
+            self._gathered = frozenset()
+            for n in layers:
+                n.op.module.reshard()
 
     def forward(self, node, inputs):
         """The network's forward through a streamed layer (spec under no_grad: PGD's last step,

@@ -56,7 +56,7 @@ def _decide_under_plans(rank, world, configs, props):
         apply_plan(model, plan, mesh_from_process_group(mesh))
         for text in props:
             prop = parse_vnnlib(text, n_inputs=2, n_outputs=2)
-            res = verify_instance(model, prop, None, timeout=60, bab_options=BabOptions(batch_size=8))
+            res = verify_instance(model, prop, None, timeout=60, bab_options=BabOptions(batch_size=32))
             bab = res.bounds.get("bab", {})
             out.append((plan, mesh, res.verdict, res.decided_by, res.message, bab.get("workers"),
                         bab.get("domains_visited_all_workers")))

@@ -59,3 +59,20 @@ def test_cli_bounds_under_torchrun_match_one_process(tmp_path, method, plan):
     assert got["lower"] == ref["lower"], (got["lower"], ref["lower"])      # bitwise (float32 -> JSON)
     assert got["upper"] == ref["upper"], (got["upper"], ref["upper"])
     assert all(lo <= up for lo, up in zip(got["lower"], got["upper"]))
+
+
+def test_cli_run_branch_and_bound_on_a_2x2_mesh(tmp_path):
+    """`run --mesh 2x2 --plan spec` under torchrun on an instance only branch and bound decides:
+    the known verdict, decided by bab on 4 workers, in the results file and the JSON."""
+    bench = model_zoo.benchmarks_dir() / "mnist_fc"
+    results, report = tmp_path / "result.txt", tmp_path / "run.json"
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+          "-m", "dtensor_verify", "--threads", "1", "run",
+          "--onnx", str(bench / "onnx" / "mnist-net_256x2.onnx.gz"),
+          "--vnnlib", str(bench / "vnnlib" / "prop_11_0.05.vnnlib.gz"),
+          "--results", str(results), "--timeout", "120", "--mesh", "2x2", "--plan", "spec",
+          "--json", str(report), "--quiet"], timeout=300)
+    assert results.read_text().split() == ["unsat"]
+    data = json.loads(report.read_text())
+    assert data["verdict"] == "unsat" and data["decided_by"] == "bab", data.get("decided_by")
+    assert data["bounds"]["bab"]["workers"] == 4 and data["bounds"]["bab"]["domains_visited_all_workers"] > 0

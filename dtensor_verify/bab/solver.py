@@ -38,6 +38,8 @@ class BabOptions:
     root_iterations: int = 0            # beta-CROWN steps on the roots (they come from alpha-CROWN)
     max_domains: int = 500_000          # open domains per worker before giving up (verdict unknown)
     max_rounds: int | None = None       # stop (unknown) after this many rounds (benchmarks: equal work)
+    pgd_every: int = 10                 # every this many rounds, a short PGD from the most
+    pgd_points: int = 16                # promising domains' vertices (this many per worker)
     progress: bool = False              # a tqdm line on stderr (rank 0)
 
 
@@ -146,11 +148,14 @@ class BabSolver:
     (`lockstep`: FSDP gathers, streamed shards and early-stop votes are collectives), every rank
     runs every step of every round, with an empty batch when it has nothing to do."""
 
-    def __init__(self, problem: BabProblem, opts: BabOptions, time_left, try_points, log=None, comm=None):
+    def __init__(self, problem: BabProblem, opts: BabOptions, time_left, try_points, log=None, comm=None,
+                 pgd=None):
         self.problem = problem
         self.opts = opts
         self.time_left = time_left              # seconds left (this rank's clock; no collective)
         self.try_points = try_points            # (x [m, *S], pair [m], y [m, n_out]) -> True on confirmed sat
+        self.pgd = pgd                          # (x [m, *S], pair [m]) -> True on confirmed sat (PGD from x)
+        self.seeds = None                       # the most promising open domains' vertices, their pairs
         self.log = log or (lambda msg: None)
         self.comm = comm or LocalComm()
         self.lockstep = getattr(problem.layout, "world_size", 1) > 1
@@ -207,6 +212,8 @@ class BabSolver:
             y = p.forward(x)
         rows = torch.einsum("pkn,pn->pk", p.C[domains.pair], y) - p.d[domains.pair]
         worst = rows.masked_fill(~p.row_mask[domains.pair], -math.inf).max(1).values
+        best = torch.topk(worst, min(self.opts.pgd_points, n), largest=False).indices
+        self.seeds = (x[best].detach(), domains.pair[best])
         hits = (worst <= 0).nonzero().flatten()
         if hits.numel() == 0:
             return False
@@ -313,9 +320,20 @@ class BabSolver:
                 loops += 1
                 self.comm.rebalance(self.store, self.batch)
                 self.round()
+                if self.pgd is not None and loops % self.opts.pgd_every == 0:
+                    # Every rank takes this step in the same rounds (PGD's forward passes are
+                    # collectives under some layouts), with its own seeds or none.
+                    with _Timer(self.stats, "attack"):
+                        seeds = self.seeds if self.seeds is not None else (self.template_points(), self.template.pair)
+                        if self.pgd(*seeds):
+                            self.found = True
         finally:
             if bar is not None:
                 bar.close()
+
+    def template_points(self) -> torch.Tensor:
+        """No start points, shaped like the input (for a PGD step with nothing to seed it)."""
+        return self.problem.box_lower[:0]
 
     def _result(self, status: str, why: str | None = None) -> BabResult:
         stats = self.stats.as_dict(len(self.store))
