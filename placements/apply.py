@@ -42,24 +42,35 @@ class PlacementReport:
         return "\n".join([f"placement plan '{self.plan}' on {self.world_size} rank(s):", *self.lines])
 
 
-def _refusal(policy: Policy, node) -> str | None:
-    """Why `policy` cannot place `node`'s layer, or None when it can."""
+def _refusal(policy: Policy, node, shard_size: int) -> str | None:
+    """Why `policy` cannot place `node`'s layer on `shard_size` ranks, or None when it can."""
     if policy.a_matrix_sharding != "neuron":
         return None
     if not policy.supports_conv and node.op.kind == "conv2d":
         return f"policy '{policy.name}' does not shard convolutions yet"
     if node.op.kind != "linear" or len(node.shape) != 1:
         return f"policy '{policy.name}' needs a Linear layer with a flat output (this one: {list(node.shape)})"
+    if _some_rank_gets_no_rows(node.shape[0], shard_size):
+        # Shard(0) gives ceil(n/P) rows per rank, so the last ranks may get none; DTensor cannot
+        # view an A-matrix whose neuron dim is empty on a rank.
+        return (f"policy '{policy.name}' needs at least one output neuron on each of the {shard_size} ranks "
+                f"of a shard group (this layer has {node.shape[0]})")
     return None
 
 
-def resolve_policies(graph, plan: Plan) -> dict[str, Policy]:
-    """Policy of each node that owns parameters, validated against the graph."""
+def _some_rank_gets_no_rows(rows: int, ranks: int) -> bool:
+    chunk = -(-rows // ranks)
+    return ranks > 1 and chunk * (ranks - 1) >= rows
+
+
+def resolve_policies(graph, plan: Plan, shard_size: int = 1) -> dict[str, Policy]:
+    """Policy of each node that owns parameters, validated against the graph and the number of
+    ranks a layer is sharded over."""
     chosen = {node.name: plan.policy_for(node.layer, node.layer_type) for node in graph.layers()}
-    refused = [(node, why) for node in graph.layers() if (why := _refusal(chosen[node.name], node))]
+    refused = [(node, why) for node in graph.layers() if (why := _refusal(chosen[node.name], node, shard_size))]
     if refused:
         node, why = refused[0]
-        fix = suggest_plan(graph, plan, [n for n, _ in refused])
+        fix = suggest_plan(graph, plan, [n for n, _ in refused], shard_size=shard_size)
         more = f" (and {len(refused) - 1} more layer(s))" if len(refused) > 1 else ""
         raise PlanError(f"layer '{node.layer}' ({node.layer_type}){more}: {why}; "
                         f"use 'fsdp' or 'spec' there, e.g. --plan \"{fix}\"")
@@ -70,7 +81,7 @@ def resolve_policies(graph, plan: Plan) -> dict[str, Policy]:
     return chosen
 
 
-def suggest_plan(graph, plan: Plan, refused, fallback: str = "fsdp") -> str:
+def suggest_plan(graph, plan: Plan, refused, fallback: str = "fsdp", shard_size: int = 1) -> str:
     """A plan for this model that keeps `plan` but gives the `refused` layers `fallback`.
 
     Built from the model's own layer types (when every layer of a type is refused) or names,
@@ -91,7 +102,7 @@ def suggest_plan(graph, plan: Plan, refused, fallback: str = "fsdp") -> str:
             patterns.append(pattern)
     rules = [Rule(tuple(patterns), get_policy(fallback))] + [Rule(r.patterns, r.policy) for r in plan.rules]
     text = str(Plan(_without_redundant_rules(rules, layers)))
-    if _resolves(graph, text):
+    if _resolves(graph, text, shard_size):
         return text
     explicit = [f"{glob.escape(n.layer)}={fallback if n.layer in refused_names else plan.policy_for(n.layer, n.layer_type).name}"
                 for n in layers]
@@ -114,9 +125,9 @@ def _without_redundant_rules(rules: list[Rule], layers) -> list[Rule]:
     return kept
 
 
-def _resolves(graph, text: str) -> bool:
+def _resolves(graph, text: str, shard_size: int) -> bool:
     try:
-        resolve_policies(graph, parse_plan(text))
+        resolve_policies(graph, parse_plan(text), shard_size)
     except PlanError:
         return False
     return True
@@ -178,9 +189,9 @@ def apply_plan(model, plan=None, mesh=None, log: bool = False) -> PlacementRepor
     """Place `model` (a dtensor_verify.BoundedModel) on `mesh` following `plan`."""
     plan = parse_plan(plan)
     graph = model.graph
-    policies = resolve_policies(graph, plan)
     mesh, dp_mesh = split_mesh(mesh)
     world = mesh.size() if mesh is not None else 1
+    policies = resolve_policies(graph, plan, world)
     report = PlacementReport(str(plan), world)
     if mesh is None or world == 1:
         for node in graph.layers():
@@ -224,8 +235,8 @@ def apply_plan_from_cli(model, plan_text: str | None, log: bool = True, timeout_
     from .mesh import init_mesh, parse_mesh_shape, world_size_from_env
 
     plan_text = plan_text or "replicate"
-    resolve_policies(model.graph, parse_plan(plan_text))
-    parse_mesh_shape(mesh_shape, world_size_from_env())
+    _, shard_size = parse_mesh_shape(mesh_shape, world_size_from_env())
+    resolve_policies(model.graph, parse_plan(plan_text), shard_size)
     device = getattr(model, "device", None)
     backend = None if device is None else ("nccl" if device.type == "cuda" else "gloo")
     kwargs = {"shape": mesh_shape, "backend": backend}

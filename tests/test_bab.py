@@ -18,12 +18,7 @@ from dtensor_verify.verify import verify_instance
 from model_zoo import random_mlp
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def node_values(model, x):

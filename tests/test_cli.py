@@ -32,12 +32,7 @@ def bench(rel: str) -> Path:
     return p
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ort_output(onnx_path, x):

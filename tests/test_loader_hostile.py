@@ -19,12 +19,7 @@ from onnx_factory import build, const, const_node, ort_runner, rand, shape_const
 LOADED, REFUSED = "loaded", "refused"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def node(op, inputs, outputs, name=None, **attrs):

@@ -91,3 +91,21 @@ def test_cli_suggestion_works_when_run(tmp_path, capsys):
     fix = SUGGESTION.search(line).group(1)
     assert main(["bounds", model, *box, "--method", "ibp", "--plan", fix, "--device", "cpu"]) == 0
     assert "ibp bounds" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("outputs,ranks,refused", [(1, 2, True), (5, 4, True), (3, 4, True), (10, 4, False),
+                                                   (2, 2, False), (1, 1, False)])
+def test_tp_refuses_a_layer_that_leaves_a_rank_without_rows(outputs, ranks, refused):
+    """Shard(0) gives ceil(n/P) rows per rank: 5 outputs on 4 ranks are 2, 2, 1, 0 and the last
+    rank's A-matrix has an empty neuron dim, which DTensor cannot view (it ended as an internal
+    error under torchrun). Refuse with a plan that works instead."""
+    net, shape = zoo.random_mlp([4, 8, outputs], seed=0)
+    graph = dv.load(net, shape).graph
+    if not refused:
+        assert {p.name for p in resolve_policies(graph, parse_plan("tp"), ranks).values()} == {"tp"}
+        return
+    with pytest.raises(PlanError, match=f"at least one output neuron on each of the {ranks} ranks") as info:
+        resolve_policies(graph, parse_plan("tp"), ranks)
+    fix = SUGGESTION.search(str(info.value)).group(1)
+    policies = resolve_policies(graph, parse_plan(fix), ranks)
+    assert sorted(p.name for p in policies.values()) == ["fsdp", "tp"]

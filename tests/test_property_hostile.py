@@ -17,12 +17,7 @@ from onnx_factory import build, const, ort_runner
 FAST = AttackOptions(restarts=8, steps=40, extra_rounds=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ from onnx_factory import build, const
 W = np.arange(9, dtype=np.float32).reshape(3, 3) - 4.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -26,13 +26,7 @@ def bench(*parts: str) -> Path:
     return p
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls on a busy 2-core box are far slower with an OpenMP pool than without one.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _MODELS: dict = {}
