@@ -22,7 +22,10 @@ from pathlib import Path
 from .cli import (EXIT_CONTRADICTION, EXIT_OK, PROG, CliError, _bab_options, _err, _load_model, _one_line,
                   _user_errors)
 
-FIELDS = ["onnx", "vnnlib", "verdict", "seconds", "expected", "agreement", "decided_by", "message"]
+FIELDS = ["onnx", "vnnlib", "verdict", "seconds", "expected", "agreement", "decided_by", "message",
+          # branch and bound, where it ran: domains bounded, deepest split, parents per round per
+          # worker, seconds in the stage
+          "bab_domains", "bab_depth", "bab_batch", "bab_seconds"]
 REQUIRED = ("onnx", "vnnlib", "verdict")
 
 
@@ -165,10 +168,13 @@ def read_rows(path: Path) -> dict:
 
 
 def append_row(path: Path, row: dict) -> None:
-    """One finished instance, on disk before the next one starts (flush + fsync)."""
+    """One finished instance, on disk before the next one starts (flush + fsync). The columns are
+    the file's own header's, so resuming a file written by an older version stays aligned."""
     with _locked(path) as fh:
+        fh.seek(0)
+        header = next(csv.reader([fh.readline()]), None) or FIELDS
         fh.seek(0, os.SEEK_END)
-        csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore").writerow(row)
+        csv.DictWriter(fh, fieldnames=header, extrasaction="ignore").writerow(row)
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -280,7 +286,7 @@ def _run_instances(args, base: Path, todo: list[Instance], expected: dict, devic
         t0 = time.perf_counter()
         say = _instance_log(share.tag() + inst.label)
         onnx_path, vnn_path = _resolve(base, inst.onnx), _resolve(base, inst.vnnlib)
-        decided_by, message = "", ""
+        decided_by, message, bab = "", "", {}
         try:
             model = _cached_model(models, str(onnx_path), device)
             prop = read_vnnlib(str(vnn_path), n_inputs=model.n_inputs, n_outputs=model.n_outputs)
@@ -289,19 +295,29 @@ def _run_instances(args, base: Path, todo: list[Instance], expected: dict, devic
                                   log=say if args.verbose else None, bab=not args.no_bab,
                                   bab_options=_bab_options(args))
             verdict, decided_by, message = res.verdict, res.decided_by or "", res.message or ""
+            bab = _bab_columns(res.bounds.get("bab"))
         except _user_errors() as exc:
             verdict, message = "error", _one_line(exc)
         exp = expected.get(inst.key)
         agree = agreement(verdict, exp)
         append_row(out, {"onnx": inst.onnx, "vnnlib": inst.vnnlib, "verdict": verdict,
                          "seconds": f"{time.perf_counter() - t0:.3f}", "expected": exp or "",
-                         "agreement": agree, "decided_by": decided_by, "message": message})
+                         "agreement": agree, "decided_by": decided_by, "message": message, **bab})
         counts[verdict] = counts.get(verdict, 0) + 1
         tally = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
         bar.set_postfix_str(f"last: {inst.label} {verdict} | {tally}")
         if agree == "CONTRADICTION" or (verdict == "error" and not args.quiet):
             say(f"{verdict}" + (f" (expected {exp})" if exp else "") + (f": {message}" if message else ""))
     bar.close()
+
+
+def _bab_columns(stats: dict | None) -> dict:
+    if not stats:
+        return {}
+    seconds = stats.get("seconds")
+    return {"bab_domains": stats.get("domains_visited_all_workers", stats.get("domains_visited", "")),
+            "bab_depth": stats.get("max_depth", ""), "bab_batch": stats.get("batch_per_worker", ""),
+            "bab_seconds": "" if seconds is None else f"{seconds:.3f}"}
 
 
 def _instance_log(label: str):

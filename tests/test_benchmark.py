@@ -23,14 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 TEST = model_zoo.benchmarks_dir() / "test"          # 5 instances: nano, tiny, small, sat, unsat
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
 def _one_process(monkeypatch):
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -153,3 +152,32 @@ def test_shard_instances_under_torchrun_writes_one_csv_with_every_instance_once(
     assert out.read_text().count("onnx,vnnlib,verdict") == 1
     assert proc.stdout.count("5 instance(s)") == 1          # rank 0's summary, of both ranks' rows
     assert "2 agree, 0 unsolved, 0 contradiction(s)" in proc.stdout
+
+
+def test_resume_appends_rows_under_an_older_header(tmp_path, capsys):
+    """A CSV written before the branch-and-bound columns existed: new rows follow its header."""
+    out = tmp_path / "results.csv"
+    out.write_text("onnx,vnnlib,verdict,seconds,expected,agreement,decided_by,message\n"
+                   "test_nano.onnx,test_nano.vnnlib,unsat,0.100,,,crown,\n")
+    assert main(["benchmark", str(TEST), "--csv", str(out), "--quiet", "--resume", "--limit", "2"]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 and all(len(next(csv.reader([ln]))) == 8 for ln in lines)
+    capsys.readouterr()
+
+
+def test_branch_and_bound_columns(tmp_path, capsys):
+    """An instance that needs branch and bound reports its domains, depth, batch and seconds;
+    one decided before it leaves them empty."""
+    mnist = model_zoo.benchmarks_dir() / "mnist_fc"
+    chosen = tmp_path / "instances.csv"
+    chosen.write_text("onnx/mnist-net_256x2.onnx,vnnlib/prop_11_0.05.vnnlib,120\n"
+                      "onnx/mnist-net_256x2.onnx,vnnlib/prop_1_0.03.vnnlib,120\n")
+    out = tmp_path / "results.csv"
+    assert main(["benchmark", str(mnist), "--instances", str(chosen), "--csv", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    bab, attack = _rows(out)
+    assert bab["verdict"] == "unsat" and bab["decided_by"] == "bab", bab
+    assert int(bab["bab_domains"]) >= 2 and int(bab["bab_depth"]) >= 1 and int(bab["bab_batch"]) >= 1
+    assert 0 < float(bab["bab_seconds"]) < float(bab["seconds"])
+    assert attack["verdict"] == "sat" and attack["bab_domains"] == attack["bab_seconds"] == ""
+    capsys.readouterr()
