@@ -10,6 +10,9 @@
 #     job cpu: dtensor-verify --device cpu (CPU_THREADS threads) on the same suites and limits, at
 #              the same time (the GPU jobs need one core each; the machine has 16).
 #   scripts/gpu_session.sh start-rest   # on a second machine: oval21 vs abcrown and sri (cuda) only
+#   scripts/gpu_session.sh start-batch  # dtensor-verify alone on cuda, branch and bound's domain
+#     batch (parents per round) BATCHES over oval21 (SCALE_OVAL) and mnist-net_256x4 (SCALE_DEEP),
+#     one run after the other (carry [".whl", ".bench_data"]; abcrown not needed)
 #   scripts/gpu_session.sh status    # what has finished (prints the tails of the logs)
 #   scripts/gpu_session.sh collect   # tar.gz of everything into $OUT (one file)
 #
@@ -25,6 +28,7 @@ SCALE_DEEP="${SCALE_DEEP:-0.05}"
 SCALE_OVAL="${SCALE_OVAL:-0.02}"
 SCALE_SRI="${SCALE_SRI:-0.02}"
 CPU_THREADS="${CPU_THREADS:-8}"
+BATCHES="${BATCHES:-2048 8192}"          # start-batch: --bab-batch values
 LIMIT="${LIMIT:-}"                       # first N instances of each run (dry runs)
 DEVICE="${DEVICE:-cuda}"
 ABC="$ROOT/.abcrown"
@@ -53,10 +57,11 @@ vs_abcrown() {   # NAME FAMILY SCALE FILTER
   echo "$name exit $?" >> "$W/progress.txt"
 }
 
-ours() {   # NAME DEVICE SUITE SCALE FILTER THREADS
+ours() {   # NAME DEVICE SUITE SCALE FILTER THREADS [more benchmark args]
   local name=$1 dev=$2 suite=$3 scale=$4 filter=$5 threads=$6
+  shift 6
   local args=(--threads "$threads" benchmark "$B/$suite" --device "$dev" --timeout-scale "$scale"
-              --csv "$W/$name.csv" --quiet)
+              --csv "$W/$name.csv" --quiet "$@")
   [ -n "$filter" ] && args+=(--filter "$filter")
   [ -n "${LIMIT:-}" ] && args+=(--limit "$LIMIT")
   [ -f "$B/$suite/expected_256x2.csv" ] && [ "$filter" = "mnist-net_256x2" ] && args+=(--expected "$B/$suite/expected_256x2.csv")
@@ -79,6 +84,14 @@ job_gpu_rest() {   # a second machine: what job gpu had not reached when the fir
   echo "job gpu-rest done" >> "$W/progress.txt"
 }
 
+job_batch() {   # the same suites at several domain batches, one run at a time on the GPU
+  for batch in $BATCHES; do ours "oval21_${DEVICE}_b$batch" "$DEVICE" oval21 "$SCALE_OVAL" "" 1 --bab-batch "$batch"; done
+  for batch in $BATCHES; do
+    ours "mnist_256x4_${DEVICE}_b$batch" "$DEVICE" mnist_fc "$SCALE_DEEP" mnist-net_256x4 1 --bab-batch "$batch"
+  done
+  echo "job batch done" >> "$W/progress.txt"
+}
+
 job_cpu() {
   ours mnist_256x2_cpu cpu mnist_fc "$SCALE_SMALL" mnist-net_256x2 "$CPU_THREADS"
   ours mnist_256x4_cpu cpu mnist_fc "$SCALE_DEEP" mnist-net_256x4 "$CPU_THREADS"
@@ -89,7 +102,7 @@ job_cpu() {
 }
 
 case "${1:-}" in
-  start|start-rest)
+  start|start-rest|start-batch)
     setup_env
     rm -rf "$W"; mkdir -p "$W"
     {
@@ -105,14 +118,16 @@ torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if 
     } > "$W/env.txt" 2>&1
     cat "$W/env.txt"
     "$PY" -m dtensor_verify --help > /dev/null || { echo "gpu_session: dtensor_verify does not start" >&2; exit 2; }
-    PYTHONPATH="$ABC/auto_LiRPA:$ABC/onnx2pytorch:$PYTHONPATH" "$PY" \
+    [ "$1" = start-batch ] || PYTHONPATH="$ABC/auto_LiRPA:$ABC/onnx2pytorch:$PYTHONPATH" "$PY" \
       "$ABC/alpha-beta-CROWN/complete_verifier/abcrown.py" --help > "$W/abcrown_help.log" 2>&1 \
       || { tail -5 "$W/abcrown_help.log"; echo "gpu_session: abcrown does not start" >&2; exit 2; }
-    export -f vs_abcrown ours job_gpu job_gpu_rest job_cpu
-    export W PY B ABC DEVICE LIMIT SCALE_SMALL SCALE_DEEP SCALE_OVAL SCALE_SRI CPU_THREADS ROOT PYTHONPATH
+    export -f vs_abcrown ours job_gpu job_gpu_rest job_cpu job_batch
+    export W PY B ABC DEVICE LIMIT SCALE_SMALL SCALE_DEEP SCALE_OVAL SCALE_SRI CPU_THREADS BATCHES ROOT PYTHONPATH
     if [ "$1" = start ]; then
       setsid bash -c job_gpu > "$W/job_gpu.out" 2>&1 < /dev/null &
       setsid bash -c job_cpu > "$W/job_cpu.out" 2>&1 < /dev/null &
+    elif [ "$1" = start-batch ]; then
+      setsid bash -c job_batch > "$W/job_batch.out" 2>&1 < /dev/null &
     else
       setsid bash -c job_gpu_rest > "$W/job_gpu.out" 2>&1 < /dev/null &
     fi
@@ -130,7 +145,7 @@ torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if 
     ls -la "$OUT"
     ;;
   *)
-    echo "usage: scripts/gpu_session.sh start | status | collect" >&2
+    echo "usage: scripts/gpu_session.sh start | start-rest | start-batch | status | collect" >&2
     exit 2
     ;;
 esac
