@@ -28,7 +28,7 @@ SCALE_DEEP="${SCALE_DEEP:-0.05}"
 SCALE_OVAL="${SCALE_OVAL:-0.02}"
 SCALE_SRI="${SCALE_SRI:-0.02}"
 CPU_THREADS="${CPU_THREADS:-8}"
-BATCHES="${BATCHES:-2048 8192}"          # start-batch: --bab-batch values
+BATCHES="${BATCHES:-2048 8192}"          # start-batch: --bab-batch values (BATCHES_MNIST: for 256x4)
 LIMIT="${LIMIT:-}"                       # first N instances of each run (dry runs)
 DEVICE="${DEVICE:-cuda}"
 ABC="$ROOT/.abcrown"
@@ -86,7 +86,7 @@ job_gpu_rest() {   # a second machine: what job gpu had not reached when the fir
 
 job_batch() {   # the same suites at several domain batches, one run at a time on the GPU
   for batch in $BATCHES; do ours "oval21_${DEVICE}_b$batch" "$DEVICE" oval21 "$SCALE_OVAL" "" 1 --bab-batch "$batch"; done
-  for batch in $BATCHES; do
+  for batch in ${BATCHES_MNIST:-$BATCHES}; do
     ours "mnist_256x4_${DEVICE}_b$batch" "$DEVICE" mnist_fc "$SCALE_DEEP" mnist-net_256x4 1 --bab-batch "$batch"
   done
   echo "job batch done" >> "$W/progress.txt"
@@ -122,7 +122,7 @@ torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if 
       "$ABC/alpha-beta-CROWN/complete_verifier/abcrown.py" --help > "$W/abcrown_help.log" 2>&1 \
       || { tail -5 "$W/abcrown_help.log"; echo "gpu_session: abcrown does not start" >&2; exit 2; }
     export -f vs_abcrown ours job_gpu job_gpu_rest job_cpu job_batch
-    export W PY B ABC DEVICE LIMIT SCALE_SMALL SCALE_DEEP SCALE_OVAL SCALE_SRI CPU_THREADS BATCHES ROOT PYTHONPATH
+    export W PY B ABC DEVICE LIMIT SCALE_SMALL SCALE_DEEP SCALE_OVAL SCALE_SRI CPU_THREADS BATCHES BATCHES_MNIST ROOT PYTHONPATH
     if [ "$1" = start ]; then
       setsid bash -c job_gpu > "$W/job_gpu.out" 2>&1 < /dev/null &
       setsid bash -c job_cpu > "$W/job_cpu.out" 2>&1 < /dev/null &
