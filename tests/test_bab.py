@@ -261,3 +261,58 @@ def test_mnist_instances_that_need_branch_and_bound():
         res = verify_instance(model, prop, onnx, timeout=120)
         assert res.verdict == "unsat", (name, res.verdict, res.message)
         assert res.decided_by == "bab", (name, res.decided_by)
+
+
+def test_out_of_memory_halves_the_batch_and_loses_no_domain(monkeypatch):
+    """A round that runs out of memory puts its parents back and goes on with half the batch
+    (seen on an H100 with --bab-batch 32768: CUDA out of memory became `error`). Simulated here:
+    bounding more than 16 children raises the allocator's error. The verdict must not change,
+    and on a false property the run must still never say unsat."""
+    from dtensor_verify.bab import solver as solver_module
+
+    real = solver_module.BabSolver._bound
+    seen = []
+
+    def small_memory(self, domains, iterations):
+        seen.append(len(domains))
+        if len(domains) > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, domains, iterations)
+
+    monkeypatch.setattr(solver_module.BabSolver, "_bound", small_memory)
+    net, shape = random_mlp([2, 24, 24, 1], seed=10)
+    model = dv.load(net, input_shape=shape)
+    gmin, _ = _grid_min(model)
+    certain = gmin - _lipschitz(net) * (2.0 / 400) * math.sqrt(2) / 2 - 1e-3
+    prop = parse_vnnlib(_threshold_property(certain), n_inputs=2, n_outputs=1)
+    res = verify_instance(model, prop, None, timeout=60, attack=False, bab_options=BabOptions(batch_size=64))
+    assert res.verdict == "unsat", (res.verdict, res.message)
+    stats = res.bounds["bab"]
+    assert stats["memory_retries"] >= 1 and stats["batch_per_worker"] <= 8, stats
+    assert max(seen) > 16                                  # the large rounds were tried, and redone
+
+    false = parse_vnnlib(_threshold_property(gmin + 1e-3), n_inputs=2, n_outputs=1)
+    res = verify_instance(model, false, None, timeout=20, attack=False, bab_options=BabOptions(batch_size=64))
+    assert res.verdict in ("sat", "unknown", "timeout"), res.verdict
+
+
+def test_out_of_memory_on_one_domain_is_an_error_not_a_verdict(monkeypatch):
+    from dtensor_verify.bab import solver as solver_module
+
+    def no_memory(self, domains, iterations):
+        if iterations > 0 and len(domains) > 0:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, domains, iterations)
+
+    real = solver_module.BabSolver._bound
+    monkeypatch.setattr(solver_module.BabSolver, "_bound", no_memory)
+    net, shape = random_mlp([2, 24, 24, 1], seed=10)
+    model = dv.load(net, input_shape=shape)
+    gmin, _ = _grid_min(model)
+    prop = parse_vnnlib(_threshold_property(gmin - 0.05), n_inputs=2, n_outputs=1)
+    res = verify_instance(model, prop, None, timeout=20, attack=False, bab_options=BabOptions(batch_size=4))
+    assert res.verdict in ("unsat", "error"), res.verdict
+    if res.verdict == "unsat":
+        assert res.decided_by != "bab"                     # decided before branch and bound ran
+    else:
+        assert "out of memory" in res.message.lower()

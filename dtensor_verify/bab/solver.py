@@ -86,6 +86,7 @@ class _Stats:
         self.iterations = 0
         self.global_margin = -math.inf
         self.visited_all = 0       # domains bounded by all workers (from the last sync)
+        self.memory_retries = 0    # rounds redone with half the batch after running out of memory
 
     def as_dict(self, store_len: int) -> dict:
         seconds = time.perf_counter() - self.t0
@@ -95,7 +96,7 @@ class _Stats:
                 "beta_iterations": self.iterations, "seconds": seconds,
                 "domains_per_second": self.bounded / seconds if seconds > 0 else 0.0,
                 "phases": dict(self.phases), "global_margin": self.global_margin,
-                "domains_visited_all_workers": self.visited_all}
+                "domains_visited_all_workers": self.visited_all, "memory_retries": self.memory_retries}
 
 
 class _Timer:
@@ -141,6 +142,17 @@ def auto_batch_size(problem: BabProblem, opts: BabOptions, device) -> int:
     # Children are 2x the parents; fsb bounds `candidates` x 2 more (without autograd, ~1/3).
     per_parent = bytes_per_domain(problem) * (2 + 2 * opts.candidates / 3)
     return int(max(1, min(opts.max_batch, budget // per_parent)))
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error, or the CPU allocator's."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def _release_cached_memory(device):
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 class BabSolver:
@@ -266,11 +278,26 @@ class BabSolver:
         self._settle(roots, result, roots.lower)
 
     def round(self):
-        parents, _ = self.store.pop_worst(self.batch)
+        parents, margins = self.store.pop_worst(self.batch)
         if parents is None:
             if not self.lockstep:
                 return
             parents = self.template
+        try:
+            self._bound_children(parents)
+        except Exception as exc:
+            # One worker alone (no collective inside a round) can take a smaller batch: the
+            # parents go back to the queue unchanged, so no domain is lost (a lost domain would
+            # read as proved). Under a sharded layout the ranks would fall out of step: error.
+            if self.lockstep or not _out_of_memory(exc) or len(parents) <= 1:
+                raise
+            self.store.push(parents, margins)
+            self.batch = max(1, len(parents) // 2)
+            self.stats.memory_retries += 1
+            _release_cached_memory(parents.pair.device)
+            self.log(f"bab: out of memory on {2 * len(parents)} children; batch now {self.batch} parents")
+
+    def _bound_children(self, parents: Domains):
         self.stats.rounds += 1
         # Only a domain stored after the clock ran out lacks a decision, and the run stops first.
         assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
