@@ -727,7 +727,8 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
                 if attack_round(restarts, aopts.seed + 1 + k, "attack-extra", guided):
                     return finish("sat", decided_by="attack")
                 restarts *= 2
-        return finish("unknown")
+        bab_stopped = res.bounds.get("bab", {}).get("reason")
+        return finish("unknown", **({"message": f"branch and bound stopped: {bab_stopped}"} if bab_stopped else {}))
     except _Timeout:
         res.message = f"time limit of {timeout:g} s reached"
         return finish("timeout")

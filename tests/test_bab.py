@@ -316,3 +316,25 @@ def test_out_of_memory_on_one_domain_is_an_error_not_a_verdict(monkeypatch):
         assert res.decided_by != "bab"                     # decided before branch and bound ran
     else:
         assert "out of memory" in res.message.lower()
+
+
+def test_queue_limit_follows_memory_and_ends_unknown(monkeypatch):
+    """The open-domain queue is limited by what `store_fraction` of the free memory holds (an
+    oval21 queue at VNN-COMP's 720 s would otherwise outgrow a GPU); reaching it ends the search
+    as unknown (never unsat), and a crowded queue serves its most promising domains first."""
+    from dtensor_verify.bab import solver as solver_module
+
+    monkeypatch.setattr(solver_module, "free_memory_bytes", lambda device: 4_000_000)
+    net, shape = random_mlp([20, 64, 64, 64, 64, 2], seed=4)
+    model = dv.load(net, input_shape=shape)
+    text = "".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} -1))\n(assert (<= X_{i} 1))\n" for i in range(20))
+    text += "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n(assert (<= Y_0 Y_1))\n"
+    prop = parse_vnnlib(text, n_inputs=20, n_outputs=2)
+    res = verify_instance(model, prop, None, timeout=30, attack=False, bab_options=BabOptions(batch_size=8))
+    stats = res.bounds["bab"]
+    # A stored domain here: pre-activation bounds (2 x 256), slopes, multipliers and signs
+    # (3 x 256 floats), a few scalars: about 5 KB, so 0.2 x 4 MB holds about 155.
+    assert 100 < stats["open_domain_limit"] < 200, stats
+    assert res.verdict == "unknown", (res.verdict, stats)
+    assert "too many open domains (limit" in res.message
+    assert stats["open_domains"] <= stats["open_domain_limit"] + 2 * 8

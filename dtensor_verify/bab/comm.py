@@ -38,6 +38,10 @@ class LocalComm:
     def rebalance(self, store, batch: int) -> None:
         return None
 
+    def agree_min(self, value: int) -> int:
+        """The smallest of every worker's `value` (here: ours)."""
+        return value
+
     def share_counterexample(self, found_here):
         """The counterexample found on some worker, on every worker (here: the one we have)."""
         return found_here or (None, None)

@@ -87,6 +87,12 @@ class MeshComm:
                     spare[d] -= n
         return moves
 
+    def agree_min(self, value: int) -> int:
+        """The smallest of every rank's `value`, on every rank."""
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
+
     def rebalance(self, store, batch: int) -> None:
         counts = torch.zeros(self.world, dtype=torch.int64, device=self.device)
         counts[self.rank] = len(store)

@@ -36,7 +36,9 @@ class BabOptions:
     candidates: int = 3                 # fsb: candidate splits tried per domain
     beta: BetaOptions = field(default_factory=BetaOptions)
     root_iterations: int = 0            # beta-CROWN steps on the roots (they come from alpha-CROWN)
-    max_domains: int = 500_000          # open domains per worker before giving up (verdict unknown)
+    max_domains: int = 500_000          # open domains per worker before giving up (verdict unknown);
+    store_fraction: float = 0.2         # lowered to what this share of the free memory holds (the
+                                        # queue is copied when it grows, so it may take twice that)
     max_rounds: int | None = None       # stop (unknown) after this many rounds (benchmarks: equal work)
     pgd_every: int = 10                 # every this many rounds, a short PGD from the most
     pgd_points: int = 16                # promising domains' vertices (this many per worker)
@@ -178,6 +180,7 @@ class BabSolver:
         self.template: Domains | None = None    # an empty batch of the right shapes
         self._step_seconds = 0.0                # recent duration of one beta-CROWN step
         self.batch = auto_batch_size(problem, opts, problem.d.device)
+        self.max_open = opts.max_domains        # lowered to what memory holds when solving starts
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
                                     self._bound_once, opts.candidates)
 
@@ -277,8 +280,18 @@ class BabSolver:
         self.stats.iterations += result.iterations
         self._settle(roots, result, roots.lower)
 
+    def _store_limit(self, roots: Domains) -> int:
+        """Open domains this worker may keep: max_domains, or fewer if memory holds fewer (every
+        worker agrees on the smallest, so all stop in the same round)."""
+        per_domain = max(1, roots.nbytes() // max(1, len(roots)))
+        fits = int(free_memory_bytes(roots.pair.device) * self.opts.store_fraction) // per_domain
+        return self.comm.agree_min(max(self.batch * 4, min(self.opts.max_domains, fits)))
+
     def round(self):
-        parents, margins = self.store.pop_worst(self.batch)
+        # Worst first, unless the queue is over half full: then the most promising domains, whose
+        # children are the likeliest to be proved and leave the queue.
+        crowded = len(self.store) > self.max_open // 2
+        parents, margins = (self.store.pop_best if crowded else self.store.pop_worst)(self.batch)
         if parents is None:
             if not self.lockstep:
                 return
@@ -316,6 +329,7 @@ class BabSolver:
         """Decide the roots. Every worker calls this with the same roots; the comm says which
         worker starts with them (the others get theirs by rebalancing)."""
         self.template = roots.index(torch.zeros(0, dtype=torch.long, device=roots.pair.device))
+        self.max_open = self._store_limit(roots)
         bar = None
         try:
             if self.comm.owns_roots:
@@ -340,8 +354,8 @@ class BabSolver:
                     return self._result("unknown" if state.exhausted else "proved")
                 if state.time_up:
                     return self._result("timeout")
-                if state.too_many(self.opts.max_domains):
-                    return self._result("unknown", "too many open domains")
+                if state.too_many(self.max_open):
+                    return self._result("unknown", f"too many open domains (limit {self.max_open} per worker)")
                 if self.opts.max_rounds is not None and loops >= self.opts.max_rounds:
                     return self._result("unknown", f"stopped after {loops} rounds")   # the same on every rank
                 loops += 1
@@ -366,6 +380,7 @@ class BabSolver:
         stats = self.stats.as_dict(len(self.store))
         stats["exhausted_domains"] = self.exhausted
         stats["batch_per_worker"] = self.batch
+        stats["open_domain_limit"] = self.max_open
         stats["workers"] = self.comm.workers
         if why:
             stats["reason"] = why
