@@ -50,17 +50,11 @@ def _refusal(policy: Policy, node, shard_size: int) -> str | None:
         return f"policy '{policy.name}' does not shard convolutions yet"
     if node.op.kind != "linear" or len(node.shape) != 1:
         return f"policy '{policy.name}' needs a Linear layer with a flat output (this one: {list(node.shape)})"
-    if _some_rank_gets_no_rows(node.shape[0], shard_size):
-        # Shard(0) gives ceil(n/P) rows per rank, so the last ranks may get none; DTensor cannot
-        # view an A-matrix whose neuron dim is empty on a rank.
-        return (f"policy '{policy.name}' needs at least one output neuron on each of the {shard_size} ranks "
-                f"of a shard group (this layer has {node.shape[0]})")
+    if node.shape[0] == 1 and shard_size > 1:
+        # DTensor cannot view away a sharded dim of size 1 (the pipeline's [B, K, 1] -> [B, K]).
+        # Uneven shards are fine: 2 outputs on 4 ranks (1, 1, 0, 0) give the one-process verdicts.
+        return f"policy '{policy.name}' cannot shard a layer with one output neuron over {shard_size} ranks"
     return None
-
-
-def _some_rank_gets_no_rows(rows: int, ranks: int) -> bool:
-    chunk = -(-rows // ranks)
-    return ranks > 1 and chunk * (ranks - 1) >= rows
 
 
 def resolve_policies(graph, plan: Plan, shard_size: int = 1) -> dict[str, Policy]:
