@@ -11,8 +11,8 @@ from dist_utils import run_distributed
 from model_zoo import random_mlp
 
 # A 2-D input network whose threshold properties on Y_0 need branch and bound (see test_bab.py).
-# Two outputs: tp shards the last layer's rows, and DTensor cannot view a [1, 1, 1] A-matrix
-# sharded on a size-1 dim (a one-output tp layer fails in plain CROWN too).
+# Two outputs: tp shards the last layer's rows (a one-output layer is refused under tp: DTensor
+# cannot view away a sharded dim of size 1).
 SEED = 11
 WIDTHS = [2, 24, 24, 2]
 
