@@ -14,6 +14,7 @@ from model_zoo import random_mlp
 # Two outputs: tp shards the last layer's rows (a one-output layer is refused under tp: DTensor
 # cannot view away a sharded dim of size 1).
 SEED = 11
+START = "forkserver"       # ranks forked from a server that imported torch once (dist_utils)
 WIDTHS = [2, 24, 24, 2]
 
 
@@ -79,14 +80,15 @@ def _check(results, world):
 
 def test_bab_on_two_ranks_every_plan(tmp_path):
     low, high = _thresholds()
-    configs = [("fsdp", None), ("fsdp-prefetch", None), ("tp", None), ("spec", None),
-               ("0=fsdp;*=spec", None), ("replicate", "2x1")]
+    # fsdp and spec on the mnist network: test_mnist_256x2_all_verdicts_distributed.
+    configs = [("fsdp-prefetch", None), ("tp", None), ("0=fsdp;*=spec", None), ("replicate", "2x1")]
     res = run_distributed(_decide_under_plans, 2, tmp_path, configs, [_threshold(low), _threshold(high)],
-                          timeout_s=240)
+                          timeout_s=240, start_method=START)
     _check(res, 2)
     workers = {(row[0], row[1]): row[5] for row in res[0][::2]}
     assert workers[("tp", None)] == 1           # tp: both ranks bound the same domains
-    assert workers[("fsdp", None)] == 2         # every other plan: each rank has its own queue
+    assert workers[("fsdp-prefetch", None)] == 2    # every other plan: each rank has its own queue
+    assert workers[("0=fsdp;*=spec", None)] == 2
     assert workers[("replicate", "2x1")] == 2
 
 
@@ -96,7 +98,7 @@ def test_bab_on_a_2x2_mesh_with_tp(tmp_path):
     and test_torchrun.py.)"""
     low, high = _thresholds()
     res = run_distributed(_decide_under_plans, 4, tmp_path, [("tp", "2x2")], [_threshold(low), _threshold(high)],
-                          timeout_s=240)
+                          timeout_s=240, start_method=START)
     _check(res, 4)
     assert res[0][0][5] == 2
 
@@ -137,7 +139,8 @@ def test_mnist_256x2_all_verdicts_distributed(tmp_path, world, plan, mesh):
     torchrun-style process groups, as in one process (tests/test_bab.py covers one process)."""
     expected = _expected_256x2()
     names = sorted(expected)
-    res = run_distributed(_mnist_256x2_verdicts, world, tmp_path, plan, mesh, names, timeout_s=900)
+    res = run_distributed(_mnist_256x2_verdicts, world, tmp_path, plan, mesh, names, timeout_s=900,
+                          start_method=START)
     for rank_result in res[1:]:
         assert {k: v[0] for k, v in rank_result.items()} == {k: v[0] for k, v in res[0].items()}
     wrong = {k: (v, expected[k]) for k, v in res[0].items() if v[0] != expected[k]}
