@@ -122,10 +122,13 @@ def bytes_per_domain(problem: BabProblem) -> int:
 
 
 def free_memory_bytes(device) -> int:
-    """Free memory for this rank: CUDA's free bytes, or MemAvailable shared by the ranks on the host."""
+    """Free memory for this rank: CUDA's free bytes plus what PyTorch's caching allocator holds
+    unused (blocks kept from earlier instances of a benchmark), or MemAvailable shared by the
+    ranks on the host."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(cached, 0))
     try:
         with open("/proc/meminfo") as fh:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if ":" in line}
