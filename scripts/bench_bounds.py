@@ -33,7 +33,6 @@ import csv
 import cProfile
 import io
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -50,6 +49,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import dtensor_verify as dv  # noqa: E402
+from dtensor_verify.device import cpu_model  # noqa: E402
 
 MODELS = ("mnist_256x6", "wide_mlp")
 PURE = dv.CrownOptions(intersect_ibp=False, skip_stable=False)
@@ -61,16 +61,6 @@ def benchmarks_dir() -> Path:
     if not p.is_dir():
         raise SystemExit(f"benchmark data not found at {p}")
     return p
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ------------------------------------------------------------------------------------- models

@@ -703,25 +703,17 @@ def render(args, facts, instances, rows, runs, groups) -> tuple[str, str]:
 
 def gather_facts(args) -> dict:
     import torch
+
+    from dtensor_verify.device import cpu_model
     if args.device == "cuda":
         host_device = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
     else:
-        host_device = f"CPU {_cpu_model()}, {os.cpu_count()} cores"
+        host_device = f"CPU {cpu_model()}, {os.cpu_count()} cores"
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "host_device": host_device, "python": platform.python_version(), "torch": torch.__version__,
             "ours_commit": args.ours_commit or _git_commit(ROOT),
             "abcrown_commit": _dir_commit(args.abcrown), "auto_lirpa_commit": _dir_commit(args.auto_lirpa),
             "onnx2pytorch_commit": _dir_commit(args.onnx2pytorch) if args.onnx2pytorch else "-"}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _git_commit(path: Path) -> str:
