@@ -321,13 +321,14 @@ def output_bound(graph, bounds, C, layout: Layout = DEFAULT_LAYOUT, alphas=None,
     return tuple(None if t is None else layout.gather_rows(t, graph.output_name, n_rows) for t in (lo, up))
 
 
-def crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: CrownOptions | None = None):
+def crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: CrownOptions | None = None,
+          want_lower=True, want_upper=True):
     """CROWN bounds of C f(x) over the box. Returns (lower, upper, intermediate bounds)."""
     if C is None:
         C = default_spec(graph, box[0].shape[0], box[0].dtype, box[0].device)
     with torch.no_grad():
         bounds, _ = intermediate_bounds(graph, box, layout, opts)
-        lo, up = output_bound(graph, bounds, C, layout)
+        lo, up = output_bound(graph, bounds, C, layout, want_lower=want_lower, want_upper=want_upper)
     return lo, up, bounds
 
 
