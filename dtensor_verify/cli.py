@@ -18,7 +18,6 @@ the top of this module, so arguments are parsed (and bad ones refused) before to
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -27,22 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-PROG = "dtensor-verify"
-EXIT_OK, EXIT_CONTRADICTION, EXIT_ERROR = 0, 1, 2
+from .cli_common import (EXIT_ERROR, EXIT_OK, PROG, CliError, bab_options, err, load_model, one_line,
+                         user_errors, warn)
+
 # When main() started, as time.time() and time.perf_counter() (the start-up breakdown of `run`).
 _MAIN_ENTERED_AT: float | None = None
 _MAIN_ENTERED_PERF: float | None = None
-
-
-class CliError(Exception):
-    """A user error found by the CLI itself (bad arguments, unreadable files)."""
-
-
-def _user_errors():
-    from .errors import VerifierError
-    from .specs import VnnlibError
-
-    return (VerifierError, VnnlibError, CliError, OSError)
 
 
 def _device(args):
@@ -54,32 +43,7 @@ def _device(args):
     return device
 
 
-def _err(msg: str) -> None:
-    msg = " ".join(str(msg).split())
-    print(f"{PROG}: error: {msg}", file=sys.stderr)
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and not str(exc).strip():
-        return type(exc).__name__
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}"
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())
-
-
 # ------------------------------------------------------------------------------------------ shared
-
-def _load_model(path: str, device=None):
-    from .api import load
-
-    p = Path(path)
-    if not p.exists():
-        raise CliError(f"{path}: no such file")
-    if p.is_dir():
-        raise CliError(f"{path}: is a directory, not an ONNX file")
-    return load(str(p), device=device)
-
 
 def _read_property(path: str, model):
     from .specs import read_vnnlib
@@ -98,45 +62,23 @@ def _apply_plan(model, plan: str | None, quiet: bool, timeout_s: float | None = 
         plan = "replicate"
     if plan is None:
         return None
-    try:
-        from placements import apply_plan_from_cli
-    except ImportError as exc:
-        if plan.strip() == "replicate":
-            return plan
-        raise CliError(f"--plan '{plan}' needs the placements package, which cannot be imported ({exc})") from None
-    kwargs = {"mesh_shape": mesh}
-    try:
-        if "log" in inspect.signature(apply_plan_from_cli).parameters:
-            kwargs["log"] = not quiet
-    except (TypeError, ValueError):
-        pass
-    if timeout_s is not None:
-        kwargs["timeout_s"] = timeout_s
-    report = apply_plan_from_cli(model, plan, **kwargs)
-    if report is not None and not quiet and getattr(model.layout, "rank", 0) == 0 and "log" not in kwargs:
-        print(str(report), file=sys.stderr)
+    from placements import apply_plan_from_cli
+
+    apply_plan_from_cli(model, plan, log=not quiet, timeout_s=timeout_s, mesh_shape=mesh)
     return plan
 
 
 def _memory_report(model, rep=None) -> dict:
-    """The JSON `memory` entry, from dtensor_verify.memory when it exists (collective: every rank calls)."""
-    try:
-        from .memory import memory_report
-    except ImportError:
-        return {}
-    try:
-        out = memory_report(model, rep)
-    except TypeError:           # an older signature
-        out = memory_report()
-    return out if isinstance(out, dict) else {"report": str(out)}
+    """The JSON `memory` entry (a collective: every rank calls)."""
+    from .memory import memory_report
+
+    return memory_report(model, rep)
 
 
 def _metered(model, fn):
-    """Run `fn()` under the memory meter; returns (result, memory dict) or (result, {}) without one."""
-    try:
-        from .memory import measure
-    except ImportError:
-        return fn(), _memory_report(model)
+    """Run `fn()` under the memory meter; returns (result, memory dict)."""
+    from .memory import measure
+
     with measure(model) as rep:
         out = fn()
     return out, _memory_report(model, rep)
@@ -148,34 +90,20 @@ def _is_rank0(model) -> bool:
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
-    return getattr(getattr(model, "layout", None), "rank", 0) == 0
-
-
-def _bab_options(args):
-    """BabOptions from `--bab-batch` / `--branching` (None: the defaults)."""
-    from .bab import BabOptions
-
-    opts = BabOptions(branching=args.branching)
-    if args.bab_batch is not None:
-        if args.bab_batch < 1:
-            raise CliError("--bab-batch must be >= 1")
-        opts.batch_size = args.bab_batch
-    return opts
+    return model.layout.rank == 0
 
 
 def _write_json(path: str, data: dict) -> None:
     def default(o):
-        try:
-            import numpy as np
-            import torch
-            if isinstance(o, torch.Tensor):
-                return o.detach().cpu().tolist()
-            if isinstance(o, np.ndarray):
-                return o.tolist()
-            if isinstance(o, (np.floating, np.integer)):
-                return o.item()
-        except ImportError:
-            pass
+        import numpy as np
+        import torch
+
+        if isinstance(o, torch.Tensor):
+            return o.detach().cpu().tolist()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
         return str(o)
 
     text = json.dumps(data, indent=2, default=default, allow_nan=True)
@@ -192,7 +120,7 @@ def _read_vector(path: str) -> "np.ndarray":
         try:
             arr = np.load(p, allow_pickle=False)
         except (ValueError, OSError) as exc:
-            raise CliError(f"{path}: not a readable .npy file ({_one_line(exc)})") from None
+            raise CliError(f"{path}: not a readable .npy file ({one_line(exc)})") from None
         return np.asarray(arr, dtype=np.float64).ravel()
     text = p.read_text()
     tokens = [t for t in re.split(r"[\s,;]+", text.strip()) if t]
@@ -225,7 +153,7 @@ def cmd_bounds(args) -> int:
         raise CliError("--spec-rows needs --vnnlib (the rows come from its output constraints)")
     if args.iterations is not None and args.iterations < 0:
         raise CliError("--iterations must be >= 0")
-    model = _load_model(args.model, _device(args))
+    model = load_model(args.model, _device(args))
     C = d = None
     labels = [f"Y_{j}" for j in range(model.n_outputs)]
     spec_desc = None
@@ -284,7 +212,7 @@ def cmd_bounds(args) -> int:
     if args.json:
         data = {"lower": lower, "upper": upper, "labels": labels, "method": method, "seconds": seconds,
                 "device": str(model.device),
-                "world_size": getattr(model.layout, "world_size", 1), "plan": plan or "replicate",
+                "world_size": model.layout.world_size, "plan": plan or "replicate",
                 "memory": memory, "model": str(args.model), "spec": spec_desc,
                 "spec_rows": bool(args.spec_rows)}
         if res.info.get("iterations") is not None:
@@ -320,11 +248,6 @@ def _import_engine() -> None:
     from ._lazy_onnx2torch import import_onnx2torch
 
     import_onnx2torch()
-
-
-def _warn(msg: str) -> None:
-    msg = " ".join(str(msg).split())
-    print(f"{PROG}: warning: {msg}", file=sys.stderr, flush=True)
 
 
 # Collectives may wait this much past the time limit before failing; longer than the watchdog's
@@ -367,7 +290,7 @@ def _run_instance(args, results, t0: float) -> int:
     def left() -> float:
         return max(args.timeout - (time.perf_counter() - t0), 0.0)
 
-    model = _load_model(args.onnx, _device(args))
+    model = load_model(args.onnx, _device(args))
     watch.lap("load")
     prop = _read_property(args.vnnlib, model)
     watch.lap("property")
@@ -377,7 +300,7 @@ def _run_instance(args, results, t0: float) -> int:
     lead = _is_rank0(model)
     res = verify_instance(model, prop, args.onnx, left(), methods=tuple(args.methods),
                           attack=not args.no_attack, log=_stderr_log(args.quiet or not lead),
-                          bab=not args.no_bab, bab_options=_bab_options(args))
+                          bab=not args.no_bab, bab_options=bab_options(args))
     watch.lap("verify")
     # The verdict goes to the results file first: nothing after it (memory report, JSON) can
     # change it. Ranks other than 0 only write `error`, and only where rank 0 has not written.
@@ -394,21 +317,21 @@ def _run_instance(args, results, t0: float) -> int:
         data = res.as_dict()
         data.update({"onnx": str(args.onnx), "vnnlib": str(args.vnnlib), "timeout": args.timeout,
                      "total_seconds": time.perf_counter() - t0, "plan": plan or "replicate",
-                     "device": str(model.device), "world_size": getattr(model.layout, "world_size", 1),
+                     "device": str(model.device), "world_size": model.layout.world_size,
                      "memory": memory, "startup": {"main_entered_at": _MAIN_ENTERED_AT, **watch.seconds}})
         try:
             _write_json(args.json, data)
         except OSError as exc:
-            _warn(f"--json {_one_line(exc)}: the JSON report was not written; the verdict "
+            warn(f"--json {one_line(exc)}: the JSON report was not written; the verdict "
                   f"'{res.verdict}' stands in {args.results}")
     print(res.verdict, flush=True)
     if res.verdict == "error":
         if _peer_failure(model, res):
-            _err(f"a collective failed: another rank died or stopped answering ({res.message[:300]})")
+            err(f"a collective failed: another rank died or stopped answering ({res.message[:300]})")
             return EXIT_ERROR
         if res.traceback:
             print(res.traceback, file=sys.stderr, end="")
-        _err(res.message or "verification failed")
+        err(res.message or "verification failed")
         return EXIT_ERROR
     return EXIT_OK
 
@@ -419,7 +342,7 @@ def _memory_report_or_warn(model, lead: bool) -> dict:
         return _memory_report(model)
     except Exception as exc:    # noqa: BLE001 - e.g. a peer rank died after the verdict
         if lead:
-            _warn(f"memory report failed ({_one_line(exc)}); the JSON has no memory entry")
+            warn(f"memory report failed ({one_line(exc)}); the JSON has no memory entry")
         return {}
 
 
@@ -431,7 +354,7 @@ _PEER_FAILURE_TEXT = ("Connection reset by peer", "Connection closed by peer", "
 def _peer_failure(model, res) -> bool:
     """Did verification fail because a collective failed (a peer rank died or timed out)?
     That is a fault of the run, not a bug in this process: one line, no traceback."""
-    if getattr(model.layout, "world_size", 1) <= 1 or not res.message:
+    if model.layout.world_size <= 1 or not res.message:
         return False
     return any(text in res.message for text in _PEER_FAILURE_TEXT)
 
@@ -449,7 +372,7 @@ def cmd_benchmark(args) -> int:
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: same one-line format, status 2
         self.print_usage(sys.stderr)
-        _err(message)
+        err(message)
         raise SystemExit(EXIT_ERROR)
 
 
@@ -590,22 +513,22 @@ def main(argv=None) -> int:
     if args.threads is not None:
         import torch
         if args.threads < 1:
-            _err("--threads must be >= 1")
+            err("--threads must be >= 1")
             return EXIT_ERROR
         cap = min(1024, 4 * (os.cpu_count() or 1))      # torch crashes on absurd counts (100000)
         if args.threads > cap:
-            _err(f"--threads {args.threads} is more than {cap} (4 x the {os.cpu_count()} CPUs, at most 1024)")
+            err(f"--threads {args.threads} is more than {cap} (4 x the {os.cpu_count()} CPUs, at most 1024)")
             return EXIT_ERROR
         torch.set_num_threads(args.threads)
     try:
         return _run_command(args)
-    except _user_errors() as exc:
+    except user_errors() as exc:
         if _reports_errors():
-            _err(_one_line(exc))
+            err(one_line(exc))
         _write_error_result(args)
         return _exit_code(EXIT_ERROR)
     except KeyboardInterrupt:
-        _err("interrupted")
+        err("interrupted")
         return _exit_code(130)
     except Exception:
         # A bug: keep the traceback, but a harness waiting for the result file still gets one.
