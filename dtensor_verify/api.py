@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -60,10 +61,7 @@ class BoundedModel:
 
     @property
     def n_inputs(self) -> int:
-        n = 1
-        for s in self.input_shape:
-            n *= s
-        return n
+        return math.prod(self.input_shape)
 
     @property
     def n_outputs(self) -> int:
