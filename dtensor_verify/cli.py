@@ -137,14 +137,7 @@ def _read_vector(path: str) -> "np.ndarray":
 
 # ------------------------------------------------------------------------------------------ bounds
 
-def cmd_bounds(args) -> int:
-    import numpy as np
-    import torch
-
-    from .api import normalize_method
-    from .methods import AlphaOptions
-
-    method = normalize_method(args.method)
+def _check_bounds_args(args) -> None:
     if args.vnnlib is None and (args.lower is None or args.upper is None):
         raise CliError("give --vnnlib SPEC, or both --lower FILE and --upper FILE")
     if args.vnnlib is not None and (args.lower is not None or args.upper is not None):
@@ -153,47 +146,83 @@ def cmd_bounds(args) -> int:
         raise CliError("--spec-rows needs --vnnlib (the rows come from its output constraints)")
     if args.iterations is not None and args.iterations < 0:
         raise CliError("--iterations must be >= 0")
-    model = load_model(args.model, _device(args))
+
+
+def _spec_rows(path, region, device):
+    """C [1, K, n_out] (on `device`), d [K] (CPU) and labels of every row of the region's disjuncts."""
+    import numpy as np
+    import torch
+
+    rows_C, rows_d, labels = [], [], []
+    for j, dj in enumerate(region.disjuncts):
+        for i in range(dj.C.shape[0]):
+            rows_C.append(dj.C[i])
+            rows_d.append(dj.d[i])
+            labels.append(f"d{j}.r{i}")
+    if not rows_C:
+        raise CliError(f"{path}: the first region has no output constraint rows to bound")
+    C = torch.tensor(np.stack(rows_C), dtype=torch.float32, device=device).unsqueeze(0)
+    d = torch.tensor(np.asarray(rows_d), dtype=torch.float32, device="cpu")   # subtracted on the CPU
+    return C, d, labels
+
+
+def _bounds_input(args, model):
+    """(lo, hi, C, d, labels, spec description) from --vnnlib [--spec-rows] or --lower/--upper."""
+    import numpy as np
+
     C = d = None
     labels = [f"Y_{j}" for j in range(model.n_outputs)]
-    spec_desc = None
-    if args.vnnlib is not None:
-        prop = _read_property(args.vnnlib, model)
-        if not prop.regions:
-            raise CliError(f"{args.vnnlib}: the property has no satisfiable region, so no input box")
-        region = prop.regions[0]
-        lo, hi = np.asarray(region.lower), np.asarray(region.upper)
-        spec_desc = {"path": str(args.vnnlib), "regions": len(prop.regions), "region": 0}
-        if args.spec_rows:
-            rows_C, rows_d, labels = [], [], []
-            for j, dj in enumerate(region.disjuncts):
-                for i in range(dj.C.shape[0]):
-                    rows_C.append(dj.C[i])
-                    rows_d.append(dj.d[i])
-                    labels.append(f"d{j}.r{i}")
-            if not rows_C:
-                raise CliError(f"{args.vnnlib}: the first region has no output constraint rows to bound")
-            C = torch.tensor(np.stack(rows_C), dtype=torch.float32, device=model.device).unsqueeze(0)
-            d = torch.tensor(np.asarray(rows_d), dtype=torch.float32, device="cpu")   # subtracted on the CPU
-            spec_desc["rows"] = labels
-    else:
+    if args.vnnlib is None:
         lo, hi = _read_vector(args.lower), _read_vector(args.upper)
         for what, v, f in (("lower", lo, args.lower), ("upper", hi, args.upper)):
             if v.size != model.n_inputs:
                 raise CliError(f"{f}: {v.size} {what} bounds, the model has {model.n_inputs} inputs")
-        spec_desc = {"lower": str(args.lower), "upper": str(args.upper)}
+        return lo, hi, C, d, labels, {"lower": str(args.lower), "upper": str(args.upper)}
+    prop = _read_property(args.vnnlib, model)
+    if not prop.regions:
+        raise CliError(f"{args.vnnlib}: the property has no satisfiable region, so no input box")
+    region = prop.regions[0]
+    spec_desc = {"path": str(args.vnnlib), "regions": len(prop.regions), "region": 0}
+    if args.spec_rows:
+        C, d, labels = _spec_rows(args.vnnlib, region, model.device)
+        spec_desc["rows"] = labels
+    return np.asarray(region.lower), np.asarray(region.upper), C, d, labels, spec_desc
+
+
+def _print_bounds(args, method, seconds, labels, lower, upper) -> None:
+    what = "C y - d" if args.spec_rows else "outputs"
+    print(f"{Path(args.model).name}: {method} bounds of the {what} ({seconds:.3f} s)")
+    print(f"  {'':<8} {'lower':>14} {'upper':>14}")
+    show = len(labels) if len(labels) <= 40 else 30
+    for name, lo_v, hi_v in list(zip(labels, lower, upper))[:show]:
+        print(f"  {name:<8} {lo_v:>14.6g} {hi_v:>14.6g}")
+    if show < len(labels):
+        print(f"  ... {len(labels) - show} more (see --json)")
+
+
+def cmd_bounds(args) -> int:
+    import torch
+
+    from .methods import AlphaOptions
+    from .methods.dispatch import normalize_method
+
+    method = normalize_method(args.method)
+    _check_bounds_args(args)
+    model = load_model(args.model, _device(args))
+    lo, hi, C, d, labels, spec_desc = _bounds_input(args, model)
     plan = _apply_plan(model, args.plan, args.quiet)
     alpha_opts = AlphaOptions(iterations=args.iterations) if args.iterations is not None else None
     x_lo = torch.tensor(lo, dtype=torch.float32, device=model.device).reshape(1, *model.input_shape)
     x_hi = torch.tensor(hi, dtype=torch.float32, device=model.device).reshape(1, *model.input_shape)
+
+    def bound():
+        return model.compute_bounds(x_lo, x_hi, method=method, C=C, alpha_options=alpha_opts)
+
     t0 = time.perf_counter()
-    res = model.compute_bounds(x_lo, x_hi, method=method, C=C, alpha_options=alpha_opts)
+    res = bound()
     seconds = time.perf_counter() - t0
-    memory = {}
-    if args.json and not args.no_memory:
-        # A second, metered pass: the meter slows bounding, so `seconds` comes from the first.
-        _, memory = _metered(model, lambda: model.compute_bounds(x_lo, x_hi, method=method, C=C,
-                                                                 alpha_options=alpha_opts))
+    # A second, metered pass: the meter slows bounding, so `seconds` comes from the first.
+    memory = _metered(model, bound)[1] if args.json and not args.no_memory else {}
     lower, upper = res.lower[0].detach().cpu().double(), res.upper[0].detach().cpu().double()
     if d is not None:
         lower, upper = lower - d.double(), upper - d.double()
@@ -201,20 +230,11 @@ def cmd_bounds(args) -> int:
     if not _is_rank0(model):
         return EXIT_OK
     if not args.quiet or args.json is None:
-        what = "C y - d" if args.spec_rows else "outputs"
-        print(f"{Path(args.model).name}: {method} bounds of the {what} ({seconds:.3f} s)")
-        print(f"  {'':<8} {'lower':>14} {'upper':>14}")
-        show = len(labels) if len(labels) <= 40 else 30
-        for name, lo_v, hi_v in list(zip(labels, lower, upper))[:show]:
-            print(f"  {name:<8} {lo_v:>14.6g} {hi_v:>14.6g}")
-        if show < len(labels):
-            print(f"  ... {len(labels) - show} more (see --json)")
+        _print_bounds(args, method, seconds, labels, lower, upper)
     if args.json:
         data = {"lower": lower, "upper": upper, "labels": labels, "method": method, "seconds": seconds,
-                "device": str(model.device),
-                "world_size": model.layout.world_size, "plan": plan or "replicate",
-                "memory": memory, "model": str(args.model), "spec": spec_desc,
-                "spec_rows": bool(args.spec_rows)}
+                "device": str(model.device), "world_size": model.layout.world_size, "plan": plan or "replicate",
+                "memory": memory, "model": str(args.model), "spec": spec_desc, "spec_rows": bool(args.spec_rows)}
         if res.info.get("iterations") is not None:
             data["iterations"] = res.info["iterations"]
         _write_json(args.json, data)
@@ -391,23 +411,17 @@ def _add_mesh_argument(p):
                         "branch-and-bound domains are spread over all ranks (default 1xP)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+METHOD_CHOICES = ["ibp", "crown", "alpha-crown"]
 
-    p = _Parser(prog=PROG, description="Neural-network verification by bound propagation (IBP, CROWN, "
-                                       "alpha-CROWN) on PyTorch DTensors.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    methods = ["ibp", "crown", "alpha-crown"]
 
-    def add_device(parser):
-        parser.add_argument("--device", default="auto", metavar="DEV",
-                            help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one; under "
-                                 "torchrun each rank's own, cuda:LOCAL_RANK). Counterexamples are still "
-                                 "confirmed by onnxruntime on the CPU")
+def _add_device(parser):
+    parser.add_argument("--device", default="auto", metavar="DEV",
+                        help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one; under "
+                             "torchrun each rank's own, cuda:LOCAL_RANK). Counterexamples are still "
+                             "confirmed by onnxruntime on the CPU")
 
+
+def _add_bounds_command(sub):
     b = sub.add_parser("bounds", help="bounds of the network outputs (or spec rows) over an input box")
     b.add_argument("model", metavar="MODEL", help="ONNX file (.onnx or .onnx.gz)")
     b.add_argument("--vnnlib", metavar="SPEC", help="VNN-LIB file; its first input box is used")
@@ -421,9 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no table when --json is given")
     b.add_argument("--no-memory", action="store_true",
                    help="skip the metered second pass that fills the JSON's 'memory' entry")
-    add_device(b)
+    _add_device(b)
     b.set_defaults(func=cmd_bounds)
 
+
+def _add_run_command(sub):
     r = sub.add_parser("run", help="verify one VNN-COMP instance and write the result file")
     r.add_argument("--onnx", required=True, metavar="MODEL")
     r.add_argument("--vnnlib", required=True, metavar="SPEC")
@@ -431,14 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", required=True, type=float, metavar="SECONDS")
     r.add_argument("--json", metavar="J", help="write details (bounds, phases, timings) as JSON")
     r.add_argument("--plan", default=None)
-    r.add_argument("--methods", nargs="+", default=["crown", "alpha-crown"], choices=methods)
+    r.add_argument("--methods", nargs="+", default=["crown", "alpha-crown"], choices=METHOD_CHOICES)
     r.add_argument("--no-attack", action="store_true", help="skip the PGD attack (never finds sat)")
     _add_bab_arguments(r)
     _add_mesh_argument(r)
     r.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
-    add_device(r)
+    _add_device(r)
     r.set_defaults(func=cmd_run)
 
+
+def _add_benchmark_command(sub):
     k = sub.add_parser("benchmark", help="run every instance of a VNN-COMP benchmark folder")
     k.add_argument("dir", metavar="DIR")
     k.add_argument("--instances", metavar="CSV", help="instances file (default DIR/instances.csv)")
@@ -448,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--limit", type=int, default=None, metavar="N", help="first N instances only")
     k.add_argument("--filter", default=None, metavar="SUBSTRING",
                    help="only instances whose onnx or vnnlib path contains SUBSTRING")
-    k.add_argument("--methods", nargs="+", default=["crown", "alpha-crown"], choices=methods)
+    k.add_argument("--methods", nargs="+", default=["crown", "alpha-crown"], choices=METHOD_CHOICES)
     k.add_argument("--quiet", action="store_true", help="no progress bar")
     k.add_argument("--verbose", action="store_true", help="pipeline messages per instance")
     _add_bab_arguments(k)
@@ -457,8 +475,21 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--shard-instances", action="store_true",
                    help="under torchrun: rank r of P runs instances r, r+P, ... on its own device; all ranks "
                         "append to the one --csv, rank 0 prints the summary")
-    add_device(k)
+    _add_device(k)
     k.set_defaults(func=cmd_benchmark)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog=PROG, description="Neural-network verification by bound propagation (IBP, CROWN, "
+                                       "alpha-CROWN) on PyTorch DTensors.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for add in (_add_bounds_command, _add_run_command, _add_benchmark_command):
+        add(sub)
     return p
 
 
