@@ -63,9 +63,9 @@ class Pairs:
         self.n_real_rows = [k for _, _, k in rows]
         P, K = len(rows), max((c.shape[0] for c, _, _ in rows), default=1)
         # Filled row by row on the CPU, then moved to the model's device in one copy each.
-        self.C = torch.zeros(P, K, n_out, dtype=dtype)
-        self.d = torch.zeros(P, K, dtype=dtype)
-        self.mask = torch.zeros(P, K, dtype=torch.bool)
+        self.C = torch.zeros(P, K, n_out, dtype=dtype, device="cpu")
+        self.d = torch.zeros(P, K, dtype=dtype, device="cpu")
+        self.mask = torch.zeros(P, K, dtype=torch.bool, device="cpu")
         for p, (C, d, _) in enumerate(rows):
             k = C.shape[0]
             self.C[p, :k] = torch.from_numpy(C).to(dtype)
