@@ -47,6 +47,7 @@ def attack_round(model, pairs, open_idx, lo, hi, clock, opts: AttackOptions, res
 
 def confirm_candidates(inst: Instance, x_best, margins, idx) -> Counterexample | None:
     """Record the candidates' margins; the first confirmed counterexample among them (or None)."""
+    margins = margins.detach().cpu().tolist()          # one transfer, not one per candidate
     inst.note_margins(idx, margins)
     return inst.confirm.first(x_best, margins, idx, inst.pairs.index)
 
