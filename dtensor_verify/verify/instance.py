@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
+from ..api import BoundedModel
 from ..errors import InputSpecError, TimeLimitReached
+from ..specs import Property
 from .confirm import Confirmer
 from .result import AttackOptions, Counterexample, DisjunctStatus, VerifyResult
 
@@ -88,8 +91,8 @@ def region_boxes(prop, input_shape, dtype=torch.float32, device=None):
 @dataclass
 class Instance:
     """One instance on its way to a verdict. Stages read it and record what they found in it."""
-    model: object                       # api.BoundedModel (placed or not)
-    prop: object                        # specs.Property
+    model: BoundedModel                 # placed or not
+    prop: Property
     pairs: Pairs
     details: list                       # DisjunctStatus per pair
     region_lo: torch.Tensor             # [R, *S]
@@ -97,7 +100,7 @@ class Instance:
     pair_region: torch.Tensor           # [P] long
     clock: Clock
     confirm: Confirmer
-    say: object                         # str -> None
+    say: Callable[[str], None]          # progress messages
     attack: AttackOptions
     result: VerifyResult
     guided: dict = field(default_factory=dict)     # pair -> bound-guided vertices [n, *S] (best 8)

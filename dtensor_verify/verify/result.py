@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 VERDICTS = ("sat", "unsat", "unknown", "timeout", "error")
 
 
@@ -55,8 +57,8 @@ class VerifyResult:
 class Counterexample:
     """A confirmed violation: the input (float64 of a float32 point in the box), the output of
     the original model there, who ran it, and the (region, disjunct) pair it violates."""
-    x: object                    # np.ndarray [n_in]
-    y: object                    # np.ndarray [n_out]
+    x: np.ndarray                # [n_in] float64
+    y: np.ndarray                # [n_out] float64
     confirmed_by: str            # 'onnxruntime' | 'torch'
     pair: int
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..bab import BabOptions
 from ..errors import TimeLimitReached
+from ..methods import AlphaOptions
 from .attacks import attack_open, check_vertices
 from .bab_stage import branch_and_bound
 from .bounds import bound_pairs
@@ -37,7 +39,7 @@ class Bound:
     the rows it left unproved are tried as counterexamples."""
     method: str
     batching: str = "region"
-    alpha_options: object = None
+    alpha_options: AlphaOptions | None = None
     max_batch: int = 64
     guide: bool = True
 
@@ -84,7 +86,7 @@ class AttackBeforeBab:
 
 @dataclass
 class BranchAndBound:
-    options: object = None           # bab.BabOptions
+    options: BabOptions | None = None
     progress: bool = False           # a progress bar on stderr (rank 0)
 
     def run(self, inst: Instance) -> Decision | None:
