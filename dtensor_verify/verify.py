@@ -459,7 +459,7 @@ def _branch_and_bound(model, pairs: _Pairs, details, roots, pair_lo, pair_hi, cl
     t = time.perf_counter()
     param = next(iter(model.module.parameters()), None)          # where the weights live (DTensors too)
     device = param.device if param is not None else layout.device
-    with layout.domain_batches():
+    with model.layout.domain_batches() as layout:      # rows of a bound stay on one rank
         problem = BabProblem(model.graph, layout, model.forward, pairs.C.to(device), pairs.d.to(device),
                              pairs.mask.to(device), pair_lo.to(device), pair_hi.to(device))
         one_process = getattr(layout, "world_size", 1) == 1
