@@ -99,8 +99,8 @@ class BoundedModel:
         for node in self.graph.nodes:
             if node.op is None:
                 continue
-            with self.layout.weights(node):
-                values[node.name] = self.layout.local(self.layout.forward(node, [values[i] for i in node.inputs]))
+            with self.layout.weights(node) as weights:
+                values[node.name] = self.layout.local(weights.forward([values[i] for i in node.inputs]))
         return values[self.graph.output_name].flatten(1)
 
     __call__ = forward

@@ -58,7 +58,7 @@ def init_alphas(graph, bounds, starts: dict[str, int], layout: Layout):
     alphas = {}
     relus = _relu_nodes(graph)
     for start, n_rows in starts.items():
-        k = len(range(n_rows)[layout.row_slice(start, n_rows)])
+        k = len(range(n_rows)[layout.rows(start, n_rows).mine])
         ancestors = graph.ancestors(start)
         per_start = {}
         for relu in relus:
@@ -137,6 +137,7 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
                           opts.patience, opts.tol, on_step)
     best_lo, best_up, best_bounds = best["lo"], best["up"], best["bounds"]
     n_rows = C.shape[1]
-    gather = (lambda t: None if t is None else layout.gather_rows(t, graph.output_name, n_rows))
+    split = layout.rows(graph.output_name, n_rows)
+    gather = (lambda t: None if t is None else split.gather(t))
     return AlphaResult(gather(best_lo), gather(best_up), gather(crown_lo), gather(crown_up), iterations,
                        best_bounds, alphas, graph.output_name)

@@ -65,10 +65,10 @@ def _solve(inst: Instance, open_idx, opts):
     from ..bab import BabProblem, BabSolver, make_roots
     from ..bab.comm import comm_for
 
-    model, pairs, layout = inst.model, inst.pairs, inst.model.layout
+    model, pairs = inst.model, inst.pairs
     param = next(iter(model.module.parameters()), None)          # where the weights live (DTensors too)
-    device = param.device if param is not None else layout.device
-    with layout.domain_batches():
+    device = param.device if param is not None else model.layout.device
+    with model.layout.domain_batches() as layout:      # rows of a bound stay on one rank
         problem = BabProblem(model.graph, layout, model.forward, pairs.C.to(device), pairs.d.to(device),
                              pairs.mask.to(device), inst.pair_lo.to(device), inst.pair_hi.to(device))
         if layout.world_size > 1 and opts.root_iterations == 0:
