@@ -7,6 +7,7 @@ placement pass can shard them in place.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -15,7 +16,9 @@ from torch import nn
 from .errors import ModelLoadError, UnsupportedOpError
 from .model_loading import LoadedModel, describe_node, propagate_shapes
 from .ops import BoundOp, make_op
+from .ops.structural import make_item_op
 from .ops.elementwise_affine import ElementwiseAffineOp
+from .ops.linear_map import LinearMapOp
 
 
 @dataclass
@@ -110,6 +113,7 @@ def _build_graph(loaded: LoadedModel) -> BoundGraph:
     nodes: list[BoundNode] = []
     perturbed: set[str] = set()
     constants: dict[str, object] = {}
+    tuple_nodes: dict[str, list] = {}     # tuple-valued perturbed nodes (Split) -> their perturbed inputs
     input_name = output_name = None
     modules = dict(gm.named_modules())
 
@@ -142,20 +146,33 @@ def _build_graph(loaded: LoadedModel) -> BoundGraph:
             continue
         flat_args = [a for a in fx_node.args]
         pert_args = [a for a in flat_args if isinstance(a, torch.fx.Node) and a.name in perturbed]
-        if not pert_args:
+        # Perturbed nodes nested in lists / kwargs (torch.cat([a, b])) come after the top-level ones.
+        pert_args += [a for a in fx_node.all_input_nodes if a.name in perturbed and a not in pert_args]
+        item = _tuple_item(fx_node, tuple_nodes)
+        if item is not None:
+            producer, index = item
+            op = make_item_op(gm, producer, tuple_nodes[producer.name], index, value_of, fx_node.name)
+            pert_args = tuple_nodes[producer.name]
+        elif not pert_args:
             # Constant sub-expression (e.g. a shape computation): evaluate it once.
             constants[fx_node.name] = _evaluate_constant(gm, fx_node, value_of)
             continue
         const_args = {i: value_of(a) for i, a in enumerate(flat_args)
-                      if not (isinstance(a, torch.fx.Node) and a.name in perturbed)
+                      if not (isinstance(a, torch.fx.Node) and (a.name in perturbed or a.name in tuple_nodes))
                       and (isinstance(a, torch.fx.Node) or isinstance(a, (int, float)))}
         if fx_node.op == "call_method" and fx_node.target in ("view", "reshape", "flatten"):
             const_args = {}
         if fx_node.op == "call_function" and fx_node.target in (torch.flatten, torch.reshape):
             const_args = {}
-        op = make_op(gm, fx_node, pert_args, const_args)
+        if fx_node.meta.get("tensor_meta") is None and item is None and _is_tuple_valued(fx_node):
+            tuple_nodes[fx_node.name] = pert_args         # built by the getitem nodes that read it
+            continue
+        if item is None:
+            op = make_op(gm, fx_node, pert_args, const_args, value_of=value_of)
         op.out_shape = _per_sample_shape(loaded.source, gm, fx_node)
         op.in_shapes = [nodes_by_name_shape(nodes, a.name) for a in pert_args]
+        if isinstance(op, LinearMapOp):
+            op.finalize(fx_node.meta["tensor_meta"].dtype, example.device)
         if isinstance(op, ElementwiseAffineOp):
             if op.kind == "batchnorm":
                 extra = len(op.out_shape) - 1
@@ -173,6 +190,21 @@ def _build_graph(loaded: LoadedModel) -> BoundGraph:
     if output_name is None or output_name not in perturbed:
         raise ModelLoadError(f"{loaded.source}: the output does not depend on the input")
     return BoundGraph(nodes, input_name, output_name, gm, loaded.input_shape)
+
+
+def _is_tuple_valued(fx_node) -> bool:
+    users = list(fx_node.users)
+    return bool(users) and all(u.op == "call_function" and u.target is operator.getitem for u in users)
+
+
+def _tuple_item(fx_node, tuple_nodes):
+    """(producer, index) when `fx_node` is `producer[index]` of a tuple-valued perturbed node."""
+    if fx_node.op != "call_function" or fx_node.target is not operator.getitem:
+        return None
+    producer, index = fx_node.args
+    if isinstance(producer, torch.fx.Node) and producer.name in tuple_nodes and isinstance(index, int):
+        return producer, index
+    return None
 
 
 def _per_sample_shape(source: str, gm, fx_node) -> tuple[int, ...]:
