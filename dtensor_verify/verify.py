@@ -452,6 +452,11 @@ def _branch_and_bound(model, pairs: _Pairs, details, roots, pair_lo, pair_hi, cl
     if not any(n.op is not None and n.op.needs_input_bounds for n in model.graph.nodes):
         say("bab: skipped (no ReLU to split: the bounds are already those of a linear network)")
         return "unknown"
+    others = [n.name for n in model.graph.nodes if n.op is not None and n.op.needs_input_bounds
+              and not getattr(n.op, "splittable", False)]
+    if others:
+        say(f"bab: skipped (nonlinear ops other than ReLU, e.g. '{others[0]}': branch and bound splits ReLUs only)")
+        return "unknown"
     layout = model.layout
     opts = bab_options or BabOptions()
     if log is not None and getattr(layout, "rank", 0) == 0:
