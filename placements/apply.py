@@ -26,10 +26,6 @@ from .mesh import mesh_device, split_mesh
 from .plan import Plan, Rule, parse_plan
 from .policies import Policy, get_policy
 
-# Ops that act elementwise: a tp-sharded neuron dim passes through them unchanged.
-_ELEMENTWISE = ("relu", "identity", "add_const", "sub_const", "rsub_const", "mul_const", "div_const",
-                "batchnorm")
-
 
 @dataclass
 class PlacementReport:
@@ -46,9 +42,12 @@ def _refusal(policy: Policy, node, shard_size: int) -> str | None:
     """Why `policy` cannot place `node`'s layer on `shard_size` ranks, or None when it can."""
     if policy.a_matrix_sharding != "neuron":
         return None
-    if not policy.supports_conv and node.op.kind == "conv2d":
-        return f"policy '{policy.name}' does not shard convolutions yet"
-    if node.op.kind != "linear" or len(node.shape) != 1:
+    if not node.op.caps.neuron_rows:
+        what = "convolutions yet" if (node.layer_type or "").lower().startswith("conv") else \
+            f"{node.layer_type or node.op.kind} layers"
+        return (f"policy '{policy.name}' does not shard {what} (it shards a layer's output neurons "
+                f"by weight rows: Linear layers)")
+    if len(node.shape) != 1:
         return f"policy '{policy.name}' needs a Linear layer with a flat output (this one: {list(node.shape)})"
     if node.shape[0] == 1 and shard_size > 1:
         # DTensor cannot view away a sharded dim of size 1 (the pipeline's [B, K, 1] -> [B, K]).
@@ -135,7 +134,7 @@ def neuron_sharding(graph, policies: dict[str, Policy]) -> dict[str, bool]:
             sharded[node.name] = False
         elif node.name in policies:
             sharded[node.name] = policies[node.name].a_matrix_sharding == "neuron"
-        elif node.op.kind in _ELEMENTWISE or node.op.kind in ("add", "sub"):
+        elif node.op.caps.elementwise:
             sharded[node.name] = all(sharded[i] for i in node.inputs)
         else:
             sharded[node.name] = False

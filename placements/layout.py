@@ -149,7 +149,7 @@ class DistributedLayout(Layout):
         # the weights its steps use, and the regather hooks (`_RegatherSavedWeights`) work on
         # whole FSDP layers.
         return (policy.stream_shards and not torch.is_grad_enabled()
-                and node.op.step_sums_over_weight_rows())
+                and node.op.caps.sums_over_weight_rows)
 
     def _weight_shards(self, node):
         """For each rank k in turn: set `node`'s parameters to rank k's Shard(0) rows (broadcast

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UnsupportedOpError
-from .base import BackwardResult, BoundOp
+from .base import BackwardResult, BoundOp, Capabilities
 
 
 class Conv2dOp(BoundOp):
@@ -41,8 +41,10 @@ class Conv2dOp(BoundOp):
         deviation = self._conv((hi - lo) / 2, w.abs(), None)
         return center - deviation, center + deviation
 
-    def step_sums_over_weight_rows(self):
-        return self.module.groups == 1      # with groups, an output channel reads only its group
+    @property
+    def caps(self):
+        # With groups, an output channel reads only its group: no sum over the weight's rows.
+        return Capabilities(has_weights=True, sums_over_weight_rows=self.module.groups == 1)
 
     def backward(self, lA, uA, input_bounds, alpha=None):
         m = self.module
@@ -58,7 +60,7 @@ class Conv2dOp(BoundOp):
             if A is None:
                 return None
             B, K = A.shape[:2]
-            # A's channels may be a slice of out_c (see step_sums_over_weight_rows), with w's rows to match.
+            # A's channels may be a slice of out_c (see Capabilities.sums_over_weight_rows), with w's rows to match.
             back = F.conv_transpose2d(A.reshape(B * K, *A.shape[2:]), w, None, m.stride, m.padding,
                                       output_padding, m.groups, m.dilation)
             return back.reshape(B, K, in_c, in_h, in_w)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from .base import BackwardResult, BoundOp, per_row_sum
+from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 
 
 class LinearOp(BoundOp):
     kind = "linear"
+    caps = Capabilities(has_weights=True, neuron_rows=True, sums_over_weight_rows=True)
 
     def _params(self):
         w = self.module.weight.detach()
@@ -36,9 +37,6 @@ class LinearOp(BoundOp):
             return 0.0 if (A is None or b is None) else per_row_sum(A.matmul(b).unsqueeze(-1))
 
         return BackwardResult([(step(lA), step(uA))], bias(lA), bias(uA))
-
-    def step_sums_over_weight_rows(self):
-        return True
 
     def backward_rows(self, rows, batch):
         # e_r^T W is row r of W: the one-hot matmul of the generic rule is skipped.

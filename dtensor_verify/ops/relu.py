@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BackwardResult, BoundOp, per_row_sum
+from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 
 
 def relaxation(lower: torch.Tensor, upper: torch.Tensor):
@@ -30,6 +30,7 @@ def relaxation(lower: torch.Tensor, upper: torch.Tensor):
 
 class ReluOp(BoundOp):
     kind = "relu"
+    caps = Capabilities(elementwise=True)
     needs_input_bounds = True
     is_affine = False
     has_alpha = True
