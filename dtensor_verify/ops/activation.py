@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BackwardResult, BoundOp, per_row_sum
+from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 from .scalar_functions import intercepts, round_out, slope_range
 
 
@@ -28,7 +28,9 @@ class ActivationOp(BoundOp):
     is_affine = False
     has_alpha = True
     n_alpha = 4                  # [lower line, upper line] x [lA side, uA side]
-    elementwise = True
+    # Neuron i reads input neuron i only; it holds no weights (constants such as PReLU slopes or
+    # Max's constant are captured when the op is built).
+    caps = Capabilities(elementwise=True)
 
     def __init__(self, name, fn, module=None):
         super().__init__(name, module)

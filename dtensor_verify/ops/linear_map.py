@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BackwardResult, BoundOp, per_row_sum
+from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 
 
 class LinearMapOp(BoundOp):
@@ -24,7 +24,9 @@ class LinearMapOp(BoundOp):
         self.nonnegative = nonnegative
         self.abs_fn = abs_fn
         self.offset = None            # fn(0) per sample, or None when it is 0 (set by finalize)
-        self.elementwise = elementwise
+        # Weights (ConvTranspose's) are constants captured at build time, not module parameters;
+        # a general linear map mixes neurons, so it needs whole tensors on a sharded dim.
+        self.caps = Capabilities(elementwise=elementwise)
         if kind:
             self.kind = kind
         if not nonnegative and abs_fn is None:

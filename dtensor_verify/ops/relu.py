@@ -38,7 +38,6 @@ class ReluOp(BoundOp):
     exact_when_sign_known = True
     # Branch and bound may split its neurons (beta-CROWN).
     splittable = True
-    elementwise = True
 
     def init_alpha(self, lower, upper):
         """CROWN's adaptive lower slopes, [2 (lA, uA sides), B, *S]."""

@@ -31,13 +31,15 @@ _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspo
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TORCH_SELECTIONS = (torch.cat, torch.concat, torch.stack, torch.transpose, torch.permute, torch.squeeze,
                      torch.unsqueeze, torch.narrow, torch.sum, torch.mean, torch.flatten, torch.reshape,
-                     operator.getitem, torch.nn.functional.pad, torch.nn.functional.avg_pool2d)
+                     operator.getitem, torch.nn.functional.pad, torch.nn.functional.avg_pool1d,
+                     torch.nn.functional.avg_pool2d, torch.nn.functional.avg_pool3d,
+                     torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.interpolate)
 _METHOD_SELECTIONS = ("transpose", "permute", "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "sum",
                       "mean", "narrow", "contiguous", "flatten", "reshape", "view", "__getitem__", "clone")
 
 
-def _linear_map(ctx, kind, nonnegative=True, abs_fn=None):
-    return LinearMapOp(ctx.node.name, ctx.function(), nonnegative, abs_fn, kind=kind)
+def _linear_map(ctx, kind, nonnegative=True, abs_fn=None, elementwise=False):
+    return LinearMapOp(ctx.node.name, ctx.function(), nonnegative, abs_fn, kind=kind, elementwise=elementwise)
 
 
 _MULTI_INPUT = ("OnnxConcat", "OnnxSum", "OnnxMean")
@@ -70,7 +72,7 @@ def _build_selection(ctx):
     if t == "OnnxCast":
         if m.torch_dtype not in _FLOATS:
             raise ctx.unsupported(f"Cast to {m.torch_dtype} (integer or boolean: not a float function)")
-        return _linear_map(ctx, "cast")
+        return _linear_map(ctx, "cast", elementwise=_same_shape(ctx))
     if t == "OnnxWhere":
         return _linear_map(ctx, "where")
     if t == "OnnxReduceStaticAxes":
@@ -109,6 +111,10 @@ def abs_module(m: nn.Module) -> nn.Module:
             if hasattr(sub, "value") and isinstance(getattr(sub, "value"), float):
                 sub.value = 0.0
     return a
+
+
+def _same_shape(ctx):
+    return tuple(ctx.node.meta["tensor_meta"].shape) == tuple(ctx.perturbed[0].meta["tensor_meta"].shape)
 
 
 def _weighted_parts(m):
