@@ -109,6 +109,10 @@ def _build_graph(loaded: LoadedModel) -> BoundGraph:
     first = next(iter(gm.parameters()), None)
     example = torch.zeros(1, *loaded.input_shape, device=first.device if first is not None else "cpu")
     propagate_shapes(gm, example, loaded.source)
+    from .ops.decompose import decompose
+
+    if decompose(gm):          # Softmax, LayerNorm, MaxPool, Div/Max/Min of two activations
+        propagate_shapes(gm, example, loaded.source)
 
     nodes: list[BoundNode] = []
     perturbed: set[str] = set()
@@ -148,6 +152,11 @@ def _build_graph(loaded: LoadedModel) -> BoundGraph:
         pert_args = [a for a in flat_args if isinstance(a, torch.fx.Node) and a.name in perturbed]
         # Perturbed nodes nested in lists / kwargs (torch.cat([a, b])) come after the top-level ones.
         pert_args += [a for a in fx_node.all_input_nodes if a.name in perturbed and a not in pert_args]
+        if pert_args and _is_shape_query(gm, fx_node):
+            # The shape of an activation is a constant (its one-sample value; later reshapes that
+            # use it run per sample).
+            constants[fx_node.name] = _evaluate_shape(gm, fx_node, value_of)
+            continue
         item = _tuple_item(fx_node, tuple_nodes)
         if item is not None:
             producer, index = item
@@ -190,6 +199,32 @@ def _build_graph(loaded: LoadedModel) -> BoundGraph:
     if output_name is None or output_name not in perturbed:
         raise ModelLoadError(f"{loaded.source}: the output does not depend on the input")
     return BoundGraph(nodes, input_name, output_name, gm, loaded.input_shape)
+
+
+def _is_shape_query(gm, fx_node) -> bool:
+    if fx_node.op == "call_module":
+        return type(gm.get_submodule(fx_node.target)).__name__ == "OnnxShape"
+    if fx_node.op == "call_method":
+        return fx_node.target in ("size", "dim")
+    return fx_node.op == "call_function" and fx_node.target is getattr and fx_node.args[1:] == ("shape",)
+
+
+def _evaluate_shape(gm, fx_node, value_of):
+    """A shape query evaluated on zeros of its (perturbed) input's one-sample shape."""
+    def val(a):
+        if not isinstance(a, torch.fx.Node):
+            return a
+        try:
+            return value_of(a)
+        except KeyError:
+            meta = a.meta["tensor_meta"]
+            return torch.zeros(meta.shape, dtype=meta.dtype)
+    args = [val(a) for a in fx_node.args]
+    if fx_node.op == "call_module":
+        return gm.get_submodule(fx_node.target)(*args)
+    if fx_node.op == "call_method":
+        return getattr(args[0], fx_node.target)(*args[1:])
+    return getattr(args[0], "shape")
 
 
 def _is_tuple_valued(fx_node) -> bool:

@@ -203,6 +203,9 @@ def load_onnx(path: str | os.PathLike) -> LoadedModel:
     proto = load_onnx_proto(path)
     _check_float32(proto, path)
     proto = _normalise_proto(proto, path)
+    from .onnx_rewrites import rewrite_batchnorm
+
+    proto = rewrite_batchnorm(proto)
     name, full_shape = _input_shape_of(proto, path)
     module = _convert(proto, path)
     # Leading dim of size 1 on a rank>=2 input is the batch dim; a rank-1 input has none.

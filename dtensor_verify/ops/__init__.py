@@ -23,7 +23,7 @@ __all__ = ["BoundOp", "BackwardResult", "Interval", "make_op", "LinearOp", "Conv
            "supported_onnx_ops"]
 
 # Rule modules, in priority order (the first matching rule builds the op).
-_RULE_MODULES = ("rules_core", "structural", "activations", "products")
+_RULE_MODULES = ("rules_core", "structural", "activations", "products", "decompose")
 _loaded = False
 
 

@@ -10,7 +10,8 @@ from .registry import register
 
 _FUNCTIONS = {torch.exp: sf.Exp, torch.log: sf.Log, torch.sin: sf.Sin, torch.cos: sf.Cos, torch.tanh: sf.Tanh,
               torch.sigmoid: sf.Sigmoid, torch.sqrt: sf.Sqrt, torch.reciprocal: sf.Reciprocal, torch.erf: sf.Erf,
-              torch.sign: sf.Sign, torch.abs: lambda: _named(sf.abs_fn(), "abs")}
+              torch.sign: sf.Sign, torch.abs: lambda: _named(sf.abs_fn(), "abs"),
+              torch.square: lambda: sf.Pow(2), torch.rsqrt: lambda: sf.Pow(-0.5)}
 _MODULES = {"Sigmoid": sf.Sigmoid, "Tanh": sf.Tanh, "OnnxErf": sf.Erf, "OnnxSqrt": sf.Sqrt,
             "OnnxReciprocal": sf.Reciprocal}
 
