@@ -111,8 +111,8 @@ def _build_graph(loaded: LoadedModel) -> BoundGraph:
     propagate_shapes(gm, example, loaded.source)
     from .ops.decompose import decompose
 
-    if decompose(gm):          # Softmax, LayerNorm, MaxPool, Div/Max/Min of two activations
-        propagate_shapes(gm, example, loaded.source)
+    # Softmax, LayerNorm, MaxPool, Div / Max / Min of two activations: by ops with bound rules.
+    decompose(gm, lambda: propagate_shapes(gm, example, loaded.source))
 
     nodes: list[BoundNode] = []
     perturbed: set[str] = set()

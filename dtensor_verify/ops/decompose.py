@@ -220,9 +220,22 @@ def _rewrite_maxpool(gm, node, perturbed):
     return True
 
 
-def decompose(gm: torch.fx.GraphModule) -> bool:
-    """Rewrite the ops above in place (nodes that depend on the input only); True if any was."""
-    perturbed, changed = set(), False
+def decompose(gm: torch.fx.GraphModule, reshape=None) -> bool:
+    """Rewrite the ops above in place (nodes that depend on the input only); True if any was.
+    `reshape()` re-runs shape propagation (later rewrites read the new nodes' shapes)."""
+    changed = False
+    while _decompose_one(gm):
+        changed = True
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        if reshape is not None:
+            reshape()
+    return changed
+
+
+def _decompose_one(gm) -> bool:
+    """Rewrite the first decomposable node (its inputs' dependence on the input known)."""
+    perturbed = set()
     for node in list(gm.graph.nodes):
         if node.op == "placeholder":
             perturbed.add(node.name)
@@ -231,16 +244,9 @@ def decompose(gm: torch.fx.GraphModule) -> bool:
             continue
         for rewrite in (_rewrite_softmax, _rewrite_layernorm, _rewrite_binary, _rewrite_maxpool):
             if rewrite(gm, node, perturbed):
-                changed = True
-                break
-        else:
-            perturbed.add(node.name)
-            continue
-    if changed:
-        # Names of the new nodes: mark everything downstream of the input again.
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
-    return changed
+                return True
+        perturbed.add(node.name)
+    return False
 
 
 def _pairwise_rule(ctx):
