@@ -23,7 +23,7 @@ FUNCS = {
     "pow_m1": (sf.Pow(-1), "nonzero"), "pow_m2": (sf.Pow(-2), "nonzero"), "sin": (sf.Sin(), None),
     "cos": (sf.Cos(), None), "softplus": (sf.Softplus(), None), "gelu": (sf.Gelu(), None),
     "leaky": (sf.leaky_relu(0.2), None), "clip": (sf.clip(-0.5, 0.8), None), "abs": (sf.abs_fn(), None),
-    "sign": (sf.Sign(), None), "max_c": (sf.Piecewise([0.3], [0.0, 1.0], 0.3), None),
+    "sign": (sf.Sign(), None), "floor": (sf.Floor(), None), "ceil": (sf.Ceil(), None), "max_c": (sf.Piecewise([0.3], [0.0, 1.0], 0.3), None),
 }
 
 
@@ -86,7 +86,8 @@ TORCH = {"sigmoid": (nn.Sigmoid(), None, True), "tanh": (nn.Tanh(), None, True),
          "sqrt": (torch.sqrt, "pos", False), "sin": (torch.sin, None, False), "cos": (torch.cos, None, False),
          "softplus": (nn.Softplus(), None, False), "gelu": (nn.GELU(), None, False),
          "leaky": (nn.LeakyReLU(0.1), None, True), "hardtanh": (nn.Hardtanh(-0.5, 0.7), None, False),
-         "abs": (torch.abs, None, False), "sign": (torch.sign, None, False), "erf": (torch.erf, None, False)}
+         "abs": (torch.abs, None, False), "sign": (torch.sign, None, False),
+         "floor": (torch.floor, None, False), "ceil": (torch.ceil, None, False), "erf": (torch.erf, None, False)}
 
 
 @pytest.mark.parametrize("name", sorted(TORCH))

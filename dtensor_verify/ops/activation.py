@@ -65,7 +65,9 @@ class ActivationOp(BoundOp):
         chord = torch.where(width > 1e-12, (f.f(u) - f.f(l)) / width.clamp(min=1e-12), f.df(mid))
         kmin, kmax = slope_range(f, l, u)
         cands = [chord, f.df(l), f.df(u), f.df(mid), kmin, kmax]
-        cands = [torch.nan_to_num(c, nan=0.0, posinf=1e6, neginf=-1e6).clamp(-1e6, 1e6) for c in cands]
+        # Kept in f's slope range: some candidate sets (Floor's) are complete only there.
+        cands = [torch.minimum(torch.maximum(torch.nan_to_num(c, nan=0.0, posinf=1e6, neginf=-1e6), kmin), kmax)
+                 for c in cands]
         best_lo = best_up = None
         for k in cands:
             b_lo, b_up = intercepts(f, k, l, u)

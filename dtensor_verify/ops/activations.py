@@ -11,7 +11,8 @@ from .registry import register
 _FUNCTIONS = {torch.exp: sf.Exp, torch.log: sf.Log, torch.sin: sf.Sin, torch.cos: sf.Cos, torch.tanh: sf.Tanh,
               torch.sigmoid: sf.Sigmoid, torch.sqrt: sf.Sqrt, torch.reciprocal: sf.Reciprocal, torch.erf: sf.Erf,
               torch.sign: sf.Sign, torch.abs: lambda: _named(sf.abs_fn(), "abs"),
-              torch.square: lambda: sf.Pow(2), torch.rsqrt: lambda: sf.Pow(-0.5)}
+              torch.square: lambda: sf.Pow(2), torch.rsqrt: lambda: sf.Pow(-0.5), torch.floor: sf.Floor,
+              torch.ceil: sf.Ceil}
 _MODULES = {"Sigmoid": sf.Sigmoid, "Tanh": sf.Tanh, "OnnxErf": sf.Erf, "OnnxSqrt": sf.Sqrt,
             "OnnxReciprocal": sf.Reciprocal}
 
@@ -38,6 +39,11 @@ def _scalar_fn(ctx):
         return _FUNCTIONS[fn]()
     if t in _MODULES:
         return _MODULES[t]()
+    if t == "OnnxRound":
+        rf = m.round_function
+        if rf in (torch.floor, torch.ceil):
+            return sf.Floor() if rf is torch.floor else sf.Ceil()
+        return None
     if ctx.node.op == "call_function" and ctx.node.target in _FUNCTIONS:
         return _FUNCTIONS[ctx.node.target]()
     if isinstance(m, nn.LeakyReLU):
@@ -80,7 +86,7 @@ def _match(ctx):
     t = ctx.module_type
     if t == "OnnxFunction":
         return getattr(ctx.module, "function", None) in _FUNCTIONS
-    if t in _MODULES or t in ("OnnxClip", "OnnxPReLU", "OnnxPow") or ctx.is_module(
+    if t in _MODULES or t in ("OnnxClip", "OnnxPReLU", "OnnxPow", "OnnxRound") or ctx.is_module(
             nn.LeakyReLU, nn.Hardtanh, nn.ReLU6, nn.Softplus, nn.GELU):
         return True
     if t == "OnnxMinMax":
@@ -102,5 +108,6 @@ def _build(ctx):
 
 
 register("activation", ("Sigmoid", "Tanh", "Exp", "Log", "Sin", "Cos", "Sqrt", "Reciprocal", "Pow", "Erf",
-                        "Sign", "Abs", "LeakyRelu", "PRelu", "Clip", "HardTanh", "Softplus", "Gelu", "Max", "Min"),
+                        "Sign", "Abs", "LeakyRelu", "PRelu", "Clip", "HardTanh", "Softplus", "Gelu", "Max", "Min",
+                        "Floor", "Ceil"),
          _match, _build)

@@ -147,3 +147,22 @@ def _build_matmul(ctx):
 register("mul_activations", ("Mul",), lambda c: _binary_kind(c) == "mul" and c.n_pert == 2,
          lambda c: MulOp(c.node.name))
 register("matmul_activations", ("MatMul",), lambda c: c.n_pert == 2 and _is_matmul(c), _build_matmul)
+
+
+def _build_matmul_const(ctx):
+    """x @ W or W @ x with a constant W the canonicaliser left (a 1-D W, batched W): an exact
+    linear map; IBP's radius uses |W|."""
+    from .linear_map import LinearMapOp
+    from .registry import OpContext
+
+    fn = ctx.function()
+
+    def abs_value(a):
+        v = ctx.value_of(a)
+        return v.abs() if isinstance(v, torch.Tensor) else v
+
+    abs_ctx = OpContext(ctx.gm, ctx.node, ctx.perturbed, ctx.constants, ctx.what, abs_value)
+    return LinearMapOp(ctx.node.name, fn, nonnegative=False, abs_fn=abs_ctx.function(), kind="matmul_const")
+
+
+register("matmul_const", ("MatMul",), lambda c: c.n_pert == 1 and _is_matmul(c), _build_matmul_const)

@@ -441,3 +441,50 @@ class Sign(ScalarFn):
 
     def slope_limits(self, l, u):
         return torch.zeros_like(l), torch.where((l < 0) & (u > 0), 2 / (u - l).clamp(min=1e-12), 0.0)
+
+
+class Floor(ScalarFn):
+    """floor: constant pieces, jumps up by 1 at each integer. floor(x) - k x is monotone on each
+    piece and its values at the piece ends are monotone in the integer, so its extremes on [l, u]
+    lie at l, u, or at (limits at) the first / last integer of the interval."""
+
+    name, onnx = "floor", ("Floor",)
+
+    def f(self, x):
+        return torch.floor(x)
+
+    def df(self, x):
+        return torch.zeros_like(x)
+
+    def kinks(self, l, u):
+        return [torch.floor(u), torch.ceil(l)]
+
+    def jumps(self, l, u):
+        # Left limits at the first and the last integer in (l, u]: with the kinks, every slope's
+        # extremes (k < 0, 0 <= k <= 1, k > 1) are among the candidates.
+        n1, n2 = torch.floor(l) + 1, torch.floor(u)
+        return [(n1, n1 - 1), (n2, n2 - 1)]
+
+    def slope_limits(self, l, u):
+        return torch.zeros_like(l), torch.where(torch.floor(u) > torch.floor(l), 1.0, 0.0).to(l)
+
+
+class Ceil(Floor):
+    """ceil: constant pieces, jumps at integers; extremes at l, u or (limits at) the first / last
+    integer of the interval, as for floor."""
+
+    name, onnx = "ceil", ("Ceil",)
+
+    def f(self, x):
+        return torch.ceil(x)
+
+    def kinks(self, l, u):
+        return [torch.ceil(l), torch.floor(u)]
+
+    def jumps(self, l, u):
+        # Right limits at the first and the last integer in [l, u).
+        n1, n2 = torch.ceil(l), torch.ceil(u) - 1
+        return [(n1, n1 + 1), (n2, n2 + 1)]
+
+    def slope_limits(self, l, u):
+        return torch.zeros_like(l), torch.where(torch.ceil(u) > torch.ceil(l), 1.0, 0.0).to(l)
