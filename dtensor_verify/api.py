@@ -68,6 +68,11 @@ class BoundedModel:
         return cls(trace_module(module.eval(), tuple(input_shape)))
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The precision the model computes in (float32, or float64 for float64 models)."""
+        return getattr(self.loaded, "dtype", torch.float32)
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         return self.graph.input_shape
 
@@ -123,7 +128,7 @@ class BoundedModel:
     def _as_batch(self, t, what: str) -> torch.Tensor:
         """[B, *input_shape] from one sample (input shape or flat) or a batch (same, with a
         leading batch dim). Anything else is refused rather than silently re-chunked."""
-        t = torch.as_tensor(t, dtype=torch.float32, device=self.device)
+        t = torch.as_tensor(t, dtype=self.dtype, device=self.device)
         shape, n = tuple(self.input_shape), self.n_inputs
         if tuple(t.shape) == shape or (t.dim() == 1 and t.numel() == n):
             return t.reshape(1, *shape)

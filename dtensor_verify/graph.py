@@ -107,7 +107,8 @@ def _build_graph(loaded: LoadedModel) -> BoundGraph:
     gm = loaded.module
     # The example input lives where the weights do (a module may come already on a GPU).
     first = next(iter(gm.parameters()), None)
-    example = torch.zeros(1, *loaded.input_shape, device=first.device if first is not None else "cpu")
+    example = torch.zeros(1, *loaded.input_shape, device=first.device if first is not None else "cpu",
+                          dtype=getattr(loaded, "dtype", torch.float32))
     propagate_shapes(gm, example, loaded.source)
     from .ops.decompose import decompose
 
@@ -187,7 +188,7 @@ def _build_graph(loaded: LoadedModel) -> BoundGraph:
                 extra = len(op.out_shape) - 1
                 op.scale = op.scale.reshape(-1, *([1] * extra))
                 op.shift = op.shift.reshape(-1, *([1] * extra))
-            op.finalize()
+            op.finalize(fx_node.meta["tensor_meta"].dtype)
         if op.kind in ("add", "sub") and any(s != op.out_shape for s in op.in_shapes):
             raise UnsupportedOpError(f"node '{fx_node.name}': {op.kind} of perturbed tensors with "
                                      f"broadcasting ({op.in_shapes} -> {op.out_shape}) is not supported")
