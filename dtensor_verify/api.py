@@ -121,7 +121,8 @@ class BoundedModel:
                 continue
             with self.layout.weights(node):
                 values[node.name] = self.layout.local(self.layout.forward(node, [values[i] for i in node.inputs]))
-        return values[self.graph.output_name].flatten(1)
+        out = values[self.graph.output_name]
+        return out.reshape(out.shape[0], -1)          # [B, n_out], also for a scalar output per sample
 
     __call__ = forward
 

@@ -100,7 +100,7 @@ def test_matmul_constant_on_left_is_not_transposed(tmp_path):
 
 
 @pytest.mark.parametrize("in_shape, w, expected, needles", [
-    ([1, 3], rand(3, 0), REFUSED, ("mm",)),                        # by a vector: no bound rule
+    ([1, 3], rand(3, 0), LOADED, ()),                              # by a vector: an exact linear map
     ([1, 3], rand((2, 3, 4), 0), REFUSED, ("mm",)),                # batched constant moves the batch
 ], ids=["vector", "3d-constant"])
 def test_matmul_shapes_without_rewrite(tmp_path, in_shape, w, expected, needles):
@@ -108,9 +108,10 @@ def test_matmul_shapes_without_rewrite(tmp_path, in_shape, w, expected, needles)
     check(path, expected, *needles)
 
 
-def test_matmul_of_two_inputs_is_refused(tmp_path):
+def test_matmul_of_two_inputs_is_bounded(tmp_path):
+    """x @ x: a product of two activations (McCormick planes, ops/products.py), no longer refused."""
     path = build(tmp_path, "xx", [node("MatMul", ["x", "x"], ["y"], "mm")], [], [1, 3, 3])
-    check(path, REFUSED, "mm")
+    check(path, LOADED)
 
 
 def test_matmul_weight_too_large_for_the_exact_rewrite_is_refused(tmp_path, monkeypatch):

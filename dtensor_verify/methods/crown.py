@@ -342,7 +342,7 @@ def crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: CrownOption
 
 def output_ibp(graph, bounds, C):
     """IBP bounds of the rows `C y` from the output node's box in `bounds` (its IBP box, or better)."""
-    lo, hi = (t.flatten(1) for t in bounds[graph.output_name])
+    lo, hi = (t.reshape(t.shape[0], -1) for t in bounds[graph.output_name])
     mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
     center, dev = C.matmul(mid).squeeze(-1), C.abs().matmul(rad).squeeze(-1)
     return center - dev, center + dev
