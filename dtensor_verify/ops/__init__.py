@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..fx_nodes import describe_target  # noqa: F401  (re-exported: messages name nodes with it)
 from .base import BackwardResult, BoundOp, Interval
 from .conv import Conv2dOp
 from .elementwise_affine import ElementwiseAffineOp
@@ -46,21 +47,6 @@ def __getattr__(name):
     if name == "SUPPORTED":
         return ", ".join(supported_onnx_ops())
     raise AttributeError(name)
-
-
-def describe_target(gm, node) -> str:
-    if node.op == "call_module":
-        module = gm.get_submodule(node.target)
-        what = type(module).__name__
-        # onnx2torch wraps many ONNX ops (Tanh, Exp, Sin, ...) in one generic module that holds the
-        # torch function: name the function, or the message would not say which op it is.
-        fn = getattr(module, "function", None)
-        if callable(fn) and getattr(fn, "__name__", None):
-            what = f"{what} {fn.__name__}"
-        return what
-    if node.op == "call_function":
-        return getattr(node.target, "__name__", str(node.target))
-    return f"{node.op}:{node.target}"
 
 
 def make_op(gm: torch.fx.GraphModule, node: torch.fx.Node, perturbed: list, constants: dict,

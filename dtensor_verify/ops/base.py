@@ -13,9 +13,13 @@ Shapes: a node's value has shape `[B, *S]` (B = batch of boxes). A-matrices have
 Only the op's *perturbed* inputs (those that depend on the network input) are arguments;
 constant operands were folded into the op when the graph was built.
 
-Ops touch weights only through their `module` (an `nn.Linear`, `nn.Conv2d`, ...): the
-placement pass decides whether that weight is a full tensor or a DTensor shard, and the same
-op code runs on both.
+Weights: an op with weights (`caps.has_weights`, e.g. Linear, Conv2d) takes them as an argument,
+`params` (name -> tensor, e.g. {"weight": W, "bias": b}), in every rule: `forward(x, params=)`,
+`ibp(interval, params=)`, `backward(..., params=)`, `backward_rows(..., params=)`. The layout's
+placement style hands them out for one step: full tensors, DTensor shards (tp) or one rank's
+rows at a time (spec), and the same op code runs on all of them. Without `params` an op reads
+its module's parameters (`module_params`): one process, tests. Nothing writes into a module
+while bounding.
 
 Each op declares what it is in `caps` (a `Capabilities` record, below). The plan checker and
 the placement styles ask these flags and never match `kind` strings, so a new op is one file
@@ -115,13 +119,19 @@ class BoundOp:
     def backward(self, lA, uA, input_bounds: list[Interval | None], alpha=None) -> BackwardResult:
         raise NotImplementedError
 
-    def backward_rows(self, rows: torch.Tensor, batch: int) -> BackwardResult | None:
+    def backward_rows(self, rows: torch.Tensor, batch: int, params=None) -> BackwardResult | None:
         """Optional shortcut for `backward` on one-hot A-matrices selecting the flattened output
         neurons `rows` (how every intermediate bound starts). None: use `backward`."""
         return None
 
     def has_rows_rule(self) -> bool:
         return type(self).backward_rows is not BoundOp.backward_rows
+
+    def module_params(self) -> dict[str, torch.Tensor] | None:
+        """The module's own parameters (detached), the default `params` of an op with weights."""
+        if self.module is None:
+            return None
+        return {name: p.detach() for name, p in self.module.named_parameters(recurse=False)}
 
     def describe(self) -> str:
         return f"{self.kind} {self.name}"

@@ -138,7 +138,7 @@ def _two_perturbed(node, perturbed):
 
 def _rewrite_binary(gm, node, perturbed):
     """Div / Max / Min of two activations."""
-    from ..model_loading import _binary_kind
+    from ..fx_nodes import binary_kind as _binary_kind
 
     if not _two_perturbed(node, perturbed):
         return False

@@ -127,7 +127,7 @@ class MatMulOp(BoundOp):
 
 
 def _binary_kind(ctx):
-    from ..model_loading import _binary_kind as kind_of
+    from ..fx_nodes import binary_kind as kind_of
     return kind_of(ctx.gm, ctx.node)
 
 

@@ -24,7 +24,7 @@ _RELU_FUNCS = (torch.relu, torch.nn.functional.relu)
 
 
 def _binary_kind(ctx):
-    from ..model_loading import _binary_kind as kind_of
+    from ..fx_nodes import binary_kind as kind_of
     return kind_of(ctx.gm, ctx.node)
 
 
