@@ -31,10 +31,12 @@ def attained(fn, lo, hi, n=3000, seed=0, pgd_steps=20):
     with torch.no_grad():
         ys = torch.stack([fn(xs[b]) for b in range(B)])          # [B, n, n_out]
     ymin, ymax = ys.min(1).values, ys.max(1).values
-    for sign in (1.0, -1.0):
-        _, val = pgd(fn, lo, hi, lambda out, s=sign: s * out, steps=pgd_steps, restarts=3)
-        val = val * sign
-        ymin, ymax = torch.minimum(ymin, val), torch.maximum(ymax, val)
+    n_out = ymin.shape[1]
+    for j in range(min(n_out, 8)):          # PGD per output (and sign) on the first outputs
+        for sign in (1.0, -1.0):
+            _, val = pgd(fn, lo, hi, lambda out, s=sign, j=j: s * out[..., j], steps=pgd_steps, restarts=3)
+            val = val * sign
+            ymin[:, j], ymax[:, j] = torch.minimum(ymin[:, j], val), torch.maximum(ymax[:, j], val)
     return ymin, ymax
 
 

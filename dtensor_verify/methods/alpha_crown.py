@@ -87,7 +87,7 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
                                         gather=False)
         if opts.crown.intersect_ibp:
             # CROWN's start (and so alpha's result) is never looser than IBP's, like `crown`.
-            mine = C[:, layout.row_slice(graph.output_name, C.shape[1])]
+            mine = C[:, layout.rows(graph.output_name, C.shape[1]).mine]
             best_lo, best_up = tighter_than_ibp(graph, bounds, mine, best_lo, best_up)
     crown_lo, crown_up = best_lo, best_up
     starts = {graph.output_name: C.shape[1]}
