@@ -108,6 +108,6 @@ def _build(ctx):
 
 
 register("activation", ("Sigmoid", "Tanh", "Exp", "Log", "Sin", "Cos", "Sqrt", "Reciprocal", "Pow", "Erf",
-                        "Sign", "Abs", "LeakyRelu", "PRelu", "Clip", "HardTanh", "Softplus", "Gelu", "Max", "Min",
+                        "Sign", "Abs", "LeakyRelu", "PRelu", "Clip", "Softplus", "Max", "Min",
                         "Floor", "Ceil"),
          _match, _build)

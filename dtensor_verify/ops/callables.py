@@ -97,5 +97,6 @@ def node_function(ctx, pick=None, in_shapes=None):
     dtype = ctx.perturbed[0].meta["tensor_meta"].dtype if ctx.perturbed else torch.float32
     f = batched(raw_function(ctx), shapes, dtype, pick)
     if f is None:
-        raise ctx.unsupported("its function does not act on each sample of a batch separately")
+        raise ctx.unsupported("its function does not act on each sample of a batch separately (it moves or "
+                              "mixes the batch dimension)")
     return f

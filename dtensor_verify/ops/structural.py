@@ -189,4 +189,6 @@ def make_item_op(gm, producer, perturbed, index, value_of, name):
     return LinearMapOp(name, ctx.function(pick=lambda out: out[index]), nonnegative=True, kind="split")
 
 
-register("split", ("Split",), lambda c: False, lambda c: None)
+# Listed only: Split is built by `make_item_op` (graph.py reads its outputs by index) and the shape
+# of an activation is a constant that graph.py evaluates.
+register("split", ("Split", "Shape"), lambda c: False, lambda c: None)
