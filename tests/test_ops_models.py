@@ -91,3 +91,18 @@ def test_benchmark_first_model_sound(folder):
 
     row = b.run_one(os.path.abspath(BENCH), folder, "crown", 1800, 50)
     assert row["loads"] == "yes" and row["sound"] == "yes", row
+
+
+@pytest.mark.parametrize("kind, verdict", [("unsat", "unsat"), ("sat", "sat")])
+def test_float64_model_run_verdicts(tmp_path, kind, verdict):
+    """`run` end to end on a float64 Sigmoid network: unsat proved in float64 (branch and bound is
+    skipped: not a ReLU network), sat confirmed by onnxruntime."""
+    path = _double_net(tmp_path)
+    cond = "(assert (>= Y_0 100.0))" if kind == "unsat" else "(assert (<= Y_0 100.0))"
+    spec = tmp_path / f"{kind}.vnnlib"
+    spec.write_text("".join(f"(declare-const X_{i} Real)\n" for i in range(3)) + "(declare-const Y_0 Real)\n"
+                    "(declare-const Y_1 Real)\n" + "".join(f"(assert (>= X_{i} 0.0))\n(assert (<= X_{i} 0.5))\n"
+                                                         for i in range(3)) + cond + "\n")
+    out = tmp_path / "result.txt"
+    assert main(["run", "--onnx", path, "--vnnlib", str(spec), "--results", str(out), "--timeout", "120"]) == 0
+    assert out.read_text().splitlines()[0] == verdict
