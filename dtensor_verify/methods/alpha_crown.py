@@ -67,7 +67,10 @@ def init_alphas(graph, bounds, starts: dict[str, int], layout: Layout):
                 continue
             if any(i == start for i in relu.inputs):
                 continue
-            init = relu.op.init_alpha(*bounds[relu.inputs[0]])        # [P, B, *S]
+            if hasattr(relu.op, "init_alpha_inputs"):                  # ops of several inputs
+                init = relu.op.init_alpha_inputs([bounds[i] for i in relu.inputs])
+            else:
+                init = relu.op.init_alpha(*bounds[relu.inputs[0]])    # [P, B, *S]
             a = init.unsqueeze(2).expand(-1, -1, k, *([-1] * (init.dim() - 2)))
             per_start[relu.name] = layout.alpha_param(a, relu, start).clone().requires_grad_(True)
         alphas[start] = per_start

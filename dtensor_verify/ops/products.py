@@ -60,6 +60,16 @@ class MulOp(BoundOp):
     needs_input_bounds = True
     is_affine = False
     caps = Capabilities(elementwise=False)
+    # alpha: weights of the first plane of the lower / upper pair, for the lower bound's and the
+    # upper bound's A ([4, B, K, *product shape]); 1 is CROWN's choice.
+    has_alpha = True
+
+    def init_alpha_inputs(self, input_bounds):
+        lo = input_bounds[0][0]
+        return torch.ones(4, lo.shape[0], *self._product_shape(), dtype=lo.dtype, device=lo.device)
+
+    def _product_shape(self):
+        return tuple(self.out_shape)
 
     def forward(self, x, y):
         return x * y
@@ -75,7 +85,8 @@ class MulOp(BoundOp):
         for side, A in enumerate((lA, uA)):
             if A is None:
                 continue
-            A_x, A_y, bias = mccormick(A, lx, ux, ly, uy, lower=(side == 0))
+            a, b = (None, None) if alpha is None else (alpha[2 * side], alpha[2 * side + 1])
+            A_x, A_y, bias = mccormick(A, lx, ux, ly, uy, lower=(side == 0), a=a, b=b)
             out_A[0][side] = _sum_to(A_x, self.in_shapes[0], s)
             out_A[1][side] = _sum_to(A_y, self.in_shapes[1], s)
             biases[side] = bias
@@ -89,6 +100,15 @@ class MatMulOp(BoundOp):
     needs_input_bounds = True
     is_affine = False
     caps = Capabilities(elementwise=False)
+    has_alpha = True                 # as MulOp's, per element of the [.., n, k, m] products
+
+    def init_alpha_inputs(self, input_bounds):
+        lo = input_bounds[0][0]
+        return torch.ones(4, lo.shape[0], *self._prod_shape(), dtype=lo.dtype, device=lo.device)
+
+    def _prod_shape(self):
+        s = self.out_shape
+        return (*s[:-2], s[-2], self.in_shapes[0][-1], s[-1])
 
     def forward(self, x, y):
         return torch.matmul(x, y)
@@ -117,7 +137,8 @@ class MatMulOp(BoundOp):
             if A is None:
                 continue
             Ap = A.unsqueeze(-2)                    # [B, K, .., n, 1, m] broadcasts over k
-            A_x, A_y, bias = mccormick(Ap, lx, ux, ly, uy, lower=(side == 0))
+            a, b = (None, None) if alpha is None else (alpha[2 * side], alpha[2 * side + 1])
+            A_x, A_y, bias = mccormick(Ap, lx, ux, ly, uy, lower=(side == 0), a=a, b=b)
             A_x = A_x.sum(-1)                       # [B, K, .., n, k]
             A_y = A_y.sum(-3)                       # [B, K, .., k, m]
             out_A[0][side] = _sum_to(A_x, self.in_shapes[0], x_full)
