@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from onnx import helper
 
 from onnx_factory import build, const, rand, shape_const
@@ -73,3 +74,40 @@ def test_structural_op(tmp_path, case, one_thread):
     nodes, inits, numel = CASES[case]
     path = _net(tmp_path, case, nodes, inits, numel)
     check_network(path, None, seeds=(0,), width=0.4)
+
+
+class _Structural(torch.nn.Module):
+    """Transpose (permute), Slice, ConvTranspose, Concat, Flatten between ReLUs (torch module)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c = torch.nn.Conv2d(2, 3, 3, padding=1)
+        self.ct = torch.nn.ConvTranspose2d(3, 2, 2, stride=2)
+        self.lin = torch.nn.Linear(140, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.c(x))
+        z = y.permute(0, 1, 3, 2)[:, :, 1:3]
+        t = torch.relu(self.ct(y))
+        return self.lin(torch.cat([z[..., :2].flatten(1), t.flatten(1)], 1))
+
+
+class _Pooling(torch.nn.Module):
+    """AveragePool, Neg, Add of a constant between ReLUs."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c = torch.nn.Conv2d(2, 3, 3, padding=1)
+        self.lin = torch.nn.Linear(12, 5)
+
+    def forward(self, x):
+        a = torch.nn.functional.avg_pool2d(torch.relu(self.c(x)), 2)
+        return self.lin(torch.relu(-a + 0.1).flatten(1))
+
+
+@pytest.mark.parametrize("net", [_Structural, _Pooling])
+def test_structural_vs_auto_lirpa(net, one_thread):
+    """Our CROWN is at least as tight as auto_LiRPA 0.3's on the same graph (1e-5)."""
+    check_network(net().eval(), (2, 4, 4), seeds=(0,), width=0.3, lirpa=True, alpha_iters=3)
