@@ -111,3 +111,18 @@ class _Pooling(torch.nn.Module):
 def test_structural_vs_auto_lirpa(net, one_thread):
     """Our CROWN is at least as tight as auto_LiRPA 0.3's on the same graph (1e-5)."""
     check_network(net().eval(), (2, 4, 4), seeds=(0,), width=0.3, lirpa=True, alpha_iters=3)
+
+
+def test_abs_module_is_the_absolute_linear_part():
+    """IBP's radius map of a padded convolution: |W|, no bias, padding constants 0 (a negative pad
+    constant left in would shrink the radius)."""
+    from onnx2torch.node_converters.pad import OnnxPadStatic
+
+    from dtensor_verify.ops.structural import abs_module
+
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(OnnxPadStatic([1, 0, 1, 0], constant_value=-3.0), torch.nn.Conv2d(2, 2, 2))
+    a = abs_module(seq)
+    x = torch.rand(1, 2, 4, 4)
+    ref = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 0, 1, 0)), seq[1].weight.abs())
+    assert torch.allclose(a(x), ref) and seq[0].constant_value == -3.0

@@ -79,6 +79,10 @@ def _build_selection(ctx):
         if getattr(m, "operation_type", None) not in ("ReduceMean", "ReduceSum"):
             return None
         return _linear_map(ctx, m.operation_type.lower())
+    mode = ctx.node.kwargs.get("mode") if ctx.is_function(torch.nn.functional.interpolate) else \
+        getattr(m, "mode", None) if isinstance(m, nn.Upsample) else None
+    if mode is not None and mode not in ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "area"):
+        raise ctx.unsupported(f"interpolation mode '{mode}' (only modes with weights >= 0)")
     if m is None:
         return _linear_map(ctx, str(getattr(ctx.node.target, "__name__", ctx.node.target)).strip("_"))
     return _linear_map(ctx, _SELECTIONS.get(t, t).lower())
@@ -108,8 +112,9 @@ def abs_module(m: nn.Module) -> nn.Module:
                     p.zero_()
                 else:
                     p.abs_()
-            if hasattr(sub, "value") and isinstance(getattr(sub, "value"), float):
-                sub.value = 0.0
+            for attr in ("value", "constant_value"):       # nn.ConstantPad*d, onnx2torch's Pad
+                if isinstance(getattr(sub, attr, None), (int, float)):
+                    setattr(sub, attr, 0.0)
     return a
 
 
