@@ -536,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "append to the one --csv, rank 0 prints the summary")
     add_device(k)
     k.set_defaults(func=cmd_benchmark)
+    from .solver_cli import register     # VNN-LIB 2.0 command line: verify, supports, --name
+    register(p, sub, add_device, _add_bab_arguments, _add_mesh_argument)
     return p
 
 

@@ -17,12 +17,26 @@ from .relu import ReluOp
 from .reshape import ReshapeOp
 
 __all__ = ["BoundOp", "BackwardResult", "Interval", "make_op", "LinearOp", "Conv2dOp", "ReluOp",
-           "ReshapeOp", "IdentityOp", "AddOp", "SubOp", "ElementwiseAffineOp", "SUPPORTED"]
+           "ReshapeOp", "IdentityOp", "AddOp", "SubOp", "ElementwiseAffineOp", "SUPPORTED",
+           "ONNX_OPERATORS", "onnx_operators"]
 
 # Keep in step with the README's "Supported operations" section.
 SUPPORTED = ("Linear/Gemm (constant B, transA=0), MatMul by a constant matrix, Conv2d, ReLU, "
              "Flatten/Reshape/View (batch dim kept), Add/Sub of two same-shape tensors, "
              "Add/Sub/Mul by constants, Div by a nonzero constant, BatchNorm (eval), Identity, Dropout (inference)")
+
+# The ONNX operator types that have a bound rule in make_op below (some only in the forms SUPPORTED
+# names, e.g. Mul / Div by a constant). `dtensor-verify supports --onnx-operators` prints exactly
+# this list: add an op type here together with its rule (tests/test_vnnlib2.py loads a small model of
+# each listed op through make_op).
+ONNX_OPERATORS = ("Add", "BatchNormalization", "Conv", "Div", "Dropout", "Flatten", "Gemm", "Identity",
+                  "MatMul", "Mul", "Relu", "Reshape", "Sub")
+
+
+def onnx_operators() -> tuple[str, ...]:
+    """The ONNX operator types with a bound rule (see ONNX_OPERATORS)."""
+    return tuple(sorted(ONNX_OPERATORS))
+
 
 _RESHAPE_MODULES = ("OnnxReshape", "OnnxFlatten", "Flatten", "Unflatten")
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)

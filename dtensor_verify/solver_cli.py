@@ -1,0 +1,270 @@
+"""The VNN-LIB 2.0 solver command line (chapter 5 of the standard).
+
+    dtensor-verify verify QUERY [--network NAME=FILE]... [--timeout S] [--serialise-assignments DIR]
+                               [--plan P] [--mesh DPxSHARD] [--device DEV]
+    dtensor-verify supports --<capability>
+    dtensor-verify --name | --version
+
+`verify` prints one line `sat`, `unsat`, `unknown` or `timed-out` on stdout; after `sat` the
+assignment of every declared variable in declaration order (`NAME TYPE [shape]`, then one value a
+line, row-major), or with `--serialise-assignments DIR` one TensorProto `DIR/NAME.pb` a variable.
+The assignment is printed only after onnxruntime, running the original ONNX file(s), and the
+query's own AST, evaluated exactly, confirm it. Errors (a syntax or type error in the query, a
+network mapped twice or not at all, an element type that differs from the model, one this
+verifier cannot analyse soundly) are one line on stderr, nothing on stdout, exit status 2. A model
+whose operations have no bound rule answers `unknown` (the reason on stderr). A 1.0 file (no
+`(vnnlib-version ...)` header) is read by the 1.0 reader; its counterexample is printed in the
+1.0 result format.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+NAME = "dtensor_verify (bound propagation on PyTorch DTensors)"
+DEFAULT_TIMEOUT_S = 3600.0
+EXIT_OK, EXIT_ERROR = 0, 2
+
+# The theories of chapter 4 this verifier answers, with where that comes from in the code.
+THEORIES = {
+    # hidden nodes: multinet._with_hidden exposes the named tensors as extra outputs of the graph
+    "hidden-node-theories": ("NH", "H"),
+    # several inputs / outputs: multinet.ProductModule feeds / collects each in model order
+    "multiple-input-output-theories": ("SIO", "MIO"),
+    # several networks: the product graph (equal-to: the same model again; isomorphic-to: its own)
+    "multiple-network-theories": ("SNET", "MENET", "MINET", "MNET"),
+    # every atom is a row over the value vector V (inputs, hidden and outputs alike)
+    "multiple-node-comparison-theories": ("SNC", "MNC"),
+    # vnnlib2_property: bounds, rows, polynomial atoms relaxed by monomial intervals
+    "arithmetic-complexity-theories": ("BND", "OUTC", "LIN", "POLY"),
+}
+BOOLEANS = {"optimised-disjunctive-reasoning": False,   # DNF, one disjunct per term
+            "serialise-assignments": True,
+            "unsat-proofs": False}
+CAPABILITIES = ("onnx-opset-versions", "onnx-element-types", "onnx-operators", "onnx-operators-unsat-proofs",
+                "vnnlib-versions", *THEORIES, *BOOLEANS)
+MIN_OPSET = 9      # older files are upgraded by onnx's version converter (model_loading)
+
+
+def capability(name: str) -> list[str]:
+    """The lines `supports --NAME` prints."""
+    if name == "onnx-opset-versions":
+        import onnx.defs
+
+        return [str(MIN_OPSET), str(onnx.defs.onnx_opset_version())]
+    if name == "onnx-element-types":
+        from .multinet import SOUND_ELEMENT_TYPES
+        return list(SOUND_ELEMENT_TYPES)
+    if name == "onnx-operators":
+        from .ops import onnx_operators
+        return list(onnx_operators())
+    if name == "onnx-operators-unsat-proofs":
+        return []
+    if name == "vnnlib-versions":
+        return ["1.0", "2.0"]
+    if name in THEORIES:
+        return list(THEORIES[name])
+    return ["true" if BOOLEANS[name] else "false"]
+
+
+def register(parser, sub, add_device, add_bab_arguments, add_mesh_argument) -> None:
+    """Add `--name`, `verify` and `supports` to the main parser (cli.build_parser calls this)."""
+    import argparse
+
+    class PrintName(argparse.Action):
+        def __call__(self, p, namespace, values, option_string=None):
+            print(NAME)
+            p.exit(0)
+
+    parser.add_argument("--name", nargs=0, action=PrintName, help="print the solver's name")
+    v = sub.add_parser("verify", help="VNN-LIB 2.0 command line: decide a query (sat/unsat/unknown/timed-out)")
+    v.add_argument("query", metavar="QUERY", help="VNN-LIB query (2.0, or 1.0 with one network)")
+    v.add_argument("--network", action="append", default=[], metavar="NAME=FILE",
+                   help="the ONNX model of a declared network (once per network without equal-to)")
+    v.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
+    v.add_argument("--serialise-assignments", "--serialize-assignments", dest="serialise", default=None,
+                   metavar="DIR", help="write a sat assignment as DIR/NAME.pb (ONNX TensorProto) files")
+    v.add_argument("--plan", default=None)
+    v.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    add_bab_arguments(v)
+    add_mesh_argument(v)
+    add_device(v)
+    v.set_defaults(func=cmd_verify, methods=["crown", "alpha-crown"], no_attack=False)
+    s = sub.add_parser("supports", help="VNN-LIB 2.0 command line: report a capability")
+    g = s.add_mutually_exclusive_group(required=True)
+    for cap in CAPABILITIES:
+        g.add_argument(f"--{cap}", dest="capability", action="store_const", const=cap)
+    s.set_defaults(func=cmd_supports)
+
+
+def cmd_supports(args) -> int:
+    for line in capability(args.capability):
+        print(line)
+    return EXIT_OK
+
+
+def _networks(args):
+    from .cli import CliError
+
+    mapping, dups = {}, []
+    for item in args.network:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise CliError(f"--network {item}: expected NAME=FILE")
+        if name in mapping:
+            dups.append(name)
+        mapping[name] = path
+    return mapping, dups
+
+
+def cmd_verify(args) -> int:
+    from .cli import CliError
+    from .specs.vnnlib2 import is_vnnlib2
+
+    t0 = getattr(args, "started_at", None) or time.perf_counter()
+    timeout = DEFAULT_TIMEOUT_S if args.timeout is None else args.timeout
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise CliError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    if not Path(args.query).is_file():
+        raise CliError(f"{args.query}: no such file")
+    args.deadline = t0 + timeout
+    if is_vnnlib2(args.query):
+        return _verify2(args)
+    return _verify1(args)
+
+
+def _left(args) -> float:
+    return max(args.deadline - time.perf_counter(), 0.0)
+
+
+def _run(args, model, prop):
+    from .cli import COLLECTIVE_SLACK_S, _apply_plan, _bab_options, _is_rank0, _stderr_log
+    from .verify import verify_instance
+
+    _apply_plan(model, args.plan, args.quiet, timeout_s=_left(args) + COLLECTIVE_SLACK_S, mesh=args.mesh)
+    lead = _is_rank0(model)
+    res = verify_instance(model, prop, None, _left(args), methods=tuple(args.methods), attack=True,
+                          log=_stderr_log(args.quiet or not lead), bab=not args.no_bab,
+                          bab_options=_bab_options(args))
+    return res, lead
+
+
+def _verify1(args) -> int:
+    from .cli import CliError, _device, _load_model, _read_property
+    from .specs import format_counterexample
+
+    mapping, dups = _networks(args)
+    if len(mapping) != 1 or dups:
+        raise CliError(f"{args.query}: a VNN-LIB 1.0 query takes exactly one --network NAME=FILE")
+    (path,) = mapping.values()
+    model = _load_model(path, _device(args))
+    prop = _read_property(args.query, model)
+    # 1.0: candidates are confirmed by onnxruntime on the file itself (verify_instance's default).
+    res, lead = _run(args, model, prop)
+    if not lead:
+        return EXIT_OK if res.verdict != "error" else EXIT_ERROR
+    code = _print_verdict(res)
+    if res.verdict == "sat" and res.counterexample is not None:
+        print(format_counterexample(*res.counterexample), end="")
+    return code
+
+
+def _print_verdict(res) -> int:
+    from .cli import _err
+
+    if res.verdict == "error":
+        _err(res.message or "verification failed")
+        return EXIT_ERROR
+    print({"timeout": "timed-out"}.get(res.verdict, res.verdict), flush=True)
+    return EXIT_OK
+
+
+def _verify2(args) -> int:
+    from .cli import CliError, _device, _err
+    from .errors import UnsupportedOpError
+    from .multinet import check_mapping, load_product
+    from .specs.vnnlib2 import read_query
+    from .specs.vnnlib2_property import build_property
+
+    query = read_query(args.query)
+    mapping, dups = _networks(args)
+    files = check_mapping(query, mapping, dups)
+    for f in set(files.values()):
+        if not Path(f).is_file():
+            raise CliError(f"{f}: no such file")
+    prop = build_property(query)
+    try:
+        product = load_product(query, files, prop.M, _device(args))
+    except UnsupportedOpError as exc:
+        print("unknown", flush=True)
+        _err(f"{args.query}: cannot bound the network: {exc}")
+        return EXIT_OK
+    prop = _with_output_bounds(product, query, prop)
+    prop.checker = _checker(product, query)
+    res, lead = _run(args, product.model, prop)
+    if not lead:
+        return EXIT_OK if res.verdict != "error" else EXIT_ERROR
+    if res.verdict == "sat" and prop.last_assignment is None:
+        res.verdict = "unknown"                 # never: sat only comes through the checker
+    code = _print_verdict(res)
+    if res.verdict == "unknown" and prop.relaxed:
+        _err("relaxed to true (unknown may come from it): "
+             + "; ".join(f"{t} ({why})" for t, why in prop.relaxed[:5]))
+    if res.verdict == "sat":
+        _write_assignment(query, prop.last_assignment, args.serialise)
+    return code
+
+
+def _with_output_bounds(product, query, prop):
+    """Polynomial atoms over hidden / output values need their bounds: one CROWN pass over the
+    regions' boxes, then the property is built again with them."""
+    if not prop.relaxed or not prop.regions:
+        return prop
+    import numpy as np
+    import torch
+
+    from .specs.vnnlib2_property import build_property
+
+    lo = np.min([r.lower for r in prop.regions], axis=0)
+    hi = np.max([r.upper for r in prop.regions], axis=0)
+    model = product.model
+    dev = model.device
+    b = model.compute_bounds(torch.tensor(lo[None], dtype=torch.float32, device=dev),
+                             torch.tensor(hi[None], dtype=torch.float32, device=dev), method="crown")
+    slo = b.lower.detach().double().cpu().numpy().ravel()
+    shi = b.upper.detach().double().cpu().numpy().ravel()
+    slack = 1e-5 * (1.0 + np.maximum(np.abs(slo), np.abs(shi)))      # float32 bound arithmetic
+    return build_property(query, (slo - slack, shi + slack))
+
+
+def _checker(product, query):
+    from .specs.vnnlib2 import holds
+
+    def check(z):
+        values = product.evaluate(z)
+        return values if holds(query, values) else None
+
+    return check
+
+
+def _write_assignment(query, values: dict, folder: str | None) -> None:
+    import numpy as np
+
+    if folder is not None:
+        from onnx import numpy_helper
+
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        for v in query.variables:
+            arr = np.asarray(values[v.name], dtype=np.float64 if v.dtype == "float64" else np.float32)
+            tensor = numpy_helper.from_array(arr.reshape(v.shape), name=v.name)
+            (out / f"{v.name}.pb").write_bytes(tensor.SerializeToString())
+        return
+    lines = []
+    for v in query.variables:
+        lines.append(f"{v.name} {v.type_text} [{','.join(map(str, v.shape))}]")
+        lines += [repr(float(x)) for x in np.asarray(values[v.name], np.float64).reshape(-1)]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
