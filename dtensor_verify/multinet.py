@@ -141,11 +141,40 @@ def _with_hidden(proto, names):
     return out
 
 
+def _constants_to_initializers(proto):
+    """`Constant` nodes (tensor / float / int values) become initializers: onnx2torch builds its
+    Conv / BatchNorm / Gemm modules only from initializer weights (a weight that comes from a
+    Constant node is a conversion failure, or a functional call without a bound rule)."""
+    from onnx import helper, numpy_helper
+
+    keep = []
+    for node in proto.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(attrs) != 1:
+            keep.append(node)
+            continue
+        (name, attr), = attrs.items()
+        value = helper.get_attribute_value(attr)
+        if name == "value":
+            arr = numpy_helper.to_array(value)
+        elif name in ("value_float", "value_floats"):
+            arr = np.asarray(value, np.float32)
+        elif name in ("value_int", "value_ints"):
+            arr = np.asarray(value, np.int64)
+        else:
+            keep.append(node)
+            continue
+        proto.graph.initializer.append(numpy_helper.from_array(arr, node.output[0]))
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    return proto
+
+
 @dataclass
 class _Net:
     decl: object
     path: str
-    proto: object              # with hidden outputs
+    proto: object              # the file's model, with the hidden tensors as extra outputs (onnxruntime)
     in_shapes: list            # full ONNX input shapes
     module: nn.Module          # onnx2torch conversion
 
@@ -262,9 +291,11 @@ def load_product(query, files: dict, M: np.ndarray, device=None) -> Product:
         if net.isomorphic_to:
             _check_isomorphic(query, net, declared[net.isomorphic_to], proto, protos, files)
         _check_float32(proto, path)
-        full = _with_hidden(_normalise_proto(copy.deepcopy(proto), path), [d.onnx_name for d in net.hidden])
-        module = _convert(full, path).eval()
-        nets.append(_Net(net, path, full, _input_shapes(full, path), module))
+        hidden = [d.onnx_name for d in net.hidden]
+        full = _with_hidden(_normalise_proto(copy.deepcopy(proto), path), hidden)
+        module = _convert(_constants_to_initializers(copy.deepcopy(full)), path).eval()
+        # onnxruntime runs the file as given (plus the hidden tensors as outputs)
+        nets.append(_Net(net, path, _with_hidden(proto, hidden), _input_shapes(full, path), module))
     n_z = M.shape[1]
     product = ProductModule(nets, M, query).eval()
     try:

@@ -109,7 +109,10 @@ def build_property(q: Query2, slot_bounds=None) -> Property2:
     """See the module docstring. `slot_bounds`: (lo, hi) arrays over V, or None."""
     inputs = _input_slots(q)
     rep, used = _shared_equalities(q, set(inputs))
-    reps = sorted({r for r, _ in rep.values()})
+    first: dict = {}
+    for s in inputs:                           # z in declaration order of each class's first element
+        first.setdefault(rep[s][0], s)
+    reps = sorted(first, key=first.get)
     z_of = {r: k for k, r in enumerate(reps)}
     n_z = len(reps)
     M = np.zeros((q.n_values, n_z))
