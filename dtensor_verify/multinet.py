@@ -242,9 +242,18 @@ def _linear(W: np.ndarray) -> nn.Linear:
 
 
 class Product:
-    def __init__(self, query, nets: list, model, M):
-        self.query, self.nets, self.model, self.M = query, nets, model, M
+    def __init__(self, query, nets: list, M):
+        self.query, self.nets, self.M = query, nets, M
+        self.model = None
         self._sessions: dict = {}
+
+    def values_vector(self, z: np.ndarray) -> np.ndarray:
+        """V for one z, from onnxruntime (the self-check's reference)."""
+        values = self.evaluate(np.asarray(z, np.float64).ravel())
+        out = np.zeros(self.M.shape[0])
+        for v in self.query.variables:
+            out[v.offset:v.offset + v.size] = np.asarray(values[v.name], np.float64).ravel()
+        return out
 
     def _session(self, net):
         import onnxruntime as ort
@@ -278,7 +287,7 @@ class Product:
 def load_product(query, files: dict, M: np.ndarray, device=None) -> Product:
     """The product model of the query's networks (`files`: name -> ONNX path, from check_mapping)."""
     from .api import BoundedModel
-    from .model_loading import _check_float32, _convert, _normalise_proto, load_onnx_proto
+    from .model_loading import _check_float32, _convert, _normalise_proto, load_onnx_proto, trace_module
 
     protos, nets = {}, []
     declared = {n.name: n for n in query.networks}
@@ -297,14 +306,27 @@ def load_product(query, files: dict, M: np.ndarray, device=None) -> Product:
         # onnxruntime runs the file as given (plus the hidden tensors as outputs)
         nets.append(_Net(net, path, _with_hidden(proto, hidden), _input_shapes(full, path), module))
     n_z = M.shape[1]
-    product = ProductModule(nets, M, query).eval()
+    out = Product(query, nets, M)
     try:
-        model = BoundedModel.from_module(product, (n_z,))
+        loaded = trace_module(ProductModule(nets, M, query).eval(), (n_z,))
+        # The self-check's reference: onnxruntime on the original files, one point at a time.
+        loaded.reference = _OrtReference(out)
+        loaded.source = "ProductModule (onnxruntime on the networks' files)"
+        model = BoundedModel(loaded)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{query.path}: the product of the networks cannot be bounded: {exc}") from None
-    if device is not None:
-        model = model.to(device)
-    return Product(query, nets, model, M)
+    out.model = model.to(device) if device is not None else model
+    return out
+
+
+class _OrtReference(nn.Module):
+    def __init__(self, product: Product):
+        super().__init__()
+        self.product = product
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        rows = [self.product.values_vector(p) for p in z.detach().double().cpu().numpy().reshape(z.shape[0], -1)]
+        return torch.as_tensor(np.stack(rows), dtype=torch.float64)
 
 
 def _check_isomorphic(query, net, target, proto, protos, files) -> None:

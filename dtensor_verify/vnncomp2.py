@@ -31,12 +31,31 @@ def parse_models(text: str, query) -> list[tuple[str, str]]:
             raise ValueError(f"model list {s[:80]!r} is not a list of (name, file) pairs ({exc})") from None
         if not isinstance(pairs, list) or not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
             raise ValueError(f"model list {s[:80]!r} is not a list of (name, file) pairs")
-        return [(str(n), str(p)) for n, p in pairs]
+        pairs = [(str(n), str(p)) for n, p in pairs]
+        return _drop_equal_to(pairs, query)
     own = [n.name for n in query.networks if not n.equal_to]
     if len(own) != 1:
         raise ValueError(f"{query.path}: declares {len(own)} networks without equal-to; give the models as "
                          f"a list of (name, file) pairs")
     return [(own[0], s)]
+
+
+def _drop_equal_to(pairs, query):
+    """VNN-COMP 2026 lists an `equal-to` network with its target's file; the standard's command line
+    takes no --network for it. Dropped when it names the same file, refused when it names another."""
+    declared = {n.name: n for n in query.networks}
+    files = dict(pairs)
+    out = []
+    for name, path in pairs:
+        net = declared.get(name)
+        if net is not None and net.equal_to:
+            target = files.get(net.equal_to)
+            if target is not None and os.path.realpath(target) != os.path.realpath(path):
+                raise ValueError(f"{query.path}: network '{name}' is equal-to '{net.equal_to}' but the model list "
+                                 f"gives it another file ({path}, not {target})")
+            continue
+        out.append((name, path))
+    return out
 
 
 def _write(path: str, text: str) -> None:
@@ -64,7 +83,11 @@ def main(argv=None) -> int:
     except Exception as exc:              # noqa: BLE001 - a user error: one line, `error`
         cli._err(cli._one_line(exc))
         return 2
-    args = ["verify", query_path, "--timeout", timeout]
+    front = []
+    if "--threads" in extra:                  # a global option: before the command
+        i = extra.index("--threads")
+        front, extra = extra[i:i + 2], extra[:i] + extra[i + 2:]
+    args = front + ["verify", query_path, "--timeout", timeout]
     for name, path in pairs:
         args += ["--network", f"{name}={path}"]
     out = io.StringIO()
