@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InputSpecError, ModelLoadError
+from .errors import InputSpecError, ModelLoadError, UnsupportedOpError
 
 __all__ = ["NetworkMappingError", "ElementTypeError", "UnsoundTypeError", "Product", "load_product",
            "check_mapping", "SOUND_ELEMENT_TYPES"]
@@ -302,13 +302,19 @@ def load_product(query, files: dict, M: np.ndarray, device=None) -> Product:
         _check_float32(proto, path)
         hidden = [d.onnx_name for d in net.hidden]
         full = _with_hidden(_normalise_proto(copy.deepcopy(proto), path), hidden)
-        module = _convert(_constants_to_initializers(copy.deepcopy(full)), path).eval()
+        try:
+            module = _convert(_constants_to_initializers(copy.deepcopy(full)), path).eval()
+        except ModelLoadError as exc:   # a valid ONNX file onnx2torch cannot convert: no bound rule
+            raise UnsupportedOpError(str(exc)) from None
         # onnxruntime runs the file as given (plus the hidden tensors as outputs)
         nets.append(_Net(net, path, _with_hidden(proto, hidden), _input_shapes(full, path), module))
     n_z = M.shape[1]
     out = Product(query, nets, M)
     try:
         loaded = trace_module(ProductModule(nets, M, query).eval(), (n_z,))
+    except ModelLoadError as exc:       # an op torch.fx cannot trace has no bound rule either
+        raise UnsupportedOpError(f"{query.path}: {exc}") from None
+    try:
         # The self-check's reference: onnxruntime on the original files, one point at a time.
         loaded.reference = _OrtReference(out)
         loaded.source = "ProductModule (onnxruntime on the networks' files)"
@@ -323,6 +329,9 @@ class _OrtReference(nn.Module):
     def __init__(self, product: Product):
         super().__init__()
         self.product = product
+
+    def __deepcopy__(self, memo):       # no weights; onnxruntime sessions are not copyable
+        return self
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         rows = [self.product.values_vector(p) for p in z.detach().double().cpu().numpy().reshape(z.shape[0], -1)]

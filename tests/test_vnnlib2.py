@@ -356,14 +356,17 @@ def _run_case(tc, capsys):
     return rc, (out.out.splitlines() or [""])[0], out.err
 
 
-def test_conformance_suite_claimed_categories(tmp_path, monkeypatch, capsys, capfd):
+def test_conformance_suite_claimed_categories(tmp_path, monkeypatch, capsys):
     """One case of every category whose operator / theory `supports` claims: the expected verdict.
     (The whole suite through its own runner: the slow test below; results in docs/VNNLIB2.md.)"""
     runnable = _suite_cases(tmp_path, monkeypatch)
-    capfd.readouterr()
+    capsys.readouterr()
+    from dtensor_verify.ops import onnx_operators
+
+    claimed = set(onnx_operators()) | {"Constant"}
     first = {}
-    for tc in runnable:
-        if tc.name not in KNOWN_SUSPECT:
+    for tc in runnable:                    # a case whose every op we claim (Constant is folded)
+        if set(tc.op_types) <= claimed and tc.name not in KNOWN_SUSPECT:
             first.setdefault(tc.category, tc)
     assert {"add", "relu", "network_equal", "network_isomorphic", "hidden", "multi_io", "arithmetic_poly"} <= set(first)
     for tc in first.values():
@@ -372,14 +375,18 @@ def test_conformance_suite_claimed_categories(tmp_path, monkeypatch, capsys, cap
 
 
 # Cases of claimed categories that answer `unknown` (suspect), with the reason; see docs/VNNLIB2.md.
-KNOWN_SUSPECT: dict[str, str] = {}
+KNOWN_SUSPECT: dict[str, str] = {
+    # N2 (isomorphic-to N1) declares float16 where N1 has float32: the standard's own parser rejects
+    # it as a type error ("Type mismatch for variable number 0 between networks"); the suite expects unsat.
+    "network_isomorphic01": "ill-typed query (the official parser's type error)",
+}
 
 
 @pytest.mark.slow
-def test_conformance_suite_all_claimed(tmp_path, monkeypatch, capsys, capfd):
+def test_conformance_suite_all_claimed(tmp_path, monkeypatch, capsys):
     """Every case the suite would run against us: no wrong verdict; pass except the known suspects."""
     runnable = _suite_cases(tmp_path, monkeypatch)
-    capfd.readouterr()
+    capsys.readouterr()
     bad = []
     for tc in runnable:
         rc, verdict, err = _run_case(tc, capsys)
@@ -486,3 +493,27 @@ def test_2026_benchmarks_end_to_end(tmp_path):
     import csv
     rows = list(csv.DictReader(open(out)))
     assert rows and all(r["verdict"] in ("sat", "unsat", "unknown", "timeout") for r in rows), rows
+
+
+@pytest.mark.distributed
+def test_verify_under_torchrun(tmp_path):
+    """Two ranks, fsdp: the same verdict and assignment, printed once (rank 0)."""
+    import os
+    import subprocess
+    import sys
+
+    net = relu_net(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    for body, want in ((BOX + "(assert (<= Y[0] -0.001))", "unsat"), (BOX + "(assert (>= Y[1] 1.4))", "sat")):
+        q = query(tmp_path, body, name=f"{want}.vnnlib")
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               "-m", "dtensor_verify", "--threads", "1", "verify", q, "--network", f"N={net}",
+                               "--timeout", "120", "--device", "cpu", "--plan", "fsdp", "--quiet"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines = proc.stdout.splitlines()
+        assert lines[0] == want and lines.count(want) == 1, proc.stdout
+        if want == "sat":
+            assert list(parse_assignment("\n".join(lines[1:]))) == ["X", "Y"]
