@@ -202,7 +202,7 @@ def _verify2(args) -> int:
         _err(f"{args.query}: cannot bound the network: {exc}")
         return EXIT_OK
     prop = _with_output_bounds(product, query, prop)
-    prop.checker = _checker(product, query)
+    prop.checker = _checker(product, query, prop)
     res, lead = _run(args, product.model, prop)
     if not lead:
         return EXIT_OK if res.verdict != "error" else EXIT_ERROR
@@ -239,14 +239,52 @@ def _with_output_bounds(product, query, prop):
     return build_property(query, (slo - slack, shi + slack))
 
 
-def _checker(product, query):
+def _checker(product, query, prop):
     from .specs.vnnlib2 import holds
 
     def check(z):
-        values = product.evaluate(z)
+        values = _exact_pins(query, prop, z, product.evaluate(z))
         return values if holds(query, values) else None
 
     return check
+
+
+def _exact_pins(query, prop, z, values: dict) -> dict:
+    """A `real` input pinned to a constant that no float32 equals (`(== X 0.1)`) is reported as
+    that exact value; the networks got its nearest float32 (the real type's permission to choose
+    the internal representation). Other values stay as computed."""
+    import numpy as np
+
+    for k, v in getattr(prop, "pinned", {}).items():
+        if np.float32(z[k]) != np.float32(float(v)):
+            continue
+        for var in query.variables:
+            if var.kind != "input":
+                continue
+            for j in range(var.size):
+                sign = prop.M[var.offset + j, k]
+                if sign != 0:
+                    arr = np.asarray(values[var.name], dtype=object).copy()
+                    arr.reshape(-1)[j] = v if sign > 0 else -v
+                    values[var.name] = arr
+    return values
+
+
+def _text(x) -> str:
+    """A value as exact text: floats by their shortest round-trip repr, fractions as decimals."""
+    from fractions import Fraction
+
+    if not isinstance(x, Fraction):
+        return repr(float(x))
+    k, den = 0, x.denominator
+    while 10 ** k % den and k < 400:
+        k += 1
+    if 10 ** k % den:
+        return repr(float(x))
+    digits = abs(x.numerator) * (10 ** k // den)
+    whole, frac = divmod(digits, 10 ** k)
+    sign = "-" if x < 0 else ""
+    return f"{sign}{whole}" + (f".{frac:0{k}d}".rstrip("0") if frac else ".0")
 
 
 def _write_assignment(query, values: dict, folder: str | None) -> None:
@@ -258,13 +296,14 @@ def _write_assignment(query, values: dict, folder: str | None) -> None:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         for v in query.variables:
-            arr = np.asarray(values[v.name], dtype=np.float64 if v.dtype == "float64" else np.float32)
+            arr = np.asarray([float(x) for x in np.asarray(values[v.name], dtype=object).reshape(-1)],
+                             dtype=np.float64 if v.dtype == "float64" else np.float32)
             tensor = numpy_helper.from_array(arr.reshape(v.shape), name=v.name)
             (out / f"{v.name}.pb").write_bytes(tensor.SerializeToString())
         return
     lines = []
     for v in query.variables:
         lines.append(f"{v.name} {v.type_text} [{','.join(map(str, v.shape))}]")
-        lines += [repr(float(x)) for x in np.asarray(values[v.name], np.float64).reshape(-1)]
+        lines += [_text(x) for x in np.asarray(values[v.name], dtype=object).reshape(-1)]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()

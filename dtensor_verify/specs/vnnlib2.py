@@ -303,9 +303,12 @@ def _value(node, values: dict):
     import vnnlib
 
     if isinstance(node, vnnlib.Var):
-        arr = values[node.name]
+        arr = np.asarray(values[node.name])
         idx = tuple(node.indices)
-        v = float(arr[idx] if idx else np.asarray(arr).reshape(-1)[0])
+        v = arr[idx] if idx else arr.reshape(-1)[0]
+        if isinstance(v, Fraction):                     # an exact value (a pinned `real` input)
+            return v
+        v = float(v)
         if not np.isfinite(v):
             raise ArithmeticError("NaN or infinity")
         return Fraction(v)

@@ -41,6 +41,9 @@ class Property2(Property):
     query: Query2 | None = None
     M: np.ndarray | None = None              # [n_values, n_z]: V's input slots = M z
     relaxed: list = field(default_factory=list)   # atoms relaxed to `true` (text, why)
+    # z pinned to a constant in every term whose inputs are all declared `real`: z -> exact value.
+    # The networks get its nearest float32; the assignment reports the exact value (real semantics).
+    pinned: dict = field(default_factory=dict)
     checker: object = None                    # callable(z, v) -> dict | None (the confirmed assignment)
     last_assignment: dict | None = None
 
@@ -123,16 +126,23 @@ def build_property(q: Query2, slot_bounds=None) -> Property2:
         sign_of[s], zi_of[s] = sign, z_of[r]
     relaxed: list = []
     regions: dict = {}
+    pins = None
+    built_terms = []
     for term in q.terms:
         built = _term(q, term, used, n_z, sign_of, zi_of, M, slot_bounds, relaxed)
-        if built is None:
-            continue
-        lo, hi, dj = built
+        if built is not None:
+            built_terms.append(built)
+            pins = built[3] if pins is None else {k: v for k, v in pins.items() if built[3].get(k) == v}
+    pinned = {k: v for k, v in (pins or {}).items() if _all_real(q, M, k)}
+    for lo, hi, dj, _ in built_terms:
+        for k, v in pinned.items():          # the box holds the float32 the networks get
+            f = float(np.float32(float(v)))
+            lo[k], hi[k] = min(lo[k], f), max(hi[k], f)
         key = (lo.tobytes(), hi.tobytes())
         if key not in regions:
             regions[key] = Region(lo, hi, [])
         regions[key].disjuncts.append(dj)
-    prop = Property2(n_z, q.n_values, list(regions.values()), q.path, query=q, M=M)
+    prop = Property2(n_z, q.n_values, list(regions.values()), q.path, query=q, M=M, pinned=pinned)
     seen = set()
     prop.relaxed = [r for r in relaxed if not (r in seen or seen.add(r))]
     return prop
@@ -141,6 +151,7 @@ def build_property(q: Query2, slot_bounds=None) -> Property2:
 def _term(q, term, used, n_z, sign_of, zi_of, M, slot_bounds, relaxed):
     lo = np.full(n_z, -np.inf)
     hi = np.full(n_z, np.inf)
+    exact: dict = {}                                 # (z, is_upper) -> tightest exact bound
     rows: list[tuple[dict, Fraction]] = []          # sum coef*V[slot] <= d  (exact)
     nonlinear: list[Atom] = []
     for a in term:
@@ -158,7 +169,10 @@ def _term(q, term, used, n_z, sign_of, zi_of, M, slot_bounds, relaxed):
         c0 = a.poly.get((), Fraction(0))
         if len(lin) == 1 and next(iter(lin)) in sign_of:
             (s, coef), = lin.items()
-            _bound(lo, hi, zi_of[s], sign_of[s], coef, c0, a.op)
+            for is_up, v in _bound(lo, hi, zi_of[s], sign_of[s], coef, c0, a.op):
+                key = (zi_of[s], is_up)
+                if key not in exact or (v < exact[key] if is_up else v > exact[key]):
+                    exact[key] = v
             continue
         rows.append((lin, -c0))
         if a.op == "==":
@@ -179,13 +193,22 @@ def _term(q, term, used, n_z, sign_of, zi_of, M, slot_bounds, relaxed):
         for s, c in lin.items():
             C[i, s] = float(c)
         d[i] = _up(rhs)
-    return lo, hi, OutputDisjunct(C, d)
+    pins = {k: exact[(k, False)] for k in range(n_z)
+            if (k, False) in exact and exact.get((k, True)) == exact[(k, False)]}
+    return lo, hi, OutputDisjunct(C, d), pins
+
+
+def _all_real(q, M, k) -> bool:
+    slots = set(np.flatnonzero(M[:, k]).tolist())
+    return all(v.dtype == "real" for v in q.variables if v.kind == "input"
+               and slots & set(range(v.offset, v.offset + v.size)))
 
 
 def _bound(lo, hi, zi, sign, coef, c0, op):
     """coef * x + c0 (op) 0 with x = sign * z."""
     value = -c0 / coef                          # x (op') value
     upper_on_x = coef > 0
+    out = []
     for is_upper in ((True, False) if op == "==" else (upper_on_x,)):
         up_z = is_upper if sign > 0 else not is_upper
         v = value if sign > 0 else -value
@@ -193,6 +216,8 @@ def _bound(lo, hi, zi, sign, coef, c0, op):
             hi[zi] = min(hi[zi], _up(v))
         else:
             lo[zi] = max(lo[zi], _down(v))
+        out.append((up_z, v))
+    return out
 
 
 def _fill_bounds(q, lo, hi, rows, M):
