@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ def parse_assignment(text: str) -> dict:
         name, _typ, shape = lines[i].split(" ", 2)
         dims = [int(s) for s in shape.strip("[]").split(",") if s.strip()]
         n = int(np.prod(dims)) if dims else 1
-        out[name] = np.array([float(v) for v in lines[i + 1:i + 1 + n]]).reshape(dims)
+        # exact: the text's own rational value (a pinned `real` input is written as its decimal)
+        out[name] = np.array([Fraction(v.strip()) for v in lines[i + 1:i + 1 + n]], dtype=object).reshape(dims)
         i += 1 + n
     return out
 
@@ -58,9 +60,10 @@ def recheck(bench: Path, models: str, query_path: Path, body: str) -> str:
         feed = {}
         for d, info in zip(net.inputs, sess.get_inputs()):
             shape = [s if isinstance(s, int) and s > 0 else 1 for s in info.shape]
-            feed[info.name] = values[d.name].astype(np.float32).reshape(shape)
+            feed[info.name] = np.array([float(v) for v in values[d.name].ravel()], np.float32).reshape(shape)
         for d, o in zip(net.outputs, sess.run(None, feed)):
-            if not np.array_equal(np.asarray(o, np.float64).ravel(), values[d.name].ravel()):
+            written = np.array([float(v) for v in values[d.name].ravel()])
+            if not np.array_equal(np.asarray(o, np.float64).ravel(), written):
                 return f"output {d.name} differs from onnxruntime"
     return "yes" if holds(q, values) else "the assignment does not satisfy the query"
 
