@@ -106,7 +106,7 @@ def cmd_supports(args) -> int:
 
 
 def _networks(args):
-    from .cli import CliError
+    from .cli_common import CliError
 
     mapping, dups = {}, []
     for item in args.network:
@@ -120,7 +120,7 @@ def _networks(args):
 
 
 def cmd_verify(args) -> int:
-    from .cli import CliError
+    from .cli_common import CliError
     from .specs.vnnlib2 import is_vnnlib2
 
     t0 = getattr(args, "started_at", None) or time.perf_counter()
@@ -140,26 +140,28 @@ def _left(args) -> float:
 
 
 def _run(args, model, prop):
-    from .cli import COLLECTIVE_SLACK_S, _apply_plan, _bab_options, _is_rank0, _stderr_log
+    from .cli import COLLECTIVE_SLACK_S, _apply_plan, _is_rank0, _stderr_log
+    from .cli_common import bab_options
     from .verify import verify_instance
 
     _apply_plan(model, args.plan, args.quiet, timeout_s=_left(args) + COLLECTIVE_SLACK_S, mesh=args.mesh)
     lead = _is_rank0(model)
     res = verify_instance(model, prop, None, _left(args), methods=tuple(args.methods), attack=True,
                           log=_stderr_log(args.quiet or not lead), bab=not args.no_bab,
-                          bab_options=_bab_options(args))
+                          bab_options=bab_options(args))
     return res, lead
 
 
 def _verify1(args) -> int:
-    from .cli import CliError, _device, _load_model, _read_property
+    from .cli import _device, _read_property
+    from .cli_common import CliError, load_model
     from .specs import format_counterexample
 
     mapping, dups = _networks(args)
     if len(mapping) != 1 or dups:
         raise CliError(f"{args.query}: a VNN-LIB 1.0 query takes exactly one --network NAME=FILE")
     (path,) = mapping.values()
-    model = _load_model(path, _device(args))
+    model = load_model(path, _device(args))
     prop = _read_property(args.query, model)
     # 1.0: candidates are confirmed by onnxruntime on the file itself (verify_instance's default).
     res, lead = _run(args, model, prop)
@@ -172,7 +174,7 @@ def _verify1(args) -> int:
 
 
 def _print_verdict(res) -> int:
-    from .cli import _err
+    from .cli_common import err as _err
 
     if res.verdict == "error":
         _err(res.message or "verification failed")
@@ -182,7 +184,8 @@ def _print_verdict(res) -> int:
 
 
 def _verify2(args) -> int:
-    from .cli import CliError, _device, _err
+    from .cli import _device
+    from .cli_common import CliError, err as _err
     from .errors import UnsupportedOpError
     from .multinet import check_mapping, load_product
     from .specs.vnnlib2 import read_query

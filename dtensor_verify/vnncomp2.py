@@ -81,7 +81,8 @@ def main(argv=None) -> int:
         query = read_query(query_path)
         pairs = parse_models(models, query)
     except Exception as exc:              # noqa: BLE001 - a user error: one line, `error`
-        cli._err(cli._one_line(exc))
+        from .cli_common import err, one_line
+        err(one_line(exc))
         return 2
     front = []
     if "--threads" in extra:                  # a global option: before the command
