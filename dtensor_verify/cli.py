@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_bounds_command, _add_run_command, _add_benchmark_command):
         add(sub)
     from .solver_cli import register     # VNN-LIB 2.0 command line: verify, supports, --name
-    register(p, sub, _add_device, _add_bab_arguments, _add_mesh_argument)
+    register(p, sub, sys.modules[__name__])     # its helpers are passed, not imported: no import cycle
     return p
 
 

@@ -69,8 +69,10 @@ def capability(name: str) -> list[str]:
     return ["true" if BOOLEANS[name] else "false"]
 
 
-def register(parser, sub, add_device, add_bab_arguments, add_mesh_argument) -> None:
-    """Add `--name`, `verify` and `supports` to the main parser (cli.build_parser calls this)."""
+def register(parser, sub, cli) -> None:
+    """Add `--name`, `verify` and `supports` to the main parser. `cli`: the dtensor_verify.cli module
+    (cli.build_parser calls this and passes itself: its helpers are used through `args.cli`, so this
+    module never imports it)."""
     import argparse
 
     class PrintName(argparse.Action):
@@ -88,10 +90,10 @@ def register(parser, sub, add_device, add_bab_arguments, add_mesh_argument) -> N
                    metavar="DIR", help="write a sat assignment as DIR/NAME.pb (ONNX TensorProto) files")
     v.add_argument("--plan", default=None)
     v.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
-    add_bab_arguments(v)
-    add_mesh_argument(v)
-    add_device(v)
-    v.set_defaults(func=cmd_verify, methods=["crown", "alpha-crown"], no_attack=False)
+    cli._add_bab_arguments(v)
+    cli._add_mesh_argument(v)
+    cli._add_device(v)
+    v.set_defaults(func=cmd_verify, methods=["crown", "alpha-crown"], no_attack=False, cli=cli)
     s = sub.add_parser("supports", help="VNN-LIB 2.0 command line: report a capability")
     g = s.add_mutually_exclusive_group(required=True)
     for cap in CAPABILITIES:
@@ -140,20 +142,19 @@ def _left(args) -> float:
 
 
 def _run(args, model, prop):
-    from .cli import COLLECTIVE_SLACK_S, _apply_plan, _is_rank0, _stderr_log
     from .cli_common import bab_options
     from .verify import verify_instance
 
-    _apply_plan(model, args.plan, args.quiet, timeout_s=_left(args) + COLLECTIVE_SLACK_S, mesh=args.mesh)
-    lead = _is_rank0(model)
+    cli = args.cli
+    cli._apply_plan(model, args.plan, args.quiet, timeout_s=_left(args) + cli.COLLECTIVE_SLACK_S, mesh=args.mesh)
+    lead = cli._is_rank0(model)
     res = verify_instance(model, prop, None, _left(args), methods=tuple(args.methods), attack=True,
-                          log=_stderr_log(args.quiet or not lead), bab=not args.no_bab,
+                          log=cli._stderr_log(args.quiet or not lead), bab=not args.no_bab,
                           bab_options=bab_options(args))
     return res, lead
 
 
 def _verify1(args) -> int:
-    from .cli import _device, _read_property
     from .cli_common import CliError, load_model
     from .specs import format_counterexample
 
@@ -161,8 +162,8 @@ def _verify1(args) -> int:
     if len(mapping) != 1 or dups:
         raise CliError(f"{args.query}: a VNN-LIB 1.0 query takes exactly one --network NAME=FILE")
     (path,) = mapping.values()
-    model = load_model(path, _device(args))
-    prop = _read_property(args.query, model)
+    model = load_model(path, args.cli._device(args))
+    prop = args.cli._read_property(args.query, model)
     # 1.0: candidates are confirmed by onnxruntime on the file itself (verify_instance's default).
     res, lead = _run(args, model, prop)
     if not lead:
@@ -184,7 +185,6 @@ def _print_verdict(res) -> int:
 
 
 def _verify2(args) -> int:
-    from .cli import _device
     from .cli_common import CliError, err as _err
     from .errors import UnsupportedOpError
     from .multinet import check_mapping, load_product
@@ -199,7 +199,7 @@ def _verify2(args) -> int:
             raise CliError(f"{f}: no such file")
     prop = build_property(query)
     try:
-        product = load_product(query, files, prop.M, _device(args))
+        product = load_product(query, files, prop.M, args.cli._device(args))
     except UnsupportedOpError as exc:
         print("unknown", flush=True)
         _err(f"{args.query}: cannot bound the network: {exc}")
