@@ -2,6 +2,7 @@
 
     python -m dtensor_verify.vnncomp2 MODELS QUERY RESULTS TIMEOUT [verify options...]
     python -m dtensor_verify.vnncomp2 --is-v2 QUERY        # exit 0 for a 2.0 query, 1 otherwise
+    python -m dtensor_verify.vnncomp2 --check QUERY        # parse and type-check (prepare_instance.sh)
 
 MODELS is one ONNX path (the query's network(s) without equal-to; with several such networks the
 list form is needed) or VNN-COMP 2026's list `"[('f', 'a.onnx'), ('g', 'b.onnx')]"`. The query
@@ -69,6 +70,15 @@ def main(argv=None) -> int:
     if argv[:1] == ["--is-v2"]:
         from .specs.vnnlib2 import is_vnnlib2
         return 0 if len(argv) == 2 and is_vnnlib2(argv[1]) else 1
+    if argv[:1] == ["--check"] and len(argv) == 2:     # prepare_instance.sh: parse and type-check
+        from .cli_common import err, one_line
+        from .specs.vnnlib2 import read_query
+        try:
+            read_query(argv[1])
+        except Exception as exc:          # noqa: BLE001 - one line, non-zero exit
+            err(one_line(exc))
+            return 2
+        return 0
     if len(argv) < 4:
         print("usage: python -m dtensor_verify.vnncomp2 MODELS QUERY RESULTS TIMEOUT [options]", file=sys.stderr)
         return 2
