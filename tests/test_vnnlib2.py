@@ -524,3 +524,17 @@ def test_verify_under_torchrun(tmp_path):
         assert lines[0] == want and lines.count(want) == 1, proc.stdout
         if want == "sat":
             assert list(parse_assignment("\n".join(lines[1:]))) == ["X", "Y"]
+
+
+def test_pinned_decimal_input(tmp_path, capsys):
+    """`(== X[0] 0.1)`: no float32 equals 0.1. Declared `real`, the networks get float32(0.1) and the
+    assignment reports 0.1 exactly (checked by the AST); declared float32 no assignment exists."""
+    net = relu_net(tmp_path)
+    body = "(assert (== X[0] 0.1)) (assert (>= X[1] -1.0)) (assert (<= X[1] 1.0)) (assert (>= Y[1] 1.0))"
+    rc, out, err = verify(capsys, query(tmp_path, body, t="real", name="real.vnnlib"), "--network", f"N={net}")
+    assert rc == 0 and out.splitlines()[0] == "sat", err
+    got = out.splitlines()
+    assert got[1] == "X real [2]" and got[2] == "0.1"
+    rc, out, err = verify(capsys, query(tmp_path, body, t="float32", name="f32.vnnlib"), "--network", f"N={net}",
+                          "--no-bab", "--timeout", "5")
+    assert rc == 0 and out.splitlines()[0] in ("unknown", "timed-out"), out
