@@ -99,9 +99,10 @@ def test_dnf_not_equal_and_polynomials():
     assert poly[(2,)] == 1 and poly[(0, 1)] == -1    # Y[0] - X[0]*X[1] < 0
     prop = build_property(q)
     assert prop.n_inputs == 2 and prop.n_outputs == 4 and not prop.relaxed
-    # X0*X1 in [0, 2]: Y0 - X0 X1 < 0 is relaxed to Y0 <= 2, the other side to -Y0 <= 0
-    ds = sorted(float(dj.d[0]) for r in prop.regions for dj in r.disjuncts)
-    assert ds == [0.0, 2.0]
+    # McCormick over X0 in [0, 1], X1 in [0, 2]: Y0 < X0 X1 gives Y0 - 2 X0 <= 0 and Y0 - X1 <= 0;
+    # Y0 > X0 X1 gives -Y0 <= 0 and -Y0 + 2 X0 + X1 <= 2
+    rows = sorted((tuple(c), float(d)) for r in prop.regions for dj in r.disjuncts for c, d in zip(dj.C, dj.d))
+    assert rows == sorted([((-2, 0, 1, 0), 0.0), ((0, -1, 1, 0), 0.0), ((0, 0, -1, 0), 0.0), ((2, 1, -1, 0), 2.0)])
     assert holds(q, {"X": np.array([1.0, 2.0]), "Y": np.array([1.0, 0.0])})
     assert not holds(q, {"X": np.array([1.0, 2.0]), "Y": np.array([2.0, 0.0])})
     assert not holds(q, {"X": np.array([np.nan, 2.0]), "Y": np.array([1.0, 0.0])})

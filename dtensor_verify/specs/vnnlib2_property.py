@@ -182,11 +182,11 @@ def _term(q, term, used, n_z, sign_of, zi_of, M, slot_bounds, relaxed):
         return None                             # empty box: nothing to find here
     for a in nonlinear:
         for poly in ([a.poly] if a.op != "==" else [a.poly, {m: -c for m, c in a.poly.items()}]):
-            row = _relax(poly, lo, hi, M, slot_bounds)
-            if row is None:
+            got = _relax(poly, lo, hi, M, slot_bounds)
+            if got is None:
                 relaxed.append((a.text, "a product of unbounded values"))
             else:
-                rows.append(row)
+                rows += got
     C = np.zeros((len(rows), q.n_values))
     d = np.zeros(len(rows))
     for i, (lin, rhs) in enumerate(rows):
@@ -264,18 +264,56 @@ def _slot_interval(s, lo, hi, M, slot_bounds):
     return float(slot_bounds[0][s]), float(slot_bounds[1][s])
 
 
+MAX_PLANE_ROWS = 4      # McCormick rows one polynomial atom may become (2 per product of two values)
+
+
 def _relax(poly, lo, hi, M, slot_bounds):
-    """p <= 0 relaxed to a linear row: each nonlinear monomial -> its interval's lower end."""
-    lin, const = {}, poly.get((), Fraction(0))
+    """p <= 0 relaxed to linear rows (their conjunction): a product of two bounded values becomes
+    each of its two McCormick planes on the side that bounds `c * m` from below (`m >= plane` for
+    c > 0, `m <= plane` for c < 0; a square's lower planes are its tangents at the ends); any
+    other nonlinear monomial becomes its interval's end. Every row is implied by p <= 0."""
+    base, const = {}, poly.get((), Fraction(0))
+    options = []            # per product: the alternative (lin, const) replacements of c * m
     for m, c in poly.items():
         if len(m) == 1:
-            lin[m[0]] = c
+            base[m[0]] = base.get(m[0], 0) + c
         elif len(m) > 1:
             iv = _monomial_interval(m, lo, hi, M, slot_bounds)
             if iv is None:
                 return None
-            const += c * (iv[0] if c > 0 else iv[1])
-    return lin, -const
+            planes = _planes(m, c, lo, hi, M, slot_bounds) if len(m) == 2 else None
+            if planes and len(options) < 2 and 2 ** (len(options) + 1) <= MAX_PLANE_ROWS:
+                options.append(planes)
+            else:
+                const += c * (iv[0] if c > 0 else iv[1])
+    rows = [(dict(base), const)]
+    for alts in options:
+        rows = [(_plus(lin, pl), k + pk) for lin, k in rows for pl, pk in alts]
+    return [(lin, -k) for lin, k in rows]
+
+
+def _plus(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for s, c in b.items():
+        out[s] = out.get(s, 0) + c
+    return out
+
+
+def _planes(m, c, lo, hi, M, slot_bounds):
+    """The two McCormick planes of c * y_a * y_b that bound it from below: [(lin, const), ...]."""
+    a, b = m
+    la, ua = (Fraction(v) for v in _slot_interval(a, lo, hi, M, slot_bounds))
+    lb, ub = (Fraction(v) for v in _slot_interval(b, lo, hi, M, slot_bounds))
+    if c > 0:      # m >= lb*ya + la*yb - la*lb,  m >= ub*ya + ua*yb - ua*ub
+        planes = [(lb, la, -la * lb), (ub, ua, -ua * ub)]
+    else:          # m <= ub*ya + la*yb - la*ub,  m <= lb*ya + ua*yb - ua*lb
+        planes = [(ub, la, -la * ub), (lb, ua, -ua * lb)]
+    out = []
+    for ca, cb, k in planes:
+        lin = {a: c * ca}
+        lin[b] = lin.get(b, 0) + c * cb
+        out.append((lin, c * k))
+    return out
 
 
 def _monomial_interval(m, lo, hi, M, slot_bounds):
