@@ -283,47 +283,27 @@ def test_supports_every_capability(capsys):
     assert capsys.readouterr().out.startswith("dtensor_verify")
 
 
-def _op_model(tmp_path, op):
-    """A small float32 model whose one interesting node is `op` (the others are Identity-free)."""
-    c = lambda n, v: numpy_helper.from_array(np.asarray(v, np.float32), n)      # noqa: E731
-    x4 = [1, 1, 2, 2]
-    specs = {
-        "Add": ([helper.make_node("Add", ["x", "k"], ["y"])], [c("k", 1.0)], [2]),
-        "Sub": ([helper.make_node("Sub", ["x", "k"], ["y"])], [c("k", 1.0)], [2]),
-        "Mul": ([helper.make_node("Mul", ["x", "k"], ["y"])], [c("k", 2.0)], [2]),
-        "Div": ([helper.make_node("Div", ["x", "k"], ["y"])], [c("k", 2.0)], [2]),
-        "Relu": ([helper.make_node("Relu", ["x"], ["y"])], [], [2]),
-        "Identity": ([helper.make_node("Identity", ["x"], ["y"])], [], [2]),
-        "Dropout": ([helper.make_node("Dropout", ["x"], ["y"])], [], [2]),
-        "MatMul": ([helper.make_node("MatMul", ["x", "W"], ["y"])], [c("W", np.eye(2))], [1, 2]),
-        "Gemm": ([helper.make_node("Gemm", ["x", "W", "b"], ["y"], transB=1)], [c("W", np.eye(2)), c("b", [1, 2])], [1, 2]),
-        "Flatten": ([helper.make_node("Flatten", ["x"], ["y"])], [], x4),
-        "Reshape": ([helper.make_node("Reshape", ["x", "s"], ["y"])],
-                    [numpy_helper.from_array(np.array([1, 4], np.int64), "s")], x4),
-        "Conv": ([helper.make_node("Conv", ["x", "W"], ["y"])], [c("W", np.ones((1, 1, 1, 1)))], x4),
-        "BatchNormalization": ([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])],
-                               [c("s", [2.0]), c("b", [1.0]), c("m", [0.5]), c("v", [4.0])], x4),
-    }
-    nodes, inits, shape = specs[op]
-    graph = helper.make_graph(nodes, op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    p = tmp_path / f"{op}.onnx"
-    onnx.save(model, p)
-    return str(p)
-
-
 def test_every_claimed_operator_has_a_bound_rule(tmp_path):
-    """`supports --onnx-operators` claims only what loads into the bound graph."""
+    """`supports --onnx-operators` claims only what loads into the bound graph: a small model of every
+    claimed op loads, its CROWN bounds are finite and contain onnxruntime's output at sampled points
+    (box corners included)."""
     import dtensor_verify as dv
     from dtensor_verify.ops import onnx_operators
+    from vnnlib2_op_models import op_model, ort_outputs
 
+    rng = np.random.default_rng(0)
     for op in onnx_operators():
-        model = dv.load(_op_model(tmp_path, op))
-        lo = -np.ones((1, model.n_inputs), np.float32)
-        r = model.compute_bounds(lo, -lo, method="crown")
-        assert np.all(np.isfinite(r.lower.numpy())), op
+        path, lo, hi = op_model(tmp_path, op)
+        model = dv.load(path)
+        assert model.n_inputs == lo.shape[1], op
+        r = model.compute_bounds(lo, hi, method="crown")
+        low, up = r.lower.numpy().ravel(), r.upper.numpy().ravel()
+        assert np.all(np.isfinite(low)) and np.all(np.isfinite(up)), (op, low, up)
+        xs = np.concatenate([lo, hi, lo + (hi - lo) * rng.random((64, lo.shape[1]), np.float32)])
+        ys = ort_outputs(path, xs)
+        assert ys.shape[1] == low.size, (op, ys.shape, low.size)
+        tol = 1e-5 * (1 + np.abs(ys))
+        assert np.all(ys >= low - tol) and np.all(ys <= up + tol), (op, low, up, ys.min(0), ys.max(0))
 
 
 # ------------------------------------------------------------------------------------- conformance
