@@ -311,7 +311,7 @@ def load_product(query, files: dict, M: np.ndarray, device=None) -> Product:
     n_z = M.shape[1]
     out = Product(query, nets, M)
     try:
-        loaded = trace_module(ProductModule(nets, M, query).eval(), (n_z,))
+        loaded = trace_module(_trace(ProductModule(nets, M, query).eval()), (n_z,))
     except ModelLoadError as exc:       # an op torch.fx cannot trace has no bound rule either
         raise UnsupportedOpError(f"{query.path}: {exc}") from None
     try:
@@ -323,6 +323,22 @@ def load_product(query, files: dict, M: np.ndarray, device=None) -> Product:
         raise ModelLoadError(f"{query.path}: the product of the networks cannot be bounded: {exc}") from None
     out.model = model.to(device) if device is not None else model
     return out
+
+
+class _OnnxLeafTracer(torch.fx.Tracer):
+    """onnx2torch's op modules stay single call_module nodes, as in a one-network load (the op
+    registry's rules match them); only the networks' GraphModules are inlined."""
+
+    def is_leaf_module(self, m, qualname) -> bool:
+        return type(m).__module__.startswith("onnx2torch") or super().is_leaf_module(m, qualname)
+
+
+def _trace(root: nn.Module) -> torch.fx.GraphModule:
+    try:
+        return torch.fx.GraphModule(root, _OnnxLeafTracer().trace(root))
+    except Exception as exc:
+        raise ModelLoadError(f"{type(root).__name__}: torch.fx cannot trace it: "
+                             f"{' '.join(str(exc).split())[:300]}") from None
 
 
 class _OrtReference(nn.Module):
