@@ -216,6 +216,10 @@ def cmd_bounds(args) -> int:
     from .api import normalize_method
     from .methods import AlphaOptions
 
+    from .run_guard import input_candidates, refuse_overlaps
+
+    refuse_overlaps({"--json": args.json}, [("MODEL", args.model), *input_candidates("--vnnlib", args.vnnlib),
+                                            ("--lower", args.lower), ("--upper", args.upper)])
     method = normalize_method(args.method)
     if args.vnnlib is None and (args.lower is None or args.upper is None):
         raise CliError("give --vnnlib SPEC, or both --lower FILE and --upper FILE")
@@ -335,9 +339,11 @@ COLLECTIVE_SLACK_S = 10.0
 def cmd_run(args) -> int:
     """Verify one instance. The results file's life cycle and the watchdog: see run_guard."""
     watch = _Stopwatch(since=_MAIN_ENTERED_PERF)      # "imports" = argument parsing and every import
-    from .run_guard import ResultsFile, Watchdog, torchrun_rank
+    from .run_guard import ResultsFile, Watchdog, input_candidates, refuse_overlaps, torchrun_rank
 
     t0 = getattr(args, "started_at", None) or time.perf_counter()     # see main()
+    refuse_overlaps({"--results": args.results, "--json": args.json},
+                    [("--onnx", args.onnx), *input_candidates("--vnnlib", args.vnnlib)])
     args.stopwatch = watch
     rank = torchrun_rank()
     # Refuse a symlink / device / directory / missing directory before any work.

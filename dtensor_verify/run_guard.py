@@ -62,6 +62,55 @@ def process_age_s() -> float:
         return 0.0
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Do paths `a` and `b` name the same file: equal after resolving links (either may not
+    exist yet), or the same inode (hard links, bind mounts) where both exist."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def input_candidates(flag: str, path) -> list[tuple[str, str]]:
+    """The files an input option may read: the path, and `path.gz` where the reader falls back
+    to it (`--vnnlib x.vnnlib` reads `x.vnnlib.gz` when only that exists)."""
+    if path is None:
+        return []
+    path = os.fspath(path)
+    out = [(flag, path)]
+    if not path.endswith(".gz") and not os.path.exists(path):
+        out.append((flag, path + ".gz"))
+    return out
+
+
+def refuse_overlaps(outputs: dict, inputs: list) -> None:
+    """Refuse (OutputFileError, one line) an output path that names an input file or another
+    output, before anything is read or written. `outputs`: {option: path or None}; `inputs`:
+    [(option, path or None)] of everything the command reads. An input is never written: a
+    results file naming the model would be removed by the reset before the model is read."""
+    from .errors import OutputFileError
+
+    outs = [(flag, os.fspath(p)) for flag, p in outputs.items() if p is not None]
+    ins = [(flag, os.fspath(p)) for flag, p in inputs if p is not None]
+    for i, (oflag, opath) in enumerate(outs):
+        for iflag, ipath in ins:
+            if _same_file(opath, ipath):
+                raise OutputFileError(
+                    f"{oflag} {_short(opath)} is the input file of {iflag} ({_short(ipath)}); inputs are "
+                    f"never written: give {oflag} another path")
+        for oflag2, opath2 in outs[i + 1:]:
+            if _same_file(opath, opath2):
+                raise OutputFileError(f"{oflag} and {oflag2} name the same file ({_short(opath)}); "
+                                      f"give them different paths")
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _say(msg: str) -> None:
     try:
         print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
