@@ -56,6 +56,8 @@ def _device(args):
 
 def _err(msg: str) -> None:
     msg = " ".join(str(msg).split())
+    if len(msg) > 1000:             # a message quoting a huge input stays one short line
+        msg = f"{msg[:600]} ...[{len(msg) - 900} characters]... {msg[-300:]}"
     print(f"{PROG}: error: {msg}", file=sys.stderr)
 
 

@@ -559,8 +559,9 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
                 f"{prop.path or 'property'}: declares {prop.n_inputs} inputs / {prop.n_outputs} outputs, "
                 f"the network has {model.n_inputs} / {model.n_outputs}")
         if not prop.regions:
-            # Every term of the formula is a false constant: nothing can violate it.
-            return finish("unsat", decided_by="spec")
+            # Every term of the formula is false (a false constant, an empty box): nothing can violate it.
+            return finish("unsat", decided_by="spec", message=getattr(prop, "note", None)
+                          or "every term of the property is a false constant: it cannot be violated")
         device = model.device                   # every tensor below lives where the weights do
         pairs = _Pairs(prop, model.n_outputs, device=device)
         details = [DisjunctStatus(r, j, k) for (r, j), k in zip(pairs.index, pairs.n_real_rows)]
