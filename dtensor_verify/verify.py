@@ -447,9 +447,12 @@ def _branch_and_bound(model, pairs: _Pairs, details, roots, pair_lo, pair_hi, cl
     say = log or (lambda msg: None)
     open_idx = [p for p in range(len(pairs)) if details[p].status == "open"]
     if any(p not in roots or pairs.n_real_rows[p] == 0 for p in open_idx):
+        res.bounds["bab"] = {"reason": "skipped: a disjunct has no bound to start from"}
         say("bab: skipped (a disjunct has no bound to start from)")
         return "unknown"
     if not any(n.op is not None and n.op.needs_input_bounds for n in model.graph.nodes):
+        res.bounds["bab"] = {"reason": "skipped: no ReLU to split (the bounds are already those of a "
+                                       "linear network)"}
         say("bab: skipped (no ReLU to split: the bounds are already those of a linear network)")
         return "unknown"
     layout = model.layout
@@ -512,6 +515,17 @@ def _branch_and_bound(model, pairs: _Pairs, details, roots, pair_lo, pair_hi, cl
         for p in open_idx:
             details[p].status, details[p].proved_by = "proved", "bab"
     return outcome.status
+
+
+def _unknown_reason(res, details, bab: bool) -> str:
+    """Why a run ends `unknown` (said in the results message and the JSON)."""
+    n_open = sum(d.status == "open" for d in details)
+    stopped = res.bounds.get("bab", {}).get("reason")
+    if stopped:
+        return f"branch and bound stopped: {stopped}"
+    if not bab:
+        return f"branch and bound is off: the bounds and attacks left {n_open} disjunct(s) open"
+    return f"{n_open} disjunct(s) left open by the bounds, attacks and branch and bound"
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -728,8 +742,7 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
                 if attack_round(restarts, aopts.seed + 1 + k, "attack-extra", guided):
                     return finish("sat", decided_by="attack")
                 restarts *= 2
-        bab_stopped = res.bounds.get("bab", {}).get("reason")
-        return finish("unknown", **({"message": f"branch and bound stopped: {bab_stopped}"} if bab_stopped else {}))
+        return finish("unknown", message=_unknown_reason(res, details, bab))
     except _Timeout:
         res.message = f"time limit of {timeout:g} s reached"
         return finish("timeout")

@@ -179,6 +179,8 @@ class BabSolver:
         self.store = DomainStore()
         self.stats = _Stats()
         self.exhausted = 0                      # open domains with no neuron left to split
+        self.exhausted_reason: str | None = None    # ... and why they are left open
+        self.exact = None                       # the LP oracle of leaf domains (bab/exact.py)
         self.found = False
         self.template: Domains | None = None    # an empty batch of the right shapes
         self._step_seconds = 0.0                # recent duration of one beta-CROWN step
@@ -271,10 +273,29 @@ class BabSolver:
         stuck = rest.decision[:, 0] == NO_DECISION
         if bool(stuck.any()):
             # Every neuron of these domains is fixed, yet the bound does not prove them (beta's
-            # optimisation stopped short of the exact bound): say unknown rather than loop.
-            self.exhausted += int(stuck.sum())
+            # optimisation stopped short of the exact bound): the network is linear there.
+            self._decide_leaves(rest.index(stuck))
             rest, margins = rest.index(~stuck), margins[~stuck]
         self.store.push(rest, margins)
+
+    def _decide_leaves(self, leaves: Domains):
+        """Fully split domains, decided exactly by a linear program (bab/exact.py); those it
+        cannot decide count as exhausted (the run then ends unknown, saying why)."""
+        from .exact import ExactLeaves
+
+        if self.exact is None:
+            self.exact = ExactLeaves(self.problem)
+        if self.exact.disabled:
+            self.exhausted += len(leaves)
+            self.exhausted_reason = (f"{self.exhausted} fully split domain(s) not proved by beta-CROWN; "
+                                     f"no exact LP: {self.exact.disabled}")
+            return
+        out = self.exact.decide(leaves, self.try_points)
+        self.stats.proved += int(out.proved.sum())
+        self.found = self.found or out.found
+        if out.undecided and not out.found:
+            self.exhausted += out.undecided
+            self.exhausted_reason = out.reason
 
     def add_roots(self, roots: Domains):
         """Bound the roots (their slopes come from alpha-CROWN), then branch them."""
@@ -353,8 +374,11 @@ class BabSolver:
                     bar.set_postfix_str(f"open {state.open} worst {state.worst_margin:.4g}", refresh=True)
                 if state.found:
                     return self._result("sat")
+                if state.open == 0 and state.exhausted:
+                    return self._result("unknown", self.exhausted_reason or
+                                        f"{state.exhausted} fully split domain(s) left undecided")
                 if state.open == 0:
-                    return self._result("unknown" if state.exhausted else "proved")
+                    return self._result("proved")
                 if state.time_up:
                     return self._result("timeout")
                 if state.too_many(self.max_open):
@@ -385,6 +409,9 @@ class BabSolver:
         stats["batch_per_worker"] = self.batch
         stats["open_domain_limit"] = self.max_open
         stats["workers"] = self.comm.workers
+        if self.exact is not None:
+            stats["exact_lp"] = {"domains": self.exact.lps, "proved": self.exact.proved,
+                                 "seconds": self.exact.seconds, "disabled": self.exact.disabled}
         if why:
             stats["reason"] = why
         return BabResult(status, stats)
