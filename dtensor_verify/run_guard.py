@@ -34,9 +34,19 @@ import threading
 import time
 
 PROG = "dtensor-verify"
-WATCHDOG_GRACE_S = 2.0       # after the time limit, before the watchdog ends a stuck run
-PEER_EXTRA_GRACE_S = 1.0     # ranks other than 0 wait this much longer: a live rank 0 goes first
-POLL_S = 0.2                 # how often the watchdog looks at the clock and the parent process
+# One deadline for the whole job (issue 18): `--timeout T` counts from the start of the job (the
+# launcher's start under `dtensor_verify.launch`, which passes it in JOB_START_ENV; else this
+# process's start) and the job, launcher included, must be gone by T. Reserves, in seconds
+# before T (measured on a loaded 2-core machine: writing + exit ~0.1 s for one process; under
+# torchrun the rank's exit, torchrun's 0.1 s monitor and its own exit add ~0.5 s):
+VERIFY_RESERVE_S = 0.5           # one process: verification stops this long before T
+VERIFY_RESERVE_TORCHRUN_S = 1.5  # under torchrun
+WATCHDOG_GRACE_S = -0.25         # the watchdog ends a stuck one-process run at T - 0.25 s
+WATCHDOG_GRACE_TORCHRUN_S = -0.8  # ... a stuck rank 0 at T - 0.8 s under torchrun
+PEER_EXTRA_GRACE_S = 0.2         # ranks other than 0 wait this much longer: a live rank 0 goes first
+LAUNCHER_RESERVE_S = 0.3         # the launcher kills what is left at T - 0.3 s (then writes `timeout`)
+JOB_START_ENV = "DTENSOR_VERIFY_JOB_START"    # the job's start, as time.time(), set by the launcher
+POLL_S = 0.05                    # how often the watchdog looks at the clock and the parent process
 EXIT_WATCHDOG = 124          # like coreutils' timeout(1): the limit had to be enforced
 EXIT_TERMINATED = 128 + signal.SIGTERM
 EXIT_ORPHANED = 1
@@ -47,6 +57,23 @@ def torchrun_rank() -> int | None:
     if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return int(os.environ["RANK"])
     return None
+
+
+def job_age_s() -> float | None:
+    """Seconds since the job's launcher started (JOB_START_ENV, under dtensor_verify.launch),
+    or None when no launcher said."""
+    raw = os.environ.get(JOB_START_ENV)
+    if raw is None or torchrun_rank() is None:
+        return None
+    try:
+        return max(time.time() - float(raw), 0.0)
+    except ValueError:
+        return None
+
+
+def verify_reserve_s(torchrun: bool) -> float:
+    """How long before the time limit verification must stop, so the job is gone by it."""
+    return VERIFY_RESERVE_TORCHRUN_S if torchrun else VERIFY_RESERVE_S
 
 
 def process_age_s() -> float:
@@ -177,9 +204,13 @@ class Watchdog:
     """
 
     def __init__(self, timeout_s: float, results: ResultsFile | None, rank: int = 0,
-                 torchrun: bool = False, used_s: float = 0.0, grace_s: float = WATCHDOG_GRACE_S,
+                 torchrun: bool = False, used_s: float = 0.0, grace_s: float | None = None,
                  poll_s: float = POLL_S):
-        """`used_s`: seconds of the time limit already spent (e.g. on start-up) before now."""
+        """`used_s`: seconds of the time limit already spent (e.g. on start-up) before now.
+        `grace_s`: when past the limit a stuck run is ended (negative: before it, so that the
+        whole job is gone by the limit; default by `torchrun`)."""
+        if grace_s is None:
+            grace_s = WATCHDOG_GRACE_TORCHRUN_S if torchrun else WATCHDOG_GRACE_S
         self.timeout_s = timeout_s
         self.results = results
         self.rank = rank
@@ -239,10 +270,11 @@ class Watchdog:
 
     def _wait(self) -> bytes:
         """Sleep one poll interval; return the signal numbers that arrived meanwhile."""
+        wait = max(min(self.poll_s, self.fire_at - time.monotonic()), 0.0)
         if self._pipe is None:
-            self._stop.wait(self.poll_s)
+            self._stop.wait(wait)
             return b""
-        ready, _, _ = select.select([self._pipe[0]], [], [], self.poll_s)
+        ready, _, _ = select.select([self._pipe[0]], [], [], wait)
         if not ready:
             return b""
         try:
@@ -281,7 +313,7 @@ class Watchdog:
 
     def _end_expired(self) -> None:
         who = f"rank {self.rank}: " if self.torchrun else ""
-        late = f"{who}still running {self.fire_at - self.deadline:g} s after the time limit of {self.timeout_s:g} s"
+        late = f"{who}still running at the time limit of {self.timeout_s:g} s (less the time to end the job)"
         done = self._verdict_already_written()
         if done is not None:
             _say(f"{late}, after writing its verdict '{done}'; the watchdog ends the process")
