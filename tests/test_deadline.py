@@ -109,6 +109,7 @@ def _check(res: Path, wall: float, code, err: str, T: float):
     assert "Traceback" not in err, err[-3000:]
 
 
+@pytest.mark.slow
 def test_one_process_ends_by_its_limit(tmp_path):
     res = tmp_path / "r.txt"
     T = 20.0
