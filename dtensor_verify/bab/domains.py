@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ..margin import margin
+
 NO_DECISION = -1      # decision[:, 0] of a domain with no unstable neuron left to split
 
 
@@ -64,7 +66,7 @@ class Domains:
 
     def margin(self, d: torch.Tensor, row_mask: torch.Tensor) -> torch.Tensor:
         """[n]: the best row's `lower - d`; a domain is proved once it is > 0."""
-        return (self.lower - d[self.pair]).masked_fill(~row_mask[self.pair], -torch.inf).max(1).values
+        return margin(self.lower, d[self.pair], row_mask[self.pair])
 
     def nbytes(self) -> int:
         total = 0

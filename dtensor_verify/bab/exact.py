@@ -42,7 +42,7 @@ _AFFINE_KINDS = {"linear", "conv2d", "add", "sub", "affine", "identity", "reshap
 @dataclass
 class LeafOutcome:
     proved: torch.Tensor        # [n] bool
-    found: bool                 # a candidate was confirmed (sat)
+    counterexample: object      # what `confirm` confirmed among the LP minimisers, or None
     undecided: int              # neither proved nor confirmed
     reason: str | None          # why the undecided ones are
 
@@ -151,15 +151,15 @@ class ExactLeaves:
         return centre, radius, out, pre
 
     # -- the LPs ----------------------------------------------------------------------------
-    def decide(self, domains, try_points) -> LeafOutcome:
-        """Decide the leaf domains `domains` (every neuron split or stable). `try_points(x, pair,
-        y)` confirms candidates (True on a confirmed counterexample)."""
+    def decide(self, domains, confirm) -> LeafOutcome:
+        """Decide the leaf domains `domains` (every neuron split or stable). `confirm(x, pair, y)`
+        checks candidates: a confirmed counterexample, or None."""
         import time
         t0 = time.perf_counter()
         n = len(domains)
         proved = torch.zeros(n, dtype=torch.bool)
         if n == 0:
-            return LeafOutcome(proved, False, 0, None)
+            return LeafOutcome(proved, None, 0, None)
         masks, leaf = self.phases(domains)
         centre, radius, out, pre = self.affine_maps(domains, masks)
         blocks = [self._block(domains, i, centre, radius, out, pre, masks) for i in range(n)]
@@ -177,19 +177,18 @@ class ExactLeaves:
                 cands.append((i, centre[i] + radius[i] * torch.from_numpy(np.clip(u, -1.0, 1.0))))
             else:
                 borderline += 1
-        found = False
+        found = None
         if cands:
             idx = [i for i, _ in cands]
             x = torch.stack([c for _, c in cands]).reshape(len(cands), *self.problem.box_lower.shape[1:])
             y = self.output(x)
             dev = self.problem.d.device
-            found = bool(try_points(x.to(dev, torch.float32), domains.pair[idx],
-                                    y.to(dev, torch.float32)))
+            found = confirm(x.to(dev, torch.float32), domains.pair[idx], y.to(dev, torch.float32)) or None
         self.proved += int(proved.sum())
         self.seconds += time.perf_counter() - t0
         undecided = n - int(proved.sum())
         reason = None
-        if undecided and not found:
+        if undecided and found is None:
             reason = _reason(undecided, len(cands), borderline, failed)
         return LeafOutcome(proved.to(domains.pair.device), found, undecided, reason)
 
