@@ -120,8 +120,8 @@ def test_one_process_ends_by_its_limit(tmp_path):
 
 HANG = """
 import sys, time
-import dtensor_verify.verify as verify
-verify._Clock.check = lambda self: time.sleep(3600)     # a step that never returns
+from dtensor_verify.verify.instance import Clock
+Clock.check = lambda self: time.sleep(3600)     # a step that never returns
 from dtensor_verify.cli import main
 sys.exit(main())
 """
