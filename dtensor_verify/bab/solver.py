@@ -188,7 +188,13 @@ class BabSolver:
             self.exhausted_reason = (f"{self.exhausted} fully split domain(s) not proved by beta-CROWN; "
                                      f"no exact LP: {self.exact.disabled}")
             return
-        out = self.exact.decide(leaves, self.confirm)
+        try:
+            out = self.exact.decide(leaves, self.confirm)
+        except Exception as exc:    # noqa: BLE001 - no collective inside: this worker alone gives up
+            self.exact.disabled = f"the exact LP failed ({type(exc).__name__}: {str(exc)[:200]})"
+            self.exhausted += len(leaves)
+            self.exhausted_reason = f"{self.exhausted} fully split domain(s) left open: {self.exact.disabled}"
+            return
         self.stats.proved += int(out.proved.sum())
         self.counterexample = self.counterexample or out.counterexample
         if out.undecided and out.counterexample is None:
