@@ -36,6 +36,7 @@ import torch
 PROOF_MARGIN = 1e-9         # the dual bound (rows scaled to unit size) must exceed this
 MAX_INPUTS = 1024           # larger inputs: one forward pass per input per domain is too much
 LP_BLOCK = 32               # domains per linprog call
+MAX_WEIGHT_BYTES = 256 << 20    # the float64 copy of the weights (gathered whole on every rank)
 _AFFINE_KINDS = {"linear", "conv2d", "add", "sub", "affine", "identity", "reshape", "relu"}
 
 
@@ -47,8 +48,33 @@ class LeafOutcome:
     reason: str | None          # why the undecided ones are
 
 
-def _plain(t) -> bool:
-    return type(t) is torch.Tensor or type(t) is torch.nn.Parameter
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """A parameter as one float64 CPU tensor (a DTensor gathered: a collective)."""
+    full = getattr(t, "full_tensor", None)
+    t = full() if callable(full) else t
+    return t.detach().to("cpu", torch.float64)
+
+
+def _float64_node(node):
+    """A copy of a bound node whose op computes in float64 on the CPU with whole weights; the
+    original node, op and module are left as they are."""
+    node = copy.copy(node)
+    if node.op is None:
+        return node
+    op = node.op = copy.copy(node.op)
+    for k, v in list(vars(op).items()):
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            setattr(op, k, _whole(v))
+    module = getattr(op, "module", None)
+    if module is not None:
+        # A plain module with the original's attributes (stride, ...): copy.copy cannot copy an
+        # FSDP-wrapped one, and the op only reads its parameters and attributes.
+        m = op.module = torch.nn.Module()
+        m.__dict__.update({k: v for k, v in vars(module).items() if k not in ("_parameters", "_buffers", "_modules")})
+        m._parameters = {k: None if v is None else torch.nn.Parameter(_whole(v), requires_grad=False)
+                         for k, v in module._parameters.items()}
+        m._buffers = {k: None if v is None else _whole(v) for k, v in module._buffers.items()}
+    return node
 
 
 class ExactLeaves:
@@ -67,6 +93,7 @@ class ExactLeaves:
         n_in = int(np.prod(p.box_lower.shape[1:]))
         if n_in > MAX_INPUTS:
             return f"{n_in} inputs (the exact LP is built for at most {MAX_INPUTS})"
+        size = 0
         for node in p.graph.nodes:
             op = node.op
             if op is None:
@@ -75,22 +102,25 @@ class ExactLeaves:
             if not affine:
                 return f"node '{node.name}' ({op.kind}) is not piecewise linear"
             module = getattr(op, "module", None)
-            if module is not None and not all(_plain(t) for t in list(module.parameters()) + list(module.buffers())):
-                return "the weights are sharded (the exact LP needs them whole on each rank)"
+            if module is not None:
+                size += sum(8 * t.numel() for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)))
+        if size > MAX_WEIGHT_BYTES:
+            return f"{size >> 20} MiB of float64 weights (the exact LP copies at most {MAX_WEIGHT_BYTES >> 20} MiB)"
         return None
+
+    def prepare(self) -> None:
+        """Build the float64 copy now. Sharded weights (fsdp / tp / spec) are gathered whole,
+        a collective: every rank of a shard group calls this at the same point (the start of
+        the search)."""
+        if self.disabled is None and self.nodes is None:
+            self.nodes = [_float64_node(n) for n in self.problem.graph.nodes]
 
     # -- the network in float64 with fixed phases ---------------------------------------------
     def _build(self):
         if self.nodes is None:
-            nodes = copy.deepcopy([n for n in self.problem.graph.nodes])
-            for n in nodes:
-                if n.op is not None:
-                    if getattr(n.op, "module", None) is not None:
-                        n.op.module = n.op.module.to("cpu", torch.float64)
-                    for k, v in list(vars(n.op).items()):
-                        if isinstance(v, torch.Tensor) and v.is_floating_point():
-                            setattr(n.op, k, v.to("cpu", torch.float64))
-            self.nodes = nodes
+            if self.problem.layout.world_size > 1:
+                raise RuntimeError("the float64 copy must be built at the start (prepare)")
+            self.prepare()
         return self.nodes
 
     def _run(self, x: torch.Tensor, masks: dict | None) -> dict:

@@ -179,10 +179,8 @@ class BabSolver:
     def _decide_leaves(self, leaves: Domains):
         """Fully split domains, decided exactly by a linear program (bab/exact.py); those it
         cannot decide count as exhausted (the run then ends unknown, saying why)."""
-        from .exact import ExactLeaves
-
         if self.exact is None:
-            self.exact = ExactLeaves(self.problem)
+            self._prepare_exact()
         if self.exact.disabled:
             self.exhausted += len(leaves)
             self.exhausted_reason = (f"{self.exhausted} fully split domain(s) not proved by beta-CROWN; "
@@ -200,6 +198,17 @@ class BabSolver:
         if out.undecided and out.counterexample is None:
             self.exhausted += out.undecided
             self.exhausted_reason = out.reason
+
+    def _prepare_exact(self):
+        """The LP oracle of leaf domains, built by every rank at the same point (it may gather
+        sharded weights); a failure leaves it disabled with the reason."""
+        from .exact import ExactLeaves
+
+        self.exact = ExactLeaves(self.problem)
+        try:
+            self.exact.prepare()
+        except Exception as exc:    # noqa: BLE001 - then leaves stay open, saying why
+            self.exact.disabled = f"cannot copy the network for the exact LP ({type(exc).__name__}: {str(exc)[:200]})"
 
     def add_roots(self, roots: Domains):
         """Bound the roots (their slopes come from alpha-CROWN), then branch them."""
@@ -258,6 +267,8 @@ class BabSolver:
         worker starts with them (the others get theirs by rebalancing)."""
         self.template = roots.index(torch.zeros(0, dtype=torch.long, device=roots.pair.device))
         self.max_open = self._store_limit(roots)
+        if self.lockstep:
+            self._prepare_exact()           # may gather sharded weights: every rank, here
         bar = None
         try:
             if self.comm.owns_roots:
