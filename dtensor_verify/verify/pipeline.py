@@ -52,8 +52,8 @@ def _run(model, prop, onnx_path, clock, say, res, opts: PipelineOptions) -> Deci
     check_dimensions(model, prop)
     if not prop.regions:
         # Every term of the formula is false (a false constant, an empty box): nothing can violate it.
-        return Decision("unsat", "spec", getattr(prop, "note", None) or "every term of the property is a false constant: "
-                                                      "it cannot be violated")
+        note = getattr(prop, "note", None)
+        return Decision("unsat", "spec", note or "every term of the property is a false constant: it cannot be violated")
     inst = open_instance(model, prop, onnx_path, clock, say, opts.attack_options or AttackOptions(), res)
     for stage in build_stages(opts):
         decision = stage.run(inst)
