@@ -57,6 +57,10 @@ def _skip_reason(inst: Instance, open_idx) -> str | None:
         return "a disjunct has no bound to start from"
     if not any(n.op is not None and n.op.needs_input_bounds for n in inst.model.graph.nodes):
         return "no ReLU to split: the bounds are already those of a linear network"
+    others = [n.name for n in inst.model.graph.nodes if n.op is not None and n.op.needs_input_bounds
+              and not n.op.splittable]
+    if others:
+        return f"nonlinear ops other than ReLU (e.g. '{others[0]}'): branch and bound splits ReLUs only"
     return None
 
 
