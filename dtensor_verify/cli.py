@@ -155,7 +155,7 @@ def _bab_options(args):
     """BabOptions from `--bab-batch` / `--branching` (None: the defaults)."""
     from .bab import BabOptions
 
-    opts = BabOptions(branching=args.branching)
+    opts = BabOptions(branching=args.branching, split=getattr(args, "bab_split", "auto"))
     if args.bab_batch is not None:
         if args.bab_batch < 1:
             raise CliError("--bab-batch must be >= 1")
@@ -460,6 +460,9 @@ def _add_bab_arguments(p):
                    help="domains split per round per worker (default: from the free memory)")
     p.add_argument("--branching", default="fsb", choices=["fsb", "babsr"],
                    help="branching heuristic (default fsb: filtered smart branching)")
+    p.add_argument("--bab-split", default="auto", choices=["auto", "relu", "input"],
+                   help="what branch and bound splits: input boxes, ReLU neurons, or auto (input boxes when "
+                        "the property perturbs at most 16 inputs or the network has no ReLU)")
 
 
 def _add_mesh_argument(p):

@@ -449,11 +449,11 @@ def _branch_and_bound(model, pairs: _Pairs, details, roots, pair_lo, pair_hi, cl
     if any(p not in roots or pairs.n_real_rows[p] == 0 for p in open_idx):
         say("bab: skipped (a disjunct has no bound to start from)")
         return "unknown"
-    if not any(n.op is not None and n.op.needs_input_bounds for n in model.graph.nodes):
+    opts = bab_options or BabOptions()
+    if opts.split == "relu" and not any(n.op is not None and n.op.needs_input_bounds for n in model.graph.nodes):
         say("bab: skipped (no ReLU to split: the bounds are already those of a linear network)")
         return "unknown"
     layout = model.layout
-    opts = bab_options or BabOptions()
     if log is not None and getattr(layout, "rank", 0) == 0:
         opts.progress = True
     t = time.perf_counter()
@@ -568,6 +568,8 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
         model.check_box(region_lo, region_hi)
         pair_region = torch.tensor([r for r, _ in pairs.index], device=device)
         pair_lo, pair_hi = region_lo[pair_region], region_hi[pair_region]
+        from .bab.input_bab import alpha_before
+        alpha_options = alpha_before(model, pair_lo, pair_hi, bab, bab_options, alpha_options)
         if onnx_path is None and getattr(model.loaded, "onnx_input_name", None) is not None \
                 and os.path.isfile(str(model.loaded.source)):
             onnx_path = str(model.loaded.source)          # loaded from ONNX: confirm with that file

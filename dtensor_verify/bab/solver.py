@@ -8,6 +8,10 @@ the next split of the rest and stores them. Workers (dp groups of ranks, see `co
 every round on whether to stop: a confirmed counterexample anywhere, no open domain anywhere,
 a domain that cannot be split any more, or the clock.
 
+Domains carry their kind of split (`split_kinds.py`): ReLU splits, or, when the property has few
+perturbed inputs (`split='auto'`), input splits, whose children are the halves of their parent's
+input sub-box; their intermediate bounds are recomputed on the half box before beta-CROWN.
+
 Soundness: a domain leaves the store only when its bound proves it (`margin > 0`, the bound of
 `C y - d` on some row of its disjunct is positive on every input of the domain); "proved" is
 reported only when no worker holds an open domain and none was given up.
@@ -22,9 +26,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..methods.beta_crown import BetaOptions, beta_crown
+from . import input_bab
 from .branching import BranchingContext, choose
 from .comm import LocalComm
 from .domains import NO_DECISION, Domains, DomainStore, split
+from .split_kinds import needs_refresh
+from .stats import _Stats, _Timer
 
 
 @dataclass
@@ -43,6 +50,11 @@ class BabOptions:
     pgd_every: int = 10                 # every this many rounds, a short PGD from the most
     pgd_points: int = 16                # promising domains' vertices (this many per worker)
     progress: bool = False              # a tqdm line on stderr (rank 0)
+    split: str = "auto"                 # 'auto' | 'relu' | 'input' (see split_kinds.resolve_mode)
+    max_input_dims: int = 16            # auto: input splitting up to this many perturbed inputs
+    input_branching: str = "input_fsb"  # 'input_fsb' | 'input_sb'
+    input_candidates: int = 4           # input_fsb: dimensions tried per sub-box
+    input_alpha_iterations: int = 10    # alpha-CROWN steps before input splitting (pipeline stage)
 
 
 @dataclass
@@ -63,8 +75,14 @@ class BabProblem:
 
     def bounds_of(self, domains: Domains) -> dict:
         bounds = dict(domains.bounds)
-        bounds[self.graph.input_name] = (self.box_lower[domains.pair], self.box_upper[domains.pair])
+        bounds[self.graph.input_name] = self.box_of(domains)
         return bounds
+
+    def box_of(self, domains: Domains) -> tuple:
+        """Each domain's input box: its own sub-box (input splitting) or its pair's."""
+        if domains.box is not None:
+            return domains.box
+        return self.box_lower[domains.pair], self.box_upper[domains.pair]
 
     def margins(self, lower: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
         return (lower - self.d[pair]).masked_fill(~self.row_mask[pair], -math.inf).max(1).values
@@ -74,42 +92,6 @@ class BabProblem:
 class BabResult:
     status: str                          # 'proved' | 'sat' | 'timeout' | 'unknown'
     stats: dict
-
-
-class _Stats:
-    def __init__(self):
-        self.t0 = time.perf_counter()
-        self.rounds = 0
-        self.bounded = 0           # children bounded (domains visited)
-        self.proved = 0            # children proved
-        self.max_depth = 0
-        self.batch_sizes: list[int] = []
-        self.phases = {"branching": 0.0, "bounding": 0.0, "attack": 0.0, "bookkeeping": 0.0}
-        self.iterations = 0
-        self.global_margin = -math.inf
-        self.visited_all = 0       # domains bounded by all workers (from the last sync)
-        self.memory_retries = 0    # rounds redone with half the batch after running out of memory
-
-    def as_dict(self, store_len: int) -> dict:
-        seconds = time.perf_counter() - self.t0
-        return {"rounds": self.rounds, "domains_visited": self.bounded, "domains_proved": self.proved,
-                "open_domains": store_len, "max_depth": self.max_depth,
-                "batch_size": max(self.batch_sizes) if self.batch_sizes else 0,
-                "beta_iterations": self.iterations, "seconds": seconds,
-                "domains_per_second": self.bounded / seconds if seconds > 0 else 0.0,
-                "phases": dict(self.phases), "global_margin": self.global_margin,
-                "domains_visited_all_workers": self.visited_all, "memory_retries": self.memory_retries}
-
-
-class _Timer:
-    def __init__(self, stats, phase):
-        self.stats, self.phase = stats, phase
-
-    def __enter__(self):
-        self.t = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.stats.phases[self.phase] += time.perf_counter() - self.t
 
 
 def bytes_per_domain(problem: BabProblem) -> int:
@@ -184,8 +166,11 @@ class BabSolver:
         self._step_seconds = 0.0                # recent duration of one beta-CROWN step
         self.batch = auto_batch_size(problem, opts, problem.d.device)
         self.max_open = opts.max_domains        # lowered to what memory holds when solving starts
+        self.mode = input_bab.mode_of(problem, opts)       # 'relu' | 'input': the kind of split
+        self.branching = opts.input_branching if self.mode == "input" else opts.branching
+        candidates = opts.input_candidates if self.mode == "input" else opts.candidates
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
-                                    self._bound_once, opts.candidates)
+                                    self._bound_once, candidates, problem.graph.input_name)
 
     # -- bounding --------------------------------------------------------------------------
     def _out_of_time(self) -> bool:
@@ -210,8 +195,10 @@ class BabSolver:
                           p.row_mask[domains.pair], domains.alphas, domains.betas, domains.signs, p.layout,
                           opts, on_step=on_step)
 
-    def _bound_once(self, domains: Domains) -> torch.Tensor:
+    def _bound_once(self, domains: Domains, refresh: bool = False) -> torch.Tensor:
         with torch.no_grad():
+            if refresh:
+                domains.bounds = input_bab.refreshed(self.problem, domains, self.lockstep)
             return self._bound(domains, 0).lower
 
     # -- one round's steps -----------------------------------------------------------------
@@ -222,7 +209,7 @@ class BabSolver:
         if lA_input is None or (len(domains) == 0 and not self.lockstep):
             return False
         n = lA_input.shape[0]
-        lo, hi = p.box_lower[domains.pair], p.box_upper[domains.pair]
+        lo, hi = p.box_of(domains)
         row = (domains.lower - p.d[domains.pair]).masked_fill(~p.row_mask[domains.pair], -math.inf).argmax(1)
         A = lA_input[torch.arange(n, device=row.device), row]                 # [n, *S]
         x = torch.where(A > 0, lo, hi)
@@ -240,6 +227,8 @@ class BabSolver:
     def _settle(self, kids: Domains, result, parent_lower: torch.Tensor | None):
         """Children's bounds in, proved ones out, the rest branched and stored."""
         p = self.problem
+        if self.mode == "input":
+            kids = input_bab.with_boxes(p, kids)       # a domain without a box has its pair's
         lower = result.lower if parent_lower is None else torch.maximum(result.lower, parent_lower)
         kids.lower = lower
         kids.alphas, kids.betas = result.alphas, result.betas
@@ -251,6 +240,9 @@ class BabSolver:
         with _Timer(self.stats, "attack"):
             lA_in = result.lA.get(p.graph.input_name)
             if self._attack(rest, None if lA_in is None else lA_in[open_idx]):
+                self.found = True
+            elif self.mode == "input" and input_bab.attack_boxes(p, rest, self.opts, self.try_points,
+                                                                 self.lockstep):
                 self.found = True
         if self.found and not self.lockstep:
             return
@@ -265,9 +257,9 @@ class BabSolver:
             # so that they count as open: dropping them would read as proved.
             self.store.push(rest, margins)
             return
-        lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.pre_of}
+        lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.pre_of or r == p.graph.input_name}
         with _Timer(self.stats, "branching"):
-            rest.decision = choose(self.opts.branching, rest, lA, self.ctx)
+            rest.decision = choose(self.branching, rest, lA, self.ctx)
         stuck = rest.decision[:, 0] == NO_DECISION
         if bool(stuck.any()):
             # Every neuron of these domains is fixed, yet the bound does not prove them (beta's
@@ -318,6 +310,9 @@ class BabSolver:
         # Only a domain stored after the clock ran out lacks a decision, and the run stops first.
         assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
         kids = split(parents, parents.decision, self.problem.relus, self.problem.pre_of)
+        if self.mode == "input" or bool(needs_refresh(parents.decision).any()):
+            with _Timer(self.stats, "bounding"):
+                kids.bounds = input_bab.refreshed(self.problem, kids, self.lockstep)
         if len(kids):
             self.stats.batch_sizes.append(len(kids))
             self.stats.max_depth = max(self.stats.max_depth, int(kids.depth.max()))
@@ -331,6 +326,8 @@ class BabSolver:
     def solve(self, roots: Domains) -> BabResult:
         """Decide the roots. Every worker calls this with the same roots; the comm says which
         worker starts with them (the others get theirs by rebalancing)."""
+        if self.mode == "input":
+            roots = input_bab.with_boxes(self.problem, roots)
         self.template = roots.index(torch.zeros(0, dtype=torch.long, device=roots.pair.device))
         self.max_open = self._store_limit(roots)
         bar = None
@@ -385,6 +382,7 @@ class BabSolver:
         stats["batch_per_worker"] = self.batch
         stats["open_domain_limit"] = self.max_open
         stats["workers"] = self.comm.workers
+        stats["split"] = self.mode
         if why:
             stats["reason"] = why
         return BabResult(status, stats)
