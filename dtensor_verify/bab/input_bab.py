@@ -95,7 +95,8 @@ def attack_boxes(problem, domains: Domains, opts, try_points, lockstep: bool, re
     for t in range(steps + 1):
         x = x.detach().requires_grad_(t < steps)
         with torch.set_grad_enabled(t < steps):
-            val = margin(problem.forward(x.reshape(-1, *lo.shape[1:])).reshape(restarts, lo.shape[0], -1))
+            y = problem.forward(x.reshape(-1, *lo.shape[1:]))
+            val = margin(y.reshape(restarts, lo.shape[0], y.shape[-1]))
         with torch.no_grad():
             v, i = val.detach().min(0)
             better = v < best_v

@@ -241,8 +241,9 @@ class BabSolver:
             lA_in = result.lA.get(p.graph.input_name)
             if self._attack(rest, None if lA_in is None else lA_in[open_idx]):
                 self.found = True
-            elif self.mode == "input" and input_bab.attack_boxes(p, rest, self.opts, self.try_points,
-                                                                 self.lockstep):
+            # Under lockstep every rank takes the PGD step (its forward passes are collectives).
+            if self.mode == "input" and (self.lockstep or not self.found) and input_bab.attack_boxes(
+                    p, rest, self.opts, self.try_points, self.lockstep):
                 self.found = True
         if self.found and not self.lockstep:
             return

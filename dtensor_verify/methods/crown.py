@@ -206,7 +206,7 @@ def identity_rows(rows: torch.Tensor, shape, batch: int, dtype, device) -> torch
 def rows_to_bound(lower, upper, opts: CrownOptions) -> torch.Tensor:
     """Flattened neuron indices that need a backward sweep (unstable under the given bounds)."""
     if not opts.skip_stable:
-        return torch.arange(lower[0].numel(), device=lower.device)
+        return torch.arange(lower.flatten(1).shape[1], device=lower.device)     # also on an empty batch
     unstable = ((lower < 0) & (upper > 0)).flatten(1).any(0)
     return unstable.nonzero().flatten()
 
