@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,14 +18,10 @@ from torch import nn
 from .errors import InputSpecError
 from .graph import BoundGraph, build_graph
 from .layout import DEFAULT_LAYOUT, Layout
-from .methods import AlphaOptions, CrownOptions, alpha_crown, crown
-from .methods.crown import default_spec
-from .methods.ibp import ibp_output
+from .methods import AlphaOptions, CrownOptions
+from .methods.dispatch import METHODS, normalize_method, run_method
 from .model_loading import LoadedModel, load_onnx, trace_module
 from .selfcheck import check_loaded_model
-
-METHODS = ("ibp", "crown", "alpha-crown")
-
 
 @dataclass
 class BoundResult:
@@ -33,15 +30,6 @@ class BoundResult:
     method: str
     seconds: float
     info: dict = field(default_factory=dict)
-
-
-def normalize_method(method: str) -> str:
-    m = method.lower().replace("_", "-")
-    aliases = {"alpha": "alpha-crown", "alphacrown": "alpha-crown", "alpha-crown": "alpha-crown",
-               "crown": "crown", "ibp": "ibp", "backward": "crown"}
-    if m not in aliases:
-        raise InputSpecError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    return aliases[m]
 
 
 class BoundedModel:
@@ -73,10 +61,7 @@ class BoundedModel:
 
     @property
     def n_inputs(self) -> int:
-        n = 1
-        for s in self.input_shape:
-            n *= s
-        return n
+        return math.prod(self.input_shape)
 
     @property
     def n_outputs(self) -> int:
@@ -114,8 +99,8 @@ class BoundedModel:
         for node in self.graph.nodes:
             if node.op is None:
                 continue
-            with self.layout.weights(node):
-                values[node.name] = self.layout.local(self.layout.forward(node, [values[i] for i in node.inputs]))
+            with self.layout.weights(node) as weights:
+                values[node.name] = self.layout.local(weights.forward([values[i] for i in node.inputs]))
         return values[self.graph.output_name].flatten(1)
 
     __call__ = forward
@@ -162,19 +147,12 @@ class BoundedModel:
             if C.shape[0] != batch or C.shape[-1] != self.n_outputs:
                 raise InputSpecError(f"spec matrix C has shape {list(C.shape)}; expected [{batch}, K, {self.n_outputs}]")
         t0 = time.perf_counter()
+        res = run_method(method, self.graph, box, C, self.layout, crown_options=crown_options,
+                         alpha_options=alpha_options, want_lower=want_lower, want_upper=want_upper)
+        lower, upper = res.lower, res.upper
         info = {}
-        if method == "ibp":
-            with torch.no_grad():
-                lower, upper = ibp_output(self.graph, box, C, self.layout)
-        elif method == "crown":
-            lower, upper, _ = crown(self.graph, box, C, self.layout, crown_options)
-        else:
-            opts = alpha_options or AlphaOptions()
-            if crown_options is not None:
-                opts.crown = crown_options
-            lower, upper, extra = alpha_crown(self.graph, box, C, self.layout, opts, want_lower, want_upper)
-            info = {"iterations": extra["iterations"], "crown_lower": extra["crown_lower"],
-                    "crown_upper": extra["crown_upper"]}
+        if res.iterations is not None:
+            info = {"iterations": res.iterations, "crown_lower": res.crown_lower, "crown_upper": res.crown_upper}
         return BoundResult(lower, upper, method, time.perf_counter() - t0, info)
 
 

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import (EXIT_CONTRADICTION, EXIT_OK, PROG, CliError, _bab_options, _err, _load_model, _one_line,
-                  _user_errors)
+from .cli_common import (EXIT_CONTRADICTION, EXIT_OK, PROG, CliError, bab_options, err, load_model, one_line,
+                         user_errors)
 
 FIELDS = ["onnx", "vnnlib", "verdict", "seconds", "expected", "agreement", "decided_by", "message",
           # branch and bound, where it ran: domains bounded, deepest split, parents per round per
@@ -293,11 +293,11 @@ def _run_instances(args, base: Path, todo: list[Instance], expected: dict, devic
             limit = inst.timeout * args.timeout_scale - (time.perf_counter() - t0)
             res = verify_instance(model, prop, str(onnx_path), max(limit, 0.0), methods=tuple(args.methods),
                                   log=say if args.verbose else None, bab=not args.no_bab,
-                                  bab_options=_bab_options(args))
+                                  bab_options=bab_options(args))
             verdict, decided_by, message = res.verdict, res.decided_by or "", res.message or ""
             bab = _bab_columns(res.bounds.get("bab"))
-        except _user_errors() as exc:
-            verdict, message = "error", _one_line(exc)
+        except user_errors() as exc:
+            verdict, message = "error", one_line(exc)
         exp = expected.get(inst.key)
         agree = agreement(verdict, exp)
         append_row(out, {"onnx": inst.onnx, "vnnlib": inst.vnnlib, "verdict": verdict,
@@ -334,8 +334,8 @@ def _cached_model(models: dict, path: str, device):
     that uses it with the same message, without being read again."""
     if path not in models:
         try:
-            models[path] = _load_model(path, device)
-        except _user_errors() as exc:
+            models[path] = load_model(path, device)
+        except user_errors() as exc:
             models[path] = exc
     model = models[path]
     if isinstance(model, BaseException):
@@ -374,7 +374,7 @@ def _summary(inst_path: Path, rows: list[dict], expected: dict, out: Path) -> in
                 print(f"  {r['agreement']:<13} {r['onnx']} {r['vnnlib']}: {r['verdict']} (expected {r['expected']})")
     print(f"results written to {out}")
     if contradictions:
-        _err(f"{len(contradictions)} verdict(s) contradict the expected ones")
+        err(f"{len(contradictions)} verdict(s) contradict the expected ones")
         return EXIT_CONTRADICTION
     return EXIT_OK
 

@@ -18,7 +18,6 @@ the top of this module, so arguments are parsed (and bad ones refused) before to
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -27,22 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-PROG = "dtensor-verify"
-EXIT_OK, EXIT_CONTRADICTION, EXIT_ERROR = 0, 1, 2
+from .cli_common import (EXIT_ERROR, EXIT_OK, PROG, CliError, bab_options, err, load_model, one_line,
+                         user_errors, warn)
+
 # When main() started, as time.time() and time.perf_counter() (the start-up breakdown of `run`).
 _MAIN_ENTERED_AT: float | None = None
 _MAIN_ENTERED_PERF: float | None = None
-
-
-class CliError(Exception):
-    """A user error found by the CLI itself (bad arguments, unreadable files)."""
-
-
-def _user_errors():
-    from .errors import VerifierError
-    from .specs import VnnlibError
-
-    return (VerifierError, VnnlibError, CliError, OSError)
 
 
 def _device(args):
@@ -54,32 +43,7 @@ def _device(args):
     return device
 
 
-def _err(msg: str) -> None:
-    msg = " ".join(str(msg).split())
-    print(f"{PROG}: error: {msg}", file=sys.stderr)
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and not str(exc).strip():
-        return type(exc).__name__
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}"
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())
-
-
 # ------------------------------------------------------------------------------------------ shared
-
-def _load_model(path: str, device=None):
-    from .api import load
-
-    p = Path(path)
-    if not p.exists():
-        raise CliError(f"{path}: no such file")
-    if p.is_dir():
-        raise CliError(f"{path}: is a directory, not an ONNX file")
-    return load(str(p), device=device)
-
 
 def _read_property(path: str, model):
     from .specs import read_vnnlib
@@ -98,45 +62,23 @@ def _apply_plan(model, plan: str | None, quiet: bool, timeout_s: float | None = 
         plan = "replicate"
     if plan is None:
         return None
-    try:
-        from placements import apply_plan_from_cli
-    except ImportError as exc:
-        if plan.strip() == "replicate":
-            return plan
-        raise CliError(f"--plan '{plan}' needs the placements package, which cannot be imported ({exc})") from None
-    kwargs = {"mesh_shape": mesh}
-    try:
-        if "log" in inspect.signature(apply_plan_from_cli).parameters:
-            kwargs["log"] = not quiet
-    except (TypeError, ValueError):
-        pass
-    if timeout_s is not None:
-        kwargs["timeout_s"] = timeout_s
-    report = apply_plan_from_cli(model, plan, **kwargs)
-    if report is not None and not quiet and getattr(model.layout, "rank", 0) == 0 and "log" not in kwargs:
-        print(str(report), file=sys.stderr)
+    from placements import apply_plan_from_cli
+
+    apply_plan_from_cli(model, plan, log=not quiet, timeout_s=timeout_s, mesh_shape=mesh)
     return plan
 
 
 def _memory_report(model, rep=None) -> dict:
-    """The JSON `memory` entry, from dtensor_verify.memory when it exists (collective: every rank calls)."""
-    try:
-        from .memory import memory_report
-    except ImportError:
-        return {}
-    try:
-        out = memory_report(model, rep)
-    except TypeError:           # an older signature
-        out = memory_report()
-    return out if isinstance(out, dict) else {"report": str(out)}
+    """The JSON `memory` entry (a collective: every rank calls)."""
+    from .memory import memory_report
+
+    return memory_report(model, rep)
 
 
 def _metered(model, fn):
-    """Run `fn()` under the memory meter; returns (result, memory dict) or (result, {}) without one."""
-    try:
-        from .memory import measure
-    except ImportError:
-        return fn(), _memory_report(model)
+    """Run `fn()` under the memory meter; returns (result, memory dict)."""
+    from .memory import measure
+
     with measure(model) as rep:
         out = fn()
     return out, _memory_report(model, rep)
@@ -148,34 +90,20 @@ def _is_rank0(model) -> bool:
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
-    return getattr(getattr(model, "layout", None), "rank", 0) == 0
-
-
-def _bab_options(args):
-    """BabOptions from `--bab-batch` / `--branching` (None: the defaults)."""
-    from .bab import BabOptions
-
-    opts = BabOptions(branching=args.branching, split=getattr(args, "bab_split", "auto"))
-    if args.bab_batch is not None:
-        if args.bab_batch < 1:
-            raise CliError("--bab-batch must be >= 1")
-        opts.batch_size = args.bab_batch
-    return opts
+    return model.layout.rank == 0
 
 
 def _write_json(path: str, data: dict) -> None:
     def default(o):
-        try:
-            import numpy as np
-            import torch
-            if isinstance(o, torch.Tensor):
-                return o.detach().cpu().tolist()
-            if isinstance(o, np.ndarray):
-                return o.tolist()
-            if isinstance(o, (np.floating, np.integer)):
-                return o.item()
-        except ImportError:
-            pass
+        import numpy as np
+        import torch
+
+        if isinstance(o, torch.Tensor):
+            return o.detach().cpu().tolist()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
         return str(o)
 
     text = json.dumps(data, indent=2, default=default, allow_nan=True)
@@ -192,7 +120,7 @@ def _read_vector(path: str) -> "np.ndarray":
         try:
             arr = np.load(p, allow_pickle=False)
         except (ValueError, OSError) as exc:
-            raise CliError(f"{path}: not a readable .npy file ({_one_line(exc)})") from None
+            raise CliError(f"{path}: not a readable .npy file ({one_line(exc)})") from None
         return np.asarray(arr, dtype=np.float64).ravel()
     text = p.read_text()
     tokens = [t for t in re.split(r"[\s,;]+", text.strip()) if t]
@@ -209,14 +137,7 @@ def _read_vector(path: str) -> "np.ndarray":
 
 # ------------------------------------------------------------------------------------------ bounds
 
-def cmd_bounds(args) -> int:
-    import numpy as np
-    import torch
-
-    from .api import normalize_method
-    from .methods import AlphaOptions
-
-    method = normalize_method(args.method)
+def _check_bounds_args(args) -> None:
     if args.vnnlib is None and (args.lower is None or args.upper is None):
         raise CliError("give --vnnlib SPEC, or both --lower FILE and --upper FILE")
     if args.vnnlib is not None and (args.lower is not None or args.upper is not None):
@@ -225,47 +146,83 @@ def cmd_bounds(args) -> int:
         raise CliError("--spec-rows needs --vnnlib (the rows come from its output constraints)")
     if args.iterations is not None and args.iterations < 0:
         raise CliError("--iterations must be >= 0")
-    model = _load_model(args.model, _device(args))
+
+
+def _spec_rows(path, region, device):
+    """C [1, K, n_out] (on `device`), d [K] (CPU) and labels of every row of the region's disjuncts."""
+    import numpy as np
+    import torch
+
+    rows_C, rows_d, labels = [], [], []
+    for j, dj in enumerate(region.disjuncts):
+        for i in range(dj.C.shape[0]):
+            rows_C.append(dj.C[i])
+            rows_d.append(dj.d[i])
+            labels.append(f"d{j}.r{i}")
+    if not rows_C:
+        raise CliError(f"{path}: the first region has no output constraint rows to bound")
+    C = torch.tensor(np.stack(rows_C), dtype=torch.float32, device=device).unsqueeze(0)
+    d = torch.tensor(np.asarray(rows_d), dtype=torch.float32, device="cpu")   # subtracted on the CPU
+    return C, d, labels
+
+
+def _bounds_input(args, model):
+    """(lo, hi, C, d, labels, spec description) from --vnnlib [--spec-rows] or --lower/--upper."""
+    import numpy as np
+
     C = d = None
     labels = [f"Y_{j}" for j in range(model.n_outputs)]
-    spec_desc = None
-    if args.vnnlib is not None:
-        prop = _read_property(args.vnnlib, model)
-        if not prop.regions:
-            raise CliError(f"{args.vnnlib}: the property has no satisfiable region, so no input box")
-        region = prop.regions[0]
-        lo, hi = np.asarray(region.lower), np.asarray(region.upper)
-        spec_desc = {"path": str(args.vnnlib), "regions": len(prop.regions), "region": 0}
-        if args.spec_rows:
-            rows_C, rows_d, labels = [], [], []
-            for j, dj in enumerate(region.disjuncts):
-                for i in range(dj.C.shape[0]):
-                    rows_C.append(dj.C[i])
-                    rows_d.append(dj.d[i])
-                    labels.append(f"d{j}.r{i}")
-            if not rows_C:
-                raise CliError(f"{args.vnnlib}: the first region has no output constraint rows to bound")
-            C = torch.tensor(np.stack(rows_C), dtype=torch.float32, device=model.device).unsqueeze(0)
-            d = torch.tensor(np.asarray(rows_d), dtype=torch.float32, device="cpu")   # subtracted on the CPU
-            spec_desc["rows"] = labels
-    else:
+    if args.vnnlib is None:
         lo, hi = _read_vector(args.lower), _read_vector(args.upper)
         for what, v, f in (("lower", lo, args.lower), ("upper", hi, args.upper)):
             if v.size != model.n_inputs:
                 raise CliError(f"{f}: {v.size} {what} bounds, the model has {model.n_inputs} inputs")
-        spec_desc = {"lower": str(args.lower), "upper": str(args.upper)}
+        return lo, hi, C, d, labels, {"lower": str(args.lower), "upper": str(args.upper)}
+    prop = _read_property(args.vnnlib, model)
+    if not prop.regions:
+        raise CliError(f"{args.vnnlib}: the property has no satisfiable region, so no input box")
+    region = prop.regions[0]
+    spec_desc = {"path": str(args.vnnlib), "regions": len(prop.regions), "region": 0}
+    if args.spec_rows:
+        C, d, labels = _spec_rows(args.vnnlib, region, model.device)
+        spec_desc["rows"] = labels
+    return np.asarray(region.lower), np.asarray(region.upper), C, d, labels, spec_desc
+
+
+def _print_bounds(args, method, seconds, labels, lower, upper) -> None:
+    what = "C y - d" if args.spec_rows else "outputs"
+    print(f"{Path(args.model).name}: {method} bounds of the {what} ({seconds:.3f} s)")
+    print(f"  {'':<8} {'lower':>14} {'upper':>14}")
+    show = len(labels) if len(labels) <= 40 else 30
+    for name, lo_v, hi_v in list(zip(labels, lower, upper))[:show]:
+        print(f"  {name:<8} {lo_v:>14.6g} {hi_v:>14.6g}")
+    if show < len(labels):
+        print(f"  ... {len(labels) - show} more (see --json)")
+
+
+def cmd_bounds(args) -> int:
+    import torch
+
+    from .methods import AlphaOptions
+    from .methods.dispatch import normalize_method
+
+    method = normalize_method(args.method)
+    _check_bounds_args(args)
+    model = load_model(args.model, _device(args))
+    lo, hi, C, d, labels, spec_desc = _bounds_input(args, model)
     plan = _apply_plan(model, args.plan, args.quiet)
     alpha_opts = AlphaOptions(iterations=args.iterations) if args.iterations is not None else None
     x_lo = torch.tensor(lo, dtype=torch.float32, device=model.device).reshape(1, *model.input_shape)
     x_hi = torch.tensor(hi, dtype=torch.float32, device=model.device).reshape(1, *model.input_shape)
+
+    def bound():
+        return model.compute_bounds(x_lo, x_hi, method=method, C=C, alpha_options=alpha_opts)
+
     t0 = time.perf_counter()
-    res = model.compute_bounds(x_lo, x_hi, method=method, C=C, alpha_options=alpha_opts)
+    res = bound()
     seconds = time.perf_counter() - t0
-    memory = {}
-    if args.json and not args.no_memory:
-        # A second, metered pass: the meter slows bounding, so `seconds` comes from the first.
-        _, memory = _metered(model, lambda: model.compute_bounds(x_lo, x_hi, method=method, C=C,
-                                                                 alpha_options=alpha_opts))
+    # A second, metered pass: the meter slows bounding, so `seconds` comes from the first.
+    memory = _metered(model, bound)[1] if args.json and not args.no_memory else {}
     lower, upper = res.lower[0].detach().cpu().double(), res.upper[0].detach().cpu().double()
     if d is not None:
         lower, upper = lower - d.double(), upper - d.double()
@@ -273,20 +230,11 @@ def cmd_bounds(args) -> int:
     if not _is_rank0(model):
         return EXIT_OK
     if not args.quiet or args.json is None:
-        what = "C y - d" if args.spec_rows else "outputs"
-        print(f"{Path(args.model).name}: {method} bounds of the {what} ({seconds:.3f} s)")
-        print(f"  {'':<8} {'lower':>14} {'upper':>14}")
-        show = len(labels) if len(labels) <= 40 else 30
-        for name, lo_v, hi_v in list(zip(labels, lower, upper))[:show]:
-            print(f"  {name:<8} {lo_v:>14.6g} {hi_v:>14.6g}")
-        if show < len(labels):
-            print(f"  ... {len(labels) - show} more (see --json)")
+        _print_bounds(args, method, seconds, labels, lower, upper)
     if args.json:
         data = {"lower": lower, "upper": upper, "labels": labels, "method": method, "seconds": seconds,
-                "device": str(model.device),
-                "world_size": getattr(model.layout, "world_size", 1), "plan": plan or "replicate",
-                "memory": memory, "model": str(args.model), "spec": spec_desc,
-                "spec_rows": bool(args.spec_rows)}
+                "device": str(model.device), "world_size": model.layout.world_size, "plan": plan or "replicate",
+                "memory": memory, "model": str(args.model), "spec": spec_desc, "spec_rows": bool(args.spec_rows)}
         if res.info.get("iterations") is not None:
             data["iterations"] = res.info["iterations"]
         _write_json(args.json, data)
@@ -320,11 +268,6 @@ def _import_engine() -> None:
     from ._lazy_onnx2torch import import_onnx2torch
 
     import_onnx2torch()
-
-
-def _warn(msg: str) -> None:
-    msg = " ".join(str(msg).split())
-    print(f"{PROG}: warning: {msg}", file=sys.stderr, flush=True)
 
 
 # Collectives may wait this much past the time limit before failing; longer than the watchdog's
@@ -367,7 +310,7 @@ def _run_instance(args, results, t0: float) -> int:
     def left() -> float:
         return max(args.timeout - (time.perf_counter() - t0), 0.0)
 
-    model = _load_model(args.onnx, _device(args))
+    model = load_model(args.onnx, _device(args))
     watch.lap("load")
     prop = _read_property(args.vnnlib, model)
     watch.lap("property")
@@ -377,7 +320,7 @@ def _run_instance(args, results, t0: float) -> int:
     lead = _is_rank0(model)
     res = verify_instance(model, prop, args.onnx, left(), methods=tuple(args.methods),
                           attack=not args.no_attack, log=_stderr_log(args.quiet or not lead),
-                          bab=not args.no_bab, bab_options=_bab_options(args))
+                          bab=not args.no_bab, bab_options=bab_options(args))
     watch.lap("verify")
     # The verdict goes to the results file first: nothing after it (memory report, JSON) can
     # change it. Ranks other than 0 only write `error`, and only where rank 0 has not written.
@@ -394,21 +337,21 @@ def _run_instance(args, results, t0: float) -> int:
         data = res.as_dict()
         data.update({"onnx": str(args.onnx), "vnnlib": str(args.vnnlib), "timeout": args.timeout,
                      "total_seconds": time.perf_counter() - t0, "plan": plan or "replicate",
-                     "device": str(model.device), "world_size": getattr(model.layout, "world_size", 1),
+                     "device": str(model.device), "world_size": model.layout.world_size,
                      "memory": memory, "startup": {"main_entered_at": _MAIN_ENTERED_AT, **watch.seconds}})
         try:
             _write_json(args.json, data)
         except OSError as exc:
-            _warn(f"--json {_one_line(exc)}: the JSON report was not written; the verdict "
+            warn(f"--json {one_line(exc)}: the JSON report was not written; the verdict "
                   f"'{res.verdict}' stands in {args.results}")
     print(res.verdict, flush=True)
     if res.verdict == "error":
         if _peer_failure(model, res):
-            _err(f"a collective failed: another rank died or stopped answering ({res.message[:300]})")
+            err(f"a collective failed: another rank died or stopped answering ({res.message[:300]})")
             return EXIT_ERROR
         if res.traceback:
             print(res.traceback, file=sys.stderr, end="")
-        _err(res.message or "verification failed")
+        err(res.message or "verification failed")
         return EXIT_ERROR
     return EXIT_OK
 
@@ -419,7 +362,7 @@ def _memory_report_or_warn(model, lead: bool) -> dict:
         return _memory_report(model)
     except Exception as exc:    # noqa: BLE001 - e.g. a peer rank died after the verdict
         if lead:
-            _warn(f"memory report failed ({_one_line(exc)}); the JSON has no memory entry")
+            warn(f"memory report failed ({one_line(exc)}); the JSON has no memory entry")
         return {}
 
 
@@ -431,7 +374,7 @@ _PEER_FAILURE_TEXT = ("Connection reset by peer", "Connection closed by peer", "
 def _peer_failure(model, res) -> bool:
     """Did verification fail because a collective failed (a peer rank died or timed out)?
     That is a fault of the run, not a bug in this process: one line, no traceback."""
-    if getattr(model.layout, "world_size", 1) <= 1 or not res.message:
+    if model.layout.world_size <= 1 or not res.message:
         return False
     return any(text in res.message for text in _PEER_FAILURE_TEXT)
 
@@ -449,7 +392,7 @@ def cmd_benchmark(args) -> int:
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: same one-line format, status 2
         self.print_usage(sys.stderr)
-        _err(message)
+        err(message)
         raise SystemExit(EXIT_ERROR)
 
 
@@ -471,23 +414,17 @@ def _add_mesh_argument(p):
                         "branch-and-bound domains are spread over all ranks (default 1xP)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+METHOD_CHOICES = ["ibp", "crown", "alpha-crown"]
 
-    p = _Parser(prog=PROG, description="Neural-network verification by bound propagation (IBP, CROWN, "
-                                       "alpha-CROWN) on PyTorch DTensors.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    methods = ["ibp", "crown", "alpha-crown"]
 
-    def add_device(parser):
-        parser.add_argument("--device", default="auto", metavar="DEV",
-                            help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one; under "
-                                 "torchrun each rank's own, cuda:LOCAL_RANK). Counterexamples are still "
-                                 "confirmed by onnxruntime on the CPU")
+def _add_device(parser):
+    parser.add_argument("--device", default="auto", metavar="DEV",
+                        help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one; under "
+                             "torchrun each rank's own, cuda:LOCAL_RANK). Counterexamples are still "
+                             "confirmed by onnxruntime on the CPU")
 
+
+def _add_bounds_command(sub):
     b = sub.add_parser("bounds", help="bounds of the network outputs (or spec rows) over an input box")
     b.add_argument("model", metavar="MODEL", help="ONNX file (.onnx or .onnx.gz)")
     b.add_argument("--vnnlib", metavar="SPEC", help="VNN-LIB file; its first input box is used")
@@ -501,9 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no table when --json is given")
     b.add_argument("--no-memory", action="store_true",
                    help="skip the metered second pass that fills the JSON's 'memory' entry")
-    add_device(b)
+    _add_device(b)
     b.set_defaults(func=cmd_bounds)
 
+
+def _add_run_command(sub):
     r = sub.add_parser("run", help="verify one VNN-COMP instance and write the result file")
     r.add_argument("--onnx", required=True, metavar="MODEL")
     r.add_argument("--vnnlib", required=True, metavar="SPEC")
@@ -511,14 +450,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", required=True, type=float, metavar="SECONDS")
     r.add_argument("--json", metavar="J", help="write details (bounds, phases, timings) as JSON")
     r.add_argument("--plan", default=None)
-    r.add_argument("--methods", nargs="+", default=["crown", "alpha-crown"], choices=methods)
+    r.add_argument("--methods", nargs="+", default=["crown", "alpha-crown"], choices=METHOD_CHOICES)
     r.add_argument("--no-attack", action="store_true", help="skip the PGD attack (never finds sat)")
     _add_bab_arguments(r)
     _add_mesh_argument(r)
     r.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
-    add_device(r)
+    _add_device(r)
     r.set_defaults(func=cmd_run)
 
+
+def _add_benchmark_command(sub):
     k = sub.add_parser("benchmark", help="run every instance of a VNN-COMP benchmark folder")
     k.add_argument("dir", metavar="DIR")
     k.add_argument("--instances", metavar="CSV", help="instances file (default DIR/instances.csv)")
@@ -528,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--limit", type=int, default=None, metavar="N", help="first N instances only")
     k.add_argument("--filter", default=None, metavar="SUBSTRING",
                    help="only instances whose onnx or vnnlib path contains SUBSTRING")
-    k.add_argument("--methods", nargs="+", default=["crown", "alpha-crown"], choices=methods)
+    k.add_argument("--methods", nargs="+", default=["crown", "alpha-crown"], choices=METHOD_CHOICES)
     k.add_argument("--quiet", action="store_true", help="no progress bar")
     k.add_argument("--verbose", action="store_true", help="pipeline messages per instance")
     _add_bab_arguments(k)
@@ -537,8 +478,21 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--shard-instances", action="store_true",
                    help="under torchrun: rank r of P runs instances r, r+P, ... on its own device; all ranks "
                         "append to the one --csv, rank 0 prints the summary")
-    add_device(k)
+    _add_device(k)
     k.set_defaults(func=cmd_benchmark)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog=PROG, description="Neural-network verification by bound propagation (IBP, CROWN, "
+                                       "alpha-CROWN) on PyTorch DTensors.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for add in (_add_bounds_command, _add_run_command, _add_benchmark_command):
+        add(sub)
     return p
 
 
@@ -593,22 +547,22 @@ def main(argv=None) -> int:
     if args.threads is not None:
         import torch
         if args.threads < 1:
-            _err("--threads must be >= 1")
+            err("--threads must be >= 1")
             return EXIT_ERROR
         cap = min(1024, 4 * (os.cpu_count() or 1))      # torch crashes on absurd counts (100000)
         if args.threads > cap:
-            _err(f"--threads {args.threads} is more than {cap} (4 x the {os.cpu_count()} CPUs, at most 1024)")
+            err(f"--threads {args.threads} is more than {cap} (4 x the {os.cpu_count()} CPUs, at most 1024)")
             return EXIT_ERROR
         torch.set_num_threads(args.threads)
     try:
         return _run_command(args)
-    except _user_errors() as exc:
+    except user_errors() as exc:
         if _reports_errors():
-            _err(_one_line(exc))
+            err(one_line(exc))
         _write_error_result(args)
         return _exit_code(EXIT_ERROR)
     except KeyboardInterrupt:
-        _err("interrupted")
+        err("interrupted")
         return _exit_code(130)
     except Exception:
         # A bug: keep the traceback, but a harness waiting for the result file still gets one.

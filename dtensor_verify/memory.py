@@ -214,7 +214,7 @@ def gather_reports(rep: MemoryReport | None, layout) -> list[dict]:
     import torch.distributed as dist
 
     out: list = [None] * layout.world_size
-    dist.all_gather_object(out, mine, group=layout.mesh.get_group())
+    dist.all_gather_object(out, mine, group=layout.topology.shard_group)
     return out
 
 

@@ -26,6 +26,10 @@ import torch
 from torch import nn
 
 from .errors import ModelLoadError, UnsupportedOpError
+from .fx_nodes import binary_kind as _binary_kind
+from .fx_nodes import describe_node
+from .fx_nodes import is_matmul as _is_matmul
+from .fx_nodes import is_module as _is_module
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # Largest weight (elements) the `W @ x` rewrite may build for a matrix-valued x (see _left_product).
@@ -261,44 +265,7 @@ def propagate_shapes(gm: torch.fx.GraphModule, example: torch.Tensor, source: st
         _ShapeProp(gm, source).run(example)
 
 
-def describe_node(gm, node) -> str:
-    from .ops import describe_target
-
-    try:
-        return describe_target(gm, node)
-    except Exception:
-        return f"{node.op}:{node.target}"
-
-
 # --------------------------------------------------------------------------- canonicalisation
-
-def _binary_kind(gm, node) -> str | None:
-    """'add' / 'sub' / 'mul' / 'div' for onnx2torch binary modules and fx arithmetic calls."""
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        fn = getattr(mod, "math_op_function", None)
-        if fn is None or getattr(mod, "broadcast", None) == 1:
-            return None
-        kinds = {torch.add: "add", torch.sub: "sub", torch.mul: "mul", torch.div: "div"}
-        if fn in kinds:
-            return kinds[fn]
-        # onnx2torch's Div is its own function (float division, or truncation for integers).
-        return "div" if getattr(fn, "__name__", "") == "_onnx_div" else None
-    if node.op == "call_function":
-        return {operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub",
-                operator.mul: "mul", torch.mul: "mul", operator.truediv: "div", torch.div: "div"}.get(node.target)
-    return None
-
-
-def _is_matmul(gm, node) -> bool:
-    if node.op == "call_module":
-        return type(gm.get_submodule(node.target)).__name__ == "OnnxMatMul"
-    return node.op == "call_function" and node.target in (torch.matmul, operator.matmul)
-
-
-def _is_module(gm, node, *type_names) -> bool:
-    return node.op == "call_module" and type(gm.get_submodule(node.target)).__name__ in type_names
-
 
 class _Canonicalizer:
     """Walks the graph in order, running it on an example input as it goes, and rewrites nodes

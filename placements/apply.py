@@ -5,8 +5,8 @@ Read top to bottom:
   2. validate (unknown names, tp on a layer it cannot shard);
   3. work out per node whether A-matrices are sharded on its neuron dim (tp zones) and which
      policy decides the row split of a bound started at it (spec);
-  4. shard the modules: `fully_shard` for fsdp/spec, `distribute_tensor(Shard(0))` for tp;
-  5. install a DistributedLayout on the model and report what went where.
+  4. shard the modules at rest: each layer's style does it (`style.shard`);
+  5. install a PlacedLayout on the model and report what went where.
 """
 from __future__ import annotations
 
@@ -15,20 +15,14 @@ import glob
 import sys
 from dataclasses import dataclass, field
 
-import torch
-from torch.distributed.tensor import Shard, distribute_tensor
-
 from dtensor_verify.errors import PlanError
 from dtensor_verify.layout import Layout
 
-from .layout import DistributedLayout
-from .mesh import mesh_device, split_mesh
+from .layout import PlacedLayout
 from .plan import Plan, Rule, parse_plan
-from .policies import Policy, get_policy
-
-# Ops that act elementwise: a tp-sharded neuron dim passes through them unchanged.
-_ELEMENTWISE = ("relu", "identity", "add_const", "sub_const", "rsub_const", "mul_const", "div_const",
-                "batchnorm")
+from .styles import PlacementStyle as Policy
+from .styles import get_style as get_policy
+from .topology import as_topology
 
 
 @dataclass
@@ -42,26 +36,11 @@ class PlacementReport:
         return "\n".join([f"placement plan '{self.plan}' on {self.world_size} rank(s):", *self.lines])
 
 
-def _refusal(policy: Policy, node, shard_size: int) -> str | None:
-    """Why `policy` cannot place `node`'s layer on `shard_size` ranks, or None when it can."""
-    if policy.a_matrix_sharding != "neuron":
-        return None
-    if not policy.supports_conv and node.op.kind == "conv2d":
-        return f"policy '{policy.name}' does not shard convolutions yet"
-    if node.op.kind != "linear" or len(node.shape) != 1:
-        return f"policy '{policy.name}' needs a Linear layer with a flat output (this one: {list(node.shape)})"
-    if node.shape[0] == 1 and shard_size > 1:
-        # DTensor cannot view away a sharded dim of size 1 (the pipeline's [B, K, 1] -> [B, K]).
-        # Uneven shards are fine: 2 outputs on 4 ranks (1, 1, 0, 0) give the one-process verdicts.
-        return f"policy '{policy.name}' cannot shard a layer with one output neuron over {shard_size} ranks"
-    return None
-
-
 def resolve_policies(graph, plan: Plan, shard_size: int = 1) -> dict[str, Policy]:
     """Policy of each node that owns parameters, validated against the graph and the number of
     ranks a layer is sharded over."""
     chosen = {node.name: plan.policy_for(node.layer, node.layer_type) for node in graph.layers()}
-    refused = [(node, why) for node in graph.layers() if (why := _refusal(chosen[node.name], node, shard_size))]
+    refused = [(node, why) for node in graph.layers() if (why := chosen[node.name].refuse(node, shard_size))]
     if refused:
         node, why = refused[0]
         fix = suggest_plan(graph, plan, [n for n, _ in refused], shard_size=shard_size)
@@ -127,28 +106,36 @@ def _resolves(graph, text: str, shard_size: int) -> bool:
     return True
 
 
-def neuron_sharding(graph, policies: dict[str, Policy]) -> dict[str, bool]:
-    """tp zones: a tp layer's output, and elementwise ops (ReLU, ...) fed only by such outputs."""
-    sharded = {}
+def zone_styles(graph, styles: dict[str, Policy]) -> dict[str, Policy]:
+    """The style that lays out A-matrices, bounds and slopes at each node: a neuron-sharding
+    layer's own style, passed on through elementwise ops fed only by such nodes (asked of the op:
+    `caps.elementwise`); the network input joins a zone that is all that reads it. Nodes not
+    listed get the replicated layout."""
+    zone = {}
     for node in graph.nodes:
-        if node.op is None:
-            sharded[node.name] = False
-        elif node.name in policies:
-            sharded[node.name] = policies[node.name].a_matrix_sharding == "neuron"
-        elif node.op.kind in _ELEMENTWISE or node.op.kind in ("add", "sub"):
-            sharded[node.name] = all(sharded[i] for i in node.inputs)
-        else:
-            sharded[node.name] = False
-    return sharded
+        if node.name in styles and styles[node.name].shards_neurons:
+            zone[node.name] = styles[node.name]
+        elif node.op is not None and node.name not in styles and node.op.caps.elementwise and node.inputs:
+            feeding = {zone.get(i) for i in node.inputs}
+            if len(feeding) == 1 and None not in feeding:
+                zone[node.name] = feeding.pop()
+    # A w.r.t. the input then stays sharded (a reduce-scatter instead of a full Partial
+    # all-reduced on every rank) and the box is sharded to match, so concretisation only
+    # reduces the [B, K] result.
+    readers = [styles.get(r) for r in graph.consumers.get(graph.input_name, [])]
+    if len(graph[graph.input_name].shape) == 1 and readers and len(set(readers)) == 1 \
+            and readers[0] is not None and readers[0].shards_neurons:
+        zone[graph.input_name] = readers[0]
+    return zone
 
 
-def sweep_policies(graph, policies: dict[str, Policy], default: Policy) -> dict[str, Policy]:
-    """The policy that decides how a bound started at each node is split by rows: the node's own
+def row_styles(graph, styles: dict[str, Policy], default: Policy) -> dict[str, Policy]:
+    """The style that decides how a bound started at each node is split by rows: the node's own
     layer's, else the nearest upstream layer's, else the plan's default."""
     owner = {}
     for node in graph.nodes:
-        if node.name in policies:
-            owner[node.name] = policies[node.name]
+        if node.name in styles:
+            owner[node.name] = styles[node.name]
         elif node.inputs and node.inputs[0] in owner:
             owner[node.name] = owner[node.inputs[0]]
         else:
@@ -156,62 +143,49 @@ def sweep_policies(graph, policies: dict[str, Policy], default: Policy) -> dict[
     return owner
 
 
-def _shard_modules(graph, policies: dict[str, Policy], mesh, report: PlacementReport):
-    from torch.distributed.fsdp import fully_shard
-
+def _shard_modules(graph, styles: dict[str, Policy], mesh, report: PlacementReport):
+    """Set-up: each layer's style lays its module out at rest (the only writes to a module)."""
     for node in graph.layers():
-        policy = policies[node.name]
-        module = node.op.module
-        shapes = "x".join(str(s) for s in module.weight.shape)
-        if policy.weights_at_rest == "fsdp":
-            fully_shard(module, mesh=mesh, reshard_after_forward=True)
-            local = module.weight.to_local().shape
-            how = f"fully_shard: weight Shard(0), local {'x'.join(map(str, local))}"
-        elif policy.weights_at_rest == "tp":
-            for name, p in list(module.named_parameters(recurse=False)):
-                dt = distribute_tensor(p.detach(), mesh, [Shard(0)])
-                module._parameters[name] = torch.nn.Parameter(dt, requires_grad=False)
-            local = module.weight.to_local().shape
-            how = f"tp: weight Shard(0) rows, local {'x'.join(map(str, local))}"
-        else:
-            how = "replicated"
-        report.lines.append(f"  {node.layer:<24} {node.layer_type or '':<8} {shapes:<12} -> {policy.name:<9} {how}")
-        report.policies[node.layer] = policy.name
+        style = styles[node.name]
+        shapes = "x".join(str(s) for s in node.op.module.weight.shape)
+        how = style.shard(node.op.module, mesh)
+        report.lines.append(f"  {node.layer:<24} {node.layer_type or '':<8} {shapes:<12} -> {style.name:<9} {how}")
+        report.policies[node.layer] = style.name
 
 
 def apply_plan(model, plan=None, mesh=None, log: bool = False) -> PlacementReport:
-    """Place `model` (a dtensor_verify.BoundedModel) on `mesh` following `plan`."""
+    """Place `model` (a dtensor_verify.BoundedModel) following `plan` on `mesh` (a Topology, a
+    DeviceMesh "shard" or "dp" x "shard", or None for one process)."""
     plan = parse_plan(plan)
     graph = model.graph
-    mesh, dp_mesh = split_mesh(mesh)
-    world = mesh.size() if mesh is not None else 1
-    policies = resolve_policies(graph, plan, world)
-    report = PlacementReport(str(plan), world)
-    if mesh is None or world == 1:
+    topology = as_topology(mesh)
+    shard = topology.shard if topology is not None else 1
+    styles = resolve_policies(graph, plan, shard)
+    report = PlacementReport(str(plan), shard)
+    if shard == 1:
         for node in graph.layers():
-            report.policies[node.layer] = policies[node.name].name
+            report.policies[node.layer] = styles[node.name].name
         report.lines.append("  one process per shard group: every policy runs as 'replicate' (nothing to shard)")
-        if dp_mesh is not None:
-            model.to(mesh_device(dp_mesh))
+        if topology is not None:
+            model.to(topology.device)
             model.layout = Layout()
+            model.layout.topology, model.layout.device = topology, topology.device
     else:
         if getattr(model.loaded, "reference", None) is not None:
             # The traced graph shares its layers with the nn.Module given to dv.load, and
             # sharding is in place: keep an unsharded CPU copy as the reference that self-checks
             # and counterexample confirmation run (ONNX models use onnxruntime instead).
             model.loaded.reference = copy.deepcopy(model.loaded.reference).cpu()
-        model.to(mesh_device(mesh))
-        _shard_modules(graph, policies, mesh, report)
-        model.layout = DistributedLayout(graph, mesh, policies, neuron_sharding(graph, policies),
-                                         sweep_policies(graph, policies, plan.default))
-    if dp_mesh is not None:
+        model.to(topology.device)
+        _shard_modules(graph, styles, topology.shard_mesh, report)
+        model.layout = PlacedLayout(graph, topology, styles, zone_styles(graph, styles),
+                                    row_styles(graph, styles, plan.default))
+    if topology is not None and topology.dp > 1:
         # Branch and bound spreads domains over the dp groups; bounding itself is per group.
-        model.layout.dp_mesh = dp_mesh
-        report.lines.append(f"  mesh dp x shard = {dp_mesh.size()} x {world}: the plan applies within each "
-                            f"of the {dp_mesh.size()} dp groups")
+        report.lines.append(f"  {topology.describe()}: the plan applies within each of the {topology.dp} dp groups")
     model.plan_report = report.lines
     model.plan = str(plan)
-    if log and (mesh is None or mesh.get_rank() == 0):
+    if log and (topology is None or topology.is_leader):
         print(report, file=sys.stderr)
     return report
 
@@ -226,10 +200,11 @@ def apply_plan_from_cli(model, plan_text: str | None, log: bool = True, timeout_
     `timeout_s` is the process group's timeout (how long a collective may wait for a peer). The
     ranks talk over the device the model is on (--device): NCCL for GPUs, gloo for CPUs.
     """
-    from .mesh import init_mesh, parse_mesh_shape, world_size_from_env
+    from .mesh import init_mesh
+    from .topology import parse_degrees, world_size_from_env
 
     plan_text = plan_text or "replicate"
-    _, shard_size = parse_mesh_shape(mesh_shape, world_size_from_env())
+    _, shard_size = parse_degrees(mesh_shape, world_size_from_env())
     resolve_policies(model.graph, parse_plan(plan_text), shard_size)
     device = getattr(model, "device", None)
     backend = None if device is None else ("nccl" if device.type == "cuda" else "gloo")

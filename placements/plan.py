@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from dtensor_verify.errors import PlanError
 
-from .policies import Policy, get_policy
+from .styles import PlacementStyle as Policy
+from .styles import get_style as get_policy
 
 
 @dataclass

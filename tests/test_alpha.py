@@ -93,7 +93,8 @@ def test_alpha_never_looser_than_crown(name):
     for C in (None, _margin_spec(m, xl, xu)):
         cr = m.compute_bounds(xl, xu, method="crown", C=C)
         if C is None:   # the method itself, for its info (intermediate bounds, slopes)
-            lo, up, info = alpha_crown(m.graph, box, opts=opts)
+            res = alpha_crown(m.graph, box, opts=opts)          # an AlphaResult
+            lo, up, info = res.lower, res.upper, vars(res)
         else:           # through the API
             al = m.compute_bounds(xl, xu, method="alpha-crown", C=C, alpha_options=opts)
             lo, up, info = al.lower, al.upper, al.info
@@ -145,8 +146,7 @@ def test_alpha_slopes_get_gradients_in_optimizer(name):
     """The real alpha_crown loop: after one iteration, the slopes of the output start node and of
     an intermediate start node hold non-zero gradients from the bound loss."""
     m, xl, xu, _ = _case(name)
-    lo, up, info = alpha_crown(m.graph, (xl, xu), opts=dv.AlphaOptions(iterations=1))
-    alphas = info["alphas"]
+    alphas = alpha_crown(m.graph, (xl, xu), opts=dv.AlphaOptions(iterations=1)).alphas
     out = m.graph.output_name
     assert alphas[out], "no slopes for the output start node"
     assert any(_nonzero_grad(a) for a in alphas[out].values()), "output slopes got no gradient"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dtensor_verify as dv
-from dtensor_verify.bab import BabOptions, BabProblem, BabSolver, DomainStore, make_roots, split
+from dtensor_verify.bab import BabOptions, BabProblem, BabSolver, DomainStore, RootState, make_roots, split
 from dtensor_verify.bab.domains import NO_DECISION
 from dtensor_verify.methods.beta_crown import BetaOptions, beta_crown
 from dtensor_verify.methods.crown import intermediate_bounds, output_bound
@@ -37,8 +37,8 @@ def root_problem(model, lo, hi, C, d):
         bounds, _ = intermediate_bounds(model.graph, (lo, hi))
         lower, _ = output_bound(model.graph, bounds, C)
     pre = model.graph.preactivation_nodes()
-    roots = make_roots(problem, [0], [{n: (bounds[n][0][0], bounds[n][1][0]) for n in pre}],
-                       [lower[0] - d[0]], [None])
+    roots = make_roots(problem, [0], [RootState({n: (bounds[n][0][0], bounds[n][1][0]) for n in pre})],
+                       [lower[0] - d[0]])
     return problem, roots
 
 

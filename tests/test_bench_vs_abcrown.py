@@ -1,4 +1,4 @@
-"""scripts/bench_vs_abcrown.py: abcrown configs made plain BaB, verdict counting, contradictions,
+"""bench/gpu/bench_vs_abcrown.py: abcrown configs made plain BaB, verdict counting, contradictions,
 and its runner surviving an alpha,beta-CROWN that crashes, hangs or cannot start (a stand-in
 abcrown.py that speaks its batch mode: `idx: i, vnnlib ID: row` ... `Result: status in t seconds`).
 Our side is the real `dtensor-verify benchmark` on the tiny test benchmark."""
@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "bench_vs_abcrown.py"
+SCRIPT = REPO / "bench" / "gpu" / "bench_vs_abcrown.py"
 TEST_BENCH = REPO.parent / "shared" / "benchmarks" / "test"
 
 

@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh and scripts/bench_table.py, dry-run on this CPU-only machine.
+"""bench/gpu/gpu_check.sh and bench/gpu/bench_table.py, dry-run on this CPU-only machine.
 
 The GPU run itself happens on a lent machine; here the script must get through its whole flow:
 the cuda runs end in the one-line `--device cuda` error (noted, not fatal to the cpu runs), the
@@ -22,7 +22,7 @@ def _gpu_check(out: Path, work_env: dict) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", DV_PYTHON=sys.executable, GPU_CHECK_SUITES="test",
                GPU_CHECK_SCALE="0.5", BENCH=str(model_zoo.benchmarks_dir()),
                WHEELS=str(out.parent / "no_wheels"), **work_env)   # not the GPU image's .whl/
-    return subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), str(out)], env=env,
+    return subprocess.run(["bash", str(REPO / "bench" / "gpu" / "gpu_check.sh"), str(out)], env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -50,7 +50,7 @@ def test_bench_table_flags_device_contradictions(tmp_path):
             w.writerow(fields)
             for i, v in enumerate(verdicts):
                 w.writerow([f"n{i}.onnx", f"p{i}.vnnlib", v, "1.0" if device == "cuda" else "3.0"])
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_table.py"),
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu" / "bench_table.py"),
                            str(tmp_path / "suite_cuda.csv"), str(tmp_path / "suite_cpu.csv"),
                            "--out", str(tmp_path / "t.md")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1                                        # a contradiction fails it

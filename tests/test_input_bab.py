@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import dtensor_verify as dv
-from dtensor_verify.bab import BabOptions, BabProblem, BabSolver, make_roots, split
+from dtensor_verify.bab import BabOptions, BabProblem, BabSolver, RootState, make_roots, split
 from dtensor_verify.bab.domains import INPUT_SPLIT, NO_DECISION
 from dtensor_verify.bab.input_bab import refreshed, with_boxes
+
 from dtensor_verify.bab.split_kinds import resolve_mode
 from dtensor_verify.methods.beta_crown import BetaOptions, beta_crown
 from dtensor_verify.methods.crown import intermediate_bounds, output_bound
@@ -30,8 +31,8 @@ def input_root(model, lo, hi, C, d):
         bounds, _ = intermediate_bounds(model.graph, (lo, hi))
         lower, _ = output_bound(model.graph, bounds, C)
     pre = model.graph.preactivation_nodes()
-    roots = make_roots(problem, [0], [{n: (bounds[n][0][0], bounds[n][1][0]) for n in pre}],
-                       [lower[0] - d[0]], [None])
+    roots = make_roots(problem, [0], [RootState({n: (bounds[n][0][0], bounds[n][1][0]) for n in pre})],
+                       [lower[0] - d[0]])
     return problem, with_boxes(problem, roots)
 
 
@@ -67,8 +68,8 @@ def _attack_min(model, lo, hi, C, steps=40, restarts=8, seed=0):
     pts = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * torch.rand(n, 256, lo.shape[1], generator=gen)
     with torch.no_grad():
         sampled = torch.einsum("nkm,nsm->nsk", C, model.forward(pts.reshape(-1, lo.shape[1])).reshape(n, 256, -1))
-    _, attacked = pgd(model.forward, lo, hi, lambda y: torch.einsum("nkm,rnm->rnk", C, y), steps=steps,
-                      restarts=restarts, seed=seed)
+    attacked = torch.stack([pgd(model.forward, lo, hi, lambda y, k=k: torch.einsum("nm,rnm->rn", C[:, k], y),
+                                steps=steps, restarts=restarts, seed=seed)[1] for k in range(C.shape[1])], 1)
     return torch.minimum(sampled.min(1).values, attacked.detach())
 
 
@@ -157,7 +158,8 @@ def test_input_bab_agrees_with_exact_milp_on_hundreds():
 
 
 def test_relu_split_mode_still_available_from_the_cli():
-    from dtensor_verify.cli import _bab_options, build_parser
+    from dtensor_verify.cli import build_parser
+    from dtensor_verify.cli_common import bab_options as _bab_options
 
     args = build_parser().parse_args(["run", "--onnx", "a", "--vnnlib", "b", "--results", "c", "--timeout", "1",
                                       "--bab-split", "input"])

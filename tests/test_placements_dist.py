@@ -23,6 +23,7 @@ of one model, because each spawn costs seconds.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
@@ -347,18 +348,32 @@ def _gathers_job(rank, world, plans):
     for plan in plans:
         m = dv.load(copy.deepcopy(net), shape)
         apply_plan(m, plan, mesh)
-        calls = []
+        calls, sweeps = [], []
+        open_sweep = m.layout.sweep
+
+        @contextlib.contextmanager
+        def watched(start, _open=open_sweep):
+            with _open(start) as sweep:
+                sweeps.append(sweep)
+                try:
+                    yield sweep
+                finally:
+                    sweeps.remove(sweep)
+                    finished.append(sweep)
+
+        finished = []
+        m.layout.sweep = watched
         for node in m.graph.layers():
             module = node.op.module
             original = module.unshard
 
-            def recording(async_op=False, _orig=original, _name=node.name, _layout=m.layout):
-                calls.append((_name, bool(async_op), len(_layout._row_sharded) > 1))
+            def recording(async_op=False, _orig=original, _name=node.name):
+                calls.append((_name, bool(async_op), bool(sweeps)))
                 return _orig(async_op=async_op)
 
             module.unshard = recording
         r = m.compute_bounds(*box, "crown")
-        out[plan] = {"calls": calls, "lower": r.lower.clone(), "left": len(m.layout._prefetched)}
+        out[plan] = {"calls": calls, "lower": r.lower.clone(), "left": sum(len(s.prefetched) for s in finished)}
     return out
 
 

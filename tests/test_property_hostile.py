@@ -11,7 +11,7 @@ from onnx import helper
 import dtensor_verify as dv
 from dtensor_verify.cli import main
 from dtensor_verify.specs import parse_vnnlib, read_result_file, violates
-from dtensor_verify.verify import AttackOptions, _inside_box_f32, verify_instance
+from dtensor_verify.verify import AttackOptions, inside_box_f32, verify_instance
 from onnx_factory import build, const, ort_runner
 
 FAST = AttackOptions(restarts=8, steps=40, extra_rounds=1)
@@ -178,7 +178,7 @@ def test_violates_sums_are_exact():
     (0.0, 0.0, 1e-46, True, True, None),
 ], ids=["point-0.1", "point-0.5", "clip-high", "open-low", "open-empty"])
 def test_inside_box_f32(x, lo, hi, lo_strict, hi_strict, expected):
-    got = _inside_box_f32(np.array([x]), np.array([lo]), np.array([hi]), np.array([lo_strict]),
+    got = inside_box_f32(np.array([x]), np.array([lo]), np.array([hi]), np.array([lo_strict]),
                           np.array([hi_strict]))
     if expected is None:
         assert got is None

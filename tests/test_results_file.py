@@ -192,8 +192,8 @@ def test_unwritable_json_is_a_warning_and_sat_stays_sat(tmp_path, capsys):
 
 HANG = """
 import sys, time
-import dtensor_verify.verify as verify
-verify._Clock.check = lambda self: time.sleep(3600)     # a step that never returns
+from dtensor_verify.verify import Clock
+Clock.check = lambda self: time.sleep(3600)     # a step that never returns
 from dtensor_verify.cli import main
 sys.exit(main(sys.argv[1:]))
 """

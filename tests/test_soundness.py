@@ -189,8 +189,8 @@ def _compute(m, xl, xu, methods, alpha_opts, api_check=True):
                 lo, up, inter = crown(m.graph, box, None, opts=opts)
                 api = dict(method="crown", crown_options=opts)
         if method == "alpha-crown":
-            lo, up, info = alpha_crown(m.graph, box, opts=alpha_opts)
-            inter = info["intermediate"]
+            res_alpha = alpha_crown(m.graph, box, opts=alpha_opts)
+            lo, up, inter = res_alpha.lower, res_alpha.upper, res_alpha.intermediate
             api = dict(method="alpha-crown", alpha_options=alpha_opts)
         if api_check or method == "ibp":
             r = m.compute_bounds(xl, xu, **api)

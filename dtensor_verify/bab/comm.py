@@ -8,21 +8,8 @@ domains from full queues to empty ones).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-
-@dataclass
-class SyncState:
-    open: int                 # open domains over all workers
-    worst_margin: float       # smallest margin of an open domain anywhere (inf when none)
-    found: bool               # a worker confirmed a counterexample
-    exhausted: int            # open domains given up (nothing left to split), all workers
-    visited: int              # domains bounded, all workers
-    most_open: int            # the largest queue of one worker
-    time_up: bool = False     # some worker's clock ran out
-
-    def too_many(self, limit: int) -> bool:
-        return self.most_open > limit
+from .sync_state import SyncState
 
 
 class LocalComm:
@@ -48,9 +35,12 @@ class LocalComm:
 
 
 def comm_for(layout):
-    """The workers' agreement for this layout: one worker unless the model was placed on several
-    ranks (a shard group of more than one, or a `dp` mesh dim)."""
-    if getattr(layout, "world_size", 1) == 1 and getattr(layout, "dp_mesh", None) is None:
+    """The workers' agreement for this layout: one worker unless its topology has several ranks
+    (a shard group of more than one, or a `dp` mesh dim)."""
+    if layout.topology.world == 1:
         return LocalComm()
-    from .mesh_comm import MeshComm
+    from .mesh_comm import MeshComm       # torch.distributed only when there are ranks
     return MeshComm(layout)
+
+
+__all__ = ["LocalComm", "SyncState", "comm_for"]

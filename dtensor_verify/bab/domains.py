@@ -18,6 +18,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ..margin import margin
+
 NO_DECISION = -1      # decision[:, 0] of a domain with nothing left to split
 INPUT_SPLIT = -2      # decision[:, 0] of a domain whose input box is halved along decision[:, 1]
 
@@ -77,7 +79,7 @@ class Domains:
 
     def margin(self, d: torch.Tensor, row_mask: torch.Tensor) -> torch.Tensor:
         """[n]: the best row's `lower - d`; a domain is proved once it is > 0."""
-        return (self.lower - d[self.pair]).masked_fill(~row_mask[self.pair], -torch.inf).max(1).values
+        return margin(self.lower, d[self.pair], row_mask[self.pair])
 
     def nbytes(self) -> int:
         total = 0

@@ -6,17 +6,17 @@
     alpha_before  fewer alpha-CROWN steps before branch and bound when it will split inputs (the
                   sub-boxes' bounds soon beat what long optimisation on the whole box gives)
     attack_boxes  PGD inside the most promising open sub-boxes; candidates go to the solver's
-                  `try_points`, which confirms them like every other counterexample
+                  `confirm`, which checks them like every other counterexample
 
 Sub-boxes travel between workers like any domain (`Domains.box` is a field), so the `dp`
 rebalancing and the stop-together sync of ReLU splitting apply unchanged.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
+from ..attack import pgd
+from ..margin import margin, spec_rows
 from ..methods.crown import CrownOptions, intermediate_bounds
 from .domains import Domains
 from .split_kinds import perturbed_dims, resolve_mode
@@ -65,50 +65,23 @@ def refreshed(problem, kids: Domains, lockstep: bool) -> dict:
 
 def _objective(problem, pair):
     C, d, mask = problem.C[pair], problem.d[pair], problem.row_mask[pair]
-
-    def margin(y):                                    # y [R, n, n_out] -> [R, n]
-        rows = torch.einsum("pkn,rpn->rpk", C, y) - d
-        return rows.masked_fill(~mask, -math.inf).max(-1).values
-    return margin
+    return lambda y: margin(spec_rows(C, y), d, mask)         # y [R, n, n_out] -> [R, n]
 
 
-def attack_boxes(problem, domains: Domains, opts, try_points, lockstep: bool, restarts: int = 4,
-                 steps: int = 10) -> bool:
+def attack_boxes(problem, domains: Domains, opts, confirm, lockstep: bool, restarts: int = 4, steps: int = 10):
     """Short PGD inside the `opts.pgd_points` open sub-boxes with the smallest margins (lower
-    bound closest to a violation). True once `try_points` confirmed a counterexample."""
+    bound closest to a violation). Returns what `confirm` confirmed, or None."""
     n = len(domains)
     if n == 0 and not lockstep:
-        return False
+        return None
     margins = problem.margins(domains.lower, domains.pair)
     pick = torch.topk(margins, min(opts.pgd_points, n), largest=False).indices
     lo, hi = (t[pick] for t in problem.box_of(domains))
     pair = domains.pair[pick]
-    margin = _objective(problem, pair)
-    gen = torch.Generator(device=lo.device).manual_seed(int(domains.depth.sum()) if n else 0)
-    LO, HI = lo.unsqueeze(0).expand(restarts, *lo.shape), hi.unsqueeze(0).expand(restarts, *hi.shape)
-    W = HI - LO
-    x = LO + W * torch.rand(LO.shape, generator=gen, device=lo.device, dtype=lo.dtype)
-    if restarts:
-        x[0] = (lo + hi) / 2
-    best_x, best_v = (lo + hi) / 2, torch.full((lo.shape[0],), math.inf, dtype=lo.dtype, device=lo.device)
-    ar = torch.arange(lo.shape[0], device=lo.device)
-    for t in range(steps + 1):
-        x = x.detach().requires_grad_(t < steps)
-        with torch.set_grad_enabled(t < steps):
-            y = problem.forward(x.reshape(-1, *lo.shape[1:]))
-            val = margin(y.reshape(restarts, lo.shape[0], y.shape[-1]))
-        with torch.no_grad():
-            v, i = val.detach().min(0)
-            better = v < best_v
-            best_v = torch.where(better, v, best_v)
-            best_x[better] = x.detach()[i[better], ar[better]]
-        if t == steps:
-            break
-        grad, = torch.autograd.grad(val.sum(), x)
-        eta = 0.25 * (1 + math.cos(math.pi * t / steps)) + 0.01
-        with torch.no_grad():
-            x = torch.max(torch.min(x - eta * W * grad.sign(), HI), LO)
+    seed = int(domains.depth.sum()) if n else 0
+    best_x, best_v = pgd(problem.forward, lo, hi, _objective(problem, pair), steps=steps, restarts=restarts,
+                         seed=seed)
     with torch.no_grad():
         y = problem.forward(best_x)          # every rank, hits or not (a collective under some layouts)
     hits = (best_v <= 0).nonzero().flatten()
-    return hits.numel() > 0 and bool(try_points(best_x[hits], pair[hits], y[hits]))
+    return confirm(best_x[hits], pair[hits], y[hits]) if hits.numel() else None

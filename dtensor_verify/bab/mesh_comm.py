@@ -23,32 +23,31 @@ import math
 import torch
 import torch.distributed as dist
 
-from .comm import SyncState
+from .sync_state import SyncState
 from .domains import Domains
 
 
 class MeshComm:
     def __init__(self, layout):
-        self.rank = dist.get_rank()
-        self.world = dist.get_world_size()
-        self.device = getattr(layout, "device", torch.device("cpu"))
-        shard_size = getattr(layout, "world_size", 1)
-        self.shard_index = getattr(layout, "rank", 0)
-        dp_mesh = getattr(layout, "dp_mesh", None)
-        dp_index = dp_mesh.get_local_rank() if dp_mesh is not None else 0
-        if getattr(layout, "splits_domains", True) or shard_size == 1:
-            self.worker_of = list(range(self.world))          # worker id of each global rank
+        topo = layout.topology             # groups and mesh coordinates: no world group, no rank arithmetic
+        self.group = topo.group
+        self.rank = topo.rank
+        self.world = topo.world
+        self.device = layout.device
+        if layout.splits_domains or topo.shard == 1:
+            self.worker_of = list(range(self.world))          # worker id of each mesh rank
             self.worker = self.rank
             self.member = 0
+            self.members = [[r] for r in range(self.world)]
         else:
-            # Ranks of one shard group are consecutive in a (dp, shard) mesh (row-major).
-            self.worker_of = [r // shard_size for r in range(self.world)]
-            self.worker = dp_index
-            self.member = self.shard_index
-        self.workers = max(self.worker_of) + 1
-        self.members = [[r for r in range(self.world) if self.worker_of[r] == w] for w in range(self.workers)]
+            # A dp group is one worker; its members in shard order (mesh coordinates).
+            self.worker_of = [topo.coords(r)[0] for r in range(self.world)]
+            self.worker = topo.dp_rank
+            self.member = topo.shard_rank
+            self.members = [[topo.rank_at(w, s) for s in range(topo.shard)] for w in range(topo.dp)]
+        self.workers = len(self.members)
         self.owns_roots = self.worker == 0
-        self.is_leader = self.rank == 0
+        self.is_leader = topo.is_leader
         self.moved = 0                                         # domains received by rebalancing
 
     def _counts_once(self) -> bool:
@@ -62,8 +61,8 @@ class MeshComm:
                             device=self.device)
         maxes = torch.tensor([-(worst_margin if n_open else math.inf), float(found), float(time_up), n_open],
                              dtype=torch.float64, device=self.device)
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-        dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=self.group)
+        dist.all_reduce(maxes, op=dist.ReduceOp.MAX, group=self.group)
         s, m = sums.tolist(), maxes.tolist()
         return SyncState(open=int(s[0]), worst_margin=-m[0], found=m[1] > 0, exhausted=int(s[1]),
                          visited=int(s[2]), most_open=int(m[3]), time_up=m[2] > 0)
@@ -90,13 +89,13 @@ class MeshComm:
     def agree_min(self, value: int) -> int:
         """The smallest of every rank's `value`, on every rank."""
         t = torch.tensor([value], dtype=torch.int64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.group)
         return int(t.item())
 
     def rebalance(self, store, batch: int) -> None:
         counts = torch.zeros(self.world, dtype=torch.int64, device=self.device)
         counts[self.rank] = len(store)
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM)          # an all-gather of one number each
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=self.group)          # an all-gather of one number each
         per_rank = counts.tolist()
         per_worker = [per_rank[self.members[w][0]] for w in range(self.workers)]
         moves = self._plan(per_worker, batch)
@@ -109,7 +108,7 @@ class MeshComm:
                 target = self.members[receiver][self.member]
                 outgoing.setdefault(target, []).append((domains.to("cpu"), margins.cpu()))
         gathered = [None] * self.world
-        dist.all_gather_object(gathered, outgoing)
+        dist.all_gather_object(gathered, outgoing, group=self.group)
         for sent in gathered:
             for domains, margins in (sent or {}).get(self.rank, []):
                 store.push(domains.to(self.device), margins.to(self.device))
@@ -118,7 +117,7 @@ class MeshComm:
     def share_counterexample(self, found_here):
         """The first rank's confirmed counterexample (x, y, who confirmed), on every rank."""
         gathered = [None] * self.world
-        dist.all_gather_object(gathered, found_here)
+        dist.all_gather_object(gathered, found_here, group=self.group)
         return next((g for g in gathered if g is not None), (None, None))
 
 

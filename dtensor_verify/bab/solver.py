@@ -18,20 +18,27 @@ reported only when no worker holds an open domain and none was given up.
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from ..methods.beta_crown import BetaOptions, beta_crown
+from ..margin import best_row, margin, spec_rows
+from ..methods.beta_crown import BetaOptions, BetaResult, beta_crown
 from . import input_bab
 from .branching import BranchingContext, choose
+from .budget import auto_batch_size, free_memory_bytes, out_of_memory, release_cached_memory
 from .comm import LocalComm
 from .domains import NO_DECISION, Domains, DomainStore, split
+from .problem import BabProblem, BabResult, BabStats, PhaseTimer
 from .split_kinds import needs_refresh
-from .stats import _Stats, _Timer
+
+# (x [m, *S], pair [m], y [m, n_out]) -> a confirmed counterexample among the points, or None
+ConfirmFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]
+# (x [m, *S], pair [m]) -> a confirmed counterexample of a short PGD from the points, or None
+PgdFn = Callable[[torch.Tensor, torch.Tensor], object]
 
 
 @dataclass
@@ -57,114 +64,29 @@ class BabOptions:
     input_alpha_iterations: int = 10    # alpha-CROWN steps before input splitting (pipeline stage)
 
 
-@dataclass
-class BabProblem:
-    """What stays fixed while domains come and go: the network, its layout and the property."""
-    graph: object
-    layout: object
-    forward: object                     # x [m, *S] -> y [m, n_out] (the network, under its layout)
-    C: torch.Tensor                     # [P, K, n_out] rows of each (region, disjunct) pair (padded)
-    d: torch.Tensor                     # [P, K]
-    row_mask: torch.Tensor              # [P, K] real rows
-    box_lower: torch.Tensor             # [P, *S] input box of each pair
-    box_upper: torch.Tensor
-
-    def __post_init__(self):
-        self.relus = [n.name for n in self.graph.nodes if n.op is not None and n.op.needs_input_bounds]
-        self.pre_of = {r: self.graph[r].inputs[0] for r in self.relus}
-
-    def bounds_of(self, domains: Domains) -> dict:
-        bounds = dict(domains.bounds)
-        bounds[self.graph.input_name] = self.box_of(domains)
-        return bounds
-
-    def box_of(self, domains: Domains) -> tuple:
-        """Each domain's input box: its own sub-box (input splitting) or its pair's."""
-        if domains.box is not None:
-            return domains.box
-        return self.box_lower[domains.pair], self.box_upper[domains.pair]
-
-    def margins(self, lower: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
-        return (lower - self.d[pair]).masked_fill(~self.row_mask[pair], -math.inf).max(1).values
-
-
-@dataclass
-class BabResult:
-    status: str                          # 'proved' | 'sat' | 'timeout' | 'unknown'
-    stats: dict
-
-
-def bytes_per_domain(problem: BabProblem) -> int:
-    """Rough bytes one child needs while it is bounded: its slopes, multipliers, bounds and the
-    A-matrices of one sweep with autograd (about six per node: values, saved tensors, Adam)."""
-    K = problem.C.shape[1]
-    elems = sum(problem.graph[n].numel for n in [x.name for x in problem.graph.nodes])
-    relu_elems = sum(problem.graph[r].numel for r in problem.relus)
-    return 4 * (6 * K * elems + 4 * K * relu_elems + 4 * relu_elems) + 256
-
-
-def free_memory_bytes(device) -> int:
-    """Free memory for this rank: CUDA's free bytes plus what PyTorch's caching allocator holds
-    unused (blocks kept from earlier instances of a benchmark), or MemAvailable shared by the
-    ranks on the host."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(free + max(cached, 0))
-    try:
-        with open("/proc/meminfo") as fh:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if ":" in line}
-        avail = info.get("MemAvailable", 4 << 30)
-    except OSError:
-        avail = 4 << 30
-    import os
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return avail // max(local, 1)
-
-
-def auto_batch_size(problem: BabProblem, opts: BabOptions, device) -> int:
-    if opts.batch_size is not None:
-        return max(1, opts.batch_size)
-    budget = free_memory_bytes(device) * opts.memory_fraction
-    # Children are 2x the parents; fsb bounds `candidates` x 2 more (without autograd, ~1/3).
-    per_parent = bytes_per_domain(problem) * (2 + 2 * opts.candidates / 3)
-    return int(max(1, min(opts.max_batch, budget // per_parent)))
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """A CUDA out-of-memory error, or the CPU allocator's."""
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
-
-
-def _release_cached_memory(device):
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 class BabSolver:
     """One worker's branch and bound. Under a layout whose ranks share each bounding step
     (`lockstep`: FSDP gathers, streamed shards and early-stop votes are collectives), every rank
     runs every step of every round, with an empty batch when it has nothing to do."""
 
-    def __init__(self, problem: BabProblem, opts: BabOptions, time_left, try_points, log=None, comm=None,
-                 pgd=None):
+    def __init__(self, problem: BabProblem, opts: BabOptions, time_left: Callable[[], float], confirm: ConfirmFn,
+                 log=None, comm=None, pgd: PgdFn | None = None):
         self.problem = problem
         self.opts = opts
         self.time_left = time_left              # seconds left (this rank's clock; no collective)
-        self.try_points = try_points            # (x [m, *S], pair [m], y [m, n_out]) -> True on confirmed sat
-        self.pgd = pgd                          # (x [m, *S], pair [m]) -> True on confirmed sat (PGD from x)
+        self.confirm = confirm                  # checks candidate points; returns what it confirmed
+        self.pgd = pgd                          # a short PGD from promising points; the same
         self.seeds = None                       # the most promising open domains' vertices, their pairs
         self.log = log or (lambda msg: None)
         self.comm = comm or LocalComm()
-        self.lockstep = getattr(problem.layout, "world_size", 1) > 1
+        self.lockstep = problem.layout.world_size > 1
         self.store = DomainStore()
-        self.stats = _Stats()
+        self.stats = BabStats()
         self.exhausted = 0                      # open domains with no neuron left to split
-        self.found = False
+        self.counterexample = None              # what `confirm` / `pgd` confirmed on this worker
         self.template: Domains | None = None    # an empty batch of the right shapes
         self._step_seconds = 0.0                # recent duration of one beta-CROWN step
-        self.batch = auto_batch_size(problem, opts, problem.d.device)
+        self.batch = auto_batch_size(problem, opts, problem.d.device, free_memory_bytes)
         self.max_open = opts.max_domains        # lowered to what memory holds when solving starts
         self.mode = input_bab.mode_of(problem, opts)       # 'relu' | 'input': the kind of split
         self.branching = opts.input_branching if self.mode == "input" else opts.branching
@@ -172,13 +94,17 @@ class BabSolver:
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
                                     self._bound_once, candidates, problem.graph.input_name)
 
+    @property
+    def found(self) -> bool:
+        return self.counterexample is not None
+
     # -- bounding --------------------------------------------------------------------------
     def _out_of_time(self) -> bool:
         """True once the time left would not cover the rest of a round: a couple of optimisation
         steps (measured) for the bookkeeping after the last one, so the run ends by its limit."""
         return self.time_left() <= max(0.1, 2.0 * self._step_seconds)
 
-    def _bound(self, domains: Domains, iterations: int):
+    def _bound(self, domains: Domains, iterations: int) -> BetaResult:
         p = self.problem
         opts = BetaOptions(**{**self.opts.beta.__dict__, "iterations": iterations})
         last = [time.perf_counter()]
@@ -202,27 +128,28 @@ class BabSolver:
             return self._bound(domains, 0).lower
 
     # -- one round's steps -----------------------------------------------------------------
-    def _attack(self, domains: Domains, lA_input: torch.Tensor) -> bool:
+    def _attack(self, domains: Domains, lA_input: torch.Tensor | None):
         """Try the input vertex minimising each open domain's linear bound (on its best row).
-        Cheap (one forward pass) and finds the counterexamples BaB runs into."""
+        Cheap (one forward pass) and finds the counterexamples BaB runs into. Returns what
+        `confirm` confirmed, or None."""
         p = self.problem
         if lA_input is None or (len(domains) == 0 and not self.lockstep):
-            return False
+            return None
         n = lA_input.shape[0]
+        d, mask = p.d[domains.pair], p.row_mask[domains.pair]
         lo, hi = p.box_of(domains)
-        row = (domains.lower - p.d[domains.pair]).masked_fill(~p.row_mask[domains.pair], -math.inf).argmax(1)
+        row = best_row(domains.lower, d, mask)
         A = lA_input[torch.arange(n, device=row.device), row]                 # [n, *S]
         x = torch.where(A > 0, lo, hi)
         with torch.no_grad():
             y = p.forward(x)
-        rows = torch.einsum("pkn,pn->pk", p.C[domains.pair], y) - p.d[domains.pair]
-        worst = rows.masked_fill(~p.row_mask[domains.pair], -math.inf).max(1).values
+        worst = margin(spec_rows(p.C[domains.pair], y), d, mask)
         best = torch.topk(worst, min(self.opts.pgd_points, n), largest=False).indices
         self.seeds = (x[best].detach(), domains.pair[best])
         hits = (worst <= 0).nonzero().flatten()
         if hits.numel() == 0:
-            return False
-        return bool(self.try_points(x[hits], domains.pair[hits], y[hits]))
+            return None
+        return self.confirm(x[hits], domains.pair[hits], y[hits])
 
     def _settle(self, kids: Domains, result, parent_lower: torch.Tensor | None):
         """Children's bounds in, proved ones out, the rest branched and stored."""
@@ -237,14 +164,14 @@ class BabSolver:
         self.stats.proved += int(proved.sum())
         open_idx = (~proved).nonzero().flatten()
         rest = kids.index(open_idx)
-        with _Timer(self.stats, "attack"):
+        with PhaseTimer(self.stats, "attack"):
             lA_in = result.lA.get(p.graph.input_name)
-            if self._attack(rest, None if lA_in is None else lA_in[open_idx]):
-                self.found = True
+            found = self._attack(rest, None if lA_in is None else lA_in[open_idx])
+            self.counterexample = self.counterexample or found or None
             # Under lockstep every rank takes the PGD step (its forward passes are collectives).
-            if self.mode == "input" and (self.lockstep or not self.found) and input_bab.attack_boxes(
-                    p, rest, self.opts, self.try_points, self.lockstep):
-                self.found = True
+            if self.mode == "input" and (self.lockstep or not self.found):
+                found = input_bab.attack_boxes(p, rest, self.opts, self.confirm, self.lockstep)
+                self.counterexample = self.counterexample or found or None
         if self.found and not self.lockstep:
             return
         if open_idx.numel() == 0 and not self.lockstep:
@@ -259,7 +186,7 @@ class BabSolver:
             self.store.push(rest, margins)
             return
         lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.pre_of or r == p.graph.input_name}
-        with _Timer(self.stats, "branching"):
+        with PhaseTimer(self.stats, "branching"):
             rest.decision = choose(self.branching, rest, lA, self.ctx)
         stuck = rest.decision[:, 0] == NO_DECISION
         if bool(stuck.any()):
@@ -271,7 +198,7 @@ class BabSolver:
 
     def add_roots(self, roots: Domains):
         """Bound the roots (their slopes come from alpha-CROWN), then branch them."""
-        with _Timer(self.stats, "bounding"):
+        with PhaseTimer(self.stats, "bounding"):
             result = self._bound(roots, self.opts.root_iterations)
         self.stats.iterations += result.iterations
         self._settle(roots, result, roots.lower)
@@ -298,12 +225,12 @@ class BabSolver:
             # One worker alone (no collective inside a round) can take a smaller batch: the
             # parents go back to the queue unchanged, so no domain is lost (a lost domain would
             # read as proved). Under a sharded layout the ranks would fall out of step: error.
-            if self.lockstep or not _out_of_memory(exc) or len(parents) <= 1:
+            if self.lockstep or not out_of_memory(exc) or len(parents) <= 1:
                 raise
             self.store.push(parents, margins)
             self.batch = max(1, len(parents) // 2)
             self.stats.memory_retries += 1
-            _release_cached_memory(parents.pair.device)
+            release_cached_memory(parents.pair.device)
             self.log(f"bab: out of memory on {2 * len(parents)} children; batch now {self.batch} parents")
 
     def _bound_children(self, parents: Domains):
@@ -312,12 +239,12 @@ class BabSolver:
         assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
         kids = split(parents, parents.decision, self.problem.relus, self.problem.pre_of)
         if self.mode == "input" or bool(needs_refresh(parents.decision).any()):
-            with _Timer(self.stats, "bounding"):
+            with PhaseTimer(self.stats, "bounding"):
                 kids.bounds = input_bab.refreshed(self.problem, kids, self.lockstep)
         if len(kids):
             self.stats.batch_sizes.append(len(kids))
             self.stats.max_depth = max(self.stats.max_depth, int(kids.depth.max()))
-        with _Timer(self.stats, "bounding"):
+        with PhaseTimer(self.stats, "bounding"):
             result = self._bound(kids, self.opts.beta.iterations)
         self.stats.iterations += result.iterations
         self.stats.bounded += len(kids)
@@ -342,48 +269,54 @@ class BabSolver:
                 bar = tqdm(desc="bab", unit="dom", file=sys.stderr, dynamic_ncols=True, leave=False)
             loops = 0
             while True:
-                state = self.comm.sync(len(self.store), self.store.worst_margin(), self.found, self.exhausted,
-                                       self.stats.bounded, self._out_of_time())
-                self.stats.global_margin = state.worst_margin
-                self.stats.visited_all = state.visited
-                if bar is not None:
-                    bar.n = state.visited
-                    bar.set_postfix_str(f"open {state.open} worst {state.worst_margin:.4g}", refresh=True)
-                if state.found:
-                    return self._result("sat")
-                if state.open == 0:
-                    return self._result("unknown" if state.exhausted else "proved")
-                if state.time_up:
-                    return self._result("timeout")
-                if state.too_many(self.max_open):
-                    return self._result("unknown", f"too many open domains (limit {self.max_open} per worker)")
-                if self.opts.max_rounds is not None and loops >= self.opts.max_rounds:
-                    return self._result("unknown", f"stopped after {loops} rounds")   # the same on every rank
+                done = self._agree(bar, loops)
+                if done is not None:
+                    return done
                 loops += 1
                 self.comm.rebalance(self.store, self.batch)
                 self.round()
                 if self.pgd is not None and loops % self.opts.pgd_every == 0:
-                    # Every rank takes this step in the same rounds (PGD's forward passes are
-                    # collectives under some layouts), with its own seeds or none.
-                    with _Timer(self.stats, "attack"):
-                        seeds = self.seeds if self.seeds is not None else (self.template_points(), self.template.pair)
-                        if self.pgd(*seeds):
-                            self.found = True
+                    self._pgd_step()
         finally:
             if bar is not None:
                 bar.close()
+
+    def _agree(self, bar, loops: int) -> BabResult | None:
+        """Every worker's state, reduced; the result when the search stops (on every rank alike)."""
+        state = self.comm.sync(len(self.store), self.store.worst_margin(), self.found, self.exhausted,
+                               self.stats.bounded, self._out_of_time())
+        self.stats.global_margin = state.worst_margin
+        self.stats.visited_all = state.visited
+        if bar is not None:
+            bar.n = state.visited
+            bar.set_postfix_str(f"open {state.open} worst {state.worst_margin:.4g}", refresh=True)
+        if state.found:
+            return self._result("sat")
+        if state.open == 0:
+            return self._result("unknown" if state.exhausted else "proved")
+        if state.time_up:
+            return self._result("timeout")
+        if state.too_many(self.max_open):
+            return self._result("unknown", f"too many open domains (limit {self.max_open} per worker)")
+        if self.opts.max_rounds is not None and loops >= self.opts.max_rounds:
+            return self._result("unknown", f"stopped after {loops} rounds")   # the same on every rank
+        return None
+
+    def _pgd_step(self):
+        """Every rank takes this step in the same rounds (PGD's forward passes are collectives
+        under some layouts), with its own seeds or none."""
+        with PhaseTimer(self.stats, "attack"):
+            seeds = self.seeds if self.seeds is not None else (self.template_points(), self.template.pair)
+            self.counterexample = self.counterexample or self.pgd(*seeds) or None
 
     def template_points(self) -> torch.Tensor:
         """No start points, shaped like the input (for a PGD step with nothing to seed it)."""
         return self.problem.box_lower[:0]
 
     def _result(self, status: str, why: str | None = None) -> BabResult:
-        stats = self.stats.as_dict(len(self.store))
-        stats["exhausted_domains"] = self.exhausted
-        stats["batch_per_worker"] = self.batch
-        stats["open_domain_limit"] = self.max_open
-        stats["workers"] = self.comm.workers
-        stats["split"] = self.mode
-        if why:
-            stats["reason"] = why
-        return BabResult(status, stats)
+        st = self.stats
+        st.ended = time.perf_counter()
+        st.open_domains, st.exhausted, st.batch_per_worker = len(self.store), self.exhausted, self.batch
+        st.open_domain_limit, st.workers, st.reason = self.max_open, self.comm.workers, why
+        st.split = self.mode
+        return BabResult(status, st, self.counterexample)

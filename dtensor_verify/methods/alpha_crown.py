@@ -29,6 +29,26 @@ class AlphaOptions:
     crown: CrownOptions = field(default_factory=CrownOptions)
 
 
+@dataclass
+class AlphaResult:
+    """What alpha-CROWN hands on: the bounds, CROWN's (its starting point), and the state that
+    branch and bound starts from (intermediate bounds, slopes)."""
+    lower: torch.Tensor | None                   # [B, K] best lower bounds of C f(x) (gathered rows)
+    upper: torch.Tensor | None                   # [B, K]
+    crown_lower: torch.Tensor | None             # CROWN's bounds before any step
+    crown_upper: torch.Tensor | None
+    iterations: int                              # optimisation steps run
+    intermediate: dict                           # pre-activation node -> (lower, upper) [B, *S], best seen
+    alphas: dict                                 # start node -> relu node -> slopes [2, B, K_local, *S]
+    output_name: str                             # the start node of the output's sweep
+
+    @property
+    def output_alphas(self) -> dict:
+        """relu node -> [2, B, K_local, *S] slopes (lower, upper side) of the output's sweep,
+        detached (K_local: this rank's rows); {} without a ReLU."""
+        return {r: a.detach() for r, a in self.alphas.get(self.output_name, {}).items()}
+
+
 def _relu_nodes(graph):
     return [n for n in graph.nodes if n.op is not None and n.op.needs_input_bounds]
 
@@ -38,7 +58,7 @@ def init_alphas(graph, bounds, starts: dict[str, int], layout: Layout):
     alphas = {}
     relus = _relu_nodes(graph)
     for start, n_rows in starts.items():
-        k = len(range(n_rows)[layout.row_slice(start, n_rows)])
+        k = len(range(n_rows)[layout.rows(start, n_rows).mine])
         ancestors = graph.ancestors(start)
         per_start = {}
         for relu in relus:
@@ -53,8 +73,8 @@ def init_alphas(graph, bounds, starts: dict[str, int], layout: Layout):
 
 
 def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: AlphaOptions | None = None,
-                want_lower=True, want_upper=True, on_step=None):
-    """Returns (lower, upper, info) for C f(x); info holds CROWN's bounds and the iteration count."""
+                want_lower=True, want_upper=True, on_step=None) -> AlphaResult:
+    """Optimised bounds of C f(x) over the box (see `AlphaResult`)."""
     opts = opts or AlphaOptions()
     batch = box[0].shape[0]
     if C is None:
@@ -117,7 +137,7 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
                           opts.patience, opts.tol, on_step)
     best_lo, best_up, best_bounds = best["lo"], best["up"], best["bounds"]
     n_rows = C.shape[1]
-    gather = (lambda t: None if t is None else layout.gather_rows(t, graph.output_name, n_rows))
-    info = {"crown_lower": gather(crown_lo), "crown_upper": gather(crown_up), "iterations": iterations,
-            "intermediate": best_bounds, "alphas": alphas}
-    return gather(best_lo), gather(best_up), info
+    split = layout.rows(graph.output_name, n_rows)
+    gather = (lambda t: None if t is None else split.gather(t))
+    return AlphaResult(gather(best_lo), gather(best_up), gather(crown_lo), gather(crown_up), iterations,
+                       best_bounds, alphas, graph.output_name)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import DEFAULT_LAYOUT, Layout
+from ..margin import margin
 from ..memory import tag
 from .crown import output_bound
 from .optimize import ParamGroup, maximise
@@ -81,7 +82,7 @@ def beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout: Layo
             "betas": {r: b.detach().clone() for r, b in beta_p.items()}}
 
     def proved_all(lower):
-        return bool(((lower - d).masked_fill(~row_mask, -torch.inf) > 0).any(1).all())
+        return bool((margin(lower, d, row_mask) > 0).all())
 
     def evaluate(it):
         rec: dict = {}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layout import DEFAULT_LAYOUT, Layout
+from ..layout import DEFAULT_LAYOUT, Layout, weight_kwargs
 from ..memory import tag
 
 
@@ -64,76 +64,82 @@ def backward_bound(graph, start: str, lA, uA, bounds, layout: Layout = DEFAULT_L
     A-matrix reaching each ReLU's output (detached, full), which branching heuristics score.
     Returns (lower, upper), each [B, K] or None.
     """
-    with layout.sweep(start), tag("A-matrices"):
-        return _backward_sweep(graph, start, lA, uA, bounds, layout, alphas, rows, betas, record)
+    with layout.sweep(start) as sweep, tag("A-matrices"):
+        return _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows, betas, record)
 
 
-def _step(node, lA, uA, input_bounds, alpha, beta=None):
-    """One op's backward rule. An affine op maps lower and upper A-matrices the same way, so when
-    both sides carry the same matrix it is pushed through once and shared."""
+def _step(node, lA, uA, input_bounds, alpha, beta=None, params=None):
+    """One op's backward rule, with the parameters its style handed out for this step. An affine
+    op maps lower and upper A-matrices the same way, so when both sides carry the same matrix
+    it is pushed through once and shared."""
+    kwargs = weight_kwargs(node.op, params)
+    if beta is not None:
+        kwargs["beta"] = beta
     if lA is uA and lA is not None and node.op.is_affine:
-        result = node.op.backward(lA, None, input_bounds, alpha=alpha)
+        result = node.op.backward(lA, None, input_bounds, alpha=alpha, **kwargs)
         result.input_A = [(a, a) for a, _ in result.input_A]
         result.ubias = result.lbias
         return result
-    if beta is not None:
-        return node.op.backward(lA, uA, input_bounds, alpha=alpha, beta=beta)
-    return node.op.backward(lA, uA, input_bounds, alpha=alpha)
+    return node.op.backward(lA, uA, input_bounds, alpha=alpha, **kwargs)
 
 
-def _place_inputs(graph, node, result, layout):
+def _place_inputs(graph, node, result, sweep):
     """Lay out a step's input A-matrices as their nodes expect, keeping a shared pair shared."""
     placed = []
     for name, (in_lA, in_uA) in zip(node.inputs, result.input_A):
         target = graph[name]
         shared = in_lA is in_uA
-        in_lA = None if in_lA is None else layout.place_A(in_lA, target)
-        in_uA = in_lA if shared else (None if in_uA is None else layout.place_A(in_uA, target))
+        in_lA = None if in_lA is None else sweep.place_A(in_lA, target)
+        in_uA = in_lA if shared else (None if in_uA is None else sweep.place_A(in_uA, target))
         placed.append((in_lA, in_uA))
     result.input_A = placed
     return result
 
 
-def _placed_step(graph, node, lA, uA, input_bounds, alpha, layout, beta=None):
-    """`node`'s backward rule with its input A-matrices laid out (call inside `layout.weights`).
-    The layout may run it on slices of the rows (tp does, so that no full-size Partial
-    A-matrix exists at once); the rule itself never sees the difference."""
-    def step(part_lA, part_uA):
-        return _place_inputs(graph, node, _step(node, part_lA, part_uA, input_bounds, alpha, beta), layout)
+def _placed_step(graph, node, lA, uA, input_bounds, alpha, sweep, weights, beta=None):
+    """`node`'s backward rule with its input A-matrices laid out, run by its StepWeights (which
+    may run it on slices of the rows, as tp does so that no full-size Partial A-matrix exists at
+    once, or on one weight shard at a time, as spec does); the rule never sees the difference."""
+    def step(part_lA, part_uA, params):
+        return _place_inputs(graph, node, _step(node, part_lA, part_uA, input_bounds, alpha, beta, params), sweep)
 
-    return layout.backward_step(node, step, lA, uA)
+    return weights.backward(step, lA, uA)
 
 
-def _first_step(graph, node, rows, bounds, layout):
+def _first_step(graph, node, rows, bounds, sweep):
     """The backward step out of `node` for the one-hot rows `rows`: the op's direct rule
     (a Linear layer's rows of W and b) where it has one, else the generic rule on one-hot A."""
     box = bounds[graph.input_name]
     batch = box[0].shape[0]
-    with layout.weights(node, backward=True):
-        result = layout.rows_step(node, rows, batch)
+    with sweep.weights(node) as weights:
+        result = weights.rows(rows, batch)
         if result is not None:
-            return _place_inputs(graph, node, result, layout)
-        A = layout.place_A(identity_rows(rows, node.shape, batch, box[0].dtype, box[0].device), node)
-        input_bounds = [layout.place_bounds(bounds.get(i), graph[i]) for i in node.inputs]
-        return _placed_step(graph, node, A, A, input_bounds, None, layout)
+            return _place_inputs(graph, node, result, sweep)
+        A = sweep.place_A(identity_rows(rows, node.shape, batch, box[0].dtype, box[0].device), node)
+        input_bounds = [sweep.place_bounds(bounds.get(i), graph[i]) for i in node.inputs]
+        return _placed_step(graph, node, A, A, input_bounds, None, sweep, weights)
 
 
-def _place_slopes(alpha, node, start, layout):
+def _place_slopes(alpha, node, sweep):
     """Slopes as stored (`[2, ...]` or a pair with None entries) laid out for this sweep."""
     if isinstance(alpha, (tuple, list)):
-        return tuple(None if a is None else layout.place_alpha(a, node, start) for a in alpha)
-    return layout.place_alpha(alpha, node, start)
+        return tuple(None if a is None else sweep.place_alpha(a, node) for a in alpha)
+    return sweep.place_alpha(alpha, node)
 
 
-def _place_split(beta, node, start, layout):
+def _place_split(beta, node, sweep):
     """Split constraints (multipliers [B, K, *S], signs [B, *S]) laid out like slopes / bounds."""
     multipliers, signs = beta
     # A ReLU's neurons are sharded (tp) exactly when its input's are: signs go like its bounds.
-    signs, = layout.place_bounds((signs,), node)
-    return layout.place_alpha(multipliers, node, start), signs
+    signs, = sweep.place_bounds((signs,), node)
+    return sweep.place_alpha(multipliers, node), signs
 
 
-def _backward_sweep(graph, start, lA, uA, bounds, layout, alphas, rows=None, betas=None, record=None):
+def _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows=None, betas=None, record=None):
+    # The starting A-matrices laid out as the start node's style expects (a shared pair stays shared).
+    shared = lA is uA
+    lA = None if lA is None else sweep.place_A(lA, graph[start])
+    uA = lA if shared else (None if uA is None else sweep.place_A(uA, graph[start]))
     pending = {start: (lA, uA)}
     lbias = ubias = 0.0
     ancestors = graph.ancestors(start)
@@ -142,18 +148,18 @@ def _backward_sweep(graph, start, lA, uA, bounds, layout, alphas, rows=None, bet
             continue
         node_lA, node_uA = pending.pop(node.name)
         if rows is not None and node.name == start:
-            result = _first_step(graph, node, rows, bounds, layout)
+            result = _first_step(graph, node, rows, bounds, sweep)
         else:
             alpha = beta = None
             if alphas is not None and node.name in alphas:
-                alpha = _place_slopes(alphas[node.name], node, start, layout)
+                alpha = _place_slopes(alphas[node.name], node, sweep)
             if betas is not None and node.name in betas:
-                beta = _place_split(betas[node.name], node, start, layout)
+                beta = _place_split(betas[node.name], node, sweep)
             if record is not None and node.op.needs_input_bounds and node_lA is not None:
                 record[node.name] = layout.local(node_lA).detach()
-            input_bounds = [layout.place_bounds(bounds.get(i), graph[i]) for i in node.inputs]
-            with layout.weights(node, backward=True):
-                result = _placed_step(graph, node, node_lA, node_uA, input_bounds, alpha, layout, beta)
+            input_bounds = [sweep.place_bounds(bounds.get(i), graph[i]) for i in node.inputs]
+            with sweep.weights(node) as weights:
+                result = _placed_step(graph, node, node_lA, node_uA, input_bounds, alpha, sweep, weights, beta)
         del node_lA, node_uA
         step_lbias = layout.local(result.lbias)
         step_ubias = step_lbias if result.ubias is result.lbias else layout.local(result.ubias)
@@ -167,7 +173,7 @@ def _backward_sweep(graph, start, lA, uA, bounds, layout, alphas, rows=None, bet
         record[graph.input_name] = layout.local(in_lA).detach()
     # The layout may keep A w.r.t. the input sharded (tp): the box is laid out to match and only
     # the [B, K] results are made local.
-    box = layout.place_bounds(bounds[graph.input_name], graph[graph.input_name])
+    box = sweep.place_bounds(bounds[graph.input_name], graph[graph.input_name])
     want_lower, want_upper = (True, True) if rows is not None else (lA is not None, uA is not None)
     lower = upper = None
     if in_lA is not None and in_lA is in_uA:
@@ -214,15 +220,14 @@ def rows_to_bound(lower, upper, opts: CrownOptions) -> torch.Tensor:
 def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch, alphas_for=None):
     """CROWN bounds of the flattened neurons `rows` of node `name`, in chunks of `opts.max_rows`.
 
-    Each rank computes only its `layout.row_slice` of the rows (spec sharding); the result is
-    gathered to every rank. Returns (lower, upper) of shape [B, len(rows)].
+    Each rank computes only its `layout.rows(...).mine` of the rows (spec sharding); the result
+    is gathered to every rank. Returns (lower, upper) of shape [B, len(rows)].
     """
-    node = graph[name]
     box = bounds[graph.input_name]
     n = len(rows)
-    mine = layout.row_slice(name, n)
-    local_rows = rows[mine]
-    most = layout.max_local_rows(name, n)
+    split = layout.rows(name, n)
+    local_rows = rows[split.mine]
+    most = split.most
     chunk = max(opts.max_rows or most, 1)
     lows, ups = [], []
     # Every rank runs the same number of sweeps (FSDP gathers are collectives), even with no rows.
@@ -237,7 +242,7 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
     else:
         lo = up = box[0].new_zeros(batch, 0)
     diff = alphas_for is not None
-    return layout.gather_rows(lo, name, n, differentiable=diff), layout.gather_rows(up, name, n, differentiable=diff)
+    return split.gather(lo, differentiable=diff), split.gather(up, differentiable=diff)
 
 
 class _TighterOf(torch.autograd.Function):
@@ -289,8 +294,8 @@ def _intermediate_bounds(graph, box, layout, opts):
     for node in graph.nodes:
         if node.op is None:
             continue
-        with layout.weights(node):
-            ref_lo, ref_up = layout.ibp(node, [bounds[i] for i in node.inputs])
+        with layout.weights(node) as weights:
+            ref_lo, ref_up = weights.ibp([bounds[i] for i in node.inputs])
         ref_lo, ref_up = layout.local(ref_lo), layout.local(ref_up)
         name = node.name
         if name not in preactivation or graph.affine_from_input(name):
@@ -310,24 +315,24 @@ def output_bound(graph, bounds, C, layout: Layout = DEFAULT_LAYOUT, alphas=None,
     `betas` / `record`: see `backward_bound`."""
     out = graph.output
     batch, n_rows = C.shape[:2]
-    mine = layout.row_slice(graph.output_name, n_rows)
-    A = C[:, mine]
+    split = layout.rows(graph.output_name, n_rows)
+    A = C[:, split.mine]
     A = A.reshape(batch, A.shape[1], *out.shape)
-    A = layout.place_A(A, out)
     lo, up = backward_bound(graph, graph.output_name, A if want_lower else None, A if want_upper else None,
                             bounds, layout, alphas, betas=betas, record=record)
     if not gather:
         return lo, up
-    return tuple(None if t is None else layout.gather_rows(t, graph.output_name, n_rows) for t in (lo, up))
+    return tuple(None if t is None else split.gather(t) for t in (lo, up))
 
 
-def crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: CrownOptions | None = None):
+def crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: CrownOptions | None = None,
+          want_lower=True, want_upper=True):
     """CROWN bounds of C f(x) over the box. Returns (lower, upper, intermediate bounds)."""
     if C is None:
         C = default_spec(graph, box[0].shape[0], box[0].dtype, box[0].device)
     with torch.no_grad():
         bounds, _ = intermediate_bounds(graph, box, layout, opts)
-        lo, up = output_bound(graph, bounds, C, layout)
+        lo, up = output_bound(graph, bounds, C, layout, want_lower=want_lower, want_upper=want_upper)
     return lo, up, bounds
 
 

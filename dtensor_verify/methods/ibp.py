@@ -12,8 +12,8 @@ def ibp(graph, box, layout=DEFAULT_LAYOUT, until: str | None = None) -> dict[str
     for node in graph.nodes:
         if node.op is None:
             continue
-        with layout.weights(node):
-            lo, hi = layout.ibp(node, [bounds[i] for i in node.inputs])
+        with layout.weights(node) as weights:
+            lo, hi = weights.ibp([bounds[i] for i in node.inputs])
         bounds[node.name] = (layout.local(lo), layout.local(hi))
         if node.name == until:
             break

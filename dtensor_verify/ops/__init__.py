@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedOpError
+from ..fx_nodes import binary_kind, describe_target
 from .add import AddOp, SubOp
 from .base import BackwardResult, BoundOp, Interval
 from .conv import Conv2dOp
@@ -33,26 +34,6 @@ _RESHAPE_METHODS = ("view", "reshape", "flatten")
 _RELU_FUNCS = (torch.relu, torch.nn.functional.relu)
 
 
-def _binary_kind(target) -> str | None:
-    from ..model_loading import _binary_kind as kind_of
-    return kind_of(*target)
-
-
-def describe_target(gm, node) -> str:
-    if node.op == "call_module":
-        module = gm.get_submodule(node.target)
-        what = type(module).__name__
-        # onnx2torch wraps many ONNX ops (Tanh, Exp, Sin, ...) in one generic module that holds the
-        # torch function: name the function, or the message would not say which op it is.
-        fn = getattr(module, "function", None)
-        if callable(fn) and getattr(fn, "__name__", None):
-            what = f"{what} {fn.__name__}"
-        return what
-    if node.op == "call_function":
-        return getattr(node.target, "__name__", str(node.target))
-    return f"{node.op}:{node.target}"
-
-
 def _check_inference_dropout(constants: dict, unsupported) -> None:
     """Dropout is the identity only in inference: refuse a constant training_mode = true (input 2)."""
     training = constants.get(2)
@@ -66,8 +47,6 @@ def make_op(gm: torch.fx.GraphModule, node: torch.fx.Node, perturbed: list, cons
     `perturbed` lists the node's arguments that depend on the network input (fx Nodes);
     `constants` maps argument positions to their constant values.
     """
-    from ..model_loading import _binary_kind as binary_kind
-
     what = describe_target(gm, node)
     module = gm.get_submodule(node.target) if node.op == "call_module" else None
     n_pert = len(perturbed)

@@ -1,13 +1,14 @@
 """Add / Sub of two perturbed tensors (residual connections)."""
 from __future__ import annotations
 
-from .base import BackwardResult, BoundOp
+from .base import BackwardResult, BoundOp, Capabilities
 
 
 class AddOp(BoundOp):
     """out = x + sign * y, with sign = +1 (Add) or -1 (Sub)."""
 
     kind = "add"
+    caps = Capabilities(elementwise=True)
     sign: float = 1.0
 
     def forward(self, x, y):

@@ -13,9 +13,18 @@ Shapes: a node's value has shape `[B, *S]` (B = batch of boxes). A-matrices have
 Only the op's *perturbed* inputs (those that depend on the network input) are arguments;
 constant operands were folded into the op when the graph was built.
 
-Ops touch weights only through their `module` (an `nn.Linear`, `nn.Conv2d`, ...): the
-placement pass decides whether that weight is a full tensor or a DTensor shard, and the same
-op code runs on both.
+Weights: an op with weights (`caps.has_weights`, e.g. Linear, Conv2d) takes them as an argument,
+`params` (name -> tensor, e.g. {"weight": W, "bias": b}), in every rule: `forward(x, params=)`,
+`ibp(interval, params=)`, `backward(..., params=)`, `backward_rows(..., params=)`. The layout's
+placement style hands them out for one step: full tensors, DTensor shards (tp) or one rank's
+rows at a time (spec), and the same op code runs on all of them. Without `params` an op reads
+its module's parameters (`module_params`): one process, tests. Nothing writes into a module
+while bounding.
+
+Each op declares what it is in `caps` (a `Capabilities` record, below). The plan checker and
+the placement styles ask these flags and never match `kind` strings, so a new op is one file
+that sets `caps` (the defaults are the conservative answers: a new op that declares nothing
+is placed correctly, just without sharding passing through it).
 """
 from __future__ import annotations
 
@@ -24,6 +33,40 @@ from dataclasses import dataclass, field
 import torch
 
 Interval = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an op is, as far as placement is concerned. Declare it once per op class
+    (`caps = Capabilities(elementwise=True)`), or as a property when it depends on the instance.
+
+    elementwise            Every input has the output's shape and output neuron i reads only
+                           neuron i of each input (ReLU, Add of two tensors, x*s+t by constants,
+                           Identity). A neuron-dim sharding (tp) of the A-matrices, bounds and
+                           slopes passes through such an op unchanged. An op that is not
+                           elementwise `needs_full_input`: it receives full (gathered) tensors.
+    has_weights            The op's rules read parameters of its `module` (Linear, Conv2d): they
+                           take them as a `params` argument (name -> tensor) that the placement
+                           style hands out for one step, and the plan places the op's layer.
+    neuron_rows            (with has_weights) Row i of `weight` (dim 0) makes output neuron i of a
+                           flat output: sharding the weight by rows shards the output's neurons
+                           (what `tp` needs; Linear).
+    sums_over_weight_rows  (with has_weights) `backward` on a slice of the weight's dim-0 rows and
+                           the matching slice of A's dim 2 gives that slice's share of the step,
+                           and the shares add up to the whole step; `ibp` / `forward` on those
+                           rows give the matching slice of the output's dim 1 (what `spec`'s
+                           shard-by-shard streaming needs; Linear, Conv2d without groups).
+    """
+
+    elementwise: bool = False
+    has_weights: bool = False
+    neuron_rows: bool = False
+    sums_over_weight_rows: bool = False
+
+    @property
+    def needs_full_input(self) -> bool:
+        """Must this op see whole tensors on a dim that an upstream style shards?"""
+        return not self.elementwise
 
 
 @dataclass
@@ -48,6 +91,8 @@ class BoundOp:
     in_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
     kind = "op"
+    # What the op is (see Capabilities): the only thing placement asks of an op.
+    caps = Capabilities()
     # True for ops whose backward rule depends on pre-activation bounds (ReLU): the methods
     # compute bounds of their inputs first.
     needs_input_bounds = False
@@ -63,7 +108,7 @@ class BoundOp:
     def backward(self, lA, uA, input_bounds: list[Interval | None], alpha=None) -> BackwardResult:
         raise NotImplementedError
 
-    def backward_rows(self, rows: torch.Tensor, batch: int) -> BackwardResult | None:
+    def backward_rows(self, rows: torch.Tensor, batch: int, params=None) -> BackwardResult | None:
         """Optional shortcut for `backward` on one-hot A-matrices selecting the flattened output
         neurons `rows` (how every intermediate bound starts). None: use `backward`."""
         return None
@@ -71,13 +116,11 @@ class BoundOp:
     def has_rows_rule(self) -> bool:
         return type(self).backward_rows is not BoundOp.backward_rows
 
-    def step_sums_over_weight_rows(self) -> bool:
-        """True when `backward` is a sum over the weight's dim 0 (output neurons / channels, the
-        A-matrix's dim 2): run on a slice of those rows of the weight and the matching slice of
-        A, it gives that slice's share, and the shares add up to the whole step. A layout that
-        never gathers a whole weight (`spec` streaming) relies on it. Such an op's `ibp` on those
-        rows of the weight gives the matching slice of its output's first dim."""
-        return False
+    def module_params(self) -> dict[str, torch.Tensor] | None:
+        """The module's own parameters (detached), the default `params` of an op with weights."""
+        if self.module is None:
+            return None
+        return {name: p.detach() for name, p in self.module.named_parameters(recurse=False)}
 
     def describe(self) -> str:
         return f"{self.kind} {self.name}"

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UnsupportedOpError
-from .base import BackwardResult, BoundOp
+from .base import BackwardResult, BoundOp, Capabilities
 
 
 class Conv2dOp(BoundOp):
@@ -22,31 +22,32 @@ class Conv2dOp(BoundOp):
                 f"node {self.name}: Conv2d with padding={m.padding!r}, padding_mode={m.padding_mode!r} "
                 "is not supported (use explicit zero padding)")
 
-    def _params(self):
-        w = self.module.weight.detach()
-        b = self.module.bias.detach() if self.module.bias is not None else None
-        return w, b
+    def _params(self, params):
+        params = self.module_params() if params is None else params
+        return params["weight"], params.get("bias")
 
     def _conv(self, x, w, b):
         m = self.module
         return F.conv2d(x, w, b, m.stride, m.padding, m.dilation, m.groups)
 
-    def forward(self, x):
-        return self._conv(x, *self._params())
+    def forward(self, x, params=None):
+        return self._conv(x, *self._params(params))
 
-    def ibp(self, interval):
+    def ibp(self, interval, params=None):
         lo, hi = interval
-        w, b = self._params()
+        w, b = self._params(params)
         center = self._conv((hi + lo) / 2, w, b)
         deviation = self._conv((hi - lo) / 2, w.abs(), None)
         return center - deviation, center + deviation
 
-    def step_sums_over_weight_rows(self):
-        return self.module.groups == 1      # with groups, an output channel reads only its group
+    @property
+    def caps(self):
+        # With groups, an output channel reads only its group: no sum over the weight's rows.
+        return Capabilities(has_weights=True, sums_over_weight_rows=self.module.groups == 1)
 
-    def backward(self, lA, uA, input_bounds, alpha=None):
+    def backward(self, lA, uA, input_bounds, alpha=None, params=None):
         m = self.module
-        w, b = self._params()
+        w, b = self._params(params)
         in_c, in_h, in_w = self.in_shapes[0]
         _, out_h, out_w = self.out_shape
         kh, kw = w.shape[-2:]
@@ -58,7 +59,7 @@ class Conv2dOp(BoundOp):
             if A is None:
                 return None
             B, K = A.shape[:2]
-            # A's channels may be a slice of out_c (see step_sums_over_weight_rows), with w's rows to match.
+            # A's channels may be a slice of out_c (see Capabilities.sums_over_weight_rows), with w's rows to match.
             back = F.conv_transpose2d(A.reshape(B * K, *A.shape[2:]), w, None, m.stride, m.padding,
                                       output_padding, m.groups, m.dilation)
             return back.reshape(B, K, in_c, in_h, in_w)

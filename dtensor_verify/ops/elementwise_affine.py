@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import torch
 
-from .base import BackwardResult, BoundOp, per_row_sum
+from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 
 
 class ElementwiseAffineOp(BoundOp):
     """out = x * scale + shift, with `scale` and `shift` broadcastable to the per-sample shape."""
 
     kind = "affine"
+
+    @property
+    def caps(self):
+        # Elementwise unless the constant broadcasts the input up (then an output reads a
+        # neuron of another position).
+        same = self.in_padded is None or self.in_padded == tuple(self.out_shape)
+        return Capabilities(elementwise=same)
 
     def __init__(self, name, scale, shift, module=None, kind=None):
         super().__init__(name, module)

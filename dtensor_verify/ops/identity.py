@@ -1,11 +1,12 @@
 """Identity, Dropout (inference) and other no-ops."""
 from __future__ import annotations
 
-from .base import BackwardResult, BoundOp
+from .base import BackwardResult, BoundOp, Capabilities
 
 
 class IdentityOp(BoundOp):
     kind = "identity"
+    caps = Capabilities(elementwise=True)
 
     def forward(self, x):
         return x

@@ -3,31 +3,31 @@ from __future__ import annotations
 
 import torch
 
-from .base import BackwardResult, BoundOp, per_row_sum
+from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 
 
 class LinearOp(BoundOp):
     kind = "linear"
+    caps = Capabilities(has_weights=True, neuron_rows=True, sums_over_weight_rows=True)
 
-    def _params(self):
-        w = self.module.weight.detach()
-        b = self.module.bias.detach() if self.module.bias is not None else None
-        return w, b
+    def _params(self, params):
+        params = self.module_params() if params is None else params
+        return params["weight"], params.get("bias")
 
-    def forward(self, x):
-        w, b = self._params()
+    def forward(self, x, params=None):
+        w, b = self._params(params)
         return torch.nn.functional.linear(x, w, b)
 
-    def ibp(self, interval):
+    def ibp(self, interval, params=None):
         lo, hi = interval
-        w, b = self._params()
+        w, b = self._params(params)
         mid, rad = (hi + lo) / 2, (hi - lo) / 2
         center = torch.nn.functional.linear(mid, w, b)
         deviation = torch.nn.functional.linear(rad, w.abs())
         return center - deviation, center + deviation
 
-    def backward(self, lA, uA, input_bounds, alpha=None):
-        w, b = self._params()
+    def backward(self, lA, uA, input_bounds, alpha=None, params=None):
+        w, b = self._params(params)
 
         def step(A):
             return None if A is None else A.matmul(w)        # [B,K,...,out] @ [out,in]
@@ -37,12 +37,9 @@ class LinearOp(BoundOp):
 
         return BackwardResult([(step(lA), step(uA))], bias(lA), bias(uA))
 
-    def step_sums_over_weight_rows(self):
-        return True
-
-    def backward_rows(self, rows, batch):
+    def backward_rows(self, rows, batch, params=None):
         # e_r^T W is row r of W: the one-hot matmul of the generic rule is skipped.
-        w, b = self._params()
+        w, b = self._params(params)
         A = w[rows].unsqueeze(0).expand(batch, -1, -1)
         bias = 0.0 if b is None else b[rows].unsqueeze(0).expand(batch, -1)
         return BackwardResult([(A, A)], bias, bias)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BackwardResult, BoundOp, per_row_sum
+from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 
 
 def relaxation(lower: torch.Tensor, upper: torch.Tensor):
@@ -30,6 +30,7 @@ def relaxation(lower: torch.Tensor, upper: torch.Tensor):
 
 class ReluOp(BoundOp):
     kind = "relu"
+    caps = Capabilities(elementwise=True)
     needs_input_bounds = True
     is_affine = False
 
@@ -59,22 +60,19 @@ class ReluOp(BoundOp):
             return alpha is not None and alpha[which] is not None and alpha[which].requires_grad \
                 and torch.is_grad_enabled()
 
-        new_lA = new_uA = None
-        lbias = ubias = 0.0
-        if lA is not None:
-            pos, neg = lA.clamp(min=0), lA.clamp(max=0)
-            if optimised(0):
-                new_lA = AlphaRelaxedA.apply(lA, alpha[0], unstable, active, up_slope, True)
+        def side(A, which):
+            """(new A, bias) of one side: which = 0 for lA (lower bound), 1 for uA (upper)."""
+            if A is None:
+                return None, 0.0
+            # The coefficients that take the ReLU's lower line and those that take its upper line.
+            on_lower, on_upper = (A.clamp(min=0), A.clamp(max=0)) if which == 0 else (A.clamp(max=0), A.clamp(min=0))
+            if optimised(which):
+                new_A = AlphaRelaxedA.apply(A, alpha[which], unstable, active, up_slope, which == 0)
             else:
-                new_lA = pos * lower_slope(0) + neg * up_slope
-            lbias = per_row_sum(neg * up_intercept)
-        if uA is not None:
-            pos, neg = uA.clamp(min=0), uA.clamp(max=0)
-            if optimised(1):
-                new_uA = AlphaRelaxedA.apply(uA, alpha[1], unstable, active, up_slope, False)
-            else:
-                new_uA = neg * lower_slope(1) + pos * up_slope
-            ubias = per_row_sum(pos * up_intercept)
+                new_A = on_lower * lower_slope(which) + on_upper * up_slope
+            return new_A, per_row_sum(on_upper * up_intercept)
+
+        (new_lA, lbias), (new_uA, ubias) = side(lA, 0), side(uA, 1)
         if beta is not None:
             new_lA, new_uA = add_split_terms(new_lA, new_uA, *beta)
         return BackwardResult([(new_lA, new_uA)], lbias, ubias)

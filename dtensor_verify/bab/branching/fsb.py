@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ...margin import margin as spec_margin
 from ..domains import NO_DECISION, split
 from .babsr import flat_choice, intercept_scores
 
@@ -25,8 +26,7 @@ def fsb(domains, lA, ctx) -> torch.Tensor:
     parents = domains.index(torch.arange(n, device=domains.pair.device).repeat(k))
     kids = split(parents, decisions.transpose(0, 1).reshape(k * n, 2).clamp(min=0), ctx.relus, ctx.pre_of)
     lower = ctx.bound_once(kids)                                             # [2kn, K]
-    d, mask = ctx.d[kids.pair], ctx.row_mask[kids.pair]
-    margin = (lower - d).masked_fill(~mask, -torch.inf).max(1).values        # [2kn]
+    margin = spec_margin(lower, ctx.d[kids.pair], ctx.row_mask[kids.pair])  # [2kn]
     worse = torch.minimum(margin[:k * n], margin[k * n:]).reshape(k, n)      # [k, n]
     worse = worse.masked_fill(torch.isinf(values).t(), -torch.inf)
     best = worse.argmax(0)                                                   # [n]

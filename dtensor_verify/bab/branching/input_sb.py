@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ...margin import row_margins
 from ..domains import INPUT_SPLIT, NO_DECISION
 from ..split_kinds import splittable_dims
 
@@ -21,7 +22,7 @@ def input_scores(domains, lA, ctx) -> torch.Tensor:
     width = hi - lo
     A = lA[ctx.input_name].flatten(2).abs()                                      # [n, K, N]
     rows = ctx.row_mask[domains.pair]
-    margin = (domains.lower - ctx.d[domains.pair]).masked_fill(~rows, -torch.inf)
+    margin = row_margins(domains.lower, ctx.d[domains.pair], rows)
     # Softmax over the rows' margins: the best row (the one that would prove) dominates.
     weight = torch.softmax(margin - margin.max(1, keepdim=True).values.nan_to_num(0.0), 1).nan_to_num(0.0)
     weight = torch.where(rows, weight + 1e-3, torch.zeros_like(weight))

@@ -2,24 +2,24 @@
 # The GPU runs behind docs/BENCHMARKS.md, on one lent machine (the `device` tool, nvidia-h100-x1),
 # as background jobs that outlive the tool's 10-minute calls:
 #
-#   scripts/gpu_session.sh start     # install the carried wheels, check both tools start, launch:
+#   bench/gpu/gpu_session.sh start     # install the carried wheels, check both tools start, launch:
 #     job gpu: dtensor-verify vs alpha,beta-CROWN on the GPU, one after the other on the same
-#              instances and limits (scripts/bench_vs_abcrown.py): mnist-net_256x2 at its VNN-COMP
+#              instances and limits (bench/gpu/bench_vs_abcrown.py): mnist-net_256x2 at its VNN-COMP
 #              limit, 256x4 and 256x6 at SCALE_DEEP x theirs, oval21 at SCALE_OVAL x its limit;
 #              then dtensor-verify alone on sri_resnet_a (cuda) at SCALE_SRI;
 #     job cpu: dtensor-verify --device cpu (CPU_THREADS threads) on the same suites and limits, at
 #              the same time (the GPU jobs need one core each; the machine has 16).
-#   scripts/gpu_session.sh start-rest   # on a second machine: oval21 vs abcrown and sri (cuda) only
-#   scripts/gpu_session.sh start-batch  # dtensor-verify alone on cuda, branch and bound's domain
+#   bench/gpu/gpu_session.sh start-rest   # on a second machine: oval21 vs abcrown and sri (cuda) only
+#   bench/gpu/gpu_session.sh start-batch  # dtensor-verify alone on cuda, branch and bound's domain
 #     batch (parents per round) BATCHES over oval21 (SCALE_OVAL) and mnist-net_256x4 (SCALE_DEEP),
 #     one run after the other (carry [".whl", ".bench_data"]; abcrown not needed)
-#   scripts/gpu_session.sh status    # what has finished (prints the tails of the logs)
-#   scripts/gpu_session.sh collect   # tar.gz of everything into $OUT (one file)
+#   bench/gpu/gpu_session.sh status    # what has finished (prints the tails of the logs)
+#   bench/gpu/gpu_session.sh collect   # tar.gz of everything into $OUT (one file)
 #
-# Carry [".whl", ".abcrown", ".bench_data"] (scripts/stage_bench_data.sh; git-ignored). Results
+# Carry [".whl", ".abcrown", ".bench_data"] (bench/gpu/stage_bench_data.sh; git-ignored). Results
 # live in /tmp/gpu_session until the machine goes back.
 set -uo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 W=/tmp/gpu_session
 PY="${DV_PYTHON:-python3}"
@@ -53,7 +53,7 @@ vs_abcrown() {   # NAME FAMILY SCALE FILTER
   [ -n "${LIMIT:-}" ] && args+=(--limit "$LIMIT")
   [ -f "$B/ours_commit.txt" ] && args+=(--ours-commit "$(cat "$B/ours_commit.txt")")
   [ -f "$B/$family/expected_256x2.csv" ] && args+=(--expected "$B/$family/expected_256x2.csv")
-  "$PY" "$ROOT/scripts/bench_vs_abcrown.py" "${args[@]}" > "$W/$name.log" 2>&1
+  "$PY" "$ROOT/bench/gpu/bench_vs_abcrown.py" "${args[@]}" > "$W/$name.log" 2>&1
   echo "$name exit $?" >> "$W/progress.txt"
 }
 
@@ -145,7 +145,7 @@ torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if 
     ls -la "$OUT"
     ;;
   *)
-    echo "usage: scripts/gpu_session.sh start | start-rest | start-batch | status | collect" >&2
+    echo "usage: bench/gpu/gpu_session.sh start | start-rest | start-batch | status | collect" >&2
     exit 2
     ;;
 esac

@@ -2,9 +2,9 @@
 # GPU memory/time runs for docs/MEMORY.md, made through the `device` tool on lent H100/H200 machines.
 # The image there has torch but not onnx2torch / auto_LiRPA: they travel as wheels in .whl/ and the
 # ONNX models in .bench_models/ (both git-ignored, named in the tool's `carry`).
-#   scripts/gpu_bench.sh OUT_DIR PS [bench_memory.py run args...]     e.g.  scripts/gpu_bench.sh $OUT "1 2" --widths 4096,8192
+#   bench/gpu/gpu_bench.sh OUT_DIR PS [bench_memory.py run args...]     e.g.  bench/gpu/gpu_bench.sh $OUT "1 2" --widths 4096,8192
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="$1"; PS="$2"; shift 2
 if ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$ROOT"/.whl/*.whl

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Markdown tables from `dtensor-verify benchmark` CSVs, one per (suite, device), side by side.
 
-    python scripts/bench_table.py OUT_DIR/*.csv [--bench BENCH_DIR] [--out table.md] [--title TEXT]
+    python bench/gpu/bench_table.py OUT_DIR/*.csv [--bench BENCH_DIR] [--out table.md] [--title TEXT]
 
 Each CSV's name says what it is: `<suite>_<device>.csv` (e.g. `mnist_fc_cuda.csv`,
-`oval21_cpu.csv`), as scripts/gpu_check.sh writes them. `--bench` (the folder holding
+`oval21_cpu.csv`), as bench/gpu/gpu_check.sh writes them. `--bench` (the folder holding
 `<suite>/instances.csv`) adds how many instances each suite has, so unfinished runs show as such.
 
 Table 1: verdict counts and times per suite and device. Table 2, per suite with two devices: the

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """dtensor-verify and alpha,beta-CROWN side by side on the same VNN-COMP instances.
 
-    scripts/bench_vs_abcrown.py BENCH_DIR --abcrown DIR --auto-lirpa DIR --out OUT
+    bench/gpu/bench_vs_abcrown.py BENCH_DIR --abcrown DIR --auto-lirpa DIR --out OUT
         [--filter SUBSTRING ...] [--limit N] [--instances CSV] [--timeout-scale F]
         [--device cpu|cuda] [--expected CSV] [--onnx2pytorch DIR] [--abcrown-config YAML]
         [--threads N] [--tools ours,abcrown] [--deadline SECONDS] [--work DIR]
@@ -54,14 +54,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
 from dtensor_verify.benchmark import _norm_key, _resolve, read_instances  # noqa: E402
 from dtensor_verify.benchmark import read_expected as _read_expected  # noqa: E402
-from dtensor_verify.cli import CliError  # noqa: E402
+from dtensor_verify.cli_common import CliError  # noqa: E402
 
 
 def _read_instances(path):

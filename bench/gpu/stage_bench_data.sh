@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Stages what scripts/gpu_bab_vs_abcrown.sh reads on the device machine, which receives only this
+# Stages what bench/gpu/gpu_bab_vs_abcrown.sh reads on the device machine, which receives only this
 # repository (../shared/benchmarks stays behind): copies the mnist_fc and oval21 benchmark folders
 # (and the tiny test one) into .bench_data/, records this checkout's commit there, and prints the
 # size of everything a device call carries (.whl, .abcrown, .bench_data; the limit is 64 MiB
 # with the repository).
-#   scripts/stage_bench_data.sh [BENCHMARKS_DIR]        (default: ../shared/benchmarks)
+#   bench/gpu/stage_bench_data.sh [BENCHMARKS_DIR]        (default: ../shared/benchmarks)
 # .bench_data/ must be git-ignored (add `/.bench_data/` to .git/info/exclude): it is data, never
 # committed.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SRC="${1:-$ROOT/../shared/benchmarks}"
 DEST="$ROOT/.bench_data"
 FAMILIES="mnist_fc oval21 sri_resnet_a test"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # GPU validation of `--device`: `dtensor-verify benchmark` on mnist_fc (90 instances), oval21 (30)
 # and sri_resnet_a (72), with --device cuda and --device cpu side by side, then a Markdown table
-# (scripts/bench_table.py) of verdicts, times and cuda-vs-cpu agreement.
+# (bench/gpu/bench_table.py) of verdicts, times and cuda-vs-cpu agreement.
 #
-#   scripts/gpu_check.sh prepare          # here: copy the three benchmarks into .bench_models/
-#   scripts/gpu_check.sh OUT_DIR          # on the GPU machine (the `device` tool), repeatable
+#   bench/gpu/gpu_check.sh prepare          # here: copy the three benchmarks into .bench_models/
+#   bench/gpu/gpu_check.sh OUT_DIR          # on the GPU machine (the `device` tool), repeatable
 #
 # Made for the lent machines of the `device` tool: the image has torch 2.11 + CUDA, onnx,
 # onnxruntime, numpy, tqdm and torchvision; onnx2torch travels as a wheel in .whl/ (`prepare`
@@ -25,11 +25,11 @@
 #   BENCH=DIR                 benchmarks (default .bench_models/, else ../shared/benchmarks)
 #   DV_PYTHON=python3         interpreter (the image's; .venv is not used)
 # CPU dry run here (no GPU: the cuda runs end in one `--device cuda` error line, noted in the log):
-#   GPU_CHECK_SCALE=0.01 GPU_CHECK_LIMIT=2 DV_PYTHON=.venv/bin/python scripts/gpu_check.sh /tmp/gpu_check
+#   GPU_CHECK_SCALE=0.01 GPU_CHECK_LIMIT=2 DV_PYTHON=.venv/bin/python bench/gpu/gpu_check.sh /tmp/gpu_check
 set -uo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 if [ $# -ne 1 ]; then
-  echo "usage: scripts/gpu_check.sh prepare | OUT_DIR" >&2
+  echo "usage: bench/gpu/gpu_check.sh prepare | OUT_DIR" >&2
   exit 2
 fi
 SUITES="${GPU_CHECK_SUITES:-mnist_fc oval21 sri_resnet_a}"
@@ -82,7 +82,7 @@ if [ -n "$missing" ]; then
   exit 2
 fi
 for s in $SUITES; do
-  [ -f "$BENCH/$s/instances.csv" ] || { say "$BENCH/$s/instances.csv not found (run 'scripts/gpu_check.sh prepare' and carry .bench_models)"; exit 2; }
+  [ -f "$BENCH/$s/instances.csv" ] || { say "$BENCH/$s/instances.csv not found (run 'bench/gpu/gpu_check.sh prepare' and carry .bench_models)"; exit 2; }
 done
 
 {
@@ -124,7 +124,7 @@ cp -f "$WORK"/*.csv "$WORK"/*.log "$OUT"/ 2>/dev/null
 csvs=$(ls "$WORK"/*.csv 2>/dev/null)
 if [ -n "$csvs" ]; then
   # shellcheck disable=SC2086
-  "$PY" "$ROOT/scripts/bench_table.py" $csvs --bench "$BENCH" --out "$OUT/table.md" \
+  "$PY" "$ROOT/bench/gpu/bench_table.py" $csvs --bench "$BENCH" --out "$OUT/table.md" \
     --title "benchmark --device cuda vs cpu, timeout scale $SCALE$([ $finished = 1 ] || echo ' (unfinished: run again)')"
   table_rc=$?
 else

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One call of the `device` tool (nvidia-h100-x1): dtensor-verify (alpha-CROWN + beta-CROWN BaB)
 # and alpha,beta-CROWN side by side on one benchmark family, both on the GPU, each tool on all
-# instances in one process, through scripts/bench_vs_abcrown.py.
+# instances in one process, through bench/gpu/bench_vs_abcrown.py.
 #
-#   scripts/gpu_bab_vs_abcrown.sh FAMILY [TIMEOUT_SCALE] [FILTERS]
+#   bench/gpu/gpu_bab_vs_abcrown.sh FAMILY [TIMEOUT_SCALE] [FILTERS]
 #     FAMILY         mnist_fc | oval21 (a folder of .bench_data/)
 #     TIMEOUT_SCALE  multiplies instances.csv's timeouts (default 0.01, see below)
 #     FILTERS        comma-separated substrings of instance paths (default: all instances)
@@ -17,7 +17,7 @@
 #                appdirs (abcrown / auto_LiRPA);
 #   .abcrown     alpha-beta-CROWN, auto_LiRPA (its submodule commit) and onnx2pytorch (the fork
 #                abcrown's load_model.py names) as exported source trees with a COMMIT file each;
-#   .bench_data  scripts/stage_bench_data.sh's copy of the benchmarks and this checkout's commit.
+#   .bench_data  bench/gpu/stage_bench_data.sh's copy of the benchmarks and this checkout's commit.
 #
 # Time: the device tool stops a command after 600 s; the runner stops by DEADLINE (default 500 s
 # after it starts: ours is killed after 60 % of that, abcrown's unfinished instances are recorded
@@ -29,11 +29,11 @@
 #
 # Dry run on a CPU box (LIMIT=N: the first N selected instances only):
 #   DEVICE=cpu DV_PYTHON=.venv/bin/python SKIP_WHEELS=1 OUT_DIR=/tmp/x LIMIT=4 \
-#   PYTHONPATH=<site with abcrown's extra packages> scripts/gpu_bab_vs_abcrown.sh mnist_fc 0.05 256x2
+#   PYTHONPATH=<site with abcrown's extra packages> bench/gpu/gpu_bab_vs_abcrown.sh mnist_fc 0.05 256x2
 set -uo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
-FAMILY="${1:?usage: scripts/gpu_bab_vs_abcrown.sh mnist_fc|oval21 [TIMEOUT_SCALE] [FILTERS]}"
+FAMILY="${1:?usage: bench/gpu/gpu_bab_vs_abcrown.sh mnist_fc|oval21 [TIMEOUT_SCALE] [FILTERS]}"
 SCALE="${2:-0.01}"
 FILTERS="${3:-}"
 DEVICE="${DEVICE:-cuda}"
@@ -44,7 +44,7 @@ BENCH="$ROOT/.bench_data/$FAMILY"
 ABC="$ROOT/.abcrown"
 
 fail() { echo "gpu_bab_vs_abcrown: error: $*" >&2; exit 2; }
-[ -f "$BENCH/instances.csv" ] || fail "$BENCH/instances.csv: no such file (run scripts/stage_bench_data.sh and carry .bench_data)"
+[ -f "$BENCH/instances.csv" ] || fail "$BENCH/instances.csv: no such file (run bench/gpu/stage_bench_data.sh and carry .bench_data)"
 [ -f "$ABC/alpha-beta-CROWN/complete_verifier/abcrown.py" ] || fail "$ABC/alpha-beta-CROWN: no abcrown.py (carry .abcrown)"
 mkdir -p "$DEST"
 
@@ -84,7 +84,7 @@ IFS=',' read -r -a filters <<< "$FILTERS"
 for f in "${filters[@]}"; do [ -n "$f" ] && args+=(--filter "$f"); done
 [ -n "${LIMIT:-}" ] && args+=(--limit "$LIMIT")
 
-timeout -k 10 $((DEADLINE + 60)) "$PY" "$ROOT/scripts/bench_vs_abcrown.py" "${args[@]}" 2>&1 | tee "$DEST/runner.log"
+timeout -k 10 $((DEADLINE + 60)) "$PY" "$ROOT/bench/gpu/bench_vs_abcrown.py" "${args[@]}" 2>&1 | tee "$DEST/runner.log"
 rc=${PIPESTATUS[0]}
 for log in "$DEST/abcrown.log" "$DEST/ours.log"; do     # the tool brings back files up to 16 MiB
   if [ -f "$log" ] && [ "$(stat -c %s "$log")" -gt $((12 * 1024 * 1024)) ]; then gzip -f "$log"; fi

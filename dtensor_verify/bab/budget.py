@@ -1,0 +1,54 @@
+"""How much branch and bound may hold: batch size and queue length from the free memory."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def bytes_per_domain(problem) -> int:
+    """Rough bytes one child needs while it is bounded: its slopes, multipliers, bounds and the
+    A-matrices of one sweep with autograd (about six per node: values, saved tensors, Adam)."""
+    K = problem.C.shape[1]
+    elems = sum(node.numel for node in problem.graph.nodes)
+    relu_elems = sum(problem.graph[r].numel for r in problem.relus)
+    return 4 * (6 * K * elems + 4 * K * relu_elems + 4 * relu_elems) + 256
+
+
+def free_memory_bytes(device) -> int:
+    """Free memory for this rank: CUDA's free bytes plus what PyTorch's caching allocator holds
+    unused (blocks kept from earlier instances of a benchmark), or MemAvailable shared by the
+    ranks on the host."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(cached, 0))
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if ":" in line}
+        avail = info.get("MemAvailable", 4 << 30)
+    except OSError:
+        avail = 4 << 30
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return avail // max(local, 1)
+
+
+def auto_batch_size(problem, opts, device, free_bytes=free_memory_bytes) -> int:
+    """Parents per round: `opts.batch_size`, or what `opts.memory_fraction` of the free memory holds."""
+    if opts.batch_size is not None:
+        return max(1, opts.batch_size)
+    budget = free_bytes(device) * opts.memory_fraction
+    # Children are 2x the parents; fsb bounds `candidates` x 2 more (without autograd, ~1/3).
+    per_parent = bytes_per_domain(problem) * (2 + 2 * opts.candidates / 3)
+    return int(max(1, min(opts.max_batch, budget // per_parent)))
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error, or the CPU allocator's."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def release_cached_memory(device):
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -1,0 +1,94 @@
+"""The pipeline's attacks: PGD rounds on the open pairs and checks of bound-guided vertices.
+Each returns the confirmed counterexample it found (or None) and records the margins it reached."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from ..attack import pgd
+from ..margin import output_margin
+from .instance import Instance
+from .result import AttackOptions, Counterexample
+
+
+def _start_points(lo, hi, idx, starts, n0: int) -> torch.Tensor:
+    """[n0, len(idx), *S]: each pair's given starts, padded with its box centre."""
+    init = ((lo[idx] + hi[idx]) / 2).unsqueeze(0).repeat(n0, *([1] * lo[idx].dim()))
+    for j, p in enumerate(idx):
+        if p in starts:
+            init[:starts[p].shape[0], j] = starts[p]
+    return init
+
+
+def attack_round(model, pairs, open_idx, lo, hi, clock, opts: AttackOptions, restarts: int, seed: int,
+                 starts=None):
+    """PGD on the pairs `open_idx` (starts: {pair: [n, *S]}); returns (x_best [p, *S], margin_best [p])."""
+
+    def fn(x):
+        clock.check()
+        return model.forward(x)
+
+    n0 = max((starts[p].shape[0] for p in open_idx if p in starts), default=0) if starts else 0
+    chunk = max(1, opts.max_samples // max(restarts + n0, 1))
+    xs, vals = [], []
+    with model.layout.network_function():      # a placed model may gather its weights once here
+        for s in range(0, len(open_idx), chunk):
+            idx = open_idx[s:s + chunk]
+            C, d, mask = pairs.C[idx], pairs.d[idx], pairs.mask[idx]
+            init = _start_points(lo, hi, idx, starts, n0) if n0 else None
+            x_best, v_best = pgd(fn, lo[idx], hi[idx], lambda out, C=C, d=d, mask=mask: output_margin(out, C, d, mask),
+                                 steps=opts.steps, restarts=restarts, seed=seed, starts=init)
+            xs.append(x_best.detach())
+            vals.append(v_best.detach().reshape(-1))
+    return torch.cat(xs), torch.cat(vals)
+
+
+def confirm_candidates(inst: Instance, x_best, margins, idx) -> Counterexample | None:
+    """Record the candidates' margins; the first confirmed counterexample among them (or None)."""
+    margins = margins.detach().cpu().tolist()          # one transfer, not one per candidate
+    inst.note_margins(idx, margins)
+    return inst.confirm.first(x_best, margins, idx, inst.pairs.index)
+
+
+def attack_open(inst: Instance, restarts: int, seed: int, phase: str, starts=None) -> Counterexample | None:
+    """One PGD round on the open pairs (timed as `phase`)."""
+    open_idx = inst.open_pairs()
+    if not open_idx:
+        return None
+    t = time.perf_counter()
+    x_best, margins = attack_round(inst.model, inst.pairs, open_idx, inst.pair_lo, inst.pair_hi, inst.clock,
+                                   inst.attack, restarts, seed, starts)
+    found = confirm_candidates(inst, x_best, margins, open_idx)
+    inst.add_phase(phase, time.perf_counter() - t)
+    n0 = max((v.shape[0] for v in (starts or {}).values()), default=0)
+    inst.say(f"{phase}: {restarts} restarts" + (f" + {n0} guided start(s)" if n0 else "")
+             + f" x {inst.attack.steps} steps, best margin {float(margins.min()):.4g} ({time.perf_counter() - t:.2f} s)")
+    return found
+
+
+def check_vertices(inst: Instance, vertices: dict, phase: str) -> Counterexample | None:
+    """Margins of the bound-guided vertices, for every open pair of the same region; keeps the
+    best 8 of each pair as starts for later attack rounds."""
+    open_idx = inst.open_pairs()
+    if not vertices or not open_idx:
+        return None
+    t = time.perf_counter()
+    for p, v in vertices.items():
+        inst.guided[p] = (torch.cat([v, inst.guided[p]]) if p in inst.guided else v)[:8]
+    pts = torch.cat(list(vertices.values()))
+    device = pts.device
+    pts_region = torch.cat([torch.full((v.shape[0],), inst.pairs.index[p][0], device=device)
+                            for p, v in vertices.items()])
+    with torch.no_grad():
+        y = inst.model.forward(pts)                                            # [N, n_out]
+    idx = torch.tensor(open_idx, device=device)
+    pairs = inst.pairs
+    margins = output_margin(y.unsqueeze(1).expand(-1, len(idx), -1), pairs.C[idx], pairs.d[idx], pairs.mask[idx])
+    same = pts_region.unsqueeze(1) == inst.pair_region[idx].unsqueeze(0)
+    best, arg = margins.masked_fill(~same, math.inf).min(0)
+    found = confirm_candidates(inst, pts[arg], best, open_idx)
+    inst.add_phase(phase, time.perf_counter() - t)
+    inst.say(f"{phase}: {pts.shape[0]} bound-guided vertices, best margin {float(best.min()):.4g}")
+    return found

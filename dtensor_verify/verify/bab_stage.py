@@ -1,0 +1,114 @@
+"""The branch-and-bound stage: beta-CROWN on the pairs the bounds left open.
+
+Branch and bound gets two functions that look at candidate points and *return* what the
+original model confirmed (a `Counterexample`, or None); the solver carries it out in its
+`BabResult` and this stage records it. Nothing inside `bab/` changes the instance record.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from ..margin import output_margin
+from .attacks import attack_round
+from .instance import Instance, NoClock
+from .result import AttackOptions, Counterexample
+
+
+class _ConfirmPoints:
+    """BaB's candidate vertices (x, pair, y): their margins, then the original model."""
+
+    def __init__(self, inst: Instance):
+        self.inst = inst
+
+    def __call__(self, x, pair, y) -> Counterexample | None:
+        pairs = self.inst.pairs
+        margins = output_margin(y.unsqueeze(0), pairs.C[pair], pairs.d[pair], pairs.mask[pair])[0]
+        return self.inst.confirm.first(x.detach().cpu(), margins.cpu(), pair.tolist(), pairs.index)
+
+
+class _ShortPgd:
+    """A short PGD from branch and bound's most promising points. Every open pair gets the same
+    number of starts (its seeds, padded with its box centre) on every rank, so the forward passes
+    line up where they are collectives; no clock check inside (BaB's sync handles time for all
+    workers)."""
+
+    def __init__(self, inst: Instance, open_now: list[int], points: int):
+        self.inst, self.open_now, self.points, self.rounds = inst, open_now, points, 0
+
+    def __call__(self, x, pair) -> Counterexample | None:
+        inst, k = self.inst, self.points
+        lo, hi = inst.pair_lo, inst.pair_hi
+        starts = {}
+        for p in self.open_now:
+            own = x[pair == p][:k].to(lo.device)
+            centre = ((lo[p] + hi[p]) / 2).unsqueeze(0)
+            starts[p] = torch.cat([own, centre.expand(k - own.shape[0], *centre.shape[1:])])
+        self.rounds += 1
+        x_best, margins = attack_round(inst.model, inst.pairs, self.open_now, lo, hi, NoClock(),
+                                       AttackOptions(steps=20), restarts=1, seed=1000 + self.rounds, starts=starts)
+        return inst.confirm.first(x_best.detach().cpu(), margins.detach().cpu(), self.open_now, inst.pairs.index)
+
+
+def _skip_reason(inst: Instance, open_idx, opts) -> str | None:
+    if any(p not in inst.roots or inst.pairs.n_real_rows[p] == 0 for p in open_idx):
+        return "a disjunct has no bound to start from"
+    if opts.split == "relu" and not any(n.op is not None and n.op.needs_input_bounds for n in inst.model.graph.nodes):
+        return "no ReLU to split: the bounds are already those of a linear network"
+    return None
+
+
+def _solve(inst: Instance, open_idx, opts):
+    """Build the problem and the roots, run the solver; returns (BabResult, shared counterexample)."""
+    from ..bab import BabProblem, BabSolver, make_roots
+    from ..bab.comm import comm_for
+
+    model, pairs = inst.model, inst.pairs
+    param = next(iter(model.module.parameters()), None)          # where the weights live (DTensors too)
+    device = param.device if param is not None else model.layout.device
+    with model.layout.domain_batches() as layout:      # rows of a bound stay on one rank
+        problem = BabProblem(model.graph, layout, model.forward, pairs.C.to(device), pairs.d.to(device),
+                             pairs.mask.to(device), inst.pair_lo.to(device), inst.pair_hi.to(device))
+        if layout.world_size > 1 and opts.root_iterations == 0:
+            opts = dataclasses.replace(opts, root_iterations=opts.beta.iterations)   # split rows: no slopes
+        lowers = [torch.tensor(inst.details[p].lower, dtype=pairs.d.dtype, device=device) for p in open_idx]
+        roots = make_roots(problem, open_idx, [inst.roots[p] for p in open_idx], lowers)
+        comm = comm_for(layout)
+        solver = BabSolver(problem, opts, inst.clock.left, _ConfirmPoints(inst), log=inst.say, comm=comm,
+                           pgd=_ShortPgd(inst, open_idx, opts.pgd_points))
+        outcome = solver.solve(roots)
+        shared = comm.share_counterexample(outcome.counterexample) if outcome.status == "sat" else None
+    if outcome.status == "sat" and not isinstance(shared, Counterexample):
+        raise RuntimeError("branch and bound reported sat without a confirmed counterexample")
+    return outcome, shared
+
+
+def branch_and_bound(inst: Instance, bab_options, progress: bool) -> str:
+    """Run branch and bound on the open pairs; returns 'proved', 'sat', 'timeout' or 'unknown'
+    (a counterexample is recorded in the instance)."""
+    from ..bab import BabOptions
+
+    open_idx = inst.open_pairs()
+    opts = bab_options or BabOptions()
+    why = _skip_reason(inst, open_idx, opts)
+    if why:
+        inst.say(f"bab: skipped ({why})")
+        return "unknown"
+    if progress and inst.model.layout.rank == 0:
+        opts = dataclasses.replace(opts, progress=True)
+    t = time.perf_counter()
+    outcome, found = _solve(inst, open_idx, opts)
+    if found is not None:
+        inst.accept(found)
+    stats = outcome.stats.as_dict()
+    inst.result.bounds["bab"] = stats
+    inst.result.phases["bab"] = time.perf_counter() - t
+    inst.say(f"bab: {outcome.status}: {stats['domains_visited']} domains bounded, {stats['domains_proved']} proved, "
+             f"{stats['open_domains']} open, depth {stats['max_depth']}, batch {stats['batch_size']} "
+             f"({stats['seconds']:.2f} s)")
+    if outcome.status == "proved":
+        for p in open_idx:
+            inst.details[p].status, inst.details[p].proved_by = "proved", "bab"
+    return outcome.status

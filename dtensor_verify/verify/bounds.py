@@ -1,0 +1,165 @@
+"""Incomplete verification of the open pairs by one method (IBP, CROWN, alpha-CROWN).
+
+Batching: one batch element per *region* (its box), its rows the stacked rows of all its open
+disjuncts (padded with ignored zero rows to the widest region). Rows are independent in CROWN,
+so this gives each disjunct the bounds a per-pair batch would give, while the intermediate
+bounds (the expensive part) are computed once per box instead of once per pair.
+`batching="pair"` gives one element per (region, disjunct) instead (alpha-CROWN then optimises
+intermediate slopes per disjunct: sometimes tighter, always costlier).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..bab.roots import RootState
+from ..methods.dispatch import MethodBounds, run_method
+from .instance import Instance, Pairs
+
+
+@dataclass
+class BoundOutcome:
+    """What one method found for the pairs it bounded."""
+    lowers: dict = field(default_factory=dict)      # pair -> [rows] lower bounds of C y - d
+    vertices: dict = field(default_factory=dict)    # pair -> [n, *S] bound-guided vertices
+    roots: dict = field(default_factory=dict)       # pair -> RootState (where BaB starts)
+    iterations: list = field(default_factory=list)  # alpha-CROWN steps per batch
+
+
+@dataclass
+class _Batch:
+    """One call's stacked rows: C [B, K, n_out], d [B, K] and (b, first row, pair) per pair."""
+    C: torch.Tensor
+    d: torch.Tensor
+    slots: list
+    regions: list
+
+
+def bound_groups(pairs: Pairs, open_idx, batching: str):
+    """Batch elements: lists of pair indices sharing one box (a region, or a single pair)."""
+    if batching == "pair":
+        return [[p] for p in open_idx]
+    by_region: dict[int, list[int]] = {}
+    for p in open_idx:
+        by_region.setdefault(pairs.index[p][0], []).append(p)
+    return list(by_region.values())
+
+
+def _chunks(pairs: Pairs, groups, max_batch: int, max_rows: int):
+    """Groups per call: at most max_batch boxes and about max_rows spec rows."""
+    chunks, cur, cur_rows = [], [], 0
+    for g in groups:
+        k = sum(pairs.rows_of[p] for p in g)
+        if cur and (len(cur) >= max_batch or cur_rows + k > max_rows):
+            chunks.append(cur)
+            cur, cur_rows = [], 0
+        cur.append(g)
+        cur_rows += k
+    return chunks + ([cur] if cur else [])
+
+
+def _stack(pairs: Pairs, chunk) -> _Batch:
+    K = max(sum(pairs.rows_of[p] for p in g) for g in chunk)
+    C = torch.zeros(len(chunk), K, pairs.C.shape[-1], device=pairs.C.device)
+    d = torch.zeros(len(chunk), K, device=pairs.C.device)
+    slots = []
+    for b, g in enumerate(chunk):
+        pos = 0
+        for p in g:
+            k = pairs.rows_of[p]
+            C[b, pos:pos + k], d[b, pos:pos + k] = pairs.C[p, :k], pairs.d[p, :k]
+            slots.append((b, pos, p))
+            pos += k
+    return _Batch(C, d, slots, [pairs.index[g[0]][0] for g in chunk])
+
+
+def guided_vertices(model, bounds, C, lower, alphas, max_rows: int = 64):
+    """Input-box vertices that minimise the *linear* lower bound of each unproved spec row.
+
+    With the intermediate bounds fixed, the lower bound of row k is `A_k . x + c_k` minimised over
+    the box; its gradient with respect to the box centre is A_k, and the minimising vertex is
+    `lo` where A_k > 0 and `hi` elsewhere. Such vertices often violate the property where PGD
+    from random starts stalls on flat regions. Returns {(b, k): x [*S]} for rows with lower <= 0.
+    """
+    from ..methods.crown import output_bound
+
+    graph, layout = model.graph, model.layout
+    lo, hi = bounds[graph.input_name]
+    todo = [(b, k) for b in range(C.shape[0]) for k in range(C.shape[1]) if lower[b, k] <= 0]
+    todo = todo[:max_rows * C.shape[0]]
+    if not todo:
+        return {}
+    center = ((lo + hi) / 2).detach().requires_grad_(True)
+    rad = ((hi - lo) / 2).detach()
+    shifted = dict(bounds)
+    shifted[graph.input_name] = (center - rad, center + rad)
+    with torch.enable_grad():
+        lb, _ = output_bound(graph, shifted, C, layout, alphas, want_lower=True, want_upper=False)
+    out = {}
+    ks = sorted({k for _, k in todo})
+    for n, k in enumerate(ks):
+        A, = torch.autograd.grad(lb[:, k].sum(), center, retain_graph=n + 1 < len(ks))
+        vert = torch.where(A > 0, lo, hi).detach()
+        out.update({(b, k): vert[b] for b, kk in todo if kk == k})
+    return out
+
+
+def _roots(model, batch: _Batch, res: MethodBounds, pairs: Pairs) -> dict:
+    """Where branch and bound starts from: each pair's intermediate bounds and (one process:
+    the rows are not split over ranks) its rows' optimised lower slopes."""
+    pre = model.graph.preactivation_nodes()
+    bounds, one_process = res.intermediate, model.layout.world_size == 1
+    roots = {}
+    for b, pos, p in batch.slots:
+        k = pairs.rows_of[p]
+        alphas = None
+        if res.output_alphas and one_process:
+            alphas = {r: a[0, b, pos:pos + k] for r, a in res.output_alphas.items()}
+        roots[p] = RootState({n: (bounds[n][0][b].detach(), bounds[n][1][b].detach()) for n in pre}, alphas)
+    return roots
+
+
+def _vertices(model, batch: _Batch, res: MethodBounds, margin_lower, pairs: Pairs, box) -> dict:
+    """Bound-guided vertices of each pair's unproved rows (rows padded in have C = 0: skipped)."""
+    real = torch.zeros(batch.C.shape[:2], dtype=torch.bool, device=batch.C.device)
+    for b, pos, p in batch.slots:
+        real[b, pos:pos + pairs.rows_of[p]] = True
+    bounds = {**res.intermediate, model.graph.input_name: box}
+    verts = guided_vertices(model, bounds, batch.C, margin_lower.masked_fill(~real, math.inf),
+                            res.output_alphas or None)
+    out = {}
+    for b, pos, p in batch.slots:
+        vs = [verts[(b, k)] for k in range(pos, pos + pairs.rows_of[p]) if (b, k) in verts]
+        if vs:
+            out[p] = torch.stack(vs)
+    return out
+
+
+def bound_pairs(inst: Instance, method: str, open_idx, batching: str, alpha_options, max_batch: int,
+                guide: bool, max_rows_total: int = 4096) -> BoundOutcome:
+    """Lower bounds of C y - d for the pairs `open_idx` by `method`, with BaB's roots and (if
+    `guide`) the bound-guided vertices of the rows left unproved."""
+    from ..methods import AlphaOptions
+
+    model, pairs, clock = inst.model, inst.pairs, inst.clock
+    out = BoundOutcome()
+    guide = guide and method != "ibp" and model.layout.world_size == 1
+    opts = alpha_options or AlphaOptions(iterations=100)
+    for chunk in _chunks(pairs, bound_groups(pairs, open_idx, batching), max_batch, max_rows_total):
+        clock.check()
+        batch = _stack(pairs, chunk)
+        box = model.check_box(inst.region_lo[batch.regions], inst.region_hi[batch.regions])
+        res = run_method(method, model.graph, box, batch.C, model.layout, alpha_options=opts, want_upper=False,
+                         on_step=lambda it, score: clock.check())
+        if res.iterations is not None:
+            out.iterations.append(res.iterations)
+        margin_lower = model.layout.local(res.lower).detach() - batch.d
+        out.lowers.update({p: margin_lower[b, pos:pos + pairs.rows_of[p]] for b, pos, p in batch.slots})
+        if method != "ibp":
+            out.roots.update(_roots(model, batch, res, pairs))
+        if guide:
+            clock.check()
+            out.vertices.update(_vertices(model, batch, res, margin_lower, pairs, box))
+    return out

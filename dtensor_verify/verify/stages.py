@@ -1,0 +1,131 @@
+"""The stages of the pipeline. Each is small: it reads the instance record, records what it
+found there (bounds, margins, a confirmed counterexample) and returns a `Decision` when that
+settles the instance, else None. Timeouts are the clock's `TimeLimitReached`.
+
+    Attack          PGD from random starts (and the box centre)
+    Bound(method)   one incomplete method on the open pairs (+ bound-guided vertices)
+    AttackBeforeBab one more PGD round, from the bound-guided vertices
+    BranchAndBound  beta-CROWN branch and bound on what is still open
+    FinalAttack     the remaining PGD rounds, within a share of the time left
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..bab import BabOptions
+from ..errors import TimeLimitReached
+from ..methods import AlphaOptions
+from .attacks import attack_open, check_vertices
+from .bab_stage import branch_and_bound
+from .bounds import bound_pairs
+from .instance import Instance
+from .result import Counterexample, Decision
+
+
+@dataclass
+class Attack:
+    """The first attack: `restarts` random starts per open pair."""
+    name: str = "attack"
+
+    def run(self, inst: Instance) -> Decision | None:
+        inst.clock.check()
+        return _sat(inst, attack_open(inst, inst.attack.restarts, inst.attack.seed, "attack"), "attack")
+
+
+@dataclass
+class Bound:
+    """One incomplete method on the open pairs; then (with `guide`) the bound-guided vertices of
+    the rows it left unproved are tried as counterexamples."""
+    method: str
+    batching: str = "region"
+    alpha_options: AlphaOptions | None = None
+    max_batch: int = 64
+    guide: bool = True
+
+    def run(self, inst: Instance) -> Decision | None:
+        inst.clock.check()
+        open_idx = inst.open_pairs()
+        if not open_idx:
+            return None
+        t = time.perf_counter()
+        out = bound_pairs(inst, self.method, open_idx, self.batching, self.alpha_options, self.max_batch,
+                          self.guide)
+        inst.roots.update(out.roots)
+        proved = sum(inst.bounded(p, lo[:inst.pairs.n_real_rows[p]].tolist(), self.method)
+                     for p, lo in out.lowers.items())
+        dt = time.perf_counter() - t
+        n_open = len(inst.open_pairs())
+        entry = {"seconds": dt, "proved": proved, "open": n_open, "pairs": len(open_idx)}
+        if out.iterations:
+            entry["iterations"] = out.iterations
+        inst.result.bounds[self.method] = entry
+        inst.result.phases[self.method] = dt
+        inst.say(f"{self.method}: proved {proved} of {len(open_idx)} open disjunct(s), {n_open} left ({dt:.2f} s)")
+        if n_open == 0:
+            return Decision("unsat", self.method)
+        if not self.guide:
+            return None
+        vertices = {p: v for p, v in out.vertices.items() if inst.details[p].status == "open"}
+        return _sat(inst, check_vertices(inst, vertices, "attack-guided"), f"attack ({self.method}-guided)")
+
+
+@dataclass
+class AttackBeforeBab:
+    """One quick attack round, from the bound-guided vertices, before branch and bound."""
+    name: str = "attack-extra"
+
+    def run(self, inst: Instance) -> Decision | None:
+        if inst.attack.extra_rounds <= 0 or not inst.open_pairs():
+            return None
+        inst.clock.check()
+        found = attack_open(inst, inst.attack.restarts, inst.attack.seed + 1, "attack-extra", inst.guided)
+        inst.extra_rounds_done = 1
+        return _sat(inst, found, "attack")
+
+
+@dataclass
+class BranchAndBound:
+    options: BabOptions | None = None
+    progress: bool = False           # a progress bar on stderr (rank 0)
+
+    def run(self, inst: Instance) -> Decision | None:
+        if not inst.open_pairs():
+            return None
+        outcome = branch_and_bound(inst, self.options, self.progress)
+        if outcome == "sat":
+            return Decision("sat", "bab")
+        if outcome == "proved":
+            return Decision("unsat", "bab")
+        if outcome == "timeout":
+            raise TimeLimitReached()
+        return None
+
+
+@dataclass
+class FinalAttack:
+    """The remaining attack rounds (restarts doubled each round), from the bound-guided vertices
+    and new random starts, using at most `extra_budget` of the time left."""
+    name: str = "attack-extra"
+
+    def run(self, inst: Instance) -> Decision | None:
+        opts, first = inst.attack, inst.extra_rounds_done
+        stop_at = time.perf_counter() + max(inst.clock.left(), 0.0) * opts.extra_budget
+        restarts = opts.restarts * (2 ** first)
+        for k in range(first, opts.extra_rounds):
+            inst.clock.check()
+            if time.perf_counter() >= stop_at:
+                break
+            found = attack_open(inst, restarts, opts.seed + 1 + k, "attack-extra", inst.guided)
+            if found is not None:
+                return _sat(inst, found, "attack")
+            restarts *= 2
+        return None
+
+
+def _sat(inst: Instance, found: Counterexample | None, decided_by: str) -> Decision | None:
+    """`sat` when an attack returned a confirmed counterexample (recorded in the instance)."""
+    if found is None:
+        return None
+    inst.accept(found)
+    return Decision("sat", decided_by)

@@ -1,0 +1,114 @@
+"""`spec`: weights as `fsdp` at rest; each rank bounds a slice of the rows (neurons / outputs) of
+every bound started at its layers, slopes sharded the same way; no A-matrix communication.
+
+Without autograd (IBP, CROWN, alpha-CROWN's CROWN start, the attack's last step) a layer whose op
+`sums_over_weight_rows` is never gathered whole: its steps fetch the weight one rank's Shard(0)
+rows at a time (broadcast from that rank) and sum (backward) or fill the output slice (IBP,
+forward). With autograd the layer is gathered like fsdp (its regather hooks work on whole layers).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+
+from dtensor_verify.layout import StepWeights
+from dtensor_verify.memory import tag
+
+from ..rowjoin import RowJoin, add_results, chunk_bounds, narrow_columns
+from .fsdp import FsdpStyle
+
+
+class SpecStyle(FsdpStyle):
+    name = "spec"
+    summary = ("weights as fsdp; each rank bounds a slice of the rows (neurons / outputs) of the bound, "
+               "alphas sharded the same way; no A-matrix communication; IBP and CROWN steps stream the "
+               "weight one rank's shard at a time")
+    splits_rows = True
+
+    def __init__(self):
+        super().__init__(prefetch=False)
+
+    def streams(self, node) -> bool:
+        return not torch.is_grad_enabled() and node.op.caps.sums_over_weight_rows
+
+    def gathers_in_step(self, node) -> bool:
+        return not self.streams(node)
+
+    def weights(self, node, ctx, sweep=None):
+        if node.name not in ctx.held and self.streams(node):
+            return nullcontext(StreamedWeights(node, ctx))
+        return super().weights(node, ctx, sweep)
+
+
+def weight_shards(node, ctx):
+    """For each rank k of the shard group in turn: (start, stop, params) with rank k's Shard(0)
+    rows of `node`'s parameters (broadcast from k; its own are used in place). One shard besides
+    the rank's own is resident at a time. The module is never written."""
+    params = dict(node.op.module.named_parameters(recurse=False))
+    n_rows = params["weight"].shape[0]
+    group = ctx.topology.shard_group
+    for k in range(ctx.world_size):
+        start, stop = chunk_bounds(n_rows, ctx.world_size, k)
+        if start == stop:
+            continue
+        shard = {}
+        for name, p in params.items():
+            if k == ctx.rank:
+                t = p.to_local().detach().contiguous()
+            else:
+                with tag("weights"):
+                    t = torch.empty((stop - start, *p.shape[1:]), dtype=p.dtype, device=ctx.device)
+            # Outside the tag: the meter counts writes under "weights" as new memory (FSDP's
+            # refills), and the owner's shard is already counted as resident.
+            dist.broadcast(t, src=dist.get_global_rank(group, k), group=group)
+            shard[name] = t
+        yield start, stop, shard
+        del shard
+
+
+class StreamedWeights(StepWeights):
+    """A spec layer's rules run shard by shard (see the module docstring)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node.op, None)
+        self.node = node
+        self.ctx = ctx
+
+    def ibp(self, intervals):
+        return self._outputs_by_shard(lambda params: self.op.ibp(*intervals, params=params))
+
+    def forward(self, inputs):
+        out, = self._outputs_by_shard(lambda params: (self.op.forward(*inputs, params=params),))
+        return out
+
+    def rows(self, rows, batch):
+        if not self.op.has_rows_rule():
+            return None
+        joined = RowJoin(len(rows), self.ctx.local)
+        for start, stop, params in weight_shards(self.node, self.ctx):
+            inside = ((rows >= start) & (rows < stop)).nonzero().flatten()
+            joined.add(self.op.backward_rows(rows[inside] - start, batch, params=params), inside)
+        return joined.result()
+
+    def backward(self, step, lA, uA):
+        """The step as a sum over weight shards: shard k's rows of W against A's columns [start, stop)."""
+        total = None
+        for start, stop, params in weight_shards(self.node, self.ctx):
+            part_lA = narrow_columns(lA, start, stop)
+            part_uA = part_lA if uA is lA else narrow_columns(uA, start, stop)
+            total = add_results(total, step(part_lA, part_uA, params))
+        return total
+
+    def _outputs_by_shard(self, rule):
+        """Run `rule(params)` (a tuple of [B, k, ...] outputs for one shard's k output rows) per
+        weight shard and join the slices along dim 1 into full [B, *node.shape] outputs."""
+        full = None
+        for start, stop, params in weight_shards(self.node, self.ctx):
+            parts = rule(params)
+            if full is None:
+                full = [p.new_empty((p.shape[0], *self.node.shape)) for p in parts]
+            for whole, part in zip(full, parts):
+                whole.narrow(1, start, stop - start).copy_(part)
+        return tuple(full)
