@@ -62,6 +62,7 @@ class BabOptions:
     input_branching: str = "input_fsb"  # 'input_fsb' | 'input_sb'
     input_candidates: int = 4           # input_fsb: dimensions tried per sub-box
     input_alpha_iterations: int = 10    # alpha-CROWN steps before input splitting (pipeline stage)
+    input_cpu_batch: int = 256          # input splitting on a CPU: at most this many parents a round
 
 
 class BabSolver:
@@ -89,6 +90,9 @@ class BabSolver:
         self.batch = auto_batch_size(problem, opts, problem.d.device, free_memory_bytes)
         self.max_open = opts.max_domains        # lowered to what memory holds when solving starts
         self.mode = input_bab.mode_of(problem, opts)       # 'relu' | 'input': the kind of split
+        self._round_seconds = 0.0               # input splitting: the last round (its sweeps can't stop early)
+        if self.mode == "input" and opts.batch_size is None and problem.d.device.type == "cpu":
+            self.batch = min(self.batch, opts.input_cpu_batch)
         self.branching = opts.input_branching if self.mode == "input" else opts.branching
         candidates = opts.input_candidates if self.mode == "input" else opts.candidates
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
@@ -102,7 +106,7 @@ class BabSolver:
     def _out_of_time(self) -> bool:
         """True once the time left would not cover the rest of a round: a couple of optimisation
         steps (measured) for the bookkeeping after the last one, so the run ends by its limit."""
-        return self.time_left() <= max(0.1, 2.0 * self._step_seconds)
+        return self.time_left() <= max(0.1, 2.0 * self._step_seconds, self._round_seconds)
 
     def _bound(self, domains: Domains, iterations: int) -> BetaResult:
         p = self.problem
@@ -219,8 +223,11 @@ class BabSolver:
             if not self.lockstep:
                 return
             parents = self.template
+        t = time.perf_counter()
         try:
             self._bound_children(parents)
+            if self.mode == "input":
+                self._round_seconds = time.perf_counter() - t
         except Exception as exc:
             # One worker alone (no collective inside a round) can take a smaller batch: the
             # parents go back to the queue unchanged, so no domain is lost (a lost domain would
