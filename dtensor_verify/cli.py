@@ -315,7 +315,7 @@ def _run_instance(args, results, t0: float) -> int:
     prop = _read_property(args.vnnlib, model)
     watch.lap("property")
     plan = _apply_plan(model, args.plan, args.quiet, timeout_s=left() + COLLECTIVE_SLACK_S,
-                       mesh=getattr(args, "mesh", None))
+                       mesh=args.mesh)
     watch.lap("plan")
     lead = _is_rank0(model)
     res = verify_instance(model, prop, args.onnx, left(), methods=tuple(args.methods),

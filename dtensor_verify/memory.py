@@ -180,7 +180,7 @@ class MemoryReport:
 @contextmanager
 def measure(model, device: torch.device | None = None):
     """Measure one bounding call: `with measure(model) as rep: model.compute_bounds(...)`."""
-    device = device or getattr(model.layout, "device", torch.device("cpu"))
+    device = device or model.layout.device
     rep = MemoryReport(str(device), 0, 0)
     t0 = time.perf_counter()
     if device.type == "cuda":
@@ -209,7 +209,7 @@ def measure(model, device: torch.device | None = None):
 def gather_reports(rep: MemoryReport | None, layout) -> list[dict]:
     """Every rank's report (as dicts), on every rank; one process returns a list of one."""
     mine = rep.as_dict() if rep is not None else {}
-    if getattr(layout, "world_size", 1) == 1:
+    if layout.world_size == 1:
         return [mine]
     import torch.distributed as dist
 

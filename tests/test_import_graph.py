@@ -98,17 +98,12 @@ def _is_parent(a: str, b: str) -> bool:
     return b.startswith(a + ".")
 
 
-# Loops being removed on another branch of issue 17 (the placement side owns bab/comm*.py).
-# TODO(issue 17, house-place): empty this once bab/comm.py <-> bab/mesh_comm.py is gone.
-PENDING = [["dtensor_verify.bab.comm", "dtensor_verify.bab.mesh_comm"]]
-
-
 def test_no_import_cycle():
     graph = import_graph()
     # A module importing its own package's __init__ (`from . import __version__`) is how Python
     # works, not a loop of ours: leave out edges from a module to a package that contains it.
     graph = {m: {t for t in ts if not _is_parent(t, m)} for m, ts in graph.items()}
-    assert [c for c in cycles(graph) if c not in PENDING] == []
+    assert cycles(graph) == []
 
 
 def test_the_graph_sees_lazy_imports():
