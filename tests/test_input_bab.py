@@ -164,3 +164,23 @@ def test_relu_split_mode_still_available_from_the_cli():
     args = build_parser().parse_args(["run", "--onnx", "a", "--vnnlib", "b", "--results", "c", "--timeout", "1",
                                       "--bab-split", "input"])
     assert _bab_options(args).split == "input"
+
+
+def test_out_of_time_round_stops_the_run_at_the_next_sync():
+    """A round that stores its sub-boxes unbranched (its reserve said: out of time) must stop the
+    run at the next sync, even if the reserve shrinks meanwhile (a domain without a decision
+    would otherwise be popped: 'a domain without a branching decision')."""
+    net, shape = random_mlp([3, 16, 16, 2], seed=5)
+    model = dv.load(net, input_shape=shape)
+    lo, hi = -torch.ones(1, 3), torch.ones(1, 3)
+    C, d = torch.tensor([[[1.0, -1.0]]]), torch.full((1, 1), 100.0)      # never proved
+    problem, roots = input_root(model, lo, hi, C, d)
+    clock = [3.0]
+    solver = BabSolver(problem, BabOptions(batch_size=8, split="input"), lambda: clock[0], lambda *a: None)
+    solver._round_seconds = 5.0
+    solver.add_roots(roots)
+    assert len(solver.store) == 1 and int(solver.store.domains.decision[0, 0]) == NO_DECISION
+    solver._round_seconds, clock[0] = 0.0, 100.0
+    assert solver._out_of_time()
+    res = solver.solve(roots)
+    assert res.status == "timeout", res.status

@@ -90,6 +90,7 @@ class BabSolver:
         self.batch = auto_batch_size(problem, opts, problem.d.device, free_memory_bytes)
         self.max_open = opts.max_domains        # lowered to what memory holds when solving starts
         self.mode = input_bab.mode_of(problem, opts)       # 'relu' | 'input': the kind of split
+        self._late = False                      # a round stored its domains unbranched (out of time)
         self._round_seconds = 0.0               # input splitting: the last round (its sweeps can't stop early)
         if self.mode == "input" and opts.batch_size is None and problem.d.device.type == "cpu":
             self.batch = min(self.batch, opts.input_cpu_batch)
@@ -106,7 +107,8 @@ class BabSolver:
     def _out_of_time(self) -> bool:
         """True once the time left would not cover the rest of a round: a couple of optimisation
         steps (measured) for the bookkeeping after the last one, so the run ends by its limit."""
-        return self.time_left() <= max(0.1, 2.0 * self._step_seconds, self._round_seconds)
+        # Sticky once a round stored unbranched domains: the next sync must stop the run.
+        return self._late or self.time_left() <= max(0.1, 2.0 * self._step_seconds, self._round_seconds)
 
     def _bound(self, domains: Domains, iterations: int) -> BetaResult:
         p = self.problem
@@ -187,6 +189,7 @@ class BabSolver:
         if late:
             # Out of time: the run stops at the next sync. Keep the open domains (unbranched)
             # so that they count as open: dropping them would read as proved.
+            self._late = True
             self.store.push(rest, margins)
             return
         lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.pre_of or r == p.graph.input_name}
@@ -227,7 +230,9 @@ class BabSolver:
         try:
             self._bound_children(parents)
             if self.mode == "input":
-                self._round_seconds = time.perf_counter() - t
+                # Never lowered: the reserve must not shrink between a round that stored its
+                # domains unbranched (out of time) and the sync that stops the run.
+                self._round_seconds = max(self._round_seconds, time.perf_counter() - t)
         except Exception as exc:
             # One worker alone (no collective inside a round) can take a smaller batch: the
             # parents go back to the queue unchanged, so no domain is lost (a lost domain would
