@@ -23,8 +23,15 @@ from .split_kinds import perturbed_dims, resolve_mode
 
 
 def mode_of(problem, opts) -> str:
-    return resolve_mode(opts.split, len(problem.relus), perturbed_dims(problem.box_lower, problem.box_upper),
+    """The kind of split of this run. Ranks that share one queue (tp: each holds a slice of the
+    same domains) split ReLUs: input splitting reads the A-matrix at the input, which such a
+    layout may keep sliced, so the ranks could choose different dimensions (not supported yet)."""
+    mode = resolve_mode(opts.split, len(problem.relus), perturbed_dims(problem.box_lower, problem.box_upper),
                         opts.max_input_dims)
+    layout = problem.layout
+    if mode == "input" and layout.world_size > 1 and not layout.splits_domains and problem.relus:
+        return "relu"
+    return mode
 
 
 def alpha_before(model, pair_lo, pair_hi, bab: bool, bab_options, alpha_options):
