@@ -6,20 +6,18 @@ import torch
 
 from dtensor_verify.attack import pgd
 from dtensor_verify.margin import best_row, margin, output_margin, spec_rows
-from dtensor_verify.verify import build_stages
+from dtensor_verify.verify import PipelineOptions, build_stages
 from dtensor_verify.verify.stages import Attack, AttackBeforeBab, Bound, BranchAndBound, FinalAttack
 
 
 def test_stage_order():
-    names = [type(s).__name__ for s in build_stages(("crown", "alpha-crown"), True, True, "region", None, 64,
-                                                     None, False)]
+    names = [type(s).__name__ for s in build_stages(PipelineOptions())]
     assert names == ["Attack", "Bound", "Bound", "AttackBeforeBab", "BranchAndBound", "FinalAttack"]
-    stages = build_stages(("crown",), False, False, "region", None, 64, None, False)
+    stages = build_stages(PipelineOptions(methods=("crown",), attack=False, bab=False))
     assert [type(s) for s in stages] == [Bound] and stages[0].guide is False
-    stages = build_stages(("crown",), False, True, "pair", None, 8, None, False)
+    stages = build_stages(PipelineOptions(methods=("crown",), attack=False, bound_batching="pair", max_batch=8))
     assert [type(s) for s in stages] == [Bound, BranchAndBound] and stages[0].batching == "pair"
-    assert {Attack, AttackBeforeBab, FinalAttack} <= {type(s) for s in build_stages((), True, True, "region", None,
-                                                                                    1, None, False)}
+    assert {Attack, AttackBeforeBab, FinalAttack} <= {type(s) for s in build_stages(PipelineOptions(methods=()))}
 
 
 def test_margin_is_the_best_real_row():

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from .confirm import inside_box_f32
 from .instance import Clock
-from .pipeline import build_stages, verify_instance
+from .pipeline import PipelineOptions, build_stages, verify_instance
 from .result import VERDICTS, AttackOptions, Counterexample, DisjunctStatus, VerifyResult
 
 __all__ = ["verify_instance", "VerifyResult", "DisjunctStatus", "AttackOptions", "VERDICTS", "Counterexample",
-           "Clock", "build_stages", "inside_box_f32"]
+           "Clock", "PipelineOptions", "build_stages", "inside_box_f32"]

@@ -98,6 +98,8 @@ class Instance:
     region_lo: torch.Tensor             # [R, *S]
     region_hi: torch.Tensor
     pair_region: torch.Tensor           # [P] long
+    pair_lo: torch.Tensor               # [P, *S] the box of each pair (its region's)
+    pair_hi: torch.Tensor
     clock: Clock
     confirm: Confirmer
     say: Callable[[str], None]          # progress messages
@@ -105,16 +107,7 @@ class Instance:
     result: VerifyResult
     guided: dict = field(default_factory=dict)     # pair -> bound-guided vertices [n, *S] (best 8)
     roots: dict = field(default_factory=dict)      # pair -> bab.RootState (where BaB starts)
-    vertices: dict = field(default_factory=dict)   # pair -> vertices of the last bound stage
     extra_rounds_done: int = 0                     # attack rounds after the bounds so far
-
-    @property
-    def pair_lo(self) -> torch.Tensor:
-        return self.region_lo[self.pair_region]
-
-    @property
-    def pair_hi(self) -> torch.Tensor:
-        return self.region_hi[self.pair_region]
 
     def open_pairs(self) -> list[int]:
         return [p for p, d in enumerate(self.details) if d.status == "open"]
@@ -174,5 +167,5 @@ def open_instance(model, prop, onnx_path, clock: Clock, say, attack: AttackOptio
     # Before bounding: the bound graph must match the original model on this property's boxes.
     selfcheck.check_on_box(model, region_lo, region_hi, confirm.runner(), confirm.what)
     say(f"{len(prop.regions)} region(s), {len(pairs)} disjunct(s), timeout {clock.timeout:g} s")
-    return Instance(model, prop, pairs, details, region_lo, region_hi, pair_region, clock, confirm, say, attack,
-                    result)
+    return Instance(model, prop, pairs, details, region_lo, region_hi, pair_region, region_lo[pair_region],
+                    region_hi[pair_region], clock, confirm, say, attack, result)

@@ -1,46 +1,63 @@
 """`verify_instance`: an ordered list of stages over one instance record."""
 from __future__ import annotations
 
+import dataclasses
 import traceback
+from dataclasses import dataclass
 
+from ..bab import BabOptions
 from ..errors import InputSpecError, TimeLimitReached, VerifierError
 from .instance import Clock, check_dimensions, open_instance
+from ..methods import AlphaOptions
 from .result import AttackOptions, Decision, VerifyResult
 from .stages import Attack, AttackBeforeBab, Bound, BranchAndBound, FinalAttack
 
 
-def build_stages(methods, attack: bool, bab: bool, bound_batching: str, alpha_options, max_batch: int,
-                 bab_options, progress: bool) -> list:
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How `verify_instance` was asked to decide (its keyword arguments)."""
+    methods: tuple = ("crown", "alpha-crown")
+    attack: bool = True
+    bab: bool = True
+    bound_batching: str = "region"
+    max_batch: int = 64
+    attack_options: AttackOptions | None = None
+    alpha_options: AlphaOptions | None = None
+    bab_options: BabOptions | None = None
+    progress: bool = False                  # a progress bar for branch and bound (rank 0)
+
+
+def build_stages(opts: PipelineOptions) -> list:
     """attack -> bounds (method after method) -> [attack, branch and bound] -> final attack."""
-    stages = [Attack()] if attack else []
-    stages += [Bound(m, bound_batching, alpha_options, max_batch, guide=attack) for m in methods]
-    if bab:
-        stages += ([AttackBeforeBab()] if attack else []) + [BranchAndBound(bab_options, progress)]
-    if attack:
+    stages = [Attack()] if opts.attack else []
+    stages += [Bound(m, opts.bound_batching, opts.alpha_options, opts.max_batch, guide=opts.attack)
+               for m in opts.methods]
+    if opts.bab:
+        stages += ([AttackBeforeBab()] if opts.attack else []) + [BranchAndBound(opts.bab_options, opts.progress)]
+    if opts.attack:
         stages.append(FinalAttack())
     return stages
 
 
-def _checked_methods(methods, bound_batching: str) -> tuple:
+def _checked(opts: PipelineOptions) -> PipelineOptions:
     from ..methods.dispatch import normalize_method
 
-    if bound_batching not in ("region", "pair"):
-        raise InputSpecError(f"bound_batching must be 'region' or 'pair', not '{bound_batching}'")
-    return tuple(normalize_method(m) for m in methods)
+    if opts.bound_batching not in ("region", "pair"):
+        raise InputSpecError(f"bound_batching must be 'region' or 'pair', not '{opts.bound_batching}'")
+    return dataclasses.replace(opts, methods=tuple(normalize_method(m) for m in opts.methods))
 
 
-def _run(model, prop, onnx_path, clock, say, res, opts: dict) -> Decision:
-    methods = _checked_methods(opts["methods"], opts["bound_batching"])
+def _run(model, prop, onnx_path, clock, say, res, opts: PipelineOptions) -> Decision:
+    opts = _checked(opts)
     check_dimensions(model, prop)
     if not prop.regions:
         # Every term of the formula is a false constant: nothing can violate it.
         return Decision("unsat", "spec")
-    inst = open_instance(model, prop, onnx_path, clock, say, opts["attack_options"] or AttackOptions(), res)
+    inst = open_instance(model, prop, onnx_path, clock, say, opts.attack_options or AttackOptions(), res)
     from ..bab.input_bab import alpha_before       # fewer alpha-CROWN steps when BaB will split inputs
-    alpha_options = alpha_before(model, inst.pair_lo, inst.pair_hi, opts["bab"], opts["bab_options"],
-                                 opts["alpha_options"])
-    for stage in build_stages(methods, opts["attack"], opts["bab"], opts["bound_batching"], alpha_options,
-                              opts["max_batch"], opts["bab_options"], opts["progress"]):
+    opts = dataclasses.replace(opts, alpha_options=alpha_before(model, inst.pair_lo, inst.pair_hi, opts.bab,
+                                                                opts.bab_options, opts.alpha_options))
+    for stage in build_stages(opts):
         decision = stage.run(inst)
         if decision is not None:
             return decision
@@ -50,9 +67,9 @@ def _run(model, prop, onnx_path, clock, say, res, opts: dict) -> Decision:
 
 def verify_instance(model, prop, onnx_path: str | None, timeout: float,
                     methods=("crown", "alpha-crown"), attack: bool = True, log=None,
-                    attack_options: AttackOptions | None = None, alpha_options=None,
+                    attack_options: AttackOptions | None = None, alpha_options: AlphaOptions | None = None,
                     bound_batching: str = "region", max_batch: int = 64, bab: bool = True,
-                    bab_options=None) -> VerifyResult:
+                    bab_options: BabOptions | None = None) -> VerifyResult:
     """Decide one instance (see the package docstring). `log`: a callable taking a str, or None.
     `bab`: run branch and bound (beta-CROWN) on what the bounds leave open, with the time left
     (`bab_options`: a `bab.BabOptions`).
@@ -64,9 +81,8 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
     clock = Clock(timeout, model.layout)
     say = log if log is not None else (lambda msg: None)
     res = VerifyResult("unknown", None, 0.0)
-    opts = dict(methods=methods, attack=attack, attack_options=attack_options, alpha_options=alpha_options,
-                bound_batching=bound_batching, max_batch=max_batch, bab=bab, bab_options=bab_options,
-                progress=log is not None)
+    opts = PipelineOptions(tuple(methods), attack, bab, bound_batching, max_batch, attack_options, alpha_options,
+                           bab_options, progress=log is not None)
     try:
         decision = _run(model, prop, onnx_path, clock, say, res, opts)
     except TimeLimitReached:

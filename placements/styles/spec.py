@@ -42,10 +42,12 @@ class SpecStyle(FsdpStyle):
         return super().weights(node, ctx, sweep)
 
 
-def weight_shards(node, ctx):
-    """For each rank k of the shard group in turn: (start, stop, params) with rank k's Shard(0)
-    rows of `node`'s parameters (broadcast from k; its own are used in place). One shard besides
-    the rank's own is resident at a time. The module is never written."""
+def over_weight_shards(node, ctx, use) -> None:
+    """For each rank k of the shard group in turn: `use(start, stop, params)` with rank k's
+    Shard(0) rows of `node`'s parameters (broadcast from k; its own are used in place). The
+    shard is dropped before the next one is fetched, so one shard besides the rank's own is
+    resident at a time (a generator would keep the previous one alive in the caller's loop
+    variable while fetching the next). The module is never written."""
     params = dict(node.op.module.named_parameters(recurse=False))
     n_rows = params["weight"].shape[0]
     group = ctx.topology.shard_group
@@ -64,7 +66,7 @@ def weight_shards(node, ctx):
             # refills), and the owner's shard is already counted as resident.
             dist.broadcast(t, src=dist.get_global_rank(group, k), group=group)
             shard[name] = t
-        yield start, stop, shard
+        use(start, stop, shard)
         del shard
 
 
@@ -87,28 +89,37 @@ class StreamedWeights(StepWeights):
         if not self.op.has_rows_rule():
             return None
         joined = RowJoin(len(rows), self.ctx.local)
-        for start, stop, params in weight_shards(self.node, self.ctx):
+
+        def use(start, stop, params):
             inside = ((rows >= start) & (rows < stop)).nonzero().flatten()
             joined.add(self.op.backward_rows(rows[inside] - start, batch, params=params), inside)
+
+        over_weight_shards(self.node, self.ctx, use)
         return joined.result()
 
     def backward(self, step, lA, uA):
         """The step as a sum over weight shards: shard k's rows of W against A's columns [start, stop)."""
-        total = None
-        for start, stop, params in weight_shards(self.node, self.ctx):
+        total = [None]
+
+        def use(start, stop, params):
             part_lA = narrow_columns(lA, start, stop)
             part_uA = part_lA if uA is lA else narrow_columns(uA, start, stop)
-            total = add_results(total, step(part_lA, part_uA, params))
-        return total
+            total[0] = add_results(total[0], step(part_lA, part_uA, params))
+
+        over_weight_shards(self.node, self.ctx, use)
+        return total[0]
 
     def _outputs_by_shard(self, rule):
         """Run `rule(params)` (a tuple of [B, k, ...] outputs for one shard's k output rows) per
         weight shard and join the slices along dim 1 into full [B, *node.shape] outputs."""
-        full = None
-        for start, stop, params in weight_shards(self.node, self.ctx):
+        full = []
+
+        def use(start, stop, params):
             parts = rule(params)
-            if full is None:
-                full = [p.new_empty((p.shape[0], *self.node.shape)) for p in parts]
+            if not full:
+                full.extend(p.new_empty((p.shape[0], *self.node.shape)) for p in parts)
             for whole, part in zip(full, parts):
                 whole.narrow(1, start, stop - start).copy_(part)
+
+        over_weight_shards(self.node, self.ctx, use)
         return tuple(full)
