@@ -164,11 +164,23 @@ def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: di
     side = torch.cat([torch.full((n,), -1.0, device=device), torch.full((n,), 1.0, device=device)])
     rows = (dec[:, 0] == INPUT_SPLIT).nonzero().flatten()
     if rows.numel():
-        from .split_kinds import halve_boxes
         kids.box = halve_boxes(kids.box, rows, dec[rows, 1], side[rows] < 0)
     _split_relus(kids, dec, side, relus, pre_of)
     kids.decision = torch.full_like(kids.decision, NO_DECISION)
     return kids
+
+
+def halve_boxes(box: tuple, rows: torch.Tensor, dims: torch.Tensor, lower_half: torch.Tensor) -> tuple:
+    """Copies of `box` (lower, upper [n, *S]) where row rows[i] keeps the lower (lower_half[i]) or
+    upper half of its box along flat dimension dims[i]. The midpoint is shared by both halves, so
+    the halves cover the parent exactly."""
+    lo, hi = box
+    flat_lo, flat_hi = lo.flatten(1).clone(), hi.flatten(1).clone()
+    a, b = flat_lo[rows, dims], flat_hi[rows, dims]
+    mid = a + (b - a) / 2
+    flat_hi[rows, dims] = torch.where(lower_half, mid, b)
+    flat_lo[rows, dims] = torch.where(lower_half, a, mid)
+    return flat_lo.reshape(lo.shape), flat_hi.reshape(hi.shape)
 
 
 def _split_relus(kids: Domains, dec: torch.Tensor, side: torch.Tensor, relus: list[str], pre_of: dict):

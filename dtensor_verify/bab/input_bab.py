@@ -36,11 +36,11 @@ def mode_of(problem, opts) -> str:
 
 def alpha_before(model, pair_lo, pair_hi, bab: bool, bab_options, alpha_options):
     """The alpha-CROWN options of the pipeline's bounding stage: `bab_options.input_alpha_iterations`
-    steps when branch and bound will split inputs, else `alpha_options` unchanged."""
+    steps when branch and bound will split inputs, else `alpha_options` unchanged. `bab_options`:
+    a `BabOptions` (not None)."""
     from ..methods import AlphaOptions
-    from .solver import BabOptions
 
-    opts = bab_options or BabOptions()
+    opts = bab_options
     if not bab or alpha_options is not None:
         return alpha_options
     n_relus = sum(1 for n in model.graph.nodes if n.op is not None and n.op.needs_input_bounds)

@@ -29,19 +29,6 @@ SPLIT_MODES = ("auto", "relu", "input")
 MIN_WIDTH = 1e-7          # a dimension narrower than this (relative to its magnitude) is not split
 
 
-def halve_boxes(box: tuple, rows: torch.Tensor, dims: torch.Tensor, lower_half: torch.Tensor) -> tuple:
-    """Copies of `box` (lower, upper [n, *S]) where row rows[i] keeps the lower (lower_half[i]) or
-    upper half of its box along flat dimension dims[i]. The midpoint is shared by both halves, so
-    the halves cover the parent exactly."""
-    lo, hi = box
-    flat_lo, flat_hi = lo.flatten(1).clone(), hi.flatten(1).clone()
-    a, b = flat_lo[rows, dims], flat_hi[rows, dims]
-    mid = a + (b - a) / 2
-    flat_hi[rows, dims] = torch.where(lower_half, mid, b)
-    flat_lo[rows, dims] = torch.where(lower_half, a, mid)
-    return flat_lo.reshape(lo.shape), flat_hi.reshape(hi.shape)
-
-
 def splittable_dims(box: tuple) -> torch.Tensor:
     """[n, N] bool: input dimensions of each box wide enough to halve."""
     lo, hi = (t.flatten(1) for t in box)
