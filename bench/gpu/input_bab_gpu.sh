@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Input branch and bound on a VNN-COMP benchmark at its own limits, on one lent GPU.
+# Usage (on the device machine, carrying [".whl", ".bench_data"] and optionally ".gpu_src"):
+#   bash bench/gpu/input_bab_gpu.sh BENCH OUT [WORKERS] [TIMEOUT_SCALE] [WALL_S]
+# BENCH is a folder under .bench_data/ (e.g. acasxu_2023). The instances are dealt round-robin to
+# WORKERS processes (default 8), each `dtensor-verify --threads 2 benchmark ... --device cuda`,
+# all sharing the one GPU; every process stops by WALL_S seconds (default 540), and instances left
+# unrun are counted as not run. Prints one summary table; CSVs go to OUT.
+# PY (default python3), DEVICE (default cuda), SKIP_WHEELS=1 (a dry run here: PY=.venv/bin/python DEVICE=cpu).
+# The code run is .gpu_src/ when present (a staged copy of a branch), else this checkout.
+set -uo pipefail
+BENCH=$1; OUT=$2; WORKERS=${3:-8}; SCALE=${4:-1.0}; WALL=${5:-540}
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}
+[ -n "${SKIP_WHEELS:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+SRC="$ROOT"; [ -d .gpu_src ] && SRC="$ROOT/.gpu_src"
+export PYTHONPATH="$SRC:/tmp/site" PYTHONUNBUFFERED=1
+$PY -c "import torch, scipy, onnxruntime; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', 'scipy', scipy.__version__)"
+D=.bench_data/$BENCH
+mkdir -p "$OUT/parts"
+tail -n +1 "$D/instances.csv" | grep -v '^\s*$' > "$OUT/parts/all.csv"
+for k in $(seq 0 $((WORKERS-1))); do
+  awk -v n="$WORKERS" -v k="$k" 'NR % n == k' "$OUT/parts/all.csv" > "$OUT/parts/part$k.csv"
+  timeout -k 5 "$WALL" $PY -m dtensor_verify --threads 2 benchmark "$D" --instances "$OUT/parts/part$k.csv" \
+    --timeout-scale "$SCALE" --csv "$OUT/part$k.csv" --quiet --device "$DEVICE" > "$OUT/parts/log$k.txt" 2>&1 &
+done
+wait
+$PY - "$OUT" "$OUT/parts/all.csv" <<'PY'
+import csv, glob, sys
+out, allcsv = sys.argv[1], sys.argv[2]
+n_all = sum(1 for _ in open(allcsv))
+rows = []
+for f in sorted(glob.glob(f"{out}/part*.csv")):
+    rows += list(csv.DictReader(open(f)))
+counts = {}
+for r in rows:
+    counts[r.get("verdict", r.get("result", "?"))] = counts.get(r.get("verdict", r.get("result", "?")), 0) + 1
+with open(f"{out}/all_results.csv", "w", newline="") as fh:
+    if rows:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0].keys())); w.writeheader(); w.writerows(rows)
+print(f"| instances | run | " + " | ".join(sorted(counts)) + " |")
+print(f"| {n_all} | {len(rows)} | " + " | ".join(str(counts[k]) for k in sorted(counts)) + " |")
+PY
