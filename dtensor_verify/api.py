@@ -56,6 +56,11 @@ class BoundedModel:
         return cls(trace_module(module.eval(), tuple(input_shape)))
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The precision the model computes in (float32, or float64 for float64 models)."""
+        return getattr(self.loaded, "dtype", torch.float32)
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         return self.graph.input_shape
 
@@ -101,14 +106,15 @@ class BoundedModel:
                 continue
             with self.layout.weights(node) as weights:
                 values[node.name] = self.layout.local(weights.forward([values[i] for i in node.inputs]))
-        return values[self.graph.output_name].flatten(1)
+        out = values[self.graph.output_name]
+        return out.reshape(out.shape[0], -1)          # [B, n_out], also for a scalar output per sample
 
     __call__ = forward
 
     def _as_batch(self, t, what: str) -> torch.Tensor:
         """[B, *input_shape] from one sample (input shape or flat) or a batch (same, with a
         leading batch dim). Anything else is refused rather than silently re-chunked."""
-        t = torch.as_tensor(t, dtype=torch.float32, device=self.device)
+        t = torch.as_tensor(t, dtype=self.dtype, device=self.device)
         shape, n = tuple(self.input_shape), self.n_inputs
         if tuple(t.shape) == shape or (t.dim() == 1 and t.numel() == n):
             return t.reshape(1, *shape)

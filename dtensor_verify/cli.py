@@ -493,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for add in (_add_bounds_command, _add_run_command, _add_benchmark_command):
         add(sub)
+    from .solver_cli import register     # VNN-LIB 2.0 command line: verify, supports, --name
+    register(p, sub, sys.modules[__name__])     # its helpers are passed, not imported: no import cycle
     return p
 
 

@@ -7,6 +7,7 @@ placement pass can shard them in place.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -15,7 +16,9 @@ from torch import nn
 from .errors import ModelLoadError, UnsupportedOpError
 from .model_loading import LoadedModel, describe_node, propagate_shapes
 from .ops import BoundOp, make_op
+from .ops.structural import make_item_op
 from .ops.elementwise_affine import ElementwiseAffineOp
+from .ops.linear_map import LinearMapOp
 
 
 @dataclass
@@ -104,12 +107,18 @@ def _build_graph(loaded: LoadedModel) -> BoundGraph:
     gm = loaded.module
     # The example input lives where the weights do (a module may come already on a GPU).
     first = next(iter(gm.parameters()), None)
-    example = torch.zeros(1, *loaded.input_shape, device=first.device if first is not None else "cpu")
+    example = torch.zeros(1, *loaded.input_shape, device=first.device if first is not None else "cpu",
+                          dtype=getattr(loaded, "dtype", torch.float32))
     propagate_shapes(gm, example, loaded.source)
+    from .ops.decompose import decompose
+
+    # Softmax, LayerNorm, MaxPool, Div / Max / Min of two activations: by ops with bound rules.
+    decompose(gm, lambda: propagate_shapes(gm, example, loaded.source))
 
     nodes: list[BoundNode] = []
     perturbed: set[str] = set()
     constants: dict[str, object] = {}
+    tuple_nodes: dict[str, list] = {}     # tuple-valued perturbed nodes (Split) -> their perturbed inputs
     input_name = output_name = None
     modules = dict(gm.named_modules())
 
@@ -142,26 +151,44 @@ def _build_graph(loaded: LoadedModel) -> BoundGraph:
             continue
         flat_args = [a for a in fx_node.args]
         pert_args = [a for a in flat_args if isinstance(a, torch.fx.Node) and a.name in perturbed]
-        if not pert_args:
+        # Perturbed nodes nested in lists / kwargs (torch.cat([a, b])) come after the top-level ones.
+        pert_args += [a for a in fx_node.all_input_nodes if a.name in perturbed and a not in pert_args]
+        if pert_args and _is_shape_query(gm, fx_node):
+            # The shape of an activation is a constant (its one-sample value; later reshapes that
+            # use it run per sample).
+            constants[fx_node.name] = _evaluate_shape(gm, fx_node, value_of)
+            continue
+        item = _tuple_item(fx_node, tuple_nodes)
+        if item is not None:
+            producer, index = item
+            op = make_item_op(gm, producer, tuple_nodes[producer.name], index, value_of, fx_node.name)
+            pert_args = tuple_nodes[producer.name]
+        elif not pert_args:
             # Constant sub-expression (e.g. a shape computation): evaluate it once.
             constants[fx_node.name] = _evaluate_constant(gm, fx_node, value_of)
             continue
         const_args = {i: value_of(a) for i, a in enumerate(flat_args)
-                      if not (isinstance(a, torch.fx.Node) and a.name in perturbed)
+                      if not (isinstance(a, torch.fx.Node) and (a.name in perturbed or a.name in tuple_nodes))
                       and (isinstance(a, torch.fx.Node) or isinstance(a, (int, float)))}
         if fx_node.op == "call_method" and fx_node.target in ("view", "reshape", "flatten"):
             const_args = {}
         if fx_node.op == "call_function" and fx_node.target in (torch.flatten, torch.reshape):
             const_args = {}
-        op = make_op(gm, fx_node, pert_args, const_args)
+        if fx_node.meta.get("tensor_meta") is None and item is None and _is_tuple_valued(fx_node):
+            tuple_nodes[fx_node.name] = pert_args         # built by the getitem nodes that read it
+            continue
+        if item is None:
+            op = make_op(gm, fx_node, pert_args, const_args, value_of=value_of)
         op.out_shape = _per_sample_shape(loaded.source, gm, fx_node)
         op.in_shapes = [nodes_by_name_shape(nodes, a.name) for a in pert_args]
+        if isinstance(op, LinearMapOp):
+            op.finalize(fx_node.meta["tensor_meta"].dtype, example.device)
         if isinstance(op, ElementwiseAffineOp):
             if op.kind == "batchnorm":
                 extra = len(op.out_shape) - 1
                 op.scale = op.scale.reshape(-1, *([1] * extra))
                 op.shift = op.shift.reshape(-1, *([1] * extra))
-            op.finalize()
+            op.finalize(fx_node.meta["tensor_meta"].dtype)
         if op.kind in ("add", "sub") and any(s != op.out_shape for s in op.in_shapes):
             raise UnsupportedOpError(f"node '{fx_node.name}': {op.kind} of perturbed tensors with "
                                      f"broadcasting ({op.in_shapes} -> {op.out_shape}) is not supported")
@@ -173,6 +200,47 @@ def _build_graph(loaded: LoadedModel) -> BoundGraph:
     if output_name is None or output_name not in perturbed:
         raise ModelLoadError(f"{loaded.source}: the output does not depend on the input")
     return BoundGraph(nodes, input_name, output_name, gm, loaded.input_shape)
+
+
+def _is_shape_query(gm, fx_node) -> bool:
+    if fx_node.op == "call_module":
+        return type(gm.get_submodule(fx_node.target)).__name__ == "OnnxShape"
+    if fx_node.op == "call_method":
+        return fx_node.target in ("size", "dim")
+    return fx_node.op == "call_function" and fx_node.target is getattr and fx_node.args[1:] == ("shape",)
+
+
+def _evaluate_shape(gm, fx_node, value_of):
+    """A shape query evaluated on zeros of its (perturbed) input's one-sample shape."""
+    def val(a):
+        if not isinstance(a, torch.fx.Node):
+            return a
+        try:
+            return value_of(a)
+        except KeyError:
+            meta = a.meta["tensor_meta"]
+            return torch.zeros(meta.shape, dtype=meta.dtype)
+    args = [val(a) for a in fx_node.args]
+    if fx_node.op == "call_module":
+        return gm.get_submodule(fx_node.target)(*args)
+    if fx_node.op == "call_method":
+        return getattr(args[0], fx_node.target)(*args[1:])
+    return getattr(args[0], "shape")
+
+
+def _is_tuple_valued(fx_node) -> bool:
+    users = list(fx_node.users)
+    return bool(users) and all(u.op == "call_function" and u.target is operator.getitem for u in users)
+
+
+def _tuple_item(fx_node, tuple_nodes):
+    """(producer, index) when `fx_node` is `producer[index]` of a tuple-valued perturbed node."""
+    if fx_node.op != "call_function" or fx_node.target is not operator.getitem:
+        return None
+    producer, index = fx_node.args
+    if isinstance(producer, torch.fx.Node) and producer.name in tuple_nodes and isinstance(index, int):
+        return producer, index
+    return None
 
 
 def _per_sample_shape(source: str, gm, fx_node) -> tuple[int, ...]:

@@ -46,6 +46,8 @@ class LoadedModel:
     # The model as given, for the load-time self-check and for confirming counterexamples of
     # models that never were ONNX files (None for ONNX files: onnxruntime runs the file itself).
     reference: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # The precision the model computes in (float64 models are bounded in float64).
+    dtype: torch.dtype = torch.float32
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -85,34 +87,41 @@ def _one_line(exc: BaseException) -> str:
 def _refused_float_types() -> dict[int, str]:
     from onnx import TensorProto
 
-    return {TensorProto.DOUBLE: "float64", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
+    return {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
 
 
-def _check_float32(proto, path) -> None:
-    """The engine computes in float32: a float64 / float16 model would be verified in another
-    precision than the one it runs in, so it is refused by name (input, output or weight)."""
+def _check_float32(proto, path) -> torch.dtype:
+    """The model's float type: float32, or float64 for a model whose input is float64 (the engine
+    then computes in float64 end to end). float16 / bfloat16 would be verified in another
+    precision than the one they run in: refused by name (input, output or weight)."""
     from onnx import TensorProto
 
     refused = _refused_float_types()
     initializer_names = {init.name for init in proto.graph.initializer}
+    allowed = (TensorProto.FLOAT, TensorProto.DOUBLE)
+    kinds = set()
     for kind, infos in (("input", proto.graph.input), ("output", proto.graph.output)):
         for info in infos:
             if info.name in initializer_names:
                 continue
             elem = info.type.tensor_type.elem_type
-            if elem != TensorProto.FLOAT:
+            if elem not in allowed:
                 what = refused.get(elem) or TensorProto.DataType.Name(elem).lower()
-                raise ModelLoadError(f"{path}: {kind} '{info.name}' is {what}; only float32 models are "
-                                     f"supported (convert the model to float32)")
+                raise ModelLoadError(f"{path}: {kind} '{info.name}' is {what}; only float32 and float64 models "
+                                     f"are supported (convert the model to float32)")
+            if kind == "input":
+                kinds.add(elem)
     for init in proto.graph.initializer:
         if init.data_type in refused:
             raise ModelLoadError(f"{path}: initializer '{init.name}' is {refused[init.data_type]}; only "
-                                 f"float32 models are supported (convert the model to float32)")
+                                 f"float32 and float64 models are supported (convert the model to float32)")
     for node in proto.graph.node:
         for attr in node.attribute:
             if attr.HasField("t") and attr.t.data_type in refused:
                 raise ModelLoadError(f"{path}: node '{node.name or node.op_type}' ({node.op_type}) holds a "
-                                     f"{refused[attr.t.data_type]} tensor; only float32 models are supported")
+                                     f"{refused[attr.t.data_type]} tensor; only float32 and float64 models "
+                                     f"are supported")
+    return torch.float64 if kinds == {TensorProto.DOUBLE} else torch.float32
 
 
 def _normalise_proto(proto, path):
@@ -205,14 +214,17 @@ def _convert(proto, path) -> torch.fx.GraphModule:
 
 def load_onnx(path: str | os.PathLike) -> LoadedModel:
     proto = load_onnx_proto(path)
-    _check_float32(proto, path)
+    dtype = _check_float32(proto, path)
     proto = _normalise_proto(proto, path)
+    from .onnx_rewrites import rewrite_batchnorm
+
+    proto = rewrite_batchnorm(proto)
     name, full_shape = _input_shape_of(proto, path)
     module = _convert(proto, path)
     # Leading dim of size 1 on a rank>=2 input is the batch dim; a rank-1 input has none.
     per_sample = full_shape[1:] if len(full_shape) >= 2 and full_shape[0] == 1 else full_shape
-    module = canonicalize(module.eval(), tuple(per_sample), str(path))
-    return LoadedModel(module, tuple(per_sample), full_shape, name, str(path))
+    module = canonicalize(module.eval(), tuple(per_sample), str(path), dtype)
+    return LoadedModel(module, tuple(per_sample), full_shape, name, str(path), dtype=dtype)
 
 
 def trace_module(model: nn.Module, input_shape: tuple[int, ...]) -> LoadedModel:
@@ -272,11 +284,13 @@ class _Canonicalizer:
     with the shapes of their actual operands in hand. A rewritten node's value is computed from
     the rewrite, so later decisions see the graph as it now is."""
 
-    def __init__(self, gm: torch.fx.GraphModule, input_shape: tuple[int, ...], source: str):
+    def __init__(self, gm: torch.fx.GraphModule, input_shape: tuple[int, ...], source: str,
+                 dtype: torch.dtype = torch.float32):
         self.gm, self.graph, self.source = gm, gm.graph, source
         gen = torch.Generator().manual_seed(0)
         first = next(iter(gm.parameters()), None)        # a module may come already on a GPU
-        self.example = torch.randn((1, *input_shape), generator=gen).to(first.device if first is not None else "cpu")
+        self.example = torch.randn((1, *input_shape), generator=gen).to(
+            device=first.device if first is not None else "cpu", dtype=dtype)
         self.value: dict[torch.fx.Node, Any] = {}
         self.constant: set[torch.fx.Node] = set()     # nodes that do not depend on the input
         self.fresh: set[torch.fx.Node] = set()        # bias-free Linear nodes made here
@@ -309,11 +323,13 @@ class _Canonicalizer:
 
     def add_linear(self, after, x, weight, bias=None, name_hint="linear"):
         """Insert `Linear(x)` after node `after`; returns the new node (its value computed)."""
-        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        # The weight keeps the model's precision (float64 models stay float64).
+        dtype = self.example.dtype
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=dtype)
         with torch.no_grad():
-            linear.weight.copy_(weight.detach().to(torch.float32))
+            linear.weight.copy_(weight.detach().to(dtype))
             if bias is not None:
-                linear.bias.copy_(bias.detach().to(torch.float32))
+                linear.bias.copy_(bias.detach().to(dtype))
         name, k = f"linear_{name_hint}", 0
         while hasattr(self.gm, name):
             k += 1
@@ -401,7 +417,7 @@ class _Canonicalizer:
                 f"{self.source}: node '{node.name}' (MatMul with the constant on the left, W {list(w.shape)} @ "
                 f"x {list(per_sample)}): its exact rewrite needs a {rows}x{cols} weight, more than "
                 f"{MAX_REWRITE_WEIGHT} elements; not supported")
-        weight = torch.kron(torch.eye(lead), torch.kron(w.detach().float(), torch.eye(m)))
+        weight = torch.kron(torch.eye(lead, dtype=w.dtype), torch.kron(w.detach(), torch.eye(m, dtype=w.dtype)))
         with self.graph.inserting_after(node):
             flat = self.graph.call_method("flatten", (x, 1))
         self.value[flat] = self.evaluate(flat)
@@ -478,10 +494,10 @@ class _Canonicalizer:
         if tuple(out.shape) != tuple(lin_out.shape) or not per_feature:
             return False
         module = self.gm.get_submodule(lin.target)
-        biased = nn.Linear(module.in_features, module.out_features, bias=True)
+        biased = nn.Linear(module.in_features, module.out_features, bias=True, dtype=module.weight.dtype)
         with torch.no_grad():
             biased.weight.copy_(module.weight)
-            biased.bias.copy_(c.detach().float().reshape(-1).expand(n))
+            biased.bias.copy_(c.detach().to(module.weight.dtype).reshape(-1).expand(n))
         _set_submodule(self.gm, lin.target, biased)
         self.fresh.discard(lin)
         self.replace(node, lin)
@@ -498,7 +514,7 @@ class _Canonicalizer:
         if mod.bias.numel() != 1:
             raise ModelLoadError(f"{self.source}: node '{node.name}' (Linear): bias of {mod.bias.numel()} "
                                  f"values for {mod.out_features} outputs")
-        fixed = nn.Linear(mod.in_features, mod.out_features, bias=True)
+        fixed = nn.Linear(mod.in_features, mod.out_features, bias=True, dtype=mod.weight.dtype)
         with torch.no_grad():
             fixed.weight.copy_(mod.weight)
             fixed.bias.copy_(mod.bias.detach().reshape(()).expand(mod.out_features))
@@ -521,7 +537,7 @@ def _set_submodule(gm, target: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
 
 
-def canonicalize(gm: torch.fx.GraphModule, input_shape: tuple[int, ...], source: str = "model"
-                 ) -> torch.fx.GraphModule:
+def canonicalize(gm: torch.fx.GraphModule, input_shape: tuple[int, ...], source: str = "model",
+                 dtype: torch.dtype = torch.float32) -> torch.fx.GraphModule:
     """Rewrite products by constant matrices into nn.Linear (see _Canonicalizer)."""
-    return _Canonicalizer(gm, tuple(input_shape), source).run()
+    return _Canonicalizer(gm, tuple(input_shape), source, dtype).run()

@@ -100,7 +100,7 @@ def test_matmul_constant_on_left_is_not_transposed(tmp_path):
 
 
 @pytest.mark.parametrize("in_shape, w, expected, needles", [
-    ([1, 3], rand(3, 0), REFUSED, ("mm",)),                        # by a vector: no bound rule
+    ([1, 3], rand(3, 0), LOADED, ()),                              # by a vector: an exact linear map
     ([1, 3], rand((2, 3, 4), 0), REFUSED, ("mm",)),                # batched constant moves the batch
 ], ids=["vector", "3d-constant"])
 def test_matmul_shapes_without_rewrite(tmp_path, in_shape, w, expected, needles):
@@ -108,9 +108,10 @@ def test_matmul_shapes_without_rewrite(tmp_path, in_shape, w, expected, needles)
     check(path, expected, *needles)
 
 
-def test_matmul_of_two_inputs_is_refused(tmp_path):
+def test_matmul_of_two_inputs_is_bounded(tmp_path):
+    """x @ x: a product of two activations (McCormick planes, ops/products.py), no longer refused."""
     path = build(tmp_path, "xx", [node("MatMul", ["x", "x"], ["y"], "mm")], [], [1, 3, 3])
-    check(path, REFUSED, "mm")
+    check(path, LOADED)
 
 
 def test_matmul_weight_too_large_for_the_exact_rewrite_is_refused(tmp_path, monkeypatch):
@@ -313,7 +314,8 @@ def test_opsets(tmp_path, opset):
 
 # ----------------------------------------------------------------------------- dtypes, via the CLI
 
-@pytest.mark.parametrize("elem_type, name", [(TensorProto.DOUBLE, "float64"), (TensorProto.FLOAT16, "float16")])
+# float64 models are bounded in float64 (tests/test_ops_models.py); half precisions stay refused.
+@pytest.mark.parametrize("elem_type, name", [(TensorProto.FLOAT16, "float16")])
 def test_non_float32_models_are_refused_in_one_line(tmp_path, capsys, elem_type, name):
     from onnx import numpy_helper
     dtype = np.float64 if elem_type == TensorProto.DOUBLE else np.float16

@@ -43,7 +43,10 @@ def alpha_before(model, pair_lo, pair_hi, bab: bool, bab_options, alpha_options)
     opts = bab_options
     if not bab or alpha_options is not None:
         return alpha_options
-    n_relus = sum(1 for n in model.graph.nodes if n.op is not None and n.op.needs_input_bounds)
+    nonlinear = [n.op for n in model.graph.nodes if n.op is not None and n.op.needs_input_bounds]
+    if any(not getattr(op, "splittable", True) for op in nonlinear):
+        return alpha_options                          # branch and bound is skipped there
+    n_relus = len(nonlinear)
     mode = resolve_mode(opts.split, n_relus, perturbed_dims(pair_lo, pair_hi), opts.max_input_dims)
     return AlphaOptions(iterations=opts.input_alpha_iterations) if mode == "input" else None
 

@@ -13,9 +13,9 @@ import torch
 
 from ..layout import DEFAULT_LAYOUT, Layout
 from ..memory import tag
-from ..ops.relu import relaxation
 from .optimize import ParamGroup, maximise
-from .crown import CrownOptions, default_spec, intermediate_bounds, node_bound_rows, output_bound, scatter_rows
+from .crown import (CrownOptions, default_spec, intermediate_bounds, node_bound_rows, output_bound, scatter_rows,
+                    tighter_than_ibp)
 
 
 @dataclass
@@ -50,7 +50,8 @@ class AlphaResult:
 
 
 def _relu_nodes(graph):
-    return [n for n in graph.nodes if n.op is not None and n.op.needs_input_bounds]
+    """Nodes whose op has relaxation parameters (ReLU slopes, tangent points of other activations)."""
+    return [n for n in graph.nodes if n.op is not None and getattr(n.op, "has_alpha", False)]
 
 
 def init_alphas(graph, bounds, starts: dict[str, int], layout: Layout):
@@ -64,9 +65,13 @@ def init_alphas(graph, bounds, starts: dict[str, int], layout: Layout):
         for relu in relus:
             if relu.name not in ancestors or relu.inputs[0] == start:
                 continue
-            lower, upper = bounds[relu.inputs[0]]
-            adaptive = relaxation(lower, upper)[2]                   # [B, *S]
-            a = adaptive.unsqueeze(0).unsqueeze(2).expand(2, -1, k, *([-1] * (adaptive.dim() - 1)))
+            if any(i == start for i in relu.inputs):
+                continue
+            if hasattr(relu.op, "init_alpha_inputs"):                  # ops of several inputs
+                init = relu.op.init_alpha_inputs([bounds[i] for i in relu.inputs])
+            else:
+                init = relu.op.init_alpha(*bounds[relu.inputs[0]])    # [P, B, *S]
+            a = init.unsqueeze(2).expand(-1, -1, k, *([-1] * (init.dim() - 2)))
             per_start[relu.name] = layout.alpha_param(a, relu, start).clone().requires_grad_(True)
         alphas[start] = per_start
     return alphas
@@ -83,6 +88,10 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
         bounds, rows = intermediate_bounds(graph, box, layout, opts.crown)
         best_lo, best_up = output_bound(graph, bounds, C, layout, want_lower=want_lower, want_upper=want_upper,
                                         gather=False)
+        if opts.crown.intersect_ibp:
+            # CROWN's start (and so alpha's result) is never looser than IBP's, like `crown`.
+            mine = C[:, layout.rows(graph.output_name, C.shape[1]).mine]
+            best_lo, best_up = tighter_than_ibp(graph, bounds, mine, best_lo, best_up)
     crown_lo, crown_up = best_lo, best_up
     starts = {graph.output_name: C.shape[1]}
     if opts.optimize_intermediate:

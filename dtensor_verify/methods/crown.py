@@ -209,9 +209,16 @@ def identity_rows(rows: torch.Tensor, shape, batch: int, dtype, device) -> torch
     return eye.reshape(1, len(rows), *shape).expand(batch, *([-1] * (1 + len(shape))))
 
 
-def rows_to_bound(lower, upper, opts: CrownOptions) -> torch.Tensor:
+def _feeds_general_op(graph, name) -> bool:
+    """True when `name` feeds a nonlinear op other than ReLU: its bounds matter for every neuron,
+    not only for those that cross 0."""
+    ops = [graph[c].op for c in graph.consumers[name]]
+    return any(op.needs_input_bounds and not getattr(op, "exact_when_sign_known", False) for op in ops)
+
+
+def rows_to_bound(lower, upper, opts: CrownOptions, all_rows: bool = False) -> torch.Tensor:
     """Flattened neuron indices that need a backward sweep (unstable under the given bounds)."""
-    if not opts.skip_stable:
+    if not opts.skip_stable or all_rows:
         return torch.arange(lower.flatten(1).shape[1], device=lower.device)     # also on an empty batch
     unstable = ((lower < 0) & (upper > 0)).flatten(1).any(0)
     return unstable.nonzero().flatten()
@@ -301,7 +308,7 @@ def _intermediate_bounds(graph, box, layout, opts):
         if name not in preactivation or graph.affine_from_input(name):
             bounds[name] = (ref_lo, ref_up)   # one affine op from the input: IBP is exact
             continue
-        rows = rows_to_bound(ref_lo, ref_up, opts)
+        rows = rows_to_bound(ref_lo, ref_up, opts, all_rows=_feeds_general_op(graph, name))
         rows_by_node[name] = rows
         lo, up = node_bound_rows(graph, name, rows, bounds, layout, opts, batch)
         bounds[name] = scatter_rows(ref_lo, ref_up, rows, lo, up, opts.intersect_ibp)
@@ -333,7 +340,24 @@ def crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: CrownOption
     with torch.no_grad():
         bounds, _ = intermediate_bounds(graph, box, layout, opts)
         lo, up = output_bound(graph, bounds, C, layout, want_lower=want_lower, want_upper=want_upper)
+        if (opts or CrownOptions()).intersect_ibp:
+            lo, up = tighter_than_ibp(graph, bounds, C, lo, up)
     return lo, up, bounds
+
+
+def output_ibp(graph, bounds, C):
+    """IBP bounds of the rows `C y` from the output node's box in `bounds` (its IBP box, or better)."""
+    lo, hi = (t.reshape(t.shape[0], -1) for t in bounds[graph.output_name])
+    mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
+    center, dev = C.matmul(mid).squeeze(-1), C.abs().matmul(rad).squeeze(-1)
+    return center - dev, center + dev
+
+
+def tighter_than_ibp(graph, bounds, C, lo, up):
+    """CROWN's output bounds intersected with IBP's (both sound; CROWN alone may be looser on a
+    network with general activations)."""
+    ilo, iup = output_ibp(graph, bounds, C)
+    return (None if lo is None else torch.maximum(lo, ilo)), (None if up is None else torch.minimum(up, iup))
 
 
 def default_spec(graph, batch, dtype, device):

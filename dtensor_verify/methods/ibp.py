@@ -23,7 +23,7 @@ def ibp(graph, box, layout=DEFAULT_LAYOUT, until: str | None = None) -> dict[str
 def ibp_output(graph, box, C=None, layout=DEFAULT_LAYOUT):
     """IBP bounds of `C f(x)` (C: [B, K, n_out]; None = identity)."""
     lo, hi = ibp(graph, box, layout)[graph.output_name]
-    lo, hi = lo.flatten(1), hi.flatten(1)
+    lo, hi = lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)     # also a scalar output
     if C is None:
         return lo, hi
     mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)

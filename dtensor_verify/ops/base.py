@@ -98,6 +98,17 @@ class BoundOp:
     needs_input_bounds = False
     # True for ops that are linear in their inputs: IBP through a purely affine chain is exact.
     is_affine = True
+    # True for ops with relaxation parameters that alpha-CROWN optimises: `init_alpha(lower,
+    # upper)` gives CROWN's choice as a `[P, B, *S]` tensor of values in [0, 1]; the backward rule
+    # then receives `alpha` of shape `[P, B, K, *S]` (one per bound row).
+    has_alpha = False
+    # True for ReLU only: its relaxation is exact once a neuron's sign is known (only unstable
+    # inputs need CROWN bounds) and branch and bound may split its neurons.
+    exact_when_sign_known = False
+    splittable = False
+
+    def init_alpha(self, lower, upper):
+        return None
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -34,11 +34,11 @@ class ElementwiseAffineOp(BoundOp):
     # The input's per-sample shape padded with leading 1s to the output's rank (set by finalize).
     in_padded: tuple[int, ...] | None = None
 
-    def finalize(self):
+    def finalize(self, dtype=torch.float32):
         """Broadcast the constants to the per-sample shape once the shapes are known."""
         shape = (1, *self.out_shape)
-        self.scale = torch.broadcast_to(torch.as_tensor(self.scale, dtype=torch.float32), shape)[0].clone()
-        self.shift = torch.broadcast_to(torch.as_tensor(self.shift, dtype=torch.float32), shape)[0].clone()
+        self.scale = torch.broadcast_to(torch.as_tensor(self.scale, dtype=dtype), shape)[0].clone()
+        self.shift = torch.broadcast_to(torch.as_tensor(self.shift, dtype=dtype), shape)[0].clone()
         in_shape = tuple(self.in_shapes[0]) if self.in_shapes else tuple(self.out_shape)
         self.in_padded = (1,) * (len(self.out_shape) - len(in_shape)) + in_shape
 
@@ -78,7 +78,7 @@ class ElementwiseAffineOp(BoundOp):
 
 def from_binary(name, kind: str, const: torch.Tensor, const_first: bool) -> ElementwiseAffineOp:
     """Build the affine op for `x <kind> c` (or `c <kind> x` when `const_first`)."""
-    c = const.detach().float()
+    c = const.detach().double() if const.dtype == torch.float64 else const.detach().float()
     one, zero = torch.ones(()), torch.zeros(())
     if kind == "add":
         return ElementwiseAffineOp(name, one, c, kind="add_const")

@@ -39,6 +39,8 @@ class LinearOp(BoundOp):
 
     def backward_rows(self, rows, batch, params=None):
         # e_r^T W is row r of W: the one-hot matmul of the generic rule is skipped.
+        if len(self.out_shape) != 1:
+            return None       # a Linear over tokens [T, n]: flat row r is not row r of W
         w, b = self._params(params)
         A = w[rows].unsqueeze(0).expand(batch, -1, -1)
         bias = 0.0 if b is None else b[rows].unsqueeze(0).expand(batch, -1)

@@ -33,6 +33,16 @@ class ReluOp(BoundOp):
     caps = Capabilities(elementwise=True)
     needs_input_bounds = True
     is_affine = False
+    has_alpha = True
+    # Its relaxation is exact on a neuron whose sign is known: only unstable inputs need CROWN.
+    exact_when_sign_known = True
+    # Branch and bound may split its neurons (beta-CROWN).
+    splittable = True
+
+    def init_alpha(self, lower, upper):
+        """CROWN's adaptive lower slopes, [2 (lA, uA sides), B, *S]."""
+        adaptive = relaxation(lower, upper)[2]
+        return adaptive.unsqueeze(0).expand(2, *adaptive.shape)
 
     def forward(self, x):
         return torch.relu(x)

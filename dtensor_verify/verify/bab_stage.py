@@ -55,8 +55,13 @@ class _ShortPgd:
 def _skip_reason(inst: Instance, open_idx, opts) -> str | None:
     if any(p not in inst.roots or inst.pairs.n_real_rows[p] == 0 for p in open_idx):
         return "a disjunct has no bound to start from"
-    if opts.split == "relu" and not any(n.op is not None and n.op.needs_input_bounds for n in inst.model.graph.nodes):
+    nonlinear = [n for n in inst.model.graph.nodes if n.op is not None and n.op.needs_input_bounds]
+    if opts.split == "relu" and not nonlinear:        # input splitting needs no ReLU
         return "no ReLU to split: the bounds are already those of a linear network"
+    others = [n.name for n in inst.model.graph.nodes if n.op is not None and n.op.needs_input_bounds
+              and not n.op.splittable]
+    if others:
+        return f"nonlinear ops other than ReLU (e.g. '{others[0]}'): branch and bound splits ReLUs only"
     return None
 
 

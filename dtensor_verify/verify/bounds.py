@@ -62,8 +62,8 @@ def _chunks(pairs: Pairs, groups, max_batch: int, max_rows: int):
 
 def _stack(pairs: Pairs, chunk) -> _Batch:
     K = max(sum(pairs.rows_of[p] for p in g) for g in chunk)
-    C = torch.zeros(len(chunk), K, pairs.C.shape[-1], device=pairs.C.device)
-    d = torch.zeros(len(chunk), K, device=pairs.C.device)
+    C = torch.zeros(len(chunk), K, pairs.C.shape[-1], dtype=pairs.C.dtype, device=pairs.C.device)
+    d = torch.zeros(len(chunk), K, dtype=pairs.C.dtype, device=pairs.C.device)
     slots = []
     for b, g in enumerate(chunk):
         pos = 0

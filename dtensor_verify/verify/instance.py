@@ -155,10 +155,11 @@ def open_instance(model, prop, onnx_path, clock: Clock, say, attack: AttackOptio
     from .. import selfcheck
 
     device = model.device                   # every tensor below lives where the weights do
-    pairs = Pairs(prop, model.n_outputs, device=device)
+    dtype = model.dtype                     # float64 models are verified in float64
+    pairs = Pairs(prop, model.n_outputs, dtype=dtype, device=device)
     details = [DisjunctStatus(r, j, k) for (r, j), k in zip(pairs.index, pairs.n_real_rows)]
     result.details = details
-    region_lo, region_hi = region_boxes(prop, model.input_shape, device=device)
+    region_lo, region_hi = region_boxes(prop, model.input_shape, dtype=dtype, device=device)
     model.check_box(region_lo, region_hi)
     pair_region = torch.tensor([r for r, _ in pairs.index], device=device)
     if onnx_path is None and model.loaded.onnx_input_name is not None and os.path.isfile(str(model.loaded.source)):

@@ -1,0 +1,82 @@
+"""Exact linear (affine) maps given as a function: Transpose, Slice, Concat, Gather, Pad, pools...
+
+`LinearMapOp` wraps any batch-generic function `fn(*xs)` that is affine in its inputs,
+`fn(x) = J x + c`. Its CROWN step is the adjoint: `A -> J^T A`, computed as the vector-Jacobian
+product of `fn` (autograd, with the A-matrix's rows as the batch), and the bias `A . c` with
+`c = fn(0)`. Nothing is approximated, so bounds pass through exactly.
+
+IBP: with `nonnegative=True` (every coefficient of J >= 0: selections, sums, averages, copies)
+the box maps to `[fn(lo), fn(hi)]`; otherwise `abs_fn` (x -> |J| x) gives the radius.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
+
+
+class LinearMapOp(BoundOp):
+    kind = "linear_map"
+
+    def __init__(self, name, fn, nonnegative=True, abs_fn=None, kind=None, elementwise=False):
+        super().__init__(name, None)
+        self.fn = fn
+        self.nonnegative = nonnegative
+        self.abs_fn = abs_fn
+        self.offset = None            # fn(0) per sample, or None when it is 0 (set by finalize)
+        # Weights (ConvTranspose's) are constants captured at build time, not module parameters;
+        # a general linear map mixes neurons, so it needs whole tensors on a sharded dim.
+        self.caps = Capabilities(elementwise=elementwise)
+        if kind:
+            self.kind = kind
+        if not nonnegative and abs_fn is None:
+            raise ValueError("a linear map with signed coefficients needs abs_fn for IBP")
+
+    def finalize(self, dtype=torch.float32, device="cpu"):
+        zeros = [torch.zeros(1, *s, dtype=dtype, device=device) for s in self.in_shapes]
+        with torch.no_grad():
+            c = self.fn(*zeros)
+        self.offset = c[0].detach() if bool((c != 0).any()) else None
+
+    def to(self, device):
+        if self.offset is not None:
+            self.offset = self.offset.to(device)
+
+    def forward(self, *xs):
+        return self.fn(*xs)
+
+    def ibp(self, *intervals):
+        if self.nonnegative:
+            return self.fn(*[i[0] for i in intervals]), self.fn(*[i[1] for i in intervals])
+        mid = self.fn(*[(i[0] + i[1]) / 2 for i in intervals])
+        rad = self.abs_fn(*[(i[1] - i[0]) / 2 for i in intervals])
+        return mid - rad, mid + rad
+
+    def adjoint(self, A):
+        """J^T A for each perturbed input: A [B, K, *out] -> list of [B, K, *in_i]."""
+        B, K = A.shape[:2]
+        flat = A.reshape(B * K, *A.shape[2:])
+        xs = [torch.zeros(B * K, *s, dtype=A.dtype, device=A.device, requires_grad=True) for s in self.in_shapes]
+        with torch.enable_grad():
+            y = self.fn(*xs)
+            if self.offset is not None:
+                y = y - self.offset
+            grads = torch.autograd.grad(y, xs, flat, create_graph=A.requires_grad, allow_unused=True)
+        out = []
+        for g, s in zip(grads, self.in_shapes):
+            g = torch.zeros(B * K, *s, dtype=A.dtype, device=A.device) if g is None else g
+            out.append(g.reshape(B, K, *s))
+        return out
+
+    def backward(self, lA, uA, input_bounds, alpha=None):
+        n = len(self.in_shapes)
+        l_in = self.adjoint(lA) if lA is not None else [None] * n
+        u_in = l_in if uA is lA else (self.adjoint(uA) if uA is not None else [None] * n)
+
+        def bias(A):
+            if A is None or self.offset is None:
+                return 0.0
+            return per_row_sum(A * self.offset)
+
+        lb = bias(lA)
+        return BackwardResult(list(zip(l_in, u_in)), lb, lb if uA is lA else bias(uA))
