@@ -375,8 +375,7 @@ KNOWN_SUSPECT: dict[str, str] = {
     **{f"split{i:02d}": "Split-18: onnx2torch has no converter and onnx cannot lower it to opset 17" for i in range(1, 15)},
     **{f"where0{i}": "Greater (the Where condition from the input): not claimed, no bound rule" for i in range(1, 7)},
     # ops side: rules exist, but the relaxation is too loose to prove unsat (no input splitting here)
-    "mul03": "Mul of two perturbed tensors: McCormick too loose to prove unsat",
-    "multi_io03": "Mul of two perturbed inputs: McCormick too loose to prove unsat",
+    "mul03": "Mul of two perturbed tensors: unknown after ~1 s (McCormick does not prove it, the search ends)",
     **{f"softmax0{i}": "Softmax over a wide box: bounds too loose to prove unsat" for i in (1, 3, 4)},
     # the batch-dim convention (loader / product graph)
     **{f"concat0{i}": _BATCH for i in (1, 2)}, **{f"div0{i}": _BATCH for i in range(1, 5)},
