@@ -26,6 +26,8 @@ def user_errors() -> tuple:
 
 def err(msg: str) -> None:
     msg = " ".join(str(msg).split())
+    if len(msg) > 1000:             # a message quoting a huge input stays one short line
+        msg = f"{msg[:600]} ...[{len(msg) - 900} characters]... {msg[-300:]}"
     print(f"{PROG}: error: {msg}", file=sys.stderr)
 
 
@@ -57,10 +59,10 @@ def load_model(path: str, device=None):
 
 
 def bab_options(args):
-    """BabOptions from `--bab-batch` / `--branching` (None: the defaults)."""
+    """BabOptions from `--bab-batch` / `--branching` / `--bab-split` (None: the defaults)."""
     from .bab import BabOptions
 
-    opts = BabOptions(branching=args.branching)
+    opts = BabOptions(branching=args.branching, split=getattr(args, "bab_split", "auto"))
     if args.bab_batch is not None:
         if args.bab_batch < 1:
             raise CliError("--bab-batch must be >= 1")

@@ -21,7 +21,7 @@ from .reshape import ReshapeOp
 
 __all__ = ["BoundOp", "BackwardResult", "Interval", "make_op", "LinearOp", "Conv2dOp", "ReluOp",
            "ReshapeOp", "IdentityOp", "AddOp", "SubOp", "ElementwiseAffineOp", "SUPPORTED",
-           "supported_onnx_ops"]
+           "supported_onnx_ops", "onnx_operators"]
 
 # Rule modules, in priority order (the first matching rule builds the op).
 _RULE_MODULES = ("rules_core", "structural", "activations", "products", "decompose")
@@ -59,3 +59,9 @@ def make_op(gm: torch.fx.GraphModule, node: torch.fx.Node, perturbed: list, cons
     """
     ctx = OpContext(gm, node, list(perturbed), dict(constants), describe_target(gm, node), value_of)
     return build_op(ctx)
+
+
+def onnx_operators() -> tuple[str, ...]:
+    """The ONNX operator types with a bound rule: exactly what the op registry's rules declare
+    (`dtensor-verify supports --onnx-operators` prints this list)."""
+    return tuple(supported_onnx_ops())

@@ -17,4 +17,8 @@ PY="$ROOT/.venv/bin/python"
 [ -x "$PY" ] || PY="$(command -v python3)"
 echo "preparing $CATEGORY: $ONNX $VNNLIB" >&2
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if "$PY" -c 'import sys; from dtensor_verify.specs.vnnlib2 import is_vnnlib2; sys.exit(0 if is_vnnlib2(sys.argv[1]) else 1)' "$VNNLIB"; then
+  # A 2.0 query (ONNX may be a list of (name, file) pairs): parse and type-check it.
+  exec "$PY" -m dtensor_verify.vnncomp2 --check "$VNNLIB"
+fi
 exec "$PY" -m dtensor_verify bounds "$ONNX" --vnnlib "$VNNLIB" --method ibp --quiet --json /dev/null
