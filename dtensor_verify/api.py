@@ -107,7 +107,9 @@ class BoundedModel:
             with self.layout.weights(node) as weights:
                 values[node.name] = self.layout.local(weights.forward([values[i] for i in node.inputs]))
         out = values[self.graph.output_name]
-        return out.reshape(out.shape[0], -1)          # [B, n_out], also for a scalar output per sample
+        # [B, n_out], also for a scalar output per sample, and for an empty batch (B = 0: a rank
+        # with no domain of its own takes the step under torchrun; -1 cannot be inferred there).
+        return out.reshape(out.shape[0], math.prod(out.shape[1:]))
 
     __call__ = forward
 
