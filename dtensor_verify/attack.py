@@ -46,7 +46,8 @@ def pgd(fn, lo: torch.Tensor, hi: torch.Tensor, objective, steps: int = 50, rest
     for t in range(steps + 1):
         x = x.detach().requires_grad_(t < steps)
         with torch.set_grad_enabled(t < steps):
-            val = objective(fn(x.reshape(R * B, *lo.shape[1:])).reshape(R, B, -1))
+            y = fn(x.reshape(R * B, *lo.shape[1:]))
+            val = objective(y.reshape(R, B, y.shape[-1]))      # (an empty batch too: lockstep ranks)
         with torch.no_grad():
             v, i = val.detach().min(0)
             better = v < best_val

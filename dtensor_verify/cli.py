@@ -415,6 +415,9 @@ def _add_bab_arguments(p):
                    help="domains split per round per worker (default: from the free memory)")
     p.add_argument("--branching", default="fsb", choices=["fsb", "babsr"],
                    help="branching heuristic (default fsb: filtered smart branching)")
+    p.add_argument("--bab-split", default="auto", choices=["auto", "relu", "input"],
+                   help="what branch and bound splits: input boxes, ReLU neurons, or auto (input boxes when "
+                        "the property perturbs at most 16 inputs or the network has no ReLU)")
 
 
 def _add_mesh_argument(p):

@@ -59,10 +59,10 @@ def load_model(path: str, device=None):
 
 
 def bab_options(args):
-    """BabOptions from `--bab-batch` / `--branching` (None: the defaults)."""
+    """BabOptions from `--bab-batch` / `--branching` / `--bab-split` (None: the defaults)."""
     from .bab import BabOptions
 
-    opts = BabOptions(branching=args.branching)
+    opts = BabOptions(branching=args.branching, split=getattr(args, "bab_split", "auto"))
     if args.bab_batch is not None:
         if args.bab_batch < 1:
             raise CliError("--bab-batch must be >= 1")

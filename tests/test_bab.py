@@ -203,8 +203,9 @@ def _threshold_property(t: float) -> str:
             f"(assert (<= Y_0 {t!r}))\n")
 
 
+@pytest.mark.parametrize("split", ["relu", "input"])
 @pytest.mark.parametrize("seed", range(3))
-def test_bab_decides_small_networks_as_ground_truth_says(seed):
+def test_bab_decides_small_networks_as_ground_truth_says(seed, split):
     """y = net(x) on [-1, 1]^2 with a dense grid for the truth: a threshold certified below
     the minimum must be proved (by branch and bound when the bounds alone fail), a threshold
     above the grid's minimum must never be proved."""
@@ -214,14 +215,14 @@ def test_bab_decides_small_networks_as_ground_truth_says(seed):
     h = 2.0 / 400
     certain = gmin - _lipschitz(net) * h * math.sqrt(2) / 2 - 1e-3     # below the true minimum
     prop = parse_vnnlib(_threshold_property(certain), n_inputs=2, n_outputs=1)
-    res = verify_instance(model, prop, None, timeout=60, bab_options=BabOptions(batch_size=64))
+    res = verify_instance(model, prop, None, timeout=60, bab_options=BabOptions(batch_size=64, split=split))
     assert res.verdict == "unsat", (res.verdict, res.message, res.bounds)
     no_bab = verify_instance(model, prop, None, timeout=60, bab=False)
     if no_bab.verdict == "unknown":
         assert res.decided_by == "bab" and res.bounds["bab"]["domains_visited"] > 0
 
     false = parse_vnnlib(_threshold_property(gmin + 1e-3), n_inputs=2, n_outputs=1)
-    res = verify_instance(model, false, None, timeout=60, bab_options=BabOptions(batch_size=64))
+    res = verify_instance(model, false, None, timeout=60, bab_options=BabOptions(batch_size=64, split=split))
     assert res.verdict == "sat", (res.verdict, res.message)
     x, y = res.counterexample
     assert y[0] <= gmin + 1e-3 and np.all(np.abs(x) <= 1)
@@ -285,14 +286,17 @@ def test_out_of_memory_halves_the_batch_and_loses_no_domain(monkeypatch):
     gmin, _ = _grid_min(model)
     certain = gmin - _lipschitz(net) * (2.0 / 400) * math.sqrt(2) / 2 - 1e-3
     prop = parse_vnnlib(_threshold_property(certain), n_inputs=2, n_outputs=1)
-    res = verify_instance(model, prop, None, timeout=60, attack=False, bab_options=BabOptions(batch_size=64))
+    # ReLU splitting (2 inputs would pick input splitting, whose few rounds stay under 16 children).
+    res = verify_instance(model, prop, None, timeout=60, attack=False,
+                          bab_options=BabOptions(batch_size=64, split="relu"))
     assert res.verdict == "unsat", (res.verdict, res.message)
     stats = res.bounds["bab"]
     assert stats["memory_retries"] >= 1 and stats["batch_per_worker"] <= 8, stats
     assert max(seen) > 16                                  # the large rounds were tried, and redone
 
     false = parse_vnnlib(_threshold_property(gmin + 1e-3), n_inputs=2, n_outputs=1)
-    res = verify_instance(model, false, None, timeout=20, attack=False, bab_options=BabOptions(batch_size=64))
+    res = verify_instance(model, false, None, timeout=20, attack=False,
+                          bab_options=BabOptions(batch_size=64, split="relu"))
     assert res.verdict in ("sat", "unknown", "timeout"), res.verdict
 
 

@@ -42,7 +42,7 @@ def _thresholds():
     return gmin - L * (2 / 400) * math.sqrt(2) / 2 - 1e-3, gmin + 1e-3
 
 
-def _decide_under_plans(rank, world, configs, props):
+def _decide_under_plans(rank, world, configs, props, split="relu"):
     import dtensor_verify as dv
     from dtensor_verify.bab import BabOptions
     from dtensor_verify.specs import parse_vnnlib
@@ -57,7 +57,7 @@ def _decide_under_plans(rank, world, configs, props):
         apply_plan(model, plan, mesh_from_process_group(mesh))
         for text in props:
             prop = parse_vnnlib(text, n_inputs=2, n_outputs=2)
-            res = verify_instance(model, prop, None, timeout=60, bab_options=BabOptions(batch_size=32))
+            res = verify_instance(model, prop, None, timeout=60, bab_options=BabOptions(batch_size=32, split=split))
             bab = res.bounds.get("bab", {})
             out.append((plan, mesh, res.verdict, res.decided_by, res.message, bab.get("workers"),
                         bab.get("domains_visited_all_workers")))
@@ -90,6 +90,21 @@ def test_bab_on_two_ranks_every_plan(tmp_path):
     assert workers[("fsdp-prefetch", None)] == 2    # every other plan: each rank has its own queue
     assert workers[("0=fsdp;*=spec", None)] == 2
     assert workers[("replicate", "2x1")] == 2
+
+
+@pytest.mark.parametrize("configs,workers", [
+    ([("replicate", "2x1"), ("fsdp-prefetch", None)], [2, 2]),
+    pytest.param([("tp", None)], [1], marks=pytest.mark.slow)], ids=["dp-and-fsdp", "tp-splits-relus"])
+def test_input_bab_on_two_ranks(tmp_path, configs, workers):
+    """Input splitting (sub-boxes as domains): the verdicts of one process, sub-boxes spread over
+    the `dp` workers (fsdp: ranks in lockstep, each its own queue), all ranks stop in the same
+    round. (tp: one worker whose ranks share a queue; it splits ReLUs instead, see
+    input_bab.mode_of.)"""
+    low, high = _thresholds()
+    res = run_distributed(_decide_under_plans, 2, tmp_path, configs, [_threshold(low), _threshold(high)], "input",
+                          timeout_s=240, start_method=START)
+    _check(res, 2)
+    assert [row[5] for row in res[0][::2]] == workers
 
 
 def test_bab_on_a_2x2_mesh_with_tp(tmp_path):

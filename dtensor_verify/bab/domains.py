@@ -5,6 +5,12 @@ its intermediate bounds (split neurons clamped), the split signs, the slopes and
 its last bound (children start from them), its best lower bound and the neuron to split next.
 A `Domains` holds many of them along dim 0 of every tensor, so choosing, splitting and dropping
 domains is indexing; no state lives on graph nodes.
+
+Splits come in kinds, told apart by `decision[:, 0]` (see `split_kinds.py`): a ReLU split
+(the relu's index, >= 0, and a flat neuron) or an input split (`INPUT_SPLIT` and a flat input
+dimension: the domain's own sub-box `box` is halved there). Domains of an input-splitting run
+carry their box ([n, *S] each side); domains of a ReLU-only run leave it None (their box is
+their pair's), which saves its memory.
 """
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ import torch
 
 from ..margin import margin
 
-NO_DECISION = -1      # decision[:, 0] of a domain with no unstable neuron left to split
+NO_DECISION = -1      # decision[:, 0] of a domain with nothing left to split
+INPUT_SPLIT = -2      # decision[:, 0] of a domain whose input box is halved along decision[:, 1]
 
 
 @dataclass
@@ -26,13 +33,16 @@ class Domains:
     alphas: dict              # relu node -> [n, K, *S] lower slopes of the last bound
     betas: dict               # relu node -> [n, K, *S] split multipliers of the last bound
     depth: torch.Tensor       # [n] long: number of splits
-    decision: torch.Tensor    # [n, 2] long: (relu index, flat neuron) to split next
+    decision: torch.Tensor    # [n, 2] long: (relu index, flat neuron) or (INPUT_SPLIT, input dim)
+    box: tuple | None = None  # (lower, upper) [n, *S]: the domain's input sub-box (None: its pair's)
 
     def __len__(self) -> int:
         return int(self.pair.shape[0])
 
     def _map(self, fn) -> "Domains":
         def apply(v):
+            if v is None:
+                return None
             if isinstance(v, dict):
                 return {k: apply(x) for k, x in v.items()}
             if isinstance(v, tuple):
@@ -56,6 +66,9 @@ class Domains:
 
         def join(values):
             first = values[0]
+            if first is None or any(v is None for v in values):
+                assert all(v is None for v in values), "domains with and without their own box"
+                return None
             if isinstance(first, dict):
                 return {k: join([v[k] for v in values]) for k in first}
             if isinstance(first, tuple):
@@ -136,10 +149,12 @@ class DomainStore:
 
 
 def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: dict[str, str]) -> Domains:
-    """The two children of each domain on its `decision` (relu index, flat neuron): the first n
-    take `z >= 0` (lower bound clamped to 0), the last n `z <= 0` (upper bound clamped to 0).
-    Children keep their parent's slopes, multipliers and lower bound (a floor: a child's domain
-    lies inside its parent's)."""
+    """The two children of each domain on its `decision`. ReLU split (relu index, flat neuron):
+    the first n take `z >= 0` (lower bound clamped to 0), the last n `z <= 0` (upper bound
+    clamped to 0). Input split (INPUT_SPLIT, dim): the first n take the lower half of the box
+    along dim, the last n the upper half (their intermediate bounds are the parent's until the
+    solver recomputes them on the smaller box). Children keep their parent's slopes,
+    multipliers and lower bound (a floor: a child's domain lies inside its parent's)."""
     n = len(domains)
     both = torch.cat([torch.arange(n, device=domains.pair.device)] * 2)
     kids = domains.index(both)
@@ -147,6 +162,29 @@ def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: di
     dec = decision[both]
     device = domains.pair.device
     side = torch.cat([torch.full((n,), -1.0, device=device), torch.full((n,), 1.0, device=device)])
+    rows = (dec[:, 0] == INPUT_SPLIT).nonzero().flatten()
+    if rows.numel():
+        kids.box = halve_boxes(kids.box, rows, dec[rows, 1], side[rows] < 0)
+    _split_relus(kids, dec, side, relus, pre_of)
+    kids.decision = torch.full_like(kids.decision, NO_DECISION)
+    return kids
+
+
+def halve_boxes(box: tuple, rows: torch.Tensor, dims: torch.Tensor, lower_half: torch.Tensor) -> tuple:
+    """Copies of `box` (lower, upper [n, *S]) where row rows[i] keeps the lower (lower_half[i]) or
+    upper half of its box along flat dimension dims[i]. The midpoint is shared by both halves, so
+    the halves cover the parent exactly."""
+    lo, hi = box
+    flat_lo, flat_hi = lo.flatten(1).clone(), hi.flatten(1).clone()
+    a, b = flat_lo[rows, dims], flat_hi[rows, dims]
+    mid = a + (b - a) / 2
+    flat_hi[rows, dims] = torch.where(lower_half, mid, b)
+    flat_lo[rows, dims] = torch.where(lower_half, a, mid)
+    return flat_lo.reshape(lo.shape), flat_hi.reshape(hi.shape)
+
+
+def _split_relus(kids: Domains, dec: torch.Tensor, side: torch.Tensor, relus: list[str], pre_of: dict):
+    """Clamp each child's split neuron (rows whose decision is a ReLU split), in place."""
     for li, relu in enumerate(relus):
         rows = (dec[:, 0] == li).nonzero().flatten()
         if rows.numel() == 0:
@@ -164,5 +202,3 @@ def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: di
         lo[ra, na] = lo[ra, na].clamp(min=0.0)
         up[ri, ni] = up[ri, ni].clamp(max=0.0)
         kids.bounds[pre_of[relu]] = (lo.reshape(lower.shape), up.reshape(upper.shape))
-    kids.decision = torch.full_like(kids.decision, NO_DECISION)
-    return kids

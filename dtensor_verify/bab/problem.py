@@ -31,8 +31,14 @@ class BabProblem:
 
     def bounds_of(self, domains) -> dict:
         bounds = dict(domains.bounds)
-        bounds[self.graph.input_name] = (self.box_lower[domains.pair], self.box_upper[domains.pair])
+        bounds[self.graph.input_name] = self.box_of(domains)
         return bounds
+
+    def box_of(self, domains) -> tuple:
+        """Each domain's input box: its own sub-box (input splitting) or its pair's."""
+        if domains.box is not None:
+            return domains.box
+        return self.box_lower[domains.pair], self.box_upper[domains.pair]
 
     def margins(self, lower: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
         """[n]: the best row's `lower - d` of each domain (proved when > 0)."""
@@ -61,6 +67,7 @@ class BabStats:
     open_domain_limit: int = 0
     workers: int = 1
     reason: str | None = None          # why the search stopped short of a verdict
+    split: str = "relu"                # the kind of split: 'relu' | 'input'
     ended: float | None = None         # perf_counter when the search ended
     exact_lp: dict | None = None       # leaf domains decided by the exact LP (bab/exact.py)
 
@@ -79,7 +86,7 @@ class BabStats:
                "phases": dict(self.phases), "global_margin": self.global_margin,
                "domains_visited_all_workers": self.visited_all, "memory_retries": self.memory_retries,
                "exhausted_domains": self.exhausted, "batch_per_worker": self.batch_per_worker,
-               "open_domain_limit": self.open_domain_limit, "workers": self.workers}
+               "open_domain_limit": self.open_domain_limit, "workers": self.workers, "split": self.split}
         if self.reason:
             out["reason"] = self.reason
         if self.exact_lp is not None:

@@ -8,6 +8,10 @@ the next split of the rest and stores them. Workers (dp groups of ranks, see `co
 every round on whether to stop: a confirmed counterexample anywhere, no open domain anywhere,
 a domain that cannot be split any more, or the clock.
 
+Domains carry their kind of split (`split_kinds.py`): ReLU splits, or, when the property has few
+perturbed inputs (`split='auto'`), input splits, whose children are the halves of their parent's
+input sub-box; their intermediate bounds are recomputed on the half box before beta-CROWN.
+
 Soundness: a domain leaves the store only when its bound proves it (`margin > 0`, the bound of
 `C y - d` on some row of its disjunct is positive on every input of the domain); "proved" is
 reported only when no worker holds an open domain and none was given up.
@@ -23,11 +27,13 @@ import torch
 
 from ..margin import best_row, margin, spec_rows
 from ..methods.beta_crown import BetaOptions, BetaResult, beta_crown
+from . import input_bab
 from .branching import BranchingContext, choose
 from .budget import auto_batch_size, free_memory_bytes, out_of_memory, release_cached_memory
 from .comm import LocalComm
 from .domains import NO_DECISION, Domains, DomainStore, split
 from .problem import BabProblem, BabResult, BabStats, PhaseTimer
+from .split_kinds import needs_refresh
 
 # (x [m, *S], pair [m], y [m, n_out]) -> a confirmed counterexample among the points, or None
 ConfirmFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]
@@ -51,6 +57,12 @@ class BabOptions:
     pgd_every: int = 10                 # every this many rounds, a short PGD from the most
     pgd_points: int = 16                # promising domains' vertices (this many per worker)
     progress: bool = False              # a tqdm line on stderr (rank 0)
+    split: str = "auto"                 # 'auto' | 'relu' | 'input' (see split_kinds.resolve_mode)
+    max_input_dims: int = 16            # auto: input splitting up to this many perturbed inputs
+    input_branching: str = "input_fsb"  # 'input_fsb' | 'input_sb'
+    input_candidates: int = 4           # input_fsb: dimensions tried per sub-box
+    input_alpha_iterations: int = 10    # alpha-CROWN steps before input splitting (pipeline stage)
+    input_cpu_batch: int = 256          # input splitting on a CPU: at most this many parents a round
 
 
 class BabSolver:
@@ -79,8 +91,15 @@ class BabSolver:
         self._step_seconds = 0.0                # recent duration of one beta-CROWN step
         self.batch = auto_batch_size(problem, opts, problem.d.device, free_memory_bytes)
         self.max_open = opts.max_domains        # lowered to what memory holds when solving starts
+        self.mode = input_bab.mode_of(problem, opts)       # 'relu' | 'input': the kind of split
+        self._late = False                      # a round stored its domains unbranched (out of time)
+        self._round_seconds = 0.0               # input splitting: the last round (its sweeps can't stop early)
+        if self.mode == "input" and opts.batch_size is None and problem.d.device.type == "cpu":
+            self.batch = min(self.batch, opts.input_cpu_batch)
+        self.branching = opts.input_branching if self.mode == "input" else opts.branching
+        candidates = opts.input_candidates if self.mode == "input" else opts.candidates
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
-                                    self._bound_once, opts.candidates)
+                                    self._bound_once, candidates, problem.graph.input_name)
 
     @property
     def found(self) -> bool:
@@ -90,7 +109,8 @@ class BabSolver:
     def _out_of_time(self) -> bool:
         """True once the time left would not cover the rest of a round: a couple of optimisation
         steps (measured) for the bookkeeping after the last one, so the run ends by its limit."""
-        return self.time_left() <= max(0.1, 2.0 * self._step_seconds)
+        # Sticky once a round stored unbranched domains: the next sync must stop the run.
+        return self._late or self.time_left() <= max(0.1, 2.0 * self._step_seconds, self._round_seconds)
 
     def _bound(self, domains: Domains, iterations: int) -> BetaResult:
         p = self.problem
@@ -109,8 +129,10 @@ class BabSolver:
                           p.row_mask[domains.pair], domains.alphas, domains.betas, domains.signs, p.layout,
                           opts, on_step=on_step)
 
-    def _bound_once(self, domains: Domains) -> torch.Tensor:
+    def _bound_once(self, domains: Domains, refresh: bool = False) -> torch.Tensor:
         with torch.no_grad():
+            if refresh:
+                domains.bounds = input_bab.refreshed(self.problem, domains, self.lockstep)
             return self._bound(domains, 0).lower
 
     # -- one round's steps -----------------------------------------------------------------
@@ -123,7 +145,7 @@ class BabSolver:
             return None
         n = lA_input.shape[0]
         d, mask = p.d[domains.pair], p.row_mask[domains.pair]
-        lo, hi = p.box_lower[domains.pair], p.box_upper[domains.pair]
+        lo, hi = p.box_of(domains)
         row = best_row(domains.lower, d, mask)
         A = lA_input[torch.arange(n, device=row.device), row]                 # [n, *S]
         x = torch.where(A > 0, lo, hi)
@@ -140,6 +162,8 @@ class BabSolver:
     def _settle(self, kids: Domains, result, parent_lower: torch.Tensor | None):
         """Children's bounds in, proved ones out, the rest branched and stored."""
         p = self.problem
+        if self.mode == "input":
+            kids = input_bab.with_boxes(p, kids)       # a domain without a box has its pair's
         lower = result.lower if parent_lower is None else torch.maximum(result.lower, parent_lower)
         kids.lower = lower
         kids.alphas, kids.betas = result.alphas, result.betas
@@ -152,6 +176,10 @@ class BabSolver:
             lA_in = result.lA.get(p.graph.input_name)
             found = self._attack(rest, None if lA_in is None else lA_in[open_idx])
             self.counterexample = self.counterexample or found or None
+            # Under lockstep every rank takes the PGD step (its forward passes are collectives).
+            if self.mode == "input" and (self.lockstep or not self.found):
+                found = input_bab.attack_boxes(p, rest, self.opts, self.confirm, self.lockstep)
+                self.counterexample = self.counterexample or found or None
         if self.found and not self.lockstep:
             return
         if open_idx.numel() == 0 and not self.lockstep:
@@ -163,11 +191,12 @@ class BabSolver:
         if late:
             # Out of time: the run stops at the next sync. Keep the open domains (unbranched)
             # so that they count as open: dropping them would read as proved.
+            self._late = True
             self.store.push(rest, margins)
             return
-        lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.pre_of}
+        lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.pre_of or r == p.graph.input_name}
         with PhaseTimer(self.stats, "branching"):
-            rest.decision = choose(self.opts.branching, rest, lA, self.ctx)
+            rest.decision = choose(self.branching, rest, lA, self.ctx)
         stuck = rest.decision[:, 0] == NO_DECISION
         if bool(stuck.any()):
             # Every neuron of these domains is fixed, yet the bound does not prove them (beta's
@@ -233,8 +262,13 @@ class BabSolver:
             if not self.lockstep:
                 return
             parents = self.template
+        t = time.perf_counter()
         try:
             self._bound_children(parents)
+            if self.mode == "input":
+                # Never lowered: the reserve must not shrink between a round that stored its
+                # domains unbranched (out of time) and the sync that stops the run.
+                self._round_seconds = max(self._round_seconds, time.perf_counter() - t)
         except Exception as exc:
             # One worker alone (no collective inside a round) can take a smaller batch: the
             # parents go back to the queue unchanged, so no domain is lost (a lost domain would
@@ -252,6 +286,9 @@ class BabSolver:
         # Only a domain stored after the clock ran out lacks a decision, and the run stops first.
         assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
         kids = split(parents, parents.decision, self.problem.relus, self.problem.pre_of)
+        if self.mode == "input" or bool(needs_refresh(parents.decision).any()):
+            with PhaseTimer(self.stats, "bounding"):
+                kids.bounds = input_bab.refreshed(self.problem, kids, self.lockstep)
         if len(kids):
             self.stats.batch_sizes.append(len(kids))
             self.stats.max_depth = max(self.stats.max_depth, int(kids.depth.max()))
@@ -265,6 +302,8 @@ class BabSolver:
     def solve(self, roots: Domains) -> BabResult:
         """Decide the roots. Every worker calls this with the same roots; the comm says which
         worker starts with them (the others get theirs by rebalancing)."""
+        if self.mode == "input":
+            roots = input_bab.with_boxes(self.problem, roots)
         self.template = roots.index(torch.zeros(0, dtype=torch.long, device=roots.pair.device))
         self.max_open = self._store_limit(roots)
         if self.lockstep:
@@ -335,4 +374,5 @@ class BabSolver:
         if self.exact is not None:
             st.exact_lp = {"domains": self.exact.lps, "proved": self.exact.proved,
                            "seconds": self.exact.seconds, "disabled": self.exact.disabled}
+        st.split = self.mode
         return BabResult(status, st, self.counterexample)

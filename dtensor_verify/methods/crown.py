@@ -219,7 +219,7 @@ def _feeds_general_op(graph, name) -> bool:
 def rows_to_bound(lower, upper, opts: CrownOptions, all_rows: bool = False) -> torch.Tensor:
     """Flattened neuron indices that need a backward sweep (unstable under the given bounds)."""
     if not opts.skip_stable or all_rows:
-        return torch.arange(lower[0].numel(), device=lower.device)
+        return torch.arange(lower.flatten(1).shape[1], device=lower.device)     # also on an empty batch
     unstable = ((lower < 0) & (upper > 0)).flatten(1).any(0)
     return unstable.nonzero().flatten()
 

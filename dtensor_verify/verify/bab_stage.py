@@ -52,10 +52,11 @@ class _ShortPgd:
         return inst.confirm.first(x_best.detach().cpu(), margins.detach().cpu(), self.open_now, inst.pairs.index)
 
 
-def _skip_reason(inst: Instance, open_idx) -> str | None:
+def _skip_reason(inst: Instance, open_idx, opts) -> str | None:
     if any(p not in inst.roots or inst.pairs.n_real_rows[p] == 0 for p in open_idx):
         return "a disjunct has no bound to start from"
-    if not any(n.op is not None and n.op.needs_input_bounds for n in inst.model.graph.nodes):
+    nonlinear = [n for n in inst.model.graph.nodes if n.op is not None and n.op.needs_input_bounds]
+    if opts.split == "relu" and not nonlinear:        # input splitting needs no ReLU
         return "no ReLU to split: the bounds are already those of a linear network"
     others = [n.name for n in inst.model.graph.nodes if n.op is not None and n.op.needs_input_bounds
               and not n.op.splittable]
@@ -95,12 +96,12 @@ def branch_and_bound(inst: Instance, bab_options, progress: bool) -> str:
     from ..bab import BabOptions
 
     open_idx = inst.open_pairs()
-    why = _skip_reason(inst, open_idx)
+    opts = bab_options or BabOptions()
+    why = _skip_reason(inst, open_idx, opts)
     if why:
         inst.say(f"bab: skipped ({why})")
         inst.result.bounds["bab"] = {"reason": f"skipped: {why}"}
         return "unknown"
-    opts = bab_options or BabOptions()
     if progress and inst.model.layout.rank == 0:
         opts = dataclasses.replace(opts, progress=True)
     t = time.perf_counter()

@@ -55,6 +55,9 @@ def _run(model, prop, onnx_path, clock, say, res, opts: PipelineOptions) -> Deci
         note = getattr(prop, "note", None)
         return Decision("unsat", "spec", note or "every term of the property is a false constant: it cannot be violated")
     inst = open_instance(model, prop, onnx_path, clock, say, opts.attack_options or AttackOptions(), res)
+    from ..bab.input_bab import alpha_before       # fewer alpha-CROWN steps when BaB will split inputs
+    opts = dataclasses.replace(opts, alpha_options=alpha_before(model, inst.pair_lo, inst.pair_hi, opts.bab,
+                                                                opts.bab_options or BabOptions(), opts.alpha_options))
     for stage in build_stages(opts):
         decision = stage.run(inst)
         if decision is not None:

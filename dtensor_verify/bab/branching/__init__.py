@@ -1,4 +1,5 @@
-"""Branching heuristics: which ReLU neuron each domain splits next. One small module each.
+"""Branching heuristics: which ReLU neuron (or input dimension) each domain splits next. One
+small module each; the input ones (`input_sb`, `input_fsb`) return INPUT_SPLIT decisions.
 
 A heuristic is a function `(domains, lA, ctx) -> decision [n, 2]` (relu index, flat neuron; -1
 where no unstable neuron is left). `lA` holds the lower A-matrix that reached each ReLU's output
@@ -12,8 +13,11 @@ from typing import Callable
 
 from .babsr import babsr, intercept_scores
 from .fsb import fsb
+from .input_fsb import input_fsb
+from .input_sb import input_sb
 
-HEURISTICS = {"babsr": babsr, "fsb": fsb}
+HEURISTICS = {"babsr": babsr, "fsb": fsb, "input_sb": input_sb, "input_fsb": input_fsb}
+INPUT_HEURISTICS = ("input_fsb", "input_sb")
 
 
 @dataclass
@@ -22,12 +26,15 @@ class BranchingContext:
     pre_of: dict                     # relu node -> its pre-activation node
     d: object                        # [P, K] spec offsets of every pair
     row_mask: object                 # [P, K] real rows of every pair
-    bound_once: Callable             # Domains -> [n, K] lower bounds of C y (no optimisation)
-    candidates: int = 3              # fsb: candidates tried per domain
+    bound_once: Callable             # (Domains, refresh=False) -> [n, K] lower bounds of C y (no
+                                     # optimisation; refresh: recompute intermediate bounds on each box)
+    candidates: int = 3              # fsb / input_fsb: candidates tried per domain
+    input_name: str = ""             # the input node (lA[input_name]: A w.r.t. the input)
 
 
 def choose(name: str, domains, lA, ctx: BranchingContext):
     return HEURISTICS[name](domains, lA, ctx)
 
 
-__all__ = ["HEURISTICS", "BranchingContext", "choose", "babsr", "fsb", "intercept_scores"]
+__all__ = ["HEURISTICS", "INPUT_HEURISTICS", "BranchingContext", "choose", "babsr", "fsb", "input_fsb",
+           "input_sb", "intercept_scores"]

@@ -1,0 +1,97 @@
+"""The input-splitting parts of branch and bound (the solver calls them when its domains are sub-boxes).
+
+    mode_of       'input' or 'relu' for a problem (split_kinds.resolve_mode on its boxes)
+    with_boxes    roots that carry their own box (their pair's), so that splits can halve it
+    refreshed     children's intermediate bounds recomputed on their own boxes
+    alpha_before  fewer alpha-CROWN steps before branch and bound when it will split inputs (the
+                  sub-boxes' bounds soon beat what long optimisation on the whole box gives)
+    attack_boxes  PGD inside the most promising open sub-boxes; candidates go to the solver's
+                  `confirm`, which checks them like every other counterexample
+
+Sub-boxes travel between workers like any domain (`Domains.box` is a field), so the `dp`
+rebalancing and the stop-together sync of ReLU splitting apply unchanged.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..attack import pgd
+from ..margin import margin, spec_rows
+from ..methods.crown import CrownOptions, intermediate_bounds
+from .domains import Domains
+from .split_kinds import perturbed_dims, resolve_mode
+
+
+def mode_of(problem, opts) -> str:
+    """The kind of split of this run. Ranks that share one queue (tp: each holds a slice of the
+    same domains) split ReLUs: input splitting reads the A-matrix at the input, which such a
+    layout may keep sliced, so the ranks could choose different dimensions (not supported yet)."""
+    mode = resolve_mode(opts.split, len(problem.relus), perturbed_dims(problem.box_lower, problem.box_upper),
+                        opts.max_input_dims)
+    layout = problem.layout
+    if mode == "input" and layout.world_size > 1 and not layout.splits_domains and problem.relus:
+        return "relu"
+    return mode
+
+
+def alpha_before(model, pair_lo, pair_hi, bab: bool, bab_options, alpha_options):
+    """The alpha-CROWN options of the pipeline's bounding stage: `bab_options.input_alpha_iterations`
+    steps when branch and bound will split inputs, else `alpha_options` unchanged. `bab_options`:
+    a `BabOptions` (not None)."""
+    from ..methods import AlphaOptions
+
+    opts = bab_options
+    if not bab or alpha_options is not None:
+        return alpha_options
+    nonlinear = [n.op for n in model.graph.nodes if n.op is not None and n.op.needs_input_bounds]
+    if any(not getattr(op, "splittable", True) for op in nonlinear):
+        return alpha_options                          # branch and bound is skipped there
+    n_relus = len(nonlinear)
+    mode = resolve_mode(opts.split, n_relus, perturbed_dims(pair_lo, pair_hi), opts.max_input_dims)
+    return AlphaOptions(iterations=opts.input_alpha_iterations) if mode == "input" else None
+
+
+def with_boxes(problem, roots: Domains) -> Domains:
+    if roots.box is None:
+        roots.box = (problem.box_lower[roots.pair].clone(), problem.box_upper[roots.pair].clone())
+    return roots
+
+
+def refreshed(problem, kids: Domains, lockstep: bool) -> dict:
+    """Each child's intermediate bounds: CROWN on its own box intersected with what it inherited
+    (both hold on the child's region). Ranks that share bounding steps (`lockstep`) sweep every
+    neuron, stable or not, so that they run the same collectives whatever their domains."""
+    if not kids.bounds:
+        return kids.bounds
+    with torch.no_grad():
+        fresh, _ = intermediate_bounds(problem.graph, kids.box, problem.layout,
+                                       CrownOptions(skip_stable=not lockstep))
+    out = {}
+    for name, (lo, up) in kids.bounds.items():
+        new_lo, new_up = fresh[name]
+        out[name] = (torch.maximum(lo, new_lo), torch.minimum(up, new_up))
+    return out
+
+
+def _objective(problem, pair):
+    C, d, mask = problem.C[pair], problem.d[pair], problem.row_mask[pair]
+    return lambda y: margin(spec_rows(C, y), d, mask)         # y [R, n, n_out] -> [R, n]
+
+
+def attack_boxes(problem, domains: Domains, opts, confirm, lockstep: bool, restarts: int = 4, steps: int = 10):
+    """Short PGD inside the `opts.pgd_points` open sub-boxes with the smallest margins (lower
+    bound closest to a violation). Returns what `confirm` confirmed, or None."""
+    n = len(domains)
+    if n == 0 and not lockstep:
+        return None
+    margins = problem.margins(domains.lower, domains.pair)
+    pick = torch.topk(margins, min(opts.pgd_points, n), largest=False).indices
+    lo, hi = (t[pick] for t in problem.box_of(domains))
+    pair = domains.pair[pick]
+    seed = int(domains.depth.sum()) if n else 0
+    best_x, best_v = pgd(problem.forward, lo, hi, _objective(problem, pair), steps=steps, restarts=restarts,
+                         seed=seed)
+    with torch.no_grad():
+        y = problem.forward(best_x)          # every rank, hits or not (a collective under some layouts)
+    hits = (best_v <= 0).nonzero().flatten()
+    return confirm(best_x[hits], pair[hits], y[hits]) if hits.numel() else None

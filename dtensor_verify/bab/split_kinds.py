@@ -1,0 +1,58 @@
+"""Kinds of split in the one branch and bound: what a split does to a domain, and which kind a run uses.
+
+A domain's `decision` row names its next split; `decision[:, 0]` tells the kind:
+
+    >= 0          ReLU split: relu index, flat neuron. Children clamp the neuron's pre-activation
+                  bounds (`l = 0` / `u = 0`) and carry the sign (beta-CROWN's constraint).
+    INPUT_SPLIT   input split: flat input dimension. Children halve the domain's own sub-box
+                  there; their intermediate bounds are recomputed on the smaller box
+                  (`input_bab.refreshed`: CROWN on the child box, intersected with the
+                  parent's, which stay valid since the child box lies inside the parent's).
+
+A further kind (a split of a general activation's pre-activation interval at a point) slots in
+the same way: a negative code of its own in `decision[:, 0]`, a function here that narrows the
+children's `bounds` of that node (both children re-derive the activation's relaxation from the
+narrower interval, as ReLU children do), and a branching heuristic in `branching/` that picks
+the neuron. The solver only asks `needs_refresh` (children whose intermediate bounds must be
+recomputed) and calls `domains.split`, which dispatches on the code.
+
+Which kind a run uses (`BabOptions.split`): 'relu', 'input', or 'auto': input splitting when
+the property perturbs few input dimensions (`max_input_dims`) or the network has no ReLU to split.
+"""
+from __future__ import annotations
+
+import torch
+
+from .domains import INPUT_SPLIT
+
+SPLIT_MODES = ("auto", "relu", "input")
+MIN_WIDTH = 1e-7          # a dimension narrower than this (relative to its magnitude) is not split
+
+
+def splittable_dims(box: tuple) -> torch.Tensor:
+    """[n, N] bool: input dimensions of each box wide enough to halve."""
+    lo, hi = (t.flatten(1) for t in box)
+    scale = torch.maximum(lo.abs(), hi.abs()).clamp(min=1.0)
+    return (hi - lo) > MIN_WIDTH * scale
+
+
+def perturbed_dims(lower: torch.Tensor, upper: torch.Tensor) -> int:
+    """The largest number of input dimensions with nonzero width in any of the boxes [P, *S]."""
+    return int(((upper - lower).flatten(1) > 0).sum(1).max()) if lower.numel() else 0
+
+
+def resolve_mode(mode: str, n_relus: int, n_perturbed: int, max_input_dims: int) -> str:
+    """'relu' or 'input' for this run (see the module docstring)."""
+    if mode not in SPLIT_MODES:
+        raise ValueError(f"split mode must be one of {', '.join(SPLIT_MODES)}, not '{mode}'")
+    if mode != "auto":
+        return mode
+    return "input" if n_relus == 0 or n_perturbed <= max_input_dims else "relu"
+
+
+def needs_refresh(decision: torch.Tensor) -> torch.Tensor:
+    """[2n] bool over the children `split` makes from parents with these decisions [n, 2]:
+    those whose region changed in a way their intermediate bounds do not reflect yet."""
+    flag = decision[:, 0] == INPUT_SPLIT
+    return torch.cat([flag, flag])
+
