@@ -107,9 +107,9 @@ class BoundedModel:
             with self.layout.weights(node) as weights:
                 values[node.name] = self.layout.local(weights.forward([values[i] for i in node.inputs]))
         out = values[self.graph.output_name]
-        # [B, n_out], also for a scalar output per sample, and for an empty batch (B = 0: a rank
-        # with no domain of its own takes the step under torchrun; -1 cannot be inferred there).
-        return out.reshape(out.shape[0], math.prod(out.shape[1:]))
+        # [B, n_out], also for a scalar output per sample and for an empty batch (lockstep ranks
+        # with no domain this round still take the step)
+        return out.reshape(out.shape[0], self.n_outputs)
 
     __call__ = forward
 
