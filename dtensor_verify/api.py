@@ -107,7 +107,8 @@ class BoundedModel:
             with self.layout.weights(node) as weights:
                 values[node.name] = self.layout.local(weights.forward([values[i] for i in node.inputs]))
         out = values[self.graph.output_name]
-        return out.reshape(out.shape[0], -1)          # [B, n_out], also for a scalar output per sample
+        # [B, n_out], also for a scalar output per sample and an empty batch (a rank with no domain)
+        return out.reshape(out.shape[0], self.graph.output.numel)
 
     __call__ = forward
 
