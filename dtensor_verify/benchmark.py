@@ -240,6 +240,10 @@ def _select(args) -> tuple[Path, list[Instance]]:
 
 def cmd_benchmark(args) -> int:
     inst_path, instances = _select(args)
+    from .run_guard import refuse_overlaps
+
+    refuse_overlaps({"--csv": args.csv}, [("--instances", inst_path), ("--expected", args.expected)]
+                    + [("an instance", Path(args.dir) / f) for i in instances for f in (i.onnx, i.vnnlib)])
     expected = read_expected(Path(args.expected)) if args.expected else {}
     if not args.timeout_scale > 0:
         raise CliError("--timeout-scale must be > 0")

@@ -138,6 +138,10 @@ def _read_vector(path: str) -> "np.ndarray":
 # ------------------------------------------------------------------------------------------ bounds
 
 def _check_bounds_args(args) -> None:
+    from .run_guard import input_candidates, refuse_overlaps
+
+    refuse_overlaps({"--json": args.json}, [("MODEL", args.model), *input_candidates("--vnnlib", args.vnnlib),
+                                            ("--lower", args.lower), ("--upper", args.upper)])
     if args.vnnlib is None and (args.lower is None or args.upper is None):
         raise CliError("give --vnnlib SPEC, or both --lower FILE and --upper FILE")
     if args.vnnlib is not None and (args.lower is not None or args.upper is not None):
@@ -278,9 +282,11 @@ COLLECTIVE_SLACK_S = 10.0
 def cmd_run(args) -> int:
     """Verify one instance. The results file's life cycle and the watchdog: see run_guard."""
     watch = _Stopwatch(since=_MAIN_ENTERED_PERF)      # "imports" = argument parsing and every import
-    from .run_guard import ResultsFile, Watchdog, torchrun_rank
+    from .run_guard import ResultsFile, Watchdog, input_candidates, refuse_overlaps, torchrun_rank
 
     t0 = getattr(args, "started_at", None) or time.perf_counter()     # see main()
+    refuse_overlaps({"--results": args.results, "--json": args.json},
+                    [("--onnx", args.onnx), *input_candidates("--vnnlib", args.vnnlib)])
     args.stopwatch = watch
     rank = torchrun_rank()
     # Refuse a symlink / device / directory / missing directory before any work.
@@ -307,8 +313,12 @@ def _run_instance(args, results, t0: float) -> int:
 
     watch.lap("imports")
 
+    from .run_guard import torchrun_rank, verify_reserve_s
+
+    reserve = verify_reserve_s(torchrun_rank() is not None)     # to end the job by the limit
+
     def left() -> float:
-        return max(args.timeout - (time.perf_counter() - t0), 0.0)
+        return max(args.timeout - reserve - (time.perf_counter() - t0), 0.0)
 
     model = load_model(args.onnx, _device(args))
     watch.lap("load")
@@ -324,8 +334,10 @@ def _run_instance(args, results, t0: float) -> int:
     watch.lap("verify")
     # The verdict goes to the results file first: nothing after it (memory report, JSON) can
     # change it. Ranks other than 0 only write `error`, and only where rank 0 has not written.
+    if time.perf_counter() - t0 > args.timeout and res.verdict != "error":
+        res.verdict, res.message = "timeout", f"a verdict came after the time limit of {args.timeout:g} s"
     if lead:
-        x, y = res.counterexample if res.counterexample is not None else (None, None)
+        x, y = res.counterexample if res.counterexample is not None and res.verdict == "sat" else (None, None)
         results.write_verdict(res.verdict, x, y)
     elif res.verdict == "error":
         results.write_verdict("error")
@@ -538,8 +550,9 @@ def main(argv=None) -> int:
     _MAIN_ENTERED_AT, _MAIN_ENTERED_PERF = time.time(), time.perf_counter()
     started_at = time.perf_counter()
     if argv is None:
-        from .run_guard import process_age_s
-        started_at -= process_age_s()
+        from .run_guard import job_age_s, process_age_s
+        age = job_age_s()                   # under dtensor_verify.launch: since the launcher started
+        started_at -= process_age_s() if age is None else age
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -557,7 +570,13 @@ def main(argv=None) -> int:
             return EXIT_ERROR
         torch.set_num_threads(args.threads)
     try:
-        return _run_command(args)
+        code = _run_command(args)
+        if argv is None and args.command == "run":
+            # The command line's run: leave without the interpreter's clean-up (0.1-0.5 s with
+            # torch loaded on a busy machine), so the job ends by its time limit.
+            from .run_guard import _flush_and_exit
+            _flush_and_exit(code)
+        return code
     except user_errors() as exc:
         if _reports_errors():
             err(one_line(exc))

@@ -26,6 +26,8 @@ def user_errors() -> tuple:
 
 def err(msg: str) -> None:
     msg = " ".join(str(msg).split())
+    if len(msg) > 1000:             # a message quoting a huge input stays one short line
+        msg = f"{msg[:600]} ...[{len(msg) - 900} characters]... {msg[-300:]}"
     print(f"{PROG}: error: {msg}", file=sys.stderr)
 
 

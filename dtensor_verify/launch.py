@@ -24,6 +24,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 
 PROG = "dtensor-verify"
 EXIT_ERROR = 2
@@ -74,6 +76,84 @@ def _quiet_torchrun_logs() -> None:
             logging.getLogger(name).setLevel(level)
 
 
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of `name` (`--x V` or `--x=V`) in the ranks' command line, or None."""
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+class JobDeadline:
+    """The job's one deadline (issue 18): `--timeout T` of the ranks' `run` counts from this
+    launcher's start, passed to the ranks in run_guard.JOB_START_ENV. The ranks stop their work
+    and their watchdogs act before T; should anything still run at T - LAUNCHER_RESERVE_S, this
+    kills the ranks, writes `timeout` where no verdict was written, and ends the launcher."""
+
+    def __init__(self, script_args: list[str]):
+        from .run_guard import JOB_START_ENV, process_age_s
+
+        self.start = time.time() - process_age_s()
+        os.environ[JOB_START_ENV] = repr(self.start)
+        raw = _option(script_args, "--timeout")
+        self.results = _option(script_args, "--results")
+        try:
+            self.timeout = float(raw) if raw is not None else None
+        except ValueError:
+            self.timeout = None
+        if self.timeout is not None and self.timeout > 0 and self.timeout < 1e9:
+            threading.Thread(target=self._watch, name="dtensor-verify-deadline", daemon=True).start()
+
+    def _watch(self) -> None:
+        from .run_guard import LAUNCHER_RESERVE_S
+
+        time.sleep(max(self.start + self.timeout - LAUNCHER_RESERVE_S - time.time(), 0.0))
+        _kill_children()
+        written = False
+        if self.results is not None:
+            try:
+                from .specs import write_result_file
+                written = write_result_file(self.results, "timeout", only_if_absent=True)
+            except Exception:       # noqa: BLE001 - a refused path: the ranks said why
+                pass
+        if written:
+            print(f"{PROG}: error: the job was still running at its time limit of {self.timeout:g} s; "
+                  f"results file: timeout", file=sys.stderr, flush=True)
+        os._exit(EXIT_WATCHDOG if written or self.results is None else 0)
+
+
+def _kill_children() -> None:
+    """SIGKILL this process's children (the ranks) and wait until they are gone (at most 0.2 s)."""
+    me, kids = os.getpid(), []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    if int(fh.read().rsplit(b")", 1)[1].split()[1]) == me:
+                        kids.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    for pid in kids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    until = time.monotonic() + 0.2
+    while kids and time.monotonic() < until:
+        kids = [pid for pid in kids if _running(pid)]
+        time.sleep(0.01)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
 def main(argv=None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -82,6 +162,7 @@ def main(argv=None) -> int:
     _quiet_torchrun_logs()
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    JobDeadline(list(args.training_script_args))
     try:
         run(args)
     except ChildFailedError as exc:
@@ -95,4 +176,12 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    _code = main()
+    # Leave without the interpreter's clean-up: after torchrun's run() it took 2-3 s on a busy
+    # machine (its threads and handlers), and the job must be gone by its time limit.
+    for _stream in (sys.stdout, sys.stderr):
+        try:
+            _stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(_code)

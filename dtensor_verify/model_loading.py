@@ -124,6 +124,46 @@ def _check_float32(proto, path) -> torch.dtype:
     return torch.float64 if kinds == {TensorProto.DOUBLE} else torch.float32
 
 
+def _check_finite(proto, path) -> None:
+    """NaN / Inf in a weight (initializer or Constant node) makes every bound NaN: refused at
+    load, naming the tensor, rather than verified into a meaningless `unknown`."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    def bad(tensor) -> str | None:
+        try:
+            arr = numpy_helper.to_array(tensor)
+        except Exception:           # noqa: BLE001 - unreadable data: the converter reports it
+            return None
+        if arr.dtype.kind not in "fc" or arr.size == 0:
+            return None
+        finite = np.isfinite(arr)
+        if finite.all():
+            return None
+        n_nan = int(np.isnan(arr).sum())
+        return f"{n_nan} NaN and {int(arr.size - finite.sum()) - n_nan} infinite value(s) of {arr.size}"
+
+    for init in proto.graph.initializer:
+        what = bad(init)
+        if what:
+            raise ModelLoadError(f"{path}: initializer '{init.name}' holds {what}; a weight must be finite")
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            what = bad(attr.t) if attr.HasField("t") else None
+            if what:
+                raise ModelLoadError(f"{path}: node '{node.name or node.op_type}' ({node.op_type}) holds a "
+                                     f"constant with {what}; a weight must be finite")
+
+
+def check_module_finite(module: nn.Module, source: str) -> None:
+    """The same rule for an nn.Module's parameters and buffers."""
+    for kind, items in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+        for name, t in items:
+            if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+                raise ModelLoadError(f"{source}: {kind} '{name}' holds NaN or infinite values; "
+                                     f"a weight must be finite")
+
+
 def _normalise_proto(proto, path):
     """Make old-style ONNX files digestible by onnx2torch.
 
@@ -215,6 +255,7 @@ def _convert(proto, path) -> torch.fx.GraphModule:
 def load_onnx(path: str | os.PathLike) -> LoadedModel:
     proto = load_onnx_proto(path)
     dtype = _check_float32(proto, path)
+    _check_finite(proto, path)
     proto = _normalise_proto(proto, path)
     from .onnx_rewrites import rewrite_batchnorm
 
@@ -237,6 +278,7 @@ def trace_module(model: nn.Module, input_shape: tuple[int, ...]) -> LoadedModel:
         except Exception as exc:
             raise ModelLoadError(f"{type(model).__name__}: torch.fx cannot trace it: {_one_line(exc)}") from None
     source = type(model).__name__
+    check_module_finite(gm, source)
     return LoadedModel(canonicalize(gm.eval(), tuple(input_shape), source), tuple(input_shape), None, None,
                        source, reference=model)
 

@@ -34,9 +34,19 @@ import threading
 import time
 
 PROG = "dtensor-verify"
-WATCHDOG_GRACE_S = 2.0       # after the time limit, before the watchdog ends a stuck run
-PEER_EXTRA_GRACE_S = 1.0     # ranks other than 0 wait this much longer: a live rank 0 goes first
-POLL_S = 0.2                 # how often the watchdog looks at the clock and the parent process
+# One deadline for the whole job (issue 18): `--timeout T` counts from the start of the job (the
+# launcher's start under `dtensor_verify.launch`, which passes it in JOB_START_ENV; else this
+# process's start) and the job, launcher included, must be gone by T. Reserves, in seconds
+# before T (measured on a loaded 2-core machine: writing + exit ~0.1 s for one process; under
+# torchrun the rank's exit, torchrun's 0.1 s monitor and its own exit add ~0.5 s):
+VERIFY_RESERVE_S = 0.5           # one process: verification stops this long before T
+VERIFY_RESERVE_TORCHRUN_S = 1.5  # under torchrun
+WATCHDOG_GRACE_S = -0.25         # the watchdog ends a stuck one-process run at T - 0.25 s
+WATCHDOG_GRACE_TORCHRUN_S = -0.8  # ... a stuck rank 0 at T - 0.8 s under torchrun
+PEER_EXTRA_GRACE_S = 0.2         # ranks other than 0 wait this much longer: a live rank 0 goes first
+LAUNCHER_RESERVE_S = 0.3         # the launcher kills what is left at T - 0.3 s (then writes `timeout`)
+JOB_START_ENV = "DTENSOR_VERIFY_JOB_START"    # the job's start, as time.time(), set by the launcher
+POLL_S = 0.05                    # how often the watchdog looks at the clock and the parent process
 EXIT_WATCHDOG = 124          # like coreutils' timeout(1): the limit had to be enforced
 EXIT_TERMINATED = 128 + signal.SIGTERM
 EXIT_ORPHANED = 1
@@ -47,6 +57,23 @@ def torchrun_rank() -> int | None:
     if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return int(os.environ["RANK"])
     return None
+
+
+def job_age_s() -> float | None:
+    """Seconds since the job's launcher started (JOB_START_ENV, under dtensor_verify.launch),
+    or None when no launcher said."""
+    raw = os.environ.get(JOB_START_ENV)
+    if raw is None or torchrun_rank() is None:
+        return None
+    try:
+        return max(time.time() - float(raw), 0.0)
+    except ValueError:
+        return None
+
+
+def verify_reserve_s(torchrun: bool) -> float:
+    """How long before the time limit verification must stop, so the job is gone by it."""
+    return VERIFY_RESERVE_TORCHRUN_S if torchrun else VERIFY_RESERVE_S
 
 
 def process_age_s() -> float:
@@ -60,6 +87,55 @@ def process_age_s() -> float:
         return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Do paths `a` and `b` name the same file: equal after resolving links (either may not
+    exist yet), or the same inode (hard links, bind mounts) where both exist."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def input_candidates(flag: str, path) -> list[tuple[str, str]]:
+    """The files an input option may read: the path, and `path.gz` where the reader falls back
+    to it (`--vnnlib x.vnnlib` reads `x.vnnlib.gz` when only that exists)."""
+    if path is None:
+        return []
+    path = os.fspath(path)
+    out = [(flag, path)]
+    if not path.endswith(".gz") and not os.path.exists(path):
+        out.append((flag, path + ".gz"))
+    return out
+
+
+def refuse_overlaps(outputs: dict, inputs: list) -> None:
+    """Refuse (OutputFileError, one line) an output path that names an input file or another
+    output, before anything is read or written. `outputs`: {option: path or None}; `inputs`:
+    [(option, path or None)] of everything the command reads. An input is never written: a
+    results file naming the model would be removed by the reset before the model is read."""
+    from .errors import OutputFileError
+
+    outs = [(flag, os.fspath(p)) for flag, p in outputs.items() if p is not None]
+    ins = [(flag, os.fspath(p)) for flag, p in inputs if p is not None]
+    for i, (oflag, opath) in enumerate(outs):
+        for iflag, ipath in ins:
+            if _same_file(opath, ipath):
+                raise OutputFileError(
+                    f"{oflag} {_short(opath)} is the input file of {iflag} ({_short(ipath)}); inputs are "
+                    f"never written: give {oflag} another path")
+        for oflag2, opath2 in outs[i + 1:]:
+            if _same_file(opath, opath2):
+                raise OutputFileError(f"{oflag} and {oflag2} name the same file ({_short(opath)}); "
+                                      f"give them different paths")
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _say(msg: str) -> None:
@@ -128,9 +204,13 @@ class Watchdog:
     """
 
     def __init__(self, timeout_s: float, results: ResultsFile | None, rank: int = 0,
-                 torchrun: bool = False, used_s: float = 0.0, grace_s: float = WATCHDOG_GRACE_S,
+                 torchrun: bool = False, used_s: float = 0.0, grace_s: float | None = None,
                  poll_s: float = POLL_S):
-        """`used_s`: seconds of the time limit already spent (e.g. on start-up) before now."""
+        """`used_s`: seconds of the time limit already spent (e.g. on start-up) before now.
+        `grace_s`: when past the limit a stuck run is ended (negative: before it, so that the
+        whole job is gone by the limit; default by `torchrun`)."""
+        if grace_s is None:
+            grace_s = WATCHDOG_GRACE_TORCHRUN_S if torchrun else WATCHDOG_GRACE_S
         self.timeout_s = timeout_s
         self.results = results
         self.rank = rank
@@ -190,10 +270,11 @@ class Watchdog:
 
     def _wait(self) -> bytes:
         """Sleep one poll interval; return the signal numbers that arrived meanwhile."""
+        wait = max(min(self.poll_s, self.fire_at - time.monotonic()), 0.0)
         if self._pipe is None:
-            self._stop.wait(self.poll_s)
+            self._stop.wait(wait)
             return b""
-        ready, _, _ = select.select([self._pipe[0]], [], [], self.poll_s)
+        ready, _, _ = select.select([self._pipe[0]], [], [], wait)
         if not ready:
             return b""
         try:
@@ -232,7 +313,7 @@ class Watchdog:
 
     def _end_expired(self) -> None:
         who = f"rank {self.rank}: " if self.torchrun else ""
-        late = f"{who}still running {self.fire_at - self.deadline:g} s after the time limit of {self.timeout_s:g} s"
+        late = f"{who}still running at the time limit of {self.timeout_s:g} s (less the time to end the job)"
         done = self._verdict_already_written()
         if done is not None:
             _say(f"{late}, after writing its verdict '{done}'; the watchdog ends the process")

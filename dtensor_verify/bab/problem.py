@@ -69,6 +69,7 @@ class BabStats:
     reason: str | None = None          # why the search stopped short of a verdict
     split: str = "relu"                # the kind of split: 'relu' | 'input'
     ended: float | None = None         # perf_counter when the search ended
+    exact_lp: dict | None = None       # leaf domains decided by the exact LP (bab/exact.py)
 
     @property
     def seconds(self) -> float:
@@ -88,6 +89,8 @@ class BabStats:
                "open_domain_limit": self.open_domain_limit, "workers": self.workers, "split": self.split}
         if self.reason:
             out["reason"] = self.reason
+        if self.exact_lp is not None:
+            out["exact_lp"] = self.exact_lp
         return out
 
 

@@ -84,6 +84,8 @@ class BabSolver:
         self.store = DomainStore()
         self.stats = BabStats()
         self.exhausted = 0                      # open domains with no neuron left to split
+        self.exhausted_reason: str | None = None    # ... and why they are left open
+        self.exact = None                       # the LP oracle of leaf domains (bab/exact.py)
         self.counterexample = None              # what `confirm` / `pgd` confirmed on this worker
         self.template: Domains | None = None    # an empty batch of the right shapes
         self._step_seconds = 0.0                # recent duration of one beta-CROWN step
@@ -198,10 +200,44 @@ class BabSolver:
         stuck = rest.decision[:, 0] == NO_DECISION
         if bool(stuck.any()):
             # Every neuron of these domains is fixed, yet the bound does not prove them (beta's
-            # optimisation stopped short of the exact bound): say unknown rather than loop.
-            self.exhausted += int(stuck.sum())
+            # optimisation stopped short of the exact bound): the network is linear there.
+            self._decide_leaves(rest.index(stuck))
             rest, margins = rest.index(~stuck), margins[~stuck]
         self.store.push(rest, margins)
+
+    def _decide_leaves(self, leaves: Domains):
+        """Fully split domains, decided exactly by a linear program (bab/exact.py); those it
+        cannot decide count as exhausted (the run then ends unknown, saying why)."""
+        if self.exact is None:
+            self._prepare_exact()
+        if self.exact.disabled:
+            self.exhausted += len(leaves)
+            self.exhausted_reason = (f"{self.exhausted} fully split domain(s) not proved by beta-CROWN; "
+                                     f"no exact LP: {self.exact.disabled}")
+            return
+        try:
+            out = self.exact.decide(leaves, self.confirm)
+        except Exception as exc:    # noqa: BLE001 - no collective inside: this worker alone gives up
+            self.exact.disabled = f"the exact LP failed ({type(exc).__name__}: {str(exc)[:200]})"
+            self.exhausted += len(leaves)
+            self.exhausted_reason = f"{self.exhausted} fully split domain(s) left open: {self.exact.disabled}"
+            return
+        self.stats.proved += int(out.proved.sum())
+        self.counterexample = self.counterexample or out.counterexample
+        if out.undecided and out.counterexample is None:
+            self.exhausted += out.undecided
+            self.exhausted_reason = out.reason
+
+    def _prepare_exact(self):
+        """The LP oracle of leaf domains, built by every rank at the same point (it may gather
+        sharded weights); a failure leaves it disabled with the reason."""
+        from .exact import ExactLeaves
+
+        self.exact = ExactLeaves(self.problem)
+        try:
+            self.exact.prepare()
+        except Exception as exc:    # noqa: BLE001 - then leaves stay open, saying why
+            self.exact.disabled = f"cannot copy the network for the exact LP ({type(exc).__name__}: {str(exc)[:200]})"
 
     def add_roots(self, roots: Domains):
         """Bound the roots (their slopes come from alpha-CROWN), then branch them."""
@@ -270,6 +306,8 @@ class BabSolver:
             roots = input_bab.with_boxes(self.problem, roots)
         self.template = roots.index(torch.zeros(0, dtype=torch.long, device=roots.pair.device))
         self.max_open = self._store_limit(roots)
+        if self.lockstep:
+            self._prepare_exact()           # may gather sharded weights: every rank, here
         bar = None
         try:
             if self.comm.owns_roots:
@@ -304,8 +342,11 @@ class BabSolver:
             bar.set_postfix_str(f"open {state.open} worst {state.worst_margin:.4g}", refresh=True)
         if state.found:
             return self._result("sat")
+        if state.open == 0 and state.exhausted:
+            return self._result("unknown", self.exhausted_reason or
+                                f"{state.exhausted} fully split domain(s) left undecided")
         if state.open == 0:
-            return self._result("unknown" if state.exhausted else "proved")
+            return self._result("proved")
         if state.time_up:
             return self._result("timeout")
         if state.too_many(self.max_open):
@@ -330,5 +371,8 @@ class BabSolver:
         st.ended = time.perf_counter()
         st.open_domains, st.exhausted, st.batch_per_worker = len(self.store), self.exhausted, self.batch
         st.open_domain_limit, st.workers, st.reason = self.max_open, self.comm.workers, why
+        if self.exact is not None:
+            st.exact_lp = {"domains": self.exact.lps, "proved": self.exact.proved,
+                           "seconds": self.exact.seconds, "disabled": self.exact.disabled}
         st.split = self.mode
         return BabResult(status, st, self.counterexample)

@@ -79,18 +79,21 @@ class Property:
     """A whole property: violated iff some region has an input reaching one of its disjuncts.
 
     `regions` is empty only when every term of the formula is trivially false (a constant
-    constraint such as `(<= 1 0)`): then the property cannot be violated.
+    constraint such as `(<= 1 0)`, or an input box that is empty, e.g. `X_0` in `[1, -1]`):
+    then the property cannot be violated (`note` says which).
     """
     n_inputs: int
     n_outputs: int
     regions: list[Region]
     path: str | None
+    empty_terms: int = 0            # terms dropped because their input box is empty (false terms)
+    note: str | None = None         # why `regions` is empty, when it is (said with the verdict)
 
 
 # ---------------------------------------------------------------------------------------------
 # Tokeniser
 # ---------------------------------------------------------------------------------------------
-_NUM_RE = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_NUM_RE = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"   # linear-time on a failed match
 _NUM = re.compile(_NUM_RE + r"\Z")
 _VAR_NAME = re.compile(r"([XY])_(0|[1-9]\d*)\Z")
 
@@ -157,7 +160,7 @@ class _Parser:
     # -- errors ---------------------------------------------------------------------------------
     def error(self, pos: int, msg: str) -> VnnlibError:
         line = self.text.count("\n", 0, max(pos, 0)) + 1
-        return VnnlibError(f"{self.path}:{line}: {msg}")
+        return VnnlibError(f"{self.path}:{line}: {_bounded(msg)}")
 
     # -- tokenising and s-expressions -------------------------------------------------------------
     def run(self, n_inputs: int | None, n_outputs: int | None) -> Property:
@@ -192,7 +195,7 @@ class _Parser:
                 self.declare(m.group(6), m.group(7), m.start(6), m.start(7))
             else:
                 if not stack:
-                    raise self.error(m.start(), f"unexpected '{m.group()}' outside parentheses")
+                    raise self.error(m.start(), f"unexpected '{excerpt(m.group())}' outside parentheses")
                 stack[-1].items.append(_Atom(m.group(), m.start()))
         if stack:
             raise self.error(stack[0].pos, "unbalanced '(': missing ')' before the end of file")
@@ -397,6 +400,12 @@ class _Parser:
         n_in = self.count(_X, "input", n_inputs)
         n_out = self.count(_Y, "output", n_outputs)
         terms = self.conjoin(self.dnfs)
+        n_terms = len(terms)
+        terms, empty_at = self.drop_empty_terms(terms)
+        if n_terms and not terms:
+            return Property(n_in, n_out, [], self.path, n_terms,
+                            f"every term of the property has an empty input box (e.g. {empty_at}): no "
+                            f"input satisfies it, so it cannot be violated (unsat by definition)")
         if terms:
             # Input bounds present in every term belong to the common box.
             shared = {c for c in terms[0] if c[0] == "x"}
@@ -461,7 +470,37 @@ class _Parser:
             self.check_box(lower, upper, lpos, upos, lstrict | ustrict)
             regions.append(Region(lower, upper, [self.disjunct(r, n_out) for r in disjunct_rows],
                                   lstrict, ustrict))
-        return Property(n_in, n_out, regions, self.path)
+        return Property(n_in, n_out, regions, self.path, n_terms - len(terms))
+
+    def drop_empty_terms(self, terms: list) -> tuple[list, str | None]:
+        """Terms whose own input bounds leave an empty box (with the top-level box) are false:
+        dropped. An empty top-level box itself stays an error (check_box: no term could hold)."""
+        kept, first = [], None
+        for term in terms:
+            box: dict[int, list] = {}
+            for c in term:
+                if c[0] == "x":
+                    _, i, is_upper, v, strict, pos = c
+                    e = box.get(i)
+                    if e is None:
+                        e = box[i] = [self.lo.get(i, -np.inf), i in self.lo_strict, self.lo_pos.get(i, 0),
+                                      self.hi.get(i, np.inf), i in self.hi_strict, self.hi_pos.get(i, 0)]
+                        if _empty(e[0], e[1], e[3], e[4]):
+                            box[i] = None            # the top-level box is empty: check_box says so
+                            continue
+                    if e is None:
+                        continue
+                    k = 3 if is_upper else 0
+                    if (v < e[k] if is_upper else v > e[k]) or (v == e[k] and strict):
+                        e[k:k + 3] = [v, strict, pos]
+            why = next((f"X_{i} in [{e[0]!r}, {e[3]!r}]{' (open)' if e[1] or e[4] else ''} at line "
+                        f"{self.text.count(chr(10), 0, max(e[2], e[5])) + 1}"
+                        for i, e in box.items() if e is not None and _empty(e[0], e[1], e[3], e[4])), None)
+            if why is None:
+                kept.append(term)
+            elif first is None:
+                first = why
+        return kept, first
 
     def count(self, kind: int, what: str, expected: int | None) -> int:
         indices = sorted(k[1] for k in self.decl_pos if k[0] == kind)
@@ -509,6 +548,32 @@ class _Parser:
             d[r] = rhs
             strict[r] = is_strict
         return OutputDisjunct(C, d, strict)
+
+
+def _empty(lo: float, lo_strict: bool, hi: float, hi_strict: bool) -> bool:
+    return lo > hi or (lo == hi and (lo_strict or hi_strict))
+
+
+EXCERPT_CHARS = 200      # an error message quotes at most this much of the offending text
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """At most `limit` characters of `text` (printable; the length said when cut): a 1 GiB token
+    must not become a 1 GiB error line."""
+    cut = text[:limit]
+    if not cut.isprintable():
+        cut = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in cut)
+    return cut if len(text) <= limit else f"{cut}...[{len(text)} characters]"
+
+
+_LONG_RUN = re.compile(r"\S{%d,}" % (EXCERPT_CHARS + 1))
+
+
+def _bounded(msg: str) -> str:
+    """Every long run of non-blank characters (a quoted token, a number) cut to an excerpt."""
+    if len(msg) <= EXCERPT_CHARS and msg.isprintable():
+        return msg
+    return excerpt(_LONG_RUN.sub(lambda m: excerpt(m.group()), msg), 4 * EXCERPT_CHARS)
 
 
 def _combine(ca: dict, ka: float, cb: dict, kb: float, sign: float) -> tuple[dict, float]:

@@ -100,6 +100,7 @@ def branch_and_bound(inst: Instance, bab_options, progress: bool) -> str:
     why = _skip_reason(inst, open_idx, opts)
     if why:
         inst.say(f"bab: skipped ({why})")
+        inst.result.bounds["bab"] = {"reason": f"skipped: {why}"}
         return "unknown"
     if progress and inst.model.layout.rank == 0:
         opts = dataclasses.replace(opts, progress=True)

@@ -51,8 +51,9 @@ def _run(model, prop, onnx_path, clock, say, res, opts: PipelineOptions) -> Deci
     opts = _checked(opts)
     check_dimensions(model, prop)
     if not prop.regions:
-        # Every term of the formula is a false constant: nothing can violate it.
-        return Decision("unsat", "spec")
+        # Every term of the formula is false (a false constant, an empty box): nothing can violate it.
+        note = getattr(prop, "note", None)
+        return Decision("unsat", "spec", note or "every term of the property is a false constant: it cannot be violated")
     inst = open_instance(model, prop, onnx_path, clock, say, opts.attack_options or AttackOptions(), res)
     from ..bab.input_bab import alpha_before       # fewer alpha-CROWN steps when BaB will split inputs
     opts = dataclasses.replace(opts, alpha_options=alpha_before(model, inst.pair_lo, inst.pair_hi, opts.bab,
@@ -61,8 +62,19 @@ def _run(model, prop, onnx_path, clock, say, res, opts: PipelineOptions) -> Deci
         decision = stage.run(inst)
         if decision is not None:
             return decision
+    return Decision("unknown", message=_unknown_reason(res, opts.bab))
+
+
+def _unknown_reason(res, bab: bool) -> str:
+    """Why a run ends `unknown` (said in the results message and the JSON)."""
+    n_open = sum(d.status == "open" for d in res.details) if res.details else None
+    left = f"{n_open} disjunct(s)" if n_open is not None else "disjuncts"
     stopped = res.bounds.get("bab", {}).get("reason")
-    return Decision("unknown", message=f"branch and bound stopped: {stopped}" if stopped else None)
+    if stopped:
+        return f"branch and bound stopped: {stopped}"
+    if not bab:
+        return f"branch and bound is off: the bounds and attacks left {left} open"
+    return f"{left} left open by the bounds, attacks and branch and bound"
 
 
 def verify_instance(model, prop, onnx_path: str | None, timeout: float,
