@@ -14,7 +14,11 @@ def ibp(graph, box, layout=DEFAULT_LAYOUT, until: str | None = None) -> dict[str
             continue
         with layout.weights(node) as weights:
             lo, hi = weights.ibp([bounds[i] for i in node.inputs])
-        bounds[node.name] = (layout.local(lo), layout.local(hi))
+        lo, hi = layout.local(lo), layout.local(hi)
+        # inf - inf (an unbounded input through a map with mixed signs) is NaN: the sound reading
+        # of it is "unbounded", and a NaN would poison every later min/max.
+        bounds[node.name] = (torch.nan_to_num(lo, nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf),
+                             torch.nan_to_num(hi, nan=torch.inf, posinf=torch.inf, neginf=-torch.inf))
         if node.name == until:
             break
     return bounds
@@ -28,4 +32,4 @@ def ibp_output(graph, box, C=None, layout=DEFAULT_LAYOUT):
         return lo, hi
     mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
     center, dev = C.matmul(mid).squeeze(-1), C.abs().matmul(rad).squeeze(-1)
-    return center - dev, center + dev
+    return torch.nan_to_num(center - dev, nan=-torch.inf), torch.nan_to_num(center + dev, nan=torch.inf)
