@@ -10,6 +10,7 @@ import dtensor_verify as dv
 import milp_oracle as mo
 from dtensor_verify.bab import exact
 from dtensor_verify.specs import read_vnnlib
+from dtensor_verify.bab import BabOptions
 from dtensor_verify.verify import verify_instance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
