@@ -24,7 +24,6 @@ def _run(tmp_path, seed, **kw):
     inst = mo.instance(seed, n_in=3, hidden=(10, 10), gap_range=(1e-6, 1e-4))
     onnx_path, spec = mo.write(inst, tmp_path)
     model = dv.load(onnx_path)
-    from dtensor_verify.bab import BabOptions
     kw.setdefault("bab_options", BabOptions(split="relu"))     # ReLU splits reach fully split domains
     res = verify_instance(model, read_vnnlib(spec, model.n_inputs, model.n_outputs), onnx_path, 30,
                           attack=False, **kw)
