@@ -107,7 +107,9 @@ class BoundedModel:
             with self.layout.weights(node) as weights:
                 values[node.name] = self.layout.local(weights.forward([values[i] for i in node.inputs]))
         out = values[self.graph.output_name]
-        return out.reshape(out.shape[0], -1)          # [B, n_out], also for a scalar output per sample
+        # [B, n_out], also for a scalar output per sample and for an empty batch (lockstep ranks
+        # with no domain this round still take the step)
+        return out.reshape(out.shape[0], self.n_outputs)
 
     __call__ = forward
 

@@ -574,8 +574,8 @@ def main(argv=None) -> int:
         if argv is None and args.command == "run":
             # The command line's run: leave without the interpreter's clean-up (0.1-0.5 s with
             # torch loaded on a busy machine), so the job ends by its time limit.
-            from .run_guard import _flush_and_exit
-            _flush_and_exit(code)
+            from .run_guard import flush_and_exit
+            flush_and_exit(code)
         return code
     except user_errors() as exc:
         if _reports_errors():

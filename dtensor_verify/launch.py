@@ -176,12 +176,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    _code = main()
-    # Leave without the interpreter's clean-up: after torchrun's run() it took 2-3 s on a busy
-    # machine (its threads and handlers), and the job must be gone by its time limit.
-    for _stream in (sys.stdout, sys.stderr):
-        try:
-            _stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(_code)
+    from dtensor_verify.run_guard import flush_and_exit
+
+    flush_and_exit(main())

@@ -303,13 +303,13 @@ class Watchdog:
     def _end_terminated(self) -> None:
         done = self._verdict_already_written()
         if done is not None:
-            _flush_and_exit(_exit_status_for(done))
+            flush_and_exit(_exit_status_for(done))
         verdict = "timeout" if time.monotonic() >= self.deadline else "error"
         if self.results is not None:
             self.results.write_fallback(verdict)
         if self.rank == 0:
             _say(f"stopped by SIGTERM (a rank failed, or the launcher was stopped); results file: {verdict}")
-        _flush_and_exit(EXIT_TERMINATED)
+        flush_and_exit(EXIT_TERMINATED)
 
     def _end_expired(self) -> None:
         who = f"rank {self.rank}: " if self.torchrun else ""
@@ -326,7 +326,7 @@ class Watchdog:
             code = EXIT_WATCHDOG
         if self.torchrun:
             kill_local_peers()
-        _flush_and_exit(code)
+        flush_and_exit(code)
 
 
 def _exit_status_for(verdict: str) -> int:
@@ -340,7 +340,9 @@ def _poke(fd: int) -> None:
         pass
 
 
-def _flush_and_exit(code: int) -> None:
+def flush_and_exit(code: int) -> None:
+    """Flush stdout / stderr and leave without the interpreter's clean-up (torchrun's took 2-3 s
+    on a busy machine, and the job must be gone by its time limit)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -10,6 +10,7 @@ import dtensor_verify as dv
 import milp_oracle as mo
 from dtensor_verify.bab import exact
 from dtensor_verify.specs import read_vnnlib
+from dtensor_verify.bab import BabOptions
 from dtensor_verify.verify import verify_instance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,6 +24,7 @@ def _run(tmp_path, seed, **kw):
     inst = mo.instance(seed, n_in=3, hidden=(10, 10), gap_range=(1e-6, 1e-4))
     onnx_path, spec = mo.write(inst, tmp_path)
     model = dv.load(onnx_path)
+    kw.setdefault("bab_options", BabOptions(split="relu"))     # ReLU splits reach fully split domains
     res = verify_instance(model, read_vnnlib(spec, model.n_inputs, model.n_outputs), onnx_path, 30,
                           attack=False, **kw)
     return inst, res

@@ -51,7 +51,8 @@ def test_input_split_halves_cover_the_parent():
 
 
 def test_auto_mode_picks_input_splitting_for_few_inputs():
-    assert resolve_mode("auto", 5, 5, 16) == "input"
+    assert resolve_mode("auto", 300, 5, 16) == "input"            # acasxu: 300 ReLU neurons, 5 inputs
+    assert resolve_mode("auto", 20, 3, 16) == "relu"              # few ReLUs: ReLU splits + exact leaves
     assert resolve_mode("auto", 5, 784, 16) == "relu"
     assert resolve_mode("auto", 0, 784, 16) == "input"           # nothing else to split
     assert resolve_mode("relu", 5, 2, 16) == "relu"

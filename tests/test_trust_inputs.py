@@ -133,3 +133,10 @@ def test_error_messages_quote_a_short_excerpt_of_huge_inputs(tmp_path, capsys, c
     line = _one_line(err)
     assert "big.vnnlib" in line and "characters" in line, line
     assert read_result_file(res)[0] == "error"
+
+
+def test_forward_of_an_empty_batch(tmp_path):
+    """A rank with no domain of its own runs branch and bound's forward on an empty batch under
+    torchrun; that must give [0, n_out] (it raised in reshape, and the run ended `error`)."""
+    model = dv.load(_net(tmp_path, "ok", rand((2, 3), 0)))
+    assert tuple(model.forward(torch.zeros(0, 2)).shape) == (0, 2)

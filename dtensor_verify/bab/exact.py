@@ -160,8 +160,7 @@ class ExactLeaves:
         """Per domain: the box centre / radius [n, N], and (G, h) with value = h + G @ u for
         the output [n, n_out, N] and each ReLU's input [n, k, N] (u in [-1, 1]^N)."""
         p = self.problem
-        lo = p.box_lower[domains.pair].detach().cpu().double().flatten(1)
-        hi = p.box_upper[domains.pair].detach().cpu().double().flatten(1)
+        lo, hi = (t.detach().cpu().double().flatten(1) for t in p.box_of(domains))    # its own sub-box, if any
         centre, radius = (lo + hi) / 2, (hi - lo) / 2
         n, N = centre.shape
         pts = centre.unsqueeze(1).repeat(1, N + 1, 1)                          # [n, N+1, N]

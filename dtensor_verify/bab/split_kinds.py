@@ -17,7 +17,11 @@ the neuron. The solver only asks `needs_refresh` (children whose intermediate bo
 recomputed) and calls `domains.split`, which dispatches on the code.
 
 Which kind a run uses (`BabOptions.split`): 'relu', 'input', or 'auto': input splitting when
-the property perturbs few input dimensions (`max_input_dims`) or the network has no ReLU to split.
+the property perturbs few input dimensions (`max_input_dims`) and the network has more than
+`FEW_RELUS` ReLU neurons, or when it has no ReLU to split. A network with few ReLU neurons is split
+on them: with exact leaves (`bab/exact.py`) that search is finite and complete, while halving boxes
+never ends on an instance whose exact margin is near 0 (seen on 3-input, 20-ReLU networks with
+margins of 1e-6..1e-4: input splitting timed out where ReLU splitting decides in a second).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch
 from .domains import INPUT_SPLIT
 
 SPLIT_MODES = ("auto", "relu", "input")
+FEW_RELUS = 64            # auto: networks with at most this many ReLU neurons split ReLUs
 MIN_WIDTH = 1e-7          # a dimension narrower than this (relative to its magnitude) is not split
 
 
@@ -41,13 +46,20 @@ def perturbed_dims(lower: torch.Tensor, upper: torch.Tensor) -> int:
     return int(((upper - lower).flatten(1) > 0).sum(1).max()) if lower.numel() else 0
 
 
+def relu_neurons(graph) -> int:
+    """The number of ReLU neurons (per sample) of a bound graph."""
+    import math
+
+    return sum(math.prod(n.op.out_shape) for n in graph.nodes if n.op is not None and n.op.needs_input_bounds)
+
+
 def resolve_mode(mode: str, n_relus: int, n_perturbed: int, max_input_dims: int) -> str:
-    """'relu' or 'input' for this run (see the module docstring)."""
+    """'relu' or 'input' for this run (see the module docstring); `n_relus` counts neurons."""
     if mode not in SPLIT_MODES:
         raise ValueError(f"split mode must be one of {', '.join(SPLIT_MODES)}, not '{mode}'")
     if mode != "auto":
         return mode
-    return "input" if n_relus == 0 or n_perturbed <= max_input_dims else "relu"
+    return "input" if n_relus == 0 or (n_perturbed <= max_input_dims and n_relus > FEW_RELUS) else "relu"
 
 
 def needs_refresh(decision: torch.Tensor) -> torch.Tensor:

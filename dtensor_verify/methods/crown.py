@@ -13,6 +13,7 @@ import torch
 
 from ..layout import DEFAULT_LAYOUT, Layout, weight_kwargs
 from ..memory import tag
+from .ibp import ibp_step
 
 
 @dataclass
@@ -301,9 +302,7 @@ def _intermediate_bounds(graph, box, layout, opts):
     for node in graph.nodes:
         if node.op is None:
             continue
-        with layout.weights(node) as weights:
-            ref_lo, ref_up = weights.ibp([bounds[i] for i in node.inputs])
-        ref_lo, ref_up = layout.local(ref_lo), layout.local(ref_up)
+        ref_lo, ref_up = ibp_step(node, bounds, layout)
         name = node.name
         if name not in preactivation or graph.affine_from_input(name):
             bounds[name] = (ref_lo, ref_up)   # one affine op from the input: IBP is exact

@@ -12,12 +12,21 @@ def ibp(graph, box, layout=DEFAULT_LAYOUT, until: str | None = None) -> dict[str
     for node in graph.nodes:
         if node.op is None:
             continue
-        with layout.weights(node) as weights:
-            lo, hi = weights.ibp([bounds[i] for i in node.inputs])
-        bounds[node.name] = (layout.local(lo), layout.local(hi))
+        bounds[node.name] = ibp_step(node, bounds, layout)
         if node.name == until:
             break
     return bounds
+
+
+def ibp_step(node, bounds: dict, layout=DEFAULT_LAYOUT) -> tuple[torch.Tensor, torch.Tensor]:
+    """The box of one node from the boxes of its inputs (full, plain tensors)."""
+    with layout.weights(node) as weights:
+        lo, hi = weights.ibp([bounds[i] for i in node.inputs])
+    lo, hi = layout.local(lo), layout.local(hi)
+    # inf - inf (an unbounded input through a map with mixed signs) is NaN: the sound reading
+    # of it is "unbounded", and a NaN would poison every later min/max.
+    return (torch.nan_to_num(lo, nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf),
+            torch.nan_to_num(hi, nan=torch.inf, posinf=torch.inf, neginf=-torch.inf))
 
 
 def ibp_output(graph, box, C=None, layout=DEFAULT_LAYOUT):
@@ -28,4 +37,4 @@ def ibp_output(graph, box, C=None, layout=DEFAULT_LAYOUT):
         return lo, hi
     mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
     center, dev = C.matmul(mid).squeeze(-1), C.abs().matmul(rad).squeeze(-1)
-    return center - dev, center + dev
+    return torch.nan_to_num(center - dev, nan=-torch.inf), torch.nan_to_num(center + dev, nan=torch.inf)

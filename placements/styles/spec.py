@@ -31,7 +31,7 @@ class SpecStyle(FsdpStyle):
         super().__init__(prefetch=False)
 
     def streams(self, node) -> bool:
-        return not torch.is_grad_enabled() and node.op.caps.sums_over_weight_rows
+        return not torch.is_grad_enabled() and node.op.caps.sums_over_weight_rows and rows_lead(node)
 
     def gathers_in_step(self, node) -> bool:
         return not self.streams(node)
@@ -40,6 +40,15 @@ class SpecStyle(FsdpStyle):
         if node.name not in ctx.held and self.streams(node):
             return nullcontext(StreamedWeights(node, ctx))
         return super().weights(node, ctx, sweep)
+
+
+def rows_lead(node) -> bool:
+    """Whether the weight's Shard(0) rows are the node's first dim (what streaming slices: a
+    Linear on [B, F], a conv's channels); a Linear over the last dim of tokens [B, T, F] (a ViT)
+    is not, and is gathered like fsdp instead."""
+    if isinstance(node.op.module, torch.nn.Linear):
+        return len(node.shape) == 1
+    return node.shape[0] == node.op.module.weight.shape[0]
 
 
 def over_weight_shards(node, ctx, use) -> None:
