@@ -30,7 +30,7 @@ import torch
 from .domains import INPUT_SPLIT
 
 SPLIT_MODES = ("auto", "relu", "input")
-FEW_RELUS = 64            # auto: networks with at most this many ReLU neurons split ReLUs
+FEW_RELUS = 48            # auto: networks with at most this many ReLU neurons split ReLUs
 MIN_WIDTH = 1e-7          # a dimension narrower than this (relative to its magnitude) is not split
 
 
