@@ -520,6 +520,9 @@ def _run_command(args) -> int:
     return code
 
 
+PEER_ERROR_GRACE_S = 5.0
+
+
 def _reports_errors() -> bool:
     """Under torchrun every rank meets the same user error: only rank 0 prints it."""
     from .run_guard import torchrun_rank
@@ -580,6 +583,11 @@ def main(argv=None) -> int:
     except user_errors() as exc:
         if _reports_errors():
             err(one_line(exc))
+        else:
+            # Every rank meets the same user error and only rank 0 prints it: give rank 0 the time
+            # to, before this rank's exit makes torchrun stop it (its line was lost under load).
+            # Rank 0's own exit ends this wait: torchrun then stops this rank.
+            time.sleep(PEER_ERROR_GRACE_S)
         _write_error_result(args)
         return _exit_code(EXIT_ERROR)
     except KeyboardInterrupt:
