@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from proc_env import bench, clean_env
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO.parent / "shared" / "benchmarks"
@@ -25,21 +26,9 @@ PROP = "mnist_fc/vnnlib/prop_1_0.05.vnnlib.gz"
 SLACK = 0.5                 # the acceptance bound: gone by T + 0.5 s
 
 
-def bench(rel: str) -> str:
-    p = BENCH / rel
-    if not p.exists():
-        pytest.fail(f"benchmark file {p} is missing (expected the shared benchmarks at {BENCH})")
-    return str(p)
-
 
 def _env():
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-                "LOGLEVEL", "DTENSOR_VERIFY_JOB_START"):
-        env.pop(var, None)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
+    return clean_env()
 
 
 def _run_args(results, timeout, plan=None):

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
+from proc_env import bench, clean_env
 
 pytestmark = pytest.mark.distributed
 
@@ -37,20 +38,9 @@ TORCHRUN = "torch.distributed.run"
 LAUNCH = "dtensor_verify.launch"
 
 
-def bench(rel: str) -> str:
-    p = BENCH / rel
-    if not p.exists():
-        pytest.fail(f"benchmark file {p} is missing (expected the shared benchmarks at {BENCH})")
-    return str(p)
-
 
 def _env():
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "LOGLEVEL"):
-        env.pop(var, None)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
+    return clean_env()
 
 
 def _run_cmd(launcher, results, prop=UNSAT_PROP, timeout="60", plan="fsdp", extra=()):

@@ -20,19 +20,13 @@ from dtensor_verify.specs import parse_vnnlib
 from dtensor_verify.verify import verify_instance
 from exact_milp import exact_min
 from model_zoo import random_mlp
+from test_bab import root_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def input_root(model, lo, hi, C, d):
-    mask = torch.ones(d.shape, dtype=torch.bool)
-    problem = BabProblem(model.graph, model.layout, model.forward, C, d, mask, lo, hi)
-    with torch.no_grad():
-        bounds, _ = intermediate_bounds(model.graph, (lo, hi))
-        lower, _ = output_bound(model.graph, bounds, C)
-    pre = model.graph.preactivation_nodes()
-    roots = make_roots(problem, [0], [RootState({n: (bounds[n][0][0], bounds[n][1][0]) for n in pre})],
-                       [lower[0] - d[0]])
+    problem, roots = root_problem(model, lo, hi, C, d)
     return problem, with_boxes(problem, roots)
 
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from proc_env import clean_env
 
 import model_zoo
 
@@ -26,12 +27,7 @@ INSTANCES = ("prop_0_0.03",)
 
 
 def _env():
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
+    return clean_env()
 
 
 def _free_port() -> int:

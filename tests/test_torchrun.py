@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from proc_env import clean_env
 
 import model_zoo
 
@@ -23,12 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _env():
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
+    return clean_env()
 
 
 def _run(cmd, timeout):
