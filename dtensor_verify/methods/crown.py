@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import DEFAULT_LAYOUT, Layout, weight_kwargs
+from ..ops.base import BoundOp
 from ..memory import tag
+from ..ops.patches import Patches, add_A, concretize_patches, dense
 from .ibp import ibp_step
 
 
@@ -26,6 +28,10 @@ class CrownOptions:
     intersect_ibp: bool = True
     # Skip the backward sweep for neurons IBP already proves stable: their relaxation is exact.
     skip_stable: bool = True
+    # Conv layers' intermediate bounds start from A-matrices kept as local patches (ops/patches.py),
+    # converted to dense at the first op without a patches rule or where dense is no larger.
+    # Same bounds either way; False: dense throughout.
+    patches: bool = True
 
 
 def concretize_both(A: torch.Tensor, box):
@@ -44,16 +50,8 @@ def concretize(A: torch.Tensor, box, upper: bool) -> torch.Tensor:
     return concretize_both(A, box)[1 if upper else 0]
 
 
-def _add(a, b):
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a + b
-
-
 def backward_bound(graph, start: str, lA, uA, bounds, layout: Layout = DEFAULT_LAYOUT, alphas=None, rows=None,
-                   betas=None, record=None):
+                   betas=None, record=None, patches=False):
     """Bounds of `lA . v_start` (lower) and `uA . v_start` (upper) over the input box.
 
     `bounds` must hold the input box (under `graph.input_name`) and the bounds of every ReLU
@@ -63,10 +61,11 @@ def backward_bound(graph, start: str, lA, uA, bounds, layout: Layout = DEFAULT_L
     the sweep bounds those flattened neurons of `start` themselves (one-hot A-matrices, built
     only if the start op has no direct rule for them). `record`, a dict, receives the lower
     A-matrix reaching each ReLU's output (detached, full), which branching heuristics score.
+    `patches`: with `rows`, start a conv node's sweep from patches (see `CrownOptions.patches`).
     Returns (lower, upper), each [B, K] or None.
     """
     with layout.sweep(start) as sweep, tag("A-matrices"):
-        return _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows, betas, record)
+        return _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows, betas, record, patches)
 
 
 def _step(node, lA, uA, input_bounds, alpha, beta=None, params=None):
@@ -74,6 +73,14 @@ def _step(node, lA, uA, input_bounds, alpha, beta=None, params=None):
     op maps lower and upper A-matrices the same way, so when both sides carry the same matrix
     it is pushed through once and shared."""
     kwargs = weight_kwargs(node.op, params)
+    if isinstance(lA, Patches) or isinstance(uA, Patches):
+        result = None if alpha is not None or beta is not None else \
+            node.op.backward_patches(lA, uA, input_bounds, **kwargs)
+        if result is not None:
+            return result
+        shared = lA is uA
+        lA = dense(lA)
+        uA = lA if shared else dense(uA)
     if beta is not None:
         kwargs["beta"] = beta
     if lA is uA and lA is not None and node.op.is_affine:
@@ -90,6 +97,7 @@ def _place_inputs(graph, node, result, sweep):
     for name, (in_lA, in_uA) in zip(node.inputs, result.input_A):
         target = graph[name]
         shared = in_lA is in_uA
+        in_lA, in_uA = _patches_or_dense(in_lA, in_uA, target, sweep)
         in_lA = None if in_lA is None else sweep.place_A(in_lA, target)
         in_uA = in_lA if shared else (None if in_uA is None else sweep.place_A(in_uA, target))
         placed.append((in_lA, in_uA))
@@ -107,7 +115,30 @@ def _placed_step(graph, node, lA, uA, input_bounds, alpha, sweep, weights, beta=
     return weights.backward(step, lA, uA)
 
 
-def _first_step(graph, node, rows, bounds, sweep):
+def _patches_or_dense(lA, uA, node, sweep):
+    """Keep patches where they are smaller than dense and the node's neurons are not sharded."""
+    if not isinstance(lA, Patches) and not isinstance(uA, Patches):
+        return lA, uA
+    ref = lA if lA is not None else uA
+    ctx = getattr(sweep, "ctx", None)
+    sharded = ctx is not None and getattr(ctx.zone(node), "shards_neurons", False)
+    if not (sharded or ref.smaller_as_dense()):
+        return lA, uA
+    shared = lA is uA
+    lA = dense(lA)
+    return lA, (lA if shared else dense(uA))
+
+
+def _starts_patches(node, sweep) -> bool:
+    """Does a sweep out of `node`'s neurons start from patches (a conv-like op on [C, H, W])?"""
+    if type(node.op).backward_patches is BoundOp.backward_patches or len(node.shape) != 3:
+        return False
+    ctx = getattr(sweep, "ctx", None)
+    return node.shape[1] * node.shape[2] > 1 and not (
+        ctx is not None and getattr(ctx.zone(node), "shards_neurons", False))
+
+
+def _first_step(graph, node, rows, bounds, sweep, patches=False):
     """The backward step out of `node` for the one-hot rows `rows`: the op's direct rule
     (a Linear layer's rows of W and b) where it has one, else the generic rule on one-hot A."""
     box = bounds[graph.input_name]
@@ -116,7 +147,10 @@ def _first_step(graph, node, rows, bounds, sweep):
         result = weights.rows(rows, batch)
         if result is not None:
             return _place_inputs(graph, node, result, sweep)
-        A = sweep.place_A(identity_rows(rows, node.shape, batch, box[0].dtype, box[0].device), node)
+        if patches and _starts_patches(node, sweep):
+            A = Patches.identity(rows, node.shape, batch, box[0].dtype, box[0].device)
+        else:
+            A = sweep.place_A(identity_rows(rows, node.shape, batch, box[0].dtype, box[0].device), node)
         input_bounds = [sweep.place_bounds(bounds.get(i), graph[i]) for i in node.inputs]
         return _placed_step(graph, node, A, A, input_bounds, None, sweep, weights)
 
@@ -136,7 +170,8 @@ def _place_split(beta, node, sweep):
     return sweep.place_alpha(multipliers, node), signs
 
 
-def _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows=None, betas=None, record=None):
+def _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows=None, betas=None, record=None,
+                    patches=False):
     # The starting A-matrices laid out as the start node's style expects (a shared pair stays shared).
     shared = lA is uA
     lA = None if lA is None else sweep.place_A(lA, graph[start])
@@ -149,7 +184,7 @@ def _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows=No
             continue
         node_lA, node_uA = pending.pop(node.name)
         if rows is not None and node.name == start:
-            result = _first_step(graph, node, rows, bounds, sweep)
+            result = _first_step(graph, node, rows, bounds, sweep, patches)
         else:
             alpha = beta = None
             if alphas is not None and node.name in alphas:
@@ -157,7 +192,7 @@ def _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows=No
             if betas is not None and node.name in betas:
                 beta = _place_split(betas[node.name], node, sweep)
             if record is not None and node.op.needs_input_bounds and node_lA is not None:
-                record[node.name] = layout.local(node_lA).detach()
+                record[node.name] = layout.local(dense(node_lA)).detach()
             input_bounds = [sweep.place_bounds(bounds.get(i), graph[i]) for i in node.inputs]
             with sweep.weights(node) as weights:
                 result = _placed_step(graph, node, node_lA, node_uA, input_bounds, alpha, sweep, weights, beta)
@@ -171,11 +206,25 @@ def _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows=No
     assert set(pending) <= {graph.input_name} and ancestors, "backward sweep left unvisited nodes"
     in_lA, in_uA = pending.pop(graph.input_name, (None, None))
     if record is not None and in_lA is not None:
-        record[graph.input_name] = layout.local(in_lA).detach()
+        record[graph.input_name] = layout.local(dense(in_lA)).detach()
     # The layout may keep A w.r.t. the input sharded (tp): the box is laid out to match and only
     # the [B, K] results are made local.
     box = sweep.place_bounds(bounds[graph.input_name], graph[graph.input_name])
     want_lower, want_upper = (True, True) if rows is not None else (lA is not None, uA is not None)
+    lower, upper = _concretize_pair(in_lA, in_uA, box)
+    if want_lower:
+        lower = layout.local(lbias) if lower is None else layout.local(lower) + lbias
+    if want_upper:
+        upper = layout.local(ubias) if upper is None else layout.local(upper) + ubias
+    return lower, upper
+
+
+def _concretize_pair(in_lA, in_uA, box):
+    """(lower, upper) of the input A-matrices (dense or patches; each None when absent)."""
+    if isinstance(in_lA, Patches) or isinstance(in_uA, Patches):
+        lower = None if in_lA is None else concretize_patches(in_lA, box)[0]
+        upper = None if in_uA is None else concretize_patches(in_uA, box)[1]
+        return lower, upper
     lower = upper = None
     if in_lA is not None and in_lA is in_uA:
         lower, upper = concretize_both(in_lA, box)
@@ -184,10 +233,6 @@ def _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows=No
             lower = concretize(in_lA, box, upper=False)
         if in_uA is not None:
             upper = concretize(in_uA, box, upper=True)
-    if want_lower:
-        lower = layout.local(lbias) if lower is None else layout.local(lower) + lbias
-    if want_upper:
-        upper = layout.local(ubias) if upper is None else layout.local(upper) + ubias
     return lower, upper
 
 
@@ -195,8 +240,8 @@ def _accumulate(pending, names, input_A):
     """Add a step's input A-matrices to those already pending for each input (branches meet)."""
     for name, (in_lA, in_uA) in zip(names, input_A):
         old_lA, old_uA = pending.get(name, (None, None))
-        merged_lA = _add(old_lA, in_lA)
-        merged_uA = merged_lA if (in_lA is in_uA and old_lA is old_uA) else _add(old_uA, in_uA)
+        merged_lA = add_A(old_lA, in_lA)
+        merged_uA = merged_lA if (in_lA is in_uA and old_lA is old_uA) else add_A(old_uA, in_uA)
         pending[name] = (merged_lA, merged_uA)
 
 
@@ -242,7 +287,8 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
     for start in range(0, most, chunk):
         part = local_rows[start:start + chunk]
         alphas = alphas_for(start, start + len(part)) if alphas_for else None
-        lo, up = backward_bound(graph, name, None, None, bounds, layout, alphas, rows=part)
+        lo, up = backward_bound(graph, name, None, None, bounds, layout, alphas, rows=part,
+                                patches=opts.patches and alphas_for is None)
         lows.append(lo)
         ups.append(up)
     if lows:

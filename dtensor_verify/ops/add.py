@@ -30,6 +30,10 @@ class AddOp(BoundOp):
         return BackwardResult([(lA, uA), second])
 
 
+    def backward_patches(self, lA, uA, input_bounds, params=None):
+        return self.backward(lA, uA, input_bounds)
+
+
 class SubOp(AddOp):
     kind = "sub"
     sign = -1.0

@@ -124,6 +124,12 @@ class BoundOp:
         neurons `rows` (how every intermediate bound starts). None: use `backward`."""
         return None
 
+    def backward_patches(self, lA, uA, input_bounds: list[Interval | None], params=None) -> BackwardResult | None:
+        """Optional: `backward` on A-matrices given as `ops.patches.Patches` (conv windows),
+        giving patches for the inputs. None (the default): this op cannot; the sweep converts
+        the patches to dense and uses `backward`."""
+        return None
+
     def has_rows_rule(self) -> bool:
         return type(self).backward_rows is not BoundOp.backward_rows
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..errors import UnsupportedOpError
 from .base import BackwardResult, BoundOp, Capabilities
+from .patches import Patches
 
 
 class Conv2dOp(BoundOp):
@@ -70,3 +71,29 @@ class Conv2dOp(BoundOp):
             return (A.sum((3, 4)) * b).sum(-1)
 
         return BackwardResult([(step(lA), step(uA))], bias(lA), bias(uA))
+
+    def backward_patches(self, lA, uA, input_bounds, params=None):
+        """The same step on `Patches`: the transposed convolution of each row's window, without
+        padding (the window moves to `top * stride - padding`); positions that land in the zero
+        padding are dropped (see `ops/patches.py`)."""
+        m = self.module
+        w, b = self._params(params)
+
+        def step(A):
+            if A is None:
+                return None
+            B, K, C, kh, kw = A.P.shape
+            back = F.conv_transpose2d(A.P.reshape(B * K, C, kh, kw), w, None, m.stride, 0, 0, m.groups, m.dilation)
+            out = Patches(back.reshape(B, K, *back.shape[1:]), A.top * m.stride[0] - m.padding[0],
+                          A.left * m.stride[1] - m.padding[1], tuple(self.in_shapes[0]))
+            return out.with_P(out.P * out.inside())
+
+        def bias(A):
+            if A is None or b is None:
+                return 0.0
+            return (A.P.sum((3, 4)) * b).sum(-1)
+
+        new_l = step(lA)
+        new_u = new_l if uA is lA else step(uA)
+        lb = bias(lA)
+        return BackwardResult([(new_l, new_u)], lb, lb if uA is lA else bias(uA))

@@ -76,6 +76,25 @@ class ElementwiseAffineOp(BoundOp):
         return BackwardResult([(step(lA), step(uA))], bias(lA), bias(uA))
 
 
+    def backward_patches(self, lA, uA, input_bounds, params=None):
+        """The step on patches: the windows of `scale` / `shift` (elementwise case only)."""
+        if not self.caps.elementwise or len(self.out_shape) != 3:
+            return None
+        ref = lA if lA is not None else uA
+        scale, shift = ref.gather(self.scale.unsqueeze(0)), ref.gather(self.shift.unsqueeze(0))
+
+        def step(A):
+            return None if A is None else A.with_P(A.P * scale)
+
+        def bias(A):
+            return 0.0 if A is None else per_row_sum(A.P * shift)
+
+        new_l, lb = step(lA), bias(lA)
+        if uA is lA:
+            return BackwardResult([(new_l, new_l)], lb, lb)
+        return BackwardResult([(new_l, step(uA))], lb, bias(uA))
+
+
 def from_binary(name, kind: str, const: torch.Tensor, const_first: bool) -> ElementwiseAffineOp:
     """Build the affine op for `x <kind> c` (or `c <kind> x` when `const_first`)."""
     c = const.detach().double() if const.dtype == torch.float64 else const.detach().float()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
+from .patches import windowed_elementwise
 
 
 def relaxation(lower: torch.Tensor, upper: torch.Tensor):
@@ -50,6 +51,10 @@ class ReluOp(BoundOp):
     def ibp(self, interval):
         lo, hi = interval
         return lo.clamp(min=0), hi.clamp(min=0)
+
+    def backward_patches(self, lA, uA, input_bounds, params=None):
+        """CROWN's step (no slopes, no splits) on each row's window of the bounds."""
+        return windowed_elementwise(self, lA, uA, input_bounds)
 
     def backward(self, lA, uA, input_bounds, alpha=None, beta=None):
         """`alpha` (optional): a pair of lower slopes (for lA, for uA), each `[B, K, *S]`, already

@@ -1,0 +1,183 @@
+"""Convolution A-matrices as local patches: the sparse form of `[B, K, C, H, W]` that a conv's
+backward pass produces from few rows.
+
+Row k of a CROWN A-matrix started at neuron (c, h, w) of a conv layer is non-zero only in the
+conv's receptive field of (h, w): a window of the node's spatial grid. `Patches` keeps, per row,
+that window and where it sits:
+
+    P       [B, K, C, kh, kw]   the coefficients inside each row's window
+    top     [K], left [K]       node coordinates of each window's top-left corner (may lie
+                                outside the grid, in the zero padding of the conv that follows)
+    shape   (C, H, W)           the node's per-sample shape (what `to_dense` gives back)
+
+Invariant: coefficients at window positions outside the grid are 0, so sums over a window equal
+sums over the dense row. A window grows by each conv it passes backward through
+(`(kh - 1) * stride + dilation * (k - 1) + 1`); once it is as large as the grid the dense form is
+no larger and the sweep converts (`smaller_as_dense`). auto_LiRPA 0.3 keeps the same coefficients
+per output position ("patches" mode); here every row carries its own window, so the rows that
+CROWN bounds (only the unstable neurons) need not form a full grid.
+
+Ops that can take patches define `backward_patches(lA, uA, input_bounds, params=None)` returning a
+`BackwardResult` whose input A-matrices are `Patches` (or None where they cannot: the sweep then
+converts to dense and uses the op's ordinary rule).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .base import BackwardResult
+
+
+@dataclass(eq=False)
+class Patches:
+    P: torch.Tensor
+    top: torch.Tensor
+    left: torch.Tensor
+    shape: tuple[int, int, int]
+
+    # -- construction -------------------------------------------------------------------------
+    @staticmethod
+    def identity(rows: torch.Tensor, shape, batch: int, dtype, device) -> "Patches":
+        """One-hot rows selecting the flattened neurons `rows` of a [C, H, W] node: 1x1 windows."""
+        C, H, W = shape
+        rows = rows.to(device)
+        c, rest = rows // (H * W), rows % (H * W)
+        P = torch.zeros(len(rows), C, 1, 1, dtype=dtype, device=device)
+        P[torch.arange(len(rows), device=device), c] = 1.0
+        P = P.unsqueeze(0).expand(batch, -1, -1, -1, -1)
+        return Patches(P, rest // W, rest % W, (C, H, W))
+
+    def with_P(self, P: torch.Tensor) -> "Patches":
+        return Patches(P, self.top, self.left, self.shape)
+
+    # -- geometry ------------------------------------------------------------------------------
+    @property
+    def window(self) -> tuple[int, int]:
+        return self.P.shape[-2], self.P.shape[-1]
+
+    def same_geometry(self, other: "Patches") -> bool:
+        return (self.window == other.window and self.shape == other.shape and self.top is other.top
+                and self.left is other.left) or (
+            self.window == other.window and self.shape == other.shape
+            and torch.equal(self.top, other.top) and torch.equal(self.left, other.left))
+
+    def smaller_as_dense(self) -> bool:
+        """Is the dense [B, K, C, H, W] form no larger than the windows?"""
+        kh, kw = self.window
+        return kh * kw >= self.shape[1] * self.shape[2]
+
+    def _indices(self):
+        """Padding (top, bottom, left, right) that puts every window inside the grid, and the
+        padded-grid row / column indices of each window, [K, kh] and [K, kw]."""
+        kh, kw = self.window
+        _, H, W = self.shape
+        dev = self.top.device
+        pad_t = max(0, -int(self.top.min())) if len(self.top) else 0
+        pad_b = max(0, int(self.top.max()) + kh - H) if len(self.top) else 0
+        pad_l = max(0, -int(self.left.min())) if len(self.left) else 0
+        pad_r = max(0, int(self.left.max()) + kw - W) if len(self.left) else 0
+        ih = (self.top + pad_t).unsqueeze(1) + torch.arange(kh, device=dev)
+        iw = (self.left + pad_l).unsqueeze(1) + torch.arange(kw, device=dev)
+        return (pad_t, pad_b, pad_l, pad_r), ih, iw
+
+    def inside(self) -> torch.Tensor:
+        """[1, K, 1, kh, kw] mask of the window positions that lie on the grid."""
+        kh, kw = self.window
+        _, H, W = self.shape
+        dev = self.top.device
+        h = self.top.unsqueeze(1) + torch.arange(kh, device=dev)
+        w = self.left.unsqueeze(1) + torch.arange(kw, device=dev)
+        ok = ((h >= 0) & (h < H)).unsqueeze(2) & ((w >= 0) & (w < W)).unsqueeze(1)
+        return ok.unsqueeze(0).unsqueeze(2)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Each row's window of a node-shaped tensor `t` [B, C, H, W] (B may be 1):
+        [B, K, C, kh, kw], zero outside the grid."""
+        (pt, pb, pl, pr), ih, iw = self._indices()
+        padded = F.pad(t, (pl, pr, pt, pb)) if pt or pb or pl or pr else t
+        grid = padded.permute(2, 3, 0, 1)                         # [Hp, Wp, B, C]
+        win = grid[ih.unsqueeze(2), iw.unsqueeze(1)]              # [K, kh, kw, B, C]
+        return win.permute(3, 0, 4, 1, 2)
+
+    def to_dense(self) -> torch.Tensor:
+        """The A-matrix [B, K, C, H, W]."""
+        B, K, C, kh, kw = self.P.shape
+        _, H, W = self.shape
+        (pt, pb, pl, pr), ih, iw = self._indices()
+        grid = self.P.new_zeros(K, H + pt + pb, W + pl + pr, B, C)
+        k = torch.arange(K, device=self.P.device).view(K, 1, 1)
+        grid[k, ih.unsqueeze(2), iw.unsqueeze(1)] = self.P.permute(1, 3, 4, 0, 2)
+        grid = grid[:, pt:pt + H, pl:pl + W]
+        return grid.permute(3, 0, 4, 1, 2)
+
+    # -- arithmetic the sweep and the placement styles need -------------------------------------
+    def __neg__(self) -> "Patches":
+        return self.with_P(-self.P)
+
+    def narrow(self, dim: int, start: int, length: int) -> "Patches":
+        """A slice of the channels (dim 2), as the `spec` style streams a conv's weight rows."""
+        if dim != 2:
+            raise ValueError("patches narrow only on the channel dim (2)")
+        return Patches(self.P.narrow(2, start, length), self.top, self.left,
+                       (length, *self.shape[1:]))
+
+    def add_(self, other: "Patches") -> "Patches":
+        if not self.same_geometry(other):
+            raise ValueError("in-place sum of patches with different windows")
+        self.P = self.P + other.P
+        return self
+
+
+def add_A(a, b):
+    """Sum of two A-matrices w.r.t. the same node, dense or patches (patches of the same geometry
+    stay patches; otherwise the sum is dense)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if isinstance(a, Patches) and isinstance(b, Patches) and a.same_geometry(b):
+        return a.with_P(a.P + b.P)
+    return dense(a) + dense(b)
+
+
+def dense(A):
+    return A.to_dense() if isinstance(A, Patches) else A
+
+
+def concretize_patches(A: Patches, box):
+    """(min, max) of A . x over the box [B, C, H, W] (the windows of its centre and radius)."""
+    x_lower, x_upper = box
+    center = A.gather((x_upper + x_lower) / 2)
+    radius = A.gather((x_upper - x_lower) / 2)
+    mid = (A.P * center).flatten(2).sum(-1)
+    dev = (A.P.abs() * radius).flatten(2).sum(-1)
+    return mid - dev, mid + dev
+
+
+def windowed_elementwise(op, lA, uA, input_bounds) -> BackwardResult:
+    """An elementwise op's ordinary backward rule run on windows: each (box, row) pair becomes one
+    box of the rule's batch, with the window of the input bounds as its bounds. Valid for rules
+    that read nothing node-shaped but the bounds (ReLU)."""
+    ref = lA if lA is not None else uA
+    B, K, C, kh, kw = ref.P.shape
+    lower, upper = input_bounds[0]
+    win = [ref.gather(t).expand(B, -1, -1, -1, -1).reshape(B * K, C, kh, kw) for t in (lower, upper)]
+
+    def flat(A):
+        return None if A is None else A.P.reshape(B * K, 1, C, kh, kw)
+
+    flat_l = flat(lA)
+    flat_u = flat_l if uA is lA else flat(uA)
+    result = op.backward(flat_l, flat_u, [tuple(win)])
+    (new_l, new_u), = result.input_A
+
+    def back(A):
+        return None if A is None else ref.with_P(A.reshape(B, K, C, kh, kw))
+
+    def bias(b):
+        return b.reshape(B, K) if isinstance(b, torch.Tensor) else b
+
+    return BackwardResult([(back(new_l), back(new_u))], bias(result.lbias), bias(result.ubias))
