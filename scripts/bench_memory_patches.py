@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""Process memory of CROWN on conv nets: ours with dense conv A-matrices, ours with patches
+(`CrownOptions(patches=True)`, the default), and auto_LiRPA 0.3 (its default conv_mode
+'patches'), side by side in one run.
+
+Each (model, tool) runs in a fresh process with one thread: load the model, build the input box
+(the first property of the benchmark's instances.csv), reset the kernel's peak-RSS counter
+(`/proc/self/clear_refs` 5; `ru_maxrss` where that is refused), bound the outputs by CROWN
+(lower and upper), and report the growth = peak RSS during bounding - RSS after loading. The
+parent prints a table and writes CSV (and the JSON lines).
+
+    scripts/bench_memory_patches.py --models oval21:cifar_base_kw,oval21:cifar_wide_kw \
+        --out docs/memory/patches_cpu
+    scripts/bench_memory_patches.py one --model yolo_2023:TinyYOLO --tool ours-patches   # one cell
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT.parent / "shared" / "benchmarks"
+TOOLS = ("ours-dense", "ours-patches", "lirpa-patches")
+MIB = 1024 * 1024
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _first_instance(model: str):
+    """(onnx path, vnnlib path) of the first instance of `folder:net` in the folder's instances.csv."""
+    folder, net = model.split(":")
+    for row in csv.reader(open(BENCH / folder / "instances.csv")):
+        if Path(row[0]).stem.replace(".onnx", "") == net:
+            return BENCH / folder / (row[0].strip() + ".gz"), BENCH / folder / (row[1].strip() + ".gz")
+    raise SystemExit(f"{model}: not in {BENCH / folder / 'instances.csv'}")
+
+
+def run_one(model: str, tool: str, method: str) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from model_zoo import load_onnx_torch, vnnlib_input_box
+
+    import dtensor_verify as dv
+    onnx_path, vnnlib_path = _first_instance(model)
+    if tool.startswith("ours"):
+        bounded = dv.load(onnx_path)
+        shape = tuple(bounded.input_shape)
+    else:
+        from lirpa_reference import patch_auto_lirpa
+        patch_auto_lirpa()
+        net = load_onnx_torch(onnx_path)
+        shape = tuple(dv.load(onnx_path).input_shape)
+    xl, xu = vnnlib_input_box(vnnlib_path, shape)
+    if tool == "lirpa-patches":
+        import numpy as np
+        from auto_LiRPA import BoundedModule, BoundedTensor
+        from auto_LiRPA.perturbations import PerturbationLpNorm
+        bm = BoundedModule(net, torch.zeros(1, *shape), bound_opts={"conv_mode": "patches"}, device="cpu")
+        x = BoundedTensor((xl + xu) / 2, PerturbationLpNorm(norm=np.inf, x_L=xl, x_U=xu))
+        del net
+    gc.collect()
+    rss_load = _status_kib("VmRSS")
+    exact_peak = _reset_peak()
+    base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if tool == "lirpa-patches":
+            lo, up = bm.compute_bounds(x=(x,), method="IBP" if method == "ibp" else "CROWN")
+        else:
+            opts = dv.CrownOptions(patches=tool == "ours-patches")
+            res = bounded.compute_bounds(xl, xu, method=method, crown_options=opts)
+            lo, up = res.lower, res.upper
+    elapsed = time.perf_counter() - t0
+    peak = _status_kib("VmHWM") if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"model": model, "tool": tool, "method": method, "rss_after_load_mib": rss_load / 1024,
+            "peak_mib": peak / 1024, "growth_mib": (peak - rss_load) / 1024, "time_s": elapsed,
+            "peak_reset": exact_peak, "load_peak_mib": base_peak / 1024,
+            "lower_mean": float(lo.mean()), "upper_mean": float(up.mean()),
+            "lower_min": float(lo.min()), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def run_all(args) -> list[dict]:
+    rows = []
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    for model in args.models.split(","):
+        for tool in args.tools.split(","):
+            cmd = [sys.executable, __file__, "one", "--model", model, "--tool", tool, "--method", args.method]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            if proc.returncode or not lines:
+                tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                row = {"model": model, "tool": tool, "method": args.method, "error": tail[:200]}
+            else:
+                row = json.loads(lines[-1])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def write(rows: list[dict], out: Path, load: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    keys = ["model", "tool", "method", "rss_after_load_mib", "peak_mib", "growth_mib", "time_s",
+            "lower_mean", "upper_mean", "peak_reset", "threads", "torch", "error"]
+    with open(out / "memory_patches.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    lines = [f"load average at start: {load}", "",
+             "| model | tool | RSS after load MiB | growth MiB | time s | mean lower | mean upper |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['tool']} | error: {r['error']} | | | | |")
+            continue
+        lines.append(f"| {r['model']} | {r['tool']} | {r['rss_after_load_mib']:.0f} | {r['growth_mib']:.1f} | "
+                     f"{r['time_s']:.2f} | {r['lower_mean']:.4f} | {r['upper_mean']:.4f} |")
+    (out / "memory_patches.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cmd", nargs="?", default="all", choices=("all", "one"))
+    p.add_argument("--models", default="oval21:cifar_base_kw,oval21:cifar_wide_kw,oval21:cifar_deep_kw")
+    p.add_argument("--model")
+    p.add_argument("--tools", default=",".join(TOOLS))
+    p.add_argument("--tool", choices=TOOLS)
+    p.add_argument("--method", default="crown", choices=("crown", "ibp"))
+    p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    if args.cmd == "one":
+        print(json.dumps(run_one(args.model, args.tool, args.method)))
+        return 0
+    load = open("/proc/loadavg").read().split()[:3]
+    rows = run_all(args)
+    if args.out:
+        write(rows, args.out, " ".join(load))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
