@@ -9,7 +9,7 @@ import torch.nn as nn
 import dtensor_verify as dv
 from dtensor_verify.methods.crown import intermediate_bounds
 from dtensor_verify.ops.conv import Conv2dOp
-from dtensor_verify.ops.patches import Patches
+from dtensor_verify.ops.patches import Patches, add_A
 from model_zoo import CNN_KINDS, random_cnn, residual_net
 
 PURE = dict(skip_stable=False, intersect_ibp=False)
@@ -147,6 +147,32 @@ def test_same_geometry_branches_stay_patches(monkeypatch):
     real = Patches.to_dense
     monkeypatch.setattr(Patches, "to_dense", lambda self: dense_calls.append((self.window, self.shape)) or real(self))
     intermediate_bounds(m.graph, (x - 0.1, x + 0.1), m.layout, dv.CrownOptions(patches=True, **PURE))
-    # Only conversions because dense got no larger (windows as large as the grid), none at the Add.
+    # The two branches meet at h ([4, 6, 6]) as patches; conversions happen only later, on the
+    # 12 x 12 grid, where the first conv's windows (13 x 13) would be no smaller than dense.
     assert dense_calls
-    assert all(kh * kw >= h * w for (kh, kw), (_, h, w) in dense_calls), dense_calls
+    assert all(shape == (4, 12, 12) for _, shape in dense_calls), dense_calls
+
+
+def test_windows_of_different_sizes_add_as_patches():
+    torch.manual_seed(2)
+    a = Patches(torch.randn(2, 3, 4, 3, 3), torch.tensor([1, 2, 3]), torch.tensor([0, 4, 2]), (4, 9, 9))
+    b = Patches(torch.randn(2, 3, 4, 1, 2), torch.tensor([2, 0, 5]), torch.tensor([1, 7, 2]), (4, 9, 9))
+    a, b = a.with_P(a.P * a.inside()), b.with_P(b.P * b.inside())
+    s = add_A(a, b)
+    assert isinstance(s, Patches)
+    assert torch.allclose(s.to_dense(), a.to_dense() + b.to_dense(), atol=1e-6)
+    # A union as large as the grid is summed dense.
+    c = Patches(torch.randn(2, 3, 4, 9, 9), torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), (4, 9, 9))
+    assert not isinstance(add_A(c, b), Patches)
+    assert torch.allclose(add_A(c, b), c.to_dense() + b.to_dense(), atol=1e-6)
+
+
+def test_dense_plus_patches():
+    torch.manual_seed(4)
+    p = Patches(torch.randn(1, 3, 2, 3, 3), torch.tensor([-1, 2, 4]), torch.tensor([0, -2, 3]), (2, 5, 5))
+    p = p.with_P(p.P * p.inside())
+    d = torch.randn(2, 3, 2, 5, 5)
+    keep = d.clone()
+    assert torch.allclose(add_A(d, p), d + p.to_dense(), atol=1e-6)
+    assert torch.allclose(add_A(p, d), d + p.to_dense(), atol=1e-6)
+    assert torch.equal(d, keep)

@@ -15,6 +15,7 @@ from ..layout import DEFAULT_LAYOUT, Layout, weight_kwargs
 from ..ops.base import BoundOp
 from ..memory import tag
 from ..ops.patches import Patches, add_A, concretize_patches, dense
+from ..ops.row_pieces import in_row_pieces
 from .ibp import ibp_step
 
 
@@ -88,6 +89,9 @@ def _step(node, lA, uA, input_bounds, alpha, beta=None, params=None):
         result.input_A = [(a, a) for a, _ in result.input_A]
         result.ubias = result.lbias
         return result
+    if alpha is None and beta is None and node.op.needs_input_bounds and node.op.caps.elementwise:
+        # A relaxation step's A-sized temporaries, a piece of the rows at a time.
+        return in_row_pieces(lambda l, u: node.op.backward(l, u, input_bounds, **kwargs), lA, uA)
     return node.op.backward(lA, uA, input_bounds, alpha=alpha, **kwargs)
 
 

@@ -78,6 +78,10 @@ class Conv2dOp(BoundOp):
         padding are dropped (see `ops/patches.py`)."""
         m = self.module
         w, b = self._params(params)
+        ref = lA if lA is not None else uA
+        grown = [(n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip(ref.window, m.stride, m.dilation, w.shape[-2:])]
+        if grown[0] * grown[1] >= self.in_shapes[0][1] * self.in_shapes[0][2]:
+            return None         # the input's windows would be no smaller than dense: the dense rule
 
         def step(A):
             if A is None:

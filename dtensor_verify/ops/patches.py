@@ -102,16 +102,28 @@ class Patches:
         win = grid[ih.unsqueeze(2), iw.unsqueeze(1)]              # [K, kh, kw, B, C]
         return win.permute(3, 0, 4, 1, 2)
 
-    def to_dense(self) -> torch.Tensor:
-        """The A-matrix [B, K, C, H, W]."""
+    def to_dense(self, onto: torch.Tensor | None = None) -> torch.Tensor:
+        """The A-matrix [B, K, C, H, W] (one dense allocation: written in place through a view);
+        with `onto` (a dense A-matrix of the same node), `onto` + this, `onto` left unchanged."""
         B, K, C, kh, kw = self.P.shape
         _, H, W = self.shape
-        (pt, pb, pl, pr), ih, iw = self._indices()
-        grid = self.P.new_zeros(K, H + pt + pb, W + pl + pr, B, C)
-        k = torch.arange(K, device=self.P.device).view(K, 1, 1)
-        grid[k, ih.unsqueeze(2), iw.unsqueeze(1)] = self.P.permute(1, 3, 4, 0, 2)
-        grid = grid[:, pt:pt + H, pl:pl + W]
-        return grid.permute(3, 0, 4, 1, 2)
+        dev = self.P.device
+        if onto is not None:
+            B = max(B, onto.shape[0])
+            out = self.P.new_empty(B, K, C, H, W)
+            out.copy_(onto)
+        else:
+            out = self.P.new_zeros(B, K, C, H, W)
+        h = self.top.unsqueeze(1) + torch.arange(kh, device=dev)          # [K, kh]
+        w = self.left.unsqueeze(1) + torch.arange(kw, device=dev)         # [K, kw]
+        # Positions off the grid hold 0 (the invariant): they are added, harmlessly, to a clamped
+        # position; on the grid each row's positions are distinct, so the sum is the value.
+        pos = h.clamp(0, H - 1).unsqueeze(2) * W + w.clamp(0, W - 1).unsqueeze(1)   # [K, kh, kw]
+        k = torch.arange(K, device=dev).view(K, 1, 1).expand_as(pos)
+        view = out.view(B, K, C, H * W).permute(1, 3, 0, 2)                # [K, HW, B, C]
+        values = self.P.expand(B, -1, -1, -1, -1).permute(1, 3, 4, 0, 2).reshape(-1, B, C)
+        view.index_put_((k.reshape(-1), pos.reshape(-1)), values, accumulate=True)
+        return out
 
     # -- arithmetic the sweep and the placement styles need -------------------------------------
     def __neg__(self) -> "Patches":
@@ -123,6 +135,18 @@ class Patches:
             raise ValueError("patches narrow only on the channel dim (2)")
         return Patches(self.P.narrow(2, start, length), self.top, self.left,
                        (length, *self.shape[1:]))
+
+    def embed(self, top: torch.Tensor, left: torch.Tensor, kh: int, kw: int) -> "Patches":
+        """The same coefficients in larger windows [kh, kw] at `top` / `left` (each containing
+        this row's window)."""
+        B, K, C, h, w = self.P.shape
+        dt, dl = self.top - top, self.left - left
+        k = torch.arange(K, device=self.P.device).view(K, 1, 1)
+        ih = dt.unsqueeze(1) + torch.arange(h, device=dt.device)
+        iw = dl.unsqueeze(1) + torch.arange(w, device=dl.device)
+        grid = self.P.new_zeros(K, kh, kw, B, C)
+        grid[k, ih.unsqueeze(2), iw.unsqueeze(1)] = self.P.permute(1, 3, 4, 0, 2)
+        return Patches(grid.permute(3, 0, 4, 1, 2), top, left, self.shape)
 
     def add_(self, other: "Patches") -> "Patches":
         if not self.same_geometry(other):
@@ -138,9 +162,33 @@ def add_A(a, b):
         return b
     if b is None:
         return a
-    if isinstance(a, Patches) and isinstance(b, Patches) and a.same_geometry(b):
-        return a.with_P(a.P + b.P)
-    return dense(a) + dense(b)
+    if isinstance(a, Patches) and isinstance(b, Patches):
+        if a.same_geometry(b):
+            return a.with_P(a.P + b.P)
+        joined = _common_windows(a, b)
+        if joined is not None:
+            return joined
+    if isinstance(b, Patches):
+        return b.to_dense(onto=dense(a))
+    if isinstance(a, Patches):
+        return a.to_dense(onto=b)
+    return a + b
+
+
+def _common_windows(a: Patches, b: Patches) -> Patches | None:
+    """a + b as patches whose windows cover both (branches of a residual block meet with windows
+    of different sizes), or None where the union is no smaller than dense."""
+    if a.shape != b.shape or a.P.shape[:2] != b.P.shape[:2]:
+        return None
+    top, left = torch.minimum(a.top, b.top), torch.minimum(a.left, b.left)
+    (ah, aw), (bh, bw) = a.window, b.window
+    kh = int(torch.maximum(a.top + ah, b.top + bh).sub(top).max()) if len(top) else 1
+    kw = int(torch.maximum(a.left + aw, b.left + bw).sub(left).max()) if len(left) else 1
+    if kh * kw >= a.shape[1] * a.shape[2]:
+        return None
+    joined = a.embed(top, left, kh, kw)
+    joined.P = joined.P + b.embed(top, left, kh, kw).P
+    return joined
 
 
 def dense(A):
@@ -148,19 +196,37 @@ def dense(A):
 
 
 def concretize_patches(A: Patches, box):
-    """(min, max) of A . x over the box [B, C, H, W] (the windows of its centre and radius)."""
+    """(min, max) of A . x over the box [B, C, H, W] (the windows of its centre and radius),
+    a piece of the rows at a time."""
     x_lower, x_upper = box
-    center = A.gather((x_upper + x_lower) / 2)
-    radius = A.gather((x_upper - x_lower) / 2)
-    mid = (A.P * center).flatten(2).sum(-1)
-    dev = (A.P.abs() * radius).flatten(2).sum(-1)
+    center, radius = (x_upper + x_lower) / 2, (x_upper - x_lower) / 2
+    from .row_pieces import row_pieces, rows_of
+
+    mids, devs = [], []
+    for rows in row_pieces(A):
+        part = rows_of(A, rows)
+        c, r = part.gather(center), part.gather(radius)
+        B, k = part.P.shape[:2]
+        c = c.expand(B, -1, -1, -1, -1)
+        r = r.expand(B, -1, -1, -1, -1)
+        flat = part.P.reshape(B * k, 1, -1)
+        mids.append(flat.bmm(c.reshape(B * k, -1, 1)).reshape(B, k))
+        devs.append(flat.abs().bmm(r.reshape(B * k, -1, 1)).reshape(B, k))
+    mid, dev = torch.cat(mids, 1), torch.cat(devs, 1)
     return mid - dev, mid + dev
 
 
 def windowed_elementwise(op, lA, uA, input_bounds) -> BackwardResult:
     """An elementwise op's ordinary backward rule run on windows: each (box, row) pair becomes one
     box of the rule's batch, with the window of the input bounds as its bounds. Valid for rules
-    that read nothing node-shaped but the bounds (ReLU)."""
+    that read nothing node-shaped but the bounds (ReLU). Runs a piece of the rows at a time
+    (the rule makes several bound-sized temporaries, here as large as the patches)."""
+    from .row_pieces import in_row_pieces
+
+    return in_row_pieces(lambda part_l, part_u: _windowed_piece(op, part_l, part_u, input_bounds), lA, uA)
+
+
+def _windowed_piece(op, lA, uA, input_bounds) -> BackwardResult:
     ref = lA if lA is not None else uA
     B, K, C, kh, kw = ref.P.shape
     lower, upper = input_bounds[0]

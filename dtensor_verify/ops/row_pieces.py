@@ -1,0 +1,90 @@
+"""A backward step run on pieces of the A-matrix rows, so that its temporaries stay small.
+
+Rows of an A-matrix (dim 1) are independent through every backward rule: row k of a step's
+result reads only row k of its A-matrices (and per-row parameters, which callers of this module
+do not pass). A nonlinear step (ReLU's relaxation, a windowed step on patches) makes several
+A-sized temporaries; run a piece of about `PIECE_ELEMENTS` at a time and written into buffers
+of the whole result, the step's peak is its inputs and outputs plus one piece's temporaries.
+Used without autograd only (the buffers are written in place).
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import BackwardResult
+from .patches import Patches
+
+PIECE_ELEMENTS = 1 << 18
+
+
+def _data(A) -> torch.Tensor:
+    return A.P if isinstance(A, Patches) else A
+
+
+def row_pieces(A) -> list[slice]:
+    """Slices of the rows (dim 1) that together cover them, each about PIECE_ELEMENTS in size."""
+    data = _data(A)
+    K = data.shape[1]
+    per_row = max(data[:, :1].numel(), 1)
+    step = max(1, PIECE_ELEMENTS // per_row)
+    return [slice(s, min(s + step, K)) for s in range(0, K, step)] or [slice(0, 0)]
+
+
+def rows_of(A, rows: slice):
+    if A is None:
+        return None
+    if isinstance(A, Patches):
+        return Patches(A.P[:, rows], A.top[rows], A.left[rows], A.shape)
+    return A[:, rows]
+
+
+def in_row_pieces(run, lA, uA) -> BackwardResult:
+    """`run(lA, uA)` (an elementwise op's step: its results have A's rows and, for patches, A's
+    windows) on pieces of the rows. One piece (or autograd on): a plain call."""
+    ref = lA if lA is not None else uA
+    pieces = row_pieces(ref)
+    if len(pieces) == 1 or (torch.is_grad_enabled() and _data(ref).requires_grad):
+        return run(lA, uA)
+    result = None
+    for r in pieces:
+        part_l = rows_of(lA, r)
+        part = run(part_l, part_l if uA is lA else rows_of(uA, r))
+        if result is None:
+            result = _empty_result(part, _data(ref).shape[1], ref)
+        _write_rows(result, part, r)
+        del part
+    return result
+
+
+def _buffer(piece, K: int, ref):
+    if piece is None:
+        return None
+    data = _data(piece)
+    out = data.new_empty(data.shape[0], K, *data.shape[2:])
+    return Patches(out, ref.top, ref.left, piece.shape) if isinstance(piece, Patches) else out
+
+
+def _empty_result(part: BackwardResult, K: int, ref) -> BackwardResult:
+    """Buffers for a step's result over all K rows, shaped like one piece's result."""
+    inputs = []
+    for p_l, p_u in part.input_A:
+        out_l = _buffer(p_l, K, ref)
+        inputs.append((out_l, out_l if p_u is p_l else _buffer(p_u, K, ref)))
+
+    def bias(b):
+        return b.new_empty(b.shape[0], K) if isinstance(b, torch.Tensor) else b
+
+    lb = bias(part.lbias)
+    return BackwardResult(inputs, lb, lb if part.ubias is part.lbias else bias(part.ubias))
+
+
+def _write_rows(result: BackwardResult, part: BackwardResult, rows: slice) -> None:
+    for (out_l, out_u), (p_l, p_u) in zip(result.input_A, part.input_A):
+        if out_l is not None:
+            _data(out_l)[:, rows] = _data(p_l)
+        if out_u is not None and out_u is not out_l:
+            _data(out_u)[:, rows] = _data(p_u)
+    if isinstance(result.lbias, torch.Tensor):
+        result.lbias[:, rows] = part.lbias
+    if isinstance(result.ubias, torch.Tensor) and result.ubias is not result.lbias:
+        result.ubias[:, rows] = part.ubias
