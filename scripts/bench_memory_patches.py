@@ -86,18 +86,27 @@ def run_one(model: str, tool: str, method: str) -> dict:
     rss_load = _status_kib("VmRSS")
     exact_peak = _reset_peak()
     base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        if tool == "lirpa-patches":
-            lo, up = bm.compute_bounds(x=(x,), method="IBP" if method == "ibp" else "CROWN")
-        else:
+    def bound():
+        with torch.no_grad():
+            if tool == "lirpa-patches":
+                return bm.compute_bounds(x=(x,), method="IBP" if method == "ibp" else "CROWN")
             opts = dv.CrownOptions(patches=tool == "ours-patches")
             res = bounded.compute_bounds(xl, xu, method=method, crown_options=opts)
-            lo, up = res.lower, res.upper
+            return res.lower, res.upper
+
+    t0 = time.perf_counter()
+    lo, up = bound()
     elapsed = time.perf_counter() - t0
     peak = _status_kib("VmHWM") if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Then once more under the live-tensor meter (deterministic: the most bytes of tensors
+    # created by the call alive at once; counts any tool's tensors).
+    from dtensor_verify.memory import LiveTensorMeter
+    meter = LiveTensorMeter()
+    with meter:
+        bound()
     return {"model": model, "tool": tool, "method": method, "rss_after_load_mib": rss_load / 1024,
             "peak_mib": peak / 1024, "growth_mib": (peak - rss_load) / 1024, "time_s": elapsed,
+            "live_peak_mib": meter.peak / MIB,
             "peak_reset": exact_peak, "load_peak_mib": base_peak / 1024,
             "lower_mean": float(lo.mean()), "upper_mean": float(up.mean()),
             "lower_min": float(lo.min()), "threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -125,20 +134,21 @@ def run_all(args) -> list[dict]:
 def write(rows: list[dict], out: Path, load: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    keys = ["model", "tool", "method", "rss_after_load_mib", "peak_mib", "growth_mib", "time_s",
+    keys = ["model", "tool", "method", "rss_after_load_mib", "peak_mib", "growth_mib", "live_peak_mib", "time_s",
             "lower_mean", "upper_mean", "peak_reset", "threads", "torch", "error"]
     with open(out / "memory_patches.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     lines = [f"load average at start: {load}", "",
-             "| model | tool | RSS after load MiB | growth MiB | time s | mean lower | mean upper |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| model | tool | RSS after load MiB | RSS growth MiB | live tensors peak MiB | time s | mean lower | mean upper |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['tool']} | error: {r['error']} | | | | |")
+            lines.append(f"| {r['model']} | {r['tool']} | error: {r['error']} | | | | | |")
             continue
         lines.append(f"| {r['model']} | {r['tool']} | {r['rss_after_load_mib']:.0f} | {r['growth_mib']:.1f} | "
+                     f"{r['live_peak_mib']:.1f} | "
                      f"{r['time_s']:.2f} | {r['lower_mean']:.4f} | {r['upper_mean']:.4f} |")
     (out / "memory_patches.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
