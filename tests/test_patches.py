@@ -90,6 +90,26 @@ class _Chain(nn.Module):
         return self.fc(h.flatten(1))
 
 
+class _Pooled(nn.Module):
+    """conv -> relu -> constant pad -> avg pool -> conv -> relu -> zero pad -> avg pool (padded) -> conv (TinyYOLO's pattern)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 3, 3, padding=1)
+        self.pad1 = nn.ConstantPad2d((1, 0, 0, 1), 0.3)
+        self.pool1 = nn.AvgPool2d(2, 2)
+        self.c2 = nn.Conv2d(3, 4, 3, padding=1)
+        self.pad2 = nn.ZeroPad2d((0, 1, 1, 0))
+        self.pool2 = nn.AvgPool2d(3, 2, padding=1, count_include_pad=True)
+        self.c3 = nn.Conv2d(4, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 6 * 6, 3)
+
+    def forward(self, x):
+        h = self.pool1(self.pad1(torch.relu(self.c1(x))))
+        h = self.pool2(self.pad2(torch.relu(self.c2(h))))
+        return self.fc(torch.relu(self.c3(h)).flatten(1))
+
+
 def _node_values(graph, x):
     values = {graph.input_name: x}
     with torch.no_grad():
@@ -105,6 +125,8 @@ def _models():
     yield ("residual", *residual_net())
     torch.manual_seed(3)
     yield ("chain", _Chain().eval(), (2, 12, 12))
+    torch.manual_seed(5)
+    yield ("pooled", _Pooled().eval(), (2, 19, 19))
 
 
 @pytest.mark.parametrize("name,model,shape", list(_models()), ids=lambda v: v if isinstance(v, str) else "")

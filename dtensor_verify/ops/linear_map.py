@@ -11,12 +11,17 @@ the box maps to `[fn(lo), fn(hi)]`; otherwise `abs_fn` (x -> |J| x) gives the ra
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
+from .patches import Patches
 
 
 class LinearMapOp(BoundOp):
     kind = "linear_map"
+    # Set for padding / pooling (ops/window_maps.py): the map on each channel is a constant-weight
+    # convolution, so its backward step works on patches.
+    window_map = None
 
     def __init__(self, name, fn, nonnegative=True, abs_fn=None, kind=None, elementwise=False):
         super().__init__(name, None)
@@ -80,3 +85,35 @@ class LinearMapOp(BoundOp):
 
         lb = bias(lA)
         return BackwardResult(list(zip(l_in, u_in)), lb, lb if uA is lA else bias(uA))
+
+    def backward_patches(self, lA, uA, input_bounds, params=None):
+        """The step on patches for a window map: a transposed convolution of each channel's
+        window with the map's constant kernel (as `Conv2dOp.backward_patches`, depthwise)."""
+        g = self.window_map
+        ref = lA if lA is not None else uA
+        if g is None or len(self.in_shapes) != 1 or len(self.in_shapes[0]) != 3:
+            return None
+        in_shape = tuple(self.in_shapes[0])
+        grown = [(n - 1) * s + k for n, s, k in zip(ref.window, g.stride, g.kernel)]
+        if in_shape[0] != ref.shape[0] or grown[0] * grown[1] >= in_shape[1] * in_shape[2]:
+            return None
+        kernel = ref.P.new_full((1, 1, *g.kernel), g.scale)
+
+        def step(A):
+            if A is None:
+                return None
+            B, K, C, kh, kw = A.P.shape
+            back = F.conv_transpose2d(A.P.reshape(B * K * C, 1, kh, kw), kernel, None, g.stride)
+            out = Patches(back.reshape(B, K, C, *back.shape[-2:]), A.top * g.stride[0] - g.padding[0],
+                          A.left * g.stride[1] - g.padding[1], in_shape)
+            return out.with_P(out.P * out.inside())
+
+        def bias(A):
+            if A is None or self.offset is None:
+                return 0.0
+            return per_row_sum(A.P * A.gather(self.offset.unsqueeze(0)))
+
+        new_l = step(lA)
+        new_u = new_l if uA is lA else step(uA)
+        lb = bias(lA)
+        return BackwardResult([(new_l, new_u)], lb, lb if uA is lA else bias(uA))

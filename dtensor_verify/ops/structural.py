@@ -11,6 +11,7 @@ from torch import nn
 
 from .linear_map import LinearMapOp
 from .registry import register
+from .window_maps import window_map_of
 
 # Modules that are one fixed linear map with coefficients >= 0 of their perturbed inputs (the
 # other inputs, checked below where it matters, are constants: indices, shapes, axes, pads).
@@ -39,7 +40,9 @@ _METHOD_SELECTIONS = ("transpose", "permute", "squeeze", "unsqueeze", "expand", 
 
 
 def _linear_map(ctx, kind, nonnegative=True, abs_fn=None, elementwise=False):
-    return LinearMapOp(ctx.node.name, ctx.function(), nonnegative, abs_fn, kind=kind, elementwise=elementwise)
+    op = LinearMapOp(ctx.node.name, ctx.function(), nonnegative, abs_fn, kind=kind, elementwise=elementwise)
+    op.window_map = window_map_of(ctx.module)       # padding / pooling: a patches rule (ops/window_maps.py)
+    return op
 
 
 _MULTI_INPUT = ("OnnxConcat", "OnnxSum", "OnnxMean")
