@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import DEFAULT_LAYOUT, Layout, weight_kwargs
-from ..ops.base import BoundOp
 from ..memory import tag
-from ..ops.patches import Patches, add_A, concretize_patches, dense
+from ..ops.patches import Patches, add_A, dense
 from ..ops.row_pieces import in_row_pieces
 from .ibp import ibp_step
+from .sweep_patches import concretize_patches_pair, patches_or_dense, starts_patches
 
 
 @dataclass
@@ -101,7 +101,7 @@ def _place_inputs(graph, node, result, sweep):
     for name, (in_lA, in_uA) in zip(node.inputs, result.input_A):
         target = graph[name]
         shared = in_lA is in_uA
-        in_lA, in_uA = _patches_or_dense(in_lA, in_uA, target, sweep)
+        in_lA, in_uA = patches_or_dense(in_lA, in_uA, target, sweep)
         in_lA = None if in_lA is None else sweep.place_A(in_lA, target)
         in_uA = in_lA if shared else (None if in_uA is None else sweep.place_A(in_uA, target))
         placed.append((in_lA, in_uA))
@@ -119,29 +119,6 @@ def _placed_step(graph, node, lA, uA, input_bounds, alpha, sweep, weights, beta=
     return weights.backward(step, lA, uA)
 
 
-def _patches_or_dense(lA, uA, node, sweep):
-    """Keep patches where they are smaller than dense and the node's neurons are not sharded."""
-    if not isinstance(lA, Patches) and not isinstance(uA, Patches):
-        return lA, uA
-    ref = lA if lA is not None else uA
-    ctx = getattr(sweep, "ctx", None)
-    sharded = ctx is not None and getattr(ctx.zone(node), "shards_neurons", False)
-    if not (sharded or ref.smaller_as_dense()):
-        return lA, uA
-    shared = lA is uA
-    lA = dense(lA)
-    return lA, (lA if shared else dense(uA))
-
-
-def _starts_patches(node, sweep) -> bool:
-    """Does a sweep out of `node`'s neurons start from patches (a conv-like op on [C, H, W])?"""
-    if type(node.op).backward_patches is BoundOp.backward_patches or len(node.shape) != 3:
-        return False
-    ctx = getattr(sweep, "ctx", None)
-    return node.shape[1] * node.shape[2] > 1 and not (
-        ctx is not None and getattr(ctx.zone(node), "shards_neurons", False))
-
-
 def _first_step(graph, node, rows, bounds, sweep, patches=False):
     """The backward step out of `node` for the one-hot rows `rows`: the op's direct rule
     (a Linear layer's rows of W and b) where it has one, else the generic rule on one-hot A."""
@@ -151,7 +128,7 @@ def _first_step(graph, node, rows, bounds, sweep, patches=False):
         result = weights.rows(rows, batch)
         if result is not None:
             return _place_inputs(graph, node, result, sweep)
-        if patches and _starts_patches(node, sweep):
+        if patches and starts_patches(node, sweep):
             A = Patches.identity(rows, node.shape, batch, box[0].dtype, box[0].device)
         else:
             A = sweep.place_A(identity_rows(rows, node.shape, batch, box[0].dtype, box[0].device), node)
@@ -215,7 +192,10 @@ def _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows=No
     # the [B, K] results are made local.
     box = sweep.place_bounds(bounds[graph.input_name], graph[graph.input_name])
     want_lower, want_upper = (True, True) if rows is not None else (lA is not None, uA is not None)
-    lower, upper = _concretize_pair(in_lA, in_uA, box)
+    if isinstance(in_lA, Patches) or isinstance(in_uA, Patches):
+        lower, upper = concretize_patches_pair(in_lA, in_uA, box)
+    else:
+        lower, upper = _concretize_dense(in_lA, in_uA, box)
     if want_lower:
         lower = layout.local(lbias) if lower is None else layout.local(lower) + lbias
     if want_upper:
@@ -223,12 +203,8 @@ def _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows=No
     return lower, upper
 
 
-def _concretize_pair(in_lA, in_uA, box):
-    """(lower, upper) of the input A-matrices (dense or patches; each None when absent)."""
-    if isinstance(in_lA, Patches) or isinstance(in_uA, Patches):
-        lower = None if in_lA is None else concretize_patches(in_lA, box)[0]
-        upper = None if in_uA is None else concretize_patches(in_uA, box)[1]
-        return lower, upper
+def _concretize_dense(in_lA, in_uA, box):
+    """(lower, upper) of dense input A-matrices (each None when absent)."""
     lower = upper = None
     if in_lA is not None and in_lA is in_uA:
         lower, upper = concretize_both(in_lA, box)
