@@ -56,7 +56,7 @@ def _first_instance(model: str):
     raise SystemExit(f"{model}: not in {BENCH / folder / 'instances.csv'}")
 
 
-def run_one(model: str, tool: str, method: str) -> dict:
+def run_one(model: str, tool: str, method: str, max_rows: int | None = None) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -90,7 +90,7 @@ def run_one(model: str, tool: str, method: str) -> dict:
         with torch.no_grad():
             if tool == "lirpa-patches":
                 return bm.compute_bounds(x=(x,), method="IBP" if method == "ibp" else "CROWN")
-            opts = dv.CrownOptions(patches=tool == "ours-patches")
+            opts = dv.CrownOptions(patches=tool == "ours-patches", max_rows=max_rows)
             res = bounded.compute_bounds(xl, xu, method=method, crown_options=opts)
             return res.lower, res.upper
 
@@ -109,7 +109,8 @@ def run_one(model: str, tool: str, method: str) -> dict:
             "live_peak_mib": meter.peak / MIB,
             "peak_reset": exact_peak, "load_peak_mib": base_peak / 1024,
             "lower_mean": float(lo.mean()), "upper_mean": float(up.mean()),
-            "lower_min": float(lo.min()), "threads": torch.get_num_threads(), "torch": torch.__version__}
+            "lower_min": float(lo.min()), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "max_rows": max_rows}
 
 
 def run_all(args) -> list[dict]:
@@ -119,6 +120,8 @@ def run_all(args) -> list[dict]:
     for model in args.models.split(","):
         for tool in args.tools.split(","):
             cmd = [sys.executable, __file__, "one", "--model", model, "--tool", tool, "--method", args.method]
+            if args.max_rows:
+                cmd += ["--max-rows", str(args.max_rows)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode or not lines:
@@ -163,10 +166,12 @@ def main(argv=None) -> int:
     p.add_argument("--tool", choices=TOOLS)
     p.add_argument("--method", default="crown", choices=("crown", "ibp"))
     p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="ours: CrownOptions.max_rows (rows per backward sweep of an intermediate layer)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if args.cmd == "one":
-        print(json.dumps(run_one(args.model, args.tool, args.method)))
+        print(json.dumps(run_one(args.model, args.tool, args.method, args.max_rows)))
         return 0
     load = open("/proc/loadavg").read().split()[:3]
     rows = run_all(args)
