@@ -104,12 +104,16 @@ def run_one(model: str, tool: str, method: str, max_rows: int | None = None) -> 
     meter = LiveTensorMeter()
     with meter:
         bound()
+    ibp_width = None
+    if tool.startswith("ours"):
+        ibp = bounded.compute_bounds(xl, xu, method="ibp")
+        ibp_width = float((ibp.upper - ibp.lower).mean())
     return {"model": model, "tool": tool, "method": method, "rss_after_load_mib": rss_load / 1024,
             "peak_mib": peak / 1024, "growth_mib": (peak - rss_load) / 1024, "time_s": elapsed,
             "live_peak_mib": meter.peak / MIB,
             "peak_reset": exact_peak, "load_peak_mib": base_peak / 1024,
             "lower_mean": float(lo.mean()), "upper_mean": float(up.mean()),
-            "lower_min": float(lo.min()), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "lower_min": float(lo.min()), "width": float((up - lo).mean()), "ibp_width": ibp_width, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "max_rows": max_rows}
 
 
@@ -138,7 +142,7 @@ def write(rows: list[dict], out: Path, load: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     keys = ["model", "tool", "method", "rss_after_load_mib", "peak_mib", "growth_mib", "live_peak_mib", "time_s",
-            "lower_mean", "upper_mean", "peak_reset", "threads", "torch", "error"]
+            "lower_mean", "upper_mean", "width", "ibp_width", "max_rows", "peak_reset", "threads", "torch", "error"]
     with open(out / "memory_patches.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
