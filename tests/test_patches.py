@@ -198,3 +198,26 @@ def test_dense_plus_patches():
     assert torch.allclose(add_A(d, p), d + p.to_dense(), atol=1e-6)
     assert torch.allclose(add_A(p, d), d + p.to_dense(), atol=1e-6)
     assert torch.equal(d, keep)
+
+
+def test_flattened_feature_map_output_bounds_every_output_as_patches(monkeypatch):
+    """A net ending in a flattened conv map (TinyYOLO): CROWN without a spec bounds each output
+    as a row started from patches, with the dense (identity spec) bounds."""
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(4, 2, 1), nn.Flatten()).eval()
+    m = dv.load(net, (2, 9, 9))
+    x = torch.rand(2, 2, 9, 9)
+    box = (x - 0.1, x + 0.1)
+    dense = m.compute_bounds(*box, crown_options=dv.CrownOptions(patches=False))
+    starts = []
+    real = Patches.identity
+    monkeypatch.setattr(Patches, "identity", staticmethod(lambda rows, shape, *a: starts.append(shape) or
+                                                          real(rows, shape, *a)))
+    patched = m.compute_bounds(*box, crown_options=dv.CrownOptions(patches=True))
+    assert (2, 9, 9) in starts                      # the output's rows, on the last conv's map
+    assert torch.allclose(dense.lower, patched.lower, atol=1e-5)
+    assert torch.allclose(dense.upper, patched.upper, atol=1e-5)
+    xs = box[0] + (box[1] - box[0]) * torch.rand(200, 2, 2, 9, 9)
+    y = net(xs.reshape(400, 2, 9, 9)).reshape(200, 2, -1)
+    assert (y >= patched.lower - 1e-5).all() and (y <= patched.upper + 1e-5).all()

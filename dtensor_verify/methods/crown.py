@@ -16,7 +16,8 @@ from ..memory import tag
 from ..ops.patches import Patches, add_A, dense
 from ..ops.row_pieces import in_row_pieces
 from .ibp import ibp_step
-from .sweep_patches import concretize_patches_pair, patches_or_dense, starts_patches
+from .sweep_patches import (concretize_patches_pair, identity_output_as_rows, patches_or_dense, reshape_rows_patches,
+                            starts_patches)
 
 
 @dataclass
@@ -128,6 +129,9 @@ def _first_step(graph, node, rows, bounds, sweep, patches=False):
         result = weights.rows(rows, batch)
         if result is not None:
             return _place_inputs(graph, node, result, sweep)
+        relabelled = reshape_rows_patches(graph, node, rows, batch, box[0], sweep) if patches else None
+        if relabelled is not None:
+            return _place_inputs(graph, node, relabelled, sweep)
         if patches and starts_patches(node, sweep):
             A = Patches.identity(rows, node.shape, batch, box[0].dtype, box[0].device)
         else:
@@ -360,6 +364,18 @@ def output_bound(graph, bounds, C, layout: Layout = DEFAULT_LAYOUT, alphas=None,
 def crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: CrownOptions | None = None,
           want_lower=True, want_upper=True):
     """CROWN bounds of C f(x) over the box. Returns (lower, upper, intermediate bounds)."""
+    opts = opts or CrownOptions()
+    if C is None and opts.patches and identity_output_as_rows(graph):
+        # Every output of a conv net's flattened feature map (YOLO): the output's neurons as rows,
+        # started as patches, instead of a dense identity spec over them.
+        with torch.no_grad():
+            bounds, _ = intermediate_bounds(graph, box, layout, opts)
+            rows = torch.arange(graph.output.numel, device=box[0].device)
+            lo, up = node_bound_rows(graph, graph.output_name, rows, bounds, layout, opts, box[0].shape[0])
+            if opts.intersect_ibp:
+                ilo, iup = (t.flatten(1) for t in bounds[graph.output_name])
+                lo, up = torch.maximum(lo, ilo), torch.minimum(up, iup)
+        return (lo if want_lower else None), (up if want_upper else None), bounds
     if C is None:
         C = default_spec(graph, box[0].shape[0], box[0].dtype, box[0].device)
     with torch.no_grad():
