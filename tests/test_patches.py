@@ -221,3 +221,28 @@ def test_flattened_feature_map_output_bounds_every_output_as_patches(monkeypatch
     xs = box[0] + (box[1] - box[0]) * torch.rand(200, 2, 2, 9, 9)
     y = net(xs.reshape(400, 2, 9, 9)).reshape(200, 2, -1)
     assert (y >= patched.lower - 1e-5).all() and (y <= patched.upper + 1e-5).all()
+
+
+class _FunctionalPad(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 3, 3, padding=1)
+        self.c2 = nn.Conv2d(3, 3, 3)
+        self.fc = nn.Linear(3 * 8 * 9, 2)
+
+    def forward(self, x):
+        h = torch.nn.functional.pad(torch.relu(self.c1(x)), (1, 0, 2, 0), value=0.2)
+        return self.fc(torch.relu(self.c2(h)).flatten(1))
+
+
+def test_padding_given_as_a_function_is_probed_and_bounds_match(monkeypatch):
+    torch.manual_seed(7)
+    m = dv.load(_FunctionalPad().eval(), (2, 8, 8))
+    pad = next(n.op for n in m.graph.nodes if n.op is not None and n.op.kind == "pad")
+    assert pad.window_map is not None and pad.window_map.padding == (2, 1)
+    x = torch.rand(2, 2, 8, 8)
+    box = (x - 0.1, x + 0.1)
+    dense, _ = intermediate_bounds(m.graph, box, m.layout, dv.CrownOptions(patches=False, **PURE))
+    patched, _ = intermediate_bounds(m.graph, box, m.layout, dv.CrownOptions(patches=True, **PURE))
+    for k in dense:
+        assert torch.allclose(dense[k][0], patched[k][0], atol=1e-6) and torch.allclose(dense[k][1], patched[k][1], atol=1e-6)

@@ -87,7 +87,14 @@ class Conv2dOp(BoundOp):
             if A is None:
                 return None
             B, K, C, kh, kw = A.P.shape
-            back = F.conv_transpose2d(A.P.reshape(B * K, C, kh, kw), w, None, m.stride, 0, 0, m.groups, m.dilation)
+            flat = A.P.reshape(B * K, C, kh, kw)
+            if tuple(m.stride) == (1, 1) and m.groups == 1:
+                # Stride 1: the transposed convolution is the convolution with the flipped kernel
+                # over the fully padded window (the faster kernel on CPU).
+                pad = tuple(d * (k - 1) for d, k in zip(m.dilation, w.shape[-2:]))
+                back = F.conv2d(flat, w.flip(-1, -2).transpose(0, 1), None, 1, pad, m.dilation)
+            else:
+                back = F.conv_transpose2d(flat, w, None, m.stride, 0, 0, m.groups, m.dilation)
             out = Patches(back.reshape(B, K, *back.shape[1:]), A.top * m.stride[0] - m.padding[0],
                           A.left * m.stride[1] - m.padding[1], tuple(self.in_shapes[0]))
             return out.with_P(out.P * out.inside())

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 from .patches import Patches
+from .window_maps import probe_shift
 
 
 class LinearMapOp(BoundOp):
@@ -42,6 +43,8 @@ class LinearMapOp(BoundOp):
         with torch.no_grad():
             c = self.fn(*zeros)
         self.offset = c[0].detach() if bool((c != 0).any()) else None
+        if self.window_map is None and self.kind == "pad" and len(self.in_shapes) == 1:
+            self.window_map = probe_shift(self.fn, tuple(self.in_shapes[0]), tuple(self.out_shape), self.offset)
 
     def to(self, device):
         if self.offset is not None:
@@ -103,7 +106,11 @@ class LinearMapOp(BoundOp):
             if A is None:
                 return None
             B, K, C, kh, kw = A.P.shape
-            back = F.conv_transpose2d(A.P.reshape(B * K * C, 1, kh, kw), kernel, None, g.stride)
+            if tuple(g.kernel) == tuple(g.stride):
+                # Non-overlapping windows (a k x k pool with stride k): each entry is copied k x k times.
+                back = A.P.repeat_interleave(g.kernel[0], dim=3).repeat_interleave(g.kernel[1], dim=4) * g.scale
+            else:
+                back = F.conv_transpose2d(A.P.reshape(B * K * C, 1, kh, kw), kernel, None, g.stride)
             out = Patches(back.reshape(B, K, C, *back.shape[-2:]), A.top * g.stride[0] - g.padding[0],
                           A.left * g.stride[1] - g.padding[1], in_shape)
             return out.with_P(out.P * out.inside())

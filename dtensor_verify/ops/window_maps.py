@@ -53,3 +53,31 @@ def window_map_of(module) -> WindowMap | None:
     if type(module).__name__ == "OnnxPadStatic" and getattr(module, "mode", None) == "constant":
         return _pad(getattr(module, "pads", ()))
     return None
+
+
+def probe_shift(fn, in_shape, out_shape, offset) -> WindowMap | None:
+    """The window map of a padding given only as a function (ONNX Pad with its pads as an input):
+    `fn(x) - fn(0)` of a probe with distinct entries must be the probe shifted by (top, left) on
+    each channel, zero elsewhere; checked exactly, else None."""
+    import torch
+
+    if len(in_shape) != 3 or len(out_shape) != 3 or in_shape[0] != out_shape[0]:
+        return None
+    C, H, W = in_shape
+    x = torch.arange(1, C * H * W + 1, dtype=torch.float64).reshape(1, C, H, W)
+    try:
+        with torch.no_grad():
+            y = fn(x.to(offset.dtype if offset is not None else torch.float32)).double()
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    if offset is not None:
+        y = y - offset.double()
+    hits = (y[0, 0] == 1).nonzero()
+    if len(hits) != 1:
+        return None
+    top, left = (int(v) for v in hits[0])
+    expected = torch.zeros_like(y)
+    if top + H > out_shape[1] or left + W > out_shape[2]:
+        return None
+    expected[0, :, top:top + H, left:left + W] = x[0]
+    return WindowMap((1, 1), (1, 1), (top, left), 1.0) if torch.equal(y, expected) else None
