@@ -71,9 +71,10 @@ if ! PYTHONPATH="$ABC/auto_LiRPA:$ABC/onnx2pytorch:${PYTHONPATH:-}" "$PY" \
   fail "alpha,beta-CROWN does not start here (log in runner.log)"
 fi
 
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/abcrown_gpu_work.XXXXXX")"   # not under $OUT: only 8 files come back
 tools=abcrown
 args=("$D" --abcrown "$ABC/alpha-beta-CROWN" --auto-lirpa "$ABC/auto_LiRPA" --onnx2pytorch "$ABC/onnx2pytorch"
-      --out "$DEST" --work "/tmp/abcrown_gpu_work_$BENCH" --device "$DEVICE" --threads "$THREADS"
+      --out "$DEST" --work "$WORK" --device "$DEVICE" --threads "$THREADS"
       --timeout-scale "$SCALE" --deadline "$WALL" --parts "$PARTS" --hang-grace 30)
 [ -n "$OURS_CSV" ] && { tools=ours,abcrown; args+=(--ours-csv "$OURS_CSV"); }
 args+=(--tools "$tools")
