@@ -2,8 +2,9 @@
 # Stages what bench/gpu/abcrown_gpu.sh (and gpu_bab_vs_abcrown.sh) read on the device machine,
 # which receives only this repository and the carried, git-ignored folders:
 #   .abcrown/    alpha-beta-CROWN, auto_LiRPA (the commit abcrown's submodule names) and
-#                onnx2pytorch (KaidiXu's fork, which abcrown's load_model.py needs: ConvertModel
-#                with `quirks`), exported from git repositories, each with a COMMIT file; their
+#                onnx2pytorch (Verified-Intelligence's fork, which abcrown's load_model.py needs:
+#                ConvertModel with `quirks`, and Shape traced so that ViT's reshapes keep the batch
+#                dimension), exported from git repositories, each with a COMMIT file; their
 #                bundled datasets, models, tests and examples are left out (abcrown runs on the
 #                benchmark files it is given);
 #   .whl/        cp312 manylinux wheels the device image lacks, pinned: gurobipy (abcrown.py
@@ -13,11 +14,14 @@
 #
 #   bench/gpu/stage_abcrown.sh ABCROWN_GIT AUTO_LIRPA_GIT ONNX2PYTORCH_GIT [BENCH ...]
 #     *_GIT      git directories (a clone, or a bare mirror) of Verified-Intelligence/alpha-beta-CROWN,
-#                Verified-Intelligence/auto_LiRPA and KaidiXu/onnx2pytorch
+#                Verified-Intelligence/auto_LiRPA and Verified-Intelligence/onnx2pytorch (or a fork
+#                holding its commit, e.g. Winlere/onnx2pytorch)
 #     BENCH      benchmark folders to copy from BENCHMARKS_DIR (default ../shared/benchmarks),
 #                e.g. acasxu_2023 vit_2023
-#   ABCROWN_COMMIT (default the mirror's HEAD), ONNX2PYTORCH_COMMIT (default 8447c42, the one
-#   docs/BENCHMARKS.md names), PY (python with pip, default python3).
+#   ABCROWN_COMMIT (default the mirror's HEAD), ONNX2PYTORCH_COMMIT (default 8afb224: the fork's
+#   "make Shape traced correctly" merge of 2025-06-29, its last commit before the Dec 2025 abcrown
+#   release; KaidiXu's 8447c42 of the earlier runs lacks it and abcrown crashes on vit's BaB with
+#   it), PY (python with pip, default python3).
 # Prints the size of everything a device call carries (the limit is 64 MiB with the repository).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -53,7 +57,7 @@ lirpa_commit="$(git -C "$ABC_GIT" ls-tree "$abc_commit" auto_LiRPA | awk '{print
 [ -n "$lirpa_commit" ] || fail "$ABC_GIT: no auto_LiRPA submodule at $abc_commit"
 export_tree "$ABC_GIT" "$abc_commit" "$ROOT/.abcrown/alpha-beta-CROWN"
 export_tree "$LIRPA_GIT" "$lirpa_commit" "$ROOT/.abcrown/auto_LiRPA"
-export_tree "$O2P_GIT" "${ONNX2PYTORCH_COMMIT:-8447c42c3192dad383e5598edc74dddac5706ee2}" "$ROOT/.abcrown/onnx2pytorch"
+export_tree "$O2P_GIT" "${ONNX2PYTORCH_COMMIT:-8afb2243fddd1a4732883f1e2959f7e83f8201c5}" "$ROOT/.abcrown/onnx2pytorch"
 rm -rf "$ROOT"/.abcrown/alpha-beta-CROWN/complete_verifier/{datasets,models} \
        "$ROOT"/.abcrown/auto_LiRPA/{tests,examples} "$ROOT"/.abcrown/onnx2pytorch/tests
 [ -f "$ROOT/.abcrown/alpha-beta-CROWN/complete_verifier/abcrown.py" ] || fail "no complete_verifier/abcrown.py in $ABC_GIT"
