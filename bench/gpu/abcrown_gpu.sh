@@ -18,7 +18,8 @@
 #   THREADS (CPU threads per abcrown process, default 2), FILTERS (comma-separated substrings of
 #   instance paths), LIMIT (first N selected instances), SKIP_WHEELS=1 (do not install .whl),
 #   BENCH_DATA / ABCROWN_DIR (instead of .bench_data / .abcrown), ABCROWN_CONFIG (a YAML for all
-#   instances instead of the released one).
+#   instances instead of the released one), INSTANCES (a CSV of instances relative to the
+#   benchmark folder instead of its instances.csv, e.g. bench/gpu/subsets/vit_2023_every5.csv).
 #   Results (6 files, the device tool brings back 8): env.txt, runner.log, results.csv, table.md,
 #   abcrown.csv (onnx, vnnlib, verdict, seconds, status, message), abcrown.log(.gz).
 #
@@ -82,6 +83,7 @@ IFS=',' read -r -a filters <<< "${FILTERS:-}"
 for f in "${filters[@]}"; do [ -n "$f" ] && args+=(--filter "$f"); done
 [ -n "${LIMIT:-}" ] && args+=(--limit "$LIMIT")
 [ -n "${ABCROWN_CONFIG:-}" ] && args+=(--abcrown-config "$ABCROWN_CONFIG")
+[ -n "${INSTANCES:-}" ] && args+=(--instances "$INSTANCES")
 
 timeout -k 10 $((WALL + 60)) "$PY" "$ROOT/bench/gpu/bench_vs_abcrown.py" "${args[@]}" 2>&1 | tee -a "$DEST/runner.log"
 rc=${PIPESTATUS[0]}
