@@ -274,6 +274,7 @@ def test_parts_deal_the_instances_round_robin_to_side_by_side_processes(tmp_path
     assert res.returncode == 0, res.stdout + res.stderr
     assert [r["abcrown_raw"] for r in _rows(out)] == ["unsat", "unknown", "unsat", "sat", "unsat"]
     assert calls.read_text().split() == ["0", "0"]             # two processes, each from its row 0
+    assert len((out / "work" / bva.PIDS_FILE).read_text().split()) == 2     # for abcrown_gpu.sh's clean-up
     log = (out / "abcrown.log").read_text()
     part0, part1 = log.split("part 1 of 2")
     assert "instances_0_part0.csv" in part0 and "instances_0_part1.csv" in part1

@@ -87,6 +87,11 @@ for f in "${filters[@]}"; do [ -n "$f" ] && args+=(--filter "$f"); done
 
 timeout -k 10 $((WALL + 60)) "$PY" "$ROOT/bench/gpu/bench_vs_abcrown.py" "${args[@]}" 2>&1 | tee -a "$DEST/runner.log"
 rc=${PIPESTATUS[0]}
+# abcrown runs in sessions of its own, which the device tool does not end with this command: if the
+# runner was killed before it could end them, end them here (the process groups it recorded).
+if [ -f "$WORK/abcrown_pids.txt" ]; then
+  while read -r pid; do kill -KILL -- "-$pid" 2>/dev/null; done < "$WORK/abcrown_pids.txt"
+fi
 log="$DEST/abcrown.log"                      # the tool brings back files up to 16 MiB
 if [ -f "$log" ] && [ "$(stat -c %s "$log")" -gt $((12 * 1024 * 1024)) ]; then gzip -f "$log"; fi
 echo "bench_vs_abcrown exit status $rc (0 ok, 1 contradiction, 2 usage error, 124 killed by timeout)"

@@ -95,6 +95,7 @@ LATE_SLACK = (1.10, 0.5)      # a verdict after limit * 1.10 + 0.5 s counts as t
 HANG_FACTOR = 2.0             # abcrown is killed on an instance after limit * 2 + --hang-grace
 OURS_SHARE = 0.6              # with --deadline: ours is killed after this share of it
 VERDICTS = ("sat", "unsat", "unknown", "timeout", "error")
+PIDS_FILE = "abcrown_pids.txt"   # in --work: every abcrown process started (its own session)
 
 
 class UsageError(Exception):
@@ -498,6 +499,8 @@ def _watch_abcrown(cmd, env, work, log, members, start, deadline, hang_grace, ru
     instance, `Result: status in t seconds` closes it. Kills it on a hang or at the deadline."""
     proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1, errors="replace", start_new_session=True)
+    with open(work / PIDS_FILE, "a") as fh:      # for a caller that must end them if this runner is killed
+        fh.write(f"{proc.pid}\n")
     lines = _Lines(proc)
     current, started, next_row, last_text = None, 0.0, start, ""
     stop = ""
