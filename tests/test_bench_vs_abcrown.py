@@ -308,6 +308,8 @@ def test_comparison_of_two_earlier_runs_flags_a_clash_and_missing_rows(tmp_path,
     assert rows[4]["flags"] == "CONTRADICTION: ours says unsat, abcrown says sat"
     assert [r["flags"] for r in rows[:4]] == [""] * 4
     assert "4 of 5 instances have a row" in (out / "table.md").read_text()
+    assert "| **all** | dtensor-verify | 5 | 1 | 2 | 0 | 1 | 1 | 3 |" in res.stdout
+    assert "| **all** | alpha,beta-CROWN | 5 | 2 | 3 | 0 | 0 | 0 | 5 |" in res.stdout
     assert not (out / "ours.log").exists() and not (out / "abcrown.log").exists()   # nothing was run
 
 

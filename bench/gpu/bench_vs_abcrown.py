@@ -681,8 +681,11 @@ def summary_table(rows: list[Row], tools: list[str]) -> list[str]:
     lines = ["| model | tool | instances | sat | unsat | unknown | timeout | error | solved | "
              "seconds (sum over instances) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for model in _models(rows):
-        mine = [r for r in rows if r.inst.model == model]
+    models = _models(rows)
+    groups = [(m, [r for r in rows if r.inst.model == m]) for m in models]
+    if len(models) > 1:
+        groups.append(("**all**", rows))
+    for model, mine in groups:
         for tool in tools:
             c = Counter(r.verdict(tool) for r in mine)
             secs = sum(getattr(r, tool).seconds or 0.0 for r in mine)
