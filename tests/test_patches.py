@@ -228,7 +228,7 @@ class _FunctionalPad(nn.Module):
         super().__init__()
         self.c1 = nn.Conv2d(2, 3, 3, padding=1)
         self.c2 = nn.Conv2d(3, 3, 3)
-        self.fc = nn.Linear(3 * 8 * 9, 2)
+        self.fc = nn.Linear(3 * 8 * 7, 2)
 
     def forward(self, x):
         h = torch.nn.functional.pad(torch.relu(self.c1(x)), (1, 0, 2, 0), value=0.2)
