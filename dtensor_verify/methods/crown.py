@@ -16,8 +16,8 @@ from ..memory import tag
 from ..ops.patches import Patches, add_A, dense
 from ..ops.row_pieces import in_row_pieces
 from .ibp import ibp_step
-from .sweep_patches import (concretize_patches_pair, identity_output_as_rows, patches_or_dense, reshape_rows_patches,
-                            starts_patches)
+from .sweep_patches import (concretize_patches_pair, every_output_as_rows, identity_output_as_rows, patches_or_dense,
+                            reshape_rows_patches, starts_patches)
 
 
 @dataclass
@@ -366,16 +366,7 @@ def crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: CrownOption
     """CROWN bounds of C f(x) over the box. Returns (lower, upper, intermediate bounds)."""
     opts = opts or CrownOptions()
     if C is None and opts.patches and identity_output_as_rows(graph):
-        # Every output of a conv net's flattened feature map (YOLO): the output's neurons as rows,
-        # started as patches, instead of a dense identity spec over them.
-        with torch.no_grad():
-            bounds, _ = intermediate_bounds(graph, box, layout, opts)
-            rows = torch.arange(graph.output.numel, device=box[0].device)
-            lo, up = node_bound_rows(graph, graph.output_name, rows, bounds, layout, opts, box[0].shape[0])
-            if opts.intersect_ibp:
-                ilo, iup = (t.flatten(1) for t in bounds[graph.output_name])
-                lo, up = torch.maximum(lo, ilo), torch.minimum(up, iup)
-        return (lo if want_lower else None), (up if want_upper else None), bounds
+        return every_output_as_rows(graph, box, layout, opts, want_lower, want_upper)
     if C is None:
         C = default_spec(graph, box[0].shape[0], box[0].dtype, box[0].device)
     with torch.no_grad():
