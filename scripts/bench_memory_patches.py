@@ -161,7 +161,13 @@ def run_all(args) -> list[dict]:
             if args.max_rows:
                 cmd += ["--max-rows", str(args.max_rows)]
             cmd += ["--device", args.device]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                row = {"model": model, "tool": tool, "method": args.method, "error": f"timeout ({args.timeout:.0f} s)"}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                continue
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode or not lines:
                 tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
