@@ -8,9 +8,11 @@ the next split of the rest and stores them. Workers (dp groups of ranks, see `co
 every round on whether to stop: a confirmed counterexample anywhere, no open domain anywhere,
 a domain that cannot be split any more, or the clock.
 
-Domains carry their kind of split (`split_kinds.py`): ReLU splits, or, when the property has few
-perturbed inputs (`split='auto'`), input splits, whose children are the halves of their parent's
-input sub-box; their intermediate bounds are recomputed on the half box before beta-CROWN.
+Domains carry their kind of split (`split_kinds.py`): ReLU splits, general splits (the interval
+of a sigmoid / sin / product operand neuron cut in two, `general_split.py`; ReLU and general
+splits compete in one ranking, `branching/general.py`), or, when the property has few perturbed
+inputs (`split='auto'`), input splits, whose children are the halves of their parent's input
+sub-box; their intermediate bounds are recomputed on the half box before beta-CROWN.
 
 Soundness: a domain leaves the store only when its bound proves it (`margin > 0`, the bound of
 `C y - d` on some row of its disjunct is positive on every input of the domain); "proved" is
@@ -28,7 +30,7 @@ import torch
 from ..margin import best_row, margin, spec_rows
 from ..methods.beta_crown import BetaOptions, BetaResult, beta_crown
 from . import input_bab
-from .branching import BranchingContext, choose
+from .branching import MIXED, BranchingContext, choose
 from .budget import auto_batch_size, free_memory_bytes, out_of_memory, release_cached_memory
 from .comm import LocalComm
 from .domains import NO_DECISION, Domains, DomainStore, split
@@ -97,9 +99,12 @@ class BabSolver:
         if self.mode == "input" and opts.batch_size is None and problem.d.device.type == "cpu":
             self.batch = min(self.batch, opts.input_cpu_batch)
         self.branching = opts.input_branching if self.mode == "input" else opts.branching
+        if self.mode == "relu" and problem.general:
+            self.branching = MIXED.get(self.branching, self.branching)     # general splits too
         candidates = opts.input_candidates if self.mode == "input" else opts.candidates
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
-                                    self._bound_once, candidates, problem.graph.input_name)
+                                    self._bound_once, candidates, problem.graph.input_name, problem.graph,
+                                    tuple(problem.general), tuple(problem.general_ops))
 
     @property
     def found(self) -> bool:
@@ -194,7 +199,8 @@ class BabSolver:
             self._late = True
             self.store.push(rest, margins)
             return
-        lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.pre_of or r == p.graph.input_name}
+        keep = set(p.pre_of) | set(p.general_ops) | {p.graph.input_name}
+        lA = {r: a[open_idx] for r, a in result.lA.items() if r in keep}
         with PhaseTimer(self.stats, "branching"):
             rest.decision = choose(self.branching, rest, lA, self.ctx)
         stuck = rest.decision[:, 0] == NO_DECISION
@@ -285,7 +291,7 @@ class BabSolver:
         self.stats.rounds += 1
         # Only a domain stored after the clock ran out lacks a decision, and the run stops first.
         assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
-        kids = split(parents, parents.decision, self.problem.relus, self.problem.pre_of)
+        kids = split(parents, parents.decision, self.problem.relus, self.problem.pre_of, self.problem.general)
         if self.mode == "input" or bool(needs_refresh(parents.decision).any()):
             with PhaseTimer(self.stats, "bounding"):
                 kids.bounds = input_bab.refreshed(self.problem, kids, self.lockstep)

@@ -1,5 +1,6 @@
 """Branching heuristics: which ReLU neuron (or input dimension) each domain splits next. One
-small module each; the input ones (`input_sb`, `input_fsb`) return INPUT_SPLIT decisions.
+small module each; the input ones (`input_sb`, `input_fsb`) return INPUT_SPLIT decisions, the
+mixed ones (`mixed_sr`, `mixed_fsb`, general.py) ReLU or general splits (general_split.py).
 
 A heuristic is a function `(domains, lA, ctx) -> decision [n, 2]` (relu index, flat neuron; -1
 where no unstable neuron is left). `lA` holds the lower A-matrix that reached each ReLU's output
@@ -13,10 +14,14 @@ from typing import Callable
 
 from .babsr import babsr, intercept_scores
 from .fsb import fsb
+from .general import mixed_fsb, mixed_sr
 from .input_fsb import input_fsb
 from .input_sb import input_sb
 
-HEURISTICS = {"babsr": babsr, "fsb": fsb, "input_sb": input_sb, "input_fsb": input_fsb}
+HEURISTICS = {"babsr": babsr, "fsb": fsb, "input_sb": input_sb, "input_fsb": input_fsb, "mixed_sr": mixed_sr,
+              "mixed_fsb": mixed_fsb}
+# Networks with general nonlinearities (sigmoid, products, ...) split neurons by these instead.
+MIXED = {"babsr": "mixed_sr", "fsb": "mixed_fsb"}
 INPUT_HEURISTICS = ("input_fsb", "input_sb")
 
 
@@ -30,11 +35,14 @@ class BranchingContext:
                                      # optimisation; refresh: recompute intermediate bounds on each box)
     candidates: int = 3              # fsb / input_fsb: candidates tried per domain
     input_name: str = ""             # the input node (lA[input_name]: A w.r.t. the input)
+    graph: object = None             # the bound graph (general splits: which op a node feeds)
+    general: tuple = ()              # nodes whose neurons general splits cut (BabProblem.general)
+    general_ops: tuple = ()          # the non-ReLU nonlinear nodes (their lA is scored)
 
 
 def choose(name: str, domains, lA, ctx: BranchingContext):
     return HEURISTICS[name](domains, lA, ctx)
 
 
-__all__ = ["HEURISTICS", "INPUT_HEURISTICS", "BranchingContext", "choose", "babsr", "fsb", "input_fsb",
+__all__ = ["HEURISTICS", "INPUT_HEURISTICS", "MIXED", "mixed_fsb", "mixed_sr", "BranchingContext", "choose", "babsr", "fsb", "input_fsb",
            "input_sb", "intercept_scores"]
