@@ -34,6 +34,7 @@ from .branching import MIXED, BranchingContext, choose
 from .budget import auto_batch_size, free_memory_bytes, out_of_memory, release_cached_memory
 from .comm import LocalComm
 from .domains import NO_DECISION, Domains, DomainStore, split
+from .general_refresh import first_split_node, refine_after
 from .problem import BabProblem, BabResult, BabStats, PhaseTimer
 from .split_kinds import needs_refresh
 
@@ -65,6 +66,7 @@ class BabOptions:
     input_candidates: int = 4           # input_fsb: dimensions tried per sub-box
     input_alpha_iterations: int = 10    # alpha-CROWN steps before input splitting (pipeline stage)
     input_cpu_batch: int = 256          # input splitting on a CPU: at most this many parents a round
+    general_refresh: bool = True        # general splits: bound the layers behind the cut again
 
 
 class BabSolver:
@@ -295,6 +297,12 @@ class BabSolver:
         if self.mode == "input" or bool(needs_refresh(parents.decision).any()):
             with PhaseTimer(self.stats, "bounding"):
                 kids.bounds = input_bab.refreshed(self.problem, kids, self.lockstep)
+        start = first_split_node(self.problem, parents.decision) if self.opts.general_refresh else None
+        if start is not None:
+            with PhaseTimer(self.stats, "bounding"):
+                kids.bounds, empty = refine_after(self.problem, kids, start, self.lockstep)
+            # A child whose region is empty holds no counterexample: proved.
+            kids.lower = torch.where(empty.unsqueeze(1), torch.full_like(kids.lower, torch.inf), kids.lower)
         if len(kids):
             self.stats.batch_sizes.append(len(kids))
             self.stats.max_depth = max(self.stats.max_depth, int(kids.depth.max()))
