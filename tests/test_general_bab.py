@@ -128,13 +128,25 @@ def _decide(net, n_in, t, seconds=20.0, split_mode="relu", rounds=400):
             bad = net(x)[:, 0] < t
         return [x[bad][0]] if bool(bad.any()) else None
 
+    def pgd(x, pair):
+        """A short projected sign descent from the solver's most promising points (as the
+        pipeline's attack does), then `confirm`."""
+        if x.shape[0] == 0:
+            return None
+        for _ in range(20):
+            x = x.detach().requires_grad_(True)
+            g, = torch.autograd.grad(net(x)[:, 0].sum(), x)
+            x = torch.max(torch.min(x - 0.02 * g.sign(), hi), lo)
+        return confirm(x.detach(), pair, None)
+
     import time
     t0 = time.perf_counter()
-    solver = BabSolver(problem, BabOptions(batch_size=32, split=split_mode, max_rounds=rounds),
-                       lambda: seconds - (time.perf_counter() - t0), confirm)
+    solver = BabSolver(problem, BabOptions(batch_size=32, split=split_mode, max_rounds=rounds, pgd_every=2),
+                       lambda: seconds - (time.perf_counter() - t0), confirm, pgd=pgd)
     out = solver.solve(roots)
     if out.status == "sat":
-        assert float(net(out.counterexample[0].unsqueeze(0))[0, 0]) < t
+        with torch.no_grad():
+            assert float(net(out.counterexample[0].unsqueeze(0))[0, 0]) < t
     return out.status, out.stats.bounded
 
 
@@ -165,9 +177,9 @@ def _sweep(indices, seconds):
 
 
 def test_general_bab_agrees_with_the_grid_on_a_fixed_sample():
-    rows = _sweep([0, 1, 2, 3, 4, 5, 8, 9], seconds=15.0)
+    rows = _sweep([0, 4, 5, 6, 7, 8, 10, 11], seconds=20.0)
     decided = sum(r[3] == r[2] for r in rows)
-    assert decided >= len(rows) - 2, rows                 # complete in practice on these
+    assert decided >= len(rows) - 1, rows                 # complete in practice on these
     assert any(r[4] > 0 and r[3] == "proved" for r in rows), rows   # some needed splits
 
 
