@@ -217,3 +217,32 @@ def test_general_network_input_splitting():
     gmin, certain = grid_truth(net, -torch.ones(2), torch.ones(2), 40_000)
     assert _decide(net, 2, certain - 0.005, 20.0, "input")[0] == "proved"
     assert _decide(net, 2, gmin + 0.005, 20.0, "input")[0] == "sat"
+
+
+def test_general_score_follows_gap_times_weight():
+    """The score of a neuron is its relaxation's mean gap times |lA| at the op's output: a neuron
+    the bound does not use scores (almost) nothing, a wider interval scores more; the decision
+    codes name general splits."""
+    from dtensor_verify.bab.branching import BranchingContext
+    from dtensor_verify.bab.branching.general import general_scores, mixed_sr
+    from dtensor_verify.bab.general_split import node_of
+
+    net = smooth_net("sigmoid", 2, seed=0)
+    model, problem, roots, lo, hi = _problem(net, 2, 0.0)
+    ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask, None, 3,
+                           problem.graph.input_name, problem.graph, tuple(problem.general),
+                           tuple(problem.general_ops))
+    op = problem.general_ops[0]
+    name = problem.general[0]
+    A = torch.zeros(1, 1, 6)
+    A[0, 0, 2], A[0, 0, 4] = 1.0, -1.0
+    lA = {op: A, problem.general_ops[1]: torch.zeros(1, 1, 6)}
+    bounds = dict(roots.bounds)
+    l, u = bounds[name]
+    l, u = l.clone(), u.clone()
+    l[0, 2], u[0, 2], l[0, 4], u[0, 4] = -3.0, 3.0, -0.5, 0.5
+    roots.bounds = {**bounds, name: (l, u)}
+    s = general_scores(roots, lA, ctx)[0][0]
+    assert s[2] > s[4] > 100 * s[0] >= 0
+    decision = mixed_sr(roots, lA, ctx)
+    assert decision.tolist() == [[decision[0, 0].item(), 2]] and node_of(decision[0, 0]).item() == 0
