@@ -48,13 +48,15 @@ def _general(model) -> bool:
     return has_general(model.graph)
 
 
-def _run(model, onnx, vnn, limit, bab: bool) -> dict:
+def _run(model, onnx, vnn, limit, bab: bool, split: str = "auto") -> dict:
     from dtensor_verify.specs import read_vnnlib
     from dtensor_verify.verify import verify_instance
 
     t0 = time.perf_counter()
     prop = read_vnnlib(str(vnn), n_inputs=model.n_inputs, n_outputs=model.n_outputs)
-    res = verify_instance(model, prop, str(onnx), limit, bab=bab)
+    from dtensor_verify.bab import BabOptions
+
+    res = verify_instance(model, prop, str(onnx), limit, bab=bab, bab_options=BabOptions(split=split))
     stats = res.bounds.get("bab") or {}
     return {"verdict": res.verdict, "decided_by": res.decided_by or "", "seconds": time.perf_counter() - t0,
             "bab_split": stats.get("split", ""), "bab_domains": stats.get("domains_visited", ""),
@@ -84,7 +86,7 @@ def _bench_rows(name: str, args) -> list[dict]:
             _run(model, onnx, vnn, min(limit, 5.0), False)
         for side, bab in (("before", False), ("after", True)):
             try:
-                row = _run(model, onnx, vnn, limit, bab)
+                row = _run(model, onnx, vnn, limit, bab, args.split)
             except user_errors() as exc:
                 row = {"verdict": "error", "decided_by": "", "seconds": 0.0, "bab_reason": one_line(exc)}
             row.update(benchmark=name, onnx=onnx.name, vnnlib=vnn.name, side=side, limit=limit)
@@ -118,6 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=0.1, help="fraction of the VNN-COMP timeout")
     ap.add_argument("--per-bench", type=int, default=4, help="non-ReLU instances per benchmark (0: all)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--split", default="auto", help="the after side's BabOptions.split: auto | relu | input")
     ap.add_argument("--out", default="/tmp/general_bab")
     args = ap.parse_args(argv)
     import torch
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
         w = csv.DictWriter(fh, keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    cond = (f"torch {torch.__version__}, {args.threads} thread(s), cpu, scale {args.scale}, "
+    cond = (f"torch {torch.__version__}, {args.threads} thread(s), cpu, scale {args.scale}, split {args.split}, "
             f"load {os.getloadavg()[0]:.1f}")
     table = _table(rows) + f"\n\n{cond}\n"
     (out / "general_bab.md").write_text(table)
