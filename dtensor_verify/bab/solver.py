@@ -273,7 +273,8 @@ class BabSolver:
         t = time.perf_counter()
         try:
             self._bound_children(parents)
-            if self.mode == "input":
+            if self.mode == "input" or self.problem.general:
+                # (General splits too: the layers behind a cut are bounded again, not stoppable.)
                 # Never lowered: the reserve must not shrink between a round that stored its
                 # domains unbranched (out of time) and the sync that stops the run.
                 self._round_seconds = max(self._round_seconds, time.perf_counter() - t)
