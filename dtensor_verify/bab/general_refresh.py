@@ -21,13 +21,16 @@ from ..methods.crown import CrownOptions, node_bound_rows
 from .general_split import is_general, node_of
 
 
-def first_split_node(problem, decision: torch.Tensor) -> int | None:
-    """The graph position of the earliest node cut by these decisions, or None (no general split)."""
+def first_split_node(problem, decision: torch.Tensor | None) -> int | None:
+    """The graph position of the earliest node cut by these decisions, or None (no general split);
+    with no decisions, that of the first node a general split may cut."""
+    position = {n.name: i for i, n in enumerate(problem.graph.nodes)}
+    if decision is None:
+        return min(position[name] for name in problem.general) if problem.general else None
     codes = decision[:, 0]
     general = codes[is_general(codes)]
     if general.numel() == 0:
         return None
-    position = {n.name: i for i, n in enumerate(problem.graph.nodes)}
     return min(position[problem.general[int(j)]] for j in node_of(general).unique().tolist())
 
 

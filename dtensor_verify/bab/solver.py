@@ -298,7 +298,10 @@ class BabSolver:
         if self.mode == "input" or bool(needs_refresh(parents.decision).any()):
             with PhaseTimer(self.stats, "bounding"):
                 kids.bounds = input_bab.refreshed(self.problem, kids, self.lockstep)
-        start = first_split_node(self.problem, parents.decision) if self.opts.general_refresh else None
+        start = None
+        if self.opts.general_refresh and self.problem.general:
+            # Ranks in lockstep take the same sweeps whatever their domains: from the first node.
+            start = first_split_node(self.problem, None if self.lockstep else parents.decision)
         if start is not None:
             with PhaseTimer(self.stats, "bounding"):
                 kids.bounds, empty = refine_after(self.problem, kids, start, self.lockstep)
