@@ -248,3 +248,27 @@ def test_general_score_follows_gap_times_weight():
     assert s[2] > s[4] > 100 * s[0] >= 0
     decision = mixed_sr(roots, lA, ctx)
     assert decision.tolist() == [[decision[0, 0].item(), 2]] and node_of(decision[0, 0]).item() == 0
+
+
+@pytest.mark.parametrize("kind, seed, split_mode", [("tanh", 2, "relu"), ("product", 2, "relu"), ("sigmoid", 4, "auto")])
+def test_pipeline_runs_general_bab(kind, seed, split_mode):
+    """End to end (`verify_instance`): branch and bound is no longer skipped on a non-ReLU network;
+    it starts from alpha-CROWN's slopes of the general ops and proves a threshold below the
+    grid's certified minimum that the bounds alone leave open; a false threshold is never proved."""
+    from dtensor_verify.specs import parse_vnnlib
+    from dtensor_verify.verify import verify_instance
+    from test_bab import _threshold_property
+
+    net = smooth_net(kind, 2, seed=seed, scale=2.0)
+    model = dv.load(net, input_shape=(2,))
+    gmin, certain = grid_truth(net, -torch.ones(2), torch.ones(2), 40_000)
+    opts = BabOptions(batch_size=32, split=split_mode)
+    prop = parse_vnnlib(_threshold_property(certain - 0.05), n_inputs=2, n_outputs=1)
+    res = verify_instance(model, prop, None, timeout=40, bab_options=opts)
+    assert res.verdict == "unsat", (res.verdict, res.message, res.bounds.get("bab"))
+    if verify_instance(model, prop, None, timeout=40, bab=False).verdict == "unknown":
+        assert res.decided_by == "bab" and res.bounds["bab"]["domains_visited"] > 0
+    assert "skipped" not in str(res.bounds.get("bab", {}).get("reason", ""))
+    false = parse_vnnlib(_threshold_property(gmin + 0.002), n_inputs=2, n_outputs=1)
+    res = verify_instance(model, false, None, timeout=20, bab_options=opts)
+    assert res.verdict in ("sat", "timeout", "unknown"), res.verdict
