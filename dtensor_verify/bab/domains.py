@@ -151,7 +151,7 @@ class DomainStore:
 
 
 def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: dict[str, str],
-          general: list | tuple = ()) -> Domains:
+          general: list | tuple = (), beta_of: dict | None = None) -> Domains:
     """The two children of each domain on its `decision`. ReLU split (relu index, flat neuron):
     the first n take `z >= 0` (lower bound clamped to 0), the last n `z <= 0` (upper bound
     clamped to 0). Input split (INPUT_SPLIT, dim): the first n take the lower half of the box
@@ -172,7 +172,7 @@ def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: di
         kids.box = halve_boxes(kids.box, rows, dec[rows, 1], side[rows] < 0)
     _split_relus(kids, dec, side, relus, pre_of)
     if general:
-        split_general(kids, dec, side, general)
+        split_general(kids, dec, side, general, beta_of)
     kids.decision = torch.full_like(kids.decision, NO_DECISION)
     return kids
 

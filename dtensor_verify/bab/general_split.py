@@ -50,9 +50,10 @@ def splittable(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     return finite & ((upper - lower) > MIN_WIDTH * scale)
 
 
-def split_general(kids, dec: torch.Tensor, side: torch.Tensor, general: list):
+def split_general(kids, dec: torch.Tensor, side: torch.Tensor, general: list, beta_of: dict | None = None):
     """Narrow each child's split neuron (rows whose decision is a general split), in place: the
-    rows with side < 0 (the first children) keep [p, u], the others [l, p]."""
+    rows with side < 0 (the first children) keep [p, u], the others [l, p]. Where the node has an
+    op that carries split constraints (`beta_of`), the neuron is marked in that op's mask."""
     for j, name in enumerate(general):
         rows = (dec[:, 0] == code_of(j)).nonzero().flatten()
         if rows.numel() == 0:
@@ -66,3 +67,8 @@ def split_general(kids, dec: torch.Tensor, side: torch.Tensor, general: list):
         lo[rows, neuron] = torch.where(upper_half, p, a)
         up[rows, neuron] = torch.where(upper_half, b, p)
         kids.bounds[name] = (lo.reshape(lower.shape), up.reshape(upper.shape))
+        op = (beta_of or {}).get(name)
+        if op is not None and op in kids.signs:
+            mask = kids.signs[op].flatten(1).clone()
+            mask[rows, neuron] = 1.0
+            kids.signs[op] = mask.reshape(kids.signs[op].shape)

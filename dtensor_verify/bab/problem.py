@@ -35,6 +35,14 @@ class BabProblem:
         # general ops (both operands of a product), in graph order (bab/general_split.py).
         feeds = {i for name in self.general_ops for i in self.graph[name].inputs}
         self.general = [n for n in self.graph.preactivation_nodes() if n in feeds and n != self.graph.input_name]
+        # The elementwise op that carries each general node's split constraints (beta): its first
+        # consumer with a scalar relaxation (products carry none: their nodes are split without).
+        self.beta_of = {}
+        for name in self.general:
+            ops = [c for c in self.graph.consumers[name] if c in self.general_ops
+                   and hasattr(self.graph[c].op, "fn") and len(self.graph[c].inputs) == 1]
+            if ops:
+                self.beta_of[name] = ops[0]
 
     def bounds_of(self, domains) -> dict:
         bounds = dict(domains.bounds)

@@ -48,6 +48,10 @@ def make_roots(problem: BabProblem, pairs: list[int], roots: list[RootState], lo
         multipliers[relu] = torch.zeros_like(slopes[relu])
         signs[relu] = torch.zeros_like(lo)
     slopes.update(_general_slopes(problem, roots, root_bounds, pair, K))
+    for node, op in problem.beta_of.items():        # general splits' constraints, none yet
+        if op in slopes:
+            signs[op] = torch.zeros_like(root_bounds[node][0])
+            multipliers[op] = torch.zeros_like(slopes[op])
     return Domains(pair=pair, lower=lower, bounds=root_bounds, signs=signs, alphas=slopes, betas=multipliers,
                    depth=torch.zeros(n, dtype=torch.long, device=device),
                    decision=torch.full((n, 2), NO_DECISION, dtype=torch.long, device=device))

@@ -106,7 +106,7 @@ class BabSolver:
         candidates = opts.input_candidates if self.mode == "input" else opts.candidates
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
                                     self._bound_once, candidates, problem.graph.input_name, problem.graph,
-                                    tuple(problem.general), tuple(problem.general_ops))
+                                    tuple(problem.general), tuple(problem.general_ops), problem.beta_of)
 
     @property
     def found(self) -> bool:
@@ -294,7 +294,8 @@ class BabSolver:
         self.stats.rounds += 1
         # Only a domain stored after the clock ran out lacks a decision, and the run stops first.
         assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
-        kids = split(parents, parents.decision, self.problem.relus, self.problem.pre_of, self.problem.general)
+        p = self.problem
+        kids = split(parents, parents.decision, p.relus, p.pre_of, p.general, p.beta_of)
         if self.mode == "input" or bool(needs_refresh(parents.decision).any()):
             with PhaseTimer(self.stats, "bounding"):
                 kids.bounds = input_bab.refreshed(self.problem, kids, self.lockstep)

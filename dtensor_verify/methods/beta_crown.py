@@ -66,8 +66,10 @@ def beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout: Layo
     bounds: the input box (under `graph.input_name`) and every pre-activation's bounds, [B, *S],
         split neurons already clamped. C: [B, K, n_out]; d, row_mask: [B, K] (padded rows False).
     alphas, betas: relu node -> [B, K, *S] warm starts (copied, not changed); other alpha ops
-        (sigmoid, products: no signs) -> [B, 2, K, *S]. signs: relu node ->
-        [B, *S] in {-1, 0, +1}: +1 where the domain has `z <= 0`, -1 where `z >= 0`.
+        (sigmoid, products) -> [B, 2, K, *S]. signs: relu node ->
+        [B, *S] in {-1, 0, +1}: +1 where the domain has `z <= 0`, -1 where `z >= 0`; an
+        elementwise general op -> [B, *S] mask of the neurons whose interval a general split cut
+        (their betas [B, 2, K, *S]: multipliers of `l <= z` and `z <= u`).
     A domain's rows are proved where `lower - d > 0`; the loop stops early once every domain has a
     proved row (on every rank).
     """
@@ -78,7 +80,8 @@ def beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout: Layo
     recorded: dict = {}
 
     def bound(record=None):
-        return output_bound(graph, bounds, C, layout, {r: _slopes(a, r in signs) for r, a in alpha_p.items()},
+        return output_bound(graph, bounds, C, layout,
+                            {r: _slopes(a, getattr(graph[r].op, "splittable", False)) for r, a in alpha_p.items()},
                             want_lower=True, want_upper=False, gather=False,
                             betas={r: (b, signs[r]) for r, b in beta_p.items()}, record=record)[0]
 

@@ -38,6 +38,7 @@ class BranchingContext:
     graph: object = None             # the bound graph (general splits: which op a node feeds)
     general: tuple = ()              # nodes whose neurons general splits cut (BabProblem.general)
     general_ops: tuple = ()          # the non-ReLU nonlinear nodes (their lA is scored)
+    beta_of: dict | None = None      # general node -> the op carrying its split constraints
 
 
 def choose(name: str, domains, lA, ctx: BranchingContext):

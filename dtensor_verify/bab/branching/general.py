@@ -126,7 +126,7 @@ def mixed_fsb(domains, lA, ctx) -> torch.Tensor:
     decisions = torch.where(usable.unsqueeze(-1), decisions, decisions[:, :1])
     parents = domains.index(torch.arange(n, device=domains.pair.device).repeat(k))
     flat = decisions.transpose(0, 1).reshape(k * n, 2)
-    kids = split(parents, flat, ctx.relus, ctx.pre_of, ctx.general)
+    kids = split(parents, flat, ctx.relus, ctx.pre_of, ctx.general, ctx.beta_of)
     lower = ctx.bound_once(kids)                                              # [2kn, K]
     margin = spec_margin(lower, ctx.d[kids.pair], ctx.row_mask[kids.pair])   # [2kn]
     worse = torch.minimum(margin[:k * n], margin[k * n:]).reshape(k, n)
