@@ -1,7 +1,7 @@
 """General splits (bab/general_split.py, branching/general.py): the interval of a sigmoid / tanh /
 sin / GELU / product-operand neuron cut in two, a split kind of the one solver. Every child's bound
-holds on its region (sampled and attacked points whose split neurons lie in the child's
-intervals), children are never looser than their parent, and on small smooth networks branch and
+(beta-CROWN, with the cut intervals' constraints as beta terms) holds on its region (sampled and
+attacked points whose split neurons lie in the child's intervals), children are never looser than their parent, and on small smooth networks branch and
 bound agrees with a dense grid (Lipschitz margin) on random instances near the decision boundary."""
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_general_split_cuts_one_interval_and_covers_the_parent():
     assert problem.relus == [] and len(problem.general) == 2
     name = problem.general[1]
     l0, u0 = (t[0, 3].item() for t in roots.bounds[name])
-    kids = split(roots, torch.tensor([[code_of(1), 3]]), problem.relus, problem.pre_of, problem.general)
+    kids = split(roots, torch.tensor([[code_of(1), 3]]), problem.relus, problem.pre_of, problem.general, problem.beta_of)
     p = float(split_point(torch.tensor(l0), torch.tensor(u0)))
     assert l0 < p < u0
     assert kids.bounds[name][0][:, 3].tolist() == pytest.approx([p, l0])
@@ -78,15 +78,16 @@ def test_general_children_hold_on_their_region_and_are_tighter(kind):
     net = smooth_net(kind, 3, seed=11)
     model, problem, roots, lo, hi = _problem(net, 3, 0.0)
     x0 = lo + (hi - lo) * torch.rand(1, 3, generator=gen)
-    dom, gains = roots, []
+    dom, gains, used_beta = roots, [], False
     for depth in range(4):
         choices = _general_choices(problem, dom)
         j, i = choices[int(torch.randint(len(choices), (1,), generator=gen))]
-        kids = split(dom, torch.tensor([[code_of(j), i]]), problem.relus, problem.pre_of, problem.general)
+        kids = split(dom, torch.tensor([[code_of(j), i]]), problem.relus, problem.pre_of, problem.general, problem.beta_of)
         res = beta_crown(model.graph, problem.bounds_of(kids), problem.C[kids.pair], problem.d[kids.pair],
                          problem.row_mask[kids.pair], kids.alphas, kids.betas, kids.signs,
                          opts=BetaOptions(iterations=10))
         gains.append(float((res.lower[:, 0] - dom.lower[0, 0]).sum()))
+        used_beta = used_beta or any(bool((b != 0).any()) for b in res.betas.values())
         for c in range(2):
             child = kids.index(torch.tensor([c]))
             x = torch.cat([x0, lo + (hi - lo) * torch.rand(20000, 3, generator=gen)])
@@ -101,6 +102,7 @@ def test_general_children_hold_on_their_region_and_are_tighter(kind):
         assert bool((kids.lower >= dom.lower[0]).all())
         dom = kids.index(torch.tensor([keep]))
     assert sum(gains) > 0, gains           # cutting intervals tightens the relaxations
+    assert used_beta or kind == "product"  # the cut intervals' constraints entered the bound
 
 
 def _descend(model, problem, dom, x, lo, hi, steps=20):
