@@ -5,8 +5,12 @@ nonlinear op other than ReLU (sigmoid, tanh, sin, GELU, exp, ... or an operand o
 Mul / MatMul), a flat neuron of it, and splits that neuron's interval [l, u] at a point p:
 the first child keeps [p, u], the second [l, p]. Each child's domain is the set of inputs of
 its parent's domain where the neuron lies in its half, so the two children cover the parent
-(p belongs to both); no constraint enters the bound beyond the narrower interval, from which
-every op re-derives its relaxation (tighter on the smaller interval). Sound without beta.
+(p belongs to both). Every op re-derives its relaxation from the narrower interval (tighter on
+the smaller interval), which is sound without more; in addition, where the node feeds an
+elementwise op (`BabProblem.beta_of`), the cut neuron is marked in that op's mask
+(`Domains.signs[op]`) and beta-CROWN adds `b_lo (l - z) + b_up (z - u)` (b >= 0, both terms <= 0 on
+the domain) to the bound, as it does for ReLU splits: the constraint then tightens the other
+neurons too (`ops.activation._split_terms`).
 
 Codes: `decision[:, 0] = GENERAL_SPLIT - j` for node j of `BabProblem.general` (so -3, -4, ...;
 `decision[:, 1]` the flat neuron). The point is chosen from the domain's bounds when it is split
