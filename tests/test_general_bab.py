@@ -5,7 +5,6 @@ attacked points whose split neurons lie in the child's intervals), children are 
 bound agrees with a dense grid (Lipschitz margin) on random instances near the decision boundary."""
 from __future__ import annotations
 
-import math
 import random
 
 import pytest

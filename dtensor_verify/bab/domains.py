@@ -31,7 +31,8 @@ class Domains:
     pair: torch.Tensor        # [n] long: the (region, disjunct) pair of the property it refines
     lower: torch.Tensor       # [n, K] best lower bounds of C y (the pair's rows; d not subtracted)
     bounds: dict              # pre-activation node -> (lower, upper) [n, *S], split neurons clamped
-    signs: dict               # relu node -> [n, *S]: +1 split `z <= 0`, -1 split `z >= 0`, 0 free
+    signs: dict               # relu node -> [n, *S]: +1 split `z <= 0`, -1 split `z >= 0`, 0 free;
+                              # general op (beta_of) -> [n, *S]: 1 where a general split cut its input
     alphas: dict              # relu node -> [n, K, *S] lower slopes of the last bound
     betas: dict               # relu node -> [n, K, *S] split multipliers of the last bound
     depth: torch.Tensor       # [n] long: number of splits
