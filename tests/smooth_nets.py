@@ -4,7 +4,6 @@ truth of general branch and bound's tests (the grid's minimum minus Lipschitz x 
 diagonal is below the true minimum; the grid's minimum is above it)."""
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
