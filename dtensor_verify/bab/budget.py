@@ -33,10 +33,32 @@ def free_memory_bytes(device) -> int:
     return avail // max(local, 1)
 
 
-def auto_batch_size(problem, opts, device, free_bytes=free_memory_bytes) -> int:
-    """Parents per round: `opts.batch_size`, or what `opts.memory_fraction` of the free memory holds."""
+def input_bytes_per_domain(problem) -> int:
+    """Rough bytes one sub-box needs while it is bounded (no autograd with CROWN): its domain,
+    plus the A-matrices of the intermediate bounds recomputed on its box (a node's rows against
+    an earlier node's columns, a few alive at once)."""
+    widest = max((node.numel for node in problem.graph.nodes), default=1)
+    return bytes_per_domain(problem) + 4 * 4 * widest * widest
+
+
+def input_batch_size(problem, opts, device, free_bytes=free_memory_bytes) -> int:
+    """Parents per round when splitting inputs: what `opts.memory_fraction` of the free memory
+    holds for their 2 children each, at most `opts.input_max_batch` (`opts.input_cpu_batch` on a
+    CPU, where a round's time grows with the batch and a smaller one picks the worst boxes more
+    often). A 5-input acasxu network (6 x 50 ReLUs): ~50 KB per child, so an 80 GB GPU holds
+    the cap many times over."""
+    cap = opts.input_cpu_batch if device.type == "cpu" else opts.input_max_batch
+    budget = free_bytes(device) * opts.memory_fraction
+    return int(max(1, min(cap, budget // (2 * input_bytes_per_domain(problem)))))
+
+
+def auto_batch_size(problem, opts, device, free_bytes=free_memory_bytes, mode: str = "relu") -> int:
+    """Parents per round: `opts.batch_size`, or what `opts.memory_fraction` of the free memory
+    holds (`mode` 'input': `input_batch_size`)."""
     if opts.batch_size is not None:
         return max(1, opts.batch_size)
+    if mode == "input":
+        return input_batch_size(problem, opts, device, free_bytes)
     budget = free_bytes(device) * opts.memory_fraction
     # Children are 2x the parents; fsb bounds `candidates` x 2 more (without autograd, ~1/3).
     per_parent = bytes_per_domain(problem) * (2 + 2 * opts.candidates / 3)

@@ -94,3 +94,14 @@ def attack_boxes(problem, domains: Domains, opts, confirm, lockstep: bool, resta
         y = problem.forward(best_x)          # every rank, hits or not (a collective under some layouts)
     hits = (best_v <= 0).nonzero().flatten()
     return confirm(best_x[hits], pair[hits], y[hits]) if hits.numel() else None
+
+
+def pop_crowded(store, k: int):
+    """The `k` deepest open sub-boxes (worst margin first among equals), for a queue over half its
+    limit: depth first on the smallest boxes, whose children are the likeliest to be proved, so the
+    queue stops growing while the search goes on (instead of giving up at the limit)."""
+    if len(store) == 0:
+        return None, None
+    depth = store.domains.depth.to(store.margins.dtype)
+    key = depth + 0.5 * torch.sigmoid(-store.margins.nan_to_num(0.0))   # in [depth, depth + 0.5]
+    return store.pop_largest(key, k)

@@ -50,19 +50,22 @@ class BabOptions:
     candidates: int = 3                 # fsb: candidate splits tried per domain
     beta: BetaOptions = field(default_factory=BetaOptions)
     root_iterations: int = 0            # beta-CROWN steps on the roots (they come from alpha-CROWN)
-    max_domains: int = 500_000          # open domains per worker before giving up (verdict unknown);
-    store_fraction: float = 0.2         # lowered to what this share of the free memory holds (the
-                                        # queue is copied when it grows, so it may take twice that)
+    max_domains: int | None = None      # open domains per worker before giving up (verdict unknown):
+    store_fraction: float = 0.2         # what this share of the free memory holds (the queue is
+                                        # copied when it grows, so it may take twice that), or fewer
     max_rounds: int | None = None       # stop (unknown) after this many rounds (benchmarks: equal work)
     pgd_every: int = 10                 # every this many rounds, a short PGD from the most
     pgd_points: int = 16                # promising domains' vertices (this many per worker)
     progress: bool = False              # a tqdm line on stderr (rank 0)
     split: str = "auto"                 # 'auto' | 'relu' | 'input' (see split_kinds.resolve_mode)
     max_input_dims: int = 16            # auto: input splitting up to this many perturbed inputs
-    input_branching: str = "input_fsb"  # 'input_fsb' | 'input_sb'
+    input_branching: str = "input_sb"   # 'input_sb' | 'input_fsb' (see docs/BENCHMARKS.md, input BaB)
     input_candidates: int = 4           # input_fsb: dimensions tried per sub-box
     input_alpha_iterations: int = 10    # alpha-CROWN steps before input splitting (pipeline stage)
+    input_iterations: int = 0           # optimisation steps per round when splitting inputs (0: CROWN
+                                        # with the parent's slopes, as alpha,beta-CROWN's acasxu config)
     input_cpu_batch: int = 256          # input splitting on a CPU: at most this many parents a round
+    input_max_batch: int = 32768        # input splitting elsewhere: at most this many (memory decides)
 
 
 class BabSolver:
@@ -89,13 +92,11 @@ class BabSolver:
         self.counterexample = None              # what `confirm` / `pgd` confirmed on this worker
         self.template: Domains | None = None    # an empty batch of the right shapes
         self._step_seconds = 0.0                # recent duration of one beta-CROWN step
-        self.batch = auto_batch_size(problem, opts, problem.d.device, free_memory_bytes)
-        self.max_open = opts.max_domains        # lowered to what memory holds when solving starts
         self.mode = input_bab.mode_of(problem, opts)       # 'relu' | 'input': the kind of split
+        self.batch = auto_batch_size(problem, opts, problem.d.device, free_memory_bytes, self.mode)
+        self.max_open = opts.max_domains or 0   # set from memory when solving starts
         self._late = False                      # a round stored its domains unbranched (out of time)
         self._round_seconds = 0.0               # input splitting: the last round (its sweeps can't stop early)
-        if self.mode == "input" and opts.batch_size is None and problem.d.device.type == "cpu":
-            self.batch = min(self.batch, opts.input_cpu_batch)
         self.branching = opts.input_branching if self.mode == "input" else opts.branching
         candidates = opts.input_candidates if self.mode == "input" else opts.candidates
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
@@ -251,13 +252,18 @@ class BabSolver:
         worker agrees on the smallest, so all stop in the same round)."""
         per_domain = max(1, roots.nbytes() // max(1, len(roots)))
         fits = int(free_memory_bytes(roots.pair.device) * self.opts.store_fraction) // per_domain
-        return self.comm.agree_min(max(self.batch * 4, min(self.opts.max_domains, fits)))
+        cap = fits if self.opts.max_domains is None else min(self.opts.max_domains, fits)
+        return self.comm.agree_min(max(self.batch * 4, cap))
 
     def round(self):
         # Worst first, unless the queue is over half full: then the most promising domains, whose
         # children are the likeliest to be proved and leave the queue.
+        # Input splitting, crowded: depth first (the smallest boxes), see input_bab.pop_crowded.
         crowded = len(self.store) > self.max_open // 2
-        parents, margins = (self.store.pop_best if crowded else self.store.pop_worst)(self.batch)
+        if crowded and self.mode == "input":
+            parents, margins = input_bab.pop_crowded(self.store, self.batch)
+        else:
+            parents, margins = (self.store.pop_best if crowded else self.store.pop_worst)(self.batch)
         if parents is None:
             if not self.lockstep:
                 return
@@ -292,8 +298,9 @@ class BabSolver:
         if len(kids):
             self.stats.batch_sizes.append(len(kids))
             self.stats.max_depth = max(self.stats.max_depth, int(kids.depth.max()))
+        steps = self.opts.input_iterations if self.mode == "input" else self.opts.beta.iterations
         with PhaseTimer(self.stats, "bounding"):
-            result = self._bound(kids, self.opts.beta.iterations)
+            result = self._bound(kids, steps)
         self.stats.iterations += result.iterations
         self.stats.bounded += len(kids)
         self._settle(kids, result, kids.lower)
