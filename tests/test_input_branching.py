@@ -104,3 +104,24 @@ def test_acasxu_prop1_heading_is_split():
     prop = read_vnnlib(bench("acasxu_2023/vnnlib/prop_1.vnnlib.gz"), n_inputs=5, n_outputs=5)
     res = verify_instance(model, prop, None, timeout=60)
     assert res.verdict == "unsat", (res.verdict, res.message)
+
+
+def test_fill_batch_splits_the_chosen_dimension_into_parts_that_cover_the_parent():
+    from dtensor_verify.bab import split
+    from dtensor_verify.bab.input_bab import fill_batch, with_boxes
+
+    net, shape = random_mlp([3, 8, 2], seed=1)
+    model = dv.load(net, input_shape=shape)
+    lo, hi = torch.tensor([[-1.0, 0.0, 2.0]]), torch.tensor([[1.0, 0.5, 3.0]])
+    problem, roots = root_problem(model, lo, hi, torch.tensor([[[1.0, -1.0]]]), torch.zeros(1, 1))
+    roots = with_boxes(problem, roots)
+    decision = torch.tensor([[INPUT_SPLIT, 2]])
+    kids = fill_batch(split(roots, decision, problem.relus, problem.pre_of), decision, 17, problem)
+    assert len(kids) == 16 and kids.depth.tolist() == [4] * 16
+    klo, khi = kids.box
+    assert torch.equal(klo[:, :2], lo[:, :2].expand(16, 2)) and torch.equal(khi[:, :2], hi[:, :2].expand(16, 2))
+    edges = sorted(zip(klo[:, 2].tolist(), khi[:, 2].tolist()))
+    assert edges[0][0] == 2.0 and edges[-1][1] == 3.0
+    assert all(a[1] == b[0] for a, b in zip(edges, edges[1:]))         # no gap, no overlap
+    assert all(abs((b - a) - 1 / 16) < 1e-6 for a, b in edges)
+    assert len(fill_batch(split(roots, decision, problem.relus, problem.pre_of), decision, 3, problem)) == 2

@@ -18,7 +18,7 @@ import torch
 from ..attack import pgd
 from ..margin import margin, spec_rows
 from ..methods.crown import CrownOptions, intermediate_bounds
-from .domains import Domains
+from .domains import Domains, split
 from .split_kinds import perturbed_dims, relu_neurons, resolve_mode
 
 
@@ -105,3 +105,18 @@ def pop_crowded(store, k: int):
     depth = store.domains.depth.to(store.margins.dtype)
     key = depth + 0.5 * torch.sigmoid(-store.margins.nan_to_num(0.0))   # in [depth, depth + 0.5]
     return store.pop_largest(key, k)
+
+
+def fill_batch(kids: Domains, decision: torch.Tensor, room: int, problem) -> Domains:
+    """Children split again along their parent's dimension (2 -> 4 -> 8 ... parts of it) while
+    twice their number still fits in `room` (the children a round may bound): a frontier smaller
+    than the batch (the first rounds, a nearly finished search, a worker of several with few
+    domains) uses the spare room at once instead of one halving per round. Sound like any split:
+    the parts cover the parent, and their bounds are recomputed on their own boxes."""
+    if len(kids) == 0:
+        return kids
+    dec = torch.cat([decision, decision])                    # child i comes from parent i % n
+    while 2 * len(kids) <= room:
+        kids = split(kids, dec, problem.relus, problem.pre_of)
+        dec = torch.cat([dec, dec])
+    return kids

@@ -59,13 +59,14 @@ class BabOptions:
     progress: bool = False              # a tqdm line on stderr (rank 0)
     split: str = "auto"                 # 'auto' | 'relu' | 'input' (see split_kinds.resolve_mode)
     max_input_dims: int = 16            # auto: input splitting up to this many perturbed inputs
-    input_branching: str = "input_sb"   # 'input_sb' | 'input_fsb' (see docs/BENCHMARKS.md, input BaB)
+    input_branching: str = "input_sb"   # 'input_sb' | 'input_fsb' | 'input_widest' (docs/BENCHMARKS.md)
     input_candidates: int = 4           # input_fsb: dimensions tried per sub-box
     input_alpha_iterations: int = 10    # alpha-CROWN steps before input splitting (pipeline stage)
     input_iterations: int = 0           # optimisation steps per round when splitting inputs (0: CROWN
                                         # with the parent's slopes, as alpha,beta-CROWN's acasxu config)
     input_cpu_batch: int = 256          # input splitting on a CPU: at most this many parents a round
     input_max_batch: int = 32768        # input splitting elsewhere: at most this many (memory decides)
+    input_fill: bool = True             # a small frontier: split along the chosen dim into more parts
 
 
 class BabSolver:
@@ -100,7 +101,8 @@ class BabSolver:
         self.branching = opts.input_branching if self.mode == "input" else opts.branching
         candidates = opts.input_candidates if self.mode == "input" else opts.candidates
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
-                                    self._bound_once, candidates, problem.graph.input_name)
+                                    self._bound_once, candidates, problem.graph.input_name,
+                                    (problem.box_lower, problem.box_upper))
 
     @property
     def found(self) -> bool:
@@ -292,6 +294,8 @@ class BabSolver:
         # Only a domain stored after the clock ran out lacks a decision, and the run stops first.
         assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
         kids = split(parents, parents.decision, self.problem.relus, self.problem.pre_of)
+        if self.mode == "input" and self.opts.input_fill:
+            kids = input_bab.fill_batch(kids, parents.decision, 2 * self.batch, self.problem)
         if self.mode == "input" or bool(needs_refresh(parents.decision).any()):
             with PhaseTimer(self.stats, "bounding"):
                 kids.bounds = input_bab.refreshed(self.problem, kids, self.lockstep)
