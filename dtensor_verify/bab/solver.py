@@ -67,6 +67,7 @@ class BabOptions:
     input_cpu_batch: int = 256          # input splitting on a CPU: at most this many parents a round
     input_max_batch: int = 32768        # input splitting elsewhere: at most this many (memory decides)
     input_fill: bool = True             # a small frontier: split along the chosen dim into more parts
+    input_attack_every: int = 4         # PGD inside the most promising sub-boxes every this many rounds
 
 
 class BabSolver:
@@ -180,7 +181,8 @@ class BabSolver:
             found = self._attack(rest, None if lA_in is None else lA_in[open_idx])
             self.counterexample = self.counterexample or found or None
             # Under lockstep every rank takes the PGD step (its forward passes are collectives).
-            if self.mode == "input" and (self.lockstep or not self.found):
+            if self.mode == "input" and (self.lockstep or not self.found) \
+                    and self.stats.rounds % self.opts.input_attack_every == 0:
                 found = input_bab.attack_boxes(p, rest, self.opts, self.confirm, self.lockstep)
                 self.counterexample = self.counterexample or found or None
         if self.found and not self.lockstep:
