@@ -125,3 +125,13 @@ def test_fill_batch_splits_the_chosen_dimension_into_parts_that_cover_the_parent
     assert all(a[1] == b[0] for a, b in zip(edges, edges[1:]))         # no gap, no overlap
     assert all(abs((b - a) - 1 / 16) < 1e-6 for a, b in edges)
     assert len(fill_batch(split(roots, decision, problem.relus, problem.pre_of), decision, 3, problem)) == 2
+
+
+def test_round_room_is_paced_by_the_time_left():
+    from dtensor_verify.bab.input_bab import FIRST_ROUND_CHILDREN, room_this_round
+
+    assert room_this_round(16384, None, 100.0) == FIRST_ROUND_CHILDREN       # nothing timed yet
+    assert room_this_round(256, None, 100.0) == 512
+    assert room_this_round(16384, 1e-5, 100.0) == 32768                     # fast: the whole batch
+    assert room_this_round(16384, 1e-3, 10.0) == 2000                        # a fifth of 10 s
+    assert room_this_round(16384, 1.0, 0.1) == 2

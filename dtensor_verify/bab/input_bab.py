@@ -120,3 +120,16 @@ def fill_batch(kids: Domains, decision: torch.Tensor, room: int, problem) -> Dom
         kids = split(kids, dec, problem.relus, problem.pre_of)
         dec = torch.cat([dec, dec])
     return kids
+
+
+FIRST_ROUND_CHILDREN = 2048     # before any round is timed
+
+
+def room_this_round(batch: int, child_seconds: float | None, time_left: float) -> int:
+    """Children this round may bound: 2 x batch, but at most `FIRST_ROUND_CHILDREN` while the time
+    per child is unknown, and at most what a fifth of the time left covers at the last round's
+    rate (a round cannot stop early: a 65536-child first round could overrun the limit)."""
+    room = 2 * batch
+    if child_seconds is None:
+        return min(room, FIRST_ROUND_CHILDREN)
+    return max(2, min(room, int(0.2 * time_left / max(child_seconds, 1e-9))))

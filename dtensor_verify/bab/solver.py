@@ -65,8 +65,10 @@ class BabOptions:
     input_iterations: int = 0           # optimisation steps per round when splitting inputs (0: CROWN
                                         # with the parent's slopes, as alpha,beta-CROWN's acasxu config)
     input_cpu_batch: int = 256          # input splitting on a CPU: at most this many parents a round
-    input_max_batch: int = 32768        # input splitting elsewhere: at most this many (memory decides)
-    input_fill: bool = True             # a small frontier: split along the chosen dim into more parts
+    input_max_batch: int = 16384        # input splitting elsewhere: at most this many (memory decides)
+    input_fill: bool = False            # a small frontier: split along the chosen dim into more parts
+                                        # (off: on acasxu prop_1 one dimension sliced 512 ways
+                                        # left 2_7..4_7 open at 30 s, see scripts/bench_input_bab.py)
     input_attack_every: int = 4         # PGD inside the most promising sub-boxes every this many rounds
 
 
@@ -99,6 +101,8 @@ class BabSolver:
         self.max_open = opts.max_domains or 0   # set from memory when solving starts
         self._late = False                      # a round stored its domains unbranched (out of time)
         self._round_seconds = 0.0               # input splitting: the last round (its sweeps can't stop early)
+        self._child_seconds = None              # ... and its seconds per child (None: no round yet)
+        self._room = None                       # ... children this round may bound
         self.branching = opts.input_branching if self.mode == "input" else opts.branching
         candidates = opts.input_candidates if self.mode == "input" else opts.candidates
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
@@ -264,21 +268,26 @@ class BabSolver:
         # children are the likeliest to be proved and leave the queue.
         # Input splitting, crowded: depth first (the smallest boxes), see input_bab.pop_crowded.
         crowded = len(self.store) > self.max_open // 2
+        k = self.batch
+        if self.mode == "input":
+            self._room = input_bab.room_this_round(self.batch, self._child_seconds, self.time_left())
+            k = max(1, min(k, self._room // 2))
         if crowded and self.mode == "input":
-            parents, margins = input_bab.pop_crowded(self.store, self.batch)
+            parents, margins = input_bab.pop_crowded(self.store, k)
         else:
-            parents, margins = (self.store.pop_best if crowded else self.store.pop_worst)(self.batch)
+            parents, margins = (self.store.pop_best if crowded else self.store.pop_worst)(k)
         if parents is None:
             if not self.lockstep:
                 return
             parents = self.template
-        t = time.perf_counter()
+        t, before = time.perf_counter(), self.stats.bounded
         try:
             self._bound_children(parents)
             if self.mode == "input":
                 # Never lowered: the reserve must not shrink between a round that stored its
                 # domains unbranched (out of time) and the sync that stops the run.
                 self._round_seconds = max(self._round_seconds, time.perf_counter() - t)
+                self._child_seconds = (time.perf_counter() - t) / max(1, self.stats.bounded - before)
         except Exception as exc:
             # One worker alone (no collective inside a round) can take a smaller batch: the
             # parents go back to the queue unchanged, so no domain is lost (a lost domain would
@@ -297,7 +306,7 @@ class BabSolver:
         assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
         kids = split(parents, parents.decision, self.problem.relus, self.problem.pre_of)
         if self.mode == "input" and self.opts.input_fill:
-            kids = input_bab.fill_batch(kids, parents.decision, 2 * self.batch, self.problem)
+            kids = input_bab.fill_batch(kids, parents.decision, self._room or 2 * self.batch, self.problem)
         if self.mode == "input" or bool(needs_refresh(parents.decision).any()):
             with PhaseTimer(self.stats, "bounding"):
                 kids.bounds = input_bab.refreshed(self.problem, kids, self.lockstep)
