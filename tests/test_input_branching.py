@@ -135,3 +135,12 @@ def test_round_room_is_paced_by_the_time_left():
     assert room_this_round(16384, 1e-5, 100.0) == 32768                     # fast: the whole batch
     assert room_this_round(16384, 1e-3, 10.0) == 2000                        # a fifth of 10 s
     assert room_this_round(16384, 1.0, 0.1) == 2
+
+
+def test_processes_sharing_a_device_each_take_their_part(monkeypatch):
+    from dtensor_verify.bab.budget import free_memory_bytes
+
+    monkeypatch.delenv("DTENSOR_VERIFY_SHARE_DEVICE", raising=False)
+    whole = free_memory_bytes(torch.device("cpu"))
+    monkeypatch.setenv("DTENSOR_VERIFY_SHARE_DEVICE", "8")
+    assert abs(free_memory_bytes(torch.device("cpu")) - whole // 8) < whole // 50

@@ -18,6 +18,7 @@ PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}
 [ -n "${SKIP_WHEELS:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 SRC="$ROOT"; [ -d .gpu_src ] && SRC="$ROOT/.gpu_src"
 export PYTHONPATH="$SRC:/tmp/site" PYTHONUNBUFFERED=1
+export DTENSOR_VERIFY_SHARE_DEVICE=$WORKERS    # each process sizes its batch and queue for 1/WORKERS of the GPU
 $PY -c "import torch, scipy, onnxruntime; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', 'scipy', scipy.__version__)"
 D=.bench_data/$BENCH
 mkdir -p "$OUT/parts"
