@@ -138,9 +138,19 @@ def test_round_room_is_paced_by_the_time_left():
 
 
 def test_processes_sharing_a_device_each_take_their_part(monkeypatch):
+    import builtins
+    import io
+
     from dtensor_verify.bab.budget import free_memory_bytes
 
+    real_open = builtins.open
+    fake = "MemTotal: 1000 kB\nMemAvailable: 800000 kB\n"
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: io.StringIO(fake) if f == "/proc/meminfo"
+                        else real_open(f, *a, **k))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.delenv("DTENSOR_VERIFY_SHARE_DEVICE", raising=False)
-    whole = free_memory_bytes(torch.device("cpu"))
+    assert free_memory_bytes(torch.device("cpu")) == 800000 * 1024
     monkeypatch.setenv("DTENSOR_VERIFY_SHARE_DEVICE", "8")
-    assert abs(free_memory_bytes(torch.device("cpu")) - whole // 8) < whole // 50
+    assert free_memory_bytes(torch.device("cpu")) == 100000 * 1024
+    monkeypatch.setenv("DTENSOR_VERIFY_SHARE_DEVICE", "many")
+    assert free_memory_bytes(torch.device("cpu")) == 800000 * 1024
