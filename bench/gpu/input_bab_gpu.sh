@@ -7,8 +7,9 @@
 # all sharing the one GPU; every process stops by WALL_S seconds (default 540), and instances left
 # unrun are counted as not run. Prints one summary table; CSVs go to OUT.
 # PY (default python3), DEVICE (default cuda), SKIP_WHEELS=1 (a dry run here: PY=.venv/bin/python DEVICE=cpu).
-# ONLY=FILE: run only the instances of FILE (rows of the benchmark's instances.csv, e.g.
-# docs/benchmarks/input_bab_h100/acasxu_hard12.csv), not all of them.
+# INSTANCES=CSV: these instances (paths relative to the benchmark folder, e.g. a subset in
+# bench/gpu/subsets/, or docs/benchmarks/input_bab_h100/acasxu_hard12.csv) instead of the folder's
+# instances.csv.
 # The code run is .gpu_src/ when present (a staged copy of a branch), else this checkout.
 set -uo pipefail
 BENCH=$1; OUT=$2; WORKERS=${3:-8}; SCALE=${4:-1.0}; WALL=${5:-540}
@@ -22,7 +23,7 @@ export DTENSOR_VERIFY_SHARE_DEVICE=$WORKERS    # each process sizes its batch an
 $PY -c "import torch, scipy, onnxruntime; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', 'scipy', scipy.__version__)"
 D=.bench_data/$BENCH
 mkdir -p "$OUT/parts"
-tail -n +1 "${ONLY:-$D/instances.csv}" | grep -v '^\s*$' > "$OUT/parts/all.csv" || exit 1
+tail -n +1 "${INSTANCES:-$D/instances.csv}" | grep -v '^\s*$' > "$OUT/parts/all.csv"
 for k in $(seq 0 $((WORKERS-1))); do
   awk -v n="$WORKERS" -v k="$k" 'NR % n == k' "$OUT/parts/all.csv" > "$OUT/parts/part$k.csv"
   timeout -k 5 "$WALL" $PY -m dtensor_verify --threads 2 benchmark "$D" --instances "$OUT/parts/part$k.csv" \
