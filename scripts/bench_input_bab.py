@@ -8,8 +8,9 @@ runs once per configuration (`verify_instance` with the pipeline's attack, CROWN
 branch and bound; model loading not timed), one after the other in this process, after one warm-up
 run (the first `torch.optim.Adam` imports torch._dynamo: seconds). Configurations (CONFIGS below):
 `main033037c` is the default before this change (`input_fsb`: 4 trial splits per sub-box, 20
-optimisation steps per round, no coefficient floor, PGD in sub-boxes every round); `sb_floor` the
-default after it (`input_sb` with the coefficient floor, CROWN per round, PGD every 4 rounds);
+optimisation steps per round, no coefficient floor, PGD in sub-boxes every round); `sb_floor`:
+`input_sb` with the coefficient floor, CROWN per round, PGD every 4 rounds; `sb_floor_clip` (the
+default) adds domain clipping (open sub-boxes shrunk to where a counterexample can lie);
 `sb_floor_fill` adds `input_fill` (a small frontier split along the chosen dimension into more parts). Prints a
 Markdown table (verdict, seconds, sub-boxes, depth per instance and config; decided count and
 decided per minute per config) and writes OUT/input_bab_configs.csv and .md.
@@ -28,13 +29,14 @@ DEFAULT_BENCH = ROOT.parent.parent / "shared" / "benchmarks" / "acasxu_2023"
 
 # name -> (BabOptions fields, input_sb coefficient floor)
 CONFIGS = {
-    "main033037c": ({"input_branching": "input_fsb", "input_iterations": 20, "input_fill": False,
+    "main033037c": ({"input_branching": "input_fsb", "input_iterations": 20, "input_fill": False, "input_clip": False,
                      "input_attack_every": 1, "input_max_batch": 2048}, 0.0),
-    "sb": ({"input_branching": "input_sb", "input_fill": False}, 0.0),
-    "sb_floor": ({"input_branching": "input_sb", "input_fill": False}, 0.1),                # the default
-    "widest": ({"input_branching": "input_widest", "input_fill": False}, 0.1),
-    "fsb_floor": ({"input_branching": "input_fsb", "input_fill": False}, 0.1),
-    "sb_floor_fill": ({"input_branching": "input_sb", "input_fill": True}, 0.1),
+    "sb": ({"input_branching": "input_sb", "input_fill": False, "input_clip": False}, 0.0),
+    "sb_floor": ({"input_branching": "input_sb", "input_fill": False, "input_clip": False}, 0.1),
+    "sb_floor_clip": ({"input_branching": "input_sb", "input_fill": False, "input_clip": True}, 0.1),  # default
+    "widest": ({"input_branching": "input_widest", "input_fill": False, "input_clip": False}, 0.1),
+    "fsb_floor": ({"input_branching": "input_fsb", "input_fill": False, "input_clip": False}, 0.1),
+    "sb_floor_fill": ({"input_branching": "input_sb", "input_fill": True, "input_clip": False}, 0.1),
 }
 
 

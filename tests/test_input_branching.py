@@ -154,3 +154,49 @@ def test_processes_sharing_a_device_each_take_their_part(monkeypatch):
     assert free_memory_bytes(torch.device("cpu")) == 100000 * 1024
     monkeypatch.setenv("DTENSOR_VERIFY_SHARE_DEVICE", "many")
     assert free_memory_bytes(torch.device("cpu")) == 800000 * 1024
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_clipped_boxes_keep_every_sampled_counterexample(seed):
+    """Domain clipping (input_bab.clip_boxes) only cuts away points where some row's CROWN bound
+    already exceeds its threshold: every sampled point of the box that violates the property on
+    all rows stays inside the clipped box, and some thresholds do clip."""
+    from dtensor_verify.bab import BabSolver, split
+    from dtensor_verify.bab.input_bab import clip_boxes, with_boxes
+    from dtensor_verify.methods.beta_crown import beta_crown, BetaOptions
+
+    net, shape = random_mlp([3, 16, 16, 3], seed=20 + seed)
+    model = dv.load(net, input_shape=shape)
+    lo, hi = -torch.ones(1, 3), torch.ones(1, 3)
+    C = torch.tensor([[[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]]])
+    gen = torch.Generator().manual_seed(seed)
+    pts = lo + (hi - lo) * torch.rand(20000, 3, generator=gen)
+    with torch.no_grad():
+        vals = torch.einsum("km,sm->sk", C[0], model.forward(pts))
+    clipped = 0
+    for q in (0.002, 0.02, 0.1):
+        d = torch.quantile(vals, q, dim=0).reshape(1, 2)          # some points violate both rows
+        problem, roots = root_problem(model, lo, hi, C, d)
+        roots = with_boxes(problem, roots)
+        for dims in ([0, 1, 2], [0, 1, 2, 0, 1, 2]):
+            kids = roots
+            for dim in dims:
+                dec = torch.tensor([[-2, dim]]).expand(len(kids), 2)
+                kids = split(kids, dec, problem.relus, problem.pre_of)
+            solver = BabSolver(problem, BabOptions(batch_size=8, split="input"), lambda: 1e9, lambda *a: None)
+            kids.bounds = __import__("dtensor_verify.bab.input_bab", fromlist=["x"]).refreshed(problem, kids, False)
+            with torch.no_grad():
+                res = beta_crown(problem.graph, problem.bounds_of(kids), C[kids.pair], d[kids.pair],
+                                 problem.row_mask[kids.pair], kids.alphas, kids.betas, kids.signs, problem.layout,
+                                 BetaOptions(iterations=0))
+            new_lo, new_hi = clip_boxes(problem, kids, res.lA[problem.graph.input_name], res.lower)
+            blo, bhi = kids.box
+            assert bool((new_lo >= blo).all() and (new_hi <= bhi).all() and (new_lo <= new_hi).all())
+            clipped += int(((new_lo > blo) | (new_hi < bhi)).sum())
+            bad = (vals <= d).all(1)                                   # violate every row
+            for i in range(len(kids)):
+                inside = ((pts >= blo[i]) & (pts <= bhi[i])).all(1) & bad
+                kept = ((pts[inside] >= new_lo[i]) & (pts[inside] <= new_hi[i])).all(1)
+                assert bool(kept.all()), (q, dims, i, pts[inside][~kept][:3])
+            del solver
+    assert clipped > 0

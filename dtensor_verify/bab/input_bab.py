@@ -133,3 +133,32 @@ def room_this_round(batch: int, child_seconds: float | None, time_left: float) -
     if child_seconds is None:
         return min(room, FIRST_ROUND_CHILDREN)
     return max(2, min(room, int(0.2 * time_left / max(child_seconds, 1e-9))))
+
+
+CLIP_SLACK = 1e-3       # a clipped side moves back out by this share of the box's width (rounding)
+
+
+def clip_boxes(problem, boxes: Domains, lA_in: torch.Tensor, lower: torch.Tensor) -> tuple:
+    """Each open sub-box shrunk to the part where a counterexample can still lie (alpha,beta-CROWN's
+    domain clipping). The bound of row k is linear on the box, `L_k(x) = A_k x + b_k <= (C y)_k`,
+    with `min over the box = lower_k`; a counterexample needs `(C y)_k <= d_k` on every real row,
+    so `L_k(x) <= d_k`, which bounds each `x_i` given the others at their best. `lA_in` [n, K, *S]
+    and `lower` [n, K] must come from the same CROWN pass (no optimisation steps). A side that
+    would leave the box empty is not moved (the box stays as it was)."""
+    lo, hi = (t.flatten(1) for t in boxes.box)                                   # [n, N]
+    A = lA_in.flatten(2)                                                         # [n, K, N]
+    centre, radius = (lo + hi) / 2, (hi - lo) / 2
+    bias = lower - (A * centre.unsqueeze(1)).sum(-1) + (A.abs() * radius.unsqueeze(1)).sum(-1)     # [n, K]
+    d, rows = problem.d[boxes.pair], problem.row_mask[boxes.pair]
+    least = torch.minimum(A * lo.unsqueeze(1), A * hi.unsqueeze(1))              # [n, K, N]
+    room = (d - bias).unsqueeze(-1) - (least.sum(-1, keepdim=True) - least)      # A_ki x_i <= room
+    cut = room / torch.where(A == 0, torch.ones_like(A), A)
+    real = rows.unsqueeze(-1) & torch.isfinite(cut)
+    up = torch.where(real & (A > 0), cut, torch.inf).min(1).values
+    down = torch.where(real & (A < 0), cut, -torch.inf).max(1).values
+    slack = CLIP_SLACK * (hi - lo)
+    new_lo, new_hi = torch.maximum(lo, down - slack), torch.minimum(hi, up + slack)
+    keep = new_lo <= new_hi
+    new_lo, new_hi = torch.where(keep, new_lo, lo), torch.where(keep, new_hi, hi)
+    shape = boxes.box[0].shape
+    return new_lo.reshape(shape), new_hi.reshape(shape)

@@ -67,9 +67,9 @@ class BabOptions:
     input_cpu_batch: int = 256          # input splitting on a CPU: at most this many parents a round
     input_max_batch: int = 16384        # input splitting elsewhere: at most this many (memory decides)
     input_fill: bool = False            # a small frontier: split along the chosen dim into more parts
-                                        # (off: on acasxu prop_1 one dimension sliced 512 ways
-                                        # left 2_7..4_7 open at 30 s, see scripts/bench_input_bab.py)
+                                        # (off: it left acasxu 2_7..4_7 prop_1 open, BENCHMARKS.md)
     input_attack_every: int = 4         # PGD inside the most promising sub-boxes every this many rounds
+    input_clip: bool = True             # shrink open sub-boxes to where a counterexample can lie
 
 
 class BabSolver:
@@ -101,8 +101,7 @@ class BabSolver:
         self.max_open = opts.max_domains or 0   # set from memory when solving starts
         self._late = False                      # a round stored its domains unbranched (out of time)
         self._round_seconds = 0.0               # input splitting: the last round (its sweeps can't stop early)
-        self._child_seconds = None              # ... and its seconds per child (None: no round yet)
-        self._room = None                       # ... children this round may bound
+        self._child_seconds, self._room = None, None   # ... its seconds per child; children this round
         self.branching = opts.input_branching if self.mode == "input" else opts.branching
         candidates = opts.input_candidates if self.mode == "input" else opts.candidates
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
@@ -180,8 +179,10 @@ class BabSolver:
         self.stats.proved += int(proved.sum())
         open_idx = (~proved).nonzero().flatten()
         rest = kids.index(open_idx)
+        lA_in = result.lA.get(p.graph.input_name)
+        if self.mode == "input" and self.opts.input_clip and result.iterations == 0 and lA_in is not None:
+            rest.box = input_bab.clip_boxes(p, rest, lA_in[open_idx], result.lower[open_idx])
         with PhaseTimer(self.stats, "attack"):
-            lA_in = result.lA.get(p.graph.input_name)
             found = self._attack(rest, None if lA_in is None else lA_in[open_idx])
             self.counterexample = self.counterexample or found or None
             # Under lockstep every rank takes the PGD step (its forward passes are collectives).
@@ -264,9 +265,8 @@ class BabSolver:
         return self.comm.agree_min(max(self.batch * 4, cap))
 
     def round(self):
-        # Worst first, unless the queue is over half full: then the most promising domains, whose
-        # children are the likeliest to be proved and leave the queue.
-        # Input splitting, crowded: depth first (the smallest boxes), see input_bab.pop_crowded.
+        # Worst first, unless the queue is over half full: then the most promising domains (input
+        # splitting: the deepest, input_bab.pop_crowded), likeliest to be proved and leave the queue.
         crowded = len(self.store) > self.max_open // 2
         k = self.batch
         if self.mode == "input":
@@ -284,8 +284,8 @@ class BabSolver:
         try:
             self._bound_children(parents)
             if self.mode == "input":
-                # Never lowered: the reserve must not shrink between a round that stored its
-                # domains unbranched (out of time) and the sync that stops the run.
+                # Never lowered: the reserve must not shrink between a round that stored its domains
+                # unbranched (out of time) and the sync that stops the run.
                 self._round_seconds = max(self._round_seconds, time.perf_counter() - t)
                 self._child_seconds = (time.perf_counter() - t) / max(1, self.stats.bounded - before)
         except Exception as exc:
