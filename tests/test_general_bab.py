@@ -226,15 +226,13 @@ def test_general_score_follows_gap_times_weight():
     """The score of a neuron is its relaxation's mean gap times |lA| at the op's output: a neuron
     the bound does not use scores (almost) nothing, a wider interval scores more; the decision
     codes name general splits."""
-    from dtensor_verify.bab.branching import BranchingContext
+    from dtensor_verify.bab.branching import context_for
     from dtensor_verify.bab.branching.general import general_scores, mixed_sr
     from dtensor_verify.bab.general_split import node_of
 
     net = smooth_net("sigmoid", 2, seed=0)
     model, problem, roots, lo, hi = _problem(net, 2, 0.0)
-    ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask, None, 3,
-                           problem.graph.input_name, problem.graph, tuple(problem.general),
-                           tuple(problem.general_ops))
+    ctx = context_for(problem, None, 3)
     op = problem.general_ops[0]
     name = problem.general[0]
     A = torch.zeros(1, 1, 6)

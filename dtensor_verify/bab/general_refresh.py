@@ -37,6 +37,18 @@ def first_split_node(problem, decision: torch.Tensor | None) -> int | None:
 EMPTY_TOL = 1e-5         # lower above upper by more than this (relative) marks a region empty
 
 
+def refresh_children(problem, kids, decision: torch.Tensor, lockstep: bool) -> None:
+    """Bound again, in place, the layers behind the general splits that made `kids` from parents
+    with these decisions; children whose region came out empty get the lower bound +inf (no input
+    lies there: proved). Ranks in lockstep take the same sweeps whatever their domains: from the
+    first node a general split may cut."""
+    start = first_split_node(problem, None if lockstep else decision)
+    if start is None:
+        return
+    kids.bounds, empty = refine_after(problem, kids, start, lockstep)
+    kids.lower = torch.where(empty.unsqueeze(1), torch.full_like(kids.lower, torch.inf), kids.lower)
+
+
 def refine_after(problem, kids, start: int, lockstep: bool) -> tuple[dict, torch.Tensor]:
     """The children's bounds, with every carried node after graph position `start` bounded again
     (all of its neurons), in graph order so each sweep sees the refined intervals before it; and

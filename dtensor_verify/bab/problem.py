@@ -43,6 +43,8 @@ class BabProblem:
                    and hasattr(self.graph[c].op, "fn") and len(self.graph[c].inputs) == 1]
             if ops:
                 self.beta_of[name] = ops[0]
+        # Nodes whose lower A-matrix branching heuristics read (BetaResult.lA).
+        self.scored = set(self.pre_of) | set(self.general_ops) | {self.graph.input_name}
 
     def bounds_of(self, domains) -> dict:
         bounds = dict(domains.bounds)
