@@ -257,13 +257,17 @@ def load_onnx(path: str | os.PathLike) -> LoadedModel:
     dtype = _check_float32(proto, path)
     _check_finite(proto, path)
     proto = _normalise_proto(proto, path)
+    from .batch_axis import add_batch_axis, needs_batch_axis
     from .onnx_rewrites import rewrite_batchnorm
 
     proto = rewrite_batchnorm(proto)
     name, full_shape = _input_shape_of(proto, path)
+    # Leading dim of size 1 on a rank>=2 input is the batch dim, unless the model has none (rank 1,
+    # first dim > 1) or uses it as data: then it gets an explicit one (batch_axis.py).
+    per_sample = full_shape[1:]
+    if needs_batch_axis(proto):
+        proto, per_sample = add_batch_axis(proto, str(path)), full_shape
     module = _convert(proto, path)
-    # Leading dim of size 1 on a rank>=2 input is the batch dim; a rank-1 input has none.
-    per_sample = full_shape[1:] if len(full_shape) >= 2 and full_shape[0] == 1 else full_shape
     module = canonicalize(module.eval(), tuple(per_sample), str(path), dtype)
     return LoadedModel(module, tuple(per_sample), full_shape, name, str(path), dtype=dtype)
 
