@@ -357,9 +357,6 @@ def test_conformance_suite_claimed_categories(tmp_path, monkeypatch, capsys):
 
 # Cases of claimed categories that answer `unknown` or refuse with an error line (suspect), with the
 # reason; see docs/VNNLIB2.md. None is a wrong verdict.
-_BATCH = ("the network's input has no leading batch dim of 1 (rank-1, or first dim > 1) or the op works on "
-          "axis 0: the bound graph puts a batch dim in front, the op's axes shift, and the load fails")
-_SELF_CHECK = "the converted Reduce* differs from onnxruntime (axes over the missing batch dim): the self-check refuses it"
 KNOWN_SUSPECT: dict[str, str] = {
     # N2 (isomorphic-to N1) declares float16 where N1 has float32: the standard's own parser rejects
     # it as a type error ("Type mismatch for variable number 0 between networks"); the suite expects unsat.
@@ -376,13 +373,7 @@ KNOWN_SUSPECT: dict[str, str] = {
     **{f"where0{i}": "Greater (the Where condition from the input): not claimed, no bound rule" for i in range(1, 7)},
     # ops side: rules exist, but the relaxation is too loose to prove unsat (no input splitting here)
     "mul03": "Mul of two perturbed tensors: unknown after ~1 s (McCormick does not prove it, the search ends)",
-    **{f"softmax0{i}": "Softmax over a wide box: bounds too loose to prove unsat" for i in (1, 3, 4)},
-    # the batch-dim convention (loader / product graph)
-    **{f"concat0{i}": _BATCH for i in (1, 2)}, **{f"div0{i}": _BATCH for i in range(1, 5)},
-    **{f"gather0{i}": _BATCH for i in range(1, 7)}, **{f"reshape0{i}": _BATCH for i in range(1, 5)},
-    **{f"slice0{i}": _BATCH for i in (1, 2, 3, 5)}, **{f"transpose0{i}": _BATCH for i in range(1, 5)},
-    **{f"reducesum0{i}": _BATCH for i in (5, 6)}, "softmax05": _BATCH,
-    **{f"reducemean0{i}": _SELF_CHECK for i in (1, 2)}, **{f"reducesum0{i}": _SELF_CHECK for i in (3, 4)},
+    **{f"softmax0{i}": "Softmax over a wide box: bounds too loose to prove unsat" for i in (1, 3, 4, 5)},
 }
 
 
