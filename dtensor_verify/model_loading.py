@@ -254,9 +254,9 @@ def load_onnx(path: str | os.PathLike) -> LoadedModel:
     _check_finite(proto, path)
     proto = _normalise_proto(proto, path)
     from .batch_axis import add_batch_axis, needs_batch_axis
-    from .onnx_rewrites import rewrite_batchnorm
+    from .onnx_rewrites import canonical_onnx
 
-    proto = rewrite_batchnorm(proto)
+    proto = canonical_onnx(proto)
     name, full_shape = _input_shape_of(proto, path)
     # Leading dim of size 1 on a rank>=2 input is the batch dim, unless the model has none (rank 1,
     # first dim > 1) or uses it as data: then it gets an explicit one (batch_axis.py).

@@ -289,6 +289,7 @@ def load_product(query, files: dict, M: np.ndarray, device=None) -> Product:
     """The product model of the query's networks (`files`: name -> ONNX path, from check_mapping)."""
     from .api import BoundedModel
     from .batch_axis import add_batch_axis, needs_batch_axis
+    from .onnx_rewrites import canonical_onnx
     from .model_loading import _check_float32, _convert, _normalise_proto, load_onnx_proto, trace_module
 
     protos, nets = {}, []
@@ -303,7 +304,7 @@ def load_product(query, files: dict, M: np.ndarray, device=None) -> Product:
             _check_isomorphic(query, net, declared[net.isomorphic_to], proto, protos, files)
         _check_float32(proto, path)
         hidden = [d.onnx_name for d in net.hidden]
-        full = _with_hidden(_normalise_proto(copy.deepcopy(proto), path), hidden)
+        full = _with_hidden(canonical_onnx(_normalise_proto(copy.deepcopy(proto), path)), hidden)
         batch_added = needs_batch_axis(full)    # no leading batch dim of 1, or ops on axis 0
         converted = add_batch_axis(full, path) if batch_added else copy.deepcopy(full)
         try:
