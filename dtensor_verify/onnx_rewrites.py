@@ -6,6 +6,7 @@
   broadcast along dim 1.
 * Split at opset 18 (no onnx2torch converter): one Slice per output.
 * Conv / pooling `auto_pad` (SAME_UPPER, SAME_LOWER, VALID): the explicit pads.
+* Comparisons / Cast to BOOL of perturbed tensors as float indicators (`onnx_booleans.py`).
 
 The load-time self-check compares the result with onnxruntime.
 """
@@ -218,4 +219,6 @@ def rewrite_auto_pad(proto):
 
 def canonical_onnx(proto):
     """Every rewrite of this module, in order (the loader and the 2.0 product graph)."""
-    return rewrite_auto_pad(rewrite_split18(rewrite_batchnorm(proto)))
+    from .onnx_booleans import rewrite_comparisons
+
+    return rewrite_comparisons(rewrite_auto_pad(rewrite_split18(rewrite_batchnorm(proto))))
