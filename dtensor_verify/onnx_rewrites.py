@@ -7,6 +7,8 @@
 * Split at opset 18 (no onnx2torch converter): one Slice per output.
 * Conv / pooling `auto_pad` (SAME_UPPER, SAME_LOWER, VALID): the explicit pads.
 * Comparisons / Cast to BOOL of perturbed tensors as float indicators (`onnx_booleans.py`).
+* Pow forms without a direct rule: exponent 0 / 1 / several integers, a perturbed exponent
+  (`onnx_pow.py`).
 
 The load-time self-check compares the result with onnxruntime.
 """
@@ -220,5 +222,6 @@ def rewrite_auto_pad(proto):
 def canonical_onnx(proto):
     """Every rewrite of this module, in order (the loader and the 2.0 product graph)."""
     from .onnx_booleans import rewrite_comparisons
+    from .onnx_pow import rewrite_pow
 
-    return rewrite_comparisons(rewrite_auto_pad(rewrite_split18(rewrite_batchnorm(proto))))
+    return rewrite_pow(rewrite_comparisons(rewrite_auto_pad(rewrite_split18(rewrite_batchnorm(proto)))))
