@@ -11,6 +11,10 @@ exponent. The other forms, exactly:
 * a perturbed base x and a perturbed exponent y: `exp(y * log x)`, defined for x > 0 only (Log's
   rule refuses a box that reaches x <= 0).
 
+And `x * x` (one perturbed tensor times itself) becomes `x ** 2`: a square, whose rule is convex
+and tight (x ** 2 >= 0), where McCormick's planes for a product of two independent factors go
+below 0.
+
 A constant base with an entry <= 0 and a perturbed exponent is left alone: the bound graph refuses
 it in one line. The load-time self-check compares every rewrite with onnxruntime.
 """
@@ -89,9 +93,15 @@ def _rewrite_one(e: _Emit, consts, perturbed, shapes) -> bool:
     return False
 
 
+def _square(e: _Emit, node):
+    from onnx import helper
+
+    return helper.make_node("Pow", [node.input[0], e.const(2.0, "two")], list(node.output), name=node.name)
+
+
 def rewrite_pow(proto):
     """See the module docstring; the proto is edited in place."""
-    if not any(n.op_type == "Pow" for n in proto.graph.node):
+    if not any(n.op_type == "Pow" or (n.op_type == "Mul" and n.input[0] == n.input[-1]) for n in proto.graph.node):
         return proto
     consts, shapes = _constant_values(proto), _dims(proto)
     inits = {i.name for i in proto.graph.initializer}
@@ -102,6 +112,12 @@ def rewrite_pow(proto):
     for node in proto.graph.node:
         if any(i in perturbed for i in node.input):
             perturbed.update(o for o in node.output if o)
+        if node.op_type == "Mul" and len(node.input) == 2 and node.input[0] == node.input[1] and \
+                node.input[0] in perturbed:
+            e = _Emit(proto, node, dtype)           # x * x: a square (convex), not a product of two
+            new.append(_square(e, node))
+            changed = True
+            continue
         if node.op_type != "Pow" or not any(i in perturbed for i in node.input[:2]):
             new.append(node)
             continue

@@ -40,3 +40,15 @@ def test_nonpositive_base_with_perturbed_exponent_refused(tmp_path):
     with pytest.raises(dv.VerifierError) as exc:
         dv.load(path)
     assert "\n" not in str(exc.value) and "'the_pow'" in str(exc.value)
+
+
+def test_mul_of_a_tensor_by_itself_is_a_square(tmp_path):
+    """x * x is bounded as x ** 2: sound, and never below 0 (McCormick's planes for two
+    independent factors would give a negative lower bound on a box around 0)."""
+    nodes = [_n("Mul", ["g", "g"], ["y"])]
+    path = build(tmp_path, "square", HEAD + nodes, [const("w", rand((3, 3), 1)), const("b", rand((3,), 2))], [1, 3])
+    model = check_network(path, None, seeds=(0,), width=1.0, alpha_iters=3)
+    import torch
+
+    lo, hi = torch.full((1, 3), -1.0), torch.full((1, 3), 1.0)
+    assert (model.compute_bounds(lo, hi, "crown").lower >= 0).all()

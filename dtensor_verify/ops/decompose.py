@@ -25,7 +25,12 @@ def pairwise_diff(x, dim: int):
 
 
 def pairwise_sum(x, dim: int):
-    return x.unsqueeze(dim) + x.unsqueeze(dim + 1)
+    """|W| x for W = pairwise_diff's map: x_j + x_i off the diagonal, 0 on it (x_i - x_i == 0
+    exactly, so the softmax's own term exp(0) = 1 keeps IBP's sum >= 1)."""
+    n = x.shape[dim]
+    off = 1.0 - torch.eye(n, dtype=x.dtype, device=x.device)
+    off = off.reshape((n, n) + (1,) * (x.dim() - 1 - dim))
+    return (x.unsqueeze(dim) + x.unsqueeze(dim + 1)) * off
 
 
 def window_slice(x, di: int, dj: int, stride: tuple, out_hw: tuple, dilation: tuple):
