@@ -368,8 +368,7 @@ KNOWN_SUSPECT: dict[str, str] = {
     # ops side: no bound rule for the form used
     **{f"cast0{i}": "Cast to INT32 (truncation, overflow outside int32): no bound rule" for i in (5, 6)},
     # ops side: rules exist, but the relaxation is too loose to prove unsat (no input splitting here)
-    "mul03": "Mul of two perturbed tensors: unknown after ~1 s (McCormick does not prove it, the search ends)",
-    **{f"softmax0{i}": "Softmax over a wide box: bounds too loose to prove unsat" for i in (1, 3, 4, 5)},
+    "softmax01": "Y[0] < 0 over [-1000, 1000]^2: the bound 0 (exp(-2000) underflows) does not exclude the closure Y[0] <= 0",
 }
 
 
