@@ -367,7 +367,7 @@ KNOWN_SUSPECT: dict[str, str] = {
     **{f"shape0{i}": "Y declared int64 (Shape's output): only float32 and real are analysed soundly" for i in range(1, 5)},
     # ops side: no bound rule for the form used
     **{f"cast0{i}": "Cast to INT32 (truncation, overflow outside int32): no bound rule" for i in (5, 6)},
-    # ops side: rules exist, but the relaxation is too loose to prove unsat (no input splitting here)
+    # a strict atom whose closure the float bounds reach (see docs/VNNLIB2.md, Known limits)
     "softmax01": "Y[0] < 0 over [-1000, 1000]^2: the bound 0 (exp(-2000) underflows) does not exclude the closure Y[0] <= 0",
 }
 
