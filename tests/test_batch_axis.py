@@ -80,7 +80,8 @@ def _conv_native(tmp_path):
     return build(tmp_path, "conv_native", nodes, inits, [8])
 
 
-@pytest.mark.parametrize("make", [_vector_net, _matrix_net, _acopf_like, _conv_native])
+@pytest.mark.parametrize("make", [_vector_net, _acopf_like, pytest.param(_matrix_net, marks=pytest.mark.slow),
+                                  pytest.param(_conv_native, marks=pytest.mark.slow)])
 def test_batch_axis_models_sound(tmp_path, make):
     path = make(tmp_path)
     assert needs_batch_axis(onnx.load(path))

@@ -10,7 +10,8 @@ from onnx_factory import build, const, rand, shape_const
 from op_checks import check_network
 
 
-@pytest.mark.parametrize("form", ["sizes", "num_outputs", "num_outputs_uneven"])
+@pytest.mark.parametrize("form", ["num_outputs_uneven", pytest.param("sizes", marks=pytest.mark.slow),
+                                  pytest.param("num_outputs", marks=pytest.mark.slow)])
 def test_split_opset18(tmp_path, form):
     if form == "sizes":
         split = helper.make_node("Split", ["r", "sp"], ["a", "b"], axis=1)
@@ -28,7 +29,8 @@ def test_split_opset18(tmp_path, form):
 
 
 @pytest.mark.parametrize("op, mode, stride", [
-    ("Conv", "SAME_UPPER", 1), ("Conv", "SAME_LOWER", 2), ("MaxPool", "SAME_UPPER", 2),
+    ("Conv", "SAME_LOWER", 2), pytest.param("Conv", "SAME_UPPER", 1, marks=pytest.mark.slow),
+    pytest.param("MaxPool", "SAME_UPPER", 2, marks=pytest.mark.slow),
     pytest.param("Conv", "VALID", 1, marks=pytest.mark.slow),
     pytest.param("AveragePool", "VALID", 2, marks=pytest.mark.slow)])
 def test_auto_pad(tmp_path, op, mode, stride):
