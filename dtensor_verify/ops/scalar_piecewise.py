@@ -90,8 +90,9 @@ class Sign(ScalarFn):
         return [torch.zeros_like(l)]
 
     def jumps(self, l, u):
+        # The one-sided limits at 0 are approached only from a side the interval reaches.
         z = torch.zeros_like(l)
-        return [(z, torch.full_like(l, -1.0)), (z, torch.full_like(l, 1.0))]
+        return [(z, torch.where(l < 0, -1.0, 0.0).to(l)), (z, torch.where(u > 0, 1.0, 0.0).to(l))]
 
     def slope_limits(self, l, u):
         return torch.zeros_like(l), torch.where((l < 0) & (u > 0), 2 / (u - l).clamp(min=1e-12), 0.0)
