@@ -54,17 +54,19 @@ def _read_property(path: str, model):
     return read_vnnlib(str(p), n_inputs=model.n_inputs, n_outputs=model.n_outputs)
 
 
-def _apply_plan(model, plan: str | None, quiet: bool, timeout_s: float | None = None, mesh: str | None = None):
+def _apply_plan(model, plan: str | None, quiet: bool, timeout_s: float | None = None, mesh: str | None = None,
+                bab: bool = False):
     """Apply `--plan` (and `--mesh`) through placements.apply_plan_from_cli; returns a printable
     description. `timeout_s`: how long a collective may wait (the process group's timeout) under
-    torchrun."""
+    torchrun. `bab`: the run may branch and bound (the plan checker refuses `tp` there on CPU for
+    small layers)."""
     if plan is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         plan = "replicate"
     if plan is None:
         return None
     from placements import apply_plan_from_cli
 
-    apply_plan_from_cli(model, plan, log=not quiet, timeout_s=timeout_s, mesh_shape=mesh)
+    apply_plan_from_cli(model, plan, log=not quiet, timeout_s=timeout_s, mesh_shape=mesh, bab=bab)
     return plan
 
 
@@ -325,7 +327,7 @@ def _run_instance(args, results, t0: float) -> int:
     prop = _read_property(args.vnnlib, model)
     watch.lap("property")
     plan = _apply_plan(model, args.plan, args.quiet, timeout_s=left() + COLLECTIVE_SLACK_S,
-                       mesh=args.mesh)
+                       mesh=args.mesh, bab=not args.no_bab)
     watch.lap("plan")
     lead = _is_rank0(model)
     res = verify_instance(model, prop, args.onnx, left(), methods=tuple(args.methods),

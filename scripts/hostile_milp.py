@@ -73,7 +73,9 @@ def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mes
                "-m", "dtensor_verify", "--threads", "1", "run", "--onnx", onnx_path, "--vnnlib", spec,
                "--results", str(res), "--timeout", str(timeout), "--plan", plan, "--quiet",
                *(["--mesh", mesh] if mesh else []), *([] if attack else ["--no-attack"])]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+        # DTENSOR_VERIFY_TP_BAB=allow: the sweep checks tp's verdicts, not its speed (the plan
+        # checker refuses tp for branch and bound on small CPU models: placements/bab_check.py).
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), DTENSOR_VERIFY_TP_BAB="allow")
         for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
             env.pop(var, None)
         t = time.perf_counter()
