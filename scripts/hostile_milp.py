@@ -34,11 +34,11 @@ FIELDS = ["seed", "size", "expected", "gap", "milp_seconds", "runner", "attack",
           "seconds", "bab_domains", "exact_lp_domains", "message"]
 
 
-def make(seed: int, family: str = "random"):
+def make(seed: int, family: str = "random", floor: float = 1e-5):
     import milp_oracle as mo
 
     if family == "scaled":
-        return mo.scaled_instance(seed), "9-26x26x26s"
+        return mo.scaled_instance(seed, floor=floor), "9-26x26x26s"
     n_in, hidden = SIZES[seed % len(SIZES)]
     inst = mo.instance(seed, n_in=n_in, hidden=hidden, gap_range=(1e-6, 1e-2))
     return inst, f"{n_in}-{'x'.join(map(str, hidden))}"
@@ -92,13 +92,13 @@ def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mes
 
 
 def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], folder: Path, log=print,
-          family: str = "random", split: str | None = None) -> list[dict]:
+          family: str = "random", split: str | None = None, floor: float = 1e-5) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)
     rows = []
     for seed in range(first, first + n):
-        inst, size = make(seed, family)
+        inst, size = make(seed, family, floor)
         onnx_path, spec = __import__("milp_oracle").write(inst, folder)
         base = {"seed": seed, "size": size, "expected": inst.expected, "gap": f"{inst.gap:.3g}",
                 "milp_seconds": round(inst.milp_seconds, 3)}
@@ -157,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="docs/trust", help="folder for hostile_milp.csv / .md")
     ap.add_argument("--family", choices=["random", "scaled"], default="random",
                     help="scaled: issue 18's badly scaled 9-input 3 x 26-ReLU nets (milp_oracle.scaled_instance)")
+    ap.add_argument("--floor", type=float, default=1e-5,
+                    help="scaled: the gap is at least this fraction of the output's magnitude (float32 rounding)")
     ap.add_argument("--split", choices=["auto", "relu", "input"], default=None,
                     help="branch and bound's split kind in this process (default: the verifier's)")
     args = ap.parse_args(argv)
@@ -164,7 +166,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         rows = sweep(args.n, args.first_seed, args.timeout, args.torchrun, args.plans, Path(tmp),
-                     family=args.family, split=args.split)
+                     family=args.family, split=args.split, floor=args.floor)
     with open(out / "hostile_milp.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()
