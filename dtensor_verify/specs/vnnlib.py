@@ -206,7 +206,22 @@ class _Parser(FormulaMixin):
                 self.add_bound(c[1], c[2], c[3], c[5], c[4])
             if shared:
                 terms = [tuple(c for c in t if c[0] == "y" or c not in shared) for t in terms]
+        box = self.common_box(n_in)
+        groups, edits = self.group_terms(terms, box)
+        lo, hi, lo_pos, hi_pos, lo_strict, hi_strict = box
+        regions = []
+        for key, disjunct_rows in groups.items():
+            lower, upper, lpos, upos = lo.copy(), hi.copy(), lo_pos.copy(), hi_pos.copy()
+            lstrict, ustrict = lo_strict.copy(), hi_strict.copy()
+            for i, e in edits[key].items():
+                lower[i], upper[i], lpos[i], upos[i], lstrict[i], ustrict[i] = e
+            self.check_box(lower, upper, lpos, upos, lstrict | ustrict)
+            regions.append(Region(lower, upper, [self.disjunct(r, n_out) for r in disjunct_rows],
+                                  lstrict, ustrict))
+        return Property(n_in, n_out, regions, self.path, n_terms - len(terms))
 
+    def common_box(self, n_in: int) -> tuple:
+        """The common box as arrays: (lower, upper, lower_pos, upper_pos, lower_strict, upper_strict)."""
         lo = np.full(n_in, -np.inf)
         hi = np.full(n_in, np.inf)
         lo_pos = np.full(n_in, -1, dtype=np.int64)
@@ -223,7 +238,12 @@ class _Parser(FormulaMixin):
         hi_strict = np.zeros(n_in, bool)
         lo_strict[list(self.lo_strict)] = True
         hi_strict[list(self.hi_strict)] = True
+        return lo, hi, lo_pos, hi_pos, lo_strict, hi_strict
 
+    @staticmethod
+    def group_terms(terms: list, box: tuple) -> tuple[dict, dict]:
+        """Terms grouped by their effective box: {key: [rows per term]}, {key: per-input edits}."""
+        lo, hi, lo_pos, hi_pos, lo_strict, hi_strict = box
         # Group terms by their effective box. A box is keyed by the inputs where it differs from
         # the common one, so terms never copy a full 3072-wide box just to be compared.
         groups: dict[tuple, list[list[_Constraint]]] = {}
@@ -251,17 +271,7 @@ class _Parser(FormulaMixin):
                 groups[key] = []
                 edits[key] = own
             groups[key].append(rows)
-
-        regions = []
-        for key, disjunct_rows in groups.items():
-            lower, upper, lpos, upos = lo.copy(), hi.copy(), lo_pos.copy(), hi_pos.copy()
-            lstrict, ustrict = lo_strict.copy(), hi_strict.copy()
-            for i, e in edits[key].items():
-                lower[i], upper[i], lpos[i], upos[i], lstrict[i], ustrict[i] = e
-            self.check_box(lower, upper, lpos, upos, lstrict | ustrict)
-            regions.append(Region(lower, upper, [self.disjunct(r, n_out) for r in disjunct_rows],
-                                  lstrict, ustrict))
-        return Property(n_in, n_out, regions, self.path, n_terms - len(terms))
+        return groups, edits
 
     def drop_empty_terms(self, terms: list) -> tuple[list, str | None]:
         """Terms whose own input bounds leave an empty box (with the top-level box) are false:
