@@ -32,6 +32,7 @@ from .branching import BranchingContext, choose
 from .budget import auto_batch_size, free_memory_bytes, out_of_memory, release_cached_memory
 from .comm import LocalComm
 from .domains import NO_DECISION, Domains, DomainStore, split
+from .exact import settle_few_unstable
 from .problem import BabProblem, BabResult, BabStats, PhaseTimer
 from .split_kinds import needs_refresh
 
@@ -194,6 +195,12 @@ class BabSolver:
             self._late = True
             self.store.push(rest, margins)
             return
+        if not self.lockstep:       # one process: a few unstable neurons left -> exact LPs
+            keep = settle_few_unstable(self, rest)
+            if keep is not None:
+                rest, margins, open_idx = rest.index(keep), margins[keep], open_idx[keep]
+                if self.found or len(rest) == 0:
+                    return
         lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.pre_of or r == p.graph.input_name}
         with PhaseTimer(self.stats, "branching"):
             rest.decision = choose(self.branching, rest, lA, self.ctx)
@@ -373,6 +380,7 @@ class BabSolver:
         st.open_domain_limit, st.workers, st.reason = self.max_open, self.comm.workers, why
         if self.exact is not None:
             st.exact_lp = {"domains": self.exact.lps, "proved": self.exact.proved,
-                           "seconds": self.exact.seconds, "disabled": self.exact.disabled}
+                           "seconds": self.exact.seconds, "disabled": self.exact.disabled,
+                           "enumerated_domains": self.exact.enumerated_domains}
         st.split = self.mode
         return BabResult(status, st, self.counterexample)
