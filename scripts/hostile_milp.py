@@ -159,9 +159,15 @@ def main(argv=None) -> int:
                     help="scaled: issue 18's badly scaled 9-input 3 x 26-ReLU nets (milp_oracle.scaled_instance)")
     ap.add_argument("--floor", type=float, default=1e-5,
                     help="scaled: the gap is at least this fraction of the output's magnitude (float32 rounding)")
+    ap.add_argument("--max-enumerated", type=int, default=None, metavar="K",
+                    help="one process: domains with at most K unstable neurons go to the exact LP, one per "
+                         "phase pattern (default: bab/exact.py's MAX_ENUMERATED; 0: off)")
     ap.add_argument("--split", choices=["auto", "relu", "input"], default=None,
                     help="branch and bound's split kind in this process (default: the verifier's)")
     args = ap.parse_args(argv)
+    if args.max_enumerated is not None:
+        from dtensor_verify.bab import exact
+        exact.MAX_ENUMERATED = args.max_enumerated
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
