@@ -1,10 +1,13 @@
 """What the command line's sub-commands share (`cli.py`, `benchmark.py`, and sub-commands in
 modules of their own): the program name, exit codes, the user-error type and its one-line
-report, loading a model file, and the branch-and-bound options from the arguments.
+report, loading a model file, the branch-and-bound options from the arguments, and the helpers
+and arguments several sub-commands use (device, property, plan, memory report, JSON output).
 
 Light on purpose: nothing heavy is imported at the top (start-up time, see cli.py)."""
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -68,3 +71,118 @@ def bab_options(args):
             raise CliError("--bab-batch must be >= 1")
         opts.batch_size = args.bab_batch
     return opts
+
+
+# ------------------------------------------------------------------------------ shared by commands
+
+def command_device(args):
+    """The `--device` of a command as a torch.device (made this process's current CUDA device)."""
+    from .device import resolve_device, use_device
+
+    device = resolve_device(args.device, what=f"--device {args.device}")
+    use_device(device)
+    return device
+
+
+def read_property(path: str, model):
+    from .specs import read_vnnlib
+
+    p = Path(path)
+    if not p.exists() and not Path(str(p) + ".gz").exists():
+        raise CliError(f"{path}: no such file")
+    return read_vnnlib(str(p), n_inputs=model.n_inputs, n_outputs=model.n_outputs)
+
+
+def apply_plan(model, plan: str | None, quiet: bool, timeout_s: float | None = None, mesh: str | None = None,
+               bab: bool = False):
+    """Apply `--plan` (and `--mesh`) through placements.apply_plan_from_cli; returns a printable
+    description. `timeout_s`: how long a collective may wait (the process group's timeout) under
+    torchrun. `bab`: the run may branch and bound (the plan checker refuses `tp` there on CPU for
+    small layers: placements/bab_check.py)."""
+    if plan is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        plan = "replicate"
+    if plan is None:
+        return None
+    from placements import apply_plan_from_cli
+
+    apply_plan_from_cli(model, plan, log=not quiet, timeout_s=timeout_s, mesh_shape=mesh, bab=bab)
+    return plan
+
+
+def memory_report_dict(model, rep=None) -> dict:
+    """The JSON `memory` entry (a collective: every rank calls)."""
+    from .memory import memory_report
+
+    return memory_report(model, rep)
+
+
+def metered(model, fn):
+    """Run `fn()` under the memory meter; returns (result, memory dict)."""
+    from .memory import measure
+
+    with measure(model) as rep:
+        out = fn()
+    return out, memory_report_dict(model, rep)
+
+
+def is_rank0(model) -> bool:
+    """The rank that prints and writes results: global rank 0 (a dp group's rank 0 is not)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return model.layout.rank == 0
+
+
+def write_json(path: str, data: dict) -> None:
+    def default(o):
+        import numpy as np
+        import torch
+
+        if isinstance(o, torch.Tensor):
+            return o.detach().cpu().tolist()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
+        return str(o)
+
+    text = json.dumps(data, indent=2, default=default, allow_nan=True)
+    Path(path).write_text(text + "\n")
+
+
+def stderr_log(quiet: bool):
+    if quiet:
+        return None
+    return lambda msg: print(f"[{PROG}] {msg}", file=sys.stderr, flush=True)
+
+
+
+# ------------------------------------------------------------------------------ shared arguments
+
+def add_bab_arguments(p):
+    p.add_argument("--no-bab", action="store_true",
+                   help="stop after the bounds (no branch and bound: incomplete, answers unknown more often)")
+    p.add_argument("--bab-batch", type=int, default=None, metavar="N",
+                   help="domains split per round per worker (default: from the free memory)")
+    p.add_argument("--branching", default="fsb", choices=["fsb", "babsr"],
+                   help="branching heuristic (default fsb: filtered smart branching)")
+    p.add_argument("--bab-split", default="auto", choices=["auto", "relu", "input"],
+                   help="what branch and bound splits: input boxes, ReLU neurons, or auto (input boxes when "
+                        "the property perturbs at most 16 inputs or the network has no ReLU)")
+
+
+def add_mesh_argument(p):
+    p.add_argument("--mesh", default=None, metavar="DPxSHARD",
+                   help="under torchrun: DP groups of SHARD ranks; the plan applies within a group, "
+                        "branch-and-bound domains are spread over all ranks (default 1xP)")
+
+
+METHOD_CHOICES = ["ibp", "crown", "alpha-crown"]
+
+
+def add_device_argument(parser):
+    parser.add_argument("--device", default="auto", metavar="DEV",
+                        help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one; under "
+                             "torchrun each rank's own, cuda:LOCAL_RANK). Counterexamples are still "
+                             "confirmed by onnxruntime on the CPU")

@@ -138,7 +138,7 @@ FAKE_ABCROWN = textwrap.dedent('''
         onnx, vnnlib, timeout = rows[row]
         for rel in (onnx, vnnlib):   # staged as plain files under --root_path
             assert not rel.endswith(".gz") and os.path.isfile(os.path.join(a.root_path, rel)), rel
-        action = plan["rows"][row]
+        action = plan["by_onnx"][onnx] if "by_onnx" in plan else plan["rows"][row]
         if action == "crash":
             raise RuntimeError(f"fake crash on row {row}")
         if action == "hang":
@@ -253,3 +253,97 @@ def test_abcrown_gets_auto_lirpa_from_source_first_and_not_this_repo(tmp_path):
     env = bva.abcrown_env(args, {"PYTHONPATH": os.pathsep.join([str(REPO), "/site"]), "HOME": "/h"})
     assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "lirpa"), str(tmp_path / "o2p"), "/site"]
     assert env["HOME"] == "/h" and env["PYTHONUNBUFFERED"] == "1"
+
+
+# ------------------------------------------------------------------------------ parts, earlier CSVs
+
+def test_released_configs_for_the_input_split_and_vit_benchmarks():
+    for family in ("acasxu", "acasxu_2023"):
+        assert bva.released_config_for(family, "ACASXU_run2a_1_1_batch_2000") == "vnncomp21/acasxu.yaml"
+    assert bva.released_config_for("vit_2023", "pgd_2_3_16") == "vnncomp23/vit.yaml"
+
+
+ACTIONS = {"test_nano.onnx": "safe", "test_tiny.onnx": "unknown", "test_small.onnx": "safe-incomplete",
+           "test_sat.onnx": "unsafe-pgd", "test_unsat.onnx": "safe"}
+
+
+def test_parts_deal_the_instances_round_robin_to_side_by_side_processes(tmp_path, test_bench):
+    opts, calls = _fake_abcrown(tmp_path, {"by_onnx": ACTIONS})
+    out = tmp_path / "out"
+    res = _run([str(test_bench), *opts, "--out", str(out), "--tools", "abcrown", "--parts", "2"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [r["abcrown_raw"] for r in _rows(out)] == ["unsat", "unknown", "unsat", "sat", "unsat"]
+    assert calls.read_text().split() == ["0", "0"]             # two processes, each from its row 0
+    assert len((out / "work" / bva.PIDS_FILE).read_text().split()) == 2     # for abcrown_gpu.sh's clean-up
+    log = (out / "abcrown.log").read_text()
+    part0, part1 = log.split("part 1 of 2")
+    assert "instances_0_part0.csv" in part0 and "instances_0_part1.csv" in part1
+    with open(out / "abcrown.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[:4] == ["onnx", "vnnlib", "verdict", "seconds"]
+    assert [(r["onnx"], r["verdict"], r["status"]) for r in rows][3] == ("test_sat.onnx", "sat", "unsafe-pgd")
+    assert "2 processes side by side" in (out / "table.md").read_text()
+
+
+def _verdict_csv(path: Path, rows) -> Path:
+    path.write_text("onnx,vnnlib,verdict,seconds,decided_by\n"
+                    + "".join(f"{o},{v},{verdict},{secs},x\n" for o, v, verdict, secs in rows))
+    return path
+
+
+def test_comparison_of_two_earlier_runs_flags_a_clash_and_missing_rows(tmp_path, test_bench):
+    ours = _verdict_csv(tmp_path / "ours.csv", [          # in another order, one instance missing
+        ("test_unsat.onnx", "test_prop.vnnlib", "unsat", 1.5), ("test_nano.onnx.gz", "test_nano.vnnlib", "unsat", 2),
+        ("test_sat.onnx", "test_prop.vnnlib", "sat", 0.5), ("test_tiny.onnx", "test_tiny.vnnlib", "timeout", 60)])
+    abc = _verdict_csv(tmp_path / "abc.csv", [
+        ("test_nano.onnx", "test_nano.vnnlib", "unsat", 1), ("test_tiny.onnx", "test_tiny.vnnlib", "unsat", 3),
+        ("test_small.onnx", "test_small.vnnlib", "unsat", 1), ("test_sat.onnx", "test_prop.vnnlib", "sat", 0.1),
+        ("test_unsat.onnx", "test_prop.vnnlib", "sat", 0.2)])
+    out = tmp_path / "out"
+    res = _run([str(test_bench), "--ours-csv", str(ours), "--abcrown-csv", str(abc), "--out", str(out)])
+    assert res.returncode == 1, res.stdout + res.stderr
+    rows = _rows(out)
+    assert [r["ours_raw"] for r in rows] == ["unsat", "timeout", "error", "sat", "unsat"]
+    assert rows[2]["ours_message"] == "no row in ours.csv"
+    assert rows[4]["flags"] == "CONTRADICTION: ours says unsat, abcrown says sat"
+    assert [r["flags"] for r in rows[:4]] == [""] * 4
+    assert "4 of 5 instances have a row" in (out / "table.md").read_text()
+    assert "| **all** | dtensor-verify | 5 | 1 | 2 | 0 | 1 | 1 | 3 |" in res.stdout
+    assert "| **all** | alpha,beta-CROWN | 5 | 2 | 3 | 0 | 0 | 0 | 5 |" in res.stdout
+    assert not (out / "ours.log").exists() and not (out / "abcrown.log").exists()   # nothing was run
+
+
+def test_a_bad_verdict_in_an_earlier_csv_is_one_line(tmp_path, test_bench, capsys):
+    bad = _verdict_csv(tmp_path / "bad.csv", [("test_nano.onnx", "test_nano.vnnlib", "maybe", 1)])
+    assert bva.main([str(test_bench), "--ours-csv", str(bad), "--tools", "ours", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bench_vs_abcrown: error: ") and "line 2: verdict 'maybe'" in err and "\n" not in err
+
+
+def test_running_abcrown_needs_its_checkout(tmp_path, test_bench, capsys):
+    assert bva.main([str(test_bench), "--tools", "abcrown", "--out", str(tmp_path / "o")]) == 2
+    assert "--abcrown DIR is needed" in capsys.readouterr().err
+
+
+def test_abcrown_gpu_sh_dry_run_with_a_fake_abcrown(tmp_path, test_bench):
+    """bench/gpu/abcrown_gpu.sh end to end on the CPU: the fake abcrown in the .abcrown layout,
+    two parts, ours from a CSV that clashes on test_unsat (exit status 1), the result files."""
+    opts, _ = _fake_abcrown(tmp_path, {"by_onnx": dict(ACTIONS, **{"test_unsat.onnx": "unsafe-pgd"})})
+    abc = tmp_path / "abc_layout"
+    (abc / "alpha-beta-CROWN").mkdir(parents=True)
+    (abc / "alpha-beta-CROWN" / "complete_verifier").symlink_to(tmp_path / "abcrown" / "complete_verifier")
+    (abc / "auto_LiRPA").symlink_to(tmp_path / "auto_lirpa")
+    (abc / "onnx2pytorch" / "onnx2pytorch").mkdir(parents=True)
+    (abc / "onnx2pytorch" / "onnx2pytorch" / "__init__.py").write_text("")
+    ours = _verdict_csv(tmp_path / "ours.csv", [("test_unsat.onnx", "test_prop.vnnlib", "unsat", 1.0)])
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", DEVICE="cpu", PY=sys.executable,
+               SKIP_WHEELS="1", THREADS="1", OUT_DIR=str(out), BENCH_DATA=str(test_bench.parent),
+               ABCROWN_DIR=str(abc), ABCROWN_CONFIG=opts[opts.index("--abcrown-config") + 1])
+    res = subprocess.run(["bash", str(REPO / "bench" / "gpu" / "abcrown_gpu.sh"), test_bench.name, "2", "0.05",
+                          "120", str(ours)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "CONTRADICTION: ours says unsat, abcrown says sat" in res.stdout      # runner.log: both streams
+    assert sorted(f.name for f in out.iterdir()) == ["abcrown.csv", "abcrown.log", "env.txt", "results.csv",
+                                                    "runner.log", "table.md"]
+    assert [r["abcrown_raw"] for r in _rows(out)] == ["unsat", "unknown", "unsat", "sat", "sat"]

@@ -4,7 +4,8 @@
     bench/gpu/bench_vs_abcrown.py BENCH_DIR --abcrown DIR --auto-lirpa DIR --out OUT
         [--filter SUBSTRING ...] [--limit N] [--instances CSV] [--timeout-scale F]
         [--device cpu|cuda] [--expected CSV] [--onnx2pytorch DIR] [--abcrown-config YAML]
-        [--threads N] [--tools ours,abcrown] [--deadline SECONDS] [--work DIR]
+        [--threads N] [--tools ours,abcrown] [--deadline SECONDS] [--work DIR] [--parts K]
+        [--ours-csv CSV] [--abcrown-csv CSV]
 
 Both tools get the same instances (BENCH_DIR/instances.csv, or --instances, then --filter and
 --limit), the same per-instance time limits (the csv's timeout x --timeout-scale) and the same
@@ -17,6 +18,12 @@ device, and each runs ALL of them in one process:
   neither .onnx.gz paths named without .gz nor gzipped VNN-LIB). If it crashes or hangs on an
   instance, that instance is recorded as `error` / `timeout` and it is restarted (--start) on
   the next one.
+
+--parts K runs alpha,beta-CROWN as K processes side by side (sharing the device), the instances
+dealt round-robin, as bench/gpu/input_bab_gpu.sh deals ours. --ours-csv / --abcrown-csv take a
+tool's verdicts from an earlier run instead of running it (both: a comparison only, e.g. here,
+after two device calls); every run of abcrown also writes OUT/abcrown.csv (onnx, vnnlib,
+verdict, seconds, status, message).
 
 alpha,beta-CROWN's configs are its released VNN-COMP 2022 ones (ABCROWN_CONFIGS below), turned
 into plain branch and bound by `plain_bab` (no MIP, no Gurobi / CPLEX cuts); every change is
@@ -74,14 +81,21 @@ EXIT_OK, EXIT_CONTRADICTION, EXIT_ERROR = 0, 1, 2
 # Released alpha,beta-CROWN configs per benchmark folder: (ONNX name substring or None for the
 # rest, path under complete_verifier/exp_configs). VNN-COMP 2022 ran mnist-net_256x2 with
 # mnistfc_small (MIP) and the 256x4 / 256x6 nets with mnistfc (bab-refine).
+# acasxu: the release has no vnncomp23 acasxu config; vnncomp21/acasxu.yaml (input split, the same
+# 186 instances) is the one its VNN-COMP 2022 / 2023 runs named. vit: vnncomp23/vit.yaml.
 ABCROWN_CONFIGS = {
     "mnist_fc": [("mnist-net_256x2", "vnncomp22/mnistfc_small.yaml"), (None, "vnncomp22/mnistfc.yaml")],
     "oval21": [(None, "vnncomp22/oval22.yaml")],
+    "acasxu": [(None, "vnncomp21/acasxu.yaml")],
+    "acasxu_2023": [(None, "vnncomp21/acasxu.yaml")],
+    "vit": [(None, "vnncomp23/vit.yaml")],
+    "vit_2023": [(None, "vnncomp23/vit.yaml")],
 }
 LATE_SLACK = (1.10, 0.5)      # a verdict after limit * 1.10 + 0.5 s counts as timeout
 HANG_FACTOR = 2.0             # abcrown is killed on an instance after limit * 2 + --hang-grace
 OURS_SHARE = 0.6              # with --deadline: ours is killed after this share of it
 VERDICTS = ("sat", "unsat", "unknown", "timeout", "error")
+PIDS_FILE = "abcrown_pids.txt"   # in --work: every abcrown process started (its own session)
 
 
 class UsageError(Exception):
@@ -440,7 +454,7 @@ def run_abcrown_group(args, group: ConfigGroup, csv_name: str, data_dir: Path, e
             return
         cmd = [args.python, str(args.abcrown / "complete_verifier" / "abcrown.py"),
                "--config", str(group.config), "--root_path", str(data_dir), "--csv_name", csv_name,
-               "--results_file", str(work / f"results_{group.config.stem}_from{start}.pkl"),
+               "--results_file", str(work / f"results_{Path(csv_name).stem}_from{start}.pkl"),
                "--timeout_scale", repr(args.timeout_scale), "--device", args.device,
                "--start", str(start), "--end", str(len(members))]
         run.commands.append(_quote(cmd))
@@ -485,6 +499,8 @@ def _watch_abcrown(cmd, env, work, log, members, start, deadline, hang_grace, ru
     instance, `Result: status in t seconds` closes it. Kills it on a hang or at the deadline."""
     proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1, errors="replace", start_new_session=True)
+    with open(work / PIDS_FILE, "a") as fh:      # for a caller that must end them if this runner is killed
+        fh.write(f"{proc.pid}\n")
     lines = _Lines(proc)
     current, started, next_row, last_text = None, 0.0, start, ""
     stop = ""
@@ -532,19 +548,82 @@ def _watch_abcrown(cmd, env, work, log, members, start, deadline, hang_grace, ru
 
 def run_abcrown(args, family: str, instances: list[Instance], env: dict, work: Path,
                 deadline: float | None) -> tuple[ToolRun, list[ConfigGroup]]:
+    """Every config group's instances dealt round-robin to --parts abcrown process chains run
+    side by side (sharing the device); each chain goes through the groups in turn."""
     run = ToolRun("abcrown", [Outcome(message="no result") for _ in instances])
     groups = abcrown_groups(family, instances, args.abcrown, args.abcrown_config, work)
     data_dir = work / "abcrown_data"
     stage_gunzipped(args.bench, instances, data_dir)
     benv = abcrown_env(args, env)
+    parts = max(1, min(args.parts, len(instances)))
+    logs = [args.out / "abcrown.log"] if parts == 1 else [work / f"abcrown_part{k}.log" for k in range(parts)]
+
+    def chain(k: int) -> None:
+        with open(logs[k], "w") as log:
+            for n, group in enumerate(groups):
+                members = group.instances[k::parts]
+                if not members:
+                    continue
+                sub = ConfigGroup(group.source, group.config, group.changes, members)
+                csv_name = f"instances_{n}.csv" if parts == 1 else f"instances_{n}_part{k}.csv"
+                write_instances_csv(data_dir / csv_name, members, gunzipped=True)
+                run_abcrown_group(args, sub, csv_name, data_dir, benv, log, deadline, run, work)
+
     t0 = time.perf_counter()
-    with open(args.out / "abcrown.log", "w") as log:
-        for n, group in enumerate(groups):
-            csv_name = f"instances_{n}.csv"
-            write_instances_csv(data_dir / csv_name, group.instances, gunzipped=True)
-            run_abcrown_group(args, group, csv_name, data_dir, benv, log, deadline, run, work)
+    threads = [threading.Thread(target=chain, args=(k,), daemon=True) for k in range(parts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     run.wall = time.perf_counter() - t0
+    if parts > 1:
+        run.note = f"{parts} processes side by side (instances dealt round-robin)"
+        with open(args.out / "abcrown.log", "w") as out:
+            for k, path in enumerate(logs):
+                out.write(f"\n===== {PROG}: part {k} of {parts}\n")
+                out.write(path.read_text(errors="replace") if path.exists() else "(no log)\n")
     return run, groups
+
+
+def write_tool_csv(path: Path, instances: list[Instance], outcomes: list[Outcome]) -> None:
+    """One tool's verdicts in the columns of `dtensor-verify benchmark --csv` it shares
+    (onnx, vnnlib, verdict, seconds), plus its own status string and message."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["onnx", "vnnlib", "verdict", "seconds", "status", "message"])
+        for inst, out in zip(instances, outcomes):
+            w.writerow([inst.onnx, inst.vnnlib, out.verdict,
+                        "" if out.seconds is None else f"{out.seconds:.3f}", out.detail, out.message])
+
+
+def read_tool_csv(path: Path, instances: list[Instance], name: str) -> ToolRun:
+    """A tool's verdicts from an earlier run (ours: `benchmark --csv`, or the merged parts of
+    input_bab_gpu.sh; abcrown: this script's abcrown.csv), matched to the instances by
+    (onnx, vnnlib); an instance with no row is an error 'no row in CSV'."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    if rows and not {"onnx", "vnnlib", "verdict"} <= set(rows[0]):
+        raise UsageError(f"{path}: expected the columns onnx, vnnlib, verdict (and seconds)")
+    by_key = {}
+    for n, row in enumerate(rows, 2):
+        verdict = (row.get("verdict") or "").strip().lower()
+        if verdict not in VERDICTS:
+            raise UsageError(f"{path}: line {n}: verdict '{row.get('verdict')}' is not one of {', '.join(VERDICTS)}")
+        try:
+            secs = float(row["seconds"]) if (row.get("seconds") or "").strip() else None
+        except ValueError:
+            raise UsageError(f"{path}: line {n}: seconds '{row.get('seconds')}' is not a number") from None
+        detail = row.get("decided_by") or row.get("status") or ""
+        by_key[(_norm_key(row["onnx"]), _norm_key(row["vnnlib"]))] = Outcome(verdict, secs, detail,
+                                                                             row.get("message") or "")
+    missing = f"no row in {path.name}"
+    outcomes = [by_key.get(inst.key, Outcome("error", None, "", missing)) for inst in instances]
+    n_found = sum(inst.key in by_key for inst in instances)
+    return ToolRun(name, outcomes, [f"(read from {path})"],
+                   note=f"read from {path}: {n_found} of {len(instances)} instances have a row")
 
 
 # ------------------------------------------------------------------------------ merge + table
@@ -602,8 +681,11 @@ def summary_table(rows: list[Row], tools: list[str]) -> list[str]:
     lines = ["| model | tool | instances | sat | unsat | unknown | timeout | error | solved | "
              "seconds (sum over instances) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for model in _models(rows):
-        mine = [r for r in rows if r.inst.model == model]
+    models = _models(rows)
+    groups = [(m, [r for r in rows if r.inst.model == m]) for m in models]
+    if len(models) > 1:
+        groups.append(("**all**", rows))
+    for model, mine in groups:
         for tool in tools:
             c = Counter(r.verdict(tool) for r in mine)
             secs = sum(getattr(r, tool).seconds or 0.0 for r in mine)
@@ -664,7 +746,9 @@ def header_lines(args, facts: dict, instances, runs: list[ToolRun], groups: list
              + (f", filter {' or '.join(f'`{s}`' for s in args.filter)}" if args.filter else "")
              + (f", first {args.limit}" if args.limit is not None else "")
              + f"; time limit per instance = its instances.csv timeout x {args.timeout_scale:g}",
-             f"- threads: {args.threads or 'torch default'}; each tool runs all instances in one process",
+             f"- threads: {args.threads or 'torch default'}; each tool runs all instances in one process"
+             + (f" (alpha,beta-CROWN: {args.parts} processes side by side, instances dealt round-robin)"
+                if args.parts > 1 and not args.abcrown_csv else ""),
              f"- counting: a sat/unsat reached more than {LATE_SLACK[0] - 1:.0%} + {LATE_SLACK[1]} s "
              "after its limit counts as timeout (raw verdict in results.csv); abcrown `unknown` is "
              "timeout when it used its time",
@@ -712,7 +796,8 @@ def gather_facts(args) -> dict:
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "host_device": host_device, "python": platform.python_version(), "torch": torch.__version__,
             "ours_commit": args.ours_commit or _git_commit(ROOT),
-            "abcrown_commit": _dir_commit(args.abcrown), "auto_lirpa_commit": _dir_commit(args.auto_lirpa),
+            "abcrown_commit": _dir_commit(args.abcrown) if args.abcrown else "-",
+            "auto_lirpa_commit": _dir_commit(args.auto_lirpa) if args.auto_lirpa else "-",
             "onnx2pytorch_commit": _dir_commit(args.onnx2pytorch) if args.onnx2pytorch else "-"}
 
 
@@ -742,8 +827,10 @@ def _dir_commit(path: Path) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("bench", type=Path, metavar="BENCH_DIR", help="benchmark folder with instances.csv")
-    p.add_argument("--abcrown", type=Path, required=True, help="alpha-beta-CROWN checkout")
-    p.add_argument("--auto-lirpa", type=Path, required=True, help="auto_LiRPA checkout (imported from source)")
+    p.add_argument("--abcrown", type=Path, default=None,
+                   help="alpha-beta-CROWN checkout (needed unless --abcrown-csv)")
+    p.add_argument("--auto-lirpa", type=Path, default=None,
+                   help="auto_LiRPA checkout, imported from source (needed unless --abcrown-csv)")
     p.add_argument("--onnx2pytorch", type=Path, default=None,
                    help="onnx2pytorch checkout abcrown needs, if it is not installed")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -763,6 +850,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"stop by then: ours is killed after {OURS_SHARE:.0%} of it, abcrown at it")
     p.add_argument("--hang-grace", type=float, default=120.0, metavar="SECONDS",
                    help=f"abcrown is killed on an instance after {HANG_FACTOR:g} x its limit + this")
+    p.add_argument("--parts", type=int, default=1, metavar="K",
+                   help="abcrown: K processes side by side, the instances dealt round-robin")
+    p.add_argument("--ours-csv", type=Path, default=None, metavar="CSV",
+                   help="ours: verdicts of an earlier run (`benchmark --csv`) instead of running it")
+    p.add_argument("--abcrown-csv", type=Path, default=None, metavar="CSV",
+                   help="abcrown: verdicts of an earlier run (this script's abcrown.csv) instead of running it")
     p.add_argument("--python", default=sys.executable, help="interpreter for both tools")
     p.add_argument("--ours-commit", default=None, help="commit to report for this repository")
     return p
@@ -781,7 +874,16 @@ def check_args(args) -> None:
         raise UsageError("--limit must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be >= 1")
-    if "abcrown" in args.tool_list:
+    if args.parts < 1:
+        raise UsageError("--parts must be >= 1")
+    for opt in ("ours_csv", "abcrown_csv"):
+        if getattr(args, opt):
+            _need(getattr(args, opt), "--" + opt.replace("_", "-"))
+    if "abcrown" in args.tool_list and not args.abcrown_csv:
+        for opt in ("abcrown", "auto_lirpa"):
+            if getattr(args, opt) is None:
+                raise UsageError(f"--{opt.replace('_', '-')} DIR is needed to run alpha,beta-CROWN "
+                                 "(or --abcrown-csv CSV of an earlier run)")
         _need(args.abcrown / "complete_verifier" / "abcrown.py", "--abcrown")
         _need(args.auto_lirpa / "auto_LiRPA" / "__init__.py", "--auto-lirpa")
         if args.onnx2pytorch:
@@ -813,7 +915,8 @@ def main(argv=None) -> int:
 def _main(args) -> int:
     t_start = time.perf_counter()
     args.bench = args.bench.resolve()
-    for name in ("abcrown", "auto_lirpa", "onnx2pytorch", "abcrown_config", "expected", "instances"):
+    for name in ("abcrown", "auto_lirpa", "onnx2pytorch", "abcrown_config", "expected", "instances",
+                 "ours_csv", "abcrown_csv"):
         if getattr(args, name) is not None:
             setattr(args, name, getattr(args, name).resolve())
     check_args(args)
@@ -831,7 +934,10 @@ def _main(args) -> int:
 
     runs, groups = [], []
     ours = abc = None
-    if "ours" in args.tool_list:
+    if "ours" in args.tool_list and args.ours_csv:
+        ours = read_tool_csv(args.ours_csv, instances, "ours")
+        runs.append(ours)
+    elif "ours" in args.tool_list:
         args.ours_device = ours_supports_device(args.python, env)
         if not args.ours_device and args.device != "cpu":
             raise UsageError(f"dtensor-verify benchmark has no --device option in {ROOT}: it would run "
@@ -840,9 +946,13 @@ def _main(args) -> int:
         print(f"[{PROG}] ours: {len(instances)} instance(s) ...", file=sys.stderr, flush=True)
         ours = run_ours(args, instances, env, work, share)
         runs.append(ours)
-    if "abcrown" in args.tool_list:
+    if "abcrown" in args.tool_list and args.abcrown_csv:
+        abc = read_tool_csv(args.abcrown_csv, instances, "abcrown")
+        runs.append(abc)
+    elif "abcrown" in args.tool_list:
         print(f"[{PROG}] alpha,beta-CROWN: {len(instances)} instance(s) ...", file=sys.stderr, flush=True)
         abc, groups = run_abcrown(args, args.bench.name, instances, env, work, deadline)
+        write_tool_csv(args.out / "abcrown.csv", instances, abc.outcomes)
         runs.append(abc)
 
     rows = merge(instances, expected, ours, abc)

@@ -7,6 +7,8 @@
 # all sharing the one GPU; every process stops by WALL_S seconds (default 540), and instances left
 # unrun are counted as not run. Prints one summary table; CSVs go to OUT.
 # PY (default python3), DEVICE (default cuda), SKIP_WHEELS=1 (a dry run here: PY=.venv/bin/python DEVICE=cpu).
+# INSTANCES=CSV: these instances (paths relative to the benchmark folder, e.g. a subset in
+# bench/gpu/subsets/) instead of the folder's instances.csv.
 # The code run is .gpu_src/ when present (a staged copy of a branch), else this checkout.
 set -uo pipefail
 BENCH=$1; OUT=$2; WORKERS=${3:-8}; SCALE=${4:-1.0}; WALL=${5:-540}
@@ -19,7 +21,7 @@ export PYTHONPATH="$SRC:/tmp/site" PYTHONUNBUFFERED=1
 $PY -c "import torch, scipy, onnxruntime; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', 'scipy', scipy.__version__)"
 D=.bench_data/$BENCH
 mkdir -p "$OUT/parts"
-tail -n +1 "$D/instances.csv" | grep -v '^\s*$' > "$OUT/parts/all.csv"
+tail -n +1 "${INSTANCES:-$D/instances.csv}" | grep -v '^\s*$' > "$OUT/parts/all.csv"
 for k in $(seq 0 $((WORKERS-1))); do
   awk -v n="$WORKERS" -v k="$k" 'NR % n == k' "$OUT/parts/all.csv" > "$OUT/parts/part$k.csv"
   timeout -k 5 "$WALL" $PY -m dtensor_verify --threads 2 benchmark "$D" --instances "$OUT/parts/part$k.csv" \
