@@ -5,8 +5,8 @@ branch-and-bound round issues ~60 DTensor redistributions and all-reduces on ran
 A-matrix reduce-scatters of each layer of the backward sweep, the slopes' and bounds' shards,
 the gradients' all-gathers, the early-stop votes). Over gloo on CPU each costs about a
 millisecond of latency however small the tensors, while a small layer's own matmuls take
-microseconds: a 9-input, 3 x 26-ReLU net took 8x (loaded machine) to 48x (idle) one process's
-time per round at P = 2. Splitting domains between ranks instead (`replicate` on a DPx1 mesh)
+microseconds: a 9-input, 3 x 26-ReLU net took 8x one process's time per round at P = 2, and
+8.5x with 256-neuron layers (scripts/bench_tp_bab.py, a loaded machine). Splitting domains between ranks instead (`replicate` on a DPx1 mesh)
 needs one sync per round and ran at 0.6x one process's time per round.
 
 So the CLI's `run` refuses `tp` for branch and bound on a CPU when every layer it would shard
@@ -21,8 +21,8 @@ import os
 from dtensor_verify.errors import PlanError
 
 # Largest tp layer (output neurons) below which tp branch and bound on CPU is refused. Measured
-# 8-48x (26 neurons) and more than 2x (256, see docs/TRUST.md) one process's time per round;
-# GPUs (NCCL) are not concerned.
+# 8x (26 neurons) and 8.5x (256) one process's time per round (docs/TRUST.md); not measured
+# above. GPUs (NCCL) are not concerned.
 TP_BAB_MIN_NEURONS_CPU = 1024
 ALLOW_ENV = "DTENSOR_VERIFY_TP_BAB"
 
@@ -40,7 +40,7 @@ def tp_bab_refusal(graph, styles: dict, device_type: str | None, shard_size: int
         return None
     return (f"'tp' for branch and bound on CPU: its widest sharded layer '{widest.layer}' has {neurons} output "
             f"neurons (under {TP_BAB_MIN_NEURONS_CPU}), so each beta-CROWN step waits on ~60 gloo collectives "
-            f"that cost more than the layers' work (8-48x one process per round, docs/TRUST.md); use "
+            f"that cost more than the layers' work (8x one process's time per round and more, docs/TRUST.md); use "
             f"--plan replicate --mesh {world_size}x1 (the ranks split the domains) or one process, or --no-bab "
             f"({ALLOW_ENV}=allow runs it anyway)")
 
