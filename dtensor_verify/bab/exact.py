@@ -162,12 +162,14 @@ class ExactLeaves:
         return masks, leaf
 
     # -- domains with a few unstable neurons left: every phase pattern is a leaf ---------------
-    def few_unstable(self, domains) -> torch.Tensor:
-        """[n] bool: domains with 1 to MAX_ENUMERATED unstable neurons left."""
+    def few_unstable(self, domains, counts: bool = False) -> torch.Tensor:
+        """[n] bool: domains with 1 to MAX_ENUMERATED unstable neurons left (`counts`: [n] long,
+        how many, 0 for the others)."""
         unstable = {}
         self.phases(domains, unstable)
         count = sum(u.flatten(1).sum(1) for u in unstable.values())
-        return ((count >= 1) & (count <= MAX_ENUMERATED)).to(domains.pair.device)
+        few = (count >= 1) & (count <= MAX_ENUMERATED)
+        return (count * few if counts else few).to(domains.pair.device)
 
     def enumerated(self, domains):
         """Every phase pattern of each domain's unstable neurons: (owner [m] long, masks
@@ -308,10 +310,14 @@ def settle_few_unstable(solver, rest):
     exact = solver.exact
     if exact.disabled or len(rest) == 0:
         return None
-    few = exact.few_unstable(rest)
-    if not bool(few.any()):
+    counts = exact.few_unstable(rest, counts=True)
+    idx = counts.nonzero().flatten()
+    # At most a quarter of the time left on these LPs (HiGHS does not stop on the run's clock).
+    per_lp = exact.seconds / exact.lps if exact.lps else 3e-3
+    budget = 0.25 * solver.time_left() / max(per_lp, 1e-4)
+    idx = idx[torch.cumsum(2 ** counts[idx], 0) <= budget]
+    if idx.numel() == 0:
         return None
-    idx = few.nonzero().flatten()
     try:
         out = exact.decide_enumerated(rest.index(idx), solver.confirm)
     except Exception as exc:    # noqa: BLE001 - this worker alone: its domains stay open
@@ -319,7 +325,7 @@ def settle_few_unstable(solver, rest):
         return None
     solver.stats.proved += int(out.proved.sum())
     solver.counterexample = solver.counterexample or out.counterexample
-    keep = torch.ones(len(rest), dtype=torch.bool, device=few.device)
+    keep = torch.ones(len(rest), dtype=torch.bool, device=counts.device)
     keep[idx[out.proved]] = False
     return keep
 
