@@ -12,6 +12,11 @@ off, so branch and bound and its exact leaves must decide); the first `--torchru
 under `dtensor_verify.launch` with each plan of `--plans` (P = 2). Counted: wrong verdicts (must
 be 0), `unknown` / `timeout` on instances the MILP decides in under a second (must be 0), and
 times. Prints a table; writes OUT/hostile_milp.csv (one row per run) and OUT/hostile_milp.md.
+
+`--family scaled`: issue 18's badly scaled 9-input, 3 x 26-ReLU nets instead
+(milp_oracle.scaled_instance; `--floor` the smallest gap relative to the output's magnitude);
+`--split` forces branch and bound's split kind and `--max-enumerated K` the few-unstable exact
+LPs (0: off) in this process.
 """
 from __future__ import annotations
 
