@@ -8,7 +8,8 @@
 # unrun are counted as not run. Prints one summary table; CSVs go to OUT.
 # PY (default python3), DEVICE (default cuda), SKIP_WHEELS=1 (a dry run here: PY=.venv/bin/python DEVICE=cpu).
 # INSTANCES=CSV: these instances (paths relative to the benchmark folder, e.g. a subset in
-# bench/gpu/subsets/) instead of the folder's instances.csv.
+# bench/gpu/subsets/, or docs/benchmarks/input_bab_h100/acasxu_hard12.csv) instead of the folder's
+# instances.csv.
 # The code run is .gpu_src/ when present (a staged copy of a branch), else this checkout.
 set -uo pipefail
 BENCH=$1; OUT=$2; WORKERS=${3:-8}; SCALE=${4:-1.0}; WALL=${5:-540}
@@ -18,6 +19,7 @@ PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}
 [ -n "${SKIP_WHEELS:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 SRC="$ROOT"; [ -d .gpu_src ] && SRC="$ROOT/.gpu_src"
 export PYTHONPATH="$SRC:/tmp/site" PYTHONUNBUFFERED=1
+export DTENSOR_VERIFY_SHARE_DEVICE=$WORKERS    # each process sizes its batch and queue for 1/WORKERS of the GPU
 $PY -c "import torch, scipy, onnxruntime; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', 'scipy', scipy.__version__)"
 D=.bench_data/$BENCH
 mkdir -p "$OUT/parts"

@@ -15,14 +15,23 @@ def bytes_per_domain(problem) -> int:
     return 4 * (6 * K * elems + 4 * K * relu_elems + 4 * relu_elems) + 256
 
 
+def _sharing() -> int:
+    """Processes that share this device without knowing of each other (DTENSOR_VERIFY_SHARE_DEVICE,
+    e.g. bench/gpu/input_bab_gpu.sh's 8 benchmark processes on one GPU): each takes its part."""
+    try:
+        return max(1, int(os.environ.get("DTENSOR_VERIFY_SHARE_DEVICE", "1")))
+    except ValueError:
+        return 1
+
+
 def free_memory_bytes(device) -> int:
     """Free memory for this rank: CUDA's free bytes plus what PyTorch's caching allocator holds
     unused (blocks kept from earlier instances of a benchmark), or MemAvailable shared by the
-    ranks on the host."""
+    ranks on the host; divided among the processes that share the device (`_sharing`)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(free + max(cached, 0))
+        return int(free + max(cached, 0)) // _sharing()
     try:
         with open("/proc/meminfo") as fh:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if ":" in line}
@@ -30,13 +39,35 @@ def free_memory_bytes(device) -> int:
     except OSError:
         avail = 4 << 30
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return avail // max(local, 1)
+    return avail // max(local, 1) // _sharing()
 
 
-def auto_batch_size(problem, opts, device, free_bytes=free_memory_bytes) -> int:
-    """Parents per round: `opts.batch_size`, or what `opts.memory_fraction` of the free memory holds."""
+def input_bytes_per_domain(problem) -> int:
+    """Rough bytes one sub-box needs while it is bounded (no autograd with CROWN): its domain,
+    plus the A-matrices of the intermediate bounds recomputed on its box (a node's rows against
+    an earlier node's columns, a few alive at once)."""
+    widest = max((node.numel for node in problem.graph.nodes), default=1)
+    return bytes_per_domain(problem) + 4 * 8 * widest * widest
+
+
+def input_batch_size(problem, opts, device, free_bytes=free_memory_bytes) -> int:
+    """Parents per round when splitting inputs: what `opts.memory_fraction` of the free memory
+    holds for their 2 children each, at most `opts.input_max_batch` (`opts.input_cpu_batch` on a
+    CPU, where a round's time grows with the batch and a smaller one picks the worst boxes more
+    often). A 5-input acasxu network (6 x 50 ReLUs): ~100 KB per child (measured on a CPU: 750 MB
+    more peak RSS for 8192 children than for 512), so the cap's 32768 children take ~3 GB."""
+    cap = opts.input_cpu_batch if device.type == "cpu" else opts.input_max_batch
+    budget = free_bytes(device) * opts.memory_fraction
+    return int(max(1, min(cap, budget // (2 * input_bytes_per_domain(problem)))))
+
+
+def auto_batch_size(problem, opts, device, free_bytes=free_memory_bytes, mode: str = "relu") -> int:
+    """Parents per round: `opts.batch_size`, or what `opts.memory_fraction` of the free memory
+    holds (`mode` 'input': `input_batch_size`)."""
     if opts.batch_size is not None:
         return max(1, opts.batch_size)
+    if mode == "input":
+        return input_batch_size(problem, opts, device, free_bytes)
     budget = free_bytes(device) * opts.memory_fraction
     # Children are 2x the parents; fsb bounds `candidates` x 2 more (without autograd, ~1/3).
     per_parent = bytes_per_domain(problem) * (2 + 2 * opts.candidates / 3)

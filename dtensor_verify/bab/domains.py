@@ -130,6 +130,22 @@ class DomainStore:
         self.domains, self.margins = self.domains.index(keep), self.margins[keep]
         return out
 
+    def pop_largest(self, key: torch.Tensor, k: int) -> tuple[Domains | None, torch.Tensor | None]:
+        """Remove and return the `k` domains with the largest `key` [n] (and their margins)."""
+        n = len(self)
+        if n == 0 or k <= 0:
+            return None, None
+        k = min(k, n)
+        idx = torch.topk(key, k, largest=True).indices
+        keep = torch.ones(n, dtype=torch.bool, device=self.margins.device)
+        keep[idx] = False
+        out = (self.domains.index(idx), self.margins[idx])
+        if k == n:
+            self.domains = self.margins = None
+        else:
+            self.domains, self.margins = self.domains.index(keep), self.margins[keep]
+        return out
+
     def pop_best(self, k: int) -> tuple[Domains | None, torch.Tensor | None]:
         """Remove and return the `k` domains with the largest margins (to hand to another worker:
         the easy end of the queue, so the sender keeps the work it was about to do)."""

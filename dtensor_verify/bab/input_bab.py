@@ -18,7 +18,7 @@ import torch
 from ..attack import pgd
 from ..margin import margin, spec_rows
 from ..methods.crown import CrownOptions, intermediate_bounds
-from .domains import Domains
+from .domains import Domains, split
 from .split_kinds import perturbed_dims, relu_neurons, resolve_mode
 
 
@@ -94,3 +94,71 @@ def attack_boxes(problem, domains: Domains, opts, confirm, lockstep: bool, resta
         y = problem.forward(best_x)          # every rank, hits or not (a collective under some layouts)
     hits = (best_v <= 0).nonzero().flatten()
     return confirm(best_x[hits], pair[hits], y[hits]) if hits.numel() else None
+
+
+def pop_crowded(store, k: int):
+    """The `k` deepest open sub-boxes (worst margin first among equals), for a queue over half its
+    limit: depth first on the smallest boxes, whose children are the likeliest to be proved, so the
+    queue stops growing while the search goes on (instead of giving up at the limit)."""
+    if len(store) == 0:
+        return None, None
+    depth = store.domains.depth.to(store.margins.dtype)
+    key = depth + 0.5 * torch.sigmoid(-store.margins.nan_to_num(0.0))   # in [depth, depth + 0.5]
+    return store.pop_largest(key, k)
+
+
+def fill_batch(kids: Domains, decision: torch.Tensor, room: int, problem) -> Domains:
+    """Children split again along their parent's dimension (2 -> 4 -> 8 ... parts of it) while
+    twice their number still fits in `room` (the children a round may bound): a frontier smaller
+    than the batch (the first rounds, a nearly finished search, a worker of several with few
+    domains) uses the spare room at once instead of one halving per round. Sound like any split:
+    the parts cover the parent, and their bounds are recomputed on their own boxes."""
+    if len(kids) == 0:
+        return kids
+    dec = torch.cat([decision, decision])                    # child i comes from parent i % n
+    while 2 * len(kids) <= room:
+        kids = split(kids, dec, problem.relus, problem.pre_of)
+        dec = torch.cat([dec, dec])
+    return kids
+
+
+FIRST_ROUND_CHILDREN = 2048     # before any round is timed
+
+
+def room_this_round(batch: int, child_seconds: float | None, time_left: float) -> int:
+    """Children this round may bound: 2 x batch, but at most `FIRST_ROUND_CHILDREN` while the time
+    per child is unknown, and at most what a fifth of the time left covers at the last round's
+    rate (a round cannot stop early: a 65536-child first round could overrun the limit)."""
+    room = 2 * batch
+    if child_seconds is None:
+        return min(room, FIRST_ROUND_CHILDREN)
+    return max(2, min(room, int(0.2 * time_left / max(child_seconds, 1e-9))))
+
+
+CLIP_SLACK = 1e-3       # a clipped side moves back out by this share of the box's width (rounding)
+
+
+def clip_boxes(problem, boxes: Domains, lA_in: torch.Tensor, lower: torch.Tensor) -> tuple:
+    """Each open sub-box shrunk to the part where a counterexample can still lie (alpha,beta-CROWN's
+    domain clipping). The bound of row k is linear on the box, `L_k(x) = A_k x + b_k <= (C y)_k`,
+    with `min over the box = lower_k`; a counterexample needs `(C y)_k <= d_k` on every real row,
+    so `L_k(x) <= d_k`, which bounds each `x_i` given the others at their best. `lA_in` [n, K, *S]
+    and `lower` [n, K] must come from the same CROWN pass (no optimisation steps). A side that
+    would leave the box empty is not moved (the box stays as it was)."""
+    lo, hi = (t.flatten(1) for t in boxes.box)                                   # [n, N]
+    A = lA_in.flatten(2)                                                         # [n, K, N]
+    centre, radius = (lo + hi) / 2, (hi - lo) / 2
+    bias = lower - (A * centre.unsqueeze(1)).sum(-1) + (A.abs() * radius.unsqueeze(1)).sum(-1)     # [n, K]
+    d, rows = problem.d[boxes.pair], problem.row_mask[boxes.pair]
+    least = torch.minimum(A * lo.unsqueeze(1), A * hi.unsqueeze(1))              # [n, K, N]
+    room = (d - bias).unsqueeze(-1) - (least.sum(-1, keepdim=True) - least)      # A_ki x_i <= room
+    cut = room / torch.where(A == 0, torch.ones_like(A), A)
+    real = rows.unsqueeze(-1) & torch.isfinite(cut)
+    up = torch.where(real & (A > 0), cut, torch.inf).min(1).values
+    down = torch.where(real & (A < 0), cut, -torch.inf).max(1).values
+    slack = CLIP_SLACK * (hi - lo)
+    new_lo, new_hi = torch.maximum(lo, down - slack), torch.minimum(hi, up + slack)
+    keep = new_lo <= new_hi
+    new_lo, new_hi = torch.where(keep, new_lo, lo), torch.where(keep, new_hi, hi)
+    shape = boxes.box[0].shape
+    return new_lo.reshape(shape), new_hi.reshape(shape)

@@ -51,19 +51,26 @@ class BabOptions:
     candidates: int = 3                 # fsb: candidate splits tried per domain
     beta: BetaOptions = field(default_factory=BetaOptions)
     root_iterations: int = 0            # beta-CROWN steps on the roots (they come from alpha-CROWN)
-    max_domains: int = 500_000          # open domains per worker before giving up (verdict unknown);
-    store_fraction: float = 0.2         # lowered to what this share of the free memory holds (the
-                                        # queue is copied when it grows, so it may take twice that)
+    max_domains: int | None = None      # open domains per worker before giving up (verdict unknown):
+    store_fraction: float = 0.2         # what this share of the free memory holds (the queue is
+                                        # copied when it grows, so it may take twice that), or fewer
     max_rounds: int | None = None       # stop (unknown) after this many rounds (benchmarks: equal work)
     pgd_every: int = 10                 # every this many rounds, a short PGD from the most
     pgd_points: int = 16                # promising domains' vertices (this many per worker)
     progress: bool = False              # a tqdm line on stderr (rank 0)
     split: str = "auto"                 # 'auto' | 'relu' | 'input' (see split_kinds.resolve_mode)
     max_input_dims: int = 16            # auto: input splitting up to this many perturbed inputs
-    input_branching: str = "input_fsb"  # 'input_fsb' | 'input_sb'
+    input_branching: str = "input_sb"   # 'input_sb' | 'input_fsb' | 'input_widest' (docs/BENCHMARKS.md)
     input_candidates: int = 4           # input_fsb: dimensions tried per sub-box
     input_alpha_iterations: int = 10    # alpha-CROWN steps before input splitting (pipeline stage)
+    input_iterations: int = 0           # optimisation steps per round when splitting inputs (0: CROWN
+                                        # with the parent's slopes, as alpha,beta-CROWN's acasxu config)
     input_cpu_batch: int = 256          # input splitting on a CPU: at most this many parents a round
+    input_max_batch: int = 16384        # input splitting elsewhere: at most this many (memory decides)
+    input_fill: bool = False            # a small frontier: split along the chosen dim into more parts
+                                        # (off: it left acasxu 2_7..4_7 prop_1 open, BENCHMARKS.md)
+    input_attack_every: int = 4         # PGD inside the most promising sub-boxes every this many rounds
+    input_clip: bool = True             # shrink open sub-boxes to where a counterexample can lie
 
 
 class BabSolver:
@@ -90,17 +97,17 @@ class BabSolver:
         self.counterexample = None              # what `confirm` / `pgd` confirmed on this worker
         self.template: Domains | None = None    # an empty batch of the right shapes
         self._step_seconds = 0.0                # recent duration of one beta-CROWN step
-        self.batch = auto_batch_size(problem, opts, problem.d.device, free_memory_bytes)
-        self.max_open = opts.max_domains        # lowered to what memory holds when solving starts
         self.mode = input_bab.mode_of(problem, opts)       # 'relu' | 'input': the kind of split
+        self.batch = auto_batch_size(problem, opts, problem.d.device, free_memory_bytes, self.mode)
+        self.max_open = opts.max_domains or 0   # set from memory when solving starts
         self._late = False                      # a round stored its domains unbranched (out of time)
         self._round_seconds = 0.0               # input splitting: the last round (its sweeps can't stop early)
-        if self.mode == "input" and opts.batch_size is None and problem.d.device.type == "cpu":
-            self.batch = min(self.batch, opts.input_cpu_batch)
+        self._child_seconds, self._room = None, None   # ... its seconds per child; children this round
         self.branching = opts.input_branching if self.mode == "input" else opts.branching
         candidates = opts.input_candidates if self.mode == "input" else opts.candidates
         self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
-                                    self._bound_once, candidates, problem.graph.input_name)
+                                    self._bound_once, candidates, problem.graph.input_name,
+                                    (problem.box_lower, problem.box_upper))
 
     @property
     def found(self) -> bool:
@@ -173,12 +180,15 @@ class BabSolver:
         self.stats.proved += int(proved.sum())
         open_idx = (~proved).nonzero().flatten()
         rest = kids.index(open_idx)
+        lA_in = result.lA.get(p.graph.input_name)
+        if self.mode == "input" and self.opts.input_clip and result.iterations == 0 and lA_in is not None:
+            rest.box = input_bab.clip_boxes(p, rest, lA_in[open_idx], result.lower[open_idx])
         with PhaseTimer(self.stats, "attack"):
-            lA_in = result.lA.get(p.graph.input_name)
             found = self._attack(rest, None if lA_in is None else lA_in[open_idx])
             self.counterexample = self.counterexample or found or None
             # Under lockstep every rank takes the PGD step (its forward passes are collectives).
-            if self.mode == "input" and (self.lockstep or not self.found):
+            if self.mode == "input" and (self.lockstep or not self.found) \
+                    and self.stats.rounds % self.opts.input_attack_every == 0:
                 found = input_bab.attack_boxes(p, rest, self.opts, self.confirm, self.lockstep)
                 self.counterexample = self.counterexample or found or None
         if self.found and not self.lockstep:
@@ -258,24 +268,33 @@ class BabSolver:
         worker agrees on the smallest, so all stop in the same round)."""
         per_domain = max(1, roots.nbytes() // max(1, len(roots)))
         fits = int(free_memory_bytes(roots.pair.device) * self.opts.store_fraction) // per_domain
-        return self.comm.agree_min(max(self.batch * 4, min(self.opts.max_domains, fits)))
+        cap = fits if self.opts.max_domains is None else min(self.opts.max_domains, fits)
+        return self.comm.agree_min(max(self.batch * 4, cap))
 
     def round(self):
-        # Worst first, unless the queue is over half full: then the most promising domains, whose
-        # children are the likeliest to be proved and leave the queue.
+        # Worst first, unless the queue is over half full: then the most promising domains (input
+        # splitting: the deepest, input_bab.pop_crowded), likeliest to be proved and leave the queue.
         crowded = len(self.store) > self.max_open // 2
-        parents, margins = (self.store.pop_best if crowded else self.store.pop_worst)(self.batch)
+        k = self.batch
+        if self.mode == "input":
+            self._room = input_bab.room_this_round(self.batch, self._child_seconds, self.time_left())
+            k = max(1, min(k, self._room // 2))
+        if crowded and self.mode == "input":
+            parents, margins = input_bab.pop_crowded(self.store, k)
+        else:
+            parents, margins = (self.store.pop_best if crowded else self.store.pop_worst)(k)
         if parents is None:
             if not self.lockstep:
                 return
             parents = self.template
-        t = time.perf_counter()
+        t, before = time.perf_counter(), self.stats.bounded
         try:
             self._bound_children(parents)
             if self.mode == "input":
-                # Never lowered: the reserve must not shrink between a round that stored its
-                # domains unbranched (out of time) and the sync that stops the run.
+                # Never lowered: the reserve must not shrink between a round that stored its domains
+                # unbranched (out of time) and the sync that stops the run.
                 self._round_seconds = max(self._round_seconds, time.perf_counter() - t)
+                self._child_seconds = (time.perf_counter() - t) / max(1, self.stats.bounded - before)
         except Exception as exc:
             # One worker alone (no collective inside a round) can take a smaller batch: the
             # parents go back to the queue unchanged, so no domain is lost (a lost domain would
@@ -293,14 +312,17 @@ class BabSolver:
         # Only a domain stored after the clock ran out lacks a decision, and the run stops first.
         assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
         kids = split(parents, parents.decision, self.problem.relus, self.problem.pre_of)
+        if self.mode == "input" and self.opts.input_fill:
+            kids = input_bab.fill_batch(kids, parents.decision, self._room or 2 * self.batch, self.problem)
         if self.mode == "input" or bool(needs_refresh(parents.decision).any()):
             with PhaseTimer(self.stats, "bounding"):
                 kids.bounds = input_bab.refreshed(self.problem, kids, self.lockstep)
         if len(kids):
             self.stats.batch_sizes.append(len(kids))
             self.stats.max_depth = max(self.stats.max_depth, int(kids.depth.max()))
+        steps = self.opts.input_iterations if self.mode == "input" else self.opts.beta.iterations
         with PhaseTimer(self.stats, "bounding"):
-            result = self._bound(kids, self.opts.beta.iterations)
+            result = self._bound(kids, steps)
         self.stats.iterations += result.iterations
         self.stats.bounded += len(kids)
         self._settle(kids, result, kids.lower)

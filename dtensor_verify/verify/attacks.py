@@ -52,15 +52,39 @@ def confirm_candidates(inst: Instance, x_best, margins, idx) -> Counterexample |
     return inst.confirm.first(x_best, margins, idx, inst.pairs.index)
 
 
-def attack_open(inst: Instance, restarts: int, seed: int, phase: str, starts=None) -> Counterexample | None:
-    """One PGD round on the open pairs (timed as `phase`)."""
+def _dp_share(inst: Instance, restarts: int, seed: int) -> tuple[int, int, object]:
+    """This dp group's part of an attack round spread over the `dp` mesh dim: its share of the
+    restarts (rounded up) from seeds of its own, and the topology (None: one dp group). The
+    ranks of a shard group share their dp index, so their forward passes stay in step."""
+    topo = getattr(inst.model.layout, "topology", None)
+    if topo is None or topo.dp <= 1:
+        return restarts, seed, None
+    return max(1, -(-restarts // topo.dp)), seed + 7919 * topo.dp_rank, topo
+
+
+def _first_found(topo, found: Counterexample | None) -> Counterexample | None:
+    """The first rank's confirmed counterexample, on every rank (so every rank decides alike)."""
+    import torch.distributed as dist
+
+    gathered = [None] * topo.world
+    dist.all_gather_object(gathered, found, group=topo.group)
+    return next((g for g in gathered if g is not None), None)
+
+
+def attack_open(inst: Instance, restarts: int, seed: int, phase: str, starts=None,
+                spread: bool = False) -> Counterexample | None:
+    """One PGD round on the open pairs (timed as `phase`). `spread`: the restarts are shared out
+    over the `dp` groups, which then agree on what was found (every rank must take the round)."""
     open_idx = inst.open_pairs()
     if not open_idx:
         return None
     t = time.perf_counter()
+    restarts, seed, topo = _dp_share(inst, restarts, seed) if spread else (restarts, seed, None)
     x_best, margins = attack_round(inst.model, inst.pairs, open_idx, inst.pair_lo, inst.pair_hi, inst.clock,
                                    inst.attack, restarts, seed, starts)
     found = confirm_candidates(inst, x_best, margins, open_idx)
+    if topo is not None:
+        found = _first_found(topo, found)
     inst.add_phase(phase, time.perf_counter() - t)
     n0 = max((v.shape[0] for v in (starts or {}).values()), default=0)
     inst.say(f"{phase}: {restarts} restarts" + (f" + {n0} guided start(s)" if n0 else "")

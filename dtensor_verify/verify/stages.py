@@ -30,7 +30,7 @@ class Attack:
 
     def run(self, inst: Instance) -> Decision | None:
         inst.clock.check()
-        return _sat(inst, attack_open(inst, inst.attack.restarts, inst.attack.seed, "attack"), "attack")
+        return _sat(inst, attack_open(inst, inst.attack.restarts, inst.attack.seed, "attack", spread=True), "attack")
 
 
 @dataclass
@@ -79,7 +79,8 @@ class AttackBeforeBab:
         if inst.attack.extra_rounds <= 0 or not inst.open_pairs():
             return None
         inst.clock.check()
-        found = attack_open(inst, inst.attack.restarts, inst.attack.seed + 1, "attack-extra", inst.guided)
+        found = attack_open(inst, inst.attack.restarts, inst.attack.seed + 1, "attack-extra", inst.guided,
+                            spread=True)
         inst.extra_rounds_done = 1
         return _sat(inst, found, "attack")
 

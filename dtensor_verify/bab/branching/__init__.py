@@ -15,9 +15,11 @@ from .babsr import babsr, intercept_scores
 from .fsb import fsb
 from .input_fsb import input_fsb
 from .input_sb import input_sb
+from .input_widest import input_widest
 
-HEURISTICS = {"babsr": babsr, "fsb": fsb, "input_sb": input_sb, "input_fsb": input_fsb}
-INPUT_HEURISTICS = ("input_fsb", "input_sb")
+HEURISTICS = {"babsr": babsr, "fsb": fsb, "input_sb": input_sb, "input_fsb": input_fsb,
+              "input_widest": input_widest}
+INPUT_HEURISTICS = ("input_fsb", "input_sb", "input_widest")
 
 
 @dataclass
@@ -30,6 +32,7 @@ class BranchingContext:
                                      # optimisation; refresh: recompute intermediate bounds on each box)
     candidates: int = 3              # fsb / input_fsb: candidates tried per domain
     input_name: str = ""             # the input node (lA[input_name]: A w.r.t. the input)
+    pair_box: tuple | None = None    # (lower, upper) [P, *S]: each pair's whole input box
 
 
 def choose(name: str, domains, lA, ctx: BranchingContext):
