@@ -234,6 +234,11 @@ class ExactLeaves:
         pre = {r: split(vals[p.pre_of[r]]) for r in p.relus}
         return centre, radius, out, pre
 
+    def summary(self) -> dict:
+        """The JSON `exact_lp` entry of branch and bound."""
+        return {"domains": self.lps, "proved": self.proved, "seconds": self.seconds, "disabled": self.disabled,
+                "enumerated_domains": self.enumerated_domains}
+
     # -- the LPs ----------------------------------------------------------------------------
     def decide(self, domains, confirm, masks: dict | None = None) -> LeafOutcome:
         """Decide the leaf domains `domains` (every neuron split or stable; or every phase given
@@ -299,35 +304,6 @@ class ExactLeaves:
         scale = np.abs(A).sum(1) + np.abs(b)
         scale[scale == 0] = 1.0
         return A / scale[:, None], b / scale
-
-
-def settle_few_unstable(solver, rest):
-    """One worker (no collective): the open domains of `rest` with a few unstable neurons left
-    are decided by the exact LP, one per phase pattern. Returns the mask of the domains still
-    open, or None (nothing decided)."""
-    if solver.exact is None:
-        solver._prepare_exact()
-    exact = solver.exact
-    if exact.disabled or len(rest) == 0:
-        return None
-    counts = exact.few_unstable(rest, counts=True)
-    idx = counts.nonzero().flatten()
-    # At most a quarter of the time left on these LPs (HiGHS does not stop on the run's clock).
-    per_lp = exact.seconds / exact.lps if exact.lps else 3e-3
-    budget = 0.25 * solver.time_left() / max(per_lp, 1e-4)
-    idx = idx[torch.cumsum(2 ** counts[idx], 0) <= budget]
-    if idx.numel() == 0:
-        return None
-    try:
-        out = exact.decide_enumerated(rest.index(idx), solver.confirm)
-    except Exception as exc:    # noqa: BLE001 - this worker alone: its domains stay open
-        exact.disabled = f"the exact LP failed ({type(exc).__name__}: {str(exc)[:200]})"
-        return None
-    solver.stats.proved += int(out.proved.sum())
-    solver.counterexample = solver.counterexample or out.counterexample
-    keep = torch.ones(len(rest), dtype=torch.bool, device=counts.device)
-    keep[idx[out.proved]] = False
-    return keep
 
 
 def _solve_blocks(blocks):
