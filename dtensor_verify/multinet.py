@@ -177,6 +177,7 @@ class _Net:
     proto: object              # the file's model, with the hidden tensors as extra outputs (onnxruntime)
     in_shapes: list            # full ONNX input shapes
     module: nn.Module          # onnx2torch conversion
+    batch_added: bool = False  # the conversion has an explicit batch axis in front of in_shapes
 
 
 def _input_shapes(proto, path) -> list:
@@ -201,7 +202,7 @@ class ProductModule(nn.Module):
     def __init__(self, nets: list, M: np.ndarray, query):
         super().__init__()
         self.nets = nn.ModuleList([n.module for n in nets])
-        self.shapes = [[_per_sample(s) for s in n.in_shapes] for n in nets]
+        self.shapes = [[tuple(s) if n.batch_added else _per_sample(s) for s in n.in_shapes] for n in nets]
         n_v, n_z = M.shape
         self.inputs = nn.ModuleList()
         self.places = nn.ModuleList()
@@ -229,7 +230,7 @@ class ProductModule(nn.Module):
             out = net(*xs)
             outs = list(out) if isinstance(out, (tuple, list)) else [out]
             for place, o in zip(self.places[k], outs):
-                v = v + place(o.flatten(1))
+                v = v + place(o.reshape(o.shape[0], -1))
         return v
 
 
@@ -287,6 +288,8 @@ class Product:
 def load_product(query, files: dict, M: np.ndarray, device=None) -> Product:
     """The product model of the query's networks (`files`: name -> ONNX path, from check_mapping)."""
     from .api import BoundedModel
+    from .batch_axis import add_batch_axis, needs_batch_axis
+    from .onnx_rewrites import canonical_onnx
     from .model_loading import _check_float32, _convert, _normalise_proto, load_onnx_proto, trace_module
 
     protos, nets = {}, []
@@ -301,13 +304,15 @@ def load_product(query, files: dict, M: np.ndarray, device=None) -> Product:
             _check_isomorphic(query, net, declared[net.isomorphic_to], proto, protos, files)
         _check_float32(proto, path)
         hidden = [d.onnx_name for d in net.hidden]
-        full = _with_hidden(_normalise_proto(copy.deepcopy(proto), path), hidden)
+        full = _with_hidden(canonical_onnx(_normalise_proto(copy.deepcopy(proto), path)), hidden)
+        batch_added = needs_batch_axis(full)    # no leading batch dim of 1, or ops on axis 0
+        converted = add_batch_axis(full, path) if batch_added else copy.deepcopy(full)
         try:
-            module = _convert(_constants_to_initializers(copy.deepcopy(full)), path).eval()
+            module = _convert(_constants_to_initializers(converted), path).eval()
         except ModelLoadError as exc:   # a valid ONNX file onnx2torch cannot convert: no bound rule
             raise UnsupportedOpError(str(exc)) from None
         # onnxruntime runs the file as given (plus the hidden tensors as outputs)
-        nets.append(_Net(net, path, _with_hidden(proto, hidden), _input_shapes(full, path), module))
+        nets.append(_Net(net, path, _with_hidden(proto, hidden), _input_shapes(full, path), module, batch_added))
     n_z = M.shape[1]
     out = Product(query, nets, M)
     try:

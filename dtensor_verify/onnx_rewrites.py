@@ -3,7 +3,14 @@
 * BatchNormalization (inference) on an input of rank other than 4 (onnx2torch converts only
   the ranks it maps to nn.BatchNorm1d/2d/3d; a 3-D tensor [N, C, L] in a ViT is refused):
   `x * s + t` with s = scale / sqrt(var + eps), t = B - mean * s, shaped [C, 1, ..] so that they
-  broadcast along dim 1. The load-time self-check compares the result with onnxruntime.
+  broadcast along dim 1.
+* Split at opset 18 (no onnx2torch converter): one Slice per output.
+* Conv / pooling `auto_pad` (SAME_UPPER, SAME_LOWER, VALID): the explicit pads.
+* Comparisons / Cast to BOOL of perturbed tensors as float indicators (`onnx_booleans.py`).
+* Pow forms without a direct rule: exponent 0 / 1 / several integers, a perturbed exponent
+  (`onnx_pow.py`).
+
+The load-time self-check compares the result with onnxruntime.
 """
 from __future__ import annotations
 
@@ -83,3 +90,138 @@ def rewrite_batchnorm(proto):
         del proto.graph.node[:]
         proto.graph.node.extend(new_nodes)
     return proto
+
+
+# --------------------------------------------------------------------------- Split-18, auto_pad
+
+def _constant_values(proto) -> dict:
+    from onnx import helper, numpy_helper
+
+    out = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            out[node.output[0]] = numpy_helper.to_array(helper.get_attribute_value(node.attribute[0]))
+    return out
+
+
+def _dims(proto) -> dict[str, tuple]:
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:
+        return {}
+    dims = {}
+    for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        t = info.type.tensor_type
+        if t.HasField("shape"):
+            dims[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+    return dims
+
+
+def _split_sizes(node, consts, dims):
+    """The sizes of a Split's outputs (its `split` input, or `num_outputs` chunks), or None."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if len(node.input) > 1 and node.input[1]:
+        value = consts.get(node.input[1])
+        return None if value is None else [int(v) for v in np.asarray(value).ravel()]
+    shape = dims.get(node.input[0])
+    axis = int(attrs.get("axis", 0))
+    if shape is None or shape[axis] is None:
+        return None
+    d, n = shape[axis], len(node.output)
+    chunk = -(-d // n) if "num_outputs" in attrs else d // n
+    return [chunk] * (n - 1) + [d - chunk * (n - 1)]
+
+
+def rewrite_split18(proto):
+    """Split at opset >= 18 (onnx2torch has no converter, and onnx cannot lower it to 17): one
+    Slice per output, with its constant start / end on the split axis (exact)."""
+    from onnx import helper, numpy_helper
+
+    if max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=13) < 18:
+        return proto
+    if not any(n.op_type == "Split" for n in proto.graph.node):
+        return proto
+    consts, dims = _constant_values(proto), _dims(proto)
+    new_nodes, changed = [], False
+    for node in proto.graph.node:
+        sizes = _split_sizes(node, consts, dims) if node.op_type == "Split" else None
+        if sizes is None or len(sizes) != len(node.output):
+            new_nodes.append(node)
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        base = (node.name or node.output[0]).replace("/", "_")
+        start = 0
+        for k, (out, size) in enumerate(zip(node.output, sizes)):
+            names = [f"{base}__split{k}_{w}" for w in ("start", "end", "axis")]
+            for name, v in zip(names, (start, start + size, axis)):
+                proto.graph.initializer.append(numpy_helper.from_array(np.asarray([v], np.int64), name))
+            if out:
+                new_nodes.append(helper.make_node("Slice", [node.input[0], *names], [out], name=f"{base}__slice{k}"))
+            start += size
+        changed = True
+    if changed:
+        del proto.graph.node[:]
+        proto.graph.node.extend(new_nodes)
+    return proto
+
+
+_AUTO_PAD_OPS = ("Conv", "MaxPool", "AveragePool", "LpPool")
+
+
+def _explicit_pads(node, spatial, kernel):
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    mode = attrs["auto_pad"].decode() if isinstance(attrs["auto_pad"], bytes) else attrs["auto_pad"]
+    n = len(spatial)
+    strides = list(attrs.get("strides", [1] * n))
+    dil = list(attrs.get("dilations", [1] * n))
+    if mode in ("NOTSET", "VALID"):
+        return [0] * (2 * n) if mode == "VALID" else None
+    begins, ends = [], []
+    for size, k, s, d in zip(spatial, kernel, strides, dil):
+        out = -(-size // s)
+        need = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small = need // 2
+        begins.append(small if mode == "SAME_UPPER" else need - small)
+        ends.append(need - begins[-1])
+    return begins + ends
+
+
+def rewrite_auto_pad(proto):
+    """`auto_pad` SAME_UPPER / SAME_LOWER / VALID (onnx2torch converts only explicit pads) of Conv
+    and pooling: the explicit `pads` the standard defines for the input's fixed spatial size."""
+    from onnx import helper
+
+    todo = [n for n in proto.graph.node if n.op_type in _AUTO_PAD_OPS and
+            any(a.name == "auto_pad" and a.s not in (b"NOTSET", b"") for a in n.attribute)]
+    if not todo:
+        return proto
+    consts, dims = _constant_values(proto), _dims(proto)
+    for node in todo:
+        shape = dims.get(node.input[0])
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv":
+            w = consts.get(node.input[1])
+            kernel = None if w is None else list(w.shape[2:])
+        else:
+            kernel = list(attrs.get("kernel_shape", []))
+        if shape is None or kernel is None or any(s is None for s in shape[2:]) or len(shape) - 2 != len(kernel):
+            continue
+        pads = _explicit_pads(node, list(shape[2:]), kernel)
+        keep = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(keep + [helper.make_attribute("pads", pads)])
+    return proto
+
+
+def canonical_onnx(proto):
+    """Every rewrite of this module, in order (the loader and the 2.0 product graph)."""
+    from .onnx_booleans import rewrite_comparisons
+    from .onnx_pow import rewrite_pow
+
+    return rewrite_pow(rewrite_comparisons(rewrite_auto_pad(rewrite_split18(rewrite_batchnorm(proto)))))

@@ -95,3 +95,20 @@ def test_onnx_softmax_maxpool(tmp_path, one_thread):
              const("gb", rand((3,), 4))]
     path = build(tmp_path, "softmax_maxpool", nodes, inits, [1, 1, 4, 4], opset=11)
     check_network(path, None, seeds=(0,), width=0.3, alpha_iters=3)
+
+
+def test_softmax_ibp_stays_within_0_1_on_a_wide_box():
+    """The pairwise differences' |W| is 0 on the diagonal (x_i - x_i is exactly 0): IBP of the
+    decomposed softmax keeps each output within [0, 1] on a wide box (it was ~1e8 before), and
+    the bounds hold for sampled points."""
+    import dtensor_verify as dv
+
+    net = torch.nn.Sequential(torch.nn.Softmax(dim=1))
+    model = dv.load(net, (3,))
+    lo, hi = torch.full((1, 3), -10.0), torch.full((1, 3), 10.0)
+    for method in ("ibp", "crown"):
+        r = model.compute_bounds(lo, hi, method)
+        assert (r.lower >= 0).all() and (r.upper <= 1 + 1e-6).all(), (method, r.lower, r.upper)
+        xs = lo + (hi - lo) * torch.rand(2000, 3, generator=torch.Generator().manual_seed(0))
+        ys = net(xs)
+        assert (ys >= r.lower - 1e-6).all() and (ys <= r.upper + 1e-6).all()

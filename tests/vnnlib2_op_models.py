@@ -73,6 +73,18 @@ def _specs():
         "Where": ([_n("Where", ["c", "x", "k"])],
                   [numpy_helper.from_array(np.array([True, False]), "c"), _f("k", [0.3, -0.7])], [1, 2]),
     })
+    # Booleans of the perturbed input (float indicators, onnx_booleans.py), back to float by a Cast.
+    for op in ("Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"):
+        s[op] = ([_n(op, ["x", "k"], ["b"]), _n("Cast", ["b"], to=TensorProto.FLOAT)], [_f("k", [0.25, 0.0])], [1, 2])
+    s["Not"] = ([_n("Greater", ["x", "k"], ["b"]), _n("Not", ["b"], ["n"]), _n("Cast", ["n"], to=TensorProto.FLOAT)],
+                [_f("k", 0.25)], [1, 2])
+    for op in ("And", "Or"):
+        s[op] = ([_n("Greater", ["x", "k"], ["b"]), _n("Less", ["x", "m"], ["c"]), _n(op, ["b", "c"], ["n"]),
+                  _n("Cast", ["n"], to=TensorProto.FLOAT)], [_f("k", -0.25), _f("m", 0.5)], [1, 2])
+    s["Constant"] = ([helper.make_node("Constant", [], ["k"], value=_f("v", [0.5, -1.0])), _n("Add", ["x", "k"])],
+                     [], [1, 2])
+    s["ConstantOfShape"] = ([_n("ConstantOfShape", ["s"], ["k"], value=_f("v", [1.5])), _n("Mul", ["x", "k"])],
+                            [_i("s", [1, 2])], [1, 2])
     return s
 
 

@@ -3,7 +3,11 @@
     problem.py     what stays fixed (BabProblem), what comes out (BabResult, BabStats)
     roots.py       root domains from the pipeline's open pairs and their RootState
     domains.py     a batch of domains; the store that hands out the worst first; splitting
-    branching/     which neuron to split (one module per heuristic: babsr, fsb)
+    branching/     which neuron to split (one module per heuristic: babsr, fsb, input_sb / input_fsb,
+                   general: ReLU and general-activation neurons in one ranking)
+    split_kinds.py the kinds of split (ReLU, input, general) and which one a run uses
+    general_split.py   cutting a sigmoid / sin / product-operand neuron's interval in two
+    general_refresh.py the layers behind a cut bounded again
     budget.py      batch size and queue length from the free memory
     solver.py      pick -> split -> bound -> prune -> add, on a clock
     comm.py        how workers (one per process, or spread over the `dp` mesh dim) agree

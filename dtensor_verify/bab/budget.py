@@ -12,6 +12,7 @@ def bytes_per_domain(problem) -> int:
     K = problem.C.shape[1]
     elems = sum(node.numel for node in problem.graph.nodes)
     relu_elems = sum(problem.graph[r].numel for r in problem.relus)
+    relu_elems += 2 * sum(problem.graph[g].numel for g in getattr(problem, "general_ops", ()))   # 2 params each
     return 4 * (6 * K * elems + 4 * K * relu_elems + 4 * relu_elems) + 256
 
 

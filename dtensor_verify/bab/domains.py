@@ -8,7 +8,8 @@ domains is indexing; no state lives on graph nodes.
 
 Splits come in kinds, told apart by `decision[:, 0]` (see `split_kinds.py`): a ReLU split
 (the relu's index, >= 0, and a flat neuron) or an input split (`INPUT_SPLIT` and a flat input
-dimension: the domain's own sub-box `box` is halved there). Domains of an input-splitting run
+dimension: the domain's own sub-box `box` is halved there) or a general split (a code <=
+`general_split.GENERAL_SPLIT` and a flat neuron: its interval is cut in two). Domains of an input-splitting run
 carry their box ([n, *S] each side); domains of a ReLU-only run leave it None (their box is
 their pair's), which saves its memory.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..margin import margin
+from .general_split import split_general
 
 NO_DECISION = -1      # decision[:, 0] of a domain with nothing left to split
 INPUT_SPLIT = -2      # decision[:, 0] of a domain whose input box is halved along decision[:, 1]
@@ -29,7 +31,8 @@ class Domains:
     pair: torch.Tensor        # [n] long: the (region, disjunct) pair of the property it refines
     lower: torch.Tensor       # [n, K] best lower bounds of C y (the pair's rows; d not subtracted)
     bounds: dict              # pre-activation node -> (lower, upper) [n, *S], split neurons clamped
-    signs: dict               # relu node -> [n, *S]: +1 split `z <= 0`, -1 split `z >= 0`, 0 free
+    signs: dict               # relu node -> [n, *S]: +1 split `z <= 0`, -1 split `z >= 0`, 0 free;
+                              # general op (beta_of) -> [n, *S]: 1 where a general split cut its input
     alphas: dict              # relu node -> [n, K, *S] lower slopes of the last bound
     betas: dict               # relu node -> [n, K, *S] split multipliers of the last bound
     depth: torch.Tensor       # [n] long: number of splits
@@ -164,12 +167,15 @@ class DomainStore:
         return out
 
 
-def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: dict[str, str]) -> Domains:
+def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: dict[str, str],
+          general: list | tuple = (), beta_of: dict | None = None) -> Domains:
     """The two children of each domain on its `decision`. ReLU split (relu index, flat neuron):
     the first n take `z >= 0` (lower bound clamped to 0), the last n `z <= 0` (upper bound
     clamped to 0). Input split (INPUT_SPLIT, dim): the first n take the lower half of the box
     along dim, the last n the upper half (their intermediate bounds are the parent's until the
-    solver recomputes them on the smaller box). Children keep their parent's slopes,
+    solver recomputes them on the smaller box). General split (`general_split.code_of(j)`,
+    flat neuron of node general[j]): the first n keep the upper part of its interval, the last n
+    the lower part. Children keep their parent's slopes,
     multipliers and lower bound (a floor: a child's domain lies inside its parent's)."""
     n = len(domains)
     both = torch.cat([torch.arange(n, device=domains.pair.device)] * 2)
@@ -182,6 +188,8 @@ def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: di
     if rows.numel():
         kids.box = halve_boxes(kids.box, rows, dec[rows, 1], side[rows] < 0)
     _split_relus(kids, dec, side, relus, pre_of)
+    if general:
+        split_general(kids, dec, side, general, beta_of)
     kids.decision = torch.full_like(kids.decision, NO_DECISION)
     return kids
 

@@ -19,7 +19,7 @@ from ..attack import pgd
 from ..margin import margin, spec_rows
 from ..methods.crown import CrownOptions, intermediate_bounds
 from .domains import Domains, split
-from .split_kinds import perturbed_dims, relu_neurons, resolve_mode
+from .split_kinds import has_general, perturbed_dims, relu_neurons, resolve_mode
 
 
 def mode_of(problem, opts) -> str:
@@ -27,7 +27,7 @@ def mode_of(problem, opts) -> str:
     same domains) split ReLUs: input splitting reads the A-matrix at the input, which such a
     layout may keep sliced, so the ranks could choose different dimensions (not supported yet)."""
     mode = resolve_mode(opts.split, relu_neurons(problem.graph), perturbed_dims(problem.box_lower, problem.box_upper),
-                        opts.max_input_dims)
+                        opts.max_input_dims, has_general(problem.graph))
     layout = problem.layout
     if mode == "input" and layout.world_size > 1 and not layout.splits_domains and problem.relus:
         return "relu"
@@ -43,10 +43,8 @@ def alpha_before(model, pair_lo, pair_hi, bab: bool, bab_options, alpha_options)
     opts = bab_options
     if not bab or alpha_options is not None:
         return alpha_options
-    nonlinear = [n.op for n in model.graph.nodes if n.op is not None and n.op.needs_input_bounds]
-    if any(not getattr(op, "splittable", True) for op in nonlinear):
-        return alpha_options                          # branch and bound is skipped there
-    mode = resolve_mode(opts.split, relu_neurons(model.graph), perturbed_dims(pair_lo, pair_hi), opts.max_input_dims)
+    mode = resolve_mode(opts.split, relu_neurons(model.graph), perturbed_dims(pair_lo, pair_hi), opts.max_input_dims,
+                        has_general(model.graph))
     return AlphaOptions(iterations=opts.input_alpha_iterations) if mode == "input" else None
 
 

@@ -26,8 +26,25 @@ class BabProblem:
     box_upper: torch.Tensor
 
     def __post_init__(self):
-        self.relus = [n.name for n in self.graph.nodes if n.op is not None and n.op.needs_input_bounds]
+        nonlinear = [n for n in self.graph.nodes if n.op is not None and n.op.needs_input_bounds]
+        # ReLUs (split by sign, with beta) and the other nonlinear ops (sigmoid, sin, products, ...)
+        self.relus = [n.name for n in nonlinear if getattr(n.op, "splittable", False)]
         self.pre_of = {r: self.graph[r].inputs[0] for r in self.relus}
+        self.general_ops = [n.name for n in nonlinear if not getattr(n.op, "splittable", False)]
+        # General splits cut the interval of a neuron of one of these nodes: the inputs of the
+        # general ops (both operands of a product), in graph order (bab/general_split.py).
+        feeds = {i for name in self.general_ops for i in self.graph[name].inputs}
+        self.general = [n for n in self.graph.preactivation_nodes() if n in feeds and n != self.graph.input_name]
+        # The elementwise op that carries each general node's split constraints (beta): its first
+        # consumer with a scalar relaxation (products carry none: their nodes are split without).
+        self.beta_of = {}
+        for name in self.general:
+            ops = [c for c in self.graph.consumers[name] if c in self.general_ops
+                   and hasattr(self.graph[c].op, "fn") and len(self.graph[c].inputs) == 1]
+            if ops:
+                self.beta_of[name] = ops[0]
+        # Nodes whose lower A-matrix branching heuristics read (BetaResult.lA).
+        self.scored = set(self.pre_of) | set(self.general_ops) | {self.graph.input_name}
 
     def bounds_of(self, domains) -> dict:
         bounds = dict(domains.bounds)

@@ -15,7 +15,8 @@ class RootState:
     """What a bound stage hands to branch and bound for one (region, disjunct) pair."""
     bounds: dict                        # pre-activation node -> (lower, upper) [*S] (unbatched)
     alphas: dict | None = None          # relu node -> [K_i, *S] lower slopes of the pair's rows,
-                                        # or None (then CROWN's adaptive slopes)
+                                        # other alpha ops -> [2, K_i, *S] (their lower bound's two
+                                        # parameters), or None (then CROWN's choice)
 
 
 def make_roots(problem: BabProblem, pairs: list[int], roots: list[RootState], lowers: list[torch.Tensor]
@@ -30,7 +31,7 @@ def make_roots(problem: BabProblem, pairs: list[int], roots: list[RootState], lo
     device = problem.d.device
     n = len(pairs)
     pair = torch.tensor(pairs, dtype=torch.long, device=device)
-    pre_nodes = sorted({problem.pre_of[r] for r in problem.relus})
+    pre_nodes = sorted({problem.pre_of[r] for r in problem.relus} | set(problem.general))
     root_bounds = {name: (torch.stack([s.bounds[name][0] for s in roots]),
                           torch.stack([s.bounds[name][1] for s in roots])) for name in pre_nodes}
     lower = torch.full((n, K), -torch.inf, device=device)
@@ -46,6 +47,37 @@ def make_roots(problem: BabProblem, pairs: list[int], roots: list[RootState], lo
         slopes[relu] = layout.alpha_param(adaptive, graph[relu], graph.output_name).contiguous()
         multipliers[relu] = torch.zeros_like(slopes[relu])
         signs[relu] = torch.zeros_like(lo)
+    slopes.update(_general_slopes(problem, roots, root_bounds, pair, K))
+    for node, op in problem.beta_of.items():        # general splits' constraints, none yet
+        if op in slopes:
+            signs[op] = torch.zeros_like(root_bounds[node][0])
+            multipliers[op] = torch.zeros_like(slopes[op])
     return Domains(pair=pair, lower=lower, bounds=root_bounds, signs=signs, alphas=slopes, betas=multipliers,
                    depth=torch.zeros(n, dtype=torch.long, device=device),
                    decision=torch.full((n, 2), NO_DECISION, dtype=torch.long, device=device))
+
+
+def _general_slopes(problem: BabProblem, roots: list[RootState], root_bounds: dict, pair, K: int) -> dict:
+    """Relaxation parameters of the other alpha ops (sigmoid, products, ...): [n, 2, K, *P], the two
+    that the lower bound's backward sweep reads (`ops.activation`: lower / upper line of the lA
+    side), from the pair's alpha-CROWN state where it has them, else CROWN's choice."""
+    graph, out = problem.graph, {}
+    for name in problem.general_ops:
+        node = graph[name]
+        if not getattr(node.op, "has_alpha", False):
+            continue
+        box = (problem.box_lower[pair], problem.box_upper[pair])
+        ins = [box if i == graph.input_name else root_bounds[i] for i in node.inputs]
+        n = len(pair)
+        if hasattr(node.op, "init_alpha_inputs"):
+            init = node.op.init_alpha_inputs(ins)
+        else:
+            init = node.op.init_alpha(*ins[0])                  # [P, n, *S]
+        init = init[:2].transpose(0, 1).unsqueeze(2)            # [n, 2, 1, *S]
+        a = init.expand(n, 2, K, *init.shape[3:]).clone()
+        for i, s in enumerate(roots):
+            given = None if s.alphas is None else s.alphas.get(name)
+            if given is not None and given.dim() == a.dim() - 1 and given.shape[0] == 2:
+                a[i, :, :given.shape[1]] = given
+        out[name] = problem.layout.alpha_param(a, node, graph.output_name).contiguous()
+    return out

@@ -8,9 +8,9 @@ the next split of the rest and stores them. Workers (dp groups of ranks, see `co
 every round on whether to stop: a confirmed counterexample anywhere, no open domain anywhere,
 a domain that cannot be split any more, or the clock.
 
-Domains carry their kind of split (`split_kinds.py`): ReLU splits, or, when the property has few
-perturbed inputs (`split='auto'`), input splits, whose children are the halves of their parent's
-input sub-box; their intermediate bounds are recomputed on the half box before beta-CROWN.
+Domains carry their kind of split (`split_kinds.py`): ReLU, general (an activation neuron's interval
+cut in two, `general_split.py`) or, with few perturbed inputs (`split='auto'`), input splits (halves
+of the parent's sub-box, whose intermediate bounds are recomputed on the half box).
 
 Soundness: a domain leaves the store only when its bound proves it (`margin > 0`, the bound of
 `C y - d` on some row of its disjunct is positive on every input of the domain); "proved" is
@@ -28,11 +28,12 @@ import torch
 from ..margin import best_row, margin, spec_rows
 from ..methods.beta_crown import BetaOptions, BetaResult, beta_crown
 from . import input_bab
-from .branching import BranchingContext, choose
+from .branching import choose, context_for, mixed
 from .budget import auto_batch_size, free_memory_bytes, out_of_memory, release_cached_memory
 from .comm import LocalComm
 from .domains import NO_DECISION, Domains, DomainStore, split
 from .exact_hooks import decide_leaves, settle_few_unstable
+from .general_refresh import refresh_children
 from .problem import BabProblem, BabResult, BabStats, PhaseTimer
 from .split_kinds import needs_refresh
 
@@ -103,11 +104,9 @@ class BabSolver:
         self._late = False                      # a round stored its domains unbranched (out of time)
         self._round_seconds = 0.0               # input splitting: the last round (its sweeps can't stop early)
         self._child_seconds, self._room = None, None   # ... its seconds per child; children this round
-        self.branching = opts.input_branching if self.mode == "input" else opts.branching
+        self.branching = opts.input_branching if self.mode == "input" else mixed(opts.branching, problem)
         candidates = opts.input_candidates if self.mode == "input" else opts.candidates
-        self.ctx = BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask,
-                                    self._bound_once, candidates, problem.graph.input_name,
-                                    (problem.box_lower, problem.box_upper))
+        self.ctx = context_for(problem, self._bound_once, candidates)
 
     @property
     def found(self) -> bool:
@@ -209,7 +208,7 @@ class BabSolver:
             rest, margins, open_idx = settle_few_unstable(self, rest, margins, open_idx)
             if self.found or len(rest) == 0:
                 return
-        lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.pre_of or r == p.graph.input_name}
+        lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.scored}
         with PhaseTimer(self.stats, "branching"):
             rest.decision = choose(self.branching, rest, lA, self.ctx)
         stuck = rest.decision[:, 0] == NO_DECISION
@@ -265,7 +264,7 @@ class BabSolver:
         t, before = time.perf_counter(), self.stats.bounded
         try:
             self._bound_children(parents)
-            if self.mode == "input":
+            if self.mode == "input" or self.problem.general:     # (general: refreshed layers)
                 # Never lowered: the reserve must not shrink between a round that stored its domains
                 # unbranched (out of time) and the sync that stops the run.
                 self._round_seconds = max(self._round_seconds, time.perf_counter() - t)
@@ -286,12 +285,15 @@ class BabSolver:
         self.stats.rounds += 1
         # Only a domain stored after the clock ran out lacks a decision, and the run stops first.
         assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
-        kids = split(parents, parents.decision, self.problem.relus, self.problem.pre_of)
+        p = self.problem
+        kids = split(parents, parents.decision, p.relus, p.pre_of, p.general, p.beta_of)
         if self.mode == "input" and self.opts.input_fill:
             kids = input_bab.fill_batch(kids, parents.decision, self._room or 2 * self.batch, self.problem)
-        if self.mode == "input" or bool(needs_refresh(parents.decision).any()):
-            with PhaseTimer(self.stats, "bounding"):
-                kids.bounds = input_bab.refreshed(self.problem, kids, self.lockstep)
+        with PhaseTimer(self.stats, "bounding"):
+            if self.mode == "input" or bool(needs_refresh(parents.decision).any()):
+                kids.bounds = input_bab.refreshed(p, kids, self.lockstep)
+            if p.general:           # the layers behind general splits, bounded again
+                refresh_children(p, kids, parents.decision, self.lockstep)
         if len(kids):
             self.stats.batch_sizes.append(len(kids))
             self.stats.max_depth = max(self.stats.max_depth, int(kids.depth.max()))
@@ -361,14 +363,10 @@ class BabSolver:
 
     def _pgd_step(self):
         """Every rank takes this step in the same rounds (PGD's forward passes are collectives
-        under some layouts), with its own seeds or none."""
+        under some layouts), with its own seeds or none (no points, shaped like the input)."""
         with PhaseTimer(self.stats, "attack"):
-            seeds = self.seeds if self.seeds is not None else (self.template_points(), self.template.pair)
+            seeds = self.seeds if self.seeds is not None else (self.problem.box_lower[:0], self.template.pair)
             self.counterexample = self.counterexample or self.pgd(*seeds) or None
-
-    def template_points(self) -> torch.Tensor:
-        """No start points, shaped like the input (for a PGD step with nothing to seed it)."""
-        return self.problem.box_lower[:0]
 
     def _result(self, status: str, why: str | None = None) -> BabResult:
         st = self.stats

@@ -9,12 +9,14 @@ A domain's `decision` row names its next split; `decision[:, 0]` tells the kind:
                   (`input_bab.refreshed`: CROWN on the child box, intersected with the
                   parent's, which stay valid since the child box lies inside the parent's).
 
-A further kind (a split of a general activation's pre-activation interval at a point) slots in
-the same way: a negative code of its own in `decision[:, 0]`, a function here that narrows the
-children's `bounds` of that node (both children re-derive the activation's relaxation from the
-narrower interval, as ReLU children do), and a branching heuristic in `branching/` that picks
-the neuron. The solver only asks `needs_refresh` (children whose intermediate bounds must be
-recomputed) and calls `domains.split`, which dispatches on the code.
+    <= GENERAL_SPLIT  general split (`general_split.py`): the interval of a neuron of a node
+                  feeding a sigmoid / tanh / sin / GELU / ... or a product is cut at a point;
+                  children narrow that node's `bounds` and every op re-derives its relaxation
+                  from the narrower interval. Split by 'relu' runs (neuron splits) of networks
+                  with such ops, ranked with the ReLU neurons (`branching/general.py`).
+
+The solver only asks `needs_refresh` (children whose intermediate bounds must be recomputed)
+and calls `domains.split`, which dispatches on the code.
 
 Which kind a run uses (`BabOptions.split`): 'relu', 'input', or 'auto': input splitting when
 the property perturbs few input dimensions (`max_input_dims`) and the network has more than
@@ -22,6 +24,8 @@ the property perturbs few input dimensions (`max_input_dims`) and the network ha
 on them: with exact leaves (`bab/exact.py`) that search is finite and complete, while halving boxes
 never ends on an instance whose exact margin is near 0 (seen on 3-input, 20-ReLU networks with
 margins of 1e-6..1e-4: input splitting timed out where ReLU splitting decides in a second).
+A network with other nonlinear ops (no exact leaves) splits inputs whenever few are perturbed,
+else neurons ('relu': ReLU and general splits).
 """
 from __future__ import annotations
 
@@ -46,6 +50,12 @@ def perturbed_dims(lower: torch.Tensor, upper: torch.Tensor) -> int:
     return int(((upper - lower).flatten(1) > 0).sum(1).max()) if lower.numel() else 0
 
 
+def has_general(graph) -> bool:
+    """True when the graph has nonlinear ops other than ReLU (general splits apply)."""
+    return any(n.op is not None and n.op.needs_input_bounds and not getattr(n.op, "splittable", False)
+               for n in graph.nodes)
+
+
 def relu_neurons(graph) -> int:
     """The number of ReLU neurons (per sample) of a bound graph."""
     import math
@@ -53,12 +63,15 @@ def relu_neurons(graph) -> int:
     return sum(math.prod(n.op.out_shape) for n in graph.nodes if n.op is not None and n.op.needs_input_bounds)
 
 
-def resolve_mode(mode: str, n_relus: int, n_perturbed: int, max_input_dims: int) -> str:
-    """'relu' or 'input' for this run (see the module docstring); `n_relus` counts neurons."""
+def resolve_mode(mode: str, n_relus: int, n_perturbed: int, max_input_dims: int, general: bool = False) -> str:
+    """'relu' or 'input' for this run (see the module docstring); `n_relus` counts neurons;
+    `general`: the network has nonlinear ops other than ReLU (no exact leaves: few inputs split)."""
     if mode not in SPLIT_MODES:
         raise ValueError(f"split mode must be one of {', '.join(SPLIT_MODES)}, not '{mode}'")
     if mode != "auto":
         return mode
+    if general:
+        return "input" if n_perturbed <= max_input_dims else "relu"
     return "input" if n_relus == 0 or (n_perturbed <= max_input_dims and n_relus > FEW_RELUS) else "relu"
 
 

@@ -48,6 +48,12 @@ def _objective(lower, d, row_mask):
     return (lower - d).masked_fill(~row_mask, 0.0).sum(1)
 
 
+def _slopes(a, relu: bool):
+    """What a node's backward rule reads for the lower bound: a ReLU's slopes [B, K, *S] (lA
+    side); another alpha op's two lA-side parameters, stored as [B, 2, K, *S] (see bab/roots.py)."""
+    return (a, None) if relu else (a[:, 0], a[:, 1], None, None)
+
+
 def _where_batch(mask, new, old):
     """`new` where the domain (dim 0) is marked, else `old`."""
     return torch.where(mask.reshape(mask.shape[0], *([1] * (new.dim() - 1))), new, old)
@@ -59,8 +65,11 @@ def beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout: Layo
 
     bounds: the input box (under `graph.input_name`) and every pre-activation's bounds, [B, *S],
         split neurons already clamped. C: [B, K, n_out]; d, row_mask: [B, K] (padded rows False).
-    alphas, betas: relu node -> [B, K, *S] warm starts (copied, not changed). signs: relu node ->
-        [B, *S] in {-1, 0, +1}: +1 where the domain has `z <= 0`, -1 where `z >= 0`.
+    alphas, betas: relu node -> [B, K, *S] warm starts (copied, not changed); other alpha ops
+        (sigmoid, products) -> [B, 2, K, *S]. signs: relu node ->
+        [B, *S] in {-1, 0, +1}: +1 where the domain has `z <= 0`, -1 where `z >= 0`; an
+        elementwise general op -> [B, *S] mask of the neurons whose interval a general split cut
+        (their betas [B, 2, K, *S]: multipliers of `l <= z` and `z <= u`).
     A domain's rows are proved where `lower - d > 0`; the loop stops early once every domain has a
     proved row (on every rank).
     """
@@ -71,7 +80,8 @@ def beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout: Layo
     recorded: dict = {}
 
     def bound(record=None):
-        return output_bound(graph, bounds, C, layout, {r: (a, None) for r, a in alpha_p.items()},
+        return output_bound(graph, bounds, C, layout,
+                            {r: _slopes(a, getattr(graph[r].op, "splittable", False)) for r, a in alpha_p.items()},
                             want_lower=True, want_upper=False, gather=False,
                             betas={r: (b, signs[r]) for r, b in beta_p.items()}, record=record)[0]
 

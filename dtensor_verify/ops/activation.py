@@ -114,7 +114,10 @@ class ActivationOp(BoundOp):
         k_lo, k_up = k_lo.to(dtype), k_up.to(dtype)
         return k_lo, round_out(b_lo, dtype, True), k_up, round_out(b_up, dtype, False)
 
-    def backward(self, lA, uA, input_bounds, alpha=None):
+    def backward(self, lA, uA, input_bounds, alpha=None, beta=None):
+        """`beta` (optional, branch and bound's general splits): (multipliers [B, 2, K, *S] >= 0,
+        mask [B, *S] of split neurons): the Lagrangian terms of `l - z <= 0` and `z - u <= 0` of
+        each split neuron's interval (valid on the domain), as beta-CROWN does for ReLU splits."""
         lower, upper = input_bounds[0]
         l, u = lower.double().unsqueeze(1), upper.double().unsqueeze(1)
         dtype = (lA if lA is not None else uA).dtype
@@ -135,7 +138,24 @@ class ActivationOp(BoundOp):
             else:
                 result_A.append(pos * k_up + neg * k_lo)
                 biases.append(per_row_sum(_safe_product(pos, b_up) + _safe_product(neg, b_lo)))
+            if beta is not None:
+                result_A[side], extra = _split_terms(result_A[side], beta, lower, upper, side == 0)
+                biases[side] = biases[side] + extra
         return BackwardResult([tuple(result_A)], biases[0], biases[1])
+
+
+def _split_terms(A, beta, lower, upper, lower_side: bool):
+    """A lower bound of `A f(z)` holds with `+ b_lo (l - z) + b_up (z - u)` added (both terms <= 0
+    on the domain, b >= 0), an upper bound with them subtracted: (new A at z, bias [B, K])."""
+    mult, mask = beta
+    m = mask.unsqueeze(1).to(torch.bool)
+    b_lo, b_up = mult[:, 0], mult[:, 1]
+    zero = torch.zeros((), dtype=A.dtype, device=A.device)
+    l = torch.where(m, lower.unsqueeze(1).to(A.dtype), zero)
+    u = torch.where(m, upper.unsqueeze(1).to(A.dtype), zero)
+    coef = torch.where(m, b_up - b_lo, zero)
+    bias = per_row_sum(torch.where(m, b_lo * l - b_up * u, zero))
+    return (A + coef, bias) if lower_side else (A - coef, -bias)
 
 
 def _touch_grad(fn, k, l, u, lower: bool):

@@ -24,8 +24,33 @@ def pairwise_diff(x, dim: int):
     return x.unsqueeze(dim) - x.unsqueeze(dim + 1)
 
 
+def flip_diff(x, dim: int):
+    """x_i - x_(1-i) over a dim of size 2 (softmax of two: y_0 = sigmoid(x_0 - x_1))."""
+    return x - x.flip(dim)
+
+
+def flip_abs(x, dim: int):
+    return x + x.flip(dim)
+
+
+def first_and_negated(x, dim: int):
+    """[x_0, -x_0] over a dim of size 2 (with + [0, 1]: y_1 = 1 - y_0, so y_0 + y_1 == 1 exactly)."""
+    first = x.narrow(dim, 0, 1)
+    return torch.cat([first, -first], dim)
+
+
+def first_twice(x, dim: int):
+    first = x.narrow(dim, 0, 1)
+    return torch.cat([first, first], dim)
+
+
 def pairwise_sum(x, dim: int):
-    return x.unsqueeze(dim) + x.unsqueeze(dim + 1)
+    """|W| x for W = pairwise_diff's map: x_j + x_i off the diagonal, 0 on it (x_i - x_i == 0
+    exactly, so the softmax's own term exp(0) = 1 keeps IBP's sum >= 1)."""
+    n = x.shape[dim]
+    off = 1.0 - torch.eye(n, dtype=x.dtype, device=x.device)
+    off = off.reshape((n, n) + (1,) * (x.dim() - 1 - dim))
+    return (x.unsqueeze(dim) + x.unsqueeze(dim + 1)) * off
 
 
 def window_slice(x, di: int, dj: int, stride: tuple, out_hw: tuple, dilation: tuple):
@@ -71,6 +96,13 @@ def _rewrite_softmax(gm, node, perturbed):
         if dim is None:
             return False
         dim = dim % rank
+        if shape_of(x, shape, flat_from)[dim] == 2 and not log:
+            out = _two_class(gm, x, dim, rank)
+            if flat_from is not None and len(shape) != rank:
+                out = g.call_method("reshape", (out, shape))
+            node.replace_all_uses_with(out)
+            g.erase_node(node)
+            return True
         d = g.call_function(pairwise_diff, (x, dim))
         e = g.call_function(torch.exp, (d,))
         s = g.call_function(torch.sum, (e, dim + 1))
@@ -82,6 +114,28 @@ def _rewrite_softmax(gm, node, perturbed):
     node.replace_all_uses_with(out)
     g.erase_node(node)
     return True
+
+
+def shape_of(x, shape, flat_from):
+    """The (possibly flattened) softmax input's shape."""
+    if flat_from is None or flat_from == len(shape) - 1:
+        return shape
+    tail = 1
+    for d in shape[flat_from:]:
+        tail *= d
+    return (*shape[:flat_from], tail)
+
+
+def _two_class(gm, x, dim, rank):
+    """Softmax over two entries: [sigmoid(x_0 - x_1), 1 - sigmoid(x_0 - x_1)] (exact; the sum of
+    the two is 1 in every bound, and no exp of a large difference overflows)."""
+    g = gm.graph
+    z = g.call_function(flip_diff, (x, dim))
+    s = g.call_function(torch.sigmoid, (z,))
+    t = g.call_function(first_and_negated, (s, dim))
+    shift = torch.zeros((2,) + (1,) * (rank - 1 - dim))
+    shift[1] = 1.0
+    return g.call_function(operator.add, (t, _const_attr(gm, "softmax2_shift", shift)))
 
 
 def _const_attr(gm, hint, value):
@@ -258,5 +312,11 @@ def _pairwise_rule(ctx):
 
 register("pairwise_diff", ("Softmax", "LogSoftmax"), lambda c: c.is_function(pairwise_diff) and c.n_pert == 1,
          _pairwise_rule)
+register("flip_diff", ("Softmax",), lambda c: c.is_function(flip_diff) and c.n_pert == 1,
+         lambda c: LinearMapOp(c.node.name, c.function(), nonnegative=False,
+                               abs_fn=lambda x, d=c.node.args[1]: flip_abs(x, d), kind="flip_diff"))
+register("first_and_negated", ("Softmax",), lambda c: c.is_function(first_and_negated) and c.n_pert == 1,
+         lambda c: LinearMapOp(c.node.name, c.function(), nonnegative=False,
+                               abs_fn=lambda x, d=c.node.args[1]: first_twice(x, d), kind="first_and_negated"))
 register("window_slice", ("MaxPool", "LayerNormalization"), lambda c: c.is_function(window_slice) and c.n_pert == 1,
          lambda c: LinearMapOp(c.node.name, c.function(), kind="window"))

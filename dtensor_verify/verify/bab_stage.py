@@ -58,10 +58,6 @@ def _skip_reason(inst: Instance, open_idx, opts) -> str | None:
     nonlinear = [n for n in inst.model.graph.nodes if n.op is not None and n.op.needs_input_bounds]
     if opts.split == "relu" and not nonlinear:        # input splitting needs no ReLU
         return "no ReLU to split: the bounds are already those of a linear network"
-    others = [n.name for n in inst.model.graph.nodes if n.op is not None and n.op.needs_input_bounds
-              and not n.op.splittable]
-    if others:
-        return f"nonlinear ops other than ReLU (e.g. '{others[0]}'): branch and bound splits ReLUs only"
     return None
 
 

@@ -116,7 +116,9 @@ def _roots(model, batch: _Batch, res: MethodBounds, pairs: Pairs) -> dict:
         k = pairs.rows_of[p]
         alphas = None
         if res.output_alphas and one_process:
-            alphas = {r: a[0, b, pos:pos + k] for r, a in res.output_alphas.items()}
+            # ReLU: [2 (lA, uA), B, K, *S] -> its lA side; other alpha ops: [4, ...] -> their two lA-side ones
+            alphas = {r: a[0, b, pos:pos + k] if a.shape[0] == 2 else a[:2, b, pos:pos + k]
+                      for r, a in res.output_alphas.items()}
         roots[p] = RootState({n: (bounds[n][0][b].detach(), bounds[n][1][b].detach()) for n in pre}, alphas)
     return roots
 
