@@ -93,17 +93,19 @@ def read_property(path: str, model):
     return read_vnnlib(str(p), n_inputs=model.n_inputs, n_outputs=model.n_outputs)
 
 
-def apply_plan(model, plan: str | None, quiet: bool, timeout_s: float | None = None, mesh: str | None = None):
+def apply_plan(model, plan: str | None, quiet: bool, timeout_s: float | None = None, mesh: str | None = None,
+               bab: bool = False):
     """Apply `--plan` (and `--mesh`) through placements.apply_plan_from_cli; returns a printable
     description. `timeout_s`: how long a collective may wait (the process group's timeout) under
-    torchrun."""
+    torchrun. `bab`: the run may branch and bound (the plan checker refuses `tp` there on CPU for
+    small layers: placements/bab_check.py)."""
     if plan is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         plan = "replicate"
     if plan is None:
         return None
     from placements import apply_plan_from_cli
 
-    apply_plan_from_cli(model, plan, log=not quiet, timeout_s=timeout_s, mesh_shape=mesh)
+    apply_plan_from_cli(model, plan, log=not quiet, timeout_s=timeout_s, mesh_shape=mesh, bab=bab)
     return plan
 
 

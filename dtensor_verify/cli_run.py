@@ -83,7 +83,7 @@ def _run_instance(args, results, t0: float) -> int:
     prop = read_property(args.vnnlib, model)
     watch.lap("property")
     plan = apply_plan(model, args.plan, args.quiet, timeout_s=left() + COLLECTIVE_SLACK_S,
-                       mesh=args.mesh)
+                      mesh=args.mesh, bab=not args.no_bab)
     watch.lap("plan")
     lead = is_rank0(model)
     res = verify_instance(model, prop, args.onnx, left(), methods=tuple(args.methods),

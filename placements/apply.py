@@ -191,7 +191,7 @@ def apply_plan(model, plan=None, mesh=None, log: bool = False) -> PlacementRepor
 
 
 def apply_plan_from_cli(model, plan_text: str | None, log: bool = True, timeout_s: float | None = None,
-                        mesh_shape: str | None = None) -> PlacementReport:
+                        mesh_shape: str | None = None, bab: bool = False) -> PlacementReport:
     """CLI entry: set up the mesh from the torchrun environment (`mesh_shape` "DPxSHARD"), then
     apply the plan.
 
@@ -199,14 +199,19 @@ def apply_plan_from_cli(model, plan_text: str | None, log: bool = True, timeout_
     torchrun every rank then refuses a bad plan on its own, at once, with nothing to tear down.
     `timeout_s` is the process group's timeout (how long a collective may wait for a peer). The
     ranks talk over the device the model is on (--device): NCCL for GPUs, gloo for CPUs.
+    `bab`: the run may branch and bound (then `tp` on small CPU layers is refused: bab_check).
     """
+    from .bab_check import check_tp_for_bab
     from .mesh import init_mesh
     from .topology import parse_degrees, world_size_from_env
 
     plan_text = plan_text or "replicate"
     _, shard_size = parse_degrees(mesh_shape, world_size_from_env())
-    resolve_policies(model.graph, parse_plan(plan_text), shard_size)
+    styles = resolve_policies(model.graph, parse_plan(plan_text), shard_size)
     device = getattr(model, "device", None)
+    if bab:
+        check_tp_for_bab(model.graph, styles, None if device is None else device.type, shard_size,
+                         world_size_from_env())
     backend = None if device is None else ("nccl" if device.type == "cuda" else "gloo")
     kwargs = {"shape": mesh_shape, "backend": backend}
     if timeout_s is not None:

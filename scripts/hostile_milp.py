@@ -12,6 +12,11 @@ off, so branch and bound and its exact leaves must decide); the first `--torchru
 under `dtensor_verify.launch` with each plan of `--plans` (P = 2). Counted: wrong verdicts (must
 be 0), `unknown` / `timeout` on instances the MILP decides in under a second (must be 0), and
 times. Prints a table; writes OUT/hostile_milp.csv (one row per run) and OUT/hostile_milp.md.
+
+`--family scaled`: issue 18's badly scaled 9-input, 3 x 26-ReLU nets instead
+(milp_oracle.scaled_instance; `--floor` the smallest gap relative to the output's magnitude);
+`--split` forces branch and bound's split kind and `--max-enumerated K` the few-unstable exact
+LPs (0: off) in this process.
 """
 from __future__ import annotations
 
@@ -34,9 +39,11 @@ FIELDS = ["seed", "size", "expected", "gap", "milp_seconds", "runner", "attack",
           "seconds", "bab_domains", "exact_lp_domains", "message"]
 
 
-def make(seed: int):
+def make(seed: int, family: str = "random", floor: float = 1e-5):
     import milp_oracle as mo
 
+    if family == "scaled":
+        return mo.scaled_instance(seed, floor=floor), "9-26x26x26s"
     n_in, hidden = SIZES[seed % len(SIZES)]
     inst = mo.instance(seed, n_in=n_in, hidden=hidden, gap_range=(1e-6, 1e-2))
     return inst, f"{n_in}-{'x'.join(map(str, hidden))}"
@@ -50,15 +57,19 @@ def judge(expected: str, verdict: str) -> str:
     return "WRONG" if verdict in ("sat", "unsat") else "no"
 
 
-def run_local(onnx_path, spec, timeout: float, attack: bool) -> dict:
+def run_local(onnx_path, spec, timeout: float, attack: bool, split: str | None = None) -> dict:
     import dtensor_verify as dv
     from dtensor_verify.specs import read_vnnlib
     from dtensor_verify.verify import verify_instance
 
     t = time.perf_counter()
     model = dv.load(onnx_path)
+    opts = None
+    if split is not None:
+        from dtensor_verify.bab import BabOptions
+        opts = BabOptions(split=split)
     res = verify_instance(model, read_vnnlib(spec, model.n_inputs, model.n_outputs), onnx_path, timeout,
-                          attack=attack)
+                          attack=attack, bab_options=opts)
     bab = res.bounds.get("bab", {})
     return {"verdict": res.verdict, "seconds": time.perf_counter() - t, "message": res.message or "",
             "bab_domains": bab.get("domains_visited", 0),
@@ -73,7 +84,9 @@ def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mes
                "-m", "dtensor_verify", "--threads", "1", "run", "--onnx", onnx_path, "--vnnlib", spec,
                "--results", str(res), "--timeout", str(timeout), "--plan", plan, "--quiet",
                *(["--mesh", mesh] if mesh else []), *([] if attack else ["--no-attack"])]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+        # DTENSOR_VERIFY_TP_BAB=allow: the sweep checks tp's verdicts, not its speed (the plan
+        # checker refuses tp for branch and bound on small CPU models: placements/bab_check.py).
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), DTENSOR_VERIFY_TP_BAB="allow")
         for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
             env.pop(var, None)
         t = time.perf_counter()
@@ -83,17 +96,18 @@ def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mes
                 "message": proc.stderr.strip().splitlines()[-1][:200] if proc.stderr.strip() else ""}
 
 
-def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], folder: Path, log=print) -> list[dict]:
+def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], folder: Path, log=print,
+          family: str = "random", split: str | None = None, floor: float = 1e-5) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)
     rows = []
     for seed in range(first, first + n):
-        inst, size = make(seed)
+        inst, size = make(seed, family, floor)
         onnx_path, spec = __import__("milp_oracle").write(inst, folder)
         base = {"seed": seed, "size": size, "expected": inst.expected, "gap": f"{inst.gap:.3g}",
                 "milp_seconds": round(inst.milp_seconds, 3)}
-        runs = [("one process", seed % 2 == 0, lambda a: run_local(onnx_path, spec, timeout, a))]
+        runs = [("one process", seed % 2 == 0, lambda a: run_local(onnx_path, spec, timeout, a, split))]
         if seed - first < torchrun:
             for plan in plans:
                 mesh = "2x1" if plan == "2x1" else None
@@ -146,11 +160,24 @@ def main(argv=None) -> int:
     ap.add_argument("--torchrun", type=int, default=0, metavar="K", help="also run the first K under torchrun")
     ap.add_argument("--plans", nargs="+", default=["fsdp", "tp", "spec", "2x1"])
     ap.add_argument("--out", default="docs/trust", help="folder for hostile_milp.csv / .md")
+    ap.add_argument("--family", choices=["random", "scaled"], default="random",
+                    help="scaled: issue 18's badly scaled 9-input 3 x 26-ReLU nets (milp_oracle.scaled_instance)")
+    ap.add_argument("--floor", type=float, default=1e-5,
+                    help="scaled: the gap is at least this fraction of the output's magnitude (float32 rounding)")
+    ap.add_argument("--max-enumerated", type=int, default=None, metavar="K",
+                    help="one process: domains with at most K unstable neurons go to the exact LP, one per "
+                         "phase pattern (default: bab/exact.py's MAX_ENUMERATED; 0: off)")
+    ap.add_argument("--split", choices=["auto", "relu", "input"], default=None,
+                    help="branch and bound's split kind in this process (default: the verifier's)")
     args = ap.parse_args(argv)
+    if args.max_enumerated is not None:
+        from dtensor_verify.bab import exact
+        exact.MAX_ENUMERATED = args.max_enumerated
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = sweep(args.n, args.first_seed, args.timeout, args.torchrun, args.plans, Path(tmp))
+        rows = sweep(args.n, args.first_seed, args.timeout, args.torchrun, args.plans, Path(tmp),
+                     family=args.family, split=args.split, floor=args.floor)
     with open(out / "hostile_milp.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()

@@ -176,3 +176,25 @@ def write(inst: Instance, folder) -> tuple[str, str]:
     spec_path = folder / f"prop{inst.seed}.vnnlib"
     spec_path.write_text("\n".join(lines) + "\n")
     return str(onnx_path), str(spec_path)
+
+
+SCALE_LADDER = (1e-3, 1e-1, 1e1, 1e3)
+
+
+def scaled_instance(seed: int, margin: float = 2.7e-4, n_in: int = 9, hidden=(26, 26, 26),
+                    floor: float = 1e-5) -> Instance:
+    """Issue 18's badly scaled case: 9 inputs, 3 x 26 ReLUs, the four layers scaled by 1e-3, 1e-1,
+    1e1, 1e3 in a random order, `unsat` by `margin` (absolute, as in the issue), or by 1e-5 of
+    the output's magnitude where that is larger: a smaller gap would be below float32 rounding,
+    and onnxruntime (float32) may then confirm a counterexample the float64 MILP rules out."""
+    rng = np.random.default_rng(10_000 + seed)
+    scales = [float(s) for s in rng.permutation(SCALE_LADDER)]
+    inst = instance(seed, n_in=n_in, hidden=hidden, n_out=3, gap_range=(1e-4, 1e-4), scales=scales,
+                    kind="unsat")
+    ys = forward(inst.weights, np.random.default_rng(seed).uniform(inst.lower, inst.upper, (256, n_in))) @ inst.c
+    top = float(np.abs(ys).max())
+    gap = max(margin, floor * max(abs(inst.exact_min) if np.isfinite(inst.exact_min) else 0.0, top))
+    d = float(np.float32((inst.exact_min if np.isfinite(inst.exact_min) else float(ys.min())) - gap))
+    expected = inst.expected if inst.expected == "undecided" else "unsat"
+    return Instance(seed, inst.weights, inst.lower, inst.upper, inst.c, d, expected, inst.exact_min,
+                    abs(inst.exact_min - d), inst.milp_seconds)

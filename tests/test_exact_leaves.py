@@ -86,3 +86,49 @@ def test_blocks_in_one_call_match_single_calls():
     for blk, got in zip(blocks, together):
         (alone,) = exact._solve_blocks([blk])
         assert abs(alone[1] - got[1]) < 1e-9 and got[2] <= got[1] + 1e-12
+
+
+# -- domains with a few unstable neurons left: one LP per phase pattern ------------------------
+def _fake_oracle(lo, up, signs):
+    """An ExactLeaves over one 'ReLU layer' whose bounds / signs are given: enough for phases()."""
+    import torch
+    from types import SimpleNamespace
+    oracle = object.__new__(exact.ExactLeaves)
+    oracle.problem = SimpleNamespace(relus=["r"], pre_of={"r": "z"})
+
+    class FakeDomains(SimpleNamespace):
+        def __len__(self):
+            return len(self.pair)
+
+    domains = FakeDomains(bounds={"z": (torch.tensor(lo), torch.tensor(up))}, signs={"r": torch.tensor(signs)},
+                          pair=torch.zeros(len(lo), dtype=torch.long))
+    return oracle, domains
+
+
+def test_enumerated_patterns_cover_the_unstable_neurons():
+    # Domain 0: neuron 0 active (bounds), 1 split inactive, 2 and 3 unstable; domain 1: 1 unstable.
+    oracle, domains = _fake_oracle([[0.5, -1.0, -1.0, -2.0], [-1.0, 0.1, 0.2, -3.0]],
+                                   [[1.0, 1.0, 1.0, 2.0], [-0.5, 0.3, 0.4, 1.0]],
+                                   [[0, 1, 0, 0], [0, 0, 0, 0]])
+    assert oracle.few_unstable(domains).tolist() == [True, True]
+    owner, masks = oracle.enumerated(domains)
+    assert owner.tolist() == [0, 0, 0, 0, 1, 1]
+    rows = [tuple(int(v) for v in m) for m in masks["r"]]
+    assert sorted(rows[:4]) == [(1, 0, a, b) for a in (0, 1) for b in (0, 1)]
+    assert sorted(rows[4:]) == [(0, 1, 1, 0), (0, 1, 1, 1)]
+
+
+def test_more_unstable_neurons_than_enumerated_are_left_to_branching():
+    n = exact.MAX_ENUMERATED + 1
+    oracle, domains = _fake_oracle([[-1.0] * n, [1.0] * n], [[1.0] * n, [2.0] * n], [[0] * n, [0] * n])
+    assert oracle.few_unstable(domains).tolist() == [False, False]     # too many; a leaf (none)
+
+
+@pytest.mark.parametrize("seed", LEAF_SEEDS + [5, 7])
+def test_few_unstable_domains_decided_by_enumeration_match_the_milp(tmp_path, seed):
+    """With the enumeration on (the default in one process), the verdicts stay the MILP's."""
+    inst, res = _run(tmp_path, seed)
+    assert res.verdict == inst.expected, (res.verdict, res.message)
+    lp = res.bounds["bab"].get("exact_lp") or {}
+    if seed in LEAF_SEEDS:
+        assert lp.get("enumerated_domains", 0) > 0, lp

@@ -29,6 +29,17 @@ def test_fixed_sample_one_process(tmp_path, seed):
     assert out["verdict"] == inst.expected, out
 
 
+def test_badly_scaled_instance_is_decided(tmp_path):
+    """Issue 18's hard case: 9 inputs, 3 x 26 ReLUs, layer scales 1e-3..1e3, `unsat` by 5e-4
+    (it used to time out after ~120k domains). Seed 3: the MILP decides it in well under a second."""
+    import milp_oracle as mo
+    inst, _ = hm.make(3, "scaled")
+    assert inst.expected == "unsat" and inst.gap < 1e-3
+    onnx_path, spec = mo.write(inst, tmp_path)
+    out = hm.run_local(onnx_path, spec, 30, attack=False)
+    assert out["verdict"] == "unsat", out
+
+
 @pytest.mark.distributed
 def test_fixed_sample_under_torchrun(tmp_path):
     import milp_oracle as mo

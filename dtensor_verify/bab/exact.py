@@ -36,6 +36,7 @@ import torch
 PROOF_MARGIN = 1e-9         # the dual bound (rows scaled to unit size) must exceed this
 MAX_INPUTS = 1024           # larger inputs: one forward pass per input per domain is too much
 LP_BLOCK = 32               # domains per linprog call
+MAX_ENUMERATED = 3          # a domain with at most this many unstable neurons: one LP per phase pattern
 MAX_WEIGHT_BYTES = 256 << 20    # the float64 copy of the weights (gathered whole on every rank)
 _AFFINE_KINDS = {"linear", "conv2d", "add", "sub", "affine", "identity", "reshape", "relu"}
 
@@ -87,6 +88,7 @@ class ExactLeaves:
         self.lps = 0                # LPs solved
         self.proved = 0
         self.seconds = 0.0
+        self.enumerated_domains = 0     # domains with a few unstable neurons decided by enumeration
 
     def _why_not(self) -> str | None:
         p = self.problem
@@ -143,8 +145,9 @@ class ExactLeaves:
             y = self._run(x.detach().to("cpu", torch.float64), None)[self.problem.graph.output_name]
         return y.flatten(1)
 
-    def phases(self, domains):
-        """relu -> [n, *S] float64 masks (1 active, 0 inactive), and [n] bool: is a leaf."""
+    def phases(self, domains, unstable: dict | None = None):
+        """relu -> [n, *S] float64 masks (1 active, 0 inactive), and [n] bool: is a leaf.
+        `unstable`, when given, is filled with relu -> [n, *S] bool (neither split nor stable)."""
         p = self.problem
         masks, leaf = {}, torch.ones(len(domains), dtype=torch.bool)
         for r in p.relus:
@@ -154,7 +157,59 @@ class ExactLeaves:
             inactive = (s > 0) | ((s == 0) & (up <= 0) & ~active)
             leaf &= (active | inactive).flatten(1).all(1)
             masks[r] = active.to(torch.float64)
+            if unstable is not None:
+                unstable[r] = ~(active | inactive)
         return masks, leaf
+
+    # -- domains with a few unstable neurons left: every phase pattern is a leaf ---------------
+    def few_unstable(self, domains, counts: bool = False) -> torch.Tensor:
+        """[n] bool: domains with 1 to MAX_ENUMERATED unstable neurons left (`counts`: [n] long,
+        how many, 0 for the others)."""
+        unstable = {}
+        self.phases(domains, unstable)
+        count = sum(u.flatten(1).sum(1) for u in unstable.values())
+        few = (count >= 1) & (count <= MAX_ENUMERATED)
+        return (count * few if counts else few).to(domains.pair.device)
+
+    def enumerated(self, domains):
+        """Every phase pattern of each domain's unstable neurons: (owner [m] long, masks
+        {relu: [m, *S]}). The patterns' regions cover the domain, each is a leaf."""
+        unstable = {}
+        masks, _ = self.phases(domains, unstable)
+        names = list(masks)
+        flat_m = torch.cat([masks[r].flatten(1) for r in names], 1)            # [n, T]
+        flat_u = torch.cat([unstable[r].flatten(1) for r in names], 1)
+        owners, rows = [], []
+        for i in range(len(flat_m)):
+            where = flat_u[i].nonzero().flatten()
+            for code in range(1 << len(where)):
+                row = flat_m[i].clone()
+                row[where] = torch.tensor([float((code >> j) & 1) for j in range(len(where))], dtype=torch.float64)
+                owners.append(i)
+                rows.append(row)
+        owner, flat = torch.tensor(owners, dtype=torch.long), torch.stack(rows)
+        out, pos = {}, 0
+        for r in names:
+            size = masks[r][0].numel()
+            out[r] = flat[:, pos:pos + size].reshape(len(owner), *masks[r].shape[1:])
+            pos += size
+        return owner, out
+
+    def decide_enumerated(self, domains, confirm) -> LeafOutcome:
+        """Decide domains with a few unstable neurons left (`few_unstable`): a domain is proved
+        when the LP of every phase pattern of its unstable neurons is proved (the patterns'
+        regions cover it); a pattern's minimiser is a candidate counterexample as for a leaf."""
+        n = len(domains)
+        if n == 0:
+            return LeafOutcome(torch.zeros(0, dtype=torch.bool), None, 0, None)
+        owner, masks = self.enumerated(domains)
+        expanded = domains.index(owner.to(domains.pair.device))
+        rows = self.decide(expanded, confirm, masks=masks)
+        failed = torch.zeros(n, dtype=torch.bool)
+        failed[owner[~rows.proved.cpu()]] = True
+        self.enumerated_domains += n
+        undecided = int(failed.sum())
+        return LeafOutcome((~failed).to(domains.pair.device), rows.counterexample, undecided, rows.reason)
 
     def affine_maps(self, domains, masks):
         """Per domain: the box centre / radius [n, N], and (G, h) with value = h + G @ u for
@@ -179,17 +234,26 @@ class ExactLeaves:
         pre = {r: split(vals[p.pre_of[r]]) for r in p.relus}
         return centre, radius, out, pre
 
+    def summary(self) -> dict:
+        """The JSON `exact_lp` entry of branch and bound."""
+        return {"domains": self.lps, "proved": self.proved, "seconds": self.seconds, "disabled": self.disabled,
+                "enumerated_domains": self.enumerated_domains}
+
     # -- the LPs ----------------------------------------------------------------------------
-    def decide(self, domains, confirm) -> LeafOutcome:
-        """Decide the leaf domains `domains` (every neuron split or stable). `confirm(x, pair, y)`
-        checks candidates: a confirmed counterexample, or None."""
+    def decide(self, domains, confirm, masks: dict | None = None) -> LeafOutcome:
+        """Decide the leaf domains `domains` (every neuron split or stable; or every phase given
+        by `masks`, see `enumerated`). `confirm(x, pair, y)` checks candidates: a confirmed
+        counterexample, or None."""
         import time
         t0 = time.perf_counter()
         n = len(domains)
         proved = torch.zeros(n, dtype=torch.bool)
         if n == 0:
             return LeafOutcome(proved, None, 0, None)
-        masks, leaf = self.phases(domains)
+        if masks is None:
+            masks, leaf = self.phases(domains)
+        else:
+            leaf = torch.ones(n, dtype=torch.bool)      # every phase fixed by the given masks
         centre, radius, out, pre = self.affine_maps(domains, masks)
         blocks = [self._block(domains, i, centre, radius, out, pre, masks) for i in range(n)]
         results = []

@@ -32,6 +32,7 @@ from .branching import choose, context_for, mixed
 from .budget import auto_batch_size, free_memory_bytes, out_of_memory, release_cached_memory
 from .comm import LocalComm
 from .domains import NO_DECISION, Domains, DomainStore, split
+from .exact_hooks import decide_leaves, settle_few_unstable
 from .general_refresh import refresh_children
 from .problem import BabProblem, BabResult, BabStats, PhaseTimer
 from .split_kinds import needs_refresh
@@ -203,6 +204,10 @@ class BabSolver:
             self._late = True
             self.store.push(rest, margins)
             return
+        if not self.lockstep:       # one process: a few unstable neurons left -> exact LPs
+            rest, margins, open_idx = settle_few_unstable(self, rest, margins, open_idx)
+            if self.found or len(rest) == 0:
+                return
         lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.scored}
         with PhaseTimer(self.stats, "branching"):
             rest.decision = choose(self.branching, rest, lA, self.ctx)
@@ -210,32 +215,9 @@ class BabSolver:
         if bool(stuck.any()):
             # Every neuron of these domains is fixed, yet the bound does not prove them (beta's
             # optimisation stopped short of the exact bound): the network is linear there.
-            self._decide_leaves(rest.index(stuck))
+            decide_leaves(self, rest.index(stuck))
             rest, margins = rest.index(~stuck), margins[~stuck]
         self.store.push(rest, margins)
-
-    def _decide_leaves(self, leaves: Domains):
-        """Fully split domains, decided exactly by a linear program (bab/exact.py); those it
-        cannot decide count as exhausted (the run then ends unknown, saying why)."""
-        if self.exact is None:
-            self._prepare_exact()
-        if self.exact.disabled:
-            self.exhausted += len(leaves)
-            self.exhausted_reason = (f"{self.exhausted} fully split domain(s) not proved by beta-CROWN; "
-                                     f"no exact LP: {self.exact.disabled}")
-            return
-        try:
-            out = self.exact.decide(leaves, self.confirm)
-        except Exception as exc:    # noqa: BLE001 - no collective inside: this worker alone gives up
-            self.exact.disabled = f"the exact LP failed ({type(exc).__name__}: {str(exc)[:200]})"
-            self.exhausted += len(leaves)
-            self.exhausted_reason = f"{self.exhausted} fully split domain(s) left open: {self.exact.disabled}"
-            return
-        self.stats.proved += int(out.proved.sum())
-        self.counterexample = self.counterexample or out.counterexample
-        if out.undecided and out.counterexample is None:
-            self.exhausted += out.undecided
-            self.exhausted_reason = out.reason
 
     def _prepare_exact(self):
         """The LP oracle of leaf domains, built by every rank at the same point (it may gather
@@ -392,7 +374,6 @@ class BabSolver:
         st.open_domains, st.exhausted, st.batch_per_worker = len(self.store), self.exhausted, self.batch
         st.open_domain_limit, st.workers, st.reason = self.max_open, self.comm.workers, why
         if self.exact is not None:
-            st.exact_lp = {"domains": self.exact.lps, "proved": self.exact.proved,
-                           "seconds": self.exact.seconds, "disabled": self.exact.disabled}
+            st.exact_lp = self.exact.summary()
         st.split = self.mode
         return BabResult(status, st, self.counterexample)

@@ -31,6 +31,16 @@ def raw_function(ctx):
     value_of = ctx.value_of
     target = _target_call(ctx)
     top = [i for i, a in enumerate(node.args) if isinstance(a, torch.fx.Node) and a.name in pert_names]
+    on_device = {}            # (constant node, device) -> the constant there (built once per device)
+
+    def constant(a, device):
+        v = value_of(a)
+        if not isinstance(v, torch.Tensor) or device is None or v.device == device:
+            return v
+        key = (a.name, device)
+        if key not in on_device:            # the model moved (e.g. to a GPU) after the op was built
+            on_device[key] = v.to(device)
+        return on_device[key]
 
     def fn(*xs):
         by_name = {}
@@ -39,10 +49,11 @@ def raw_function(ctx):
         args = list(node.args)
         for j, i in enumerate(top):
             args[i] = xs[j]
+        device = xs[0].device if xs else None
 
         def sub(a):
             if isinstance(a, torch.fx.Node):
-                return by_name[a.name] if a.name in by_name else value_of(a)
+                return by_name[a.name] if a.name in by_name else constant(a, device)
             return a
 
         args = [a if (i in top) else torch.fx.node.map_aggregate(a, sub) for i, a in enumerate(args)]

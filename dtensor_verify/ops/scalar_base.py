@@ -100,7 +100,10 @@ def round_out(b64, dtype, down: bool):
         return b
     step = torch.full_like(b, -math.inf if down else math.inf)
     worse = (b.double() > b64) if down else (b.double() < b64)
-    return torch.where(worse, torch.nextafter(b, step), b)
+    # nextafter has no derivative (alpha-CROWN differentiates through intercepts): add the exact
+    # one-ulp difference of the detached value, so the value is nextafter's and the gradient b's.
+    bd = b.detach()
+    return torch.where(worse, b + (torch.nextafter(bd, step) - bd), b)
 
 
 def bisect(g, lo, hi, iters=50):

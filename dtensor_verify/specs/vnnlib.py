@@ -31,17 +31,17 @@ from __future__ import annotations
 import gzip
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputSpecError
+from ..errors import InputSpecError, bounded_message, excerpt
+from .spec_types import OutputDisjunct, Property, Region
+from .vnnlib_formula import _NUM_RE, _X, _Y, MAX_DNF_TERMS, FormulaMixin, _Atom, _Constraint, _Dnf, _List, _name
 
 __all__ = ["VnnlibError", "OutputDisjunct", "Region", "Property", "read_vnnlib", "parse_vnnlib",
            "MAX_DNF_TERMS", "MAX_DEPTH"]
 
-MAX_DNF_TERMS = 100_000   # guard against exponential DNF blow-up
 MAX_DEPTH = 200           # nesting limit: keeps the recursive formula walk far from the stack limit
 
 
@@ -52,49 +52,9 @@ class VnnlibError(InputSpecError, ValueError):
     """
 
 
-@dataclass(eq=False)
-class OutputDisjunct:
-    """One conjunction of linear output constraints: unsafe iff every row of `C @ y <= d` holds
-    (`C @ y < d` for the rows marked strict)."""
-    C: np.ndarray          # [k, n_outputs]
-    d: np.ndarray          # [k]
-    strict: np.ndarray | None = None    # [k] bool: the row came from `<` / `>`; None: none strict
-
-    def strict_rows(self) -> np.ndarray:
-        return np.zeros(len(self.d), bool) if self.strict is None else np.asarray(self.strict, bool)
-
-
-@dataclass(eq=False)
-class Region:
-    """One input box together with the output disjunction that is unsafe for it."""
-    lower: np.ndarray      # [n_inputs]
-    upper: np.ndarray      # [n_inputs]
-    disjuncts: list[OutputDisjunct]   # unsafe iff ANY disjunct holds
-    lower_strict: np.ndarray | None = None   # [n_inputs] bool: `(> X_i lower)`; None: none strict
-    upper_strict: np.ndarray | None = None   # [n_inputs] bool: `(< X_i upper)`
-
-
-@dataclass(eq=False)
-class Property:
-    """A whole property: violated iff some region has an input reaching one of its disjuncts.
-
-    `regions` is empty only when every term of the formula is trivially false (a constant
-    constraint such as `(<= 1 0)`, or an input box that is empty, e.g. `X_0` in `[1, -1]`):
-    then the property cannot be violated (`note` says which).
-    """
-    n_inputs: int
-    n_outputs: int
-    regions: list[Region]
-    path: str | None
-    empty_terms: int = 0            # terms dropped because their input box is empty (false terms)
-    note: str | None = None         # why `regions` is empty, when it is (said with the verdict)
-
-
 # ---------------------------------------------------------------------------------------------
 # Tokeniser
 # ---------------------------------------------------------------------------------------------
-_NUM_RE = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"   # linear-time on a failed match
-_NUM = re.compile(_NUM_RE + r"\Z")
 _VAR_NAME = re.compile(r"([XY])_(0|[1-9]\d*)\Z")
 
 # One pass over the text. Alternatives, tried in this order at each position (m.lastindex):
@@ -110,38 +70,9 @@ _T_FAST_ASSERT, _T_DECLARE, _T_COMMENT, _T_OPEN, _T_CLOSE = 1, 5, 8, 9, 10
 
 _IGNORED_COMMANDS = frozenset({"set-logic", "set-info", "set-option", "check-sat", "get-model",
                                "exit"})
-_COMPARISONS = frozenset({"<=", ">=", "<", ">", "="})
-_X, _Y = 0, 1
 
 
-class _Atom:
-    __slots__ = ("text", "pos")
-
-    def __init__(self, text: str, pos: int):
-        self.text, self.pos = text, pos
-
-
-class _List:
-    __slots__ = ("items", "pos")
-
-    def __init__(self, pos: int):
-        self.items: list[_Atom | _List] = []
-        self.pos = pos
-
-
-# A classified atom of a DNF term:
-#   ("x", index, is_upper, value, strict, pos)      an input bound
-#   ("y", {index: coef}, d, strict, pos)             an output row  sum(coef * Y_index) <= d (< if strict)
-_Constraint = tuple
-_Term = tuple          # conjunction of _Constraint
-_Dnf = list            # disjunction of _Term
-
-
-def _name(kind: int, idx: int) -> str:
-    return f"{'XY'[kind]}_{idx}"
-
-
-class _Parser:
+class _Parser(FormulaMixin):
     def __init__(self, text: str, path: str):
         self.text = text
         self.path = path
@@ -160,7 +91,7 @@ class _Parser:
     # -- errors ---------------------------------------------------------------------------------
     def error(self, pos: int, msg: str) -> VnnlibError:
         line = self.text.count("\n", 0, max(pos, 0)) + 1
-        return VnnlibError(f"{self.path}:{line}: {_bounded(msg)}")
+        return VnnlibError(f"{self.path}:{line}: {bounded_message(msg)}")
 
     # -- tokenising and s-expressions -------------------------------------------------------------
     def run(self, n_inputs: int | None, n_outputs: int | None) -> Property:
@@ -255,146 +186,6 @@ class _Parser:
             else:
                 strict_of.pop(idx, None)
 
-    # -- formulas -------------------------------------------------------------------------------
-    def formula(self, node: _Atom | _List) -> _Dnf:
-        """DNF of a boolean formula: a list of terms, each a tuple of constraints."""
-        if isinstance(node, _Atom):
-            if node.text == "true":
-                return [()]
-            if node.text == "false":
-                return []
-            raise self.error(node.pos, f"expected a constraint, got '{node.text}'")
-        if not node.items:
-            raise self.error(node.pos, "empty expression '()'")
-        head = node.items[0]
-        if not isinstance(head, _Atom):
-            raise self.error(node.pos, "expected an operator after '('")
-        op, args = head.text, node.items[1:]
-        if op == "and":
-            return self.conjoin([(self.formula(a), a.pos) for a in args])
-        if op == "or":
-            out: _Dnf = []
-            for a in args:
-                out.extend(self.formula(a))
-                if len(out) > MAX_DNF_TERMS:
-                    raise self.error(node.pos, f"formula has more than {MAX_DNF_TERMS} "
-                                               "disjunctive-normal-form terms")
-            return out
-        if op in _COMPARISONS:
-            return self.comparison(op, args, node)
-        raise self.error(head.pos, f"unknown operator '{op}'")
-
-    def conjoin(self, dnfs: list[tuple[_Dnf, int]]) -> _Dnf:
-        """DNF of the conjunction of (dnf, source position) pairs."""
-        # Single-term conjuncts are concatenated once instead of multiplied (a CIFAR box inside
-        # one `and` would otherwise cost quadratic tuple copies); only true disjunctions multiply.
-        common: list[_Constraint] = []
-        multi: list[tuple[_Dnf, int]] = []
-        for dnf, pos in dnfs:
-            if not dnf:
-                return []
-            if len(dnf) == 1:
-                common.extend(dnf[0])
-            else:
-                multi.append((dnf, pos))
-        terms: _Dnf = [tuple(common)]
-        for dnf, pos in multi:
-            if len(terms) * len(dnf) > MAX_DNF_TERMS:
-                raise self.error(pos, f"formula has more than {MAX_DNF_TERMS} "
-                                      "disjunctive-normal-form terms")
-            terms = [t + s for t in terms for s in dnf]
-        return terms
-
-    def comparison(self, op: str, args: list, node: _List) -> _Dnf:
-        if len(args) < 2:
-            raise self.error(node.pos, f"'{op}' needs at least two arguments")
-        lins = [self.linear(a) for a in args]
-        term: list[_Constraint] = []
-        strict = op in ("<", ">")
-        for (ca, ka), (cb, kb) in zip(lins, lins[1:]):   # chained (<= a b c) = a<=b and b<=c
-            diffs = []
-            if op in ("<=", "<", "="):
-                diffs.append(_combine(ca, ka, cb, kb, -1.0))   # a - b <= 0  (< 0 if strict)
-            if op in (">=", ">", "="):
-                diffs.append(_combine(cb, kb, ca, ka, -1.0))   # b - a <= 0  (< 0 if strict)
-            for coeffs, const in diffs:
-                c = self.classify(coeffs, const, node.pos, strict)
-                if c is False:
-                    return []
-                if c is not True:
-                    term.append(c)
-        return [tuple(term)]
-
-    def classify(self, coeffs: dict, const: float, pos: int, strict: bool = False) -> _Constraint | bool:
-        """Turn `sum(coeffs * vars) + const <= 0` (`< 0` if strict) into an input bound or an
-        output row; a constraint without variables is decided here, strictness included."""
-        coeffs = {k: v for k, v in coeffs.items() if v != 0.0}
-        if not coeffs:
-            return const < 0.0 if strict else const <= 0.0
-        kinds = {k[0] for k in coeffs}
-        if len(kinds) == 2:
-            raise self.error(pos, "constraint mixes input (X) and output (Y) variables")
-        if _X in kinds:
-            if len(coeffs) > 1:
-                names = ", ".join(_name(*k) for k in sorted(coeffs))
-                raise self.error(pos, f"constraint over several input variables ({names}) is not "
-                                      "a box bound; not supported")
-            (key, a), = coeffs.items()
-            return ("x", key[1], a > 0.0, -const / a, strict, pos)
-        return ("y", {k[1]: v for k, v in coeffs.items()}, -const + 0.0, strict, pos)  # +0.0: no -0.0
-
-    def linear(self, node: _Atom | _List) -> tuple[dict, float]:
-        """A linear term as ({(kind, index): coefficient}, constant)."""
-        if isinstance(node, _Atom):
-            t = node.text
-            key = self.vars.get(t)
-            if key is not None:
-                return {key: 1.0}, 0.0
-            if _NUM.match(t):
-                return {}, float(t)
-            if t[0] in "+-.0123456789":
-                raise self.error(node.pos, f"bad number '{t}'")
-            raise self.error(node.pos, f"unknown variable {t}")
-        if not node.items or not isinstance(node.items[0], _Atom):
-            raise self.error(node.pos, "expected a term")
-        op, args = node.items[0].text, node.items[1:]
-        if op in ("+", "-", "*", "/") and not args:
-            raise self.error(node.pos, f"'{op}' needs arguments")
-        if op == "+" or op == "-":
-            coeffs, const = self.linear(args[0])
-            if op == "-" and len(args) == 1:
-                return {k: -v for k, v in coeffs.items()}, -const
-            sign = 1.0 if op == "+" else -1.0
-            for a in args[1:]:
-                cb, kb = self.linear(a)
-                coeffs, const = _combine(coeffs, const, cb, kb, sign)
-            return coeffs, const
-        if op == "*":
-            coeffs, const = self.linear(args[0])
-            for a in args[1:]:
-                cb, kb = self.linear(a)
-                if coeffs and cb:
-                    raise self.error(node.pos, "product of variables is not linear")
-                if cb:      # keep the variable part in `coeffs`, scale it by the constant
-                    coeffs, const, cb, kb = cb, kb, coeffs, const
-                coeffs = {k: v * kb for k, v in coeffs.items()}
-                const *= kb
-            return coeffs, const
-        if op == "/":
-            coeffs, const = self.linear(args[0])
-            for a in args[1:]:
-                cb, kb = self.linear(a)
-                if cb:
-                    raise self.error(node.pos, "division by a variable is not linear")
-                if kb == 0.0:
-                    raise self.error(node.pos, "division by zero")
-                coeffs = {k: v / kb for k, v in coeffs.items()}
-                const /= kb
-            return coeffs, const
-        if op in _COMPARISONS or op in ("and", "or"):
-            raise self.error(node.pos, f"'{op}' cannot be used as a term")
-        raise self.error(node.items[0].pos, f"unknown operator '{op}'")
-
     # -- building the Property ------------------------------------------------------------------
     def build(self, n_inputs: int | None, n_outputs: int | None) -> Property:
         n_in = self.count(_X, "input", n_inputs)
@@ -415,7 +206,22 @@ class _Parser:
                 self.add_bound(c[1], c[2], c[3], c[5], c[4])
             if shared:
                 terms = [tuple(c for c in t if c[0] == "y" or c not in shared) for t in terms]
+        box = self.common_box(n_in)
+        groups, edits = self.group_terms(terms, box)
+        lo, hi, lo_pos, hi_pos, lo_strict, hi_strict = box
+        regions = []
+        for key, disjunct_rows in groups.items():
+            lower, upper, lpos, upos = lo.copy(), hi.copy(), lo_pos.copy(), hi_pos.copy()
+            lstrict, ustrict = lo_strict.copy(), hi_strict.copy()
+            for i, e in edits[key].items():
+                lower[i], upper[i], lpos[i], upos[i], lstrict[i], ustrict[i] = e
+            self.check_box(lower, upper, lpos, upos, lstrict | ustrict)
+            regions.append(Region(lower, upper, [self.disjunct(r, n_out) for r in disjunct_rows],
+                                  lstrict, ustrict))
+        return Property(n_in, n_out, regions, self.path, n_terms - len(terms))
 
+    def common_box(self, n_in: int) -> tuple:
+        """The common box as arrays: (lower, upper, lower_pos, upper_pos, lower_strict, upper_strict)."""
         lo = np.full(n_in, -np.inf)
         hi = np.full(n_in, np.inf)
         lo_pos = np.full(n_in, -1, dtype=np.int64)
@@ -432,7 +238,12 @@ class _Parser:
         hi_strict = np.zeros(n_in, bool)
         lo_strict[list(self.lo_strict)] = True
         hi_strict[list(self.hi_strict)] = True
+        return lo, hi, lo_pos, hi_pos, lo_strict, hi_strict
 
+    @staticmethod
+    def group_terms(terms: list, box: tuple) -> tuple[dict, dict]:
+        """Terms grouped by their effective box: {key: [rows per term]}, {key: per-input edits}."""
+        lo, hi, lo_pos, hi_pos, lo_strict, hi_strict = box
         # Group terms by their effective box. A box is keyed by the inputs where it differs from
         # the common one, so terms never copy a full 3072-wide box just to be compared.
         groups: dict[tuple, list[list[_Constraint]]] = {}
@@ -460,17 +271,7 @@ class _Parser:
                 groups[key] = []
                 edits[key] = own
             groups[key].append(rows)
-
-        regions = []
-        for key, disjunct_rows in groups.items():
-            lower, upper, lpos, upos = lo.copy(), hi.copy(), lo_pos.copy(), hi_pos.copy()
-            lstrict, ustrict = lo_strict.copy(), hi_strict.copy()
-            for i, e in edits[key].items():
-                lower[i], upper[i], lpos[i], upos[i], lstrict[i], ustrict[i] = e
-            self.check_box(lower, upper, lpos, upos, lstrict | ustrict)
-            regions.append(Region(lower, upper, [self.disjunct(r, n_out) for r in disjunct_rows],
-                                  lstrict, ustrict))
-        return Property(n_in, n_out, regions, self.path, n_terms - len(terms))
+        return groups, edits
 
     def drop_empty_terms(self, terms: list) -> tuple[list, str | None]:
         """Terms whose own input bounds leave an empty box (with the top-level box) are false:
@@ -552,36 +353,6 @@ class _Parser:
 
 def _empty(lo: float, lo_strict: bool, hi: float, hi_strict: bool) -> bool:
     return lo > hi or (lo == hi and (lo_strict or hi_strict))
-
-
-EXCERPT_CHARS = 200      # an error message quotes at most this much of the offending text
-
-
-def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
-    """At most `limit` characters of `text` (printable; the length said when cut): a 1 GiB token
-    must not become a 1 GiB error line."""
-    cut = text[:limit]
-    if not cut.isprintable():
-        cut = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in cut)
-    return cut if len(text) <= limit else f"{cut}...[{len(text)} characters]"
-
-
-_LONG_RUN = re.compile(r"\S{%d,}" % (EXCERPT_CHARS + 1))
-
-
-def _bounded(msg: str) -> str:
-    """Every long run of non-blank characters (a quoted token, a number) cut to an excerpt."""
-    if len(msg) <= EXCERPT_CHARS and msg.isprintable():
-        return msg
-    return excerpt(_LONG_RUN.sub(lambda m: excerpt(m.group()), msg), 4 * EXCERPT_CHARS)
-
-
-def _combine(ca: dict, ka: float, cb: dict, kb: float, sign: float) -> tuple[dict, float]:
-    """(ca, ka) + sign * (cb, kb) for linear terms."""
-    out = dict(ca)
-    for k, v in cb.items():
-        out[k] = out.get(k, 0.0) + sign * v
-    return out, ka + sign * kb
 
 
 # ---------------------------------------------------------------------------------------------

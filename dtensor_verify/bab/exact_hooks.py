@@ -1,0 +1,68 @@
+"""Branch and bound's use of the exact LP (bab/exact.py): fully split domains of a round, and
+(one worker, no collective) open domains with a few unstable neurons left. The BabSolver calls
+these with itself; they read and update its `exact` oracle, stats, counterexample and the
+exhausted-domain count."""
+from __future__ import annotations
+
+import torch
+
+
+def decide_leaves(solver, leaves) -> None:
+    """Fully split domains of a BabSolver's round, decided exactly by the LP; those it cannot
+    decide count as exhausted (the run then ends unknown, saying why)."""
+    if solver.exact is None:
+        solver._prepare_exact()
+    if solver.exact.disabled:
+        solver.exhausted += len(leaves)
+        solver.exhausted_reason = (f"{solver.exhausted} fully split domain(s) not proved by beta-CROWN; "
+                                   f"no exact LP: {solver.exact.disabled}")
+        return
+    try:
+        out = solver.exact.decide(leaves, solver.confirm)
+    except Exception as exc:    # noqa: BLE001 - no collective inside: this worker alone gives up
+        solver.exact.disabled = f"the exact LP failed ({type(exc).__name__}: {str(exc)[:200]})"
+        solver.exhausted += len(leaves)
+        solver.exhausted_reason = f"{solver.exhausted} fully split domain(s) left open: {solver.exact.disabled}"
+        return
+    solver.stats.proved += int(out.proved.sum())
+    solver.counterexample = solver.counterexample or out.counterexample
+    if out.undecided and out.counterexample is None:
+        solver.exhausted += out.undecided
+        solver.exhausted_reason = out.reason
+
+
+def settle_few_unstable(solver, rest, margins, open_idx):
+    """One worker (no collective): the open domains of `rest` with a few unstable neurons left
+    are decided by the exact LP, one per phase pattern. Returns (rest, margins, open_idx) of
+    the domains still open."""
+    keep = _few_unstable_open(solver, rest)
+    if keep is None:
+        return rest, margins, open_idx
+    return rest.index(keep), margins[keep], open_idx[keep]
+
+
+def _few_unstable_open(solver, rest):
+    """The mask of `rest` still open after the few-unstable LPs, or None (nothing decided)."""
+    if solver.exact is None:
+        solver._prepare_exact()
+    exact = solver.exact
+    if exact.disabled or len(rest) == 0:
+        return None
+    counts = exact.few_unstable(rest, counts=True)
+    idx = counts.nonzero().flatten()
+    # At most a quarter of the time left on these LPs (HiGHS does not stop on the run's clock).
+    per_lp = exact.seconds / exact.lps if exact.lps else 3e-3
+    budget = 0.25 * solver.time_left() / max(per_lp, 1e-4)
+    idx = idx[torch.cumsum(2 ** counts[idx], 0) <= budget]
+    if idx.numel() == 0:
+        return None
+    try:
+        out = exact.decide_enumerated(rest.index(idx), solver.confirm)
+    except Exception as exc:    # noqa: BLE001 - this worker alone: its domains stay open
+        exact.disabled = f"the exact LP failed ({type(exc).__name__}: {str(exc)[:200]})"
+        return None
+    solver.stats.proved += int(out.proved.sum())
+    solver.counterexample = solver.counterexample or out.counterexample
+    keep = torch.ones(len(rest), dtype=torch.bool, device=counts.device)
+    keep[idx[out.proved]] = False
+    return keep
