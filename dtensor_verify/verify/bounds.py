@@ -142,14 +142,41 @@ def _vertices(model, batch: _Batch, res: MethodBounds, margin_lower, pairs: Pair
 def bound_pairs(inst: Instance, method: str, open_idx, batching: str, alpha_options, max_batch: int,
                 guide: bool, max_rows_total: int = 4096) -> BoundOutcome:
     """Lower bounds of C y - d for the pairs `open_idx` by `method`, with BaB's roots and (if
-    `guide`) the bound-guided vertices of the rows left unproved."""
+    `guide`) the bound-guided vertices of the rows left unproved. Under a `Dx1` mesh each dp
+    rank bounds its share of the batch elements and all ranks gather the outcomes
+    (`bounds_dp`): every rank ends with every pair's bounds."""
+    from . import bounds_dp
+
+    groups = bound_groups(inst.pairs, open_idx, batching)
+    topo = bounds_dp.dp_topology(inst.model)
+    if topo is None:
+        return _bound_share(inst, method, groups, alpha_options, max_batch, guide, max_rows_total)
+    share = bounds_dp.run_share(lambda: _bound_share(inst, method, bounds_dp.my_share(groups, topo),
+                                                     alpha_options, max_batch, guide, max_rows_total))
+    return bounds_dp.gather_outcomes(topo, share, inst.pairs.C.device, _merge)
+
+
+def _merge(outcomes: list) -> BoundOutcome:
+    """One outcome from the ranks' outcomes (in rank order; their pairs are disjoint)."""
+    out = BoundOutcome()
+    for o in outcomes:
+        out.lowers.update(o.lowers)
+        out.vertices.update(o.vertices)
+        out.roots.update(o.roots)
+        out.iterations.extend(o.iterations)
+    return out
+
+
+def _bound_share(inst: Instance, method: str, groups, alpha_options, max_batch: int, guide: bool,
+                 max_rows_total: int) -> BoundOutcome:
+    """The outcome of bounding the batch elements `groups` on this rank."""
     from ..methods import AlphaOptions
 
     model, pairs, clock = inst.model, inst.pairs, inst.clock
     out = BoundOutcome()
     guide = guide and method != "ibp" and model.layout.world_size == 1
     opts = alpha_options or AlphaOptions(iterations=100)
-    for chunk in _chunks(pairs, bound_groups(pairs, open_idx, batching), max_batch, max_rows_total):
+    for chunk in _chunks(pairs, groups, max_batch, max_rows_total):
         clock.check()
         batch = _stack(pairs, chunk)
         box = model.check_box(inst.region_lo[batch.regions], inst.region_hi[batch.regions])

@@ -1,0 +1,80 @@
+"""The bound stage before branch and bound spread over the dp groups of a `--mesh 2x1` run
+(verify/bounds_dp): each rank bounds its share of the (region, disjuncts) batch elements, all
+ranks gather them, and every rank ends with the bounds and the verdict of one process."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dist_utils import run_distributed
+from dtensor_verify.verify.bounds_dp import dp_topology, my_share
+from test_bab_dist import SEED, START, WIDTHS, _thresholds
+from model_zoo import random_mlp
+
+ITER = 6           # alpha-CROWN steps, no early stop (patience > steps): the same steps everywhere
+
+
+def _prop(t: float) -> str:
+    """Two input boxes (regions) x two output disjuncts on Y_0."""
+    head = "".join(f"(declare-const X_{i} Real)\n" for i in range(2)) + "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+    box = "(and (>= X_0 {}) (<= X_0 {}) (>= X_1 -1) (<= X_1 1))"
+    return (head + f"(assert (or {box.format(-1, 0)} {box.format(0, 1)}))\n"
+            f"(assert (or (<= Y_0 {t!r}) (<= Y_0 {t - 0.25!r})))\n")
+
+
+def _decide(model, text: str, bab: bool):
+    from dtensor_verify.bab import BabOptions
+    from dtensor_verify.methods import AlphaOptions
+    from dtensor_verify.specs import parse_vnnlib
+    from dtensor_verify.verify import verify_instance
+
+    prop = parse_vnnlib(text, n_inputs=2, n_outputs=2)
+    res = verify_instance(model, prop, None, timeout=60, bab=bab, bab_options=BabOptions(batch_size=32),
+                          alpha_options=AlphaOptions(iterations=ITER, patience=ITER + 1))
+    return (res.verdict, res.decided_by, [d.lower for d in res.details],
+            res.bounds.get("alpha-crown", {}).get("iterations"))
+
+
+def _model(plan=None, mesh=None):
+    import dtensor_verify as dv
+
+    net, shape = random_mlp(WIDTHS, seed=SEED)
+    model = dv.load(net, input_shape=shape)
+    if plan is not None:
+        from placements import apply_plan, mesh_from_process_group
+        apply_plan(model, plan, mesh_from_process_group(mesh))
+    return model
+
+
+def _on_ranks(rank, world, text):
+    torch.set_num_threads(1)
+    model = _model("replicate", "2x1")
+    return [_decide(model, text, bab=False), _decide(model, text, bab=True)]
+
+
+def test_round_robin_shares_and_one_group_keeps_all():
+    groups = [[0, 1], [2, 3], [4]]
+    topo = [SimpleNamespace(dp=2, dp_rank=r, shard=1, dp_group=object()) for r in range(2)]
+    assert [my_share(groups, t) for t in topo] == [[[0, 1], [4]], [[2, 3]]]
+    assert dp_topology(SimpleNamespace(layout=SimpleNamespace(topology=topo[0]))) is topo[0]
+    for t in (SimpleNamespace(dp=1, shard=2, dp_group=None), SimpleNamespace(dp=2, shard=2, dp_group=object())):
+        assert dp_topology(SimpleNamespace(layout=SimpleNamespace(topology=t))) is None
+
+
+def test_mesh_2x1_bounds_and_verdict_of_one_process(tmp_path):
+    low, _ = _thresholds()
+    text = _prop(low)
+    ref = [_decide(_model(), text, bab=False), _decide(_model(), text, bab=True)]
+    assert ref[1][0] == "unsat" and ref[1][1] == "bab", ref          # the bounds leave it to BaB
+    res = run_distributed(_on_ranks, 2, tmp_path, text, timeout_s=240, start_method=START)
+    for rank_rows in res:
+        for (verdict, by, lowers, its), (rverdict, rby, rlowers, rits) in zip(rank_rows, ref):
+            assert (verdict, by) == (rverdict, rby)
+            assert len(lowers) == len(rlowers) == 4
+            for lo, rlo in zip(lowers, rlowers):
+                assert lo is not None and rlo is not None
+                assert lo == pytest.approx(rlo, rel=1e-4, abs=1e-5)
+            # one batch of both regions in one process; one region per rank (gathered) in 2x1
+            assert len(rits) == 1 and len(its) == 2, (its, rits)
