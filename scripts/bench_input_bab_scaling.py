@@ -46,7 +46,10 @@ def run_one(bench: Path, onnx: str, vnnlib: str, procs: int, timeout: float, out
     secs = bab.get("seconds") or 0.0
     return {"verdict": data.get("verdict", "error"), "seconds": data.get("seconds", float("nan")),
             "bab_seconds": secs, "subboxes": boxes, "subboxes_per_s": boxes / secs if secs else 0.0,
-            "workers": bab.get("workers", "")}
+            "workers": bab.get("workers", ""),
+            # before branch and bound: the attacks and the bound stages (alpha-CROWN spread over dp)
+            "pre_bab_seconds": data.get("seconds", float("nan")) - secs,
+            "alpha_seconds": data.get("bounds", {}).get("alpha-crown", {}).get("seconds", float("nan"))}
 
 
 def main() -> int:
@@ -77,6 +80,13 @@ def main() -> int:
         lines.append(f"| {r['instance']} | {r['p1_verdict']}, {r['p1_seconds']:.2f} ({r['p1_bab_seconds']:.2f}) | "
                      f"{r['p2_verdict']}, {r['p2_seconds']:.2f} ({r['p2_bab_seconds']:.2f}) | {r['time_ratio']:.2f} | "
                      f"{r['p1_subboxes_per_s']:.0f} | {r['p2_subboxes_per_s']:.0f} | {r['subbox_rate_ratio']:.2f} |")
+    lines += ["", "| instance | before BaB s: 1 proc | 2x1 | ratio | alpha-CROWN s: 1 proc | 2x1 | ratio |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pre = r["p2_pre_bab_seconds"] / r["p1_pre_bab_seconds"] if r["p1_pre_bab_seconds"] else float("nan")
+        alpha = r["p2_alpha_seconds"] / r["p1_alpha_seconds"] if r["p1_alpha_seconds"] else float("nan")
+        lines.append(f"| {r['instance']} | {r['p1_pre_bab_seconds']:.2f} | {r['p2_pre_bab_seconds']:.2f} | {pre:.2f} | "
+                     f"{r['p1_alpha_seconds']:.3f} | {r['p2_alpha_seconds']:.3f} | {alpha:.2f} |")
     text = "\n".join(lines)
     (args.out / "input_bab_scaling.md").write_text(text + "\n")
     print(text)
