@@ -78,3 +78,32 @@ def test_mesh_2x1_bounds_and_verdict_of_one_process(tmp_path):
                 assert lo == pytest.approx(rlo, rel=1e-4, abs=1e-5)
             # one batch of both regions in one process; one region per rank (gathered) in 2x1
             assert len(rits) == 1 and len(its) == 2, (its, rits)
+
+
+@pytest.mark.parametrize("other,raises", [("ok", None), ("timed-out", "TimeLimitReached"),
+                                          ("failed", "VerifierError")])
+def test_a_time_out_or_failure_on_one_rank_is_raised_on_every_rank(monkeypatch, other, raises):
+    """Rank 0 bounded its share; rank 1 sent `other`: after the one gather, rank 0 merges or
+    raises what rank 1 ran into (no rank is left waiting in a later collective)."""
+    import torch.distributed as dist
+
+    from dtensor_verify.errors import TimeLimitReached, VerifierError
+    from dtensor_verify.verify.bounds_dp import gather_outcomes, run_share
+
+    def fake_gather(out, mine, group=None):
+        out[0], out[1] = mine, ({"b": torch.ones(1)} if other == "ok" else other)
+
+    monkeypatch.setattr(dist, "all_gather_object", fake_gather)
+    topo = SimpleNamespace(dp=2, dp_group=None)
+    merge = (lambda outs: {k: v for o in outs for k, v in o.items()})
+    share = run_share(lambda: {"a": torch.zeros(1)})
+    if raises is None:
+        assert set(gather_outcomes(topo, share, "cpu", merge)) == {"a", "b"}
+    else:
+        with pytest.raises({"TimeLimitReached": TimeLimitReached, "VerifierError": VerifierError}[raises]):
+            gather_outcomes(topo, share, "cpu", merge)
+    failed = run_share(lambda: 1 / 0)                       # this rank's own error is re-raised
+    with pytest.raises(ZeroDivisionError):
+        gather_outcomes(topo, failed, "cpu", merge)
+    with pytest.raises((TimeLimitReached, VerifierError)):  # this rank's own time-out too
+        gather_outcomes(topo, run_share(lambda: (_ for _ in ()).throw(TimeLimitReached())), "cpu", merge)

@@ -22,9 +22,10 @@ import dataclasses
 
 import torch
 
-from ..errors import TimeLimitReached
+from ..errors import TimeLimitReached, VerifierError
 
 _TIMED_OUT = "timed-out"
+_FAILED = "failed"
 
 
 def dp_topology(model):
@@ -57,21 +58,32 @@ def _to(x, device):
 
 
 def gather_outcomes(topo, outcome, device, merge):
-    """Every rank's outcome (or its time-out), gathered over the dp group; `merge(outcomes)`
-    of them in rank order, on `device`. Raises TimeLimitReached on every rank if any timed out."""
+    """Every rank's outcome (or its time-out / failure), gathered over the dp group;
+    `merge(outcomes)` of them in rank order, on `device`. If any rank timed out, every rank
+    raises TimeLimitReached; if any failed, the failing rank re-raises its error and the others
+    raise a VerifierError naming it (an `error` result, never a verdict)."""
     import torch.distributed as dist
 
-    mine = _TIMED_OUT if outcome is None else _to(outcome, "cpu")
+    failure = outcome if isinstance(outcome, BaseException) else None
+    mine = _TIMED_OUT if outcome is None else _FAILED if failure is not None else _to(outcome, "cpu")
     gathered = [None] * topo.dp
     dist.all_gather_object(gathered, mine, group=topo.dp_group)
-    if any(g == _TIMED_OUT for g in gathered if isinstance(g, str)):
+    marks = [g for g in gathered if isinstance(g, str)]
+    if failure is not None:
+        raise failure
+    if _FAILED in marks:
+        raise VerifierError(f"bound stage failed on dp rank {gathered.index(_FAILED)}")
+    if _TIMED_OUT in marks:
         raise TimeLimitReached()
     return merge([_to(g, device) for g in gathered])
 
 
 def run_share(fn):
-    """fn() or None when it ran out of time (the gather then raises on every rank)."""
+    """fn(); None when it ran out of time, the exception when it failed (the gather then
+    raises on every rank, after every rank has joined it)."""
     try:
         return fn()
     except TimeLimitReached:
         return None
+    except Exception as exc:  # carried through the gather: no rank is left waiting in it
+        return exc
