@@ -31,7 +31,8 @@ def _decide(model, text: str, bab: bool):
     from dtensor_verify.verify import verify_instance
 
     prop = parse_vnnlib(text, n_inputs=2, n_outputs=2)
-    res = verify_instance(model, prop, None, timeout=60, bab=bab, bab_options=BabOptions(batch_size=32),
+    # without BaB, no attack either: the later attack rounds may run into the time limit on a busy machine
+    res = verify_instance(model, prop, None, timeout=60, attack=bab, bab=bab, bab_options=BabOptions(batch_size=32),
                           alpha_options=AlphaOptions(iterations=ITER, patience=ITER + 1))
     return (res.verdict, res.decided_by, [d.lower for d in res.details],
             res.bounds.get("alpha-crown", {}).get("iterations"))
