@@ -18,7 +18,7 @@ ITER = 6           # alpha-CROWN steps, no early stop (patience > steps): the sa
 
 def _prop(t: float) -> str:
     """Two input boxes (regions) x two output disjuncts on Y_0."""
-    head = "".join(f"(declare-const X_{i} Real)\n" for i in range(2)) + "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+    head = "".join(f"(declare-const {v} Real)\n" for v in ("X_0", "X_1", "Y_0", "Y_1"))
     box = "(and (>= X_0 {}) (<= X_0 {}) (>= X_1 -1) (<= X_1 1))"
     return (head + f"(assert (or {box.format(-1, 0)} {box.format(0, 1)}))\n"
             f"(assert (or (<= Y_0 {t!r}) (<= Y_0 {t - 0.25!r})))\n")
