@@ -93,8 +93,10 @@ def best_of_shifts(graph, name: str, run):
     """`run()` (a CROWN sweep from node `name`, giving (lower, upper)) with the shifted rows, and
     again with the plain identity step where a softmax lies upstream of `name`: the tighter of
     the two per neuron (both sound), so the shift never makes a bound looser."""
-    ancestors = graph.ancestors(name)
-    ops = [n.op for n in graph.nodes if isinstance(n.op, SoftmaxSumOneOp) and n.name in ancestors]
+    ops = [n for n in graph.nodes if isinstance(n.op, SoftmaxSumOneOp)]
+    if ops:                                           # (no graph walk on graphs without softmax)
+        ancestors = graph.ancestors(name)
+        ops = [n.op for n in ops if n.name in ancestors]
     if not ops:
         return run()
     lo, up = run()
