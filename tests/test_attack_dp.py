@@ -22,3 +22,41 @@ def test_restarts_and_seeds_are_shared_out_over_dp():
 def test_one_dp_group_keeps_the_whole_round():
     assert _dp_share(_inst(SimpleNamespace(dp=1, dp_rank=0)), 5, 10) == (5, 10, None)
     assert _dp_share(SimpleNamespace(model=SimpleNamespace(layout=object())), 5, 10) == (5, 10, None)
+
+
+def _fake_gather(monkeypatch, other):
+    import torch.distributed as dist
+
+    def fake_gather(out, mine, group=None):
+        out[0], out[1] = mine, other
+
+    monkeypatch.setattr(dist, "all_gather_object", fake_gather)
+
+
+def test_a_rank_that_ran_out_of_time_still_joins_and_every_rank_times_out(monkeypatch):
+    """Rank 0 timed out in its share of a spread attack round while rank 1 finished with nothing:
+    rank 0 still joins the gather (before, it left and rank 1 waited in the gather until the peer
+    closed: 'connection closed by peer', an `error`), and both end TimeLimitReached (`timeout`)."""
+    import pytest
+
+    from dtensor_verify.errors import TimeLimitReached, VerifierError
+    from dtensor_verify.verify.attacks import _first_found
+
+    topo = SimpleNamespace(world=2, group=None)
+
+    def timed_out():
+        raise TimeLimitReached()
+
+    _fake_gather(monkeypatch, (None, None))                     # the other rank: nothing found
+    with pytest.raises(TimeLimitReached):
+        _first_found(topo, timed_out)
+    _fake_gather(monkeypatch, (None, "timed out"))              # this rank done, the other timed out
+    with pytest.raises(TimeLimitReached):
+        _first_found(topo, lambda: (None, "margins"))
+    _fake_gather(monkeypatch, (None, "failed"))
+    with pytest.raises(VerifierError):
+        _first_found(topo, lambda: (None, "margins"))
+    _fake_gather(monkeypatch, ("cex", None))                    # a confirmed counterexample wins
+    assert _first_found(topo, timed_out) == ("cex", None)
+    _fake_gather(monkeypatch, (None, None))
+    assert _first_found(topo, lambda: (None, "margins")) == (None, "margins")

@@ -9,6 +9,7 @@ import torch
 
 from ..attack import pgd
 from ..margin import output_margin
+from ..errors import TimeLimitReached, VerifierError
 from .instance import Instance
 from .result import AttackOptions, Counterexample
 
@@ -62,13 +63,34 @@ def _dp_share(inst: Instance, restarts: int, seed: int) -> tuple[int, int, objec
     return max(1, -(-restarts // topo.dp)), seed + 7919 * topo.dp_rank, topo
 
 
-def _first_found(topo, found: Counterexample | None) -> Counterexample | None:
-    """The first rank's confirmed counterexample, on every rank (so every rank decides alike)."""
+def _first_found(topo, run):
+    """`run()` -> (found, margins) on this rank; then every rank's confirmed counterexample is
+    gathered and the first one returned on every rank (so every rank decides alike). A rank whose
+    round ran out of time or failed still joins the gather (none is left waiting in it): with no
+    counterexample anywhere, every rank then raises TimeLimitReached, or a VerifierError naming
+    the failed rank (the failing rank re-raises its own error): `timeout` / `error`, never a verdict."""
     import torch.distributed as dist
 
+    out, failure, mark = None, None, None
+    try:
+        out = run()
+    except TimeLimitReached:
+        mark = "timed out"
+    except Exception as exc:  # carried through the gather, re-raised after it
+        failure, mark = exc, "failed"
     gathered = [None] * topo.world
-    dist.all_gather_object(gathered, found, group=topo.group)
-    return next((g for g in gathered if g is not None), None)
+    dist.all_gather_object(gathered, (out[0] if out else None, mark), group=topo.group)
+    found = next((f for f, _ in gathered if f is not None), None)
+    if found is not None:
+        return found, (out[1] if out else None)
+    if failure is not None:
+        raise failure
+    marks = [m for _, m in gathered]
+    if "failed" in marks:
+        raise VerifierError(f"attack round failed on rank {marks.index('failed')}")
+    if "timed out" in marks:
+        raise TimeLimitReached()
+    return None, out[1]
 
 
 def attack_open(inst: Instance, restarts: int, seed: int, phase: str, starts=None,
@@ -80,11 +102,15 @@ def attack_open(inst: Instance, restarts: int, seed: int, phase: str, starts=Non
         return None
     t = time.perf_counter()
     restarts, seed, topo = _dp_share(inst, restarts, seed) if spread else (restarts, seed, None)
-    x_best, margins = attack_round(inst.model, inst.pairs, open_idx, inst.pair_lo, inst.pair_hi, inst.clock,
-                                   inst.attack, restarts, seed, starts)
-    found = confirm_candidates(inst, x_best, margins, open_idx)
-    if topo is not None:
-        found = _first_found(topo, found)
+
+    def run():
+        x_best, margins = attack_round(inst.model, inst.pairs, open_idx, inst.pair_lo, inst.pair_hi, inst.clock,
+                                       inst.attack, restarts, seed, starts)
+        return confirm_candidates(inst, x_best, margins, open_idx), margins
+
+    found, margins = run() if topo is None else _first_found(topo, run)
+    if margins is None:                 # another rank found one while this one could not finish
+        return found
     inst.add_phase(phase, time.perf_counter() - t)
     n0 = max((v.shape[0] for v in (starts or {}).values()), default=0)
     inst.say(f"{phase}: {restarts} restarts" + (f" + {n0} guided start(s)" if n0 else "")
