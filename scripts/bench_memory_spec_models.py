@@ -95,7 +95,10 @@ def run(args):
     for name in args.models.split(","):
         if world not in [int(p) for p in args.ps_for.get(name, "1,2,4").split(",")]:
             continue
-        mine = bound_one(name, mesh, world, args.max_rows)
+        try:
+            mine = bound_one(name, mesh, world, args.max_rows)
+        except Exception as exc:  # recorded in the table; the run goes on with the next model
+            mine = {"plan": "replicate" if world == 1 else "spec", "error": f"{type(exc).__name__}: {str(exc)[:160]}"}
         ranks = [mine]
         if world > 1:
             import torch.distributed as dist
@@ -106,6 +109,10 @@ def run(args):
                    "threads": torch.get_num_threads(), "torch": torch.__version__, "ranks": ranks}
             with open(out / "results.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
+            failed = [r["error"] for r in ranks if "error" in r]
+            if failed:
+                print(f"[P={world}] {name:<8} error: {failed[0]}", flush=True)
+                continue
             print(f"[P={world}] {name:<8} live peak/rank {max(r['live_peak_mib'] for r in ranks):8.1f} MiB  "
                   f"RSS growth/rank {max(r['rss_growth_mib'] for r in ranks):8.1f} MiB  "
                   f"{max(r['seconds'] for r in ranks):7.1f} s", flush=True)
@@ -116,6 +123,9 @@ def run(args):
 def report(args):
     out = Path(args.out)
     rows = [json.loads(line) for line in open(out / "results.jsonl")]
+    errors = [f"- {r['model']} P = {r['P']}: {x['error']}" for r in rows
+              for x in [next((x for x in r["ranks"] if "error" in x), {})] if x]
+    rows = [r for r in rows if not any("error" in x for x in r["ranks"])]
     ref = {r["model"]: r for r in rows if r["P"] == 1}
     table = []
     for r in rows:
@@ -151,6 +161,7 @@ def report(args):
                      f"{e['rss_growth_mib']:.1f} | {f(e['rss_ratio'], '.3f')} | {f(e['target'], '.2f')} | {met} | "
                      f"{e['seconds']:.1f} | {e['width']:.5g} ({f(e['width_ref'], '.5g')}) | "
                      f"{e['peak_by_kind_rank0_mib']} |")
+    lines += ["", "Errors:", *errors] if errors else []
     (out / "spec_models.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
