@@ -155,18 +155,9 @@ def _constants(proto) -> dict:
 
 
 def _inferred_shapes(proto) -> dict:
-    import onnx
+    from .onnx_rewrites import inferred_dims
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
-    except Exception:               # noqa: BLE001 - no shapes: nothing is known to touch axis 0
-        return {}
-    shapes = {}
-    for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        t = info.type.tensor_type
-        if t.HasField("shape"):
-            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-    return shapes
+    return inferred_dims(proto)
 
 
 def add_batch_axis(proto, source: str):

@@ -18,18 +18,7 @@ import numpy as np
 
 
 def _ranks(proto) -> dict[str, int]:
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
-    except Exception:
-        return {}
-    ranks = {}
-    for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        t = info.type.tensor_type
-        if t.HasField("shape"):
-            ranks[info.name] = len(t.shape.dim)
-    return ranks
+    return {name: len(shape) for name, shape in inferred_dims(proto).items()}
 
 
 def _rank_by_running(proto, name) -> int | None:
@@ -104,12 +93,14 @@ def _constant_values(proto) -> dict:
     return out
 
 
-def _dims(proto) -> dict[str, tuple]:
+def inferred_dims(proto) -> dict[str, tuple]:
+    """Every value's shape as ONNX shape inference gives it (None for a symbolic dim); {} when
+    inference fails (then nothing is known about any value)."""
     import onnx
 
     try:
         inferred = onnx.shape_inference.infer_shapes(proto)
-    except Exception:
+    except Exception:               # noqa: BLE001 - no shapes: nothing is known
         return {}
     dims = {}
     for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
@@ -145,7 +136,7 @@ def rewrite_split18(proto):
         return proto
     if not any(n.op_type == "Split" for n in proto.graph.node):
         return proto
-    consts, dims = _constant_values(proto), _dims(proto)
+    consts, dims = _constant_values(proto), inferred_dims(proto)
     new_nodes, changed = [], False
     for node in proto.graph.node:
         sizes = _split_sizes(node, consts, dims) if node.op_type == "Split" else None
@@ -201,7 +192,7 @@ def rewrite_auto_pad(proto):
             any(a.name == "auto_pad" and a.s not in (b"NOTSET", b"") for a in n.attribute)]
     if not todo:
         return proto
-    consts, dims = _constant_values(proto), _dims(proto)
+    consts, dims = _constant_values(proto), inferred_dims(proto)
     for node in todo:
         shape = dims.get(node.input[0])
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}

@@ -152,19 +152,7 @@ class DomainStore:
     def pop_best(self, k: int) -> tuple[Domains | None, torch.Tensor | None]:
         """Remove and return the `k` domains with the largest margins (to hand to another worker:
         the easy end of the queue, so the sender keeps the work it was about to do)."""
-        n = len(self)
-        if n == 0 or k <= 0:
-            return None, None
-        k = min(k, n)
-        idx = torch.topk(self.margins, k, largest=True).indices
-        keep = torch.ones(n, dtype=torch.bool, device=self.margins.device)
-        keep[idx] = False
-        out = (self.domains.index(idx), self.margins[idx])
-        if k == n:
-            self.domains = self.margins = None
-        else:
-            self.domains, self.margins = self.domains.index(keep), self.margins[keep]
-        return out
+        return self.pop_largest(self.margins, k)
 
 
 def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: dict[str, str],
