@@ -146,7 +146,9 @@ def _run(args, model, prop):
     from .verify import verify_instance
 
     cli = args.cli
-    cli._apply_plan(model, args.plan, args.quiet, timeout_s=_left(args) + cli.COLLECTIVE_SLACK_S, mesh=args.mesh)
+    # bab: the plan checker refuses `tp` for branch and bound on CPU with small layers, as `run` does
+    cli._apply_plan(model, args.plan, args.quiet, timeout_s=_left(args) + cli.COLLECTIVE_SLACK_S, mesh=args.mesh,
+                    bab=not args.no_bab)
     lead = cli._is_rank0(model)
     res = verify_instance(model, prop, None, _left(args), methods=tuple(args.methods), attack=True,
                           log=cli._stderr_log(args.quiet or not lead), bab=not args.no_bab,

@@ -77,3 +77,53 @@ def test_cli_run_says_it_in_one_line(small_net, monkeypatch, capsys, tmp_path):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "'tp' for branch and bound on CPU" in lines[0], err
     assert res.read_text().split("\n")[0] == "error"
+
+
+def _one_error(rc, out, err):
+    """Chapter 5 of VNN-LIB 2.0: an error is one line on stderr, nothing on stdout, status 2."""
+    assert rc == 2 and out == "" and "Traceback" not in err, (out, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dtensor-verify: error: "), err
+    assert "'tp' for branch and bound on CPU" in lines[0] and "--plan replicate --mesh 2x1" in lines[0], err
+
+
+def _verify(capsys, query, onnx_path, *extra):
+    rc = main(["--threads", "1", "verify", query, "--network", f"N={onnx_path}", "--device", "cpu",
+               "--timeout", "30", "--plan", "tp", "--quiet", *extra])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _query2(tmp_path, n_in: int, n_out: int):
+    """A VNN-LIB 2.0 query over the oracle's net: the box x in [-1, 1], the unsat-looking Y[0] <= -1e9."""
+    box = "".join(f"(assert (>= X[{i}] -1.0)) (assert (<= X[{i}] 1.0)) " for i in range(n_in))
+    p = tmp_path / "q2.vnnlib"
+    p.write_text(f"(vnnlib-version <2.0>)\n(declare-network N (declare-input X float32 [{n_in}]) "
+                 f"(declare-output Y float32 [{n_out}]))\n{box}\n(assert (<= Y[0] -1000000000.0))\n")
+    return str(p)
+
+
+def test_vnnlib2_verify_refuses_tp_bab_like_run(small_net, monkeypatch, capsys, tmp_path):
+    """The chapter-5 command line (`verify`) applies the same rule, for 1.0 and 2.0 queries."""
+    monkeypatch.delenv(ALLOW_ENV, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    onnx_path, spec = small_net
+    _one_error(*_verify(capsys, spec, onnx_path))
+    model = dv.load(onnx_path)
+    _one_error(*_verify(capsys, _query2(tmp_path, model.n_inputs, model.n_outputs), onnx_path))
+
+
+def test_vnnlib2_verify_no_bab_is_not_refused(small_net, monkeypatch):
+    """--no-bab (bounds only) is not concerned: the plan is applied with bab=False."""
+    monkeypatch.delenv(ALLOW_ENV, raising=False)
+    from dtensor_verify import cli, solver_cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_apply_plan", lambda *a, **k: seen.append(k["bab"]) or (_ for _ in ()).throw(
+        PlanError("stop here")))
+    for no_bab in (False, True):
+        args = type("A", (), {"cli": cli, "plan": "tp", "quiet": True, "mesh": None, "no_bab": no_bab,
+                              "deadline": 1e18})()
+        with pytest.raises(PlanError):
+            solver_cli._run(args, None, None)
+    assert seen == [True, False]

@@ -13,6 +13,7 @@ import torch
 
 from ..layout import DEFAULT_LAYOUT, Layout
 from ..memory import tag
+from ..ops.softmax_sum import best_of_shifts
 from .optimize import ParamGroup, maximise
 from .crown import (CrownOptions, default_spec, intermediate_bounds, node_bound_rows, output_bound, scatter_rows,
                     tighter_than_ibp)
@@ -86,8 +87,8 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
         C = default_spec(graph, batch, box[0].dtype, box[0].device)
     with torch.no_grad():
         bounds, rows = intermediate_bounds(graph, box, layout, opts.crown)
-        best_lo, best_up = output_bound(graph, bounds, C, layout, want_lower=want_lower, want_upper=want_upper,
-                                        gather=False)
+        best_lo, best_up = best_of_shifts(graph, graph.output_name, lambda: output_bound(
+            graph, bounds, C, layout, want_lower=want_lower, want_upper=want_upper, gather=False))
         if opts.crown.intersect_ibp:
             # CROWN's start (and so alpha's result) is never looser than IBP's, like `crown`.
             mine = C[:, layout.rows(graph.output_name, C.shape[1]).mine]

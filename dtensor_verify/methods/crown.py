@@ -15,6 +15,7 @@ from ..layout import DEFAULT_LAYOUT, Layout, weight_kwargs
 from ..memory import tag
 from ..ops.patches import Patches, add_A, dense
 from ..ops.row_pieces import in_row_pieces
+from ..ops.softmax_sum import best_of_shifts
 from .ibp import ibp_step
 from .sweep_patches import (concretize_patches_pair, every_output_as_rows, identity_output_as_rows, patches_or_dense,
                             reshape_rows_patches, starts_patches)
@@ -352,7 +353,7 @@ def _intermediate_bounds(graph, box, layout, opts):
             continue
         rows = rows_to_bound(ref_lo, ref_up, opts, all_rows=_feeds_general_op(graph, name))
         rows_by_node[name] = rows
-        lo, up = node_bound_rows(graph, name, rows, bounds, layout, opts, batch)
+        lo, up = best_of_shifts(graph, name, lambda: node_bound_rows(graph, name, rows, bounds, layout, opts, batch))
         bounds[name] = scatter_rows(ref_lo, ref_up, rows, lo, up, opts.intersect_ibp)
     return bounds, rows_by_node
 
@@ -384,7 +385,8 @@ def crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: CrownOption
         C = default_spec(graph, box[0].shape[0], box[0].dtype, box[0].device)
     with torch.no_grad():
         bounds, _ = intermediate_bounds(graph, box, layout, opts)
-        lo, up = output_bound(graph, bounds, C, layout, want_lower=want_lower, want_upper=want_upper)
+        lo, up = best_of_shifts(graph, graph.output_name, lambda: output_bound(
+            graph, bounds, C, layout, want_lower=want_lower, want_upper=want_upper))
         if (opts or CrownOptions()).intersect_ibp:
             lo, up = tighter_than_ibp(graph, bounds, C, lo, up)
     return lo, up, bounds

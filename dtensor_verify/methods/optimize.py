@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..memory import tag
+from .adam import Adam
 
 
 @dataclass
@@ -41,14 +42,15 @@ def maximise(groups: list[ParamGroup], evaluate, keep_best, iterations: int, lay
     groups = [g for g in groups if g.params]
     if not groups or iterations <= 0:
         return 0
-    optimizer = torch.optim.Adam([{"params": g.params, "lr": g.lr} for g in groups])
+    # not torch.optim.Adam: that imports torch._dynamo (seconds of start-up; methods/adam.py)
+    optimizer = Adam([(g.params, g.lr) for g in groups])
     history = []
     steps = 0
     for it in range(iterations):
         steps = it + 1
         loss, state = evaluate(it)
         with tag("alpha-optimizer"):
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         del loss

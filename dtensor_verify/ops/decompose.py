@@ -3,6 +3,7 @@ bound graph is built; the load-time self-check then compares the result with the
 
 * Softmax over dim d:  softmax(x)_i = 1 / sum_j exp(x_j - x_i): a pairwise difference (exact
   linear map), Exp, ReduceSum, Reciprocal. The differences keep Exp's inputs small and bounded.
+  Then `softmax_sum_one` (ops/softmax_sum.py): the identity, whose box rule uses sum y = 1.
   (LogSoftmax: the Log of that sum, negated.)
 * LayerNorm: (x - mean) * rsqrt(mean((x - mean)^2) + eps) * w + b.
 * Div of two activations: x * reciprocal(y).  Max / Min of two: y + relu(x - y) / x - relu(x - y).
@@ -17,6 +18,11 @@ from torch import nn
 
 from .linear_map import LinearMapOp
 from .registry import register
+from .softmax_sum import softmax_sum_one
+
+# Softmax over n > 2 entries ends in `softmax_sum_one` (ops/softmax_sum.py: its box uses y in
+# [0, 1] and sum y = 1). False: the plain decomposition (kept to compare; scripts/bench_softmax.py).
+SOFTMAX_SUM_ONE = True
 
 
 def pairwise_diff(x, dim: int):
@@ -109,6 +115,8 @@ def _rewrite_softmax(gm, node, perturbed):
         out = g.call_function(torch.log, (s,)) if log else g.call_function(torch.reciprocal, (s,))
         if log:
             out = g.call_function(operator.neg, (out,))
+        elif SOFTMAX_SUM_ONE:
+            out = g.call_function(softmax_sum_one, (out, dim))
         if flat_from is not None and len(shape) != rank:
             out = g.call_method("reshape", (out, shape))
     node.replace_all_uses_with(out)
