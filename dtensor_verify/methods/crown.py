@@ -24,7 +24,8 @@ from .sweep_patches import (concretize_patches_pair, every_output_as_rows, ident
 @dataclass
 class CrownOptions:
     # Rows bounded per backward sweep of an intermediate layer: caps A-matrix memory at
-    # max_rows x (largest layer). None = all rows at once.
+    # max_rows x (largest layer). None = all rows at once. Under `spec` the rows of a sweep are
+    # split across the ranks (each bounds about max_rows / P; see sweep_chunk).
     max_rows: int | None = None
     # Intersect CROWN intermediate bounds with IBP (sound, never looser). Off for exact parity
     # with tools that do not.
@@ -255,6 +256,18 @@ def rows_to_bound(lower, upper, opts: CrownOptions, all_rows: bool = False) -> t
     return unstable.nonzero().flatten()
 
 
+def sweep_chunk(max_rows: int | None, most: int, n: int) -> int:
+    """Rows per backward sweep on this rank. `max_rows` counts the rows of one sweep across the
+    ranks that split the rows (spec): a rank with `most` of the `n` rows bounds its share of
+    `max_rows` per sweep, so per-rank A-matrix memory falls with P while the number of sweeps
+    stays that of one process (with the full `max_rows` per rank the cap would bind at every P)."""
+    if not max_rows:
+        return max(most, 1)
+    if most >= n:
+        return max(max_rows, 1)
+    return max(-(-max_rows * most // n), 1)
+
+
 def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch, alphas_for=None):
     """CROWN bounds of the flattened neurons `rows` of node `name`, in chunks of `opts.max_rows`.
 
@@ -266,7 +279,7 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
     split = layout.rows(name, n)
     local_rows = rows[split.mine]
     most = split.most
-    chunk = max(opts.max_rows or most, 1)
+    chunk = sweep_chunk(opts.max_rows, most, n)
     lows, ups = [], []
     # Every rank runs the same number of sweeps (FSDP gathers are collectives), even with no rows.
     for start in range(0, most, chunk):
