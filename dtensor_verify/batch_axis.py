@@ -155,7 +155,7 @@ def _constants(proto) -> dict:
 
 
 def _inferred_shapes(proto) -> dict:
-    from .onnx_rewrites import inferred_dims
+    from .onnx_facts import inferred_dims
 
     return inferred_dims(proto)
 

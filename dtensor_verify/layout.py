@@ -117,6 +117,18 @@ class RowSplit:
         return t
 
 
+def sweep_chunk(max_rows: int | None, most: int, n: int) -> int:
+    """Rows per backward sweep on this rank. `max_rows` counts the rows of one sweep across the
+    ranks that split the rows (spec): a rank with `most` of the `n` rows bounds its share of
+    `max_rows` per sweep, so per-rank A-matrix memory falls with P while the number of sweeps
+    stays that of one process (with the full `max_rows` per rank the cap would bind at every P)."""
+    if not max_rows:
+        return max(most, 1)
+    if most >= n:
+        return max(max_rows, 1)
+    return max(-(-max_rows * most // n), 1)
+
+
 class Layout:
     world_size = 1          # ranks that share each bounding step (the "shard" mesh dim)
     rank = 0                # this rank among them

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .onnx_rewrites import _constant_values, inferred_dims
+from .onnx_facts import constant_values, inferred_dims
 
 
 class _Emit:
@@ -103,7 +103,7 @@ def rewrite_pow(proto):
     """See the module docstring; the proto is edited in place."""
     if not any(n.op_type == "Pow" or (n.op_type == "Mul" and n.input[0] == n.input[-1]) for n in proto.graph.node):
         return proto
-    consts, shapes = _constant_values(proto), inferred_dims(proto)
+    consts, shapes = constant_values(proto), inferred_dims(proto)
     inits = {i.name for i in proto.graph.initializer}
     perturbed = {i.name for i in proto.graph.input if i.name not in inits}
     elem = next((i.type.tensor_type.elem_type for i in proto.graph.input if i.name not in inits), 1)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .onnx_facts import constant_values, inferred_dims
+
 
 def _ranks(proto) -> dict[str, int]:
     return {name: len(shape) for name, shape in inferred_dims(proto).items()}
@@ -83,33 +85,6 @@ def rewrite_batchnorm(proto):
 
 # --------------------------------------------------------------------------- Split-18, auto_pad
 
-def _constant_values(proto) -> dict:
-    from onnx import helper, numpy_helper
-
-    out = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            out[node.output[0]] = numpy_helper.to_array(helper.get_attribute_value(node.attribute[0]))
-    return out
-
-
-def inferred_dims(proto) -> dict[str, tuple]:
-    """Every value's shape as ONNX shape inference gives it (None for a symbolic dim); {} when
-    inference fails (then nothing is known about any value)."""
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
-    except Exception:               # noqa: BLE001 - no shapes: nothing is known
-        return {}
-    dims = {}
-    for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        t = info.type.tensor_type
-        if t.HasField("shape"):
-            dims[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-    return dims
-
-
 def _split_sizes(node, consts, dims):
     """The sizes of a Split's outputs (its `split` input, or `num_outputs` chunks), or None."""
     from onnx import helper
@@ -136,7 +111,7 @@ def rewrite_split18(proto):
         return proto
     if not any(n.op_type == "Split" for n in proto.graph.node):
         return proto
-    consts, dims = _constant_values(proto), inferred_dims(proto)
+    consts, dims = constant_values(proto), inferred_dims(proto)
     new_nodes, changed = [], False
     for node in proto.graph.node:
         sizes = _split_sizes(node, consts, dims) if node.op_type == "Split" else None
@@ -192,7 +167,7 @@ def rewrite_auto_pad(proto):
             any(a.name == "auto_pad" and a.s not in (b"NOTSET", b"") for a in n.attribute)]
     if not todo:
         return proto
-    consts, dims = _constant_values(proto), inferred_dims(proto)
+    consts, dims = constant_values(proto), inferred_dims(proto)
     for node in todo:
         shape = dims.get(node.input[0])
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from dtensor_verify.methods.crown import sweep_chunk
+from dtensor_verify.layout import sweep_chunk
 
 
 def test_one_process_keeps_max_rows():

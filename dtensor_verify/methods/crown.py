@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layout import DEFAULT_LAYOUT, Layout, weight_kwargs
+from ..layout import DEFAULT_LAYOUT, Layout, sweep_chunk, weight_kwargs
 from ..memory import tag
 from ..ops.patches import Patches, add_A, dense
 from ..ops.row_pieces import in_row_pieces
 from ..ops.softmax_sum import best_of_shifts
 from .ibp import ibp_step
-from .sweep_patches import (concretize_patches_pair, every_output_as_rows, identity_output_as_rows, patches_or_dense,
+from .output_rows import default_spec, output_ibp, tighter_than_ibp  # noqa: F401 (re-exported)
+from .sweep_patches import (concretize_patches_pair, identity_output_as_rows, patches_or_dense,
                             reshape_rows_patches, starts_patches)
 
 
@@ -256,18 +257,6 @@ def rows_to_bound(lower, upper, opts: CrownOptions, all_rows: bool = False) -> t
     return unstable.nonzero().flatten()
 
 
-def sweep_chunk(max_rows: int | None, most: int, n: int) -> int:
-    """Rows per backward sweep on this rank. `max_rows` counts the rows of one sweep across the
-    ranks that split the rows (spec): a rank with `most` of the `n` rows bounds its share of
-    `max_rows` per sweep, so per-rank A-matrix memory falls with P while the number of sweeps
-    stays that of one process (with the full `max_rows` per rank the cap would bind at every P)."""
-    if not max_rows:
-        return max(most, 1)
-    if most >= n:
-        return max(max_rows, 1)
-    return max(-(-max_rows * most // n), 1)
-
-
 def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch, alphas_for=None):
     """CROWN bounds of the flattened neurons `rows` of node `name`, in chunks of `opts.max_rows`.
 
@@ -380,7 +369,7 @@ def crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: CrownOption
     """CROWN bounds of C f(x) over the box. Returns (lower, upper, intermediate bounds)."""
     opts = opts or CrownOptions()
     if C is None and opts.patches and identity_output_as_rows(graph):
-        return every_output_as_rows(graph, box, layout, opts, want_lower, want_upper)
+        return _every_output_as_rows(graph, box, layout, opts, want_lower, want_upper)
     if C is None:
         C = default_spec(graph, box[0].shape[0], box[0].dtype, box[0].device)
     with torch.no_grad():
@@ -392,21 +381,14 @@ def crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: CrownOption
     return lo, up, bounds
 
 
-def output_ibp(graph, bounds, C):
-    """IBP bounds of the rows `C y` from the output node's box in `bounds` (its IBP box, or better)."""
-    lo, hi = (t.reshape(t.shape[0], -1) for t in bounds[graph.output_name])
-    mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
-    center, dev = C.matmul(mid).squeeze(-1), C.abs().matmul(rad).squeeze(-1)
-    return center - dev, center + dev
-
-
-def tighter_than_ibp(graph, bounds, C, lo, up):
-    """CROWN's output bounds intersected with IBP's (both sound; CROWN alone may be looser on a
-    network with general activations)."""
-    ilo, iup = output_ibp(graph, bounds, C)
-    return (None if lo is None else torch.maximum(lo, ilo)), (None if up is None else torch.minimum(up, iup))
-
-
-def default_spec(graph, batch, dtype, device):
-    n_out = graph.output.numel
-    return torch.eye(n_out, dtype=dtype, device=device).unsqueeze(0).expand(batch, -1, -1)
+def _every_output_as_rows(graph, box, layout, opts, want_lower, want_upper):
+    """CROWN without a spec on a flattened conv map (TinyYOLO): each output neuron a row started
+    as patches (`sweep_patches.reshape_rows_patches`), instead of a dense identity spec over them."""
+    with torch.no_grad():
+        bounds, _ = intermediate_bounds(graph, box, layout, opts)
+        rows = torch.arange(graph.output.numel, device=box[0].device)
+        lo, up = node_bound_rows(graph, graph.output_name, rows, bounds, layout, opts, box[0].shape[0])
+        if opts.intersect_ibp:
+            ilo, iup = (t.flatten(1) for t in bounds[graph.output_name])
+            lo, up = torch.maximum(lo, ilo), torch.minimum(up, iup)
+    return (lo if want_lower else None), (up if want_upper else None), bounds

@@ -7,7 +7,8 @@ by the placement (tp), and is concretised over the input box as patches.
 from __future__ import annotations
 
 from ..ops.base import BackwardResult, BoundOp
-from ..ops.patches import Patches, concretize_patches, dense
+from ..ops.patches import Patches, dense
+from ..ops.row_pieces import concretize_patches
 from ..ops.reshape import ReshapeOp
 
 
@@ -65,21 +66,3 @@ def reshape_rows_patches(graph, node, rows, batch, like, sweep):
 def identity_output_as_rows(graph) -> bool:
     """Bound every output as a row of its own (CROWN without a spec) starting from patches?"""
     return _flattens_feature_map(graph.output)
-
-
-def every_output_as_rows(graph, box, layout, opts, want_lower, want_upper):
-    """CROWN without a spec on a flattened conv map (TinyYOLO): each output neuron a row started
-    as patches (`reshape_rows_patches`), instead of a dense identity spec over them. Returns
-    (lower, upper, intermediate bounds) like `crown.crown`."""
-    import torch
-
-    from .crown import intermediate_bounds, node_bound_rows
-
-    with torch.no_grad():
-        bounds, _ = intermediate_bounds(graph, box, layout, opts)
-        rows = torch.arange(graph.output.numel, device=box[0].device)
-        lo, up = node_bound_rows(graph, graph.output_name, rows, bounds, layout, opts, box[0].shape[0])
-        if opts.intersect_ibp:
-            ilo, iup = (t.flatten(1) for t in bounds[graph.output_name])
-            lo, up = torch.maximum(lo, ilo), torch.minimum(up, iup)
-    return (lo if want_lower else None), (up if want_upper else None), bounds

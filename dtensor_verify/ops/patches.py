@@ -28,8 +28,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import BackwardResult
-
 
 @dataclass(eq=False)
 class Patches:
@@ -193,57 +191,3 @@ def _common_windows(a: Patches, b: Patches) -> Patches | None:
 
 def dense(A):
     return A.to_dense() if isinstance(A, Patches) else A
-
-
-def concretize_patches(A: Patches, box):
-    """(min, max) of A . x over the box [B, C, H, W] (the windows of its centre and radius),
-    a piece of the rows at a time."""
-    x_lower, x_upper = box
-    center, radius = (x_upper + x_lower) / 2, (x_upper - x_lower) / 2
-    from .row_pieces import row_pieces, rows_of
-
-    mids, devs = [], []
-    for rows in row_pieces(A):
-        part = rows_of(A, rows)
-        c, r = part.gather(center), part.gather(radius)
-        B, k = part.P.shape[:2]
-        c = c.expand(B, -1, -1, -1, -1)
-        r = r.expand(B, -1, -1, -1, -1)
-        flat = part.P.reshape(B * k, 1, -1)
-        mids.append(flat.bmm(c.reshape(B * k, -1, 1)).reshape(B, k))
-        devs.append(flat.abs().bmm(r.reshape(B * k, -1, 1)).reshape(B, k))
-    mid, dev = torch.cat(mids, 1), torch.cat(devs, 1)
-    return mid - dev, mid + dev
-
-
-def windowed_elementwise(op, lA, uA, input_bounds) -> BackwardResult:
-    """An elementwise op's ordinary backward rule run on windows: each (box, row) pair becomes one
-    box of the rule's batch, with the window of the input bounds as its bounds. Valid for rules
-    that read nothing node-shaped but the bounds (ReLU). Runs a piece of the rows at a time
-    (the rule makes several bound-sized temporaries, here as large as the patches)."""
-    from .row_pieces import in_row_pieces
-
-    return in_row_pieces(lambda part_l, part_u: _windowed_piece(op, part_l, part_u, input_bounds), lA, uA)
-
-
-def _windowed_piece(op, lA, uA, input_bounds) -> BackwardResult:
-    ref = lA if lA is not None else uA
-    B, K, C, kh, kw = ref.P.shape
-    lower, upper = input_bounds[0]
-    win = [ref.gather(t).expand(B, -1, -1, -1, -1).reshape(B * K, C, kh, kw) for t in (lower, upper)]
-
-    def flat(A):
-        return None if A is None else A.P.reshape(B * K, 1, C, kh, kw)
-
-    flat_l = flat(lA)
-    flat_u = flat_l if uA is lA else flat(uA)
-    result = op.backward(flat_l, flat_u, [tuple(win)])
-    (new_l, new_u), = result.input_A
-
-    def back(A):
-        return None if A is None else ref.with_P(A.reshape(B, K, C, kh, kw))
-
-    def bias(b):
-        return b.reshape(B, K) if isinstance(b, torch.Tensor) else b
-
-    return BackwardResult([(back(new_l), back(new_u))], bias(result.lbias), bias(result.ubias))

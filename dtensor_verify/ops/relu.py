@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
-from .patches import windowed_elementwise
+from .row_pieces import windowed_elementwise
 
 
 def relaxation(lower: torch.Tensor, upper: torch.Tensor):

@@ -1,0 +1,31 @@
+"""What an ONNX graph states about its values without running it: the constants (initializers and
+Constant nodes) and the shapes ONNX shape inference gives. Shared by the rewrites that run before
+conversion (onnx_rewrites, onnx_pow, batch_axis)."""
+from __future__ import annotations
+
+
+def constant_values(proto) -> dict:
+    from onnx import helper, numpy_helper
+
+    out = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            out[node.output[0]] = numpy_helper.to_array(helper.get_attribute_value(node.attribute[0]))
+    return out
+
+
+def inferred_dims(proto) -> dict[str, tuple]:
+    """Every value's shape as ONNX shape inference gives it (None for a symbolic dim); {} when
+    inference fails (then nothing is known about any value)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:               # noqa: BLE001 - no shapes: nothing is known
+        return {}
+    dims = {}
+    for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        t = info.type.tensor_type
+        if t.HasField("shape"):
+            dims[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+    return dims
