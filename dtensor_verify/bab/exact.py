@@ -149,7 +149,7 @@ class ExactLeaves:
         """relu -> [n, *S] float64 masks (1 active, 0 inactive), and [n] bool: is a leaf.
         `unstable`, when given, is filled with relu -> [n, *S] bool (neither split nor stable)."""
         p = self.problem
-        masks, leaf = {}, torch.ones(len(domains), dtype=torch.bool)
+        masks, leaf = {}, torch.ones(len(domains), dtype=torch.bool, device="cpu")    # the LPs run on the CPU
         for r in p.relus:
             lo, up = (t.detach().cpu() for t in domains.bounds[p.pre_of[r]])
             s = domains.signs[r].detach().cpu()
@@ -167,7 +167,8 @@ class ExactLeaves:
         how many, 0 for the others)."""
         unstable = {}
         self.phases(domains, unstable)
-        count = sum(u.flatten(1).sum(1) for u in unstable.values())
+        count = sum((u.flatten(1).sum(1) for u in unstable.values()),
+                    torch.zeros(len(domains), dtype=torch.long, device="cpu"))     # no ReLU: none unstable
         few = (count >= 1) & (count <= MAX_ENUMERATED)
         return (count * few if counts else few).to(domains.pair.device)
 
@@ -184,10 +185,10 @@ class ExactLeaves:
             where = flat_u[i].nonzero().flatten()
             for code in range(1 << len(where)):
                 row = flat_m[i].clone()
-                row[where] = torch.tensor([float((code >> j) & 1) for j in range(len(where))], dtype=torch.float64)
+                row[where] = torch.tensor([float((code >> j) & 1) for j in range(len(where))], dtype=torch.float64, device="cpu")
                 owners.append(i)
                 rows.append(row)
-        owner, flat = torch.tensor(owners, dtype=torch.long), torch.stack(rows)
+        owner, flat = torch.tensor(owners, dtype=torch.long, device="cpu"), torch.stack(rows)
         out, pos = {}, 0
         for r in names:
             size = masks[r][0].numel()
@@ -201,11 +202,11 @@ class ExactLeaves:
         regions cover it); a pattern's minimiser is a candidate counterexample as for a leaf."""
         n = len(domains)
         if n == 0:
-            return LeafOutcome(torch.zeros(0, dtype=torch.bool), None, 0, None)
+            return LeafOutcome(torch.zeros(0, dtype=torch.bool, device="cpu"), None, 0, None)
         owner, masks = self.enumerated(domains)
         expanded = domains.index(owner.to(domains.pair.device))
         rows = self.decide(expanded, confirm, masks=masks)
-        failed = torch.zeros(n, dtype=torch.bool)
+        failed = torch.zeros(n, dtype=torch.bool, device="cpu")
         failed[owner[~rows.proved.cpu()]] = True
         self.enumerated_domains += n
         undecided = int(failed.sum())
@@ -247,13 +248,13 @@ class ExactLeaves:
         import time
         t0 = time.perf_counter()
         n = len(domains)
-        proved = torch.zeros(n, dtype=torch.bool)
+        proved = torch.zeros(n, dtype=torch.bool, device="cpu")
         if n == 0:
             return LeafOutcome(proved, None, 0, None)
         if masks is None:
             masks, leaf = self.phases(domains)
         else:
-            leaf = torch.ones(n, dtype=torch.bool)      # every phase fixed by the given masks
+            leaf = torch.ones(n, dtype=torch.bool, device="cpu")      # every phase fixed by the given masks
         centre, radius, out, pre = self.affine_maps(domains, masks)
         blocks = [self._block(domains, i, centre, radius, out, pre, masks) for i in range(n)]
         results = []
