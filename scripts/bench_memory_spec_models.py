@@ -35,20 +35,7 @@ MIB = 2 ** 20
 MODELS = {"vit_pgd": "vit_2023:pgd_2_3_16", "vit_ibp": "vit_2023:ibp_3_3_8", "yolo": "yolo_2023:TinyYOLO"}
 TARGET = {2: 0.55, 4: 0.30}
 
-
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+from bench_memory_patches import _reset_peak, _status_kib  # noqa: E402 (the same /proc readings)
 
 
 def bound_one(name: str, mesh, world: int, max_rows) -> dict:
