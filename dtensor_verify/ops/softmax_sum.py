@@ -1,5 +1,5 @@
-"""Softmax's sum-to-one fact as a bound rule (ops/decompose.py appends it to every Softmax over
-n > 2 entries, after `1 / sum_j exp(x_j - x_i)`).
+"""Known sums over a group of entries as a bound rule: softmax's outputs sum to 1, LayerNorm's
+normalised values to 0 (ops/decompose.py and ops/layernorm.py append the marker ops below).
 
 `softmax_sum_one(y, dim)` is the identity. Its box rule uses what every softmax output satisfies,
 y_i in [0, 1] and sum_i y_i = 1 over `dim`:
@@ -8,16 +8,35 @@ y_i in [0, 1] and sum_i y_i = 1 over `dim`:
 
 (each output's own CROWN bounds know nothing of the others'). It asks for its input's bounds
 (`needs_input_bounds`), so the refinement starts from CROWN bounds of the softmax, and the box it
-gives is what the next nonlinear op (attention's MatMul) reads. CROWN's step is the identity's
-(exact). Float rounding: the identity holds to a few ulps in floating point, so the refinement
-gives up `n * 8 * eps` (a sound margin for any n entries summed in the working dtype).
+gives is what the next nonlinear op (attention's MatMul) reads. Float rounding: the identity holds
+to a few ulps in floating point, so the refinement gives up `n * 8 * eps` (a sound margin for any
+n entries summed in the working dtype).
+
+CROWN step (`GroupShiftOp.backward`): a row `A . y` is written `(A - lam) . y + lam * total` per
+group (exact, since the entries sum to `total`), less a rounding margin. Any `lam` is sound; CROWN
+takes the median of the row's coefficients weighted by the entries' widths (it minimises
+`sum_j |A_j - lam| width_j`). alpha-CROWN optimises it (`has_alpha`): two parameters per row,
+group and side, a gate `g` and a position `t` in [0, 1],
+
+    lam = g * (m + (2 t - 1) r),   m the weighted median, r = max_j A_j - min_j A_j,
+
+initialised at g = 1, t = 1/2 (today's shift); g = 0 is the plain identity step (no shift), so
+the plain and the shifted step are both points of the optimised family. `best_of_shifts` (CROWN)
+and `best_of_gates` (beta-CROWN's start) keep the tighter of the shifted and the plain bound per
+row. `OPTIMISE_SHIFT = False` freezes the shift at the median (the rule before it was optimised).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 from .registry import register
+
+# alpha-CROWN / beta-CROWN optimise the shift (False: fixed at the weighted median; for comparison,
+# scripts/bench_softmax.py).
+OPTIMISE_SHIFT = True
 
 
 def softmax_sum_one(y, dim: int):
@@ -25,50 +44,115 @@ def softmax_sum_one(y, dim: int):
     return y
 
 
-def sum_one_box(lower, upper, dim: int):
-    """The box [lower, upper] of a softmax over `dim`, tightened by y in [0, 1] and sum y = 1."""
-    lo, up = lower.clamp(0.0, 1.0), upper.clamp(0.0, 1.0)
-    n = lo.shape[dim]
-    slack = n * 8 * torch.finfo(lo.dtype).eps
-    lo_new = 1.0 - (up.sum(dim, keepdim=True) - up) - slack
-    up_new = 1.0 - (lo.sum(dim, keepdim=True) - lo) + slack
+def group_box(lower, upper, dims: tuple, total: float, vmin: float, vmax: float, scale: float = 1.0):
+    """[lower, upper] of entries in [vmin, vmax] summing to `total` over `dims`, tightened."""
+    lo, up = lower.clamp(vmin, vmax), upper.clamp(vmin, vmax)
+    n = math.prod(lo.shape[d] for d in dims)
+    slack = n * 8 * torch.finfo(lo.dtype).eps * scale
+    lo_new = total - (up.sum(dims, keepdim=True) - up) - slack
+    up_new = total - (lo.sum(dims, keepdim=True) - lo) + slack
     lo_out, up_out = torch.maximum(lo, lo_new), torch.minimum(up, up_new)
     return lo_out, torch.maximum(up_out, lo_out)
 
 
-class SoftmaxSumOneOp(BoundOp):
-    kind = "softmax_sum_one"
-    caps = Capabilities()                 # reads the whole softmax dim: not elementwise
+def sum_one_box(lower, upper, dim: int):
+    """The box [lower, upper] of a softmax over `dim`, tightened by y in [0, 1] and sum y = 1."""
+    return group_box(lower, upper, (dim,), 1.0, 0.0, 1.0)
+
+
+def grouped(t, first: int, last: int):
+    """`t` with its dims first..last (contiguous) merged into one, at `first`."""
+    return t.reshape(*t.shape[:first], -1, *t.shape[last + 1:])
+
+
+class GroupShiftOp(BoundOp):
+    """The identity on a node whose entries over `dims` (contiguous, of the full tensor: batch is
+    dim 0) sum to `total` and lie in [vmin, vmax]. Subclasses set the three."""
+    kind = "group_shift"
+    caps = Capabilities()                 # reads the whole group: not elementwise
     needs_input_bounds = True
     is_affine = False
+    n_alpha = 4                           # [gate, position] x [lA side, uA side]
+    total = 1.0
 
-    def __init__(self, name: str, dim: int):
+    def __init__(self, name: str, dims):
         super().__init__(name)
-        self.dim = dim
+        dims = (dims,) if isinstance(dims, int) else tuple(dims)
+        self.dims = tuple(sorted(dims))
         self.shift = True            # False: the plain identity step (see `best_of_shifts`)
+
+    @property
+    def has_alpha(self) -> bool:
+        return OPTIMISE_SHIFT
+
+    def value_range(self, n: int) -> tuple[float, float]:
+        return 0.0, 1.0
+
+    def group_size(self, shape) -> int:
+        """Entries per group (`shape`: the full tensor's, batch first)."""
+        return math.prod(shape[d] for d in self.dims)
 
     def forward(self, y):
         return y
 
     def ibp(self, interval):
-        return sum_one_box(interval[0], interval[1], self.dim)
+        n = self.group_size(interval[0].shape)
+        vmin, vmax = self.value_range(n)
+        return group_box(interval[0], interval[1], self.dims, self.total, vmin, vmax, max(1.0, vmax))
+
+    def init_alpha(self, lower, upper):
+        """Gate 1, position 1/2 (the weighted median), [4, B, *S with each group one entry]."""
+        shape = grouped(lower, self.dims[0], self.dims[-1]).shape
+        one = lower.new_ones(shape[:self.dims[0]] + (1,) + shape[self.dims[0] + 1:])
+        return torch.stack([one, one / 2, one, one / 2])
 
     def backward(self, lA, uA, input_bounds, alpha=None):
         if not self.shift:
             return BackwardResult([(lA, uA)])
         bounds = input_bounds[0] if input_bounds else None
-        width = None if bounds is None else (bounds[1] - bounds[0]).clamp(min=0.0).nan_to_num(0.0, 1.0, 0.0)
-        lA, lbias = shift_rows(lA, width, self.dim, lower=True)
-        uA, ubias = shift_rows(uA, width, self.dim, lower=False)
-        return BackwardResult([(lA, uA)], lbias=lbias, ubias=ubias)
+        width = None
+        if bounds is not None:
+            width = grouped((bounds[1] - bounds[0]).clamp(min=0.0).nan_to_num(0.0, 1.0, 0.0),
+                            self.dims[0], self.dims[-1])
+        biases, out = [], []
+        for side, A in enumerate((lA, uA)):
+            params = None if alpha is None else (alpha[2 * side], alpha[2 * side + 1])
+            new_A, bias = self._shift(A, width, params, lower=(side == 0))
+            out.append(new_A)
+            biases.append(bias)
+        return BackwardResult([tuple(out)], lbias=biases[0], ubias=biases[1])
+
+    def _shift(self, A, width, params, lower: bool):
+        if A is None:
+            return None, 0.0
+        first, last = self.dims[0] + 1, self.dims[-1] + 1          # A: the row dim K after the batch
+        Ag = grouped(A, first, last)
+        n = Ag.shape[first]
+        lam = weighted_median(Ag, width, first)
+        if params is not None and params[0] is not None:
+            gate, pos = params
+            spread = Ag.amax(first, keepdim=True) - Ag.amin(first, keepdim=True)
+            lam = gate * (lam + (2 * pos - 1) * spread)
+        vmax = max(1.0, abs(self.value_range(n)[0]), abs(self.value_range(n)[1]))
+        slack = lam.abs() * (n * 8 * torch.finfo(A.dtype).eps * vmax)
+        bias = per_row_sum(lam * self.total - slack) if lower else per_row_sum(lam * self.total + slack)
+        return (Ag - lam).reshape(A.shape), bias
+
+
+class SoftmaxSumOneOp(GroupShiftOp):
+    kind = "softmax_sum_one"
+
+    @property
+    def dim(self) -> int:
+        return self.dims[0]
 
 
 POWER = 1.0
 
 
 def weighted_median(A, width, dim: int):
-    """Per row and softmax group, the coefficient lam minimising sum_j |A_j - lam| * width_j
-    (A: [B, K, *S], softmax entries on `dim`; width: [B, *S] or None for equal weights)."""
+    """Per row and group, the coefficient lam minimising sum_j |A_j - lam| * width_j
+    (A: [B, K, *S], group entries on `dim`; width: [B, *S] or None for equal weights)."""
     w = torch.ones_like(A) if width is None else (width ** POWER).unsqueeze(1).expand_as(A)
     a_sorted, order = A.sort(dim)
     cum = w.gather(dim, order).cumsum(dim)
@@ -82,21 +166,23 @@ def shift_rows(A, width, dim: int, lower: bool):
     rows and the bias, [B, K], less a rounding margin (|lam| * n * 8 eps per group)."""
     if A is None:
         return None, 0.0
-    dim_a = dim + 1                                   # A has the row dim K after the batch
-    lam = weighted_median(A, width, dim_a)
-    slack = lam.abs() * (A.shape[dim_a] * 8 * torch.finfo(A.dtype).eps)
-    bias = per_row_sum(lam - slack) if lower else per_row_sum(lam + slack)
-    return A - lam, bias
+    return SoftmaxSumOneOp("shift_rows", dim)._shift(A, width, None, lower)
+
+
+def _shift_ops(graph, name: str):
+    """The group-shift ops upstream of node `name`."""
+    ops = [n for n in graph.nodes if isinstance(n.op, GroupShiftOp)]
+    if ops:                                           # (no graph walk on graphs without them)
+        ancestors = graph.ancestors(name)
+        ops = [n.op for n in ops if n.name in ancestors]
+    return ops
 
 
 def best_of_shifts(graph, name: str, run):
     """`run()` (a CROWN sweep from node `name`, giving (lower, upper)) with the shifted rows, and
-    again with the plain identity step where a softmax lies upstream of `name`: the tighter of
-    the two per neuron (both sound), so the shift never makes a bound looser."""
-    ops = [n for n in graph.nodes if isinstance(n.op, SoftmaxSumOneOp)]
-    if ops:                                           # (no graph walk on graphs without softmax)
-        ancestors = graph.ancestors(name)
-        ops = [n.op for n in ops if n.name in ancestors]
+    again with the plain identity step where a group-shift op lies upstream of `name`: the tighter
+    of the two per neuron (both sound), so the shift never makes a bound looser."""
+    ops = _shift_ops(graph, name)
     if not ops:
         return run()
     lo, up = run()
@@ -110,6 +196,28 @@ def best_of_shifts(graph, name: str, run):
     lo = lo0 if lo is None else (lo if lo0 is None else torch.maximum(lo, lo0))
     up = up0 if up is None else (up if up0 is None else torch.minimum(up, up0))
     return lo, up
+
+
+def best_of_gates(graph, params: dict, run):
+    """beta-CROWN's start: `run()` (lower bounds [B, K] of a sweep whose slopes are `params`,
+    node -> [B, 2, K, *S] for other alpha ops) with the shifts as given, and again with every
+    group-shift gate closed (the plain step). Per row, the gates of the tighter run are kept in
+    `params` (in place), so the optimisation starts from the better one. Returns the lower bound."""
+    names = [r for r in params if isinstance(graph[r].op, GroupShiftOp)]
+    lower = run()
+    if not names:
+        return lower
+    saved = {r: params[r].detach().clone() for r in names}
+    with torch.no_grad():
+        for r in names:
+            params[r][:, 0] = 0.0
+    plain = run()
+    better = plain > lower                            # [B, K]
+    with torch.no_grad():
+        for r in names:
+            keep = better.reshape(*better.shape, *([1] * (saved[r].dim() - 3))).unsqueeze(1)
+            params[r].copy_(torch.where(keep, params[r], saved[r]))
+    return torch.maximum(lower, plain)
 
 
 register("softmax_sum_one", ("Softmax",), lambda c: c.is_function(softmax_sum_one) and c.n_pert == 1,
