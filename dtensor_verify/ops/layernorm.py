@@ -13,7 +13,9 @@ Box rule: each entry clamped to [-sqrt(N-1), sqrt(N-1)] and lower_i' = max(lower
 upper_j), upper_i' likewise (ops/softmax_sum.group_box). CROWN step: `A . n = (A - lam) . n`
 (the group sums to 0), lam the widths-weighted median of the row's coefficients, optimised by
 alpha-CROWN like softmax's (ops/softmax_sum.GroupShiftOp); both the box and the shift give up a
-rounding margin of N * 8 eps * sqrt(N-1) per group. Because the centred values' A-matrix then
+rounding margin of N * 8 eps * sqrt(N-1) per group (the float sum of N values of magnitude at most
+sqrt(N-1)). The rounding of `x - mean(x)` itself (cancellation when |mean| >> std) is the
+network's, as in every rule of the decomposition: all of them bound the real-arithmetic function. Because the centred values' A-matrix then
 meets the centring map (whose rows sum to 0) the shift changes only how the product c * r is
 relaxed: `sum_j |A_j - lam| * gap_j` instead of `sum_j |A_j| * gap_j`.
 
@@ -116,7 +118,7 @@ def _binary(gm, node, kind):
 
 
 def _match(gm, node):
-    """(centred node c, sqrt's input t, dims) when `node` is c / sqrt(mean(c^2, dims) + eps) with
+    """(centred node c, sqrt's input t, dims, the square node) when `node` is c / sqrt(mean(c^2, dims) + eps) with
     c = x - mean(x, dims), else None."""
     if not _binary(gm, node, "div"):
         return None
@@ -136,7 +138,7 @@ def _match(gm, node):
     mean = _mean_dims(gm, mu, rank) if isinstance(mu, torch.fx.Node) else None
     if mean is None or mean[0] is not x or mean[1] != var[1] or list(var[1]) != list(range(var[1][0], rank)):
         return None
-    return c, t, var[1]
+    return c, t, var[1], var[0]
 
 
 def rewrite_layernorm_chain(gm, node, perturbed) -> bool:
@@ -144,10 +146,14 @@ def rewrite_layernorm_chain(gm, node, perturbed) -> bool:
     found = _match(gm, node)
     if found is None:
         return False
-    c, t, dims = found
+    c, t, dims, square = found
     if c.name not in perturbed:
         return False
     g = gm.graph
+    if not (square.op == "call_function" and square.target is torch.square):
+        with g.inserting_before(square):          # Pow(c, 2) as Square (one rule for every form)
+            square.replace_all_uses_with(g.call_function(torch.square, (c,)))
+        g.erase_node(square)
     with g.inserting_before(node):
         r = g.call_function(torch.rsqrt, (t,))
         y = g.call_function(layernorm_unit, (g.call_function(operator.mul, (c, r)), dims))
