@@ -14,16 +14,15 @@ n entries summed in the working dtype).
 
 CROWN step (`GroupShiftOp.backward`): a row `A . y` is written `(A - lam) . y + lam * total` per
 group (exact, since the entries sum to `total`), less a rounding margin. Any `lam` is sound; CROWN
-takes the median of the row's coefficients weighted by the entries' widths (it minimises
-`sum_j |A_j - lam| width_j`). alpha-CROWN optimises it (`has_alpha`): two parameters per row,
-group and side, a gate `g` and a position `t` in [0, 1],
-
-    lam = g * (m + (2 t - 1) r),   m the weighted median, r = max_j A_j - min_j A_j,
-
-initialised at g = 1, t = 1/2 (today's shift); g = 0 is the plain identity step (no shift), so
-the plain and the shifted step are both points of the optimised family. `best_of_shifts` (CROWN)
-and `best_of_gates` (beta-CROWN's start) keep the tighter of the shifted and the plain bound per
-row. `OPTIMISE_SHIFT = False` freezes the shift at the median (the rule before it was optimised).
+takes the median `m` of the row's coefficients weighted by the entries' widths (it minimises
+`sum_j |A_j - lam| width_j`, the relaxation error that the later nonlinear steps multiply).
+alpha-CROWN optimises it (`has_alpha`): one gate `g` in [0, 1] per row, group and side,
+`lam = g * m`, initialised at g = 1 (the median); g = 0 is the plain identity step, so both are
+points of the optimised family. `best_of_shifts` (CROWN) and `best_of_gates` (beta-CROWN's start)
+keep the tighter of the shifted and the plain bound per row. `OPTIMISE_SHIFT = False` fixes the
+shift at the median. (A free position `lam = m + s`, also tried, made alpha-CROWN looser: the bound
+is concave and piecewise linear in lam with its kinks at the coefficients, so Adam's fixed-size
+steps oscillate around the optimum; docs/SOFTMAX.md.)
 """
 from __future__ import annotations
 
@@ -72,7 +71,7 @@ class GroupShiftOp(BoundOp):
     caps = Capabilities()                 # reads the whole group: not elementwise
     needs_input_bounds = True
     is_affine = False
-    n_alpha = 4                           # [gate, position] x [lA side, uA side]
+    n_alpha = 2                           # the gate of the lA side's and of the uA side's shift
     total = 1.0
 
     def __init__(self, name: str, dims):
@@ -101,10 +100,10 @@ class GroupShiftOp(BoundOp):
         return group_box(interval[0], interval[1], self.dims, self.total, vmin, vmax, max(1.0, vmax))
 
     def init_alpha(self, lower, upper):
-        """Gate 1, position 1/2 (the weighted median), [4, B, *S with each group one entry]."""
+        """Gates 1 (the weighted median), [2, B, *S with each group one entry]."""
         shape = grouped(lower, self.dims[0], self.dims[-1]).shape
         one = lower.new_ones(shape[:self.dims[0]] + (1,) + shape[self.dims[0] + 1:])
-        return torch.stack([one, one / 2, one, one / 2])
+        return torch.stack([one, one])
 
     def backward(self, lA, uA, input_bounds, alpha=None):
         if not self.shift:
@@ -116,23 +115,21 @@ class GroupShiftOp(BoundOp):
                             self.dims[0], self.dims[-1])
         biases, out = [], []
         for side, A in enumerate((lA, uA)):
-            params = None if alpha is None else (alpha[2 * side], alpha[2 * side + 1])
-            new_A, bias = self._shift(A, width, params, lower=(side == 0))
+            gate = None if alpha is None else alpha[side]        # (beta-CROWN: lA side's only)
+            new_A, bias = self._shift(A, width, gate, lower=(side == 0))
             out.append(new_A)
             biases.append(bias)
         return BackwardResult([tuple(out)], lbias=biases[0], ubias=biases[1])
 
-    def _shift(self, A, width, params, lower: bool):
+    def _shift(self, A, width, gate, lower: bool):
         if A is None:
             return None, 0.0
         first, last = self.dims[0] + 1, self.dims[-1] + 1          # A: the row dim K after the batch
         Ag = grouped(A, first, last)
         n = Ag.shape[first]
         lam = weighted_median(Ag, width, first)
-        if params is not None and params[0] is not None:
-            gate, pos = params
-            spread = Ag.amax(first, keepdim=True) - Ag.amin(first, keepdim=True)
-            lam = gate * (lam + (2 * pos - 1) * spread)
+        if gate is not None:
+            lam = gate * lam
         vmax = max(1.0, abs(self.value_range(n)[0]), abs(self.value_range(n)[1]))
         slack = lam.abs() * (n * 8 * torch.finfo(A.dtype).eps * vmax)
         bias = per_row_sum(lam * self.total - slack) if lower else per_row_sum(lam * self.total + slack)
@@ -200,8 +197,8 @@ def best_of_shifts(graph, name: str, run):
 
 def best_of_gates(graph, params: dict, run):
     """beta-CROWN's start: `run()` (lower bounds [B, K] of a sweep whose slopes are `params`,
-    node -> [B, 2, K, *S] for other alpha ops) with the shifts as given, and again with every
-    group-shift gate closed (the plain step). Per row, the gates of the tighter run are kept in
+    node -> [B, 2, K, *S] for other alpha ops; a group-shift op's [:, 0] is its lA-side gate) with
+    the shifts as given, and again with every group-shift gate closed (the plain step). Per row, the gates of the tighter run are kept in
     `params` (in place), so the optimisation starts from the better one. Returns the lower bound."""
     names = [r for r in params if isinstance(graph[r].op, GroupShiftOp)]
     lower = run()
