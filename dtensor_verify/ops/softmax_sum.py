@@ -16,13 +16,14 @@ CROWN step (`GroupShiftOp.backward`): a row `A . y` is written `(A - lam) . y + 
 group (exact, since the entries sum to `total`), less a rounding margin. Any `lam` is sound; CROWN
 takes the median `m` of the row's coefficients weighted by the entries' widths (it minimises
 `sum_j |A_j - lam| width_j`, the relaxation error that the later nonlinear steps multiply).
-alpha-CROWN optimises it (`has_alpha`): one gate `g` in [0, 1] per row, group and side,
-`lam = g * m`, initialised at g = 1 (the median); g = 0 is the plain identity step, so both are
-points of the optimised family. `best_of_shifts` (CROWN) and `best_of_gates` (beta-CROWN's start)
-keep the tighter of the shifted and the plain bound per row. `OPTIMISE_SHIFT = False` fixes the
-shift at the median. (A free position `lam = m + s`, also tried, made alpha-CROWN looser: the bound
-is concave and piecewise linear in lam with its kinks at the coefficients, so Adam's fixed-size
-steps oscillate around the optimum; docs/SOFTMAX.md.)
+The shift is a parameter of alpha-/beta-CROWN (`has_alpha`): one gate `g` in [0, 1] per row, group
+and side, `lam = g * m`, starting at g = 1 (the median); g = 0 is the plain identity step, so both
+are points of the family. `best_of_shifts` (CROWN) and `best_of_gates` (beta-CROWN's start) keep
+the tighter of the shifted and the plain bound per row. With `OPTIMISE_SHIFT` the gates are
+optimised with the slopes; by default they stay where they start, as the gradient did not help
+(docs/SOFTMAX.md). A free position `lam = m + s`, also tried, made alpha-CROWN looser still: the
+bound is concave and piecewise linear in lam with its kinks at the coefficients, so Adam's
+fixed-size steps oscillate around the optimum.
 """
 from __future__ import annotations
 
@@ -33,9 +34,11 @@ import torch
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 from .registry import register
 
-# alpha-CROWN / beta-CROWN optimise the shift (False: fixed at the weighted median; for comparison,
-# scripts/bench_softmax.py).
-OPTIMISE_SHIFT = True
+# True: alpha-CROWN / beta-CROWN optimise the shift's gates by gradient. False (the default): the
+# gates stay where they start (1 in alpha-CROWN: the weighted median; per row the better of shifted
+# and plain at beta-CROWN's start). Measured, the gradient did not help: ViT pgd_2_3_16, 10
+# iterations, mean width 1.355 held vs 1.389 optimised (docs/SOFTMAX.md; scripts/bench_softmax.py).
+OPTIMISE_SHIFT = False
 
 
 def softmax_sum_one(y, dim: int):
@@ -80,9 +83,9 @@ class GroupShiftOp(BoundOp):
         self.dims = tuple(sorted(dims))
         self.shift = True            # False: the plain identity step (see `best_of_shifts`)
 
-    @property
-    def has_alpha(self) -> bool:
-        return OPTIMISE_SHIFT
+    # The gates are parameters even when not optimised (OPTIMISE_SHIFT False: held where they
+    # start): beta-CROWN's start picks them per row (`best_of_gates`).
+    has_alpha = True
 
     def value_range(self, n: int) -> tuple[float, float]:
         return 0.0, 1.0
@@ -129,7 +132,7 @@ class GroupShiftOp(BoundOp):
         n = Ag.shape[first]
         lam = weighted_median(Ag, width, first)
         if gate is not None:
-            lam = gate * lam
+            lam = (gate if OPTIMISE_SHIFT else gate.detach()) * lam
         vmax = max(1.0, abs(self.value_range(n)[0]), abs(self.value_range(n)[1]))
         slack = lam.abs() * (n * 8 * torch.finfo(A.dtype).eps * vmax)
         bias = per_row_sum(lam * self.total - slack) if lower else per_row_sum(lam * self.total + slack)
