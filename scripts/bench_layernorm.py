@@ -14,7 +14,6 @@ Div, Mul, Add) and loaded from there; auto_LiRPA gets the torch module.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import tempfile
@@ -24,8 +23,10 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import dtensor_verify as dv  # noqa: E402
+from bench_softmax import write_csv  # noqa: E402
 from dtensor_verify.ops import decompose  # noqa: E402
 from layernorm_nets import Block, LinNorm, export  # noqa: E402
 from op_checks import random_box  # noqa: E402
@@ -94,11 +95,7 @@ def main():
                  for k in ("lirpa", "alpha_plain", "alpha_rule")]
         print(fmt.format(r["graph"], r["box"], f"{r['plain']:.5f}", f"{r['rule']:.5f}",
                          f"{1 - r['rule'] / r['plain']:.1%}", *cells))
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in table for k in r)), restval="")
-        w.writeheader()
-        w.writerows(table)
-    print(f"wrote {args.out}; torch {torch.__version__}, {args.threads} thread(s), cpu")
+    write_csv(table, args.out, args.threads)
 
 
 if __name__ == "__main__":

@@ -127,11 +127,16 @@ def main():
                  for k in ("lirpa", "lirpa_ibp", "alpha_fixed", "alpha_opt"))
         gain = f"{1 - r['sum_one'] / r['plain']:.1%}" if r["plain"] else ""
         print(fmt.format(r["graph"], r["box"], f"{r['plain']:.5f}", f"{r['sum_one']:.5f}", gain, *cells))
-    with open(args.out, "w", newline="") as f:
+    write_csv(rows, args.out, args.threads)
+
+
+def write_csv(rows, out: str, threads: int):
+    """The rows as CSV (columns in first-seen order; blank where a row has no value)."""
+    with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()
         w.writerows(rows)
-    print(f"wrote {args.out}; torch {torch.__version__}, {args.threads} thread(s), cpu")
+    print(f"wrote {out}; torch {torch.__version__}, {threads} thread(s), cpu")
 
 
 if __name__ == "__main__":
