@@ -119,3 +119,21 @@ def test_tighter_than_the_plain_decomposition(which, tmp_path, one_thread, monke
     old = dv.load(src).compute_bounds(lo, hi, "crown")
     # (Per output not guaranteed: tighter intermediate boxes can change a later relaxation's choice.)
     assert (new.upper - new.lower).mean() < (old.upper - old.lower).mean()
+
+
+class _ConvNorm(torch.nn.Module):
+    """Conv -> LayerNorm over [C, H, W] (a group of three dims) -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c, self.ln, self.f = torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.LayerNorm([2, 4, 4]), torch.nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.f(self.ln(self.c(x)).flatten(1))
+
+
+def test_layernorm_over_several_dims(one_thread):
+    model = check_network(_ConvNorm().eval(), (1, 4, 4), seeds=(0,), width=0.2, alpha_iters=3)
+    units = [n.op for n in model.graph.nodes if isinstance(n.op, LayerNormUnitOp)]
+    assert [u.dims for u in units] == [(1, 2, 3)]
