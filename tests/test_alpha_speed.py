@@ -1,0 +1,118 @@
+"""alpha-CROWN's cheap exits (docs/ALPHA_SPEED.md): the stop once every row is proved
+(`stop_above`), the output-only warm-up, the intermediate start nodes chosen by the memory
+budget. Each keeps the bounds sound (sampled and attacked points) and never looser than CROWN."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dtensor_verify as dv
+import model_zoo as mz
+from dtensor_verify.methods import alpha_crown
+from op_checks import attained
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+_CACHE: dict = {}
+
+
+def _case():
+    """A random 4-hidden-layer MLP on two boxes with many unstable neurons, its margin spec, and
+    CROWN's bounds of it."""
+    if not _CACHE:
+        net, shape = mz.random_mlp([8, 24, 24, 24, 24, 6], seed=2)
+        m = dv.load(net, input_shape=shape)
+        xl, xu = mz.random_box(shape, 0.2, seed=11, batch=2)
+        with torch.no_grad():
+            y = m.forward((xl + xu) / 2)
+        n = y.shape[1]
+        C = torch.zeros(2, n - 1, n)
+        for b, label in enumerate(y.argmax(1).tolist()):
+            C[b, :, label] = 1.0
+            C[b, torch.arange(n - 1), [j for j in range(n) if j != label]] = -1.0
+        crown = m.compute_bounds(xl, xu, method="crown", C=C)
+        _CACHE.update(m=m, net=net, box=(xl, xu), C=C, crown=crown)
+    return _CACHE
+
+
+def _run(opts, stop_above=None):
+    c = _case()
+    return alpha_crown(c["m"].graph, c["box"], c["C"], opts=opts, want_upper=False, stop_above=stop_above)
+
+
+def _sound(lower):
+    """lower <= C f(x) at sampled and attacked points of each box."""
+    c = _case()
+    Cb = c["C"]
+    ymin, _ = attained(lambda x: torch.einsum("bkn,bn->bk", Cb[:1].expand(x.shape[0], -1, -1), c["net"](x)),
+                       c["box"][0][:1], c["box"][1][:1], n=2000)
+    assert (lower[:1] <= ymin + 1e-5).all(), (lower[:1] - ymin).max()
+
+
+def test_stop_above_already_proved_runs_no_step():
+    """Rows CROWN already proves: no step, CROWN's bounds returned as they are."""
+    c = _case()
+    res = _run(dv.AlphaOptions(iterations=20, patience=100), stop_above=c["crown"].lower - 1.0)
+    assert res.iterations == 0
+    assert torch.equal(res.lower, res.crown_lower)
+    assert set(res.alphas) == {c["m"].graph.output_name}
+
+
+def test_stop_above_stops_once_every_row_is_proved():
+    """A threshold half-way between CROWN and alpha-CROWN's full run: the run stops early, with
+    every row above it; an unreachable threshold (+inf on one row) changes nothing."""
+    opts = dv.AlphaOptions(iterations=20, patience=100)
+    full = _run(opts)
+    assert full.iterations == 20
+    gain = full.lower - full.crown_lower
+    assert (gain > 1e-3).float().mean() > 0.5, gain
+    thr = full.crown_lower + 0.5 * gain
+    early = _run(opts, stop_above=thr)
+    assert early.iterations < full.iterations
+    assert (early.lower > thr).all()
+    assert (early.lower >= early.crown_lower).all()
+    _sound(early.lower)
+    never = torch.full_like(thr, -float("inf"))
+    never[0, 0] = float("inf")
+    same = _run(opts, stop_above=never)
+    assert same.iterations == full.iterations
+    assert torch.equal(same.lower, full.lower)
+
+
+def test_warmup_then_joint_optimisation():
+    """The output-only warm-up, then the joint steps: never looser than CROWN, sound, and the
+    intermediate slopes are still optimised after it (they exist and the steps add up)."""
+    c = _case()
+    res = _run(dv.AlphaOptions(iterations=10, warmup=5, patience=100))
+    assert res.iterations == 15
+    assert (res.lower >= res.crown_lower).all()
+    assert len(res.alphas) > 1                      # intermediate start nodes got slopes
+    _sound(res.lower)
+    # Warm-up alone proves what it can: a threshold it reaches ends the run before the joint steps.
+    out_only = _run(dv.AlphaOptions(iterations=5, patience=100, optimize_intermediate=False))
+    gain = out_only.lower - out_only.crown_lower
+    thr = torch.where(gain > 0, out_only.crown_lower + 0.5 * gain, out_only.crown_lower - 1.0)
+    stopped = _run(dv.AlphaOptions(iterations=10, warmup=5, patience=100), stop_above=thr)
+    assert stopped.iterations <= 5
+    assert set(stopped.alphas) == {c["m"].graph.output_name}
+    assert (stopped.lower > thr).all()
+
+
+def test_intermediate_starts_subset():
+    """Only the chosen intermediate start nodes get slopes; the bounds stay sound and never looser
+    than CROWN."""
+    c = _case()
+    full = _run(dv.AlphaOptions(iterations=3, patience=100))
+    inter = [s for s in full.alphas if s != c["m"].graph.output_name]
+    assert len(inter) >= 2
+    res = _run(dv.AlphaOptions(iterations=3, patience=100, intermediate_starts=tuple(inter[-1:])))
+    assert set(res.alphas) == {c["m"].graph.output_name, inter[-1]}
+    assert (res.lower >= res.crown_lower).all()
+    _sound(res.lower)
