@@ -116,3 +116,58 @@ def test_intermediate_starts_subset():
     assert set(res.alphas) == {c["m"].graph.output_name, inter[-1]}
     assert (res.lower >= res.crown_lower).all()
     _sound(res.lower)
+
+
+def test_device_share_fake_memory(monkeypatch):
+    """DTENSOR_VERIFY_DEVICE_BYTES stands for the device's free memory (dry runs on a CPU),
+    divided among DTENSOR_VERIFY_SHARE_DEVICE processes; bab.budget sees the same."""
+    from dtensor_verify.bab import budget
+    from dtensor_verify.device_share import free_memory_bytes
+
+    monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(80 << 30))
+    monkeypatch.setenv("DTENSOR_VERIFY_SHARE_DEVICE", "8")
+    assert free_memory_bytes(torch.device("cpu")) == (80 << 30) // 8
+    assert budget.free_memory_bytes(torch.device("cuda")) == (80 << 30) // 8
+
+
+def test_budget_leaves_out_costliest_start_nodes(monkeypatch):
+    """A device share too small for every intermediate start node: the costliest are left out of
+    the optimisation (their bounds stay CROWN's), the cheapest that fit are kept, the bounds stay
+    sound and never looser than CROWN; with room for all, all are optimised."""
+    from dtensor_verify.methods import alpha_budget
+    from dtensor_verify.methods.crown import intermediate_bounds
+
+    c = _case()
+    g = c["m"].graph
+    with torch.no_grad():
+        _, rows = intermediate_bounds(g, c["box"])
+    costs = alpha_budget.start_costs(g, rows, c["C"].shape[1], 2)
+    inter = sorted(costs[1:], key=lambda s: s.bytes)
+    assert len(inter) >= 3 and inter[0].bytes < inter[-1].bytes
+    room = costs[0].bytes + inter[0].bytes + inter[1].bytes          # the two cheapest fit, no more
+    share = 8
+    monkeypatch.setenv("DTENSOR_VERIFY_SHARE_DEVICE", str(share))
+    monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(int(room / alpha_budget.FRACTION * share) + share))
+    res = _run(dv.AlphaOptions(iterations=3, patience=100))
+    assert set(res.alphas) - {g.output_name} == {inter[0].name, inter[1].name}
+    assert (res.lower >= res.crown_lower).all()
+    _sound(res.lower)
+    monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(1 << 50))
+    res = _run(dv.AlphaOptions(iterations=3, patience=100))
+    assert set(res.alphas) - {g.output_name} == {s.name for s in inter}
+
+
+def test_budget_on_the_vit_models():
+    """vit_2023's ibp_3_3_8 (every softmax difference a start node: ~780 GB estimated) keeps only
+    some start nodes on an eighth of an 80 GB GPU; pgd_2_3_16 (~2 GB) keeps all of them."""
+    from dtensor_verify.methods import alpha_budget
+
+    root = mz.benchmarks_dir() / "vit_2023" / "onnx"
+    for name, keep_all in (("pgd_2_3_16", True), ("ibp_3_3_8", False)):
+        g = dv.load(root / f"{name}.onnx.gz").graph
+        rows = {n: range(g[n].numel) for n in g.preactivation_nodes() if not g.affine_from_input(n)}
+        kept, total, budget = alpha_budget.fit_starts(g, rows, 9, 1, torch.device("cuda"),
+                                                      free_bytes=lambda d: (80 << 30) // 8)
+        assert total <= budget
+        assert (len(kept) == len(rows)) == keep_all, (name, len(kept), len(rows))
+        assert kept, name

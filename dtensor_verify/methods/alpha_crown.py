@@ -14,6 +14,7 @@ where the warm-up left the output slopes.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,7 @@ import torch
 from ..layout import DEFAULT_LAYOUT, Layout
 from ..memory import tag
 from ..ops.softmax_sum import best_of_shifts
+from .alpha_budget import crown_max_rows, fit_starts
 from .optimize import ParamGroup, maximise
 from .crown import (CrownOptions, default_spec, intermediate_bounds, node_bound_rows, output_bound, scatter_rows,
                     tighter_than_ibp)
@@ -42,6 +44,13 @@ class AlphaOptions:
     # sweep); the others keep their best bounds fixed. Set from the memory budget
     # (methods/alpha_budget.py) when the device is shared.
     intermediate_starts: tuple | None = None
+
+
+def verdict_options() -> AlphaOptions:
+    """The verdict pipeline's alpha-CROWN (verify/bounds.py): up to 20 steps on the output's
+    slopes alone, then up to 100 joint ones; each phase stops once every row is proved (the
+    pipeline passes `stop_above`) or the bound stalls."""
+    return AlphaOptions(iterations=100, warmup=20)
 
 
 @dataclass
@@ -171,8 +180,12 @@ class _Run:
 def _crown_start(run: _Run):
     """CROWN's intermediate bounds, their swept rows, and its output bounds (alpha's start)."""
     graph, layout, opts, C = run.graph, run.layout, run.opts, run.C
+    crown_opts = opts.crown
+    if crown_opts.max_rows is None and layout.world_size == 1:
+        # Rows per sweep chunk from this process's part of the device (alpha_budget).
+        crown_opts = dataclasses.replace(crown_opts, max_rows=crown_max_rows(graph, run.batch, run.box[0].device))
     with torch.no_grad():
-        bounds, rows = intermediate_bounds(graph, run.box, layout, opts.crown)
+        bounds, rows = intermediate_bounds(graph, run.box, layout, crown_opts)
         lo, up = best_of_shifts(graph, graph.output_name, lambda: output_bound(
             graph, bounds, C, layout, want_lower=run.want_lower, want_upper=run.want_upper, gather=False))
         if opts.crown.intersect_ibp:
@@ -180,6 +193,17 @@ def _crown_start(run: _Run):
             mine = C[:, layout.rows(graph.output_name, C.shape[1]).mine]
             lo, up = tighter_than_ibp(graph, bounds, mine, lo, up)
     return bounds, rows, lo, up
+
+
+def _joint_rows(run: _Run, rows: dict) -> dict:
+    """The intermediate start nodes optimised with the output: `intermediate_starts` when given,
+    else (one process) those whose working set fits this process's part of the device
+    (alpha_budget.fit_starts; the others keep CROWN's bounds), else all."""
+    names = run.opts.intermediate_starts
+    if names is None and run.layout.world_size == 1 and rows:
+        names, _, _ = fit_starts(run.graph, rows, run.C.shape[1], run.batch, run.box[0].device,
+                                 run.box[0].element_size())
+    return rows if names is None else {n: r for n, r in rows.items() if n in names}
 
 
 def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: AlphaOptions | None = None,
@@ -192,9 +216,7 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
     run = _Run(graph, box, C, layout, opts, want_lower, want_upper, stop_above)
     bounds, rows, crown_lo, crown_up = _crown_start(run)
     run.best = {"lo": crown_lo, "up": crown_up, "bounds": {k: (v[0].detach(), v[1].detach()) for k, v in bounds.items()}}
-    if opts.optimize_intermediate and opts.intermediate_starts is not None:
-        rows = {name: r for name, r in rows.items() if name in opts.intermediate_starts}
-    joint = rows if opts.optimize_intermediate else {}
+    joint = _joint_rows(run, rows) if opts.optimize_intermediate else {}
     with tag("alphas"):
         alphas = init_alphas(graph, bounds, {graph.output_name: C.shape[1]}, layout)
     steps = 0

@@ -176,12 +176,12 @@ def _merge(outcomes: list) -> BoundOutcome:
 def _bound_share(inst: Instance, method: str, groups, alpha_options, max_batch: int, guide: bool,
                  max_rows_total: int) -> BoundOutcome:
     """The outcome of bounding the batch elements `groups` on this rank."""
-    from ..methods import AlphaOptions
+    from ..methods.alpha_crown import verdict_options
 
     model, pairs, clock = inst.model, inst.pairs, inst.clock
     out = BoundOutcome()
     guide = guide and method != "ibp" and model.layout.world_size == 1
-    opts = alpha_options or AlphaOptions(iterations=100)
+    opts = alpha_options or verdict_options()
     for chunk in _chunks(pairs, groups, max_batch, max_rows_total):
         clock.check()
         batch = _stack(pairs, chunk)
