@@ -8,7 +8,8 @@ same model, box and spec rows. Prints a table and writes CSV.
 One subprocess per (tool, instance) (time and peak memory of its own; two auto_LiRPA versions
 cannot share a process). Rows:
   ours-main  alpha-CROWN as the verdict pipeline ran it before this work: `--iterations` joint
-             steps (every intermediate start node's slopes), lr 0.1, no stop on proved rows.
+             steps (every intermediate start node's slopes), lr 0.1, no stop on proved rows; the
+             code of `--main-src` (e.g. a checkout of main before this branch; default: this one).
   ours       the pipeline's alpha-CROWN now (`methods.alpha_crown.verdict_options`): the
              output-only warm-up, then the joint steps, stopping once every row is proved
              (stop_above = the spec's d), the working set fitted to the device share
@@ -48,7 +49,6 @@ def instance_tensors(instance: str, eps_scale: float):
     import numpy as np
     import torch
 
-    sys.path.insert(0, ROOT)
     from dtensor_verify.specs.vnnlib import read_vnnlib
 
     onnx_path = os.path.join(BENCH, "onnx", instance.rsplit("_", 1)[0] + ".onnx.gz")
@@ -70,7 +70,7 @@ def run_ours(tool, instance, eps_scale, iterations, device):
     import torch
 
     import dtensor_verify as dv
-    from dtensor_verify.methods.alpha_crown import AlphaOptions, alpha_crown, verdict_options
+    from dtensor_verify.methods.alpha_crown import AlphaOptions, alpha_crown
     from dtensor_verify.methods.crown import crown
 
     onnx_path, lo, hi, C, d = instance_tensors(instance, eps_scale)
@@ -79,13 +79,15 @@ def run_ours(tool, instance, eps_scale, iterations, device):
     t0 = time.perf_counter()
     c_lo, _, _ = crown(model.graph, box, C, want_upper=False)
     crown_s = time.perf_counter() - t0
-    if tool == "ours-main":
-        opts, stop = AlphaOptions(iterations=iterations, intermediate_starts=None), None
-    else:
-        opts, stop = verdict_options(), d
-        opts.iterations = min(opts.iterations, iterations)
     t0 = time.perf_counter()
-    res = alpha_crown(model.graph, box, C, opts=opts, want_upper=False, stop_above=stop)
+    if tool == "ours-main":           # the code of --main-src (keyword arguments it has)
+        res = alpha_crown(model.graph, box, C, opts=AlphaOptions(iterations=iterations), want_upper=False)
+    else:
+        from dtensor_verify.methods.alpha_crown import verdict_options
+
+        opts = verdict_options()
+        opts.iterations = min(opts.iterations, iterations)
+        res = alpha_crown(model.graph, box, C, opts=opts, want_upper=False, stop_above=d)
     alpha_s = time.perf_counter() - t0
     return crown_s, alpha_s, res.iterations, _margins(c_lo, d), _margins(res.lower, d), ""
 
@@ -177,6 +179,7 @@ def main():
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--main-src", default=ROOT, help="checkout whose code the ours-main row runs (default: this one)")
     ap.add_argument("--worker", nargs=2, metavar=("TOOL", "INSTANCE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -187,7 +190,8 @@ def main():
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", tool, instance, "--eps-scale",
                    str(args.eps_scale), "--iterations", str(args.iterations), "--threads", str(args.threads),
                    "--device", args.device]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+            src = args.main_src if tool == "ours-main" else ROOT
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src})
             got = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
             rows.append(got[0] if got else {"tool": tool, "instance": instance, "eps_scale": args.eps_scale,
                                             "note": f"failed: {proc.stderr.strip().splitlines()[-1:]}"})

@@ -171,3 +171,37 @@ def test_budget_on_the_vit_models():
         assert total <= budget
         assert (len(kept) == len(rows)) == keep_all, (name, len(kept), len(rows))
         assert kept, name
+
+
+@pytest.mark.parametrize("name", ["exp", "reciprocal", "sigmoid", "tanh", "sin", "gelu", "leaky", "sign", "log"])
+def test_activation_alpha_lines_in_one_pass_are_the_per_side_lines(name):
+    """ActivationOp's one-pass lines for a plain [4, B, K, *S] alpha (ops/activation.py
+    `_alpha_lines`) give bitwise the A-matrices, biases and slope gradients of the per-side path
+    (taken for a list of four slopes), for both sides and for one side alone."""
+    from test_ops_activations import FUNCS, _intervals
+
+    from dtensor_verify.ops.activation import ActivationOp
+
+    fn, kind = FUNCS[name]
+    op = ActivationOp("a", fn)
+    fast = []
+    one_pass = op._alpha_lines
+    op._alpha_lines = lambda *a: fast.append(1) or one_pass(*a)
+    lo, hi = (t.float().reshape(1, 2, 16) for t in _intervals(kind, 32, 3))
+    gen = torch.Generator().manual_seed(5)
+    lA, uA = torch.randn(1, 3, 2, 16, generator=gen), torch.randn(1, 3, 2, 16, generator=gen)
+    t0 = torch.rand(4, 1, 3, 2, 16, generator=gen)
+    for sides in ((lA, uA), (lA, None), (None, uA)):
+        outs = []
+        for as_list in (False, True):
+            t = t0.clone().requires_grad_(True)
+            res = op.backward(*sides, [(lo, hi)], alpha=list(t.unbind(0)) if as_list else t)
+            loss = sum(a.sum() for a in res.input_A[0] if a is not None)
+            loss = loss + sum(b.sum() for b in (res.lbias, res.ubias) if isinstance(b, torch.Tensor))
+            loss.backward()
+            outs.append(([a for a in res.input_A[0]], res.lbias, res.ubias, t.grad))
+        assert len(fast) == 1                       # the tensor took the one-pass path, the list did not
+        fast.clear()
+        (a1, l1, u1, g1), (a2, l2, u2, g2) = outs
+        for x, y in zip(a1 + [l1, u1, g1], a2 + [l2, u2, g2]):
+            assert (x is None and y is None) or torch.equal(torch.as_tensor(x), torch.as_tensor(y)), name
