@@ -18,8 +18,10 @@ cannot share a process). Rows:
              $ABCROWN_AUTO_LIRPA) with vnncomp23/vit.yaml's alpha settings: lr 0.5, lr decay 0.98,
              Exp not optimised, fixed ReduceMax index for the softmax, early-stop patience 10,
              stop once every row is proved; the ONNX loaded by its onnx2pytorch.
-  lirpa03    auto_LiRPA 0.3 from PyPI (tests/lirpa_reference.py's patches): its CROWN refuses the
-             softmax of a perturbed input (a ReduceMax without a backward rule), said in the row.
+  lirpa03    auto_LiRPA 0.3 from PyPI (tests/lirpa_reference.py's patches) on our loaded graph
+             (softmax decomposed: its own softmax needs a ReduceMax of the perturbed input, which
+             it has no CROWN rule for): CROWN, and its alpha-CROWN's refusal (no slopes for
+             Exp / Reciprocal) in the note.
 Columns: crown_s (CROWN), alpha_s (alpha-CROWN, including its own CROWN start), iterations,
 s_per_iter, the worst row's margin (lower bound of C y - d; > 0 proves it) after CROWN and after
 alpha, the summed margin, proved, peak RSS (MB) of the subprocess. `--eps-scale` shrinks or
@@ -149,7 +151,10 @@ def run_lirpa(tool, instance, eps_scale, iterations, device):
 
     bm.compute_bounds = counted
     t0 = time.perf_counter()
-    a_lo, _ = inner(x=(bx,), C=C, method="CROWN-Optimized", bound_upper=False)
+    try:
+        a_lo, _ = inner(x=(bx,), C=C, method="CROWN-Optimized", bound_upper=False)
+    except Exception as exc:           # auto_LiRPA 0.3: no slopes for Exp / Reciprocal
+        return crown_s, None, None, _margins(c_lo, d), None, f"alpha refused: {type(exc).__name__} {str(exc)[:80]}"
     alpha_s = time.perf_counter() - t0
     # Each optimisation step calls compute_bounds once; init_alpha's CROWN call is one more.
     return crown_s, alpha_s, max(calls[0] - 1, 0), _margins(c_lo, d), _margins(a_lo, d), ""
@@ -164,8 +169,9 @@ def worker(tool, instance, eps_scale, iterations, threads, device):
     row = {"tool": tool, "instance": instance, "eps_scale": eps_scale, "note": note,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
     if crown_s is not None:
-        row.update(crown_s=round(crown_s, 3), alpha_s=round(alpha_s, 3), iterations=its,
-                   s_per_iter=round(alpha_s / max(its, 1), 3), crown_margin=round(cm[0], 5),
+        row.update(crown_s=round(crown_s, 3), crown_margin=round(cm[0], 5))
+    if alpha_s is not None:
+        row.update(alpha_s=round(alpha_s, 3), iterations=its, s_per_iter=round(alpha_s / max(its, 1), 3),
                    alpha_margin=round(am[0], 5), alpha_margin_sum=round(am[1], 5), proved=am[2])
     print("ROW " + json.dumps(row), flush=True)
 
