@@ -24,7 +24,8 @@ cannot share a process). Rows:
              Exp / Reciprocal) in the note.
 Columns: crown_s (CROWN), alpha_s (alpha-CROWN, including its own CROWN start), iterations,
 s_per_iter, the worst row's margin (lower bound of C y - d; > 0 proves it) after CROWN and after
-alpha, the summed margin, proved, peak RSS (MB) of the subprocess. `--eps-scale` shrinks or
+alpha, the summed margin, proved, with `--count-ops` the aten ops of one joint step (what a GPU step
+mostly costs: kernel launches), peak RSS (MB) of the subprocess. `--eps-scale` shrinks or
 widens the box around its centre (CROWN then proves less / more).
 """
 from __future__ import annotations
@@ -43,7 +44,33 @@ BENCH = os.path.join(ROOT, "..", "shared", "benchmarks", "vit_2023")
 ABCROWN = os.environ.get("ABCROWN_AUTO_LIRPA", "/work/main/.abcrown")
 TOOLS = ("ours-main", "ours", "lirpa", "lirpa03")
 FIELDS = ["tool", "instance", "eps_scale", "crown_s", "alpha_s", "iterations", "s_per_iter", "crown_margin",
-          "alpha_margin", "alpha_margin_sum", "proved", "peak_rss_mb", "note"]
+          "alpha_margin", "alpha_margin_sum", "proved", "ops_per_iter", "peak_rss_mb", "note"]
+
+
+class _OpCounter:
+    """Counts the aten ops dispatched while on (a GPU's cost per step is mostly kernel launches)."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                counter.n += 1
+                return func(*args, **(kwargs or {}))
+
+        self.n, self.mode, self.on = 0, _Mode(), False
+
+    def start(self):
+        if not self.on:
+            self.on = True
+            self.mode.__enter__()
+
+    def stop(self):
+        if self.on:
+            self.on = False
+            self.mode.__exit__(None, None, None)
 
 
 def instance_tensors(instance: str, eps_scale: float):
@@ -68,7 +95,23 @@ def _margins(lower, d):
     return float(m.min()), float(m.sum()), bool((m > 0).all())
 
 
-def run_ours(tool, instance, eps_scale, iterations, device):
+def ours_ops(model, box, C):
+    """aten ops of one joint alpha-CROWN step (the second: evaluate, backward, Adam, keep-best),
+    counted between the `on_step` calls that end the first and the second step."""
+    from dtensor_verify.methods.alpha_crown import AlphaOptions, alpha_crown
+
+    count = _OpCounter()
+
+    def on_step(it, score):
+        count.start() if it == 0 else count.stop()
+
+    alpha_crown(model.graph, box, C, opts=AlphaOptions(iterations=3, patience=100), want_upper=False,
+                on_step=on_step)
+    count.stop()
+    return count.n
+
+
+def run_ours(tool, instance, eps_scale, iterations, device, count_ops=False):
     import torch
 
     import dtensor_verify as dv
@@ -91,7 +134,8 @@ def run_ours(tool, instance, eps_scale, iterations, device):
         opts.iterations = min(opts.iterations, iterations)
         res = alpha_crown(model.graph, box, C, opts=opts, want_upper=False, stop_above=d)
     alpha_s = time.perf_counter() - t0
-    return crown_s, alpha_s, res.iterations, _margins(c_lo, d), _margins(res.lower, d), ""
+    ops = ours_ops(model, box, C) if count_ops else None
+    return crown_s, alpha_s, res.iterations, _margins(c_lo, d), _margins(res.lower, d), ops
 
 
 def _new_lirpa():
@@ -105,7 +149,7 @@ def _new_lirpa():
     sys.path.insert(0, os.path.join(ABCROWN, "onnx2pytorch"))
 
 
-def run_lirpa(tool, instance, eps_scale, iterations, device):
+def run_lirpa(tool, instance, eps_scale, iterations, device, count_ops=False):
     import gzip
 
     import numpy as np
@@ -144,9 +188,16 @@ def run_lirpa(tool, instance, eps_scale, iterations, device):
         return None, None, None, None, None, f"refused: {type(exc).__name__}: {str(exc)[:100]}"
     calls = [0]
     inner = bm.compute_bounds
+    count = _OpCounter()
 
     def counted(*a, **k):
+        # call 1: init_alpha's CROWN; call i + 2: step i. Ops counted from step 1's start to
+        # step 2's: step 1's forward, backward and optimiser update.
         calls[0] += 1
+        if count_ops and calls[0] == 3:
+            count.start()
+        if calls[0] == 4:
+            count.stop()
         return inner(*a, **k)
 
     bm.compute_bounds = counted
@@ -156,17 +207,20 @@ def run_lirpa(tool, instance, eps_scale, iterations, device):
     except Exception as exc:           # auto_LiRPA 0.3: no slopes for Exp / Reciprocal
         return crown_s, None, None, _margins(c_lo, d), None, f"alpha refused: {type(exc).__name__} {str(exc)[:80]}"
     alpha_s = time.perf_counter() - t0
+    count.stop()
     # Each optimisation step calls compute_bounds once; init_alpha's CROWN call is one more.
-    return crown_s, alpha_s, max(calls[0] - 1, 0), _margins(c_lo, d), _margins(a_lo, d), ""
+    return crown_s, alpha_s, max(calls[0] - 1, 0), _margins(c_lo, d), _margins(a_lo, d), \
+        (count.n if count_ops and calls[0] >= 4 else None)
 
 
-def worker(tool, instance, eps_scale, iterations, threads, device):
+def worker(tool, instance, eps_scale, iterations, threads, device, count_ops):
     import torch
 
     torch.set_num_threads(threads)
     run = run_ours if tool.startswith("ours") else run_lirpa
-    crown_s, alpha_s, its, cm, am, note = run(tool, instance, eps_scale, iterations, device)
-    row = {"tool": tool, "instance": instance, "eps_scale": eps_scale, "note": note,
+    crown_s, alpha_s, its, cm, am, extra = run(tool, instance, eps_scale, iterations, device, count_ops)
+    ops, note = (extra, "") if not isinstance(extra, str) else (None, extra)
+    row = {"tool": tool, "instance": instance, "eps_scale": eps_scale, "note": note, "ops_per_iter": ops,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
     if crown_s is not None:
         row.update(crown_s=round(crown_s, 3), crown_margin=round(cm[0], 5))
@@ -185,30 +239,32 @@ def main():
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--count-ops", action="store_true",
+                    help="also count the aten ops of one joint step (ours: a separate 3-step run after the timed one)")
     ap.add_argument("--main-src", default=ROOT, help="checkout whose code the ours-main row runs (default: this one)")
     ap.add_argument("--worker", nargs=2, metavar=("TOOL", "INSTANCE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(*args.worker, args.eps_scale, args.iterations, args.threads, args.device)
+        return worker(*args.worker, args.eps_scale, args.iterations, args.threads, args.device, args.count_ops)
     rows = []
     for instance in args.instances.split(","):
         for tool in args.tools.split(","):
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", tool, instance, "--eps-scale",
                    str(args.eps_scale), "--iterations", str(args.iterations), "--threads", str(args.threads),
-                   "--device", args.device]
+                   "--device", args.device] + (["--count-ops"] if args.count_ops else [])
             src = args.main_src if tool == "ours-main" else ROOT
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src})
             got = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
             rows.append(got[0] if got else {"tool": tool, "instance": instance, "eps_scale": args.eps_scale,
                                             "note": f"failed: {proc.stderr.strip().splitlines()[-1:]}"})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    fmt = "{:<9} {:<18} {:>5} {:>8} {:>8} {:>5} {:>7} {:>9} {:>9} {:>6} {:>7}  {}"
+    fmt = "{:<9} {:<18} {:>5} {:>8} {:>8} {:>5} {:>7} {:>9} {:>9} {:>6} {:>7} {:>7}  {}"
     print(fmt.format("tool", "instance", "eps", "crown_s", "alpha_s", "its", "s/it", "crown_m", "alpha_m",
-                     "proved", "rss_MB", "note"))
+                     "proved", "ops/it", "rss_MB", "note"))
     for r in rows:
         print(fmt.format(*(str(r.get(k, "")) for k in ("tool", "instance", "eps_scale", "crown_s", "alpha_s",
                                                         "iterations", "s_per_iter", "crown_margin", "alpha_margin",
-                                                        "proved", "peak_rss_mb", "note"))))
+                                                        "proved", "ops_per_iter", "peak_rss_mb", "note"))))
     with open(args.out, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=FIELDS)
         w.writeheader()
