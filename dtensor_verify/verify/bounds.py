@@ -123,11 +123,17 @@ def _roots(model, batch: _Batch, res: MethodBounds, pairs: Pairs) -> dict:
     return roots
 
 
-def _vertices(model, batch: _Batch, res: MethodBounds, margin_lower, pairs: Pairs, box) -> dict:
-    """Bound-guided vertices of each pair's unproved rows (rows padded in have C = 0: skipped)."""
+def _real_rows(batch: _Batch, pairs: Pairs) -> torch.Tensor:
+    """[B, K] True on the rows of a pair, False on the zero rows padded in."""
     real = torch.zeros(batch.C.shape[:2], dtype=torch.bool, device=batch.C.device)
     for b, pos, p in batch.slots:
         real[b, pos:pos + pairs.rows_of[p]] = True
+    return real
+
+
+def _vertices(model, batch: _Batch, res: MethodBounds, margin_lower, pairs: Pairs, box) -> dict:
+    """Bound-guided vertices of each pair's unproved rows (rows padded in have C = 0: skipped)."""
+    real = _real_rows(batch, pairs)
     bounds = {**res.intermediate, model.graph.input_name: box}
     verts = guided_vertices(model, bounds, batch.C, margin_lower.masked_fill(~real, math.inf),
                             res.output_alphas or None)
@@ -170,18 +176,20 @@ def _merge(outcomes: list) -> BoundOutcome:
 def _bound_share(inst: Instance, method: str, groups, alpha_options, max_batch: int, guide: bool,
                  max_rows_total: int) -> BoundOutcome:
     """The outcome of bounding the batch elements `groups` on this rank."""
-    from ..methods import AlphaOptions
+    from ..methods.alpha_crown import verdict_options
 
     model, pairs, clock = inst.model, inst.pairs, inst.clock
     out = BoundOutcome()
     guide = guide and method != "ibp" and model.layout.world_size == 1
-    opts = alpha_options or AlphaOptions(iterations=100)
+    opts = alpha_options or verdict_options()
     for chunk in _chunks(pairs, groups, max_batch, max_rows_total):
         clock.check()
         batch = _stack(pairs, chunk)
         box = model.check_box(inst.region_lo[batch.regions], inst.region_hi[batch.regions])
+        # alpha-CROWN stops once every real row is proved (lower bound of C y above d).
+        stop_above = batch.d.masked_fill(~_real_rows(batch, pairs), -math.inf)
         res = run_method(method, model.graph, box, batch.C, model.layout, alpha_options=opts, want_upper=False,
-                         on_step=lambda it, score: clock.check())
+                         on_step=lambda it, score: clock.check(), stop_above=stop_above)
         if res.iterations is not None:
             out.iterations.append(res.iterations)
         margin_lower = model.layout.local(res.lower).detach() - batch.d
