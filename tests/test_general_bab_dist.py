@@ -3,6 +3,8 @@ refreshed layers behind a cut (`mixed_fsb`), and branch and bound on non-ReLU ne
 ranks (`--mesh 2x1`, CPU gloo) reaches one process's verdicts."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -96,3 +98,39 @@ def test_general_bab_over_two_dp_ranks_gives_one_process_verdicts(tmp_path):
         assert [v for v, _, _ in rank_rows] == [v for v, _, _ in ref], (rank_rows, ref)
     # the provable ones went through general branch and bound on 2 workers
     assert any(w == 2 for _, w, _ in res[0]), res[0]
+
+
+DIST_SHIFT = Path(__file__).resolve().parents[1].parent.parent / "shared" / "benchmarks" / "dist_shift_2023"
+
+
+def _dist_shift_verdict(plan=None, mesh=None):
+    """dist_shift_2023 (mnist_concat: ReLU and sigmoid layers), index2101 with CROWN only before
+    branch and bound, which then proves it by ReLU / general splits (6 domains on one process)."""
+    from dtensor_verify.specs import read_vnnlib
+    from dtensor_verify.verify import verify_instance
+
+    model = dv.load(str(DIST_SHIFT / "onnx" / "mnist_concat.onnx.gz"))
+    if plan is not None:
+        from placements import apply_plan, mesh_from_process_group
+        apply_plan(model, plan, mesh_from_process_group(mesh))
+    prop = read_vnnlib(DIST_SHIFT / "vnnlib" / "index2101_delta0.13.vnnlib.gz")
+    res = verify_instance(model, prop, None, timeout=120, methods=("crown",),
+                          bab_options=BabOptions(split="relu", batch_size=64))
+    bab = res.bounds.get("bab", {})
+    return res.verdict, res.decided_by, bab.get("workers"), bab.get("split")
+
+
+def _dist_shift_on_ranks(rank, world):
+    torch.set_num_threads(1)
+    return _dist_shift_verdict("replicate", "2x1")
+
+
+@pytest.mark.slow
+def test_dist_shift_model_over_two_dp_ranks_gives_one_process_verdict(tmp_path):
+    if not (DIST_SHIFT / "onnx" / "mnist_concat.onnx.gz").exists():
+        pytest.fail(f"{DIST_SHIFT}: the shared benchmarks are missing")
+    ref = _dist_shift_verdict()
+    assert ref[:2] == ("unsat", "bab") and ref[2] == 1, ref
+    res = run_distributed(_dist_shift_on_ranks, 2, tmp_path, timeout_s=300, start_method=START)
+    for got in res:
+        assert got[:2] == ("unsat", "bab") and got[2] == 2, got
