@@ -79,6 +79,7 @@ def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str) -
     family, onnx, vnnlib, split = inst
     res, js = out / f"{tag}.txt", out / f"{tag}.json"
     js.unlink(missing_ok=True)
+    res.unlink(missing_ok=True)
     args = ["run", "--onnx", str(root / family / onnx), "--vnnlib", str(root / family / vnnlib),
             "--results", str(res), "--timeout", str(timeout), "--json", str(js), "--bab-split", split, "--quiet"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -92,6 +93,10 @@ def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str) -
         subprocess.run(cmd, env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, timeout=3 * timeout + 120)
     wall = time.perf_counter() - t
     data = json.loads(js.read_text()) if js.exists() else {}
+    if not data and res.exists():
+        # No JSON: the watchdog ended the run at its limit (results file `timeout`) or it failed.
+        verdict = (res.read_text().split() or ["error"])[0]
+        data = {"verdict": verdict, "seconds": timeout if verdict == "timeout" else float("nan")}
     bounds = data.get("bounds", {})
     bab = bounds.get("bab", {})
     n = bab.get("domains_visited_all_workers", bab.get("domains_visited", 0)) or 0
