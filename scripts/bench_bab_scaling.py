@@ -74,15 +74,18 @@ def instance_name(inst) -> str:
     return f"{_stem(onnx)} {_stem(vnnlib)} ({split})"
 
 
-def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str) -> dict:
+def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, device: str = "cpu") -> dict:
     """One `dtensor-verify run` of the instance on `procs` processes; its numbers from the JSON."""
     family, onnx, vnnlib, split = inst
     res, js = out / f"{tag}.txt", out / f"{tag}.json"
     js.unlink(missing_ok=True)
     res.unlink(missing_ok=True)
     args = ["run", "--onnx", str(root / family / onnx), "--vnnlib", str(root / family / vnnlib),
-            "--results", str(res), "--timeout", str(timeout), "--json", str(js), "--bab-split", split, "--quiet"]
+            "--results", str(res), "--timeout", str(timeout), "--json", str(js), "--bab-split", split, "--quiet",
+            "--device", device]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""        # a GPU host: CPU ranks, gloo, no CUDA start-up
     if procs == 1:
         cmd = [sys.executable, "-m", "dtensor_verify", "--threads", "1", *args]
     else:
@@ -113,7 +116,7 @@ def run_instance(root: Path, inst, i: int, args) -> list[dict]:
     for rep in range(args.repeats):
         order = (1, args.procs) if rep % 2 == 0 else (args.procs, 1)
         for procs in order:
-            r = run_one(root, inst, procs, args.timeout, args.out, f"i{i}_r{rep}_p{procs}")
+            r = run_one(root, inst, procs, args.timeout, args.out, f"i{i}_r{rep}_p{procs}", args.device)
             rows.append({"instance": instance_name(inst), "repeat": rep, "procs": procs, **r})
             print(f"  {instance_name(inst)} repeat {rep} procs {procs}: {r['verdict']} {r['seconds']:.2f} s "
                   f"(BaB {r['bab_seconds']:.2f} s, {r['domains']} domains)", flush=True)
@@ -152,7 +155,7 @@ def conditions(args, load_before, load_after, wall) -> list[str]:
             f"- machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
             f"load average before {load_before}, after {load_after}",
             f"- torch {torch.__version__}, Python {platform.python_version()}, commit {commit}; one thread per "
-            f"rank, CPU gloo; limit {args.timeout:g} s; {args.repeats} repeat(s), {args.jobs} instance(s) at once",
+            f"rank, --device {args.device}; limit {args.timeout:g} s; {args.repeats} repeat(s), {args.jobs} instance(s) at once",
             f"- whole run: {wall:.0f} s"]
 
 
@@ -198,6 +201,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--jobs", type=int, default=1, help="instances run at once (each takes up to 3 cores)")
     p.add_argument("--procs", type=int, default=2, help="ranks of the dp run (--mesh PROCSx1)")
+    p.add_argument("--device", default="cpu", help="dtensor-verify's --device (default cpu: CPU gloo, also on a GPU host)")
     p.add_argument("instances", nargs="*", default=DEFAULT)
     args = p.parse_args()
     root = args.bench_root or default_bench_root()
