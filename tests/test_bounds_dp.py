@@ -136,13 +136,15 @@ def _methods_by_rows(model, layout):
 
     lo = torch.full((1, 6), -0.4)
     box = (lo, lo + 0.8)
-    C = torch.eye(5).unsqueeze(0)
     out = {}
-    for method in ("crown", "alpha-crown"):
-        res = run_method(method, model.graph, box, C, layout, want_upper=False,
-                         alpha_options=AlphaOptions(iterations=40, patience=3, tol=1e-3))
-        inter = {k: (v[0].clone(), v[1].clone()) for k, v in res.intermediate.items()}
-        out[method] = (res.lower.clone(), inter, res.iterations, {k: v.shape for k, v in res.output_alphas.items()})
+    # 5 output rows; and 1 (a rank with no output row: its gathers' backward must still run)
+    for C in (torch.eye(5).unsqueeze(0), torch.eye(5)[2:3].unsqueeze(0)):
+        for method in ("crown", "alpha-crown"):
+            res = run_method(method, model.graph, box, C, layout, want_upper=False,
+                             alpha_options=AlphaOptions(iterations=40, patience=3, tol=1e-3))
+            inter = {k: (v[0].clone(), v[1].clone()) for k, v in res.intermediate.items()}
+            out[(method, C.shape[1])] = (res.lower.clone(), inter, res.iterations,
+                                         {k: v.shape for k, v in res.output_alphas.items()})
     return out
 
 
@@ -169,23 +171,26 @@ def test_rows_split_over_dp_give_one_process_bounds(tmp_path, world):
 
     net, shape = _wide_net()
     ref = _methods_by_rows(dv.load(net, input_shape=shape), dv.load(net, input_shape=shape).layout)
-    assert 3 < ref["alpha-crown"][2] < 40                 # stopped early: the summed score decided
-    assert (ref["alpha-crown"][0] > ref["crown"][0] + 1e-4).any()
+    assert 3 < ref[("alpha-crown", 5)][2] < 40            # stopped early: the summed score decided
+    assert (ref[("alpha-crown", 5)][0] > ref[("crown", 5)][0] + 1e-4).any()
     res = run_distributed(_rows_on_ranks, world, tmp_path, timeout_s=240, start_method=START)
     slices = [r[1] for r in res]
     assert [s.stop - s.start for s, _ in slices] == ([3, 2] if world == 2 else [2, 2, 1])
     for got, _ in res:
-        for method in ("crown", "alpha-crown"):
-            lower, inter, its, alpha_shapes = got[method]
-            rlower, rinter, rits, ralpha_shapes = ref[method]
+        for key in ref:
+            lower, inter, its, alpha_shapes = got[key]
+            rlower, rinter, rits, ralpha_shapes = ref[key]
             assert its == rits
             torch.testing.assert_close(lower, rlower, rtol=1e-4, atol=1e-5)
             assert set(inter) == set(rinter)
             for k in inter:
                 torch.testing.assert_close(inter[k][0], rinter[k][0], rtol=1e-4, atol=1e-5)
                 torch.testing.assert_close(inter[k][1], rinter[k][1], rtol=1e-4, atol=1e-5)
-            # gathered in bounds.py (BaB's roots need every row's slopes); here each rank's own rows
-            assert all(s[2] < 5 for s in alpha_shapes.values()) or not alpha_shapes
+    for key in ref:
+        if key[0] == "alpha-crown":
+            # each rank's own rows of the output's slopes (bounds.py gathers them for BaB's roots)
+            counts = {name: sum(got[key][3][name][2] for got, _ in res) for name in res[0][0][key][3]}
+            assert counts and set(counts.values()) == {key[1]}, counts
 
 
 def test_mesh_2x1_one_box_rows_split_verdict_and_bounds_of_one_process(tmp_path):

@@ -151,8 +151,11 @@ class DpRows(RowSplit):
         pad = self.most - t.shape[1]
         if pad:
             t = torch.cat([t, t.new_zeros(t.shape[0], pad)], 1)
-        if differentiable and t.requires_grad:
-            full = _GatherPadded.apply(t, self.group, self.dp, self.rank)
+        if differentiable:
+            # Every rank takes the gather's backward (a collective), also one whose slice is empty
+            # or does not depend on the parameters: its part becomes a leaf of the graph.
+            full = _GatherPadded.apply(t if t.requires_grad else t.detach().requires_grad_(True), self.group,
+                                       self.dp, self.rank)
         else:
             with torch.no_grad():
                 full = _GatherPadded.apply(t.detach(), self.group, self.dp, self.rank)
