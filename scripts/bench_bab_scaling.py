@@ -108,6 +108,7 @@ def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, d
     return {"verdict": data.get("verdict", "error"), "seconds": secs, "wall": wall, "bab_seconds": bab_s,
             "pre_bab_seconds": secs - bab_s, "alpha_seconds": bounds.get("alpha-crown", {}).get("seconds", 0.0),
             "domains": n, "rate": n / bab_s if bab_s else 0.0, "rounds": bab.get("rounds", 0),
+            "sync_seconds": bab.get("phases", {}).get("sync", 0.0),
             "workers": bab.get("workers", "")}
 
 
@@ -134,7 +135,8 @@ def summarise(name: str, runs: list[dict], procs: int) -> dict:
     row = {"instance": name}
     for tag, side in (("p1", one), (f"p{procs}", two)):
         row[f"{tag}_verdicts"] = "/".join(r["verdict"] for r in side)
-        for key in ("seconds", "wall", "bab_seconds", "pre_bab_seconds", "alpha_seconds", "domains", "rate"):
+        for key in ("seconds", "wall", "bab_seconds", "pre_bab_seconds", "alpha_seconds", "domains", "rate",
+                    "rounds", "sync_seconds"):
             row[f"{tag}_{key}"] = median_of(side, key)
 
     def ratio(key):
@@ -163,14 +165,16 @@ def tables(rows: list[dict], procs: int) -> list[str]:
     p = f"p{procs}"
     lines = [f"| instance | 1 proc: verdict, s to verdict (BaB s) | {procs}x1: verdict, s (BaB s) | time {procs}x1/1 "
              f"| wall s 1 / {procs}x1 | before BaB s 1 / {procs}x1 | alpha-CROWN s 1 / {procs}x1 | BaB s ratio "
-             f"| domains/s 1 / {procs}x1 | rate ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| domains/s 1 / {procs}x1 | rate ratio | rounds 1 / {procs}x1 | BaB sync s {procs}x1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['instance']} | {r['p1_verdicts']}, {r['p1_seconds']:.2f} ({r['p1_bab_seconds']:.2f}) | "
             f"{r[p + '_verdicts']}, {r[p + '_seconds']:.2f} ({r[p + '_bab_seconds']:.2f}) | **{r['time_ratio']:.2f}** | "
             f"{r['p1_wall']:.1f} / {r[p + '_wall']:.1f} | {r['p1_pre_bab_seconds']:.2f} / {r[p + '_pre_bab_seconds']:.2f} | "
             f"{r['p1_alpha_seconds']:.2f} / {r[p + '_alpha_seconds']:.2f} | {r['bab_ratio']:.2f} | "
-            f"{r['p1_rate']:.0f} / {r[p + '_rate']:.0f} | {r['rate_ratio']:.2f} |")
+            f"{r['p1_rate']:.0f} / {r[p + '_rate']:.0f} | {r['rate_ratio']:.2f} | "
+            f"{r['p1_rounds']:.0f} / {r[p + '_rounds']:.0f} | {r[p + '_sync_seconds']:.2f} |")
     lines.append("")
     for r in rows:
         if r["p1_bab_seconds"] < MIN_BAB_SECONDS:

@@ -13,10 +13,10 @@ bbs = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(bbs)
 
 
-def _run(procs, seconds, bab, domains, verdict="unsat", alpha=1.0):
+def _run(procs, seconds, bab, domains, verdict="unsat", alpha=1.0):  # noqa: D103
     return {"procs": procs, "verdict": verdict, "seconds": seconds, "wall": seconds + 3, "bab_seconds": bab,
             "pre_bab_seconds": seconds - bab, "alpha_seconds": alpha, "domains": domains,
-            "rate": domains / bab if bab else 0.0}
+            "rate": domains / bab if bab else 0.0, "rounds": 10, "sync_seconds": 0.1}
 
 
 def test_instances_parse_and_default_set_names_the_targets():
