@@ -154,7 +154,8 @@ def conditions(args, load_before, load_after, wall) -> list[str]:
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     return [f"- command: `{' '.join(sys.argv)}`",
-            f"- machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+            f"- machine: {os.cpu_count()} cores, {len(os.sched_getaffinity(0))} usable by this run "
+            f"({platform.processor() or platform.machine()}), "
             f"load average before {load_before}, after {load_after}",
             f"- torch {torch.__version__}, Python {platform.python_version()}, commit {commit}; one thread per "
             f"rank, --device {args.device}; limit {args.timeout:g} s; {args.repeats} repeat(s), {args.jobs} instance(s) at once",
