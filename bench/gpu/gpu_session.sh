@@ -105,7 +105,7 @@ case "${1:-}" in
     rm -rf "$W"; mkdir -p "$W"
     {
       date -u
-      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+      gpu_names
       nproc
       software_versions "$PY"
       echo "scales: deep $SCALE_DEEP oval $SCALE_OVAL sri $SCALE_SRI; cpu threads $CPU_THREADS"
