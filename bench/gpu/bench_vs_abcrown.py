@@ -1,14 +1,8 @@
 #!/usr/bin/env python
 """dtensor-verify and alpha,beta-CROWN side by side on the same VNN-COMP instances.
 
-    bench/gpu/bench_vs_abcrown.py BENCH_DIR --abcrown DIR --auto-lirpa DIR --out OUT
-        [--filter SUBSTRING ...] [--limit N] [--instances CSV] [--timeout-scale F]
-        [--device cpu|cuda] [--expected CSV] [--onnx2pytorch DIR] [--abcrown-config YAML]
-        [--threads N] [--tools ours,abcrown] [--deadline SECONDS] [--work DIR] [--parts K]
-        [--ours-csv CSV] [--abcrown-csv CSV]
-
-The entry point of the package bench/gpu/vs_abcrown/ (its cli module documents the options, the
-outputs and the counting; `--help` prints them).
+The entry point of the package bench/gpu/vs_abcrown/: its cli module documents the command line
+(`bench/gpu/bench_vs_abcrown.py --help`), the outputs and the counting.
 """
 from __future__ import annotations
 

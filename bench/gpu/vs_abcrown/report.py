@@ -6,8 +6,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from dtensor_verify.benchmark import agreement
+
 from .records import LATE_SLACK, VERDICTS, ConfigGroup, Facts, Instance, Options, ToolRun, quote
-from .verdicts import Row, agreement
+from .verdicts import Row
 
 TOOL_NAMES = {"ours": "dtensor-verify", "abcrown": "alpha,beta-CROWN"}
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dtensor_verify.benchmark import agreement  # noqa: F401  (re-exported: the table's agree / unsolved)
-
 from .records import LATE_SLACK, TOOLS, Instance, Outcome, ToolRun
 
 
