@@ -1,6 +1,7 @@
 """bench/gpu/bench_vs_abcrown.py (the package bench/gpu/vs_abcrown/): abcrown configs made plain BaB,
-verdict counting, contradictions, reading abcrown's output lines, and its runner surviving an alpha,beta-CROWN that crashes, hangs or cannot start (a stand-in
-abcrown.py that speaks its batch mode: `idx: i, vnnlib ID: row` ... `Result: status in t seconds`).
+verdict counting, contradictions, reading abcrown's output lines and earlier CSVs, and its runner
+surviving an alpha,beta-CROWN that crashes, hangs or cannot start (a stand-in abcrown.py that
+speaks its batch mode: `idx: i, vnnlib ID: row` ... `Result: status in t seconds`).
 Our side is the real `dtensor-verify benchmark` on the tiny test benchmark."""
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ TEST_BENCH = REPO.parent / "shared" / "benchmarks" / "test"
 if str(REPO) not in sys.path:           # the entry point puts the checkout first the same way
     sys.path.insert(0, str(REPO))
 
-from bench.gpu.vs_abcrown import abcrown_output, cli, configs, records, run_abcrown, verdicts  # noqa: E402
+from bench.gpu.vs_abcrown import abcrown_output, cli, configs, records, run_abcrown, tool_csv, verdicts  # noqa: E402
 
 
 # ------------------------------------------------------------------------------ plain_bab
@@ -326,6 +327,34 @@ def test_a_bad_verdict_in_an_earlier_csv_is_one_line(tmp_path, test_bench, capsy
     assert cli.main([str(test_bench), "--ours-csv", str(bad), "--tools", "ours", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("bench_vs_abcrown: error: ") and "line 2: verdict 'maybe'" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("onnx,vnnlib,verdict,seconds\ntest_nano.onnx,test_nano.vnnlib,unsat,fast\n",
+     "line 2: seconds 'fast' is not a number"),
+    ("model,property,result\nn.onnx,p.vnnlib,sat\n", "expected the columns onnx, vnnlib, verdict"),
+    ("onnx,vnnlib,verdict\ntest_nano.onnx,test_nano.vnnlib,SAT\nx.onnx,y.vnnlib,\n",
+     "line 3: verdict '' is not one of")])
+def test_bad_earlier_csvs_are_one_line(tmp_path, test_bench, capsys, text, needle):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(text)
+    argv = [str(test_bench), "--abcrown-csv", str(bad), "--tools", "abcrown", "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bench_vs_abcrown: error: ") and needle in err and "\n" not in err, err
+
+
+def test_an_earlier_csv_matches_instances_by_path_without_gz(tmp_path):
+    insts = [records.Instance(0, "onnx/a.onnx.gz", "p.vnnlib", 10.0, 5.0),
+             records.Instance(1, "b.onnx", "q.vnnlib", 10.0, 5.0)]
+    path = tmp_path / "abcrown.csv"
+    tool_csv.write_tool_csv(path, insts, [records.Outcome("sat", 1.25, "unsafe-pgd"),
+                                          records.Outcome("error", None, "", "m")])
+    again = records.Instance(2, "./onnx/a.onnx", "p.vnnlib", 1, 1)        # the same files, named otherwise
+    run = tool_csv.read_tool_csv(path, list(reversed(insts)) + [again], "abcrown")
+    assert run.outcomes[0] == records.Outcome("error", None, "", "m")
+    assert run.outcomes[2] == records.Outcome("sat", 1.25, "unsafe-pgd", "")
+    assert "3 of 3 instances have a row" in run.note
 
 
 def test_running_abcrown_needs_its_checkout(tmp_path, test_bench, capsys):

@@ -22,5 +22,6 @@ adapter_args() {
 
 # is_vnnlib2 FILE: status 0 when FILE is a VNN-LIB 2.0 query.
 is_vnnlib2() {
-  "$PY" -c 'import sys; from dtensor_verify.specs.vnnlib2 import is_vnnlib2; sys.exit(0 if is_vnnlib2(sys.argv[1]) else 1)' "$1"
+  "$PY" -c 'import sys; from dtensor_verify.specs.vnnlib2 import is_vnnlib2
+sys.exit(0 if is_vnnlib2(sys.argv[1]) else 1)' "$1"
 }
