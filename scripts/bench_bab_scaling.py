@@ -83,7 +83,8 @@ def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, d
     args = ["run", "--onnx", str(root / family / onnx), "--vnnlib", str(root / family / vnnlib),
             "--results", str(res), "--timeout", str(timeout), "--json", str(js), "--bab-split", split, "--quiet",
             "--device", device]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)   # keep the caller's
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""        # a GPU host: CPU ranks, gloo, no CUDA start-up
     if procs == 1:
