@@ -97,10 +97,14 @@ def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, d
         subprocess.run(cmd, env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, timeout=3 * timeout + 120)
     wall = time.perf_counter() - t
     data = json.loads(js.read_text()) if js.exists() else {}
-    if not data and res.exists():
-        # No JSON: the watchdog ended the run at its limit (results file `timeout`) or it failed.
-        verdict = (res.read_text().split() or ["error"])[0]
+    note = ""
+    if not data:
+        # No JSON: the watchdog ended the run at its limit (results file `timeout`) or it failed
+        # (then the last line of its log says why).
+        verdict = (res.read_text().split() or ["error"])[0] if res.exists() else "error"
         data = {"verdict": verdict, "seconds": timeout if verdict == "timeout" else float("nan")}
+        lines = (out / f"{tag}.log").read_text(errors="replace").strip().splitlines()
+        note = lines[-1][:300] if lines else "no output"
     bounds = data.get("bounds", {})
     bab = bounds.get("bab", {})
     n = bab.get("domains_visited_all_workers", bab.get("domains_visited", 0)) or 0
@@ -109,7 +113,7 @@ def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, d
     return {"verdict": data.get("verdict", "error"), "seconds": secs, "wall": wall, "bab_seconds": bab_s,
             "pre_bab_seconds": secs - bab_s, "alpha_seconds": bounds.get("alpha-crown", {}).get("seconds", 0.0),
             "domains": n, "rate": n / bab_s if bab_s else 0.0, "rounds": bab.get("rounds", 0),
-            "sync_seconds": bab.get("phases", {}).get("sync", 0.0),
+            "sync_seconds": bab.get("phases", {}).get("sync", 0.0), "note": note,
             "workers": bab.get("workers", "")}
 
 
@@ -121,7 +125,8 @@ def run_instance(root: Path, inst, i: int, args) -> list[dict]:
             r = run_one(root, inst, procs, args.timeout, args.out, f"i{i}_r{rep}_p{procs}", args.device)
             rows.append({"instance": instance_name(inst), "repeat": rep, "procs": procs, **r})
             print(f"  {instance_name(inst)} repeat {rep} procs {procs}: {r['verdict']} {r['seconds']:.2f} s "
-                  f"(BaB {r['bab_seconds']:.2f} s, {r['domains']} domains)", flush=True)
+                  f"(BaB {r['bab_seconds']:.2f} s, {r['domains']} domains)" + (f" [{r['note']}]" if r["note"] else ""),
+                  flush=True)
     return rows
 
 
