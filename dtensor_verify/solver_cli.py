@@ -199,7 +199,7 @@ def _verify2(args) -> int:
     for f in set(files.values()):
         if not Path(f).is_file():
             raise CliError(f"{f}: no such file")
-    prop = build_property(query)
+    prop = build_property(query, allow_unbounded=True)
     try:
         product = load_product(query, files, prop.M, args.cli._device(args))
     except UnsupportedOpError as exc:
@@ -208,25 +208,51 @@ def _verify2(args) -> int:
         return EXIT_OK
     prop = _with_output_bounds(product, query, prop)
     prop.checker = _checker(product, query, prop)
-    if _try_corners(prop):
-        from .run_guard import torchrun_rank
-
-        if torchrun_rank() in (None, 0):
-            print("sat", flush=True)
-            _write_assignment(query, prop.last_assignment, args.serialise)
-        return EXIT_OK
-    res, lead = _run(args, product.model, prop)
+    search = _refute_first(product, prop)
+    if search is None:
+        return _answer("unsat")
+    if _try_corners(search):
+        return _answer("sat", query, search.last_assignment, args.serialise)
+    res, lead = _run(args, product.model, search)
     if not lead:
         return EXIT_OK if res.verdict != "error" else EXIT_ERROR
-    if res.verdict == "sat" and prop.last_assignment is None:
+    if res.verdict == "sat" and search.last_assignment is None:
         res.verdict = "unknown"                 # never: sat only comes through the checker
+    if res.verdict == "unsat" and prop.unbounded:
+        res.verdict = "unknown"                 # proved over the restriction only
     code = _print_verdict(res)
+    if res.verdict == "unknown" and prop.unbounded:
+        _err(f"{args.query}: unbounded input(s) {', '.join(prop.unbounded[:5])}: the search ran over a bounded "
+             "part of them (a sat there is a sat), the bounds did not refute the rest")
     if res.verdict == "unknown" and prop.relaxed:
         _err("relaxed to true (unknown may come from it): "
              + "; ".join(f"{t} ({why})" for t, why in prop.relaxed[:5]))
     if res.verdict == "sat":
-        _write_assignment(query, prop.last_assignment, args.serialise)
+        _write_assignment(query, search.last_assignment, args.serialise)
     return code
+
+
+def _answer(verdict, query=None, assignment=None, folder=None) -> int:
+    """A verdict decided before the pipeline (every rank decides the same; rank 0 prints)."""
+    from .run_guard import torchrun_rank
+
+    if torchrun_rank() in (None, 0):
+        print(verdict, flush=True)
+        if verdict == "sat":
+            _write_assignment(query, assignment, folder)
+    return EXIT_OK
+
+
+def _refute_first(product, prop):
+    """The property without the disjuncts one bound pass refutes (strict rows at their bound,
+    boxes with unbounded inputs: `specs/vnnlib2_refute.py`), restricted to finite boxes for the
+    search; None when nothing is left (unsat)."""
+    from .specs.vnnlib2_refute import refute, restrict_unbounded
+
+    left, _ = refute(product.model, prop)
+    if not left.regions:
+        return None
+    return restrict_unbounded(left) if prop.unbounded else left
 
 
 def _try_corners(prop, max_dims: int = 10, max_regions: int = 4) -> bool:
@@ -255,7 +281,7 @@ def _try_corners(prop, max_dims: int = 10, max_regions: int = 4) -> bool:
 def _with_output_bounds(product, query, prop):
     """Polynomial atoms over hidden / output values need their bounds: one CROWN pass over the
     regions' boxes, then the property is built again with them."""
-    if not prop.relaxed or not prop.regions:
+    if not prop.relaxed or not prop.regions or prop.unbounded:
         return prop
     import numpy as np
     import torch
