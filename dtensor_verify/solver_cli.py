@@ -208,6 +208,11 @@ def _verify2(args) -> int:
         return EXIT_OK
     prop = _with_output_bounds(product, query, prop)
     prop.checker = _checker(product, query, prop)
+    if product.int_casts and not _int_guard(product, prop):
+        print("unknown", flush=True)
+        _err(f"{args.query}: an integer cast's input may leave [-2^20, 2^20] over the input boxes (where "
+             "the float form is exact and no integer op wraps)")
+        return EXIT_OK
     search = _refute_first(product, prop)
     if search is None:
         return _answer("unsat")
@@ -241,6 +246,12 @@ def _answer(verdict, query=None, assignment=None, folder=None) -> int:
         if verdict == "sat":
             _write_assignment(query, assignment, folder)
     return EXIT_OK
+
+
+def _int_guard(product, prop) -> bool:
+    from .onnx_int_casts import guard_ok
+
+    return guard_ok(product.model, [(r.lower, r.upper) for r in prop.regions])
 
 
 def _refute_first(product, prop):
@@ -332,9 +343,14 @@ def _exact_pins(query, prop, z, values: dict) -> dict:
 
 
 def _text(x) -> str:
-    """A value as exact text: floats by their shortest round-trip repr, fractions as decimals."""
+    """A value as exact text: floats by their shortest round-trip repr, fractions as decimals,
+    integers as integers."""
     from fractions import Fraction
 
+    import numpy as np
+
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
     if not isinstance(x, Fraction):
         return repr(float(x))
     k, den = 0, x.denominator
@@ -357,8 +373,11 @@ def _write_assignment(query, values: dict, folder: str | None) -> None:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         for v in query.variables:
-            arr = np.asarray([float(x) for x in np.asarray(values[v.name], dtype=object).reshape(-1)],
-                             dtype=np.float64 if v.dtype == "float64" else np.float32)
+            flat = np.asarray(values[v.name], dtype=object).reshape(-1)
+            if v.dtype in ("int32", "int64"):
+                arr = np.asarray([int(x) for x in flat], dtype=v.dtype)
+            else:
+                arr = np.asarray([float(x) for x in flat], dtype=np.float64 if v.dtype == "float64" else np.float32)
             tensor = numpy_helper.from_array(arr.reshape(v.shape), name=v.name)
             (out / f"{v.name}.pb").write_bytes(tensor.SerializeToString())
         return
