@@ -55,8 +55,8 @@ def capability(name: str) -> list[str]:
 
         return [str(MIN_OPSET), str(onnx.defs.onnx_opset_version())]
     if name == "onnx-element-types":
-        from .multinet import SOUND_ELEMENT_TYPES
-        return list(SOUND_ELEMENT_TYPES)
+        from .multinet import INTEGER_OUTPUT_TYPES, SOUND_ELEMENT_TYPES
+        return list(SOUND_ELEMENT_TYPES) + list(INTEGER_OUTPUT_TYPES)     # integers: outputs / hidden only
     if name == "onnx-operators":
         from .ops import onnx_operators
         return list(onnx_operators())

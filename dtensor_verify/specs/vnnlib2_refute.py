@@ -6,10 +6,12 @@ kinds of proof it cannot make are made here, one bound pass per region:
 * A strict row `C V < d` (from `<`, `>`, `!=`; the standard's semantics, tolerance 0) is
   infeasible already when the lower bound *equals* `d`: e.g. `Y[0] < 0` for a softmax output
   whose lower bound is 0. (The search bounds `<` by its closure `<=`, which needs `> d`.)
-* A box with an unbounded input (a `z` with an infinite end): interval propagation runs on it as
-  it is (`methods.ibp`: an infinite bound through a map with mixed signs reads as unbounded, never
-  as a number), so a row over values that do not depend on that input keeps its finite bounds and
-  can still be refuted. The search itself needs finite boxes: it runs on a restriction of such a
+* A box with an unbounded input (a `z` with an infinite end): interval propagation runs on it
+  (`methods.ibp`: an infinite bound through a map with mixed signs reads as unbounded, never as a
+  number), so a row over values that do not depend on that input keeps its finite bounds and can
+  still be refuted. A `float32` input's values are the finite float32 numbers: its infinite end
+  is the largest float32 (so a zero weight gives 0, not 0 * inf = NaN); a `real` input's stays
+  infinite. The search itself needs finite boxes: it runs on a restriction of such a
   region (`restrict_unbounded`), which can only give a `sat` (confirmed as always), never `unsat`.
 
 Row bounds: exact (Fraction) interval arithmetic over IBP's per-value boxes, and for a finite box
@@ -44,15 +46,35 @@ def _refuted(lower, d: float, strict: bool) -> bool:
     return lower >= d if strict else lower > d
 
 
-def _bounds(model, region, C, want_crown: bool):
+def _finite_floats(lower, upper, float32: np.ndarray):
+    """The box as float32 arrays; an infinite end of a `float32` input is the largest float32 (it
+    takes no other value; the networks then see no 0 * inf), of a `real` one stays infinite."""
+    big = np.finfo(np.float32).max
+    lo = np.where(float32 & np.isneginf(lower), -big, lower).astype(np.float32)
+    hi = np.where(float32 & np.isposinf(upper), big, upper).astype(np.float32)
+    return lo, hi
+
+
+def _float32_z(prop) -> np.ndarray:
+    """Per z: every input element it feeds is declared float32."""
+    q, M = prop.query, prop.M
+    out = np.ones(M.shape[1], bool)
+    for v in q.variables:
+        if v.kind == "input" and v.dtype != "float32":
+            out &= ~np.any(M[v.offset:v.offset + v.size] != 0, axis=0)
+    return out
+
+
+def _bounds(model, region, C, want_crown: bool, float32):
     """(IBP box of V, CROWN lower bounds of C V or None) over the region's box."""
     import torch
 
     from ..methods.ibp import ibp
 
     dev = getattr(model, "device", "cpu")
-    lo = torch.tensor(np.asarray(region.lower, np.float32)[None], device=dev)
-    hi = torch.tensor(np.asarray(region.upper, np.float32)[None], device=dev)
+    lo, hi = _finite_floats(region.lower, region.upper, float32)
+    lo = torch.tensor(lo[None], device=dev)
+    hi = torch.tensor(hi[None], device=dev)
     with torch.no_grad():
         vlo, vhi = ibp(model.graph, (lo, hi), model.layout)[model.graph.output_name]
     vlo = vlo.detach().double().cpu().numpy().reshape(-1)
@@ -85,10 +107,11 @@ def refute(model, prop):
     dropped: no region left means `unsat`), and the number refuted."""
     out = copy.copy(prop)
     out.regions, n = [], 0
+    float32 = _float32_z(prop)
     for region in prop.regions:
         C = np.concatenate([dj.C for dj in region.disjuncts]) if region.disjuncts else np.zeros((0, prop.n_outputs))
         strict = any(dj.strict_rows().any() for dj in region.disjuncts)
-        vlo, vhi, crown = _bounds(model, region, C, want_crown=strict)
+        vlo, vhi, crown = _bounds(model, region, C, strict, float32)
         keep, at = [], 0
         for dj in region.disjuncts:
             rows = None if crown is None else crown[at:at + len(dj.d)]
