@@ -24,17 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .element_types import INTEGER_OUTPUT_TYPES, SOUND_ELEMENT_TYPES  # noqa: F401 (re-exported)
 from .errors import InputSpecError, ModelLoadError, UnsupportedOpError
 
 __all__ = ["NetworkMappingError", "ElementTypeError", "UnsoundTypeError", "Product", "load_product",
-           "check_mapping", "SOUND_ELEMENT_TYPES"]
-
-# Element types this verifier analyses: float32 networks (bounds in float32 arithmetic, every
-# counterexample replayed by onnxruntime in float32), and `real` (permission to treat them as reals).
-SOUND_ELEMENT_TYPES = ("float32", "real")
-# Integer outputs / hidden nodes (not inputs) of these types, where the file computes them from
-# float32 by casts and integer arithmetic that `onnx_int_casts` rewrites exactly (else: unknown).
-INTEGER_OUTPUT_TYPES = ("int32", "int64")
+           "check_mapping", "SOUND_ELEMENT_TYPES", "INTEGER_OUTPUT_TYPES"]
 
 
 class NetworkMappingError(InputSpecError):

@@ -110,7 +110,7 @@ def rewrite_int_casts(proto):
     """See the module docstring; returns (proto edited in place, whether a cast was rewritten,
     the outputs that are constants: output index -> float array). A constant output leaves the
     graph (the product places it in V as it is)."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
 
     if not any(n.op_type in ("Cast", "Shape") for n in proto.graph.node):
         return proto, False, {}
@@ -128,42 +128,7 @@ def rewrite_int_casts(proto):
         return proto, False, {}
     outputs = [o.name for o in proto.graph.output]
     consts = {**consts, **{k: v.astype(np.int64) for k, v in shapes.items()}}
-    used = {i for n in proto.graph.node for i in n.input}
-    nodes, k = [], [0]
-
-    def fresh(hint):
-        k[0] += 1
-        return f"__int{k[0]}_{hint}"
-
-    def op(op_type, inputs, out=None):
-        out = out or fresh(op_type.lower())
-        nodes.append(helper.make_node(op_type, list(inputs), [out], name=fresh(op_type)))
-        return out
-
-    def as_float(name):
-        if name in region:
-            return name
-        f = fresh("const")
-        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(consts[name], np.float32), f))
-        return f
-
-    for node in proto.graph.node:
-        out = node.output[0] if node.output else None
-        if node.op_type == "Cast" and out in region:                  # trunc(x), exactly
-            x = node.input[0]
-            op("Sub", [op("Floor", [op("Relu", [x])]), op("Floor", [op("Relu", [op("Neg", [x])])])], out)
-        elif out in region:
-            op(node.op_type, [as_float(i) for i in node.input], out)
-        elif out in shapes and out not in used:
-            continue                                                   # only an output: a constant
-        elif out in shapes:
-            c = fresh("shape")
-            proto.graph.initializer.append(numpy_helper.from_array(shapes[out], c))
-            op("Identity", [c], out)
-        elif node.op_type == "Cast" and node.input and (node.input[0] in region or node.input[0] in shapes):
-            op("Identity", [node.input[0]], out)
-        else:
-            nodes.append(node)
+    nodes = _emit(proto, region, shapes, consts)
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
     floats = region | set(shapes)
@@ -178,6 +143,45 @@ def rewrite_int_casts(proto):
     del proto.graph.output[:]
     proto.graph.output.extend(keep)
     return proto, bool(region), constant
+
+
+def _emit(proto, region, shapes, consts) -> list:
+    """The graph's nodes with the integer region as floats (new constants go to the initializers)."""
+    from onnx import helper, numpy_helper
+
+    used = {i for n in proto.graph.node for i in n.input}
+    nodes, k = [], [0]
+
+    def fresh(hint):
+        k[0] += 1
+        return f"__int{k[0]}_{hint}"
+
+    def op(op_type, inputs, out=None):
+        out = out or fresh(op_type.lower())
+        nodes.append(helper.make_node(op_type, list(inputs), [out], name=fresh(op_type)))
+        return out
+
+    def constant(value):
+        name = fresh("const")
+        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+    for node in proto.graph.node:
+        out = node.output[0] if node.output else None
+        if node.op_type == "Cast" and out in region:                  # trunc(x), exactly
+            x = node.input[0]
+            op("Sub", [op("Floor", [op("Relu", [x])]), op("Floor", [op("Relu", [op("Neg", [x])])])], out)
+        elif out in region:
+            op(node.op_type, [i if i in region else constant(consts[i]) for i in node.input], out)
+        elif out in shapes and out not in used:
+            continue                                                   # only an output: a constant
+        elif out in shapes:
+            op("Identity", [constant(shapes[out])], out)
+        elif node.op_type == "Cast" and node.input and (node.input[0] in region or node.input[0] in shapes):
+            op("Identity", [node.input[0]], out)
+        else:
+            nodes.append(node)
+    return nodes
 
 
 def guard_ok(model, boxes) -> bool:

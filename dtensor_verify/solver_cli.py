@@ -55,7 +55,7 @@ def capability(name: str) -> list[str]:
 
         return [str(MIN_OPSET), str(onnx.defs.onnx_opset_version())]
     if name == "onnx-element-types":
-        from .multinet import INTEGER_OUTPUT_TYPES, SOUND_ELEMENT_TYPES
+        from .element_types import INTEGER_OUTPUT_TYPES, SOUND_ELEMENT_TYPES
         return list(SOUND_ELEMENT_TYPES) + list(INTEGER_OUTPUT_TYPES)     # integers: outputs / hidden only
     if name == "onnx-operators":
         from .ops import onnx_operators
