@@ -209,10 +209,8 @@ def _verify2(args) -> int:
     prop = _with_output_bounds(product, query, prop)
     prop.checker = _checker(product, query, prop)
     if product.int_casts and not _int_guard(product, prop):
-        print("unknown", flush=True)
-        _err(f"{args.query}: an integer cast's input may leave [-2^20, 2^20] over the input boxes (where "
-             "the float form is exact and no integer op wraps)")
-        return EXIT_OK
+        return _answer("unknown", why=f"{args.query}: an integer cast's input may leave [-2^20, 2^20] over the "
+                       "input boxes (where the float form is exact and no integer op wraps)")
     search = _refute_first(product, prop)
     if search is None:
         return _answer("unsat")
@@ -237,14 +235,17 @@ def _verify2(args) -> int:
     return code
 
 
-def _answer(verdict, query=None, assignment=None, folder=None) -> int:
+def _answer(verdict, query=None, assignment=None, folder=None, why=None) -> int:
     """A verdict decided before the pipeline (every rank decides the same; rank 0 prints)."""
+    from .cli_common import err as _err
     from .run_guard import torchrun_rank
 
     if torchrun_rank() in (None, 0):
         print(verdict, flush=True)
         if verdict == "sat":
             _write_assignment(query, assignment, folder)
+        if why:
+            _err(why)
     return EXIT_OK
 
 
