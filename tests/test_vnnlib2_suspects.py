@@ -186,8 +186,9 @@ def _relu2(tmp_path):
 
 def test_unbounded_inputs(tmp_path, capsys):
     """Y[1,1] of a ceil_mode pool is X[2,2] alone: with the other inputs unbounded, sat is found on
-    a bounded part. relu(x) elementwise with X[0] unbounded: a row over Y[0] is unknown (a sat
-    exists only far out), never unsat."""
+    a bounded part. relu(x) elementwise with X[0] unbounded: a row over Y[1] is refuted by intervals
+    over the infinite box (unsat); a row over Y[0] is unknown (a sat exists only far out), never
+    unsat."""
     net = _ceil_pool(tmp_path)
     decl = "(declare-input X float32 [1,1,3,3]) (declare-output Y float32 [1,1,2,2])"
     pin = "(assert (>= X[0,0,2,2] 5.0)) (assert (<= X[0,0,2,2] 6.0))\n"
@@ -197,9 +198,7 @@ def test_unbounded_inputs(tmp_path, capsys):
     decl = "(declare-input X float32 [2]) (declare-output Y float32 [2])"
     pin = "(assert (>= X[1] 1.0)) (assert (<= X[1] 2.0))\n"
     rc, out, _ = verify(capsys, _query(tmp_path, decl, pin + "(assert (> Y[1] 2.0))"), "--network", f"N={net}")
-    # (the product's input map multiplies X[0]'s infinite end by 0: the interval pass reads that as
-    # unbounded, so this one is unknown today; it must never be sat)
-    assert out.splitlines()[0] in ("unsat", "unknown")
+    assert out.splitlines()[0] == "unsat"          # X[0] split at 0: no 0 * inf in the input map
     rc, out, err = verify(capsys, _query(tmp_path, decl, pin + "(assert (>= Y[0] 1000.0))"), "--network", f"N={net}")
     assert out.splitlines()[0] == "unknown" and "unbounded" in err
 

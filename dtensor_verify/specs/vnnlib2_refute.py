@@ -10,8 +10,8 @@ kinds of proof it cannot make are made here, one bound pass per region:
   (`methods.ibp`: an infinite bound through a map with mixed signs reads as unbounded, never as a
   number), so a row over values that do not depend on that input keeps its finite bounds and can
   still be refuted. A `float32` input's values are the finite float32 numbers: its infinite end
-  is the largest float32 (so a zero weight gives 0, not 0 * inf = NaN); a `real` input's stays
-  infinite. The search itself needs finite boxes: it runs on a restriction of such a
+  is the largest float32, and an input unbounded on both sides is split at 0 (so that no width
+  overflows: a zero weight then gives 0, not 0 * inf = NaN); a `real` input's stays infinite. The search itself needs finite boxes: it runs on a restriction of such a
   region (`restrict_unbounded`), which can only give a `sat` (confirmed as always), never `unsat`.
 
 Row bounds: exact (Fraction) interval arithmetic over IBP's per-value boxes, and for a finite box
@@ -46,13 +46,25 @@ def _refuted(lower, d: float, strict: bool) -> bool:
     return lower >= d if strict else lower > d
 
 
+MAX_SPLIT = 10          # at most 2^10 pieces for the unbounded float32 inputs of one box
+
+
 def _finite_floats(lower, upper, float32: np.ndarray):
-    """The box as float32 arrays; an infinite end of a `float32` input is the largest float32 (it
-    takes no other value; the networks then see no 0 * inf), of a `real` one stays infinite."""
+    """The box as a batch of float32 boxes [B, n]. A `float32` input takes finite float32 values
+    only: an end at -inf / +inf is the largest float32, and an input unbounded on both sides is
+    split at 0 (so that no width overflows to inf in the propagation, where a zero weight would
+    give 0 * inf); a `real` input's infinite end stays infinite (read as unbounded)."""
     big = np.finfo(np.float32).max
     lo = np.where(float32 & np.isneginf(lower), -big, lower).astype(np.float32)
     hi = np.where(float32 & np.isposinf(upper), big, upper).astype(np.float32)
-    return lo, hi
+    both = np.flatnonzero(float32 & np.isneginf(lower) & np.isposinf(upper))[:MAX_SPLIT]
+    los, his = [lo], [hi]
+    for k in both:
+        los = [a.copy() for a in los for _ in (0, 1)]
+        his = [a.copy() for a in his for _ in (0, 1)]
+        for j in range(0, len(los), 2):
+            his[j][k], los[j + 1][k] = 0.0, 0.0
+    return np.stack(los), np.stack(his)
 
 
 def _float32_z(prop) -> np.ndarray:
@@ -73,12 +85,12 @@ def _bounds(model, region, C, want_crown: bool, float32):
 
     dev = getattr(model, "device", "cpu")
     lo, hi = _finite_floats(region.lower, region.upper, float32)
-    lo = torch.tensor(lo[None], device=dev)
-    hi = torch.tensor(hi[None], device=dev)
     with torch.no_grad():
-        vlo, vhi = ibp(model.graph, (lo, hi), model.layout)[model.graph.output_name]
-    vlo = vlo.detach().double().cpu().numpy().reshape(-1)
-    vhi = vhi.detach().double().cpu().numpy().reshape(-1)
+        vlo, vhi = ibp(model.graph, (torch.tensor(lo, device=dev), torch.tensor(hi, device=dev)),
+                       model.layout)[model.graph.output_name]
+    vlo = vlo.detach().double().cpu().numpy().reshape(len(lo), -1).min(0)     # the pieces' union
+    vhi = vhi.detach().double().cpu().numpy().reshape(len(lo), -1).max(0)
+    lo, hi = torch.tensor(lo[:1], device=dev), torch.tensor(hi[:1], device=dev)
     crown = None
     if want_crown and np.all(np.isfinite(region.lower)) and np.all(np.isfinite(region.upper)) and len(C):
         try:
