@@ -12,7 +12,7 @@ from dtensor_verify.verify.stages import Attack, AttackBeforeBab, Bound, BranchA
 
 def test_stage_order():
     names = [type(s).__name__ for s in build_stages(PipelineOptions())]
-    assert names == ["Attack", "Bound", "Bound", "AttackBeforeBab", "BranchAndBound", "FinalAttack"]
+    assert names == ["Attack", "Bound", "DeferredAttack", "Bound", "AttackBeforeBab", "BranchAndBound", "FinalAttack"]
     stages = build_stages(PipelineOptions(methods=("crown",), attack=False, bab=False))
     assert [type(s) for s in stages] == [Bound] and stages[0].guide is False
     stages = build_stages(PipelineOptions(methods=("crown",), attack=False, bound_batching="pair", max_batch=8))

@@ -108,6 +108,7 @@ class Instance:
     guided: dict = field(default_factory=dict)     # pair -> bound-guided vertices [n, *S] (best 8)
     roots: dict = field(default_factory=dict)      # pair -> bab.RootState (where BaB starts)
     extra_rounds_done: int = 0                     # attack rounds after the bounds so far
+    attack_deferred: bool = False                  # the first attack waits for the first bound
 
     def open_pairs(self) -> list[int]:
         return [p for p, d in enumerate(self.details) if d.status == "open"]

@@ -10,7 +10,7 @@ from ..errors import InputSpecError, TimeLimitReached, VerifierError
 from .instance import Clock, check_dimensions, open_instance
 from ..methods import AlphaOptions
 from .result import AttackOptions, Decision, VerifyResult
-from .stages import Attack, AttackBeforeBab, Bound, BranchAndBound, FinalAttack
+from .stages import Attack, AttackBeforeBab, Bound, BranchAndBound, DeferredAttack, FinalAttack
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,13 @@ class PipelineOptions:
 
 
 def build_stages(opts: PipelineOptions) -> list:
-    """attack -> bounds (method after method) -> [attack, branch and bound] -> final attack."""
+    """attack -> bounds (method after method) -> [attack, branch and bound] -> final attack; with
+    many pairs the first attack comes after the first bound, on the pairs it left open."""
     stages = [Attack()] if opts.attack else []
-    stages += [Bound(m, opts.bound_batching, opts.alpha_options, opts.max_batch, guide=opts.attack)
-               for m in opts.methods]
+    for k, m in enumerate(opts.methods):
+        stages.append(Bound(m, opts.bound_batching, opts.alpha_options, opts.max_batch, guide=opts.attack))
+        if k == 0 and opts.attack:
+            stages.append(DeferredAttack())      # a no-op unless Attack deferred itself (many pairs)
     if opts.bab:
         stages += ([AttackBeforeBab()] if opts.attack else []) + [BranchAndBound(opts.bab_options, opts.progress)]
     if opts.attack:

@@ -15,6 +15,8 @@ class AttackOptions:
     extra_rounds: int = 4       # rounds after the bounds failed (restarts doubled each time)
     extra_budget: float = 0.25  # ... using at most this fraction of the time left
     max_samples: int = 4096     # pairs x restarts per PGD batch (memory cap; pairs are chunked)
+    defer_above: int = 256      # more pairs than this: the first attack waits for the first bound
+    deferred_samples: int = 65536  # ... and then takes at most this many pairs x restarts
     seed: int = 0
 
 

@@ -25,12 +25,38 @@ from .result import Counterexample, Decision
 
 @dataclass
 class Attack:
-    """The first attack: `restarts` random starts per open pair."""
+    """The first attack: `restarts` random starts per open pair. With more open pairs than
+    `defer_above` (thousands of disjuncts) it waits for the first bound (`DeferredAttack`)."""
     name: str = "attack"
 
     def run(self, inst: Instance) -> Decision | None:
         inst.clock.check()
+        n_open = len(inst.open_pairs())
+        if n_open > inst.attack.defer_above:
+            inst.attack_deferred = True
+            inst.say(f"attack: deferred after the first bound ({n_open} pairs > {inst.attack.defer_above})")
+            return None
         return _sat(inst, attack_open(inst, inst.attack.restarts, inst.attack.seed, "attack", spread=True), "attack")
+
+
+@dataclass
+class DeferredAttack:
+    """The first attack when `Attack` deferred it: only on the pairs the first bound left open,
+    its restarts cut so that pairs x restarts stays within `deferred_samples` (a round's cost
+    follows the pairs left, not the property's size). Every rank sees the same open pairs."""
+    name: str = "attack"
+
+    def run(self, inst: Instance) -> Decision | None:
+        if not inst.attack_deferred:
+            return None
+        inst.attack_deferred = False
+        n_open = len(inst.open_pairs())
+        if n_open == 0:
+            return None
+        inst.clock.check()
+        opts = inst.attack
+        restarts = max(1, min(opts.restarts, opts.deferred_samples // n_open))
+        return _sat(inst, attack_open(inst, restarts, opts.seed, "attack", spread=True), "attack")
 
 
 @dataclass
