@@ -38,12 +38,13 @@ def test_many_pairs_bound_first_then_no_attack_when_all_proved():
     model, log = _model(), []
     res = verify_instance(model, _prop(200), None, timeout=60, methods=("crown",), log=log.append,
                           attack_options=AttackOptions(defer_above=100))
-    assert res.verdict == "unsat" and res.decided_by == "crown", res
+    # 400 pairs: IBP first (it proves them all), the attack deferred and then not needed.
+    assert res.verdict == "unsat" and res.decided_by == "ibp", res
     assert "attack" not in res.phases and any("deferred" in m for m in log)
-    # Below the threshold the attack still comes first.
+    # Below the thresholds the attack still comes first, and no IBP pass.
     res = verify_instance(model, _prop(20), None, timeout=60, methods=("crown",),
                           attack_options=AttackOptions(defer_above=100))
-    assert res.verdict == "unsat" and list(res.phases)[0] == "attack", res.phases
+    assert res.verdict == "unsat" and list(res.phases) == ["attack", "crown"], res.phases
 
 
 def test_many_pairs_bound_first_then_sat_confirmed():
@@ -53,7 +54,8 @@ def test_many_pairs_bound_first_then_sat_confirmed():
     res = verify_instance(model, prop, None, timeout=60, methods=("crown",),
                           attack_options=AttackOptions(defer_above=100))
     assert res.verdict == "sat" and res.confirmed_by == "torch", res
-    assert list(res.phases)[0] == "crown", res.phases          # no attack on all 400 pairs first
+    assert list(res.phases)[:2] == ["ibp", "crown"], res.phases     # no attack on all 400 pairs first
+    assert res.bounds["ibp"]["proved"] == 397 and res.bounds["crown"]["pairs"] == 3, res.bounds
     x, _ = res.counterexample
     assert any(np.all(x >= prop.regions[r].lower) and np.all(x <= prop.regions[r].upper) for r in reach)
 

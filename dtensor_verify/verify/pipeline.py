@@ -10,7 +10,7 @@ from ..errors import InputSpecError, TimeLimitReached, VerifierError
 from .instance import Clock, check_dimensions, open_instance
 from ..methods import AlphaOptions
 from .result import AttackOptions, Decision, VerifyResult
-from .stages import Attack, AttackBeforeBab, Bound, BranchAndBound, DeferredAttack, FinalAttack
+from .stages import Attack, AttackBeforeBab, Bound, BranchAndBound, DeferredAttack, FinalAttack, ManyPairsIbp
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,10 @@ class PipelineOptions:
 
 def build_stages(opts: PipelineOptions) -> list:
     """attack -> bounds (method after method) -> [attack, branch and bound] -> final attack; with
-    many pairs the first attack comes after the first bound, on the pairs it left open."""
+    many pairs, IBP comes first and the first attack after the first bound, on the pairs left open."""
     stages = [Attack()] if opts.attack else []
+    if opts.methods and opts.methods[0] != "ibp":
+        stages.append(ManyPairsIbp())            # a no-op unless the property has many pairs
     for k, m in enumerate(opts.methods):
         stages.append(Bound(m, opts.bound_batching, opts.alpha_options, opts.max_batch, guide=opts.attack))
         if k == 0 and opts.attack:

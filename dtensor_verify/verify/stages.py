@@ -3,7 +3,9 @@ found there (bounds, margins, a confirmed counterexample) and returns a `Decisio
 settles the instance, else None. Timeouts are the clock's `TimeLimitReached`.
 
     Attack          PGD from random starts (and the box centre)
+    ManyPairsIbp    IBP first when there are thousands of pairs
     Bound(method)   one incomplete method on the open pairs (+ bound-guided vertices)
+    DeferredAttack  the first attack, after the first bound, when there are thousands of pairs
     AttackBeforeBab one more PGD round, from the bound-guided vertices
     BranchAndBound  beta-CROWN branch and bound on what is still open
     FinalAttack     the remaining PGD rounds, within a share of the time left
@@ -94,6 +96,20 @@ class Bound:
             return None
         vertices = {p: v for p, v in out.vertices.items() if inst.details[p].status == "open"}
         return _sat(inst, check_vertices(inst, vertices, "attack-guided"), f"attack ({self.method}-guided)")
+
+
+@dataclass
+class ManyPairsIbp:
+    """With more than `min_pairs` open pairs (thousands of disjuncts, e.g. nn4sys lindex), IBP
+    first: one forward pass per few thousand boxes. The pairs it proves (sound bounds: `unsat`
+    needs every pair proved) are spared the costlier methods and the attack."""
+    min_pairs: int = 256
+    max_batch: int = 4096
+
+    def run(self, inst: Instance) -> Decision | None:
+        if len(inst.open_pairs()) <= self.min_pairs:
+            return None
+        return Bound("ibp", "region", None, self.max_batch, guide=False).run(inst)
 
 
 @dataclass
