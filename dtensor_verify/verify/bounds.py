@@ -106,13 +106,24 @@ def guided_vertices(model, bounds, C, lower, alphas, max_rows: int = 64):
     return out
 
 
-def _roots(model, batch: _Batch, res: MethodBounds, pairs: Pairs) -> dict:
+def _proved_here(batch: _Batch, margin_lower, pairs: Pairs) -> set:
+    """The pairs of the batch whose bounds prove them (some real row's lower bound > 0, as
+    `Instance.bounded` decides): one transfer per batch, no per-pair tensor op."""
+    rows = margin_lower.detach().cpu().tolist()
+    return {p for b, pos, p in batch.slots
+            if pairs.n_real_rows[p] > 0 and max(rows[b][pos:pos + pairs.n_real_rows[p]]) > 0}
+
+
+def _roots(model, batch: _Batch, res: MethodBounds, pairs: Pairs, skip=frozenset()) -> dict:
     """Where branch and bound starts from: each pair's intermediate bounds and (one process:
-    the rows are not split over ranks) its rows' optimised lower slopes."""
+    the rows are not split over ranks) its rows' optimised lower slopes. Pairs in `skip` (proved
+    here) get none: branch and bound only starts from open pairs."""
     pre = model.graph.preactivation_nodes()
     bounds, one_process = res.intermediate, model.layout.world_size == 1
     roots = {}
     for b, pos, p in batch.slots:
+        if p in skip:
+            continue
         k = pairs.rows_of[p]
         alphas = None
         if res.output_alphas and one_process:
@@ -205,7 +216,7 @@ def _bound_share(inst: Instance, method: str, groups, alpha_options, max_batch: 
         margin_lower = model.layout.local(res.lower).detach() - batch.d
         out.lowers.update({p: margin_lower[b, pos:pos + pairs.rows_of[p]] for b, pos, p in batch.slots})
         if method != "ibp":
-            out.roots.update(_roots(model, batch, res, pairs))
+            out.roots.update(_roots(model, batch, res, pairs, _proved_here(batch, margin_lower, pairs)))
         if guide:
             clock.check()
             out.vertices.update(_vertices(model, batch, res, margin_lower, pairs, box))
