@@ -230,3 +230,19 @@ def test_verdict_pipeline_stops_alpha_once_proved():
     assert (res.verdict, res.decided_by) == ("unsat", "alpha-crown")
     steps = res.bounds["alpha-crown"]["iterations"]
     assert 1 <= sum(steps) < 40, steps
+
+
+def test_crown_rows_per_sweep_from_the_share(monkeypatch):
+    """alpha-CROWN's CROWN start: no row limit on an unshared CPU; with a (fake) device share, the
+    rows that fit it (at least 1)."""
+    from dtensor_verify.methods.alpha_budget import crown_max_rows
+
+    g = _case()["m"].graph
+    monkeypatch.delenv("DTENSOR_VERIFY_DEVICE_BYTES", raising=False)
+    monkeypatch.delenv("DTENSOR_VERIFY_SHARE_DEVICE", raising=False)
+    assert crown_max_rows(g, 2, torch.device("cpu")) is None
+    # half of 30,720 B over 4 A-matrices x 4 B x batch 2 x 24 (the widest node) per row: 20 rows
+    monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(30720))
+    assert crown_max_rows(g, 2, torch.device("cpu")) == 20
+    monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", "1")
+    assert crown_max_rows(g, 2, torch.device("cpu")) == 1

@@ -182,7 +182,7 @@ def _crown_start(run: _Run):
     graph, layout, opts, C = run.graph, run.layout, run.opts, run.C
     crown_opts = opts.crown
     if crown_opts.max_rows is None and layout.world_size == 1:
-        # Rows per sweep chunk from this process's part of the device (alpha_budget).
+        # Rows per sweep chunk from this process's part of the device (alpha_budget; None: no limit).
         crown_opts = dataclasses.replace(crown_opts, max_rows=crown_max_rows(graph, run.batch, run.box[0].device))
     with torch.no_grad():
         bounds, rows = intermediate_bounds(graph, run.box, layout, crown_opts)
