@@ -5,7 +5,8 @@ machine, 5-6 s at load average 10 on two cores, serial time before the ranks' ow
 (docs/TRUST.md, "A rank's start-up"). For the single-host `--standalone` case this module starts
 the ranks itself, with the environment torchrun gives them (RANK, LOCAL_RANK, WORLD_SIZE,
 LOCAL_WORLD_SIZE, GROUP_RANK, ROLE_*, MASTER_ADDR / MASTER_PORT for the env:// rendezvous, a
-TORCHELASTIC_RUN_ID, OMP_NUM_THREADS=1 unless set), and keeps torchrun's failure rules: when a
+TORCHELASTIC_RUN_ID, OMP_NUM_THREADS=1 unless set; each in a session of its own), and keeps
+torchrun's failure rules: when a
 rank exits non-zero the others get SIGTERM (SIGKILL 30 s later); every rank that exited non-zero
 is a failure, the first one by time is "first"; a SIGTERM / SIGINT / SIGHUP / SIGQUIT to the
 launcher is passed to the ranks, and the launcher exits 128 + N once they are gone.
@@ -113,8 +114,10 @@ class _Ranks:
 
     def __init__(self, job: StandaloneJob):
         port, run_id = _free_port(), f"dtv-{uuid.uuid4().hex[:12]}"
+        # Each rank in a session of its own, as torchrun starts them: with the kernel's
+        # autogroup scheduling, a session is one CPU share on a busy machine.
         self.procs = [subprocess.Popen([sys.executable, *job.entry, *job.script_args],
-                                       env=rank_env(r, job.nproc, port, run_id))
+                                       env=rank_env(r, job.nproc, port, run_id), start_new_session=True)
                       for r in range(job.nproc)]
         self.failures: dict[int, RankFailure] = {}
 

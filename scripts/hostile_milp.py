@@ -86,7 +86,9 @@ def run_local(onnx_path, spec, timeout: float, attack: bool, split: str | None =
 
 
 def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mesh: str | None = None,
-                 attack: bool = True) -> dict:
+                 attack: bool = True, launcher: str = "fast") -> dict:
+    """One job under dtensor_verify.launch; `launcher` "torchrun": torch.distributed.run starts the
+    ranks (DTENSOR_VERIFY_LAUNCHER=torchrun), "fast": the launcher's own torch-free start."""
     with tempfile.TemporaryDirectory() as tmp:
         res, report = Path(tmp) / "r.txt", Path(tmp) / "r.json"
         cmd = [sys.executable, "-m", "dtensor_verify.launch", "--standalone", "--nproc-per-node", str(nproc),
@@ -96,8 +98,11 @@ def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mes
         # DTENSOR_VERIFY_TP_BAB=allow: the sweep checks tp's verdicts, not its speed (the plan
         # checker refuses tp for branch and bound on small CPU models: placements/bab_check.py).
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), DTENSOR_VERIFY_TP_BAB="allow")
-        for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                    "DTENSOR_VERIFY_LAUNCHER"):
             env.pop(var, None)
+        if launcher == "torchrun":
+            env["DTENSOR_VERIFY_LAUNCHER"] = "torchrun"
         launched, t = time.time(), time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout + 60)
         verdict = res.read_text().split("\n")[0] if res.exists() else "none"
@@ -124,7 +129,8 @@ def startup_columns(report: Path, launched: float) -> dict:
 
 
 def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], folder: Path, log=print,
-          family: str = "random", split: str | None = None, floor: float = 1e-5, jobs: int = 1) -> list[dict]:
+          family: str = "random", split: str | None = None, floor: float = 1e-5, jobs: int = 1,
+          launchers=("fast",)) -> list[dict]:
     """Every instance in this process first (one at a time), then the torchrun runs, `jobs` at once."""
     import torch
 
@@ -140,14 +146,16 @@ def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], f
         if seed - first < torchrun:
             for plan in plans:
                 mesh = "2x1" if plan == "2x1" else None
-                later.append((base, inst, f"torchrun {plan}",
-                              (onnx_path, spec, timeout, "replicate" if mesh else plan, 2, mesh, True)))
+                for launcher in launchers:
+                    later.append((base, inst, f"torchrun {plan}" + ("" if launcher == "fast" else " [torchrun]"),
+                                  (onnx_path, spec, timeout, "replicate" if mesh else plan, 2, mesh, True, launcher)))
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         futures = {pool.submit(run_torchrun, *a): (b, i, r) for b, i, r, a in later}
         for fut in as_completed(futures):
             base, inst, runner = futures[fut]
             rows.append(_row(base, inst, runner, True, fut.result(), log))
-    order = {"one process": 0, **{f"torchrun {p}": i + 1 for i, p in enumerate(plans)}}
+    order = {"one process": 0, **{f"torchrun {p}": 2 * i + 1 for i, p in enumerate(plans)},
+             **{f"torchrun {p} [torchrun]": 2 * i + 2 for i, p in enumerate(plans)}}
     return sorted(rows, key=lambda r: (r["seed"], order.get(r["runner"], 99)))
 
 
@@ -212,6 +220,9 @@ def main(argv=None) -> int:
     ap.add_argument("--torchrun", type=int, default=0, metavar="K", help="also run the first K under torchrun")
     ap.add_argument("--plans", nargs="+", default=["fsdp", "tp", "spec", "2x1"],
                     help="2x1: --plan replicate --mesh 2x1 (the ranks split the domains)")
+    ap.add_argument("--launchers", nargs="+", choices=["fast", "torchrun"], default=["fast"],
+                    help="who starts the ranks: dtensor_verify.launch's torch-free start (fast), or "
+                         "torch.distributed.run (torchrun; runner name ends in [torchrun]); both: side by side")
     ap.add_argument("--jobs", type=int, default=1, metavar="J",
                     help="torchrun runs at once (each P = 2 processes of one thread: J <= CPUs / 2 - 1)")
     ap.add_argument("--out", default="docs/trust", help="folder for hostile_milp.csv / .md")
@@ -233,7 +244,8 @@ def main(argv=None) -> int:
     load_before, t = os.getloadavg(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         rows = sweep(args.n, args.first_seed, args.timeout, args.torchrun, args.plans, Path(tmp),
-                     family=args.family, split=args.split, floor=args.floor, jobs=args.jobs)
+                     family=args.family, split=args.split, floor=args.floor, jobs=args.jobs,
+                     launchers=args.launchers)
     with open(out / "hostile_milp.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()

@@ -22,7 +22,8 @@ rank = int(os.environ["RANK"])
 keys = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
         "TORCHELASTIC_RUN_ID", "OMP_NUM_THREADS"]
 with open(os.path.join(sys.argv[1], f"env{rank}.json"), "w") as fh:
-    json.dump({k: os.environ.get(k) for k in keys} | {"ppid": os.getppid()}, fh)
+    json.dump({k: os.environ.get(k) for k in keys} | {"ppid": os.getppid(), "pid": os.getpid(),
+                                                        "sid": os.getsid(0)}, fh)
 mode = sys.argv[2]
 if mode == "fail1" and rank == 1:
     sys.exit(3)
@@ -82,6 +83,7 @@ def test_ranks_start_with_the_env_and_the_launcher_never_imports_torch(tmp_path)
     assert [e["RANK"] for e in envs] == ["0", "1", "2"] and {e["WORLD_SIZE"] for e in envs} == {"3"}
     assert len({e["MASTER_PORT"] for e in envs}) == 1 and len({e["TORCHELASTIC_RUN_ID"] for e in envs}) == 1
     assert {e["ppid"] for e in envs} == {proc.pid}
+    assert all(e["sid"] == e["pid"] for e in envs)      # a session each, as torchrun (autogroup CPU shares)
     launcher_imports = [ln.split("|")[-1].strip() for ln in err.splitlines() if ln.startswith("import time:")]
     assert "dtensor_verify.fast_launch" in launcher_imports      # -X importtime is the launcher's only
     assert "torch" not in launcher_imports
