@@ -103,7 +103,8 @@ def rank_env(rank: int, nproc: int, port: int, run_id: str, base: dict | None = 
                GROUP_RANK="0", GROUP_WORLD_SIZE="1", ROLE_RANK=str(rank), ROLE_WORLD_SIZE=str(nproc),
                ROLE_NAME="default", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCHELASTIC_RUN_ID=run_id,
                TORCHELASTIC_RESTART_COUNT="0", TORCHELASTIC_MAX_RESTARTS="0",
-               TORCHELASTIC_USE_AGENT_STORE="False", TORCH_NCCL_ASYNC_ERROR_HANDLING="1")
+               TORCHELASTIC_USE_AGENT_STORE="False")
+    env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     if nproc > 1:
         env.setdefault("OMP_NUM_THREADS", "1")
     return env
