@@ -4,11 +4,11 @@ torchrun (`torch.distributed.run`) imports all of torch before it starts a rank:
 machine, 5-6 s at load average 10 on two cores, serial time before the ranks' own imports begin
 (docs/TRUST.md, "A rank's start-up"). For the single-host `--standalone` case this module starts
 the ranks itself, with the environment torchrun gives them (RANK, LOCAL_RANK, WORLD_SIZE,
-LOCAL_WORLD_SIZE, GROUP_RANK, ROLE_*, MASTER_ADDR / MASTER_PORT for the env:// rendezvous, a
-TORCHELASTIC_RUN_ID, OMP_NUM_THREADS=1 unless set; each in a session of its own), and keeps
-torchrun's failure rules: when a
-rank exits non-zero the others get SIGTERM (SIGKILL 30 s later); every rank that exited non-zero
-is a failure, the first one by time is "first"; a SIGTERM / SIGINT / SIGHUP / SIGQUIT to the
+LOCAL_WORLD_SIZE, GROUP_RANK, ROLE_*, MASTER_ADDR / MASTER_PORT for the env:// rendezvous, the
+port held by the launcher (reserve_port), a TORCHELASTIC_RUN_ID, OMP_NUM_THREADS=1 unless set;
+each rank in a session of its own), and keeps torchrun's failure rules: when a rank exits
+non-zero the others get SIGTERM (SIGKILL 30 s later); every rank that exited non-zero is a
+failure, the first one by time is "first"; a SIGTERM / SIGINT / SIGHUP / SIGQUIT to the
 launcher is passed to the ranks, and the launcher exits 128 + N once they are gone.
 
 Only `--standalone`, `--nproc-per-node N` (or `--nproc_per_node`), `--nnodes 1` and `-m MODULE` /
@@ -90,10 +90,15 @@ def parse_standalone(argv: list[str]) -> StandaloneJob | None:
     return StandaloneJob(nproc, entry, list(rest))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def reserve_port() -> tuple[socket.socket, int]:
+    """A port for rank 0's rendezvous store, held for the job: a bound, never listening socket
+    with SO_REUSEADDR. Rank 0's TCPStore (SO_REUSEADDR too) can still listen on it, while the
+    kernel hands it to no other bind(0) (other jobs' launchers, gloo's own listeners), so jobs
+    started side by side cannot pick the same port between the choice and rank 0's bind."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 0))
+    return s, s.getsockname()[1]
 
 
 def rank_env(rank: int, nproc: int, port: int, run_id: str, base: dict | None = None) -> dict:
@@ -114,7 +119,8 @@ class _Ranks:
     """The started ranks, polled until all are done or one failed."""
 
     def __init__(self, job: StandaloneJob):
-        port, run_id = _free_port(), f"dtv-{uuid.uuid4().hex[:12]}"
+        self.port_hold, port = reserve_port()          # closed when the launcher exits
+        run_id = f"dtv-{uuid.uuid4().hex[:12]}"
         # Each rank in a session of its own, as torchrun starts them: with the kernel's
         # autogroup scheduling, a session is one CPU share on a busy machine.
         self.procs = [subprocess.Popen([sys.executable, *job.entry, *job.script_args],

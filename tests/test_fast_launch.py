@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from proc_env import clean_env
 
-from dtensor_verify.fast_launch import LAUNCHER_ENV, StandaloneJob, parse_standalone, rank_env
+from dtensor_verify.fast_launch import LAUNCHER_ENV, StandaloneJob, parse_standalone, rank_env, reserve_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,29 @@ def test_rank_env_is_torchruns_contract():
     assert (env["MASTER_ADDR"], env["MASTER_PORT"], env["TORCHELASTIC_RUN_ID"]) == ("127.0.0.1", "29511", "dtv-x")
     assert env["OMP_NUM_THREADS"] == "1" and env["PATH"] == "/bin"
     assert rank_env(0, 2, 1, "r", base={"OMP_NUM_THREADS": "4"})["OMP_NUM_THREADS"] == "4"
+
+
+def test_the_reserved_port_goes_to_rank_0s_store_and_to_no_other_bind():
+    """Jobs started side by side (hostile_milp --jobs) must not pick the same rendezvous port."""
+    import datetime
+    import socket
+
+    import torch.distributed as dist
+
+    held, port = reserve_port()
+    try:
+        for _ in range(500):                       # the kernel's port choice never lands on it
+            with socket.socket() as s:
+                s.bind(("0.0.0.0", 0))
+                assert s.getsockname()[1] != port
+        with socket.socket() as s, pytest.raises(OSError):
+            s.bind(("127.0.0.1", port))            # a plain bind is refused
+        store = dist.TCPStore("127.0.0.1", port, 1, True, timeout=datetime.timedelta(seconds=10))
+        store.set("k", "v")                        # rank 0's store listens on it all the same
+        assert store.get("k") == b"v"
+        del store
+    finally:
+        held.close()
 
 
 def _launch(tmp_path, mode, nproc=2, **kw):
