@@ -118,15 +118,18 @@ def rank_env(rank: int, nproc: int, port: int, run_id: str, base: dict | None = 
 class _Ranks:
     """The started ranks, polled until all are done or one failed."""
 
-    def __init__(self, job: StandaloneJob):
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+        self.failures: dict[int, RankFailure] = {}
+
+    def start(self, job: StandaloneJob) -> None:
         self.port_hold, port = reserve_port()          # closed when the launcher exits
         run_id = f"dtv-{uuid.uuid4().hex[:12]}"
         # Each rank in a session of its own, as torchrun starts them: with the kernel's
         # autogroup scheduling, a session is one CPU share on a busy machine.
-        self.procs = [subprocess.Popen([sys.executable, *job.entry, *job.script_args],
-                                       env=rank_env(r, job.nproc, port, run_id), start_new_session=True)
-                      for r in range(job.nproc)]
-        self.failures: dict[int, RankFailure] = {}
+        for r in range(job.nproc):
+            self.procs.append(subprocess.Popen([sys.executable, *job.entry, *job.script_args],
+                                               env=rank_env(r, job.nproc, port, run_id), start_new_session=True))
 
     def _sweep(self) -> bool:
         """Record newly failed ranks; True while some rank still runs."""
@@ -175,15 +178,14 @@ def _raise_signal(sig, _frame):
 def run_standalone(job: StandaloneJob, exit_status, failure_lines) -> int:
     """Start the ranks, wait, and return the launcher's status (launch.exit_status's rules)."""
     previous = {s: signal.signal(s, _raise_signal) for s in FORWARDED}
-    ranks = None
+    ranks = _Ranks()
     try:
-        ranks = _Ranks(job)
+        ranks.start(job)
         ranks.wait()
     except _LauncherSignal as exc:
         for s in FORWARDED:
             signal.signal(s, signal.SIG_IGN)
-        if ranks is not None:
-            ranks.close(exc.sig)
+        ranks.close(exc.sig)                        # the ranks started so far
         return 128 + int(exc.sig)
     finally:
         for s, handler in previous.items():
