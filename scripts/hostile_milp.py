@@ -153,7 +153,11 @@ def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], f
         futures = {pool.submit(run_torchrun, *a): (b, i, r) for b, i, r, a in later}
         for fut in as_completed(futures):
             base, inst, runner = futures[fut]
-            rows.append(_row(base, inst, runner, True, fut.result(), log))
+            try:
+                out = fut.result()
+            except Exception as exc:    # noqa: BLE001 - e.g. a job past its limit + 60 s: counted, not fatal
+                out = {"verdict": "error", "seconds": float("nan"), "message": f"{type(exc).__name__}: {exc}"[:200]}
+            rows.append(_row(base, inst, runner, True, out, log))
     order = {"one process": 0, **{f"torchrun {p}": 2 * i + 1 for i, p in enumerate(plans)},
              **{f"torchrun {p} [torchrun]": 2 * i + 2 for i, p in enumerate(plans)}}
     return sorted(rows, key=lambda r: (r["seed"], order.get(r["runner"], 99)))
