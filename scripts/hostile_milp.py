@@ -156,7 +156,7 @@ def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], f
             try:
                 out = fut.result()
             except Exception as exc:    # noqa: BLE001 - e.g. a job past its limit + 60 s: counted, not fatal
-                out = {"verdict": "error", "seconds": float("nan"), "message": f"{type(exc).__name__}: {exc}"[:200]}
+                out = {"verdict": "error", "seconds": timeout + 60, "message": f"{type(exc).__name__}: {exc}"[:200]}
             rows.append(_row(base, inst, runner, True, out, log))
     order = {"one process": 0, **{f"torchrun {p}": 2 * i + 1 for i, p in enumerate(plans)},
              **{f"torchrun {p} [torchrun]": 2 * i + 2 for i, p in enumerate(plans)}}
