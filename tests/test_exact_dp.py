@@ -12,7 +12,7 @@ from dist_utils import run_distributed
 pytestmark = pytest.mark.distributed
 
 START = "forkserver"        # ranks forked from a server that imported torch once (dist_utils)
-SEEDS = [0, 18]             # reach domains with a few unstable neurons (test_exact_leaves.py)
+SEEDS = [0, 18]             # reach domains with a few unstable neurons (test_exact_leaves.py): unsat, sat
 
 
 def _decide(rank, world, folder, seeds, configs):
@@ -42,9 +42,12 @@ def _decide(rank, world, folder, seeds, configs):
     return out
 
 
-@pytest.mark.parametrize("configs", [[("replicate", "2x1"), ("fsdp", None)]], ids=["2x1-and-fsdp"])
-def test_few_unstable_lps_on_every_rank_agree_with_the_milp(tmp_path, configs):
-    res = run_distributed(_decide, 2, tmp_path, str(tmp_path), SEEDS, configs, timeout_s=240, start_method=START)
+@pytest.mark.parametrize("seeds, configs", [
+    ([0], [("replicate", "2x1"), ("fsdp", None)]),
+    pytest.param(SEEDS, [("replicate", "2x1"), ("fsdp", None), ("spec", None)], marks=pytest.mark.slow)],
+    ids=["unsat-2x1-fsdp", "both-2x1-fsdp-spec"])
+def test_few_unstable_lps_on_every_rank_agree_with_the_milp(tmp_path, seeds, configs):
+    res = run_distributed(_decide, 2, tmp_path, str(tmp_path), seeds, configs, timeout_s=240, start_method=START)
     rank0, rank1 = res
     assert [r[:5] for r in rank0] == [r[:5] for r in rank1], res          # the ranks agree
     for seed, plan, mesh, expected, verdict, message, _ in rank0:
