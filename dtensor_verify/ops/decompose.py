@@ -5,7 +5,10 @@ bound graph is built; the load-time self-check then compares the result with the
   linear map), Exp, ReduceSum, Reciprocal. The differences keep Exp's inputs small and bounded.
   Then `softmax_sum_one` (ops/softmax_sum.py): the identity, whose box rule uses sum y = 1.
   (LogSoftmax: the Log of that sum, negated.)
-* LayerNorm: (x - mean) * rsqrt(mean((x - mean)^2) + eps) * w + b.
+* LayerNorm: (x - mean) * rsqrt(mean((x - mean)^2) + eps) * w + b, the normalised value marked
+  by `layernorm_unit` (ops/layernorm.py: its entries sum to 0 and lie in [-sqrt(N-1), sqrt(N-1)]);
+  the pattern exporters write below opset 17 (ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt,
+  Div) is rewritten into the same form (`layernorm.rewrite_layernorm_chain`).
 * Div of two activations: x * reciprocal(y).  Max / Min of two: y + relu(x - y) / x - relu(x - y).
 * MaxPool (padding replicated, which keeps the max): a chain of pairwise maxima of strided slices.
 """
@@ -16,6 +19,7 @@ import operator
 import torch
 from torch import nn
 
+from .layernorm import layernorm_unit, rewrite_layernorm_chain
 from .linear_map import LinearMapOp
 from .registry import register
 from .softmax_sum import softmax_sum_one
@@ -23,6 +27,9 @@ from .softmax_sum import softmax_sum_one
 # Softmax over n > 2 entries ends in `softmax_sum_one` (ops/softmax_sum.py: its box uses y in
 # [0, 1] and sum y = 1). False: the plain decomposition (kept to compare; scripts/bench_softmax.py).
 SOFTMAX_SUM_ONE = True
+# LayerNorm's normalised value ends in `layernorm_unit` and the decomposed ONNX pattern is rewritten
+# (ops/layernorm.py). False: the plain decomposition (kept to compare; scripts/bench_layernorm.py).
+LAYERNORM_UNIT = True
 
 
 def pairwise_diff(x, dim: int):
@@ -184,6 +191,8 @@ def _rewrite_layernorm(gm, node, perturbed):
         v = g.call_function(torch.mean, (g.call_function(torch.square, (c,)), dims), {"keepdim": True})
         r = g.call_function(torch.rsqrt, (g.call_function(operator.add, (v, float(eps))),))
         y = g.call_function(operator.mul, (c, r))
+        if LAYERNORM_UNIT:
+            y = g.call_function(layernorm_unit, (y, dims))
         if w is not None:
             y = g.call_function(operator.mul, (y, _const_attr(gm, "ln_w", w) if isinstance(w, torch.Tensor) else w))
         if b is not None:
@@ -304,11 +313,15 @@ def _decompose_one(gm) -> bool:
             continue
         if not any(a.name in perturbed for a in node.all_input_nodes):
             continue
-        for rewrite in (_rewrite_softmax, _rewrite_layernorm, _rewrite_binary, _rewrite_maxpool):
+        for rewrite in (_rewrite_softmax, _rewrite_layernorm, _layernorm_chain, _rewrite_binary, _rewrite_maxpool):
             if rewrite(gm, node, perturbed):
                 return True
         perturbed.add(node.name)
     return False
+
+
+def _layernorm_chain(gm, node, perturbed):
+    return LAYERNORM_UNIT and rewrite_layernorm_chain(gm, node, perturbed)
 
 
 def _pairwise_rule(ctx):
