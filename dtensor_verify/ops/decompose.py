@@ -268,10 +268,15 @@ def _rewrite_maxpool(gm, node, perturbed):
         return False
     out_hw = tuple(node.meta["tensor_meta"].shape[-2:])
     h, w = x.meta["tensor_meta"].shape[-2:]
-    for size, pad, kk, ss, dd, o in ((h, pads[2] + pads[3], k[0], s[0], d[0], out_hw[0]),
-                                      (w, pads[0] + pads[1], k[1], s[1], d[1], out_hw[1])):
-        if (size + pad - dd * (kk - 1) - 1) // ss + 1 != o:
-            return False          # ceil_mode windows that run past the input: not supported
+    for end, size, begin, kk, ss, dd, o in ((3, h, pads[2], k[0], s[0], d[0], out_hw[0]),
+                                             (1, w, pads[0], k[1], s[1], d[1], out_hw[1])):
+        # ceil_mode: the last window runs past the input; with dilation 1 and its start inside,
+        # it holds the edge element, so replicating the edge there keeps its max
+        need = (o - 1) * ss + dd * (kk - 1) + 1 - (size + begin + pads[end])
+        if need > 0 and dd == 1 and (o - 1) * ss - begin < size:
+            pads[end] += need
+        if (size + begin + pads[end] - dd * (kk - 1) - 1) // ss + 1 != o:
+            return False          # ceil_mode windows that run past the input otherwise: not supported
     g = gm.graph
     with g.inserting_before(node):
         xp = x
