@@ -21,23 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .onnx_facts import elem_types
+
 SIGNED = {6: "int32", 7: "int64"}     # wide enough that no op here wraps below GUARD * (MAX_OPS + 1)
 GUARD = float(2 ** 20)                 # |cast input| and |integer constant| at most this ...
 MAX_OPS = 15                           # ... over at most this many ops: every value within 2^24
 _ARITH = ("Add", "Sub", "Neg", "Identity")
-
-
-def _types(proto) -> dict:
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
-    except Exception:       # noqa: BLE001 - no types: nothing is rewritten
-        return {}
-    types = {i.name: i.data_type for i in proto.graph.initializer}
-    for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        types[info.name] = info.type.tensor_type.elem_type
-    return types
 
 
 def _int_constants(proto) -> dict:
@@ -114,7 +103,7 @@ def rewrite_int_casts(proto):
 
     if not any(n.op_type in ("Cast", "Shape") for n in proto.graph.node):
         return proto, False, {}
-    types = _types(proto)
+    types = elem_types(proto)
     inits = {i.name for i in proto.graph.initializer}
     perturbed = {i.name for i in proto.graph.input if i.name not in inits}
     for node in proto.graph.node:

@@ -212,9 +212,9 @@ class BabSolver:
             self._late = True
             self.store.push(rest, margins)
             return
-        if not self.lockstep:       # one process: a few unstable neurons left -> exact LPs
+        if not self.lockstep or p.layout.splits_domains:      # each rank its own domains: exact LPs
             rest, margins, open_idx = settle_few_unstable(self, rest, margins, open_idx)
-            if self.found or len(rest) == 0:
+            if not self.lockstep and (self.found or len(rest) == 0):
                 return
         lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.scored}
         with PhaseTimer(self.stats, "branching"):
