@@ -80,3 +80,18 @@ def test_deferred_attack_runs_on_open_pairs_only_with_cut_restarts():
     assert decision is not None and decision.verdict == "sat"
     assert any(m.startswith("attack: 1 restarts") for m in log), log   # 5 samples / 3 pairs
     assert inst.attack_deferred is False
+
+
+def test_stack_places_every_pairs_rows_after_the_previous_ones():
+    from dtensor_verify.verify.bounds import _stack
+    from dtensor_verify.verify.instance import Pairs
+
+    two = OutputDisjunct(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([5.0, 6.0]))
+    one = OutputDisjunct(np.array([[7.0, 8.0]]), np.array([9.0]))
+    prop = Property(2, 2, [Region(np.zeros(2), np.ones(2), [one, two]), Region(np.zeros(2), np.ones(2), [two])],
+                    "rows.vnnlib")
+    pairs = Pairs(prop, 2)
+    batch = _stack(pairs, [[0, 1], [2]])
+    assert batch.slots == [(0, 0, 0), (0, 1, 1), (1, 0, 2)] and batch.regions == [0, 1]
+    assert batch.C.tolist() == [[[7, 8], [1, 2], [3, 4]], [[1, 2], [3, 4], [0, 0]]]
+    assert batch.d.tolist() == [[9, 5, 6], [5, 6, 0]]

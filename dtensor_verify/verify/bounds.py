@@ -64,14 +64,22 @@ def _stack(pairs: Pairs, chunk) -> _Batch:
     K = max(sum(pairs.rows_of[p] for p in g) for g in chunk)
     C = torch.zeros(len(chunk), K, pairs.C.shape[-1], dtype=pairs.C.dtype, device=pairs.C.device)
     d = torch.zeros(len(chunk), K, dtype=pairs.C.dtype, device=pairs.C.device)
-    slots = []
+    slots, dst_b, dst_k, src_p, src_k = [], [], [], [], []
     for b, g in enumerate(chunk):
         pos = 0
         for p in g:
             k = pairs.rows_of[p]
-            C[b, pos:pos + k], d[b, pos:pos + k] = pairs.C[p, :k], pairs.d[p, :k]
             slots.append((b, pos, p))
+            dst_b += [b] * k
+            dst_k += range(pos, pos + k)
+            src_p += [p] * k
+            src_k += range(k)
             pos += k
+    # One gather / scatter for all rows (a slice write per pair: 5 s for lindex_60000's 120 000).
+    dev = pairs.C.device
+    dst = (torch.tensor(dst_b, device=dev), torch.tensor(dst_k, device=dev))
+    src = (torch.tensor(src_p, device=dev), torch.tensor(src_k, device=dev))
+    C[dst], d[dst] = pairs.C[src], pairs.d[src]
     return _Batch(C, d, slots, [pairs.index[g[0]][0] for g in chunk])
 
 
