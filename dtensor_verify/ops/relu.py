@@ -16,6 +16,7 @@ import torch
 
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 from .row_pieces import windowed_elementwise
+from .windowed_slopes import windowed_with_slopes
 
 
 def relaxation(lower: torch.Tensor, upper: torch.Tensor):
@@ -52,9 +53,14 @@ class ReluOp(BoundOp):
         lo, hi = interval
         return lo.clamp(min=0), hi.clamp(min=0)
 
-    def backward_patches(self, lA, uA, input_bounds, params=None):
-        """CROWN's step (no slopes, no splits) on each row's window of the bounds."""
-        return windowed_elementwise(self, lA, uA, input_bounds)
+    # backward_patches takes slopes and splits too (the sweep passes them only to such ops).
+    patches_slopes = True
+
+    def backward_patches(self, lA, uA, input_bounds, params=None, alpha=None, beta=None):
+        """The step on each row's window of the bounds (and of its slopes / splits, if any)."""
+        if alpha is None and beta is None:
+            return windowed_elementwise(self, lA, uA, input_bounds)
+        return windowed_with_slopes(self, lA, uA, input_bounds, alpha, beta)
 
     def backward(self, lA, uA, input_bounds, alpha=None, beta=None):
         """`alpha` (optional): a pair of lower slopes (for lA, for uA), each `[B, K, *S]`, already

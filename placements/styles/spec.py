@@ -15,8 +15,9 @@ import torch.distributed as dist
 
 from dtensor_verify.layout import StepWeights
 from dtensor_verify.memory import tag
+from dtensor_verify.ops.patches import Patches
 
-from ..rowjoin import RowJoin, add_rows_into, chunk_bounds, n_rows_of, narrow_columns, narrow_rows
+from ..rowjoin import RowJoin, add_results, add_rows_into, chunk_bounds, n_rows_of, narrow_columns, narrow_rows
 from .fsdp import FsdpStyle
 
 
@@ -117,10 +118,11 @@ class StreamedWeights(StepWeights):
         def use(start, stop, params):
             part_lA = narrow_columns(lA, start, stop)
             part_uA = part_lA if uA is lA else narrow_columns(uA, start, stop)
-            if total[0] is None:
-                total[0] = step(part_lA, part_uA, params)
-                return
             n_rows = n_rows_of(lA, uA)
+            if total[0] is None or n_rows < 2 or isinstance(lA if lA is not None else uA, Patches):
+                # (Patches: a window-sized step, whose temporaries are small already.)
+                total[0] = add_results(total[0], step(part_lA, part_uA, params))
+                return
             n_pieces = max(1, min(n_rows, self.ROW_PIECES))
             for i in range(n_pieces):
                 r0, r1 = chunk_bounds(n_rows, n_pieces, i)
