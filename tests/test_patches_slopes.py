@@ -15,7 +15,7 @@ PURE = dict(skip_stable=False, intersect_ibp=False)
 
 
 def _models():
-    for kind in ("basic", "dilated", "bn", "strided_pad"):
+    for kind in ("dilated", "strided_pad"):
         yield (kind, *random_cnn(kind))
     yield ("residual", *residual_net())
 
