@@ -15,6 +15,7 @@ fails for any reason, onnx2torch is imported the ordinary way.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 
@@ -58,6 +59,11 @@ def import_onnx2torch():
     """The onnx2torch module, imported with torchvision deferred (see the module docstring)."""
     if "onnx2torch" in sys.modules:
         return sys.modules["onnx2torch"]
+    if importlib.util.find_spec("onnx2torch") is None:
+        from .errors import ModelLoadError
+
+        raise ModelLoadError("onnx2torch is not installed (it converts ONNX models; "
+                             "requirements-pinned.txt pins it): install it, or run scripts/test.sh once")
     if any(name in sys.modules for name in _DEFERRED):      # torchvision is there already: no gain
         return importlib.import_module("onnx2torch")
     stand_ins = {name: _DeferredModule(name) for name in _DEFERRED}

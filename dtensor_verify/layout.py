@@ -160,6 +160,11 @@ class Layout:
         """A decision all ranks agree on (e.g. early stopping)."""
         return flag
 
+    def total(self, x: float) -> float:
+        """The sum over the ranks that split a bound's rows of a per-rank score (an optimiser's
+        progress): here, and where each rank's score is its own, the score itself."""
+        return x
+
     @contextmanager
     def network_function(self):
         """Context of an attack (many forward passes of the network): a layout may hold gathered

@@ -1,11 +1,11 @@
-"""bench/gpu/bench_vs_abcrown.py: abcrown configs made plain BaB, verdict counting, contradictions,
-and its runner surviving an alpha,beta-CROWN that crashes, hangs or cannot start (a stand-in
-abcrown.py that speaks its batch mode: `idx: i, vnnlib ID: row` ... `Result: status in t seconds`).
+"""bench/gpu/bench_vs_abcrown.py (the package bench/gpu/vs_abcrown/): abcrown configs made plain BaB,
+verdict counting, contradictions, reading abcrown's output lines and earlier CSVs, and its runner
+surviving an alpha,beta-CROWN that crashes, hangs or cannot start (a stand-in abcrown.py that
+speaks its batch mode: `idx: i, vnnlib ID: row` ... `Result: status in t seconds`).
 Our side is the real `dtensor-verify benchmark` on the tiny test benchmark."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -20,15 +20,10 @@ SCRIPT = REPO / "bench" / "gpu" / "bench_vs_abcrown.py"
 TEST_BENCH = REPO.parent / "shared" / "benchmarks" / "test"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_vs_abcrown", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod          # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+if str(REPO) not in sys.path:           # the entry point puts the checkout first the same way
+    sys.path.insert(0, str(REPO))
 
-
-bva = _load_script()
+from bench.gpu.vs_abcrown import abcrown_output, cli, configs, records, run_abcrown, tool_csv, verdicts  # noqa: E402
 
 
 # ------------------------------------------------------------------------------ plain_bab
@@ -50,7 +45,7 @@ OVAL22 = {          # vnncomp22/oval22.yaml
 
 
 def test_plain_bab_turns_mip_into_bab_and_keeps_the_rest():
-    cfg, changes = bva.plain_bab(MNISTFC_SMALL)
+    cfg, changes = configs.plain_bab(MNISTFC_SMALL)
     assert cfg["general"] == {"complete_verifier": "bab"}
     assert "data" not in cfg
     assert cfg["model"] == MNISTFC_SMALL["model"] and cfg["solver"] == MNISTFC_SMALL["solver"]
@@ -59,12 +54,12 @@ def test_plain_bab_turns_mip_into_bab_and_keeps_the_rest():
 
 
 def test_plain_bab_turns_bab_refine_into_bab():
-    cfg, _ = bva.plain_bab({"general": {"complete_verifier": "bab-refine"}})
+    cfg, _ = configs.plain_bab({"general": {"complete_verifier": "bab-refine"}})
     assert cfg["general"]["complete_verifier"] == "bab"
 
 
 def test_plain_bab_switches_cplex_cuts_and_their_matrix_mode_off():
-    cfg, changes = bva.plain_bab(OVAL22)
+    cfg, changes = configs.plain_bab(OVAL22)
     assert cfg["bab"]["cut"]["enabled"] is False and cfg["bab"]["cut"]["cplex_cuts"] is False
     assert cfg["general"]["conv_mode"] == "patches"
     assert cfg["bab"]["branching"] == {"candidates": 10} and cfg["attack"] == {"pgd_order": "middle"}
@@ -73,15 +68,15 @@ def test_plain_bab_switches_cplex_cuts_and_their_matrix_mode_off():
 
 def test_plain_bab_leaves_a_plain_config_alone():
     plain = {"general": {"complete_verifier": "bab", "conv_mode": "matrix"}, "solver": {"batch_size": 7}}
-    cfg, changes = bva.plain_bab(plain)
+    cfg, changes = configs.plain_bab(plain)
     assert cfg == plain and changes == []
 
 
 def test_released_configs_per_benchmark():
-    assert bva.released_config_for("mnist_fc", "mnist-net_256x2") == "vnncomp22/mnistfc_small.yaml"
-    assert bva.released_config_for("mnist_fc", "mnist-net_256x6") == "vnncomp22/mnistfc.yaml"
-    assert bva.released_config_for("oval21", "cifar_deep_kw") == "vnncomp22/oval22.yaml"
-    assert bva.released_config_for("sri_resnet_a", "resnet_3b2_bn_mixup_adv_4.0_bs128_lr-1") is None
+    assert configs.released_config_for("mnist_fc", "mnist-net_256x2") == "vnncomp22/mnistfc_small.yaml"
+    assert configs.released_config_for("mnist_fc", "mnist-net_256x6") == "vnncomp22/mnistfc.yaml"
+    assert configs.released_config_for("oval21", "cifar_deep_kw") == "vnncomp22/oval22.yaml"
+    assert configs.released_config_for("sri_resnet_a", "resnet_3b2_bn_mixup_adv_4.0_bs128_lr-1") is None
 
 
 # ------------------------------------------------------------------------------ counting
@@ -93,24 +88,37 @@ def test_released_configs_per_benchmark():
     ("unknown", 10.0, "timeout"), ("unknown", 2.0, "unknown"), ("unknown-mip", 2.0, "unknown"),
     ("timeout", 10.0, "timeout"), ("something new", 1.0, "error"), ("", 1.0, "error")])
 def test_abcrown_status_to_verdict(status, seconds, verdict):
-    assert bva.abcrown_verdict(status, seconds, limit=10.0) == verdict
+    assert abcrown_output.abcrown_verdict(status, seconds, limit=10.0) == verdict
+
+
+@pytest.mark.parametrize("line, event", [
+    (" %%%%% idx: 0, vnnlib ID: 3 %%%%%", abcrown_output.Opened(3)),
+    ("%%%%%%%%%%%%%%%%%%%%%%% idx: 12, vnnlib ID: 40 %%%%%%%%%%%%%%%%%%%%%%%%%", abcrown_output.Opened(40)),
+    ("Result: unsafe-pgd in 0.2500 seconds", abcrown_output.Result("unsafe-pgd", 0.25)),
+    ("Result: safe (timed out) in 1.2e+01 seconds", abcrown_output.Result("safe (timed out)", 12.0)),
+    ("Result: unknown in 1e seconds", None),                # not a number: an ordinary line
+    ("  Result: safe in 1.0 seconds", None),                # only at the start of the (stripped) line
+    ("Final verified acc: 100.0% (total 1 examples)", None),
+    ("", None)])
+def test_abcrown_output_lines(line, event):
+    assert abcrown_output.parse_line(line) == event
 
 
 def test_late_verdicts_count_as_timeouts_for_both_tools():
-    on_time, late = bva.Outcome("unsat", 10.9), bva.Outcome("unsat", 11.6)
-    assert bva.counted(on_time, 10.0) == "unsat" and bva.counted(late, 10.0) == "timeout"
-    marked = bva.Outcome("unsat", 3.0, "safe (timed out)")          # abcrown's own mark
-    assert bva.counted(marked, 10.0) == "timeout"
-    assert bva.counted(bva.Outcome("unknown", 30.0), 10.0) == "unknown"
+    on_time, late = records.Outcome("unsat", 10.9), records.Outcome("unsat", 11.6)
+    assert verdicts.counted(on_time, 10.0) == "unsat" and verdicts.counted(late, 10.0) == "timeout"
+    marked = records.Outcome("unsat", 3.0, "safe (timed out)")          # abcrown's own mark
+    assert verdicts.counted(marked, 10.0) == "timeout"
+    assert verdicts.counted(records.Outcome("unknown", 30.0), 10.0) == "unknown"
 
 
 def test_sat_against_unsat_is_flagged_whoever_says_it():
-    inst = bva.Instance(0, "a.onnx", "p.vnnlib", 10.0, 10.0)
-    row = bva.Row(inst, "unsat", bva.Outcome("unsat", 1.0), bva.Outcome("sat", 20.0))
+    inst = records.Instance(0, "a.onnx", "p.vnnlib", 10.0, 10.0)
+    row = verdicts.Row(inst, "unsat", records.Outcome("unsat", 1.0), records.Outcome("sat", 20.0))
     flags = row.flags()
     assert "CONTRADICTION: abcrown says sat, expected unsat" in flags
     assert "CONTRADICTION: ours says unsat, abcrown says sat" in flags
-    assert bva.Row(inst, "unsat", bva.Outcome("unsat", 1.0), bva.Outcome("timeout", 10.0)).flags() == []
+    assert verdicts.Row(inst, "unsat", records.Outcome("unsat", 1.0), records.Outcome("timeout", 10.0)).flags() == []
 
 
 # ------------------------------------------------------------------------------ the runner
@@ -241,16 +249,17 @@ def test_runner_usage_errors_are_one_line(tmp_path, test_bench, capsys, extra, n
     outside = tmp_path / "outside.csv"
     outside.write_text("../elsewhere/net.onnx,p.vnnlib,60\n")
     extra = [str(outside) if e == "OUTSIDE" else e for e in extra]
-    assert bva.main([str(test_bench), *opts, "--out", str(tmp_path / "out"), *extra]) == 2
+    assert cli.main([str(test_bench), *opts, "--out", str(tmp_path / "out"), *extra]) == 2
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("bench_vs_abcrown: error: ") and needle in lines[0], err
 
 
 def test_abcrown_gets_auto_lirpa_from_source_first_and_not_this_repo(tmp_path):
-    args = bva.build_parser().parse_args(["b", "--abcrown", "a", "--auto-lirpa", str(tmp_path / "lirpa"),
+    args = cli.build_parser().parse_args(["b", "--abcrown", "a", "--auto-lirpa", str(tmp_path / "lirpa"),
                                           "--onnx2pytorch", str(tmp_path / "o2p"), "--out", "o"])
-    env = bva.abcrown_env(args, {"PYTHONPATH": os.pathsep.join([str(REPO), "/site"]), "HOME": "/h"})
+    env = run_abcrown.abcrown_env(args.auto_lirpa, args.onnx2pytorch,
+                                  {"PYTHONPATH": os.pathsep.join([str(REPO), "/site"]), "HOME": "/h"})
     assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "lirpa"), str(tmp_path / "o2p"), "/site"]
     assert env["HOME"] == "/h" and env["PYTHONUNBUFFERED"] == "1"
 
@@ -259,8 +268,8 @@ def test_abcrown_gets_auto_lirpa_from_source_first_and_not_this_repo(tmp_path):
 
 def test_released_configs_for_the_input_split_and_vit_benchmarks():
     for family in ("acasxu", "acasxu_2023"):
-        assert bva.released_config_for(family, "ACASXU_run2a_1_1_batch_2000") == "vnncomp21/acasxu.yaml"
-    assert bva.released_config_for("vit_2023", "pgd_2_3_16") == "vnncomp23/vit.yaml"
+        assert configs.released_config_for(family, "ACASXU_run2a_1_1_batch_2000") == "vnncomp21/acasxu.yaml"
+    assert configs.released_config_for("vit_2023", "pgd_2_3_16") == "vnncomp23/vit.yaml"
 
 
 ACTIONS = {"test_nano.onnx": "safe", "test_tiny.onnx": "unknown", "test_small.onnx": "safe-incomplete",
@@ -274,7 +283,7 @@ def test_parts_deal_the_instances_round_robin_to_side_by_side_processes(tmp_path
     assert res.returncode == 0, res.stdout + res.stderr
     assert [r["abcrown_raw"] for r in _rows(out)] == ["unsat", "unknown", "unsat", "sat", "unsat"]
     assert calls.read_text().split() == ["0", "0"]             # two processes, each from its row 0
-    assert len((out / "work" / bva.PIDS_FILE).read_text().split()) == 2     # for abcrown_gpu.sh's clean-up
+    assert len((out / "work" / records.PIDS_FILE).read_text().split()) == 2     # for abcrown_gpu.sh's clean-up
     log = (out / "abcrown.log").read_text()
     part0, part1 = log.split("part 1 of 2")
     assert "instances_0_part0.csv" in part0 and "instances_0_part1.csv" in part1
@@ -315,13 +324,41 @@ def test_comparison_of_two_earlier_runs_flags_a_clash_and_missing_rows(tmp_path,
 
 def test_a_bad_verdict_in_an_earlier_csv_is_one_line(tmp_path, test_bench, capsys):
     bad = _verdict_csv(tmp_path / "bad.csv", [("test_nano.onnx", "test_nano.vnnlib", "maybe", 1)])
-    assert bva.main([str(test_bench), "--ours-csv", str(bad), "--tools", "ours", "--out", str(tmp_path / "o")]) == 2
+    assert cli.main([str(test_bench), "--ours-csv", str(bad), "--tools", "ours", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("bench_vs_abcrown: error: ") and "line 2: verdict 'maybe'" in err and "\n" not in err
 
 
+@pytest.mark.parametrize("text, needle", [
+    ("onnx,vnnlib,verdict,seconds\ntest_nano.onnx,test_nano.vnnlib,unsat,fast\n",
+     "line 2: seconds 'fast' is not a number"),
+    ("model,property,result\nn.onnx,p.vnnlib,sat\n", "expected the columns onnx, vnnlib, verdict"),
+    ("onnx,vnnlib,verdict\ntest_nano.onnx,test_nano.vnnlib,SAT\nx.onnx,y.vnnlib,\n",
+     "line 3: verdict '' is not one of")])
+def test_bad_earlier_csvs_are_one_line(tmp_path, test_bench, capsys, text, needle):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(text)
+    argv = [str(test_bench), "--abcrown-csv", str(bad), "--tools", "abcrown", "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bench_vs_abcrown: error: ") and needle in err and "\n" not in err, err
+
+
+def test_an_earlier_csv_matches_instances_by_path_without_gz(tmp_path):
+    insts = [records.Instance(0, "onnx/a.onnx.gz", "p.vnnlib", 10.0, 5.0),
+             records.Instance(1, "b.onnx", "q.vnnlib", 10.0, 5.0)]
+    path = tmp_path / "abcrown.csv"
+    tool_csv.write_tool_csv(path, insts, [records.Outcome("sat", 1.25, "unsafe-pgd"),
+                                          records.Outcome("error", None, "", "m")])
+    again = records.Instance(2, "./onnx/a.onnx", "p.vnnlib", 1, 1)        # the same files, named otherwise
+    run = tool_csv.read_tool_csv(path, list(reversed(insts)) + [again], "abcrown")
+    assert run.outcomes[0] == records.Outcome("error", None, "", "m")
+    assert run.outcomes[2] == records.Outcome("sat", 1.25, "unsafe-pgd", "")
+    assert "3 of 3 instances have a row" in run.note
+
+
 def test_running_abcrown_needs_its_checkout(tmp_path, test_bench, capsys):
-    assert bva.main([str(test_bench), "--tools", "abcrown", "--out", str(tmp_path / "o")]) == 2
+    assert cli.main([str(test_bench), "--tools", "abcrown", "--out", str(tmp_path / "o")]) == 2
     assert "--abcrown DIR is needed" in capsys.readouterr().err
 
 

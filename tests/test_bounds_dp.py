@@ -32,7 +32,7 @@ def _decide(model, text: str, bab: bool):
 
     prop = parse_vnnlib(text, n_inputs=2, n_outputs=2)
     # without BaB, no attack either: the later attack rounds may run into the time limit on a busy machine
-    res = verify_instance(model, prop, None, timeout=60, attack=bab, bab=bab, bab_options=BabOptions(batch_size=32),
+    res = verify_instance(model, prop, None, timeout=120, attack=bab, bab=bab, bab_options=BabOptions(batch_size=32),
                           alpha_options=AlphaOptions(iterations=ITER, patience=ITER + 1))
     return (res.verdict, res.decided_by, [d.lower for d in res.details],
             res.bounds.get("alpha-crown", {}).get("iterations"))
@@ -108,3 +108,103 @@ def test_a_time_out_or_failure_on_one_rank_is_raised_on_every_rank(monkeypatch, 
         gather_outcomes(topo, failed, "cpu", merge)
     with pytest.raises((TimeLimitReached, VerifierError)):  # this rank's own time-out too
         gather_outcomes(topo, run_share(lambda: (_ for _ in ()).throw(TimeLimitReached())), "cpu", merge)
+
+
+# -- one input box: the rows of every bound split over dp (bounds_dp.DpRowsLayout) ----------------
+
+def _one_box_prop(t: float) -> str:
+    """One input box (region) x two output disjuncts: one batch element, fewer than 2 ranks."""
+    head = "".join(f"(declare-const {v} Real)\n" for v in ("X_0", "X_1", "Y_0", "Y_1"))
+    return (head + "(assert (and (>= X_0 -1) (<= X_0 1) (>= X_1 -1) (<= X_1 1)))\n"
+            f"(assert (or (<= Y_0 {t!r}) (<= Y_0 {t - 0.25!r})))\n")
+
+
+def _wide_net():
+    from torch import nn
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 31), nn.ReLU(),
+                        nn.Linear(32 - 1, 5))
+    return net, (6,)
+
+
+def _methods_by_rows(model, layout):
+    """CROWN and alpha-CROWN (early stop on: the stop must be decided on every rank's rows) on one
+    box, 5 outputs: lower bounds, intermediate bounds, steps, output slopes."""
+    from dtensor_verify.methods import AlphaOptions
+    from dtensor_verify.methods.dispatch import run_method
+
+    lo = torch.full((1, 6), -0.4)
+    box = (lo, lo + 0.8)
+    out = {}
+    # 5 output rows; and 1 (a rank with no output row: its gathers' backward must still run)
+    for C in (torch.eye(5).unsqueeze(0), torch.eye(5)[2:3].unsqueeze(0)):
+        for method in ("crown", "alpha-crown"):
+            res = run_method(method, model.graph, box, C, layout, want_upper=False,
+                             alpha_options=AlphaOptions(iterations=40, patience=3, tol=1e-3))
+            inter = {k: (v[0].clone(), v[1].clone()) for k, v in res.intermediate.items()}
+            out[(method, C.shape[1])] = (res.lower.clone(), inter, res.iterations,
+                                         {k: v.shape for k, v in res.output_alphas.items()})
+    return out
+
+
+def _rows_on_ranks(rank, world):
+    import dtensor_verify as dv
+    from placements import apply_plan, mesh_from_process_group
+    from dtensor_verify.verify.bounds_dp import DpRowsLayout
+
+    torch.set_num_threads(1)
+    net, shape = _wide_net()
+    model = dv.load(net, input_shape=shape)
+    apply_plan(model, "replicate", mesh_from_process_group(f"{world}x1"))
+    layout = DpRowsLayout(model.layout, model.layout.topology)
+    split = layout.rows("x", 5)
+    return _methods_by_rows(model, layout), (split.mine, split.most)
+
+
+@pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
+def test_rows_split_over_dp_give_one_process_bounds(tmp_path, world):
+    """Each rank bounds its slice of every bound's rows (5 outputs, 32 / 31 neurons: uneven over 2 and
+    3 ranks); the gathered bounds, alpha-CROWN's steps (its early stop summed over ranks) and the
+    intermediate bounds are one process's."""
+    import dtensor_verify as dv
+
+    net, shape = _wide_net()
+    ref = _methods_by_rows(dv.load(net, input_shape=shape), dv.load(net, input_shape=shape).layout)
+    assert 3 < ref[("alpha-crown", 5)][2] < 40            # stopped early: the summed score decided
+    assert (ref[("alpha-crown", 5)][0] > ref[("crown", 5)][0] + 1e-4).any()
+    res = run_distributed(_rows_on_ranks, world, tmp_path, timeout_s=240, start_method=START)
+    slices = [r[1] for r in res]
+    assert [s.stop - s.start for s, _ in slices] == ([3, 2] if world == 2 else [2, 2, 1])
+    for got, _ in res:
+        for key in ref:
+            lower, inter, its, alpha_shapes = got[key]
+            rlower, rinter, rits, ralpha_shapes = ref[key]
+            assert its == rits
+            torch.testing.assert_close(lower, rlower, rtol=1e-4, atol=1e-5)
+            assert set(inter) == set(rinter)
+            for k in inter:
+                torch.testing.assert_close(inter[k][0], rinter[k][0], rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(inter[k][1], rinter[k][1], rtol=1e-4, atol=1e-5)
+    for key in ref:
+        if key[0] == "alpha-crown":
+            # each rank's own rows of the output's slopes (bounds.py gathers them for BaB's roots)
+            counts = {name: sum(got[key][3][name][2] for got, _ in res) for name in res[0][0][key][3]}
+            assert counts and set(counts.values()) == {key[1]}, counts
+
+
+def test_mesh_2x1_one_box_rows_split_verdict_and_bounds_of_one_process(tmp_path):
+    """One region: the bound stage splits rows (not regions) over the 2 ranks; bounds, alpha-CROWN's
+    steps, and the verdict after branch and bound are one process's."""
+    low, _ = _thresholds()
+    text = _one_box_prop(low)
+    ref = [_decide(_model(), text, bab=False), _decide(_model(), text, bab=True)]
+    assert ref[1][0] == "unsat" and ref[1][1] == "bab", ref
+    res = run_distributed(_on_ranks, 2, tmp_path, text, timeout_s=240, start_method=START)
+    for rank_rows in res:
+        for (verdict, by, lowers, its), (rverdict, rby, rlowers, rits) in zip(rank_rows, ref):
+            assert (verdict, by) == (rverdict, rby)
+            assert len(lowers) == len(rlowers) == 2
+            for lo, rlo in zip(lowers, rlowers):
+                assert lo == pytest.approx(rlo, rel=1e-4, abs=1e-5)
+            assert its == rits and len(its) == 1, (its, rits)     # one batch: the box, on every rank

@@ -132,3 +132,11 @@ def test_few_unstable_domains_decided_by_enumeration_match_the_milp(tmp_path, se
     lp = res.bounds["bab"].get("exact_lp") or {}
     if seed in LEAF_SEEDS:
         assert lp.get("enumerated_domains", 0) > 0, lp
+
+
+def test_few_unstable_lps_take_a_bounded_share_of_bounding_time():
+    from dtensor_verify.bab.exact_hooks import LP_SHARE_OF_BOUNDING, lp_budget_seconds
+    assert lp_budget_seconds(100.0, 0.0, 0.0) == pytest.approx(0.05)          # a start allowance
+    assert lp_budget_seconds(100.0, 10.0, 0.0) == pytest.approx(LP_SHARE_OF_BOUNDING * 10 + 0.05)
+    assert lp_budget_seconds(100.0, 10.0, 5.0) == 0.0                         # share used up
+    assert lp_budget_seconds(1.0, 1000.0, 0.0) == pytest.approx(0.25)         # a quarter of the time left

@@ -79,11 +79,33 @@ def test_true_properties_are_sat_with_a_witness_that_holds(identity_net, body):
     assert_sound_sat(res, p, identity_net[1])
 
 
-def test_point_box_not_representable_in_float32_is_never_sat(identity_net):
-    """X_0 = 0.1 exactly: no float32 equals 0.1, so no float32 input is a counterexample (the
-    old pipeline claimed X_0 = 0.0999999940, outside the box)."""
-    res = decide(identity_net, prop("(assert (>= Y_0 0.0))", "(assert (>= X_0 0.1)) (assert (<= X_0 0.1))"))
-    assert res.verdict != "sat", res
+def assert_real_pin_sat(res, p, path, lo, hi):
+    """A sat witness on a coordinate whose range holds no float32: written as a real of the box
+    (float64, exactly inside), and the output is onnxruntime's on its nearest float32, as a checker
+    that reads the witness and feeds the float32 model computes it."""
+    assert res.verdict == "sat", res
+    x, y = res.counterexample
+    assert lo <= x[0] <= hi and x.dtype == np.float64
+    y_ort = ort_runner(path)(x.astype(np.float32))
+    np.testing.assert_array_equal(y, y_ort)
+    assert violates(p, x, y_ort)
+
+
+def test_point_box_not_representable_in_float32_is_written_exactly(identity_net):
+    """X_0 = 0.1 exactly (VNN-LIB declares it Real): no float32 equals 0.1, so the witness is
+    written as 0.1 itself and the network runs on float32(0.1) = 0.10000000149. (The old pipeline
+    claimed X_0 = 0.0999999940, outside the box; the one after it claimed nothing, so every
+    collins_rul_cnn instance, whose pinned inputs are decimals, could never be sat.)"""
+    p = prop("(assert (>= Y_0 0.1))", "(assert (>= X_0 0.1)) (assert (<= X_0 0.1))")
+    res = decide(identity_net, p)
+    assert_real_pin_sat(res, p, identity_net[1], 0.1, 0.1)
+    assert res.counterexample[0].tolist() == [0.1]
+
+
+def test_point_box_pinned_witness_is_never_claimed_on_a_false_output(identity_net):
+    """Y_0 >= 0.10000001 is false at float32(0.1) = 0.10000000149: never sat."""
+    res = decide(identity_net, prop("(assert (>= Y_0 0.10000001))", "(assert (>= X_0 0.1)) (assert (<= X_0 0.1))"))
+    assert res.verdict in {"unsat", "unknown", "timeout"}, res
 
 
 def test_point_box_representable_in_float32_is_sat(identity_net):
@@ -93,10 +115,13 @@ def test_point_box_representable_in_float32_is_sat(identity_net):
     assert res.counterexample[0].tolist() == [0.5]
 
 
-def test_open_box_without_a_float32_inside_is_never_sat(identity_net):
-    """0 < X_0 < 1e-46 holds reals but no float32 (the smallest positive one is 1.4e-45)."""
-    res = decide(identity_net, prop("(assert (>= Y_0 -1.0))", "(assert (> X_0 0.0)) (assert (< X_0 1e-46))"))
-    assert res.verdict != "sat", res
+def test_open_box_without_a_float32_inside_is_written_as_a_real(identity_net):
+    """0 < X_0 < 1e-46 holds reals but no float32 (the smallest positive one is 1.4e-45): the
+    witness is a real strictly inside, run as float32 0."""
+    p = prop("(assert (>= Y_0 -1.0))", "(assert (> X_0 0.0)) (assert (< X_0 1e-46))")
+    res = decide(identity_net, p)
+    assert_real_pin_sat(res, p, identity_net[1], 0.0, 1e-46)
+    assert 0.0 < res.counterexample[0][0] < 1e-46
 
 
 def test_strict_input_bound_is_kept_in_the_witness(identity_net):
@@ -186,3 +211,23 @@ def test_inside_box_f32(x, lo, hi, lo_strict, hi_strict, expected):
         assert got is not None and got.dtype == np.float32 and got[0] == np.float32(expected)
         v = float(got[0])
         assert (v > lo if lo_strict else v >= lo) and (v < hi if hi_strict else v <= hi)
+
+
+@pytest.mark.parametrize("x, lo, hi, ls, hs, written", [
+    ([0.3, 0.05], [0.1, 0.0], [0.1, 1.0], False, False, [0.1, np.float32(0.05)]),   # pinned real, free float32
+    ([0.0], [0.0], [1e-46], True, True, [5e-47]),                                   # open, no float32: midpoint
+    ([0.5], [0.5], [0.5], False, False, [0.5]),
+], ids=["pinned-and-free", "open-tiny", "representable"])
+def test_witness_point(x, lo, hi, ls, hs, written):
+    from dtensor_verify.verify import witness_point
+    n = len(x)
+    w, fed = witness_point(np.array(x), np.array(lo), np.array(hi), np.full(n, ls), np.full(n, hs))
+    assert w.dtype == np.float64 and fed.dtype == np.float32
+    np.testing.assert_array_equal(w, np.array(written, dtype=np.float64))
+    np.testing.assert_array_equal(fed, w.astype(np.float32))
+
+
+def test_witness_point_empty_box_is_none():
+    from dtensor_verify.verify import witness_point
+    assert witness_point(np.array([0.0]), np.array([1.0]), np.array([-1.0])) is None
+    assert witness_point(np.array([0.0]), np.array([0.1]), np.array([0.1]), np.array([True]), None) is None

@@ -34,6 +34,7 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
+source "$ROOT/bench/gpu/lib.sh"
 BENCH="${1:?usage: bench/gpu/abcrown_gpu.sh BENCH [PARTS] [TIMEOUT_SCALE] [WALL_S] [OURS_CSV]}"
 PARTS="${2:-8}"; SCALE="${3:-1.0}"; WALL="${4:-470}"; OURS_CSV="${5:-}"
 DEVICE="${DEVICE:-cuda}"; PY="${PY:-python3}"; THREADS="${THREADS:-2}"
@@ -47,27 +48,19 @@ fail() { echo "abcrown_gpu: error: $*" >&2; exit 2; }
 [ -z "$OURS_CSV" ] || [ -f "$OURS_CSV" ] || fail "$OURS_CSV: no such file"
 mkdir -p "$DEST"
 
-if [ -z "${SKIP_WHEELS:-}" ]; then
-  ls "$ROOT"/.whl/*.whl >/dev/null 2>&1 || fail "$ROOT/.whl: no wheels (carry .whl)"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    "$ROOT"/.whl/*.whl || fail "pip could not install the carried wheels"
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
+[ -n "${SKIP_WHEELS:-}" ] || install_wheels "$PY" /tmp/site || fail "$ROOT/.whl: no wheels, or pip could not install them (carry .whl)"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1    # abcrown's PGD progress bars would fill the log
 
 {
   echo "benchmark $BENCH, $PARTS abcrown processes, timeout scale $SCALE, deadline $WALL s, device $DEVICE, $THREADS threads each"
-  if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; fi
-  "$PY" -c 'import sys, torch, numpy, onnx, onnxruntime; print("python", sys.version.split()[0], "torch", torch.__version__,
-"cuda", torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU",
-"numpy", numpy.__version__, "onnx", onnx.__version__, "onnxruntime", onnxruntime.__version__)'
-  for d in alpha-beta-CROWN auto_LiRPA onnx2pytorch; do echo "$d commit: $(cat "$ABC/$d/COMMIT" 2>/dev/null || echo unknown)"; done
+  gpu_names
+  software_versions "$PY"
+  abcrown_commits "$ABC"
   nproc; uptime
 } 2>&1 | tee "$DEST/env.txt"
 
 # abcrown must start under this image's torch before the long run spends the call.
-if ! PYTHONPATH="$ABC/auto_LiRPA:$ABC/onnx2pytorch:${PYTHONPATH:-}" "$PY" \
-     "$ABC/alpha-beta-CROWN/complete_verifier/abcrown.py" --help >"$DEST/runner.log" 2>&1; then
+if ! abcrown_starts "$PY" "$ABC" "$DEST/runner.log"; then
   tail -5 "$DEST/runner.log" >&2
   fail "alpha,beta-CROWN does not start here (log in runner.log)"
 fi
@@ -92,7 +85,6 @@ rc=${PIPESTATUS[0]}
 if [ -f "$WORK/abcrown_pids.txt" ]; then
   while read -r pid; do kill -KILL -- "-$pid" 2>/dev/null; done < "$WORK/abcrown_pids.txt"
 fi
-log="$DEST/abcrown.log"                      # the tool brings back files up to 16 MiB
-if [ -f "$log" ] && [ "$(stat -c %s "$log")" -gt $((12 * 1024 * 1024)) ]; then gzip -f "$log"; fi
+shrink_logs "$DEST/abcrown.log"
 echo "bench_vs_abcrown exit status $rc (0 ok, 1 contradiction, 2 usage error, 124 killed by timeout)"
 exit "$rc"

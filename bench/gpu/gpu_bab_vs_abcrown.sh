@@ -33,6 +33,7 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
+source "$ROOT/bench/gpu/lib.sh"
 FAMILY="${1:?usage: bench/gpu/gpu_bab_vs_abcrown.sh mnist_fc|oval21 [TIMEOUT_SCALE] [FILTERS]}"
 SCALE="${2:-0.01}"
 FILTERS="${3:-}"
@@ -48,29 +49,21 @@ fail() { echo "gpu_bab_vs_abcrown: error: $*" >&2; exit 2; }
 [ -f "$ABC/alpha-beta-CROWN/complete_verifier/abcrown.py" ] || fail "$ABC/alpha-beta-CROWN: no abcrown.py (carry .abcrown)"
 mkdir -p "$DEST"
 
-if [ -z "${SKIP_WHEELS:-}" ]; then
-  ls "$ROOT"/.whl/*.whl >/dev/null 2>&1 || fail "$ROOT/.whl: no wheels (carry .whl)"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    "$ROOT"/.whl/*.whl || fail "pip could not install the carried wheels"
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
+[ -n "${SKIP_WHEELS:-}" ] || install_wheels "$PY" /tmp/site || fail "$ROOT/.whl: no wheels, or pip could not install them (carry .whl)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 
 {
   echo "family $FAMILY, timeout scale $SCALE, filters '${FILTERS:-all}', limit ${LIMIT:-none}, device $DEVICE, deadline $DEADLINE s"
-  if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; fi
-  "$PY" -c 'import sys, torch, numpy, onnx, onnxruntime; print("python", sys.version.split()[0], "torch", torch.__version__,
-"cuda", torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU",
-"numpy", numpy.__version__, "onnx", onnx.__version__, "onnxruntime", onnxruntime.__version__)'
+  gpu_names
+  software_versions "$PY"
   echo "dtensor_verify commit: $(cat "$ROOT/.bench_data/ours_commit.txt" 2>/dev/null || echo unknown)"
-  for d in alpha-beta-CROWN auto_LiRPA onnx2pytorch; do echo "$d commit: $(cat "$ABC/$d/COMMIT" 2>/dev/null || echo unknown)"; done
+  abcrown_commits "$ABC"
 } 2>&1 | tee "$DEST/env.txt"
 
 # Both tools must start under this image's torch before the long run spends the call.
 "$PY" -m dtensor_verify --help >/dev/null || fail "python -m dtensor_verify --help failed"
-if ! PYTHONPATH="$ABC/auto_LiRPA:$ABC/onnx2pytorch:$PYTHONPATH" "$PY" \
-     "$ABC/alpha-beta-CROWN/complete_verifier/abcrown.py" --help >"$DEST/runner.log" 2>&1; then
+if ! abcrown_starts "$PY" "$ABC" "$DEST/runner.log"; then
   tail -5 "$DEST/runner.log" >&2
   fail "alpha,beta-CROWN does not start here (log in runner.log)"
 fi
@@ -86,8 +79,6 @@ for f in "${filters[@]}"; do [ -n "$f" ] && args+=(--filter "$f"); done
 
 timeout -k 10 $((DEADLINE + 60)) "$PY" "$ROOT/bench/gpu/bench_vs_abcrown.py" "${args[@]}" 2>&1 | tee "$DEST/runner.log"
 rc=${PIPESTATUS[0]}
-for log in "$DEST/abcrown.log" "$DEST/ours.log"; do     # the tool brings back files up to 16 MiB
-  if [ -f "$log" ] && [ "$(stat -c %s "$log")" -gt $((12 * 1024 * 1024)) ]; then gzip -f "$log"; fi
-done
+shrink_logs "$DEST/abcrown.log" "$DEST/ours.log"
 echo "bench_vs_abcrown exit status $rc (0 ok, 1 contradiction, 2 usage error, 124 killed by timeout)"
 exit "$rc"

@@ -21,6 +21,7 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
+source "$ROOT/bench/gpu/lib.sh"
 W=/tmp/gpu_session
 PY="${DV_PYTHON:-python3}"
 SCALE_SMALL="${SCALE_SMALL:-1.0}"      # mnist-net_256x2 (VNN-COMP limit 120 s)
@@ -36,11 +37,8 @@ B="$ROOT/.bench_data"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 
 setup_env() {
-  if [ -z "${SKIP_WHEELS:-}" ]; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-      "$ROOT"/.whl/*.whl || { echo "gpu_session: pip could not install the carried wheels" >&2; exit 2; }
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-  fi
+  [ -n "${SKIP_WHEELS:-}" ] || install_wheels "$PY" /tmp/site \
+    || { echo "gpu_session: $ROOT/.whl: no wheels, or pip could not install them" >&2; exit 2; }
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 }
 
@@ -107,19 +105,16 @@ case "${1:-}" in
     rm -rf "$W"; mkdir -p "$W"
     {
       date -u
-      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+      gpu_names
       nproc
-      "$PY" -c 'import sys, torch, numpy, onnx, onnxruntime; print("python", sys.version.split()[0], "torch",
-torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU",
-"numpy", numpy.__version__, "onnx", onnx.__version__, "onnxruntime", onnxruntime.__version__)'
+      software_versions "$PY"
       echo "scales: deep $SCALE_DEEP oval $SCALE_OVAL sri $SCALE_SRI; cpu threads $CPU_THREADS"
       echo "dtensor_verify commit: $(cat "$B/ours_commit.txt" 2>/dev/null)"
-      for d in alpha-beta-CROWN auto_LiRPA onnx2pytorch; do echo "$d commit: $(cat "$ABC/$d/COMMIT" 2>/dev/null)"; done
+      abcrown_commits "$ABC"
     } > "$W/env.txt" 2>&1
     cat "$W/env.txt"
     "$PY" -m dtensor_verify --help > /dev/null || { echo "gpu_session: dtensor_verify does not start" >&2; exit 2; }
-    [ "$1" = start-batch ] || PYTHONPATH="$ABC/auto_LiRPA:$ABC/onnx2pytorch:$PYTHONPATH" "$PY" \
-      "$ABC/alpha-beta-CROWN/complete_verifier/abcrown.py" --help > "$W/abcrown_help.log" 2>&1 \
+    [ "$1" = start-batch ] || abcrown_starts "$PY" "$ABC" "$W/abcrown_help.log" \
       || { tail -5 "$W/abcrown_help.log"; echo "gpu_session: abcrown does not start" >&2; exit 2; }
     export -f vs_abcrown ours job_gpu job_gpu_rest job_cpu job_batch
     export W PY B ABC DEVICE LIMIT SCALE_SMALL SCALE_DEEP SCALE_OVAL SCALE_SRI CPU_THREADS BATCHES BATCHES_MNIST ROOT PYTHONPATH

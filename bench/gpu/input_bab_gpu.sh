@@ -6,7 +6,9 @@
 # WORKERS processes (default 8), each `dtensor-verify --threads 2 benchmark ... --device cuda`,
 # all sharing the one GPU; every process stops by WALL_S seconds (default 540), and instances left
 # unrun are counted as not run. Prints one summary table; CSVs go to OUT.
-# PY (default python3), DEVICE (default cuda), SKIP_WHEELS=1 (a dry run here: PY=.venv/bin/python DEVICE=cpu).
+# PY (default python3), DEVICE (default cuda), SKIP_WHEELS=1 (a dry run here: PY=.venv/bin/python DEVICE=cpu),
+# THREADS (CPU threads per process, default 2), SHARE (the GPU share each process sizes itself for,
+# default WORKERS: set it to the number of processes of all jobs sharing the GPU).
 # INSTANCES=CSV: these instances (paths relative to the benchmark folder, e.g. a subset in
 # bench/gpu/subsets/, or docs/benchmarks/input_bab_h100/acasxu_hard12.csv) instead of the folder's
 # instances.csv.
@@ -19,14 +21,14 @@ PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}
 [ -n "${SKIP_WHEELS:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 SRC="$ROOT"; [ -d .gpu_src ] && SRC="$ROOT/.gpu_src"
 export PYTHONPATH="$SRC:/tmp/site" PYTHONUNBUFFERED=1
-export DTENSOR_VERIFY_SHARE_DEVICE=$WORKERS    # each process sizes its batch and queue for 1/WORKERS of the GPU
+export DTENSOR_VERIFY_SHARE_DEVICE=${SHARE:-$WORKERS}   # each process sizes its work for 1/SHARE of the GPU
 $PY -c "import torch, scipy, onnxruntime; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', 'scipy', scipy.__version__)"
 D=.bench_data/$BENCH
 mkdir -p "$OUT/parts"
 tail -n +1 "${INSTANCES:-$D/instances.csv}" | grep -v '^\s*$' > "$OUT/parts/all.csv"
 for k in $(seq 0 $((WORKERS-1))); do
   awk -v n="$WORKERS" -v k="$k" 'NR % n == k' "$OUT/parts/all.csv" > "$OUT/parts/part$k.csv"
-  timeout -k 5 "$WALL" $PY -m dtensor_verify --threads 2 benchmark "$D" --instances "$OUT/parts/part$k.csv" \
+  timeout -k 5 "$WALL" $PY -m dtensor_verify --threads "${THREADS:-2}" benchmark "$D" --instances "$OUT/parts/part$k.csv" \
     --timeout-scale "$SCALE" --csv "$OUT/part$k.csv" --quiet --device "$DEVICE" > "$OUT/parts/log$k.txt" 2>&1 &
 done
 wait

@@ -1,9 +1,9 @@
 """How much branch and bound may hold: batch size and queue length from the free memory."""
 from __future__ import annotations
 
-import os
-
 import torch
+
+from ..device_share import free_memory_bytes, sharing as _sharing  # noqa: F401 (re-exported)
 
 
 def bytes_per_domain(problem) -> int:
@@ -14,33 +14,6 @@ def bytes_per_domain(problem) -> int:
     relu_elems = sum(problem.graph[r].numel for r in problem.relus)
     relu_elems += 2 * sum(problem.graph[g].numel for g in getattr(problem, "general_ops", ()))   # 2 params each
     return 4 * (6 * K * elems + 4 * K * relu_elems + 4 * relu_elems) + 256
-
-
-def _sharing() -> int:
-    """Processes that share this device without knowing of each other (DTENSOR_VERIFY_SHARE_DEVICE,
-    e.g. bench/gpu/input_bab_gpu.sh's 8 benchmark processes on one GPU): each takes its part."""
-    try:
-        return max(1, int(os.environ.get("DTENSOR_VERIFY_SHARE_DEVICE", "1")))
-    except ValueError:
-        return 1
-
-
-def free_memory_bytes(device) -> int:
-    """Free memory for this rank: CUDA's free bytes plus what PyTorch's caching allocator holds
-    unused (blocks kept from earlier instances of a benchmark), or MemAvailable shared by the
-    ranks on the host; divided among the processes that share the device (`_sharing`)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(free + max(cached, 0)) // _sharing()
-    try:
-        with open("/proc/meminfo") as fh:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if ":" in line}
-        avail = info.get("MemAvailable", 4 << 30)
-    except OSError:
-        avail = 4 << 30
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return avail // max(local, 1) // _sharing()
 
 
 def input_bytes_per_domain(problem) -> int:

@@ -41,6 +41,19 @@ def settle_few_unstable(solver, rest, margins, open_idx):
     return rest.index(keep), margins[keep], open_idx[keep]
 
 
+LP_SHARE_OF_BOUNDING = 0.2     # few-unstable LPs may take at most this share of bounding's time
+
+
+def lp_budget_seconds(time_left: float, bounding_seconds: float, lp_seconds: float) -> float:
+    """Seconds the few-unstable LPs of one round may take: at most a quarter of the time left
+    (HiGHS does not stop on the run's clock), and in all at most LP_SHARE_OF_BOUNDING of the time
+    spent bounding (plus 50 ms to start). On a GPU an input sub-box is bounded in microseconds
+    and an LP takes milliseconds on the CPU: without the share, acasxu 3_3 prop_2 bounded 3k
+    sub-boxes per second instead of 96k and timed out."""
+    share = LP_SHARE_OF_BOUNDING * bounding_seconds + 0.05 - lp_seconds
+    return max(0.0, min(0.25 * time_left, share))
+
+
 def _few_unstable_open(solver, rest):
     """The mask of `rest` still open after the few-unstable LPs, or None (nothing decided)."""
     if solver.exact is None:
@@ -50,9 +63,8 @@ def _few_unstable_open(solver, rest):
         return None
     counts = exact.few_unstable(rest, counts=True)
     idx = counts.nonzero().flatten()
-    # At most a quarter of the time left on these LPs (HiGHS does not stop on the run's clock).
     per_lp = exact.seconds / exact.lps if exact.lps else 3e-3
-    budget = 0.25 * solver.time_left() / max(per_lp, 1e-4)
+    budget = lp_budget_seconds(solver.time_left(), solver.stats.phases["bounding"], exact.seconds) / max(per_lp, 1e-4)
     idx = idx[torch.cumsum(2 ** counts[idx], 0) <= budget]
     if idx.numel() == 0:
         return None

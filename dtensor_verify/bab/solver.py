@@ -136,10 +136,18 @@ class BabSolver:
                           p.row_mask[domains.pair], domains.alphas, domains.betas, domains.signs, p.layout,
                           opts, on_step=on_step)
 
-    def _bound_once(self, domains: Domains, refresh: bool = False) -> torch.Tensor:
+    def _bound_once(self, domains: Domains, refresh: bool = False, decision: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """Lower bounds of children, no optimisation (branching's trial splits). `refresh`: their
+        boxes' intermediate bounds recomputed (input splits); `decision`: the splits that made them
+        (general splits: the layers behind each cut bounded again first, as the round's children
+        are; an empty child's bound is +inf)."""
         with torch.no_grad():
             if refresh:
                 domains.bounds = input_bab.refreshed(self.problem, domains, self.lockstep)
+            if decision is not None and self.problem.general:
+                refresh_children(self.problem, domains, decision, self.lockstep)
+                return torch.maximum(self._bound(domains, 0).lower, domains.lower)
             return self._bound(domains, 0).lower
 
     # -- one round's steps -----------------------------------------------------------------

@@ -4,9 +4,17 @@ Every backward sweep (each intermediate layer's and the output's) gets its own s
 (bound row, ReLU neuron) and per side (lA / uA), as in alpha,beta-CROWN. All sweeps are redone
 each iteration, so intermediate bounds tighten too and gradients reach their slopes. Adam,
 projection to [0, 1], best bound kept per row and per intermediate neuron, early stop.
+
+Two cheap exits (docs/ALPHA_SPEED.md): with `stop_above` (the thresholds the lower bounds must
+exceed, e.g. a spec's `d`) the loop ends as soon as every row is proved, as alpha,beta-CROWN's
+stop criterion does; and `AlphaOptions.warmup` first runs up to that many steps on the output
+sweep's slopes alone, the intermediate bounds held at CROWN's (one sweep per step instead of
+one per intermediate node: a ViT has 16 of those), before the joint optimisation starts from
+where the warm-up left the output slopes.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +22,7 @@ import torch
 from ..layout import DEFAULT_LAYOUT, Layout
 from ..memory import tag
 from ..ops.softmax_sum import best_of_shifts
+from .alpha_budget import crown_max_rows, fit_starts
 from .optimize import ParamGroup, maximise
 from .crown import (CrownOptions, default_spec, intermediate_bounds, node_bound_rows, output_bound, scatter_rows,
                     tighter_than_ibp)
@@ -27,7 +36,21 @@ class AlphaOptions:
     patience: int = 5
     tol: float = 1e-4
     optimize_intermediate: bool = True
+    # Steps on the output sweep's slopes alone (intermediate bounds fixed) before the joint
+    # optimisation; 0: none. Only with optimize_intermediate (else every step is such a step).
+    warmup: int = 0
     crown: CrownOptions = field(default_factory=CrownOptions)
+    # Intermediate start nodes whose slopes are optimised (None: every one that gets a CROWN
+    # sweep); the others keep their best bounds fixed. Set from the memory budget
+    # (methods/alpha_budget.py) when the device is shared.
+    intermediate_starts: tuple | None = None
+
+
+def verdict_options() -> AlphaOptions:
+    """The verdict pipeline's alpha-CROWN (verify/bounds.py): up to 20 steps on the output's
+    slopes alone, then up to 100 joint ones; each phase stops once every row is proved (the
+    pipeline passes `stop_above`) or the bound stalls."""
+    return AlphaOptions(iterations=100, warmup=20)
 
 
 @dataclass
@@ -78,32 +101,31 @@ def init_alphas(graph, bounds, starts: dict[str, int], layout: Layout):
     return alphas
 
 
-def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: AlphaOptions | None = None,
-                want_lower=True, want_upper=True, on_step=None) -> AlphaResult:
-    """Optimised bounds of C f(x) over the box (see `AlphaResult`)."""
-    opts = opts or AlphaOptions()
-    batch = box[0].shape[0]
-    if C is None:
-        C = default_spec(graph, batch, box[0].dtype, box[0].device)
-    with torch.no_grad():
-        bounds, rows = intermediate_bounds(graph, box, layout, opts.crown)
-        best_lo, best_up = best_of_shifts(graph, graph.output_name, lambda: output_bound(
-            graph, bounds, C, layout, want_lower=want_lower, want_upper=want_upper, gather=False))
-        if opts.crown.intersect_ibp:
-            # CROWN's start (and so alpha's result) is never looser than IBP's, like `crown`.
-            mine = C[:, layout.rows(graph.output_name, C.shape[1]).mine]
-            best_lo, best_up = tighter_than_ibp(graph, bounds, mine, best_lo, best_up)
-    crown_lo, crown_up = best_lo, best_up
-    starts = {graph.output_name: C.shape[1]}
-    if opts.optimize_intermediate:
-        starts.update({name: len(r) for name, r in rows.items()})
-    with tag("alphas"):
-        alphas = init_alphas(graph, bounds, starts, layout)
-    params = [a for per_start in alphas.values() for a in per_start.values()]
-    best = {"lo": best_lo, "up": best_up, "bounds": {k: (v[0].detach(), v[1].detach()) for k, v in bounds.items()}}
+class _Run:
+    """One alpha-CROWN call's fixed inputs and its best bounds so far (kept across phases)."""
 
-    def evaluate(it):
-        cur = {graph.input_name: box}
+    def __init__(self, graph, box, C, layout, opts, want_lower, want_upper, stop_above):
+        self.graph, self.box, self.C, self.layout, self.opts = graph, box, C, layout, opts
+        self.want_lower, self.want_upper = want_lower, want_upper
+        self.batch = box[0].shape[0]
+        self.best: dict = {}
+        self.stop_above = None
+        if stop_above is not None and want_lower:
+            # This rank's rows: each rank stops on its own rows, and maximise asks all ranks.
+            self.stop_above = stop_above[:, layout.rows(graph.output_name, C.shape[1]).mine]
+
+    def proved(self) -> bool:
+        """Every row of this rank proved (False without `stop_above`)."""
+        return self.stop_above is not None and bool((self.best["lo"] > self.stop_above).all())
+
+    def all_proved(self) -> bool:
+        """Every row of every rank proved: a collective when `stop_above` is given (on every rank)."""
+        return self.stop_above is not None and self.layout.all_true(self.proved())
+
+    def evaluate(self, alphas, rows):
+        """Loss and state of one step: the sweeps of `rows`' nodes with their slopes, then the output's."""
+        graph, layout, opts, best = self.graph, self.layout, self.opts, self.best
+        cur = {graph.input_name: self.box}
         for name in graph.preactivation_nodes():
             if name not in alphas or name not in rows:
                 cur[name] = best["bounds"][name]
@@ -113,11 +135,11 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
             def slice_alphas(s, e, start_alphas=start_alphas):
                 return {r: a[:, :, s:e] for r, a in start_alphas.items()}
 
-            lo, up = node_bound_rows(graph, name, rows[name], cur, layout, opts.crown, batch, slice_alphas)
+            lo, up = node_bound_rows(graph, name, rows[name], cur, layout, opts.crown, self.batch, slice_alphas)
             ref_lo, ref_up = best["bounds"][name]
             cur[name] = scatter_rows(ref_lo, ref_up, rows[name], lo, up, intersect=True)
-        lo, up = output_bound(graph, cur, C, layout, alphas[graph.output_name], want_lower, want_upper,
-                              gather=False)
+        lo, up = output_bound(graph, cur, self.C, layout, alphas[graph.output_name], self.want_lower,
+                              self.want_upper, gather=False)
         loss = 0.0
         if lo is not None:
             loss = loss - lo.sum()
@@ -125,8 +147,9 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
             loss = loss + up.sum()
         return loss, (cur, lo, up)
 
-    def keep_best(state):
+    def keep_best(self, state, rows):
         cur, lo, up = state
+        best = self.best
         if lo is not None:
             best["lo"] = torch.maximum(best["lo"], lo.detach())
         if up is not None:
@@ -141,13 +164,70 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
             score += float(best["lo"].sum())
         if best["up"] is not None:
             score -= float(best["up"].sum())
-        return score, False
+        return score, self.proved()
 
-    iterations = maximise([ParamGroup(params, opts.lr, 0.0, 1.0)], evaluate, keep_best, opts.iterations, layout,
-                          opts.patience, opts.tol, on_step)
-    best_lo, best_up, best_bounds = best["lo"], best["up"], best["bounds"]
-    n_rows = C.shape[1]
-    split = layout.rows(graph.output_name, n_rows)
+    def optimise(self, alphas, rows, iterations, on_step, first=0):
+        """Adam on the slopes of `alphas` (the output's and those of `rows`' nodes) for at most
+        `iterations` steps; returns the steps run."""
+        params = [a for start, per_start in alphas.items() if start == self.graph.output_name or start in rows
+                  for a in per_start.values()]
+        step = None if on_step is None else (lambda it, score: on_step(first + it, score))
+        return maximise([ParamGroup(params, self.opts.lr, 0.0, 1.0)], lambda it: self.evaluate(alphas, rows),
+                        lambda state: self.keep_best(state, rows), iterations, self.layout, self.opts.patience,
+                        self.opts.tol, step)
+
+
+def _crown_start(run: _Run):
+    """CROWN's intermediate bounds, their swept rows, and its output bounds (alpha's start)."""
+    graph, layout, opts, C = run.graph, run.layout, run.opts, run.C
+    crown_opts = opts.crown
+    if crown_opts.max_rows is None and layout.world_size == 1:
+        # Rows per sweep chunk from this process's part of the device (alpha_budget).
+        crown_opts = dataclasses.replace(crown_opts, max_rows=crown_max_rows(graph, run.batch, run.box[0].device))
+    with torch.no_grad():
+        bounds, rows = intermediate_bounds(graph, run.box, layout, crown_opts)
+        lo, up = best_of_shifts(graph, graph.output_name, lambda: output_bound(
+            graph, bounds, C, layout, want_lower=run.want_lower, want_upper=run.want_upper, gather=False))
+        if opts.crown.intersect_ibp:
+            # CROWN's start (and so alpha's result) is never looser than IBP's, like `crown`.
+            mine = C[:, layout.rows(graph.output_name, C.shape[1]).mine]
+            lo, up = tighter_than_ibp(graph, bounds, mine, lo, up)
+    return bounds, rows, lo, up
+
+
+def _joint_rows(run: _Run, rows: dict) -> dict:
+    """The intermediate start nodes optimised with the output: `intermediate_starts` when given,
+    else (one process) those whose working set fits this process's part of the device
+    (alpha_budget.fit_starts; the others keep CROWN's bounds), else all."""
+    names = run.opts.intermediate_starts
+    if names is None and run.layout.world_size == 1 and rows:
+        names, _, _ = fit_starts(run.graph, rows, run.C.shape[1], run.batch, run.box[0].device,
+                                 run.box[0].element_size())
+    return rows if names is None else {n: r for n, r in rows.items() if n in names}
+
+
+def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: AlphaOptions | None = None,
+                want_lower=True, want_upper=True, on_step=None, stop_above=None) -> AlphaResult:
+    """Optimised bounds of C f(x) over the box (see `AlphaResult`). `stop_above` ([B, K], optional):
+    stop once every row's lower bound exceeds it (rows that need no proof: -inf)."""
+    opts = opts or AlphaOptions()
+    if C is None:
+        C = default_spec(graph, box[0].shape[0], box[0].dtype, box[0].device)
+    run = _Run(graph, box, C, layout, opts, want_lower, want_upper, stop_above)
+    bounds, rows, crown_lo, crown_up = _crown_start(run)
+    run.best = {"lo": crown_lo, "up": crown_up, "bounds": {k: (v[0].detach(), v[1].detach()) for k, v in bounds.items()}}
+    joint = _joint_rows(run, rows) if opts.optimize_intermediate else {}
+    with tag("alphas"):
+        alphas = init_alphas(graph, bounds, {graph.output_name: C.shape[1]}, layout)
+    steps = 0
+    if opts.warmup > 0 and joint and not run.all_proved():
+        steps = run.optimise(alphas, {}, min(opts.warmup, opts.iterations), on_step)
+    if not run.all_proved():
+        with tag("alphas"):
+            alphas.update(init_alphas(graph, bounds, {name: len(r) for name, r in joint.items()}, layout))
+        steps += run.optimise(alphas, joint, opts.iterations, on_step, first=steps)
+    split = layout.rows(graph.output_name, C.shape[1])
     gather = (lambda t: None if t is None else split.gather(t))
-    return AlphaResult(gather(best_lo), gather(best_up), gather(crown_lo), gather(crown_up), iterations,
-                       best_bounds, alphas, graph.output_name)
+    best = run.best
+    return AlphaResult(gather(best["lo"]), gather(best["up"]), gather(crown_lo), gather(crown_up), steps,
+                       best["bounds"], alphas, graph.output_name)

@@ -46,8 +46,9 @@ class MethodBounds:
 
 def run_method(method: str, graph, box, C: torch.Tensor | None = None, layout: Layout = DEFAULT_LAYOUT, *,
                crown_options: CrownOptions | None = None, alpha_options: AlphaOptions | None = None,
-               want_lower: bool = True, want_upper: bool = True, on_step=None) -> MethodBounds:
-    """Bounds of `C f(x)` over `box` by `method` (see `METHODS`; aliases accepted)."""
+               want_lower: bool = True, want_upper: bool = True, on_step=None, stop_above=None) -> MethodBounds:
+    """Bounds of `C f(x)` over `box` by `method` (see `METHODS`; aliases accepted). `stop_above`
+    ([B, K]): alpha-CROWN stops once every row's lower bound exceeds it."""
     method = normalize_method(method)
     if method == "ibp":
         with torch.no_grad():
@@ -59,6 +60,6 @@ def run_method(method: str, graph, box, C: torch.Tensor | None = None, layout: L
     opts = alpha_options or AlphaOptions()
     if crown_options is not None:
         opts.crown = crown_options
-    res = alpha_crown(graph, box, C, layout, opts, want_lower, want_upper, on_step=on_step)
+    res = alpha_crown(graph, box, C, layout, opts, want_lower, want_upper, on_step=on_step, stop_above=stop_above)
     return MethodBounds(method, res.lower, res.upper, res.intermediate, res.output_alphas, res.iterations,
                         res.crown_lower, res.crown_upper)

@@ -58,6 +58,7 @@ def maximise(groups: list[ParamGroup], evaluate, keep_best, iterations: int, lay
             for g in groups:
                 g.project_()
             score, finished = keep_best(state)
+            score = layout.total(score)     # the rows' sum over ranks that split them (bounds_dp)
         del state
         history.append(score)
         if on_step is not None and on_step(it, score):

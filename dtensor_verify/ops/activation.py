@@ -114,6 +114,22 @@ class ActivationOp(BoundOp):
         k_lo, k_up = k_lo.to(dtype), k_up.to(dtype)
         return k_lo, round_out(b_lo, dtype, True), k_up, round_out(b_up, dtype, False)
 
+    def _alpha_lines(self, l, u, alpha, sides, dtype):
+        """`_lines` of the given sides (0: lA, 1: uA) from a plain [4, B, K, *S] alpha in one pass
+        over the stacked slopes: the same values, a fraction of the ops (an alpha-CROWN step runs
+        this op in every sweep that crosses it). Returns {side: (k_lo, b_lo, k_up, b_up)}."""
+        t = alpha if len(sides) == 2 else alpha[2 * sides[0]:2 * sides[0] + 2]
+        kmin, kmax = slope_range(self.fn, l, u)
+        k = kmin + t.double() * (kmax - kmin)                # rows: lower line, upper line per side
+        is_lower = (torch.arange(k.shape[0], device=k.device) % 2 == 0).view(-1, *([1] * (k.dim() - 1)))
+        lo, hi = intercepts(self.fn, k.detach(), l, u)
+        b = torch.where(is_lower, lo, hi)
+        if k.requires_grad:
+            b = b + _touch_grad_lines(self.fn, k, l, u, is_lower)
+        k = k.to(dtype)
+        b_lo, b_up = round_out(b[0::2], dtype, True), round_out(b[1::2], dtype, False)
+        return {side: (k[2 * i], b_lo[i], k[2 * i + 1], b_up[i]) for i, side in enumerate(sides)}
+
     def backward(self, lA, uA, input_bounds, alpha=None, beta=None):
         """`beta` (optional, branch and bound's general splits): (multipliers [B, 2, K, *S] >= 0,
         mask [B, *S] of split neurons): the Lagrangian terms of `l - z <= 0` and `z - u <= 0` of
@@ -121,13 +137,18 @@ class ActivationOp(BoundOp):
         lower, upper = input_bounds[0]
         l, u = lower.double().unsqueeze(1), upper.double().unsqueeze(1)
         dtype = (lA if lA is not None else uA).dtype
+        lines = None
+        if type(alpha) is torch.Tensor and alpha.shape[0] == 4:     # plain tensor (not a DTensor / pair)
+            lines = self._alpha_lines(l, u, alpha, [s for s, A in enumerate((lA, uA)) if A is not None], dtype)
         result_A, biases = [], []
         for side, A in enumerate((lA, uA)):
             if A is None:
                 result_A.append(None)
                 biases.append(0.0)
                 continue
-            if alpha is not None:
+            if lines is not None:
+                k_lo, b_lo, k_up, b_up = lines[side]
+            elif alpha is not None:
                 k_lo, b_lo, k_up, b_up = self._lines(l, u, alpha[2 * side], alpha[2 * side + 1], dtype)
             else:
                 k_lo, b_lo, k_up, b_up = self._lines(l, u, dtype=dtype)
@@ -170,6 +191,22 @@ def _touch_grad(fn, k, l, u, lower: bool):
         vals = torch.nan_to_num(vals, nan=float("inf") if lower else -float("inf"))
         cands = cands.expand_as(vals)
         idx = vals.argmin(0) if lower else vals.argmax(0)
+        x_star = cands.gather(0, idx.unsqueeze(0)).squeeze(0)
+    return -(k - kd) * x_star
+
+
+def _touch_grad_lines(fn, k, l, u, is_lower):
+    """`_touch_grad` of stacked slopes [n, ...] at once: lower lines where `is_lower`, upper ones
+    elsewhere (the same touching points, one candidate evaluation)."""
+    from .scalar_functions import _clamp
+
+    with torch.no_grad():
+        kd = k.detach()
+        cands = [l, u] + [_clamp(c, l, u) for c in fn.kinks(l, u)] + [_clamp(c, l, u) for c in fn.stationary(kd, l, u)]
+        cands = torch.stack(torch.broadcast_tensors(*cands, kd)[:-1])     # [n_cands, n, B, K, *S]
+        vals = fn.f(cands) - kd * cands
+        idx = torch.where(is_lower, torch.nan_to_num(vals, nan=float("inf")).argmin(0),
+                          torch.nan_to_num(vals, nan=-float("inf")).argmax(0))
         x_star = cands.gather(0, idx.unsqueeze(0)).squeeze(0)
     return -(k - kd) * x_star
 

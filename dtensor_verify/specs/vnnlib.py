@@ -37,7 +37,8 @@ import numpy as np
 
 from ..errors import InputSpecError, bounded_message, excerpt
 from .spec_types import OutputDisjunct, Property, Region
-from .vnnlib_formula import _NUM_RE, _X, _Y, MAX_DNF_TERMS, FormulaMixin, _Atom, _Constraint, _Dnf, _List, _name
+from .vnnlib_formula import (_NUM_RE, _X, _Y, MAX_DNF_TERMS, FormulaMixin, _Atom, _Constraint, _Converted, _Dnf,
+                             _List, _name, converts_eagerly, term_limit)
 
 __all__ = ["VnnlibError", "OutputDisjunct", "Region", "Property", "read_vnnlib", "parse_vnnlib",
            "MAX_DNF_TERMS", "MAX_DEPTH"]
@@ -87,6 +88,7 @@ class _Parser(FormulaMixin):
         self.hi_strict: dict[int, bool] = {}
         self.dnfs: list[tuple[_Dnf, int]] = []              # (DNF, position) per non-fast assert
         self.n_commands = 0
+        self.max_terms = term_limit(text)
 
     # -- errors ---------------------------------------------------------------------------------
     def error(self, pos: int, msg: str) -> VnnlibError:
@@ -108,7 +110,9 @@ class _Parser(FormulaMixin):
                 if not stack:
                     raise self.error(m.start(), "unbalanced ')'")
                 node = stack.pop()
-                if stack:
+                if stack and converts_eagerly(stack[-1]):
+                    stack[-1].items.append(_Converted(self.formula(node), node.pos))
+                elif stack:
                     stack[-1].items.append(node)
                 else:
                     self.command(node)

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import re
 
-MAX_DNF_TERMS = 100_000   # guard against exponential DNF blow-up
+# Guard against exponential DNF blow-up: a product of disjunctions (an `and` of `or`s) may give at
+# most this many terms. A *sum* (an `or`, or a product with one single-term side) gives at most as
+# many terms as the file has comparisons, so it may give up to `term_limit(text)` (nn4sys
+# lindex_60000: one `or` of 120 000 boxes); its memory grows with the file, not exponentially.
+MAX_DNF_TERMS = 100_000
 
 _NUM_RE = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"   # linear-time on a failed match
 _NUM = re.compile(_NUM_RE + r"\Z")
@@ -29,8 +33,28 @@ class _List:
     __slots__ = ("items", "pos")
 
     def __init__(self, pos: int):
-        self.items: list[_Atom | _List] = []
+        self.items: list[_Atom | _List | _Converted] = []
         self.pos = pos
+
+
+class _Converted:
+    """A disjunct of an `or` already in DNF: the reader converts each one as it closes (streaming:
+    the s-expression of a 120 000-box disjunction is never held whole)."""
+    __slots__ = ("dnf", "pos")
+
+    def __init__(self, dnf: list, pos: int):
+        self.dnf, self.pos = dnf, pos
+
+
+def term_limit(text: str) -> int:
+    """DNF terms a sum may reach in `text`: each term needs a comparison, each comparison a '('."""
+    return max(MAX_DNF_TERMS, text.count("("))
+
+
+def converts_eagerly(parent) -> bool:
+    """Whether the children of the open list `parent` are disjuncts of an `or` (a formula in every
+    context: an `or` is never a term), so each may be converted to DNF as soon as it closes."""
+    return bool(parent.items) and isinstance(parent.items[0], _Atom) and parent.items[0].text == "or"
 
 
 # A classified atom of a DNF term:
@@ -54,7 +78,9 @@ def _combine(ca: dict, ka: float, cb: dict, kb: float, sign: float) -> tuple[dic
 
 
 class FormulaMixin:
-    """The formula half of the VNN-LIB 1.0 parser (needs `self.vars` and `self.error`)."""
+    """The formula half of the VNN-LIB 1.0 parser (needs `self.vars`, `self.error` and
+    `self.max_terms`, the file's `term_limit`)."""
+    max_terms = MAX_DNF_TERMS
 
     def formula(self, node: _Atom | _List) -> _Dnf:
         """DNF of a boolean formula: a list of terms, each a tuple of constraints."""
@@ -75,9 +101,9 @@ class FormulaMixin:
         if op == "or":
             out: _Dnf = []
             for a in args:
-                out.extend(self.formula(a))
-                if len(out) > MAX_DNF_TERMS:
-                    raise self.error(node.pos, f"formula has more than {MAX_DNF_TERMS} "
+                out.extend(a.dnf if isinstance(a, _Converted) else self.formula(a))
+                if len(out) > self.max_terms:
+                    raise self.error(node.pos, f"formula has more than {self.max_terms} "
                                                "disjunctive-normal-form terms")
             return out
         if op in _COMPARISONS:
@@ -99,10 +125,12 @@ class FormulaMixin:
                 multi.append((dnf, pos))
         terms: _Dnf = [tuple(common)]
         for dnf, pos in multi:
-            if len(terms) * len(dnf) > MAX_DNF_TERMS:
-                raise self.error(pos, f"formula has more than {MAX_DNF_TERMS} "
-                                      "disjunctive-normal-form terms")
-            terms = [t + s for t in terms for s in dnf]
+            # One term times a disjunction is a sum (linear in the file); a product of two
+            # disjunctions is what may blow up.
+            limit = self.max_terms if len(terms) == 1 else MAX_DNF_TERMS
+            if len(terms) * len(dnf) > limit:
+                raise self.error(pos, f"formula has more than {limit} disjunctive-normal-form terms")
+            terms = dnf if terms == [()] else [t + s for t in terms for s in dnf]
         return terms
 
     def comparison(self, op: str, args: list, node: _List) -> _Dnf:

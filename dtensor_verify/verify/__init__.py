@@ -28,10 +28,10 @@ alpha-CROWN step, so the call returns shortly after `timeout` seconds.
 """
 from __future__ import annotations
 
-from .confirm import inside_box_f32
+from .confirm import inside_box_f32, witness_point
 from .instance import Clock
 from .pipeline import PipelineOptions, build_stages, verify_instance
 from .result import VERDICTS, AttackOptions, Counterexample, DisjunctStatus, VerifyResult
 
 __all__ = ["verify_instance", "VerifyResult", "DisjunctStatus", "AttackOptions", "VERDICTS", "Counterexample",
-           "Clock", "PipelineOptions", "build_stages", "inside_box_f32"]
+           "Clock", "PipelineOptions", "build_stages", "inside_box_f32", "witness_point"]

@@ -123,11 +123,17 @@ def _roots(model, batch: _Batch, res: MethodBounds, pairs: Pairs) -> dict:
     return roots
 
 
-def _vertices(model, batch: _Batch, res: MethodBounds, margin_lower, pairs: Pairs, box) -> dict:
-    """Bound-guided vertices of each pair's unproved rows (rows padded in have C = 0: skipped)."""
+def _real_rows(batch: _Batch, pairs: Pairs) -> torch.Tensor:
+    """[B, K] True on the rows of a pair, False on the zero rows padded in."""
     real = torch.zeros(batch.C.shape[:2], dtype=torch.bool, device=batch.C.device)
     for b, pos, p in batch.slots:
         real[b, pos:pos + pairs.rows_of[p]] = True
+    return real
+
+
+def _vertices(model, batch: _Batch, res: MethodBounds, margin_lower, pairs: Pairs, box) -> dict:
+    """Bound-guided vertices of each pair's unproved rows (rows padded in have C = 0: skipped)."""
+    real = _real_rows(batch, pairs)
     bounds = {**res.intermediate, model.graph.input_name: box}
     verts = guided_vertices(model, bounds, batch.C, margin_lower.masked_fill(~real, math.inf),
                             res.output_alphas or None)
@@ -151,6 +157,11 @@ def bound_pairs(inst: Instance, method: str, open_idx, batching: str, alpha_opti
     topo = bounds_dp.dp_topology(inst.model)
     if topo is None:
         return _bound_share(inst, method, groups, alpha_options, max_batch, guide, max_rows_total)
+    if method != "ibp" and bounds_dp.by_rows(groups, topo):
+        # Fewer boxes than ranks: every rank takes every box, each its slice of every bound's rows.
+        layout = bounds_dp.DpRowsLayout(inst.model.layout, topo)
+        return _bound_share(inst, method, groups, alpha_options, max_batch, guide, max_rows_total,
+                            layout=layout, clock=bounds_dp.rows_clock(inst.clock, layout))
     share = bounds_dp.run_share(lambda: _bound_share(inst, method, bounds_dp.my_share(groups, topo),
                                                      alpha_options, max_batch, guide, max_rows_total))
     return bounds_dp.gather_outcomes(topo, share, inst.pairs.C.device, _merge)
@@ -168,20 +179,27 @@ def _merge(outcomes: list) -> BoundOutcome:
 
 
 def _bound_share(inst: Instance, method: str, groups, alpha_options, max_batch: int, guide: bool,
-                 max_rows_total: int) -> BoundOutcome:
-    """The outcome of bounding the batch elements `groups` on this rank."""
-    from ..methods import AlphaOptions
+                 max_rows_total: int, layout=None, clock=None) -> BoundOutcome:
+    """The outcome of bounding the batch elements `groups` on this rank (with `layout`, a
+    `bounds_dp.DpRowsLayout`: their rows split over the dp group, the outcome whole on every rank)."""
+    from ..methods.alpha_crown import verdict_options
+    from . import bounds_dp
 
-    model, pairs, clock = inst.model, inst.pairs, inst.clock
+    model, pairs, clock = inst.model, inst.pairs, clock or inst.clock
+    layout = layout or model.layout
     out = BoundOutcome()
     guide = guide and method != "ibp" and model.layout.world_size == 1
-    opts = alpha_options or AlphaOptions(iterations=100)
+    opts = alpha_options or verdict_options()
     for chunk in _chunks(pairs, groups, max_batch, max_rows_total):
         clock.check()
         batch = _stack(pairs, chunk)
         box = model.check_box(inst.region_lo[batch.regions], inst.region_hi[batch.regions])
-        res = run_method(method, model.graph, box, batch.C, model.layout, alpha_options=opts, want_upper=False,
-                         on_step=lambda it, score: clock.check())
+        # alpha-CROWN stops once every real row is proved (lower bound of C y above d).
+        stop_above = batch.d.masked_fill(~_real_rows(batch, pairs), -math.inf)
+        res = run_method(method, model.graph, box, batch.C, layout, alpha_options=opts, want_upper=False,
+                         on_step=lambda it, score: clock.check(), stop_above=stop_above)
+        if layout is not model.layout and res.output_alphas:
+            res.output_alphas = bounds_dp.gather_rows_dim2(layout.topo, res.output_alphas)
         if res.iterations is not None:
             out.iterations.append(res.iterations)
         margin_lower = model.layout.local(res.lower).detach() - batch.d

@@ -12,17 +12,29 @@ too, in the same order on every rank (the stage's open pairs are the same everyw
 every earlier stage agrees on them). A time-out on one rank is carried through the gather and
 raised on every rank, so no rank waits in a collective the others never reach.
 
+Fewer batch elements than dp ranks (one input box: most robustness properties, acasxu's
+single-box properties): the elements cannot be dealt, so the *rows* of every bound are (`rows_layout`):
+each rank bounds its slice of each intermediate layer's unstable neurons and of the output rows
+(with its slice of the slopes), and the slices are gathered after every bound, as the `spec`
+placement does over a shard group, here over the dp group with the weights whole on every rank.
+Rows are independent linear functions, so each rank's slice is what one process computes for those
+rows; alpha-CROWN's loss is the sum of every rank's rows, its gradient reaches each rank's slopes
+through the gather's backward (a sum over ranks), and the early stop is decided on the summed
+score (`Layout.total`), so the bounds are one process's up to the order of float sums.
+
 Only meshes of shard degree 1: there a rank's layout bounds whole rows on its own. With a shard
 group (DxS, S > 1) every rank of it would have to take the same share and a member of each
 group speak for it; that case keeps the whole stage on every rank.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
 
 from ..errors import TimeLimitReached, VerifierError
+from ..layout import Layout, RowSplit
 
 _TIMED_OUT = "timed-out"
 _FAILED = "failed"
@@ -87,3 +99,146 @@ def run_share(fn):
         return None
     except Exception as exc:  # carried through the gather: no rank is left waiting in it
         return exc
+
+
+# -- one batch element (or fewer than dp): the rows of every bound dealt over dp -------------------
+
+def by_rows(groups: list, topo) -> bool:
+    """Whether to split the rows of each bound over dp instead of dealing batch elements (fewer
+    elements than ranks: some rank would have none)."""
+    return 0 < len(groups) < topo.dp
+
+
+def _chunk(n: int, parts: int, k: int) -> tuple[int, int]:
+    """Part k's [start, stop) of n rows split like torch.chunk (the shard styles' split)."""
+    size = -(-n // parts) if n else 0
+    start = min(n, k * size)
+    return start, min(n, start + size)
+
+
+class _GatherPadded(torch.autograd.Function):
+    """All ranks' [B, most] parts side by side ([B, dp * most]); backward: the sum over ranks of
+    the gradient reaching the gathered tensor, this rank's columns of it (each rank's loss uses
+    every rank's rows, and the total loss is the sum of the ranks' losses)."""
+
+    @staticmethod
+    def forward(ctx, t, group, dp, rank):
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(t) for _ in range(dp)]
+        dist.all_gather(parts, t.contiguous(), group=group)
+        ctx.group, ctx.rank, ctx.most = group, rank, t.shape[1]
+        return torch.cat(parts, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[:, ctx.rank * ctx.most:(ctx.rank + 1) * ctx.most], None, None, None
+
+
+@dataclasses.dataclass(frozen=True)
+class DpRows(RowSplit):
+    """The rows of one bound split over the dp group (contiguous slices, as torch.chunk)."""
+    n: int = 0
+    dp: int = 1
+    rank: int = 0
+    group: object = None
+
+    def gather(self, t: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+        pad = self.most - t.shape[1]
+        if pad:
+            t = torch.cat([t, t.new_zeros(t.shape[0], pad)], 1)
+        if differentiable:
+            # Every rank takes the gather's backward (a collective), also one whose slice is empty
+            # or does not depend on the parameters: its part becomes a leaf of the graph.
+            full = _GatherPadded.apply(t if t.requires_grad else t.detach().requires_grad_(True), self.group,
+                                       self.dp, self.rank)
+        else:
+            with torch.no_grad():
+                full = _GatherPadded.apply(t.detach(), self.group, self.dp, self.rank)
+        keep = [full[:, k * self.most:k * self.most + (stop - start)]
+                for k, (start, stop) in ((k, _chunk(self.n, self.dp, k)) for k in range(self.dp))]
+        return torch.cat(keep, 1)
+
+
+class DpRowsLayout(Layout):
+    """The model's layout (shard degree 1: weights whole on this rank) with the rows of every bound
+    split over the dp group; everything else is the model's layout's."""
+
+    def __init__(self, base, topo):
+        self.base, self.topo = base, topo
+        self.world_size, self.rank, self.device = base.world_size, base.rank, base.device
+        self.topology = base.topology
+
+    def __getattr__(self, name):            # anything else the engine asks: the model's layout
+        return getattr(self.__dict__["base"], name)
+
+    def weights(self, node):
+        return self.base.weights(node)
+
+    def sweep(self, start_name: str):
+        return self.base.sweep(start_name)
+
+    def rows(self, start_name: str, n_rows: int) -> RowSplit:
+        dp, rank = self.topo.dp, self.topo.dp_rank
+        return DpRows(slice(*_chunk(n_rows, dp, rank)), -(-n_rows // dp), n_rows, dp, rank, self.topo.dp_group)
+
+    def alpha_param(self, alpha, relu_node, start_name):
+        return self.base.alpha_param(alpha, relu_node, start_name)
+
+    def local(self, t):
+        return self.base.local(t)
+
+    def all_true(self, flag: bool) -> bool:
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if self.base.all_true(flag) else 0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.topo.dp_group)
+        return bool(t.item())
+
+    def total(self, x: float) -> float:
+        import torch.distributed as dist
+
+        t = torch.tensor([float(x)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, group=self.topo.dp_group)
+        return float(t.item())
+
+    def network_function(self):
+        return self.base.network_function()
+
+    def domain_batches(self):
+        return self.base.domain_batches()
+
+    @property
+    def splits_domains(self) -> bool:
+        return self.base.splits_domains
+
+
+def gather_rows_dim2(topo, alphas: dict) -> dict:
+    """Slopes [P, B, K_local, *S] per node from every dp rank, joined on the row dim (rank order:
+    the contiguous slices of `DpRows`)."""
+    import torch.distributed as dist
+
+    out = {}
+    for name in sorted(alphas):
+        a = alphas[name].detach().contiguous()
+        sizes = [None] * topo.dp
+        dist.all_gather_object(sizes, a.shape[2], group=topo.dp_group)
+        most = max(sizes)
+        pad = torch.zeros((*a.shape[:2], most, *a.shape[3:]), dtype=a.dtype, device=a.device)
+        pad[:, :, :a.shape[2]] = a
+        parts = [torch.empty_like(pad) for _ in range(topo.dp)]
+        dist.all_gather(parts, pad, group=topo.dp_group)
+        out[name] = torch.cat([p[:, :, :k] for p, k in zip(parts, sizes)], 2)
+    return out
+
+
+def rows_clock(clock, layout):
+    """The instance's clock deciding over the dp group (every rank stops at the same check: the
+    bound's gathers are collectives)."""
+    view = copy.copy(clock)
+    view.layout = layout
+    return view

@@ -1,5 +1,12 @@
 """Counterexample confirmation: a candidate becomes `sat` only when the original model (onnxruntime
-on the ONNX file, or the nn.Module as given) puts a float32 input of the box outside the property.
+on the ONNX file, or the nn.Module as given) puts an input of the box outside the property.
+
+The written input is a point of the box as parsed (float64, strict sides kept); the model is run on
+its nearest float32 values, as a checker that reads the witness and feeds the float32 model does.
+Where the box holds float32 values the two are the same point. A coordinate whose range holds
+none (VNN-LIB 1.0 declares inputs `Real`: `X_0 = 0.1`, or collins_rul_cnn's pinned sensor values)
+is written as the real value in the box and run as its nearest float32; the bounds cover that,
+since the bounded box is the float32 rounding of the parsed one (`region_boxes`).
 
 Nothing here changes the pipeline's state: `Confirmer.first` returns the confirmed counterexample
 (or None), and the caller records it.
@@ -11,11 +18,12 @@ import numpy as np
 from .result import Counterexample
 
 
-def inside_box_f32(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, lo_strict=None, hi_strict=None
-                   ) -> np.ndarray | None:
+def inside_box_f32(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, lo_strict=None, hi_strict=None,
+                   per_coordinate: bool = False) -> np.ndarray | None:
     """A float32 point inside the float64 box [lo, hi] (open on the sides marked strict), as close
     to x as float32 allows; None when some coordinate's range holds no float32 value (a point box
-    X = 0.1, say): then no float32 input is a counterexample, and none is claimed."""
+    X = 0.1, say). With `per_coordinate`, float64 values instead, NaN where a coordinate's range
+    holds no float32."""
     lo = np.asarray(lo, dtype=np.float64).ravel()
     hi = np.asarray(hi, dtype=np.float64).ravel()
     lo_strict = np.zeros(lo.shape, bool) if lo_strict is None else np.asarray(lo_strict, bool).ravel()
@@ -33,7 +41,34 @@ def inside_box_f32(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, lo_strict=None
             x32[above] = np.nextafter(x32[above], np.float32(-np.inf))
         v = x32.astype(np.float64)
         inside = np.where(lo_strict, v > lo, v >= lo) & np.where(hi_strict, v < hi, v <= hi)
+    if per_coordinate:
+        return np.where(inside, x32.astype(np.float64), np.nan)
     return x32 if bool(inside.all()) else None
+
+
+def witness_point(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, lo_strict=None, hi_strict=None
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(written float64 point of the box, the float32 input the model runs on), as close to x as
+    the box allows; None when some coordinate's range is empty even in the reals."""
+    lo = np.asarray(lo, dtype=np.float64).ravel()
+    hi = np.asarray(hi, dtype=np.float64).ravel()
+    ls = np.zeros(lo.shape, bool) if lo_strict is None else np.asarray(lo_strict, bool).ravel()
+    hs = np.zeros(hi.shape, bool) if hi_strict is None else np.asarray(hi_strict, bool).ravel()
+    x32 = inside_box_f32(x, lo, hi, ls, hs)
+    if x32 is not None:
+        return x32.astype(np.float64), x32
+    x64 = np.asarray(x, dtype=np.float64).ravel()
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = inside_box_f32(x, lo, hi, ls, hs, per_coordinate=True)
+        free = ~np.isnan(v)                 # coordinates where a float32 lies in the range
+        real = np.clip(x64, lo, hi)
+        on_open = (ls & (real <= lo)) | (hs & (real >= hi))
+        real = np.where(on_open, lo + (hi - lo) / 2, real)
+        ok = np.where(ls, real > lo, real >= lo) & np.where(hs, real < hi, real <= hi)
+    if not bool((free | ok).all()):
+        return None
+    written = np.where(free, v, real)
+    return written, written.astype(np.float32)
 
 
 class Confirmer:
@@ -79,17 +114,18 @@ class Confirmer:
 
         r, j = where
         region = self.prop.regions[r]
-        x32 = inside_box_f32(x.double().cpu().numpy(), region.lower, region.upper, region.lower_strict,
-                             region.upper_strict)
-        if x32 is None:
-            self.say(f"candidate for region {r} disjunct {j} dropped: no float32 input lies in the box there")
+        point = witness_point(x.double().cpu().numpy(), region.lower, region.upper, region.lower_strict,
+                              region.upper_strict)
+        if point is None:
+            self.say(f"candidate for region {r} disjunct {j} dropped: the box there is empty")
             return None
+        written, x32 = point
         try:
             y = self.runner()(x32)
         except Exception as exc:      # cannot run the original model: never sat
             self.say(f"could not confirm the counterexample with {self.kind}: {type(exc).__name__}: {exc}")
             return "stop"
-        x = x32.astype(np.float64)
+        x = written
         if violates(self.prop, x, y):          # as written: strict stays strict, no tolerance
             self.say(f"counterexample for region {r} disjunct {j} (margin {m:.3g}), confirmed by {self.kind}")
             return Counterexample(x, y, self.kind, pair)

@@ -6,21 +6,11 @@
 # assignment in the 2.0 text format).
 # Extra options for the verifier can be given in DTENSOR_VERIFY_ARGS (e.g. "--plan fsdp").
 set -euo pipefail
-if [ "$#" -ne 6 ]; then
-  echo "usage: $0 v1 CATEGORY ONNX VNNLIB RESULTS TIMEOUT" >&2
-  exit 2
-fi
-VERSION="$1"; CATEGORY="$2"; ONNX="$3"; VNNLIB="$4"; RESULTS="$5"; TIMEOUT="$6"
-if [ "$VERSION" != "v1" ]; then
-  echo "$0: expected interface version 'v1', got '$VERSION'" >&2
-  exit 2
-fi
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PY="$ROOT/.venv/bin/python"
-[ -x "$PY" ] || PY="$(command -v python3)"
+source "$(dirname "${BASH_SOURCE[0]}")/_adapter.sh"
+adapter_args 6 "v1 CATEGORY ONNX VNNLIB RESULTS TIMEOUT" "$@"
+CATEGORY="$2"; ONNX="$3"; VNNLIB="$4"; RESULTS="$5"; TIMEOUT="$6"
 echo "running $CATEGORY: $ONNX $VNNLIB (timeout $TIMEOUT s)" >&2
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-if "$PY" -c 'import sys; from dtensor_verify.specs.vnnlib2 import is_vnnlib2; sys.exit(0 if is_vnnlib2(sys.argv[1]) else 1)' "$VNNLIB"; then
+if is_vnnlib2 "$VNNLIB"; then
   # shellcheck disable=SC2086
   exec "$PY" -m dtensor_verify.vnncomp2 "$ONNX" "$VNNLIB" "$RESULTS" "$TIMEOUT" ${DTENSOR_VERIFY_ARGS:-}
 fi

@@ -12,7 +12,8 @@ looseness that neuron costs in the bound, which a split shrinks on both halves):
 
 ReLU neurons keep BaBSR's intercept score (`babsr.intercept_scores`), the same unit (bound
 looseness), so both kinds compete in one top-k. `mixed_fsb` then bounds each domain's best
-`ctx.candidates` splits once (as `fsb`) and keeps the one whose worse child is best.
+`ctx.candidates` splits once (as `fsb`), the layers behind a general cut bounded again first (as
+the round's children are: `general_refresh`), and keeps the one whose worse child is best.
 """
 from __future__ import annotations
 
@@ -127,7 +128,8 @@ def mixed_fsb(domains, lA, ctx) -> torch.Tensor:
     parents = domains.index(torch.arange(n, device=domains.pair.device).repeat(k))
     flat = decisions.transpose(0, 1).reshape(k * n, 2)
     kids = split(parents, flat, ctx.relus, ctx.pre_of, ctx.general, ctx.beta_of)
-    lower = ctx.bound_once(kids)                                              # [2kn, K]
+    # General cuts: the layers behind them are bounded again, so the score is the children's real bound.
+    lower = ctx.bound_once(kids, decision=flat.repeat(2, 1))                  # [2kn, K]
     margin = spec_margin(lower, ctx.d[kids.pair], ctx.row_mask[kids.pair])   # [2kn]
     worse = torch.minimum(margin[:k * n], margin[k * n:]).reshape(k, n)
     worse = worse.masked_fill(~usable.t(), -torch.inf)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One device call, several jobs at once on one lent GPU host, each pinned to its own CPU cores
+# (taskset), so that a CPU timing job (the dp scaling bench) runs on cores no GPU job uses.
+#   bash bench/gpu/mixed_call.sh OUT WALL_S JOB...
+# A JOB is `bench:BENCH:WORKERS:SCALE:CORES[:INSTANCES_CSV]` (bench/gpu/input_bab_gpu.sh, one thread
+# per process, the GPU share set to the number of GPU processes of all jobs) or
+# `scaling:CORES:ARGS...` (scripts/bench_bab_scaling.py --out OUT/scaling ARGS, on CORES).
+# CORES is a taskset list (e.g. 0-5). Every job stops by WALL_S. Everything under OUT is packed
+# into OUT/results.tgz (the device tool brings back only a few files), plus one summary.txt.
+# Carry [".whl", ".bench_data"] with the benchmarks the jobs name.
+set -uo pipefail
+OUT=$1; WALL=$2; shift 2
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+PY=${PY:-python3}
+[ -n "${SKIP_WHEELS:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+export SKIP_WHEELS=1 PYTHONPATH="$ROOT:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+share=0
+for j in "$@"; do [[ $j == bench:* ]] && share=$((share + $(cut -d: -f3 <<< "$j"))); done
+mkdir -p "$OUT/jobs"
+for j in "$@"; do
+  IFS=: read -r kind a b c d e <<< "$j"
+  if [ "$kind" = bench ]; then
+    (INSTANCES=${e:-} THREADS=1 SHARE=$share PY=$PY timeout -k 5 $((WALL + 10)) taskset -c "$d" \
+       bash bench/gpu/input_bab_gpu.sh "$a" "$OUT/jobs/$a" "$b" "$c" "$WALL" > "$OUT/jobs/$a.summary.txt" 2>&1) &
+  else
+    args=${j#scaling:*:}
+    (timeout -k 5 "$WALL" taskset -c "$a" $PY scripts/bench_bab_scaling.py --out "$OUT/jobs/scaling" \
+       --bench-root .bench_data $args > "$OUT/jobs/scaling.log" 2>&1) &
+  fi
+done
+wait
+{ nproc; uptime; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+  for f in "$OUT"/jobs/*.summary.txt; do echo "== $f"; tail -2 "$f"; done
+  [ -f "$OUT/jobs/scaling.log" ] && tail -30 "$OUT/jobs/scaling.log"; } > "$OUT/summary.txt"
+find "$OUT/jobs" -name 'part*.csv' -delete
+tar czf "$OUT/results.tgz" -C "$OUT" jobs && rm -rf "$OUT/jobs"
+cat "$OUT/summary.txt"

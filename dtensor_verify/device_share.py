@@ -1,0 +1,50 @@
+"""This process's part of the device memory: what branch and bound's batches and alpha-CROWN's
+working set are sized to.
+
+`DTENSOR_VERIFY_SHARE_DEVICE=N`: N processes share the device without knowing of each other
+(e.g. bench/gpu/input_bab_gpu.sh's 8 benchmark processes on one GPU); each takes 1/N of the free
+memory. `DTENSOR_VERIFY_DEVICE_BYTES=B` (tests, dry runs on a CPU): take B bytes as the free
+memory of the device instead of asking it, before the division.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def sharing() -> int:
+    """Processes that share this device (DTENSOR_VERIFY_SHARE_DEVICE, default 1)."""
+    try:
+        return max(1, int(os.environ.get("DTENSOR_VERIFY_SHARE_DEVICE", "1")))
+    except ValueError:
+        return 1
+
+
+def _fake_bytes() -> int | None:
+    try:
+        value = int(os.environ["DTENSOR_VERIFY_DEVICE_BYTES"])
+    except (KeyError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def free_memory_bytes(device) -> int:
+    """Free memory for this rank: CUDA's free bytes plus what PyTorch's caching allocator holds
+    unused (blocks kept from earlier instances of a benchmark), or MemAvailable shared by the
+    ranks on the host; divided among the processes that share the device (`sharing`)."""
+    fake = _fake_bytes()
+    if fake is not None:
+        return fake // sharing()
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(cached, 0)) // sharing()
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if ":" in line}
+        avail = info.get("MemAvailable", 4 << 30)
+    except OSError:
+        avail = 4 << 30
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return avail // max(local, 1) // sharing()

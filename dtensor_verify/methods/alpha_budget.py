@@ -1,0 +1,78 @@
+"""alpha-CROWN's working set sized to this process's part of the device (`device_share`).
+
+With autograd, every sweep of an optimisation step keeps its A-matrices until the step's
+backward pass, and every intermediate start node has its own slopes per (row, neuron) with their
+gradient and Adam's two moments. On a ViT the softmax's intermediate nodes (pairwise differences
+of the attention scores: 3 x 17^3 = 14,739 neurons on vit_2023's ibp_3_3_8) make one start node's
+slopes alone 3.5 GB and its sweep tens of GB: 8 processes on one 80 GB GPU ran out of memory.
+
+`fit_starts` estimates the bytes each start node's optimisation holds and, when their sum is
+more than `FRACTION` of the memory this process may use, leaves the costliest intermediate start
+nodes out of the optimisation (their bounds stay CROWN's: sound, possibly looser) until the rest
+fits. The output's sweep is always optimised. Rows per sweep chunk of CROWN's intermediate bounds
+(no autograd) are sized the same way (`crown_max_rows`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..device_share import free_memory_bytes
+
+# The part of this process's free memory that alpha-CROWN's working set may take (the rest: the
+# model, CROWN's start, fragmentation, what the pipeline holds).
+FRACTION = 0.5
+# Per (row, element) float32-sized values held until a step's backward pass, calibrated on
+# vit_2023 pgd_2_3_16 (CPU, 2 steps with every start node: +2.08 GB peak RSS over CROWN's; this
+# estimate 2.1 GB): ~6 A-matrix-sized tensors per node of a sweep (A, its positive / negative
+# parts, the relaxed A, temporaries), and ~30 per slope (the slope, its gradient, Adam's two
+# moments, and the float64 line coefficients and intercepts of the activation ops' relaxation).
+SAVED_PER_NODE = 6
+SLOPE_COPIES = 30
+
+
+@dataclass(frozen=True)
+class StartCost:
+    name: str
+    rows: int
+    bytes: int
+
+
+def start_costs(graph, rows: dict, n_out_rows: int, batch: int, itemsize: int = 4) -> list[StartCost]:
+    """Estimated bytes held by optimising each start node (the output first), in graph order."""
+    alpha_ops = [n for n in graph.nodes if n.op is not None and getattr(n.op, "has_alpha", False)]
+    costs = []
+    for name, k in [(graph.output_name, n_out_rows)] + [(n, len(r)) for n, r in rows.items()]:
+        ancestors = graph.ancestors(name)
+        sweep = sum(graph[a].numel for a in ancestors)
+        slopes = sum(getattr(a.op, "n_alpha", 2) * a.numel for a in alpha_ops
+                     if a.name in ancestors and a.name != name)
+        per_row = SAVED_PER_NODE * sweep + SLOPE_COPIES * slopes
+        costs.append(StartCost(name, k, itemsize * batch * k * per_row))
+    return costs
+
+
+def fit_starts(graph, rows: dict, n_out_rows: int, batch: int, device, itemsize: int = 4,
+               free_bytes=free_memory_bytes) -> tuple[tuple[str, ...], int, int]:
+    """(intermediate start nodes to optimise, in graph order, their estimated bytes with the
+    output's, the budget): every one when all fit in the budget, else as many as fit, cheapest
+    first."""
+    budget = int(free_bytes(device) * FRACTION)
+    costs = start_costs(graph, rows, n_out_rows, batch, itemsize)
+    total = costs[0].bytes
+    if total + sum(c.bytes for c in costs[1:]) <= budget:
+        return tuple(c.name for c in costs[1:]), total + sum(c.bytes for c in costs[1:]), budget
+    kept = set()
+    for c in sorted(costs[1:], key=lambda c: c.bytes):
+        if total + c.bytes > budget:
+            break
+        kept.add(c.name)
+        total += c.bytes
+    return tuple(c.name for c in costs[1:] if c.name in kept), total, budget
+
+
+def crown_max_rows(graph, batch: int, device, itemsize: int = 4, free_bytes=free_memory_bytes) -> int:
+    """Rows per backward sweep (no autograd) that fit the budget: about four A-matrices of the
+    widest node alive at once per row."""
+    widest = max((n.numel for n in graph.nodes), default=1)
+    per_row = 4 * itemsize * batch * widest
+    return max(1, int(free_bytes(device) * FRACTION) // per_row)

@@ -1,0 +1,51 @@
+"""scripts/bench_bab_scaling.py (the 1 process vs --mesh 2x1 scaling command): instance parsing,
+medians, ratios and the targets line, on fake runs (no process started)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_bab_scaling", Path(__file__).resolve().parents[1] / "scripts" / "bench_bab_scaling.py")
+bbs = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bbs)
+
+
+def _run(procs, seconds, bab, domains, verdict="unsat", alpha=1.0):
+    return {"procs": procs, "verdict": verdict, "seconds": seconds, "wall": seconds + 3, "bab_seconds": bab,
+            "pre_bab_seconds": seconds - bab, "alpha_seconds": alpha, "domains": domains,
+            "rate": domains / bab if bab else 0.0}
+
+
+def test_instances_parse_and_default_set_names_the_targets():
+    inst = bbs.parse_instance("mnist_fc/onnx/mnist-net_256x4.onnx.gz,vnnlib/prop_3_0.05.vnnlib.gz,relu")
+    assert inst == ("mnist_fc", "onnx/mnist-net_256x4.onnx.gz", "vnnlib/prop_3_0.05.vnnlib.gz", "relu")
+    assert bbs.instance_name(inst) == "mnist-net_256x4 prop_3_0.05 (relu)"
+    assert bbs.parse_instance("a/b.onnx,c.vnnlib")[3] == "auto"
+    names = [bbs.instance_name(bbs.parse_instance(t)) for t in bbs.DEFAULT]
+    assert "mnist-net_256x4 prop_8_0.03 (relu)" in names and "mnist-net_256x4 prop_3_0.05 (relu)" in names
+    assert sum("(input)" in n for n in names) >= 2
+    with pytest.raises(SystemExit, match="bad instance"):
+        bbs.parse_instance("no-family.onnx,x.vnnlib")
+
+
+def test_medians_ratios_and_targets():
+    runs = [_run(1, 20.0, 12.0, 6000), _run(2, 12.0, 7.0, 7000), _run(2, 14.0, 8.0, 7000), _run(1, 22.0, 14.0, 6000)]
+    row = bbs.summarise("acasxu 1_1 prop_3 (input)", runs, 2)
+    assert row["p1_seconds"] == 21.0 and row["p2_seconds"] == 13.0
+    assert row["time_ratio"] == pytest.approx(13.0 / 21.0)
+    assert row["rate_ratio"] == pytest.approx(statistics_median([7000 / 7, 7000 / 8]) / statistics_median([500, 6000 / 14]))
+    assert row["p1_verdicts"] == "unsat/unsat"
+    lines = "\n".join(bbs.tables([row], 2))
+    assert "time 0.62x (meets <= 0.65); sub-boxes/s 2.02x (meets >= 1.7)" in lines
+    slow = bbs.summarise("y (input)", [_run(1, 10.0, 8.0, 800), _run(2, 9.0, 7.0, 800)], 2)
+    assert "time 0.90x (MISSES <= 0.65); sub-boxes/s 1.14x (MISSES >= 1.7)" in "\n".join(bbs.tables([slow], 2))
+    short = bbs.summarise("x (relu)", [_run(1, 4.0, 2.0, 100), _run(2, 4.0, 2.0, 100)], 2)
+    assert "outside the time target" in "\n".join(bbs.tables([short], 2))
+
+
+def statistics_median(values):
+    import statistics
+    return statistics.median(values)
