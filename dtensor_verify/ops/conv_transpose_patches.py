@@ -6,8 +6,8 @@
 reaches the inputs i with `i s - p + d k` in that range for some k, i_lo <= i <= i_hi. Each row's
 window is embedded, zero-filled, in a canvas of y that starts at `i_lo s - p` (i_lo =
 floor((top + p - d (K - 1)) / s): aligned with the stride, at or before the window) and holds
-the window and the reach of every input up to i_hi; the stride-s convolution of the canvas (no padding) is then the row's
-window on x, from i_lo. Inputs off x's grid are masked to 0 (the invariant of `ops/patches.py`).
+the window and the reach of every input up to i_hi; the stride-s convolution of the canvas (no
+padding) is then the row's window on x, from i_lo. Inputs off x's grid are masked to 0 (the invariant of `ops/patches.py`).
 Exact: the canvas holds every coefficient of the row, the rest of it is 0.
 """
 from __future__ import annotations

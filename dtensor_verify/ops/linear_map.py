@@ -133,8 +133,12 @@ class LinearMapOp(BoundOp):
 
     def _transposed_conv_patches(self, lA, uA):
         in_shape = tuple(self.in_shapes[0])
-        new_l = None if lA is None else transposed_conv_step(self.transposed_conv, in_shape, lA)
-        new_u = new_l if uA is lA else (None if uA is None else transposed_conv_step(self.transposed_conv, in_shape, uA))
+
+        def step(A):
+            return None if A is None else transposed_conv_step(self.transposed_conv, in_shape, A)
+
+        new_l = step(lA)
+        new_u = new_l if uA is lA else step(uA)
         if (lA is not None and new_l is None) or (uA is not None and new_u is None):
             return None
 
