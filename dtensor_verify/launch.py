@@ -2,7 +2,10 @@
 
     python -m dtensor_verify.launch --standalone --nproc-per-node 2 -m dtensor_verify run ...
 
-Takes exactly torchrun's arguments (it runs `torch.distributed.run` in-process). Plain
+Takes exactly torchrun's arguments (it runs `torch.distributed.run` in-process; a single-host
+`--standalone --nproc-per-node N -m ...` job starts its ranks without importing torch, with
+torchrun's environment and failure rules: fast_launch.py; DTENSOR_VERIFY_LAUNCHER=torchrun
+always uses torchrun). Plain
 `torchrun` ends any run where a rank exits non-zero with a ~40-line ChildFailedError block and
 exit status 1, so a refused input (status 2 from every rank, one line from rank 0) would drown.
 This launcher instead:
@@ -155,13 +158,21 @@ def _running(pid: int) -> bool:
 
 
 def main(argv=None) -> int:
+    from .fast_launch import parse_standalone, run_standalone
+
+    raw = sys.argv[1:] if argv is None else list(argv)
+    job = parse_standalone(raw)
+    if job is not None:              # one host, --standalone: the ranks start without torch here
+        _quiet_torchrun_logs()
+        JobDeadline(job.script_args)
+        return run_standalone(job, exit_status, failure_lines)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     _quiet_torchrun_logs()
 
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_args(raw)
     JobDeadline(list(args.training_script_args))
     try:
         run(args)

@@ -24,14 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .element_types import INTEGER_OUTPUT_TYPES, SOUND_ELEMENT_TYPES  # noqa: F401 (re-exported)
 from .errors import InputSpecError, ModelLoadError, UnsupportedOpError
 
 __all__ = ["NetworkMappingError", "ElementTypeError", "UnsoundTypeError", "Product", "load_product",
-           "check_mapping", "SOUND_ELEMENT_TYPES"]
-
-# Element types this verifier analyses: float32 networks (bounds in float32 arithmetic, every
-# counterexample replayed by onnxruntime in float32), and `real` (permission to treat them as reals).
-SOUND_ELEMENT_TYPES = ("float32", "real")
+           "check_mapping", "SOUND_ELEMENT_TYPES", "INTEGER_OUTPUT_TYPES"]
 
 
 class NetworkMappingError(InputSpecError):
@@ -106,7 +103,7 @@ def _check_one(query, net, d, info, path) -> None:
     if d.dtype != "real" and d.dtype != onnx_type:
         raise ElementTypeError(f"{query.path}: {d.name} of network '{net.name}' is declared {d.dtype}, "
                                f"but '{info.name}' in {path} is {onnx_type}")
-    if d.dtype not in SOUND_ELEMENT_TYPES:
+    if d.dtype not in SOUND_ELEMENT_TYPES and not (d.dtype in INTEGER_OUTPUT_TYPES and d.kind != "input"):
         raise UnsoundTypeError(f"{query.path}: {d.name} is declared {d.dtype}; this verifier analyses "
                                f"only {' and '.join(SOUND_ELEMENT_TYPES)} soundly (write real to accept "
                                f"real-number semantics)")
@@ -176,8 +173,9 @@ class _Net:
     path: str
     proto: object              # the file's model, with the hidden tensors as extra outputs (onnxruntime)
     in_shapes: list            # full ONNX input shapes
-    module: nn.Module          # onnx2torch conversion
+    module: nn.Module | None   # onnx2torch conversion (None: every output is a constant)
     batch_added: bool = False  # the conversion has an explicit batch axis in front of in_shapes
+    constants: dict | None = None   # output index -> its constant value (onnx_int_casts: Shape)
 
 
 def _input_shapes(proto, path) -> list:
@@ -201,7 +199,9 @@ class ProductModule(nn.Module):
 
     def __init__(self, nets: list, M: np.ndarray, query):
         super().__init__()
-        self.nets = nn.ModuleList([n.module for n in nets])
+        self.nets = nn.ModuleList([n.module or nn.Identity() for n in nets])
+        self.runs = [n.module is not None for n in nets]
+        bias = np.zeros(M.shape[0])
         self.shapes = [[tuple(s) if n.batch_added else _per_sample(s) for s in n.in_shapes] for n in nets]
         n_v, n_z = M.shape
         self.inputs = nn.ModuleList()
@@ -212,7 +212,10 @@ class ProductModule(nn.Module):
                 lins.append(_linear(M[d.offset:d.offset + d.size]))
             self.inputs.append(lins)
             places = nn.ModuleList()
-            for d in list(net.decl.outputs) + list(net.decl.hidden):
+            for i, d in enumerate(list(net.decl.outputs) + list(net.decl.hidden)):
+                if i in (net.constants or {}):
+                    bias[d.offset:d.offset + d.size] = net.constants[i].reshape(-1)
+                    continue
                 P = np.zeros((n_v, d.size))
                 P[d.offset:d.offset + d.size] = np.eye(d.size)
                 places.append(_linear(P))
@@ -221,11 +224,13 @@ class ProductModule(nn.Module):
         for v in query.variables:
             if v.kind == "input":
                 in_rows[v.offset:v.offset + v.size] = M[v.offset:v.offset + v.size]
-        self.place_inputs = _linear(in_rows)
+        self.place_inputs = _linear(in_rows, bias if np.any(bias) else None)
 
     def forward(self, z):
         v = self.place_inputs(z)
         for k, net in enumerate(self.nets):
+            if not self.runs[k]:
+                continue
             xs = [lin(z).reshape(-1, *shape) for lin, shape in zip(self.inputs[k], self.shapes[k])]
             out = net(*xs)
             outs = list(out) if isinstance(out, (tuple, list)) else [out]
@@ -234,10 +239,13 @@ class ProductModule(nn.Module):
         return v
 
 
-def _linear(W: np.ndarray) -> nn.Linear:
-    lin = nn.Linear(W.shape[1], W.shape[0], bias=False)
+def _linear(W: np.ndarray, b: np.ndarray | None = None) -> nn.Linear:
+    lin = nn.Linear(W.shape[1], W.shape[0], bias=b is not None)
     with torch.no_grad():
         lin.weight.copy_(torch.as_tensor(W, dtype=torch.float32))
+        if b is not None:
+            lin.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
+            lin.bias.requires_grad_(False)
     lin.weight.requires_grad_(False)
     return lin
 
@@ -246,6 +254,7 @@ class Product:
     def __init__(self, query, nets: list, M):
         self.query, self.nets, self.M = query, nets, M
         self.model = None
+        self.int_casts = False      # integer casts rewritten (onnx_int_casts): exact within its guard
         self._sessions: dict = {}
 
     def values_vector(self, z: np.ndarray) -> np.ndarray:
@@ -289,10 +298,11 @@ def load_product(query, files: dict, M: np.ndarray, device=None) -> Product:
     """The product model of the query's networks (`files`: name -> ONNX path, from check_mapping)."""
     from .api import BoundedModel
     from .batch_axis import add_batch_axis, needs_batch_axis
+    from .onnx_int_casts import rewrite_int_casts
     from .onnx_rewrites import canonical_onnx
     from .model_loading import _check_float32, _convert, _normalise_proto, load_onnx_proto, trace_module
 
-    protos, nets = {}, []
+    protos, nets, int_casts = {}, [], False
     declared = {n.name: n for n in query.networks}
     for net in query.networks:
         path = files[net.name]
@@ -302,19 +312,25 @@ def load_product(query, files: dict, M: np.ndarray, device=None) -> Product:
         _check_types(query, net, proto, path)
         if net.isomorphic_to:
             _check_isomorphic(query, net, declared[net.isomorphic_to], proto, protos, files)
-        _check_float32(proto, path)
+        _check_float32(_int_outputs_as_float(proto), path)
         hidden = [d.onnx_name for d in net.hidden]
-        full = _with_hidden(canonical_onnx(_normalise_proto(copy.deepcopy(proto), path)), hidden)
-        batch_added = needs_batch_axis(full)    # no leading batch dim of 1, or ops on axis 0
-        converted = add_batch_axis(full, path) if batch_added else copy.deepcopy(full)
-        try:
-            module = _convert(_constants_to_initializers(converted), path).eval()
-        except ModelLoadError as exc:   # a valid ONNX file onnx2torch cannot convert: no bound rule
-            raise UnsupportedOpError(str(exc)) from None
+        canon, ints, constants = rewrite_int_casts(canonical_onnx(_normalise_proto(copy.deepcopy(proto), path)))
+        int_casts = int_casts or ints
+        full = _with_hidden(canon, hidden)
+        batch_added, module = False, None
+        if len(full.graph.output):
+            batch_added = needs_batch_axis(full)    # no leading batch dim of 1, or ops on axis 0
+            converted = add_batch_axis(full, path) if batch_added else copy.deepcopy(full)
+            try:
+                module = _convert(_constants_to_initializers(converted), path).eval()
+            except ModelLoadError as exc:   # a valid ONNX file onnx2torch cannot convert: no bound rule
+                raise UnsupportedOpError(str(exc)) from None
         # onnxruntime runs the file as given (plus the hidden tensors as outputs)
-        nets.append(_Net(net, path, _with_hidden(proto, hidden), _input_shapes(full, path), module, batch_added))
+        nets.append(_Net(net, path, _with_hidden(proto, hidden), _input_shapes(full, path), module, batch_added,
+                         constants))
     n_z = M.shape[1]
     out = Product(query, nets, M)
+    out.int_casts = int_casts
     try:
         loaded = trace_module(_trace(ProductModule(nets, M, query).eval()), (n_z,))
     except ModelLoadError as exc:       # an op torch.fx cannot trace has no bound rule either
@@ -328,6 +344,19 @@ def load_product(query, files: dict, M: np.ndarray, device=None) -> Product:
         raise ModelLoadError(f"{query.path}: the product of the networks cannot be bounded: {exc}") from None
     out.model = model.to(device) if device is not None else model
     return out
+
+
+def _int_outputs_as_float(proto):
+    """The float check's view of the file: int32 / int64 outputs (declared so in the query,
+    `_check_types`) count as float; they are rewritten exactly or refused at conversion."""
+    ints = (6, 7)
+    if not any(o.type.tensor_type.elem_type in ints for o in proto.graph.output):
+        return proto
+    view = copy.deepcopy(proto)
+    for o in view.graph.output:
+        if o.type.tensor_type.elem_type in ints:
+            o.type.tensor_type.elem_type = 1
+    return view
 
 
 class _OnnxLeafTracer(torch.fx.Tracer):

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .onnx_facts import elem_types
+
 COMPARISONS = ("Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal")
 CONSUMERS = ("Cast", "Where", "Not", "And", "Or")
 _FLOATS = (1, 11)       # TensorProto.FLOAT, DOUBLE
@@ -81,19 +83,6 @@ def _consumer(b: _Builder, node, booleans):
     return b.op("Add", [q, b.op("Mul", [cond, b.op("Sub", [p, q])])], out)
 
 
-def _float_types(proto) -> dict:
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
-    except Exception:       # noqa: BLE001 - no types: nothing is rewritten
-        return {}
-    types = {i.name: i.data_type for i in proto.graph.initializer}
-    for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        types[info.name] = info.type.tensor_type.elem_type
-    return types
-
-
 def _sources(proto, types, perturbed) -> set:
     """Boolean tensors that come from a comparison / Cast-to-BOOL of a perturbed float tensor."""
     out = set()
@@ -149,7 +138,7 @@ def rewrite_comparisons(proto):
     """See the module docstring; returns the proto (edited in place) unchanged if nothing applies."""
     if not any(n.op_type in COMPARISONS or n.op_type == "Cast" for n in proto.graph.node):
         return proto
-    types = _float_types(proto)
+    types = elem_types(proto)
     inits = {i.name for i in proto.graph.initializer}
     perturbed = {i.name for i in proto.graph.input if i.name not in inits}
     for node in proto.graph.node:

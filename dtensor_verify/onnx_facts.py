@@ -29,3 +29,18 @@ def inferred_dims(proto) -> dict[str, tuple]:
         if t.HasField("shape"):
             dims[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
     return dims
+
+
+def elem_types(proto) -> dict[str, int]:
+    """ONNX element type (TensorProto enum) of every initializer and inferred value; {} when shape
+    inference fails (callers then rewrite nothing)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:       # noqa: BLE001 - no types: nothing is rewritten
+        return {}
+    types = {i.name: i.data_type for i in proto.graph.initializer}
+    for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        types[info.name] = info.type.tensor_type.elem_type
+    return types

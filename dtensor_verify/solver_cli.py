@@ -55,8 +55,8 @@ def capability(name: str) -> list[str]:
 
         return [str(MIN_OPSET), str(onnx.defs.onnx_opset_version())]
     if name == "onnx-element-types":
-        from .multinet import SOUND_ELEMENT_TYPES
-        return list(SOUND_ELEMENT_TYPES)
+        from .element_types import INTEGER_OUTPUT_TYPES, SOUND_ELEMENT_TYPES
+        return list(SOUND_ELEMENT_TYPES) + list(INTEGER_OUTPUT_TYPES)     # integers: outputs / hidden only
     if name == "onnx-operators":
         from .ops import onnx_operators
         return list(onnx_operators())
@@ -199,7 +199,7 @@ def _verify2(args) -> int:
     for f in set(files.values()):
         if not Path(f).is_file():
             raise CliError(f"{f}: no such file")
-    prop = build_property(query)
+    prop = build_property(query, allow_unbounded=True)
     try:
         product = load_product(query, files, prop.M, args.cli._device(args))
     except UnsupportedOpError as exc:
@@ -208,25 +208,63 @@ def _verify2(args) -> int:
         return EXIT_OK
     prop = _with_output_bounds(product, query, prop)
     prop.checker = _checker(product, query, prop)
-    if _try_corners(prop):
-        from .run_guard import torchrun_rank
-
-        if torchrun_rank() in (None, 0):
-            print("sat", flush=True)
-            _write_assignment(query, prop.last_assignment, args.serialise)
-        return EXIT_OK
-    res, lead = _run(args, product.model, prop)
+    if product.int_casts and not _int_guard(product, prop):
+        return _answer("unknown", why=f"{args.query}: an integer cast's input may leave [-2^20, 2^20] over the "
+                       "input boxes (where the float form is exact and no integer op wraps)")
+    search = _refute_first(product, prop)
+    if search is None:
+        return _answer("unsat")
+    if _try_corners(search):
+        return _answer("sat", query, search.last_assignment, args.serialise)
+    res, lead = _run(args, product.model, search)
     if not lead:
         return EXIT_OK if res.verdict != "error" else EXIT_ERROR
-    if res.verdict == "sat" and prop.last_assignment is None:
+    if res.verdict == "sat" and search.last_assignment is None:
         res.verdict = "unknown"                 # never: sat only comes through the checker
+    if res.verdict == "unsat" and prop.unbounded:
+        res.verdict = "unknown"                 # proved over the restriction only
     code = _print_verdict(res)
+    if res.verdict == "unknown" and prop.unbounded:
+        _err(f"{args.query}: unbounded input(s) {', '.join(prop.unbounded[:5])}: the search ran over a bounded "
+             "part of them (a sat there is a sat), the bounds did not refute the rest")
     if res.verdict == "unknown" and prop.relaxed:
         _err("relaxed to true (unknown may come from it): "
              + "; ".join(f"{t} ({why})" for t, why in prop.relaxed[:5]))
     if res.verdict == "sat":
-        _write_assignment(query, prop.last_assignment, args.serialise)
+        _write_assignment(query, search.last_assignment, args.serialise)
     return code
+
+
+def _answer(verdict, query=None, assignment=None, folder=None, why=None) -> int:
+    """A verdict decided before the pipeline (every rank decides the same; rank 0 prints)."""
+    from .cli_common import err as _err
+    from .run_guard import torchrun_rank
+
+    if torchrun_rank() in (None, 0):
+        print(verdict, flush=True)
+        if verdict == "sat":
+            _write_assignment(query, assignment, folder)
+        if why:
+            _err(why)
+    return EXIT_OK
+
+
+def _int_guard(product, prop) -> bool:
+    from .onnx_int_casts import guard_ok
+
+    return guard_ok(product.model, [(r.lower, r.upper) for r in prop.regions])
+
+
+def _refute_first(product, prop):
+    """The property without the disjuncts one bound pass refutes (strict rows at their bound,
+    boxes with unbounded inputs: `specs/vnnlib2_refute.py`), restricted to finite boxes for the
+    search; None when nothing is left (unsat)."""
+    from .specs.vnnlib2_refute import refute, restrict_unbounded
+
+    left, _ = refute(product.model, prop)
+    if not left.regions:
+        return None
+    return restrict_unbounded(left) if prop.unbounded else left
 
 
 def _try_corners(prop, max_dims: int = 10, max_regions: int = 4) -> bool:
@@ -255,7 +293,7 @@ def _try_corners(prop, max_dims: int = 10, max_regions: int = 4) -> bool:
 def _with_output_bounds(product, query, prop):
     """Polynomial atoms over hidden / output values need their bounds: one CROWN pass over the
     regions' boxes, then the property is built again with them."""
-    if not prop.relaxed or not prop.regions:
+    if not prop.relaxed or not prop.regions or prop.unbounded:
         return prop
     import numpy as np
     import torch
@@ -306,9 +344,14 @@ def _exact_pins(query, prop, z, values: dict) -> dict:
 
 
 def _text(x) -> str:
-    """A value as exact text: floats by their shortest round-trip repr, fractions as decimals."""
+    """A value as exact text: floats by their shortest round-trip repr, fractions as decimals,
+    integers as integers."""
     from fractions import Fraction
 
+    import numpy as np
+
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
     if not isinstance(x, Fraction):
         return repr(float(x))
     k, den = 0, x.denominator
@@ -331,8 +374,11 @@ def _write_assignment(query, values: dict, folder: str | None) -> None:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         for v in query.variables:
-            arr = np.asarray([float(x) for x in np.asarray(values[v.name], dtype=object).reshape(-1)],
-                             dtype=np.float64 if v.dtype == "float64" else np.float32)
+            flat = np.asarray(values[v.name], dtype=object).reshape(-1)
+            if v.dtype in ("int32", "int64"):
+                arr = np.asarray([int(x) for x in flat], dtype=v.dtype)
+            else:
+                arr = np.asarray([float(x) for x in flat], dtype=np.float64 if v.dtype == "float64" else np.float32)
             tensor = numpy_helper.from_array(arr.reshape(v.shape), name=v.name)
             (out / f"{v.name}.pb").write_bytes(tensor.SerializeToString())
         return

@@ -149,30 +149,34 @@ def _new_lirpa():
     sys.path.insert(0, os.path.join(ABCROWN, "onnx2pytorch"))
 
 
-def run_lirpa(tool, instance, eps_scale, iterations, device, count_ops=False):
+def _lirpa_model(tool, onnx_path, iterations, d):
+    """(model, bound_opts) for auto_LiRPA 0.3 (our loaded graph) or alpha,beta-CROWN's (its loader)."""
     import gzip
 
-    import numpy as np
     import onnx
-    import torch
 
-    onnx_path, lo, hi, C, d = instance_tensors(instance, eps_scale)
     if tool == "lirpa03":
         sys.path.insert(0, os.path.join(ROOT, "tests"))
         from lirpa_reference import patch_auto_lirpa
         patch_auto_lirpa()
         import dtensor_verify as dv
-        model = dv.load(onnx_path).module
-        opts = {"conv_mode": "matrix"}
-    else:
-        _new_lirpa()
-        from onnx2pytorch import ConvertModel
-        model = ConvertModel(onnx.load_model_from_string(gzip.open(onnx_path).read()), experimental=True)
-        opts = {"conv_mode": "matrix", "fixed_reducemax_index": True, "sparse_intermediate_bounds": False,
-                "sparse_features_alpha": False, "sparse_spec_alpha": False,
-                "optimize_bound_args": {"iteration": iterations, "lr_alpha": 0.5, "lr_decay": 0.98,
-                                        "early_stop_patience": 10, "disable_optimization": ["Exp"],
-                                        "stop_criterion_func": lambda lb: (lb > d).all(dim=1, keepdim=True)}}
+        return dv.load(onnx_path).module, {"conv_mode": "matrix"}
+    _new_lirpa()
+    from onnx2pytorch import ConvertModel
+    model = ConvertModel(onnx.load_model_from_string(gzip.open(onnx_path).read()), experimental=True)
+    return model, {"conv_mode": "matrix", "fixed_reducemax_index": True, "sparse_intermediate_bounds": False,
+                   "sparse_features_alpha": False, "sparse_spec_alpha": False,
+                   "optimize_bound_args": {"iteration": iterations, "lr_alpha": 0.5, "lr_decay": 0.98,
+                                           "early_stop_patience": 10, "disable_optimization": ["Exp"],
+                                           "stop_criterion_func": lambda lb: (lb > d).all(dim=1, keepdim=True)}}
+
+
+def run_lirpa(tool, instance, eps_scale, iterations, device, count_ops=False):
+    import numpy as np
+    import torch
+
+    onnx_path, lo, hi, C, d = instance_tensors(instance, eps_scale)
+    model, opts = _lirpa_model(tool, onnx_path, iterations, d)
     from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 
     model = model.eval()

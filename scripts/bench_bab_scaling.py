@@ -97,10 +97,14 @@ def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, d
         subprocess.run(cmd, env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, timeout=3 * timeout + 120)
     wall = time.perf_counter() - t
     data = json.loads(js.read_text()) if js.exists() else {}
-    if not data and res.exists():
-        # No JSON: the watchdog ended the run at its limit (results file `timeout`) or it failed.
-        verdict = (res.read_text().split() or ["error"])[0]
+    note = ""
+    if not data:
+        # No JSON: the watchdog ended the run at its limit (results file `timeout`) or it failed
+        # (then the last line of its log says why).
+        verdict = (res.read_text().split() or ["error"])[0] if res.exists() else "error"
         data = {"verdict": verdict, "seconds": timeout if verdict == "timeout" else float("nan")}
+        lines = (out / f"{tag}.log").read_text(errors="replace").strip().splitlines()
+        note = lines[-1][:300] if lines else "no output"
     bounds = data.get("bounds", {})
     bab = bounds.get("bab", {})
     n = bab.get("domains_visited_all_workers", bab.get("domains_visited", 0)) or 0
@@ -109,6 +113,7 @@ def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, d
     return {"verdict": data.get("verdict", "error"), "seconds": secs, "wall": wall, "bab_seconds": bab_s,
             "pre_bab_seconds": secs - bab_s, "alpha_seconds": bounds.get("alpha-crown", {}).get("seconds", 0.0),
             "domains": n, "rate": n / bab_s if bab_s else 0.0, "rounds": bab.get("rounds", 0),
+            "sync_seconds": bab.get("phases", {}).get("sync", 0.0), "note": note,
             "workers": bab.get("workers", "")}
 
 
@@ -120,7 +125,8 @@ def run_instance(root: Path, inst, i: int, args) -> list[dict]:
             r = run_one(root, inst, procs, args.timeout, args.out, f"i{i}_r{rep}_p{procs}", args.device)
             rows.append({"instance": instance_name(inst), "repeat": rep, "procs": procs, **r})
             print(f"  {instance_name(inst)} repeat {rep} procs {procs}: {r['verdict']} {r['seconds']:.2f} s "
-                  f"(BaB {r['bab_seconds']:.2f} s, {r['domains']} domains)", flush=True)
+                  f"(BaB {r['bab_seconds']:.2f} s, {r['domains']} domains)" + (f" [{r['note']}]" if r["note"] else ""),
+                  flush=True)
     return rows
 
 
@@ -135,7 +141,8 @@ def summarise(name: str, runs: list[dict], procs: int) -> dict:
     row = {"instance": name}
     for tag, side in (("p1", one), (f"p{procs}", two)):
         row[f"{tag}_verdicts"] = "/".join(r["verdict"] for r in side)
-        for key in ("seconds", "wall", "bab_seconds", "pre_bab_seconds", "alpha_seconds", "domains", "rate"):
+        for key in ("seconds", "wall", "bab_seconds", "pre_bab_seconds", "alpha_seconds", "domains", "rate",
+                    "rounds", "sync_seconds"):
             row[f"{tag}_{key}"] = median_of(side, key)
 
     def ratio(key):
@@ -153,7 +160,8 @@ def conditions(args, load_before, load_after, wall) -> list[str]:
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     return [f"- command: `{' '.join(sys.argv)}`",
-            f"- machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+            f"- machine: {os.cpu_count()} cores, {len(os.sched_getaffinity(0))} usable by this run "
+            f"({platform.processor() or platform.machine()}), "
             f"load average before {load_before}, after {load_after}",
             f"- torch {torch.__version__}, Python {platform.python_version()}, commit {commit}; one thread per "
             f"rank, --device {args.device}; limit {args.timeout:g} s; {args.repeats} repeat(s), {args.jobs} instance(s) at once",
@@ -164,14 +172,16 @@ def tables(rows: list[dict], procs: int) -> list[str]:
     p = f"p{procs}"
     lines = [f"| instance | 1 proc: verdict, s to verdict (BaB s) | {procs}x1: verdict, s (BaB s) | time {procs}x1/1 "
              f"| wall s 1 / {procs}x1 | before BaB s 1 / {procs}x1 | alpha-CROWN s 1 / {procs}x1 | BaB s ratio "
-             f"| domains/s 1 / {procs}x1 | rate ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| domains/s 1 / {procs}x1 | rate ratio | rounds 1 / {procs}x1 | BaB sync s {procs}x1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['instance']} | {r['p1_verdicts']}, {r['p1_seconds']:.2f} ({r['p1_bab_seconds']:.2f}) | "
             f"{r[p + '_verdicts']}, {r[p + '_seconds']:.2f} ({r[p + '_bab_seconds']:.2f}) | **{r['time_ratio']:.2f}** | "
             f"{r['p1_wall']:.1f} / {r[p + '_wall']:.1f} | {r['p1_pre_bab_seconds']:.2f} / {r[p + '_pre_bab_seconds']:.2f} | "
             f"{r['p1_alpha_seconds']:.2f} / {r[p + '_alpha_seconds']:.2f} | {r['bab_ratio']:.2f} | "
-            f"{r['p1_rate']:.0f} / {r[p + '_rate']:.0f} | {r['rate_ratio']:.2f} |")
+            f"{r['p1_rate']:.0f} / {r[p + '_rate']:.0f} | {r['rate_ratio']:.2f} | "
+            f"{r['p1_rounds']:.0f} / {r[p + '_rounds']:.0f} | {r[p + '_sync_seconds']:.2f} |")
     lines.append("")
     for r in rows:
         if r["p1_bab_seconds"] < MIN_BAB_SECONDS:

@@ -1,8 +1,10 @@
 """Softmax bound widths: the plain decomposition (1 / sum_j exp(x_j - x_i)), the same with
 `softmax_sum_one` (ops/softmax_sum.py: sum y = 1 in the box rule and in the CROWN step), and
-auto_LiRPA 0.3's CROWN on the same torch graphs. Prints a table and writes CSV.
+auto_LiRPA 0.3's CROWN on the same torch graphs; with `--alpha N`, alpha-CROWN (N iterations) with
+the shift fixed at the weighted median (`OPTIMISE_SHIFT = False`) and optimised, side by side.
+Prints a table and writes CSV.
 
-    PYTHONPATH=$PWD python scripts/bench_softmax.py --out softmax_widths.csv [--vit] [--seeds 3]
+    PYTHONPATH=$PWD python scripts/bench_softmax.py --out softmax_widths.csv [--vit] [--seeds 3] [--alpha 20]
 
 Columns: mean CROWN width (upper - lower, over outputs) per box; `lirpa` auto_LiRPA 0.3's CROWN
 (default 'complex' softmax), `lirpa_ibp` its IBP ('simple' softmax); blank where it refuses. `--vit` adds the vit_2023 pgd_2_3_16 model on the
@@ -22,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import dtensor_verify as dv  # noqa: E402
-from dtensor_verify.ops import decompose  # noqa: E402
+from dtensor_verify.ops import decompose, softmax_sum  # noqa: E402
 from op_checks import random_box  # noqa: E402
 from test_ops_products import _Attention  # noqa: E402
 from test_softmax_sum_one import _Soft  # noqa: E402
@@ -42,6 +44,23 @@ def crown_width(model_src, shape, lo, hi, sum_one: bool):
         decompose.SOFTMAX_SUM_ONE = True
 
 
+def alpha_widths(model_src, shape, lo, hi, iterations: int) -> dict:
+    """alpha-CROWN's mean width and time with the shift fixed and optimised (empty if iterations 0)."""
+    if not iterations:
+        return {}
+    model = dv.load(model_src, shape)
+    out = {}
+    for key, flag in (("alpha_fixed", False), ("alpha_opt", True)):
+        softmax_sum.OPTIMISE_SHIFT = flag
+        try:
+            t0 = time.perf_counter()
+            r = model.compute_bounds(lo, hi, "alpha-crown", alpha_options=dv.AlphaOptions(iterations=iterations))
+            out[key], out[f"t_{key}_s"] = float((r.upper - r.lower).mean()), time.perf_counter() - t0
+        finally:
+            softmax_sum.OPTIMISE_SHIFT = True
+    return out
+
+
 def lirpa_width(net, lo, hi, method, softmax):
     """auto_LiRPA 0.3's mean width; None where it refuses the graph (its 'complex' softmax takes
     a ReduceMax of the perturbed input, which has no CROWN rule; 'simple' has IBP only)."""
@@ -55,7 +74,7 @@ def lirpa_width(net, lo, hi, method, softmax):
         return None
 
 
-def small_rows(seeds):
+def small_rows(seeds, iterations):
     rows = []
     for name, (make, shape, width) in NETS.items():
         net = make().eval()
@@ -65,11 +84,11 @@ def small_rows(seeds):
             new, t_new = crown_width(net, shape, lo, hi, True)
             rows.append({"graph": name, "box": seed, "plain": old, "sum_one": new, "lirpa": lirpa_width(net, lo, hi, "CROWN", "complex"),
                          "lirpa_ibp": lirpa_width(net, lo, hi, "IBP", "simple"),
-                         "t_plain_s": t_old, "t_sum_one_s": t_new})
+                         "t_plain_s": t_old, "t_sum_one_s": t_new, **alpha_widths(net, shape, lo, hi, iterations)})
     return rows
 
 
-def vit_row():
+def vit_row(iterations):
     from dtensor_verify.specs.vnnlib import read_vnnlib
 
     bench = os.path.join(ROOT, "..", "shared", "benchmarks", "vit_2023")
@@ -85,7 +104,8 @@ def vit_row():
     old, t_old = crown_width(onnx_path, None, lo, hi, False)
     new, t_new = crown_width(onnx_path, None, lo, hi, True)
     return {"graph": f"vit_2023/{os.path.basename(onnx_rel)}:{os.path.basename(spec_rel)}", "box": 0, "plain": old,
-            "sum_one": new, "lirpa": None, "lirpa_ibp": None, "t_plain_s": t_old, "t_sum_one_s": t_new}
+            "sum_one": new, "lirpa": None, "lirpa_ibp": None, "t_plain_s": t_old, "t_sum_one_s": t_new,
+            **alpha_widths(onnx_path, None, lo, hi, iterations)}
 
 
 def main():
@@ -94,20 +114,29 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--vit", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--alpha", type=int, default=0, help="alpha-CROWN iterations (0: no alpha columns)")
+    ap.add_argument("--no-small", action="store_true", help="only the ViT row")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = small_rows(args.seeds) + ([vit_row()] if args.vit else [])
-    fmt = "{:<44} {:>3} {:>10} {:>10} {:>7} {:>11} {:>11}"
-    print(fmt.format("graph", "box", "plain", "sum_one", "gain", "lirpa_crown", "lirpa_ibp"))
+    rows = ([] if args.no_small else small_rows(args.seeds, args.alpha)) + ([vit_row(args.alpha)] if args.vit else [])
+    fmt = "{:<44} {:>3} {:>10} {:>10} {:>7} {:>11} {:>11} {:>11} {:>11}"
+    print(fmt.format("graph", "box", "plain", "sum_one", "gain", "lirpa_crown", "lirpa_ibp", "alpha_fixed",
+                     "alpha_opt"))
     for r in rows:
-        lirpa, lirpa_ibp = ("refused" if r[k] is None else f"{r[k]:.5f}" for k in ("lirpa", "lirpa_ibp"))
+        cells = ("refused" if r.get(k, 0) is None else (f"{r[k]:.5f}" if k in r else "")
+                 for k in ("lirpa", "lirpa_ibp", "alpha_fixed", "alpha_opt"))
         gain = f"{1 - r['sum_one'] / r['plain']:.1%}" if r["plain"] else ""
-        print(fmt.format(r["graph"], r["box"], f"{r['plain']:.5f}", f"{r['sum_one']:.5f}", gain, lirpa, lirpa_ibp))
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        print(fmt.format(r["graph"], r["box"], f"{r['plain']:.5f}", f"{r['sum_one']:.5f}", gain, *cells))
+    write_csv(rows, args.out, args.threads)
+
+
+def write_csv(rows, out: str, threads: int):
+    """The rows as CSV (columns in first-seen order; blank where a row has no value)."""
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()
         w.writerows(rows)
-    print(f"wrote {args.out}; torch {torch.__version__}, {args.threads} thread(s), cpu")
+    print(f"wrote {out}; torch {torch.__version__}, {threads} thread(s), cpu")
 
 
 if __name__ == "__main__":

@@ -205,3 +205,44 @@ def test_activation_alpha_lines_in_one_pass_are_the_per_side_lines(name):
         (a1, l1, u1, g1), (a2, l2, u2, g2) = outs
         for x, y in zip(a1 + [l1, u1, g1], a2 + [l2, u2, g2]):
             assert (x is None and y is None) or torch.equal(torch.as_tensor(x), torch.as_tensor(y)), name
+
+
+def test_verdict_pipeline_stops_alpha_once_proved():
+    """The pipeline hands the spec's d to alpha-CROWN: a property CROWN leaves open and a few
+    alpha steps prove is `unsat` by alpha-crown after fewer steps than allowed."""
+    from dtensor_verify.methods.alpha_crown import alpha_crown as run_alpha
+    from dtensor_verify.specs import parse_vnnlib
+    from dtensor_verify.verify import verify_instance
+
+    net, shape = mz.random_mlp([2, 24, 24, 2], seed=11)
+    m = dv.load(net, input_shape=shape)
+    box = (-torch.ones(1, 2), torch.ones(1, 2))
+    C = torch.tensor([[[1.0, 0.0]]])
+    full = run_alpha(m.graph, box, C, opts=dv.AlphaOptions(iterations=40, patience=100), want_upper=False)
+    crown_lo, alpha_lo = float(full.crown_lower), float(full.lower)
+    assert alpha_lo > crown_lo + 1e-3, (crown_lo, alpha_lo)
+    t = crown_lo + 0.5 * (alpha_lo - crown_lo)
+    text = ("(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+            "(assert (>= X_0 -1))\n(assert (<= X_0 1))\n(assert (>= X_1 -1))\n(assert (<= X_1 1))\n"
+            f"(assert (<= Y_0 {t!r}))\n")
+    res = verify_instance(m, parse_vnnlib(text, n_inputs=2, n_outputs=2), None, timeout=60, attack=False, bab=False,
+                          alpha_options=dv.AlphaOptions(iterations=40, patience=100))
+    assert (res.verdict, res.decided_by) == ("unsat", "alpha-crown")
+    steps = res.bounds["alpha-crown"]["iterations"]
+    assert 1 <= sum(steps) < 40, steps
+
+
+def test_crown_rows_per_sweep_from_the_share(monkeypatch):
+    """alpha-CROWN's CROWN start: no row limit on an unshared CPU; with a (fake) device share, the
+    rows that fit it (at least 1)."""
+    from dtensor_verify.methods.alpha_budget import crown_max_rows
+
+    g = _case()["m"].graph
+    monkeypatch.delenv("DTENSOR_VERIFY_DEVICE_BYTES", raising=False)
+    monkeypatch.delenv("DTENSOR_VERIFY_SHARE_DEVICE", raising=False)
+    assert crown_max_rows(g, 2, torch.device("cpu")) is None
+    # half of 30,720 B over 4 A-matrices x 4 B x batch 2 x 24 (the widest node) per row: 20 rows
+    monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(30720))
+    assert crown_max_rows(g, 2, torch.device("cpu")) == 20
+    monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", "1")
+    assert crown_max_rows(g, 2, torch.device("cpu")) == 1

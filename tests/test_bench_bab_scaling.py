@@ -13,10 +13,10 @@ bbs = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(bbs)
 
 
-def _run(procs, seconds, bab, domains, verdict="unsat", alpha=1.0):
+def _run(procs, seconds, bab, domains, verdict="unsat", alpha=1.0):  # noqa: D103
     return {"procs": procs, "verdict": verdict, "seconds": seconds, "wall": seconds + 3, "bab_seconds": bab,
             "pre_bab_seconds": seconds - bab, "alpha_seconds": alpha, "domains": domains,
-            "rate": domains / bab if bab else 0.0}
+            "rate": domains / bab if bab else 0.0, "rounds": 10, "sync_seconds": 0.1, "note": ""}
 
 
 def test_instances_parse_and_default_set_names_the_targets():
@@ -49,3 +49,28 @@ def test_medians_ratios_and_targets():
 def statistics_median(values):
     import statistics
     return statistics.median(values)
+
+
+def test_a_run_keeps_the_callers_python_path_and_reports_why_it_failed(tmp_path, monkeypatch):
+    """The runs see this checkout *and* the caller's PYTHONPATH (a GPU host's wheels in a --target
+    folder); a run that leaves no JSON is `error` with its log's last line (or `timeout` when the
+    watchdog wrote that to the results file)."""
+    seen = {}
+
+    def fake_run(cmd, env, cwd, stdout, stderr, timeout):
+        seen["path"] = env["PYTHONPATH"]
+        stdout.write("Traceback (most recent call last):\nModuleNotFoundError: No module named 'onnx2torch'\n")
+
+    monkeypatch.setattr(bbs.subprocess, "run", fake_run)
+    monkeypatch.setenv("PYTHONPATH", "/tmp/site")
+    inst = ("mnist_fc", "onnx/m.onnx.gz", "vnnlib/p.vnnlib.gz", "relu")
+    r = bbs.run_one(tmp_path, inst, 1, 30.0, tmp_path, "t1")
+    assert seen["path"].split(":") == [str(bbs.ROOT), "/tmp/site"]
+    assert r["verdict"] == "error" and "onnx2torch" in r["note"]
+
+    def watchdog(cmd, env, cwd, stdout, stderr, timeout):
+        (tmp_path / "t2.txt").write_text("timeout\n")
+
+    monkeypatch.setattr(bbs.subprocess, "run", watchdog)
+    r = bbs.run_one(tmp_path, inst, 2, 30.0, tmp_path, "t2")
+    assert (r["verdict"], r["seconds"]) == ("timeout", 30.0)

@@ -359,16 +359,10 @@ def test_conformance_suite_claimed_categories(tmp_path, monkeypatch, capsys):
 # reason; see docs/VNNLIB2.md. None is a wrong verdict.
 KNOWN_SUSPECT: dict[str, str] = {
     # N2 (isomorphic-to N1) declares float16 where N1 has float32: the standard's own parser rejects
-    # it as a type error ("Type mismatch for variable number 0 between networks"); the suite expects unsat.
+    # it as a type error ("Type mismatch for variable number 0 between networks"), and the standard
+    # requires an error for an element type that differs from the ONNX model (float32 here); the
+    # suite expects unsat. We answer the error (docs/VNNLIB2.md).
     "network_isomorphic01": "ill-typed query (the official parser's type error)",
-    # Our input / element-type limits (an error line, rc 2; the suite counts it as suspect):
-    "maxpool03": "an unbounded input (every input needs finite bounds)",
-    **{f"cast0{i}": "Y declared int64: only float32 and real are analysed soundly" for i in (7, 8)},
-    **{f"shape0{i}": "Y declared int64 (Shape's output): only float32 and real are analysed soundly" for i in range(1, 5)},
-    # ops side: no bound rule for the form used
-    **{f"cast0{i}": "Cast to INT32 (truncation, overflow outside int32): no bound rule" for i in (5, 6)},
-    # a strict atom whose closure the float bounds reach (see docs/VNNLIB2.md, Known limits)
-    "softmax01": "Y[0] < 0 over [-1000, 1000]^2: the bound 0 (exp(-2000) underflows) does not exclude the closure Y[0] <= 0",
 }
 
 

@@ -18,6 +18,7 @@ import math
 import torch
 
 from ..methods.crown import CrownOptions, node_bound_rows
+from ..ops.softmax_sum import best_of_shifts
 from .general_split import is_general, node_of
 
 
@@ -67,7 +68,8 @@ def refine_after(problem, kids, start: int, lockstep: bool) -> tuple[dict, torch
         lo, up = out[name]
         rows = torch.arange(math.prod(lo.shape[1:]), device=lo.device)
         with torch.no_grad():
-            new_lo, new_up = node_bound_rows(graph, name, rows, bounds, problem.layout, opts, batch)
+            new_lo, new_up = best_of_shifts(graph, name, lambda: node_bound_rows(
+                graph, name, rows, bounds, problem.layout, opts, batch))
         new_lo, new_up = new_lo.reshape(lo.shape), new_up.reshape(up.shape)
         lo, up = torch.maximum(lo, new_lo), torch.minimum(up, new_up)
         tol = EMPTY_TOL * (1 + torch.maximum(lo.abs(), up.abs()))

@@ -71,8 +71,9 @@ class BabStats:
     proved: int = 0                    # children proved
     max_depth: int = 0
     batch_sizes: list = field(default_factory=list)
+    # sync: the workers' per-round meeting (comm.sync, rebalancing), waiting for the slowest included
     phases: dict = field(default_factory=lambda: {"branching": 0.0, "bounding": 0.0, "attack": 0.0,
-                                                  "bookkeeping": 0.0})
+                                                  "bookkeeping": 0.0, "sync": 0.0})
     iterations: int = 0
     global_margin: float = -math.inf
     visited_all: int = 0               # domains bounded by all workers (from the last sync)

@@ -212,9 +212,9 @@ class BabSolver:
             self._late = True
             self.store.push(rest, margins)
             return
-        if not self.lockstep:       # one process: a few unstable neurons left -> exact LPs
+        if not self.lockstep or p.layout.splits_domains:      # each rank its own domains: exact LPs
             rest, margins, open_idx = settle_few_unstable(self, rest, margins, open_idx)
-            if self.found or len(rest) == 0:
+            if not self.lockstep and (self.found or len(rest) == 0):
                 return
         lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.scored}
         with PhaseTimer(self.stats, "branching"):
@@ -337,7 +337,8 @@ class BabSolver:
                 if done is not None:
                     return done
                 loops += 1
-                self.comm.rebalance(self.store, self.batch)
+                with PhaseTimer(self.stats, "sync"):
+                    self.comm.rebalance(self.store, self.batch)
                 self.round()
                 if self.pgd is not None and loops % self.opts.pgd_every == 0:
                     self._pgd_step()
@@ -347,8 +348,9 @@ class BabSolver:
 
     def _agree(self, bar, loops: int) -> BabResult | None:
         """Every worker's state, reduced; the result when the search stops (on every rank alike)."""
-        state = self.comm.sync(len(self.store), self.store.worst_margin(), self.found, self.exhausted,
-                               self.stats.bounded, self._out_of_time())
+        with PhaseTimer(self.stats, "sync"):
+            state = self.comm.sync(len(self.store), self.store.worst_margin(), self.found, self.exhausted,
+                                   self.stats.bounded, self._out_of_time())
         self.stats.global_margin = state.worst_margin
         self.stats.visited_all = state.visited
         if bar is not None:

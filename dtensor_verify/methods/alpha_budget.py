@@ -14,9 +14,10 @@ fits. The output's sweep is always optimised. Rows per sweep chunk of CROWN's in
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-from ..device_share import free_memory_bytes
+from ..device_share import free_memory_bytes, sharing
 
 # The part of this process's free memory that alpha-CROWN's working set may take (the rest: the
 # model, CROWN's start, fragmentation, what the pipeline holds).
@@ -70,9 +71,13 @@ def fit_starts(graph, rows: dict, n_out_rows: int, batch: int, device, itemsize:
     return tuple(c.name for c in costs[1:] if c.name in kept), total, budget
 
 
-def crown_max_rows(graph, batch: int, device, itemsize: int = 4, free_bytes=free_memory_bytes) -> int:
+def crown_max_rows(graph, batch: int, device, itemsize: int = 4, free_bytes=free_memory_bytes) -> int | None:
     """Rows per backward sweep (no autograd) that fit the budget: about four A-matrices of the
-    widest node alive at once per row."""
+    widest node alive at once per row. None (no limit) on a CPU whose memory is not shared or
+    faked (DTENSOR_VERIFY_SHARE_DEVICE / DTENSOR_VERIFY_DEVICE_BYTES): the host's free memory
+    moves with other jobs, and a run's bounds should not."""
+    if device.type == "cpu" and sharing() == 1 and "DTENSOR_VERIFY_DEVICE_BYTES" not in os.environ:
+        return None
     widest = max((n.numel for n in graph.nodes), default=1)
     per_row = 4 * itemsize * batch * widest
     return max(1, int(free_bytes(device) * FRACTION) // per_row)

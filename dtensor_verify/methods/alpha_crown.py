@@ -182,7 +182,7 @@ def _crown_start(run: _Run):
     graph, layout, opts, C = run.graph, run.layout, run.opts, run.C
     crown_opts = opts.crown
     if crown_opts.max_rows is None and layout.world_size == 1:
-        # Rows per sweep chunk from this process's part of the device (alpha_budget).
+        # Rows per sweep chunk from this process's part of the device (alpha_budget; None: no limit).
         crown_opts = dataclasses.replace(crown_opts, max_rows=crown_max_rows(graph, run.batch, run.box[0].device))
     with torch.no_grad():
         bounds, rows = intermediate_bounds(graph, run.box, layout, crown_opts)
@@ -201,8 +201,11 @@ def _joint_rows(run: _Run, rows: dict) -> dict:
     (alpha_budget.fit_starts; the others keep CROWN's bounds), else all."""
     names = run.opts.intermediate_starts
     if names is None and run.layout.world_size == 1 and rows:
-        names, _, _ = fit_starts(run.graph, rows, run.C.shape[1], run.batch, run.box[0].device,
+        local, _, _ = fit_starts(run.graph, rows, run.C.shape[1], run.batch, run.box[0].device,
                                  run.box[0].element_size())
+        # Ranks that split the rows between them (verify/bounds_dp.py) must sweep the same start
+        # nodes: those every rank keeps (one agreement per node; none on one process).
+        names = tuple(n for n in rows if run.layout.all_true(n in local))
     return rows if names is None else {n: r for n, r in rows.items() if n in names}
 
 

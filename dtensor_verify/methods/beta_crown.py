@@ -20,6 +20,7 @@ import torch
 from ..layout import DEFAULT_LAYOUT, Layout
 from ..margin import margin
 from ..memory import tag
+from ..ops.softmax_sum import best_of_gates
 from .crown import output_bound
 from .optimize import ParamGroup, maximise
 
@@ -86,7 +87,8 @@ def beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout: Layo
                             betas={r: (b, signs[r]) for r, b in beta_p.items()}, record=record)[0]
 
     with torch.no_grad():
-        best_lower = bound(recorded)
+        # Shifted and plain softmax / LayerNorm steps, the tighter per row (ops/softmax_sum.py).
+        best_lower = best_of_gates(graph, alpha_p, lambda: bound(recorded))
     best = {"lower": best_lower, "objective": _objective(best_lower, d, row_mask),
             "alphas": {r: a.detach().clone() for r, a in alpha_p.items()},
             "betas": {r: b.detach().clone() for r, b in beta_p.items()}}

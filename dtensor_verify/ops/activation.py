@@ -205,9 +205,14 @@ def _touch_grad_lines(fn, k, l, u, is_lower):
         cands = [l, u] + [_clamp(c, l, u) for c in fn.kinks(l, u)] + [_clamp(c, l, u) for c in fn.stationary(kd, l, u)]
         cands = torch.stack(torch.broadcast_tensors(*cands, kd)[:-1])     # [n_cands, n, B, K, *S]
         vals = fn.f(cands) - kd * cands
-        idx = torch.where(is_lower, torch.nan_to_num(vals, nan=float("inf")).argmin(0),
-                          torch.nan_to_num(vals, nan=-float("inf")).argmax(0))
-        x_star = cands.gather(0, idx.unsqueeze(0)).squeeze(0)
+        # The first minimiser of f - k x (lower lines) or maximiser (upper: the minimiser of its
+        # negation), NaN never chosen: argmin / argmax's choice, by a running comparison (a
+        # reduction over the short leading dim is slow on CPUs).
+        signed = torch.nan_to_num(torch.where(is_lower, vals, -vals), nan=float("inf"))
+        best, x_star = signed[0], cands[0]
+        for i in range(1, signed.shape[0]):
+            better = signed[i] < best
+            best, x_star = torch.where(better, signed[i], best), torch.where(better, cands[i], x_star)
     return -(k - kd) * x_star
 
 

@@ -5,7 +5,10 @@ bound graph is built; the load-time self-check then compares the result with the
   linear map), Exp, ReduceSum, Reciprocal. The differences keep Exp's inputs small and bounded.
   Then `softmax_sum_one` (ops/softmax_sum.py): the identity, whose box rule uses sum y = 1.
   (LogSoftmax: the Log of that sum, negated.)
-* LayerNorm: (x - mean) * rsqrt(mean((x - mean)^2) + eps) * w + b.
+* LayerNorm: (x - mean) * rsqrt(mean((x - mean)^2) + eps) * w + b, the normalised value marked
+  by `layernorm_unit` (ops/layernorm.py: its entries sum to 0 and lie in [-sqrt(N-1), sqrt(N-1)]);
+  the pattern exporters write below opset 17 (ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt,
+  Div) is rewritten into the same form (`layernorm.rewrite_layernorm_chain`).
 * Div of two activations: x * reciprocal(y).  Max / Min of two: y + relu(x - y) / x - relu(x - y).
 * MaxPool (padding replicated, which keeps the max): a chain of pairwise maxima of strided slices.
 """
@@ -16,6 +19,7 @@ import operator
 import torch
 from torch import nn
 
+from .layernorm import layernorm_unit, rewrite_layernorm_chain
 from .linear_map import LinearMapOp
 from .registry import register
 from .softmax_sum import softmax_sum_one
@@ -23,6 +27,9 @@ from .softmax_sum import softmax_sum_one
 # Softmax over n > 2 entries ends in `softmax_sum_one` (ops/softmax_sum.py: its box uses y in
 # [0, 1] and sum y = 1). False: the plain decomposition (kept to compare; scripts/bench_softmax.py).
 SOFTMAX_SUM_ONE = True
+# LayerNorm's normalised value ends in `layernorm_unit` and the decomposed ONNX pattern is rewritten
+# (ops/layernorm.py). False: the plain decomposition (kept to compare; scripts/bench_layernorm.py).
+LAYERNORM_UNIT = True
 
 
 def pairwise_diff(x, dim: int):
@@ -184,6 +191,8 @@ def _rewrite_layernorm(gm, node, perturbed):
         v = g.call_function(torch.mean, (g.call_function(torch.square, (c,)), dims), {"keepdim": True})
         r = g.call_function(torch.rsqrt, (g.call_function(operator.add, (v, float(eps))),))
         y = g.call_function(operator.mul, (c, r))
+        if LAYERNORM_UNIT:
+            y = g.call_function(layernorm_unit, (y, dims))
         if w is not None:
             y = g.call_function(operator.mul, (y, _const_attr(gm, "ln_w", w) if isinstance(w, torch.Tensor) else w))
         if b is not None:
@@ -259,10 +268,15 @@ def _rewrite_maxpool(gm, node, perturbed):
         return False
     out_hw = tuple(node.meta["tensor_meta"].shape[-2:])
     h, w = x.meta["tensor_meta"].shape[-2:]
-    for size, pad, kk, ss, dd, o in ((h, pads[2] + pads[3], k[0], s[0], d[0], out_hw[0]),
-                                      (w, pads[0] + pads[1], k[1], s[1], d[1], out_hw[1])):
-        if (size + pad - dd * (kk - 1) - 1) // ss + 1 != o:
-            return False          # ceil_mode windows that run past the input: not supported
+    for end, size, begin, kk, ss, dd, o in ((3, h, pads[2], k[0], s[0], d[0], out_hw[0]),
+                                             (1, w, pads[0], k[1], s[1], d[1], out_hw[1])):
+        # ceil_mode: the last window runs past the input; with dilation 1 and its start inside,
+        # it holds the edge element, so replicating the edge there keeps its max
+        need = (o - 1) * ss + dd * (kk - 1) + 1 - (size + begin + pads[end])
+        if need > 0 and dd == 1 and (o - 1) * ss - begin < size:
+            pads[end] += need
+        if (size + begin + pads[end] - dd * (kk - 1) - 1) // ss + 1 != o:
+            return False          # ceil_mode windows that run past the input otherwise: not supported
     g = gm.graph
     with g.inserting_before(node):
         xp = x
@@ -304,11 +318,15 @@ def _decompose_one(gm) -> bool:
             continue
         if not any(a.name in perturbed for a in node.all_input_nodes):
             continue
-        for rewrite in (_rewrite_softmax, _rewrite_layernorm, _rewrite_binary, _rewrite_maxpool):
+        for rewrite in (_rewrite_softmax, _rewrite_layernorm, _layernorm_chain, _rewrite_binary, _rewrite_maxpool):
             if rewrite(gm, node, perturbed):
                 return True
         perturbed.add(node.name)
     return False
+
+
+def _layernorm_chain(gm, node, perturbed):
+    return LAYERNORM_UNIT and rewrite_layernorm_chain(gm, node, perturbed)
 
 
 def _pairwise_rule(ctx):

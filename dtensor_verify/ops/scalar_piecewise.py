@@ -117,8 +117,9 @@ class Floor(ScalarFn):
     def jumps(self, l, u):
         # Left limits at the first and the last integer in (l, u]: with the kinks, every slope's
         # extremes (k < 0, 0 <= k <= 1, k > 1) are among the candidates.
+        # (No left limit at floor(u) when it is not above l: e.g. floor on [0, 0] is 0, not [-1, 0].)
         n1, n2 = torch.floor(l) + 1, torch.floor(u)
-        return [(n1, n1 - 1), (n2, n2 - 1)]
+        return [(n1, n1 - 1), (n2, torch.where(n2 > l, n2 - 1, n2))]
 
     def slope_limits(self, l, u):
         return torch.zeros_like(l), torch.where(torch.floor(u) > torch.floor(l), 1.0, 0.0).to(l)
@@ -138,8 +139,9 @@ class Ceil(Floor):
 
     def jumps(self, l, u):
         # Right limits at the first and the last integer in [l, u).
+        # (No right limit at ceil(l) when it is not below u: ceil on [0, 0] is 0, not [0, 1].)
         n1, n2 = torch.ceil(l), torch.ceil(u) - 1
-        return [(n1, n1 + 1), (n2, n2 + 1)]
+        return [(n1, torch.where(n1 < u, n1 + 1, n1)), (n2, n2 + 1)]
 
     def slope_limits(self, l, u):
         return torch.zeros_like(l), torch.where(torch.ceil(u) > torch.ceil(l), 1.0, 0.0).to(l)

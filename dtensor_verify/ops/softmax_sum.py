@@ -1,5 +1,5 @@
-"""Softmax's sum-to-one fact as a bound rule (ops/decompose.py appends it to every Softmax over
-n > 2 entries, after `1 / sum_j exp(x_j - x_i)`).
+"""Known sums over a group of entries as a bound rule: softmax's outputs sum to 1, LayerNorm's
+normalised values to 0 (ops/decompose.py and ops/layernorm.py append the marker ops below).
 
 `softmax_sum_one(y, dim)` is the identity. Its box rule uses what every softmax output satisfies,
 y_i in [0, 1] and sum_i y_i = 1 over `dim`:
@@ -8,16 +8,37 @@ y_i in [0, 1] and sum_i y_i = 1 over `dim`:
 
 (each output's own CROWN bounds know nothing of the others'). It asks for its input's bounds
 (`needs_input_bounds`), so the refinement starts from CROWN bounds of the softmax, and the box it
-gives is what the next nonlinear op (attention's MatMul) reads. CROWN's step is the identity's
-(exact). Float rounding: the identity holds to a few ulps in floating point, so the refinement
-gives up `n * 8 * eps` (a sound margin for any n entries summed in the working dtype).
+gives is what the next nonlinear op (attention's MatMul) reads. Float rounding: the identity holds
+to a few ulps in floating point, so the refinement gives up `n * 8 * eps` (a sound margin for any
+n entries summed in the working dtype).
+
+CROWN step (`GroupShiftOp.backward`): a row `A . y` is written `(A - lam) . y + lam * total` per
+group (exact, since the entries sum to `total`), less a rounding margin. Any `lam` is sound; CROWN
+takes the median `m` of the row's coefficients weighted by the entries' widths (it minimises
+`sum_j |A_j - lam| width_j`, the relaxation error that the later nonlinear steps multiply).
+The shift is a parameter of alpha-/beta-CROWN (`has_alpha`): one gate `g` in [0, 1] per row, group
+and side, `lam = g * m`, starting at g = 1 (the median); g = 0 is the plain identity step, so both
+are points of the family. `best_of_shifts` (CROWN) and `best_of_gates` (beta-CROWN's start) keep
+the tighter of the shifted and the plain bound per row. With `OPTIMISE_SHIFT` the gates are
+optimised with the slopes; by default they stay where they start, as the gradient did not help
+(docs/SOFTMAX.md). A free position `lam = m + s`, also tried, made alpha-CROWN looser still: the
+bound is concave and piecewise linear in lam with its kinks at the coefficients, so Adam's
+fixed-size steps oscillate around the optimum.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 from .registry import register
+
+# True: alpha-CROWN / beta-CROWN optimise the shift's gates by gradient. False (the default): the
+# gates stay where they start (1 in alpha-CROWN: the weighted median; per row the better of shifted
+# and plain at beta-CROWN's start). Measured, the gradient did not help: ViT pgd_2_3_16, 10
+# iterations, mean width 1.355 held vs 1.389 optimised (docs/SOFTMAX.md; scripts/bench_softmax.py).
+OPTIMISE_SHIFT = False
 
 
 def softmax_sum_one(y, dim: int):
@@ -25,50 +46,113 @@ def softmax_sum_one(y, dim: int):
     return y
 
 
-def sum_one_box(lower, upper, dim: int):
-    """The box [lower, upper] of a softmax over `dim`, tightened by y in [0, 1] and sum y = 1."""
-    lo, up = lower.clamp(0.0, 1.0), upper.clamp(0.0, 1.0)
-    n = lo.shape[dim]
-    slack = n * 8 * torch.finfo(lo.dtype).eps
-    lo_new = 1.0 - (up.sum(dim, keepdim=True) - up) - slack
-    up_new = 1.0 - (lo.sum(dim, keepdim=True) - lo) + slack
+def group_box(lower, upper, dims: tuple, total: float, vmin: float, vmax: float, scale: float = 1.0):
+    """[lower, upper] of entries in [vmin, vmax] summing to `total` over `dims`, tightened."""
+    lo, up = lower.clamp(vmin, vmax), upper.clamp(vmin, vmax)
+    n = math.prod(lo.shape[d] for d in dims)
+    slack = n * 8 * torch.finfo(lo.dtype).eps * scale
+    lo_new = total - (up.sum(dims, keepdim=True) - up) - slack
+    up_new = total - (lo.sum(dims, keepdim=True) - lo) + slack
     lo_out, up_out = torch.maximum(lo, lo_new), torch.minimum(up, up_new)
     return lo_out, torch.maximum(up_out, lo_out)
 
 
-class SoftmaxSumOneOp(BoundOp):
-    kind = "softmax_sum_one"
-    caps = Capabilities()                 # reads the whole softmax dim: not elementwise
+def sum_one_box(lower, upper, dim: int):
+    """The box [lower, upper] of a softmax over `dim`, tightened by y in [0, 1] and sum y = 1."""
+    return group_box(lower, upper, (dim,), 1.0, 0.0, 1.0)
+
+
+def grouped(t, first: int, last: int):
+    """`t` with its dims first..last (contiguous) merged into one, at `first`."""
+    return t.reshape(*t.shape[:first], -1, *t.shape[last + 1:])
+
+
+class GroupShiftOp(BoundOp):
+    """The identity on a node whose entries over `dims` (contiguous, of the full tensor: batch is
+    dim 0) sum to `total` and lie in [vmin, vmax]. Subclasses set the three."""
+    kind = "group_shift"
+    caps = Capabilities()                 # reads the whole group: not elementwise
     needs_input_bounds = True
     is_affine = False
+    n_alpha = 2                           # the gate of the lA side's and of the uA side's shift
+    total = 1.0
 
-    def __init__(self, name: str, dim: int):
+    def __init__(self, name: str, dims):
         super().__init__(name)
-        self.dim = dim
+        dims = (dims,) if isinstance(dims, int) else tuple(dims)
+        self.dims = tuple(sorted(dims))
         self.shift = True            # False: the plain identity step (see `best_of_shifts`)
+
+    # The gates are parameters even when not optimised (OPTIMISE_SHIFT False: held where they
+    # start): beta-CROWN's start picks them per row (`best_of_gates`).
+    has_alpha = True
+
+    def value_range(self, n: int) -> tuple[float, float]:
+        return 0.0, 1.0
+
+    def group_size(self, shape) -> int:
+        """Entries per group (`shape`: the full tensor's, batch first)."""
+        return math.prod(shape[d] for d in self.dims)
 
     def forward(self, y):
         return y
 
     def ibp(self, interval):
-        return sum_one_box(interval[0], interval[1], self.dim)
+        n = self.group_size(interval[0].shape)
+        vmin, vmax = self.value_range(n)
+        return group_box(interval[0], interval[1], self.dims, self.total, vmin, vmax, max(1.0, vmax))
+
+    def init_alpha(self, lower, upper):
+        """Gates 1 (the weighted median), [2, B, *S with each group one entry]."""
+        shape = grouped(lower, self.dims[0], self.dims[-1]).shape
+        one = lower.new_ones(shape[:self.dims[0]] + (1,) + shape[self.dims[0] + 1:])
+        return torch.stack([one, one])
 
     def backward(self, lA, uA, input_bounds, alpha=None):
         if not self.shift:
             return BackwardResult([(lA, uA)])
         bounds = input_bounds[0] if input_bounds else None
-        width = None if bounds is None else (bounds[1] - bounds[0]).clamp(min=0.0).nan_to_num(0.0, 1.0, 0.0)
-        lA, lbias = shift_rows(lA, width, self.dim, lower=True)
-        uA, ubias = shift_rows(uA, width, self.dim, lower=False)
-        return BackwardResult([(lA, uA)], lbias=lbias, ubias=ubias)
+        width = None
+        if bounds is not None:
+            width = grouped((bounds[1] - bounds[0]).clamp(min=0.0).nan_to_num(0.0, 1.0, 0.0),
+                            self.dims[0], self.dims[-1])
+        biases, out = [], []
+        for side, A in enumerate((lA, uA)):
+            gate = None if alpha is None else alpha[side]        # (beta-CROWN: lA side's only)
+            new_A, bias = self._shift(A, width, gate, lower=(side == 0))
+            out.append(new_A)
+            biases.append(bias)
+        return BackwardResult([tuple(out)], lbias=biases[0], ubias=biases[1])
+
+    def _shift(self, A, width, gate, lower: bool):
+        if A is None:
+            return None, 0.0
+        first, last = self.dims[0] + 1, self.dims[-1] + 1          # A: the row dim K after the batch
+        Ag = grouped(A, first, last)
+        n = Ag.shape[first]
+        lam = weighted_median(Ag, width, first)
+        if gate is not None:
+            lam = (gate if OPTIMISE_SHIFT else gate.detach()) * lam
+        vmax = max(1.0, abs(self.value_range(n)[0]), abs(self.value_range(n)[1]))
+        slack = lam.abs() * (n * 8 * torch.finfo(A.dtype).eps * vmax)
+        bias = per_row_sum(lam * self.total - slack) if lower else per_row_sum(lam * self.total + slack)
+        return (Ag - lam).reshape(A.shape), bias
+
+
+class SoftmaxSumOneOp(GroupShiftOp):
+    kind = "softmax_sum_one"
+
+    @property
+    def dim(self) -> int:
+        return self.dims[0]
 
 
 POWER = 1.0
 
 
 def weighted_median(A, width, dim: int):
-    """Per row and softmax group, the coefficient lam minimising sum_j |A_j - lam| * width_j
-    (A: [B, K, *S], softmax entries on `dim`; width: [B, *S] or None for equal weights)."""
+    """Per row and group, the coefficient lam minimising sum_j |A_j - lam| * width_j
+    (A: [B, K, *S], group entries on `dim`; width: [B, *S] or None for equal weights)."""
     w = torch.ones_like(A) if width is None else (width ** POWER).unsqueeze(1).expand_as(A)
     a_sorted, order = A.sort(dim)
     cum = w.gather(dim, order).cumsum(dim)
@@ -82,21 +166,23 @@ def shift_rows(A, width, dim: int, lower: bool):
     rows and the bias, [B, K], less a rounding margin (|lam| * n * 8 eps per group)."""
     if A is None:
         return None, 0.0
-    dim_a = dim + 1                                   # A has the row dim K after the batch
-    lam = weighted_median(A, width, dim_a)
-    slack = lam.abs() * (A.shape[dim_a] * 8 * torch.finfo(A.dtype).eps)
-    bias = per_row_sum(lam - slack) if lower else per_row_sum(lam + slack)
-    return A - lam, bias
+    return SoftmaxSumOneOp("shift_rows", dim)._shift(A, width, None, lower)
+
+
+def _shift_ops(graph, name: str):
+    """The group-shift ops upstream of node `name`."""
+    ops = [n for n in graph.nodes if isinstance(n.op, GroupShiftOp)]
+    if ops:                                           # (no graph walk on graphs without them)
+        ancestors = graph.ancestors(name)
+        ops = [n.op for n in ops if n.name in ancestors]
+    return ops
 
 
 def best_of_shifts(graph, name: str, run):
     """`run()` (a CROWN sweep from node `name`, giving (lower, upper)) with the shifted rows, and
-    again with the plain identity step where a softmax lies upstream of `name`: the tighter of
-    the two per neuron (both sound), so the shift never makes a bound looser."""
-    ops = [n for n in graph.nodes if isinstance(n.op, SoftmaxSumOneOp)]
-    if ops:                                           # (no graph walk on graphs without softmax)
-        ancestors = graph.ancestors(name)
-        ops = [n.op for n in ops if n.name in ancestors]
+    again with the plain identity step where a group-shift op lies upstream of `name`: the tighter
+    of the two per neuron (both sound), so the shift never makes a bound looser."""
+    ops = _shift_ops(graph, name)
     if not ops:
         return run()
     lo, up = run()
@@ -110,6 +196,28 @@ def best_of_shifts(graph, name: str, run):
     lo = lo0 if lo is None else (lo if lo0 is None else torch.maximum(lo, lo0))
     up = up0 if up is None else (up if up0 is None else torch.minimum(up, up0))
     return lo, up
+
+
+def best_of_gates(graph, params: dict, run):
+    """beta-CROWN's start: `run()` (lower bounds [B, K] of a sweep whose slopes are `params`,
+    node -> [B, 2, K, *S] for other alpha ops; a group-shift op's [:, 0] is its lA-side gate) with
+    the shifts as given, and again with every group-shift gate closed (the plain step). Per row, the gates of the tighter run are kept in
+    `params` (in place), so the optimisation starts from the better one. Returns the lower bound."""
+    names = [r for r in params if isinstance(graph[r].op, GroupShiftOp)]
+    lower = run()
+    if not names:
+        return lower
+    saved = {r: params[r].detach().clone() for r in names}
+    with torch.no_grad():
+        for r in names:
+            params[r][:, 0] = 0.0
+    plain = run()
+    better = plain > lower                            # [B, K]
+    with torch.no_grad():
+        for r in names:
+            keep = better.reshape(*better.shape, *([1] * (saved[r].dim() - 3))).unsqueeze(1)
+            params[r].copy_(torch.where(keep, params[r], saved[r]))
+    return torch.maximum(lower, plain)
 
 
 register("softmax_sum_one", ("Softmax",), lambda c: c.is_function(softmax_sum_one) and c.n_pert == 1,

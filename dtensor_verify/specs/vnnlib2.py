@@ -308,6 +308,8 @@ def _value(node, values: dict):
         v = arr[idx] if idx else arr.reshape(-1)[0]
         if isinstance(v, Fraction):                     # an exact value (a pinned `real` input)
             return v
+        if isinstance(v, (int, np.integer)):            # an integer type's value, exactly
+            return Fraction(int(v))
         v = float(v)
         if not np.isfinite(v):
             raise ArithmeticError("NaN or infinity")

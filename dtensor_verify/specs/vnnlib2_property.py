@@ -41,6 +41,9 @@ class Property2(Property):
     query: Query2 | None = None
     M: np.ndarray | None = None              # [n_values, n_z]: V's input slots = M z
     relaxed: list = field(default_factory=list)   # atoms relaxed to `true` (text, why)
+    # inputs with no finite bound (build_property(allow_unbounded=True)): their z keep +-inf in the
+    # boxes; only `vnnlib2_refute` proves over such boxes, the search runs on a pinned restriction
+    unbounded: list = field(default_factory=list)
     # z pinned to a constant in every term whose inputs are all declared `real`: z -> exact value.
     # The networks get its nearest float32; the assignment reports the exact value (real semantics).
     pinned: dict = field(default_factory=dict)
@@ -108,8 +111,9 @@ def _shared_equalities(q: Query2, inputs: set[int]):
     return {s: find(s) for s in inputs}, used
 
 
-def build_property(q: Query2, slot_bounds=None) -> Property2:
-    """See the module docstring. `slot_bounds`: (lo, hi) arrays over V, or None."""
+def build_property(q: Query2, slot_bounds=None, allow_unbounded: bool = False) -> Property2:
+    """See the module docstring. `slot_bounds`: (lo, hi) arrays over V, or None. An input left
+    unbounded is an error, or with `allow_unbounded` named in `Property2.unbounded`."""
     inputs = _input_slots(q)
     rep, used = _shared_equalities(q, set(inputs))
     first: dict = {}
@@ -129,7 +133,7 @@ def build_property(q: Query2, slot_bounds=None) -> Property2:
     pins = None
     built_terms = []
     for term in q.terms:
-        built = _term(q, term, used, n_z, sign_of, zi_of, M, slot_bounds, relaxed)
+        built = _term(q, term, used, n_z, sign_of, zi_of, M, slot_bounds, relaxed, allow_unbounded)
         if built is not None:
             built_terms.append(built)
             pins = built[3] if pins is None else {k: v for k, v in pins.items() if built[3].get(k) == v}
@@ -143,16 +147,19 @@ def build_property(q: Query2, slot_bounds=None) -> Property2:
             regions[key] = Region(lo, hi, [])
         regions[key].disjuncts.append(dj)
     prop = Property2(n_z, q.n_values, list(regions.values()), q.path, query=q, M=M, pinned=pinned)
+    names = q.slot_names()
+    prop.unbounded = sorted({names[int(np.flatnonzero(M[:, k])[0])] for r in prop.regions
+                             for k in np.flatnonzero(~(np.isfinite(r.lower) & np.isfinite(r.upper)))})
     seen = set()
     prop.relaxed = [r for r in relaxed if not (r in seen or seen.add(r))]
     return prop
 
 
-def _term(q, term, used, n_z, sign_of, zi_of, M, slot_bounds, relaxed):
+def _term(q, term, used, n_z, sign_of, zi_of, M, slot_bounds, relaxed, allow_unbounded=False):
     lo = np.full(n_z, -np.inf)
     hi = np.full(n_z, np.inf)
     exact: dict = {}                                 # (z, is_upper) -> tightest exact bound
-    rows: list[tuple[dict, Fraction]] = []          # sum coef*V[slot] <= d  (exact)
+    rows: list[tuple[dict, Fraction, bool]] = []    # sum coef*V[slot] <= d (< d when strict), exact
     nonlinear: list[Atom] = []
     for a in term:
         if id(a) in used:
@@ -174,10 +181,10 @@ def _term(q, term, used, n_z, sign_of, zi_of, M, slot_bounds, relaxed):
                 if key not in exact or (v < exact[key] if is_up else v > exact[key]):
                     exact[key] = v
             continue
-        rows.append((lin, -c0))
+        rows.append((lin, -c0, a.op == "<"))
         if a.op == "==":
-            rows.append(({k: -v for k, v in lin.items()}, c0))
-    _fill_bounds(q, lo, hi, rows, M)
+            rows.append(({k: -v for k, v in lin.items()}, c0, False))
+    _fill_bounds(q, lo, hi, rows, M, allow_unbounded)
     if np.any(lo > hi):
         return None                             # empty box: nothing to find here
     for a in nonlinear:
@@ -185,17 +192,18 @@ def _term(q, term, used, n_z, sign_of, zi_of, M, slot_bounds, relaxed):
             got = _relax(poly, lo, hi, M, slot_bounds)
             if got is None:
                 relaxed.append((a.text, "a product of unbounded values"))
-            else:
-                rows += got
+            else:                               # row <= p < 0: a relaxed row of a strict atom is strict
+                rows += [(lin, rhs, a.op == "<") for lin, rhs in got]
     C = np.zeros((len(rows), q.n_values))
     d = np.zeros(len(rows))
-    for i, (lin, rhs) in enumerate(rows):
+    strict = np.zeros(len(rows), bool)
+    for i, (lin, rhs, st) in enumerate(rows):
         for s, c in lin.items():
             C[i, s] = float(c)
-        d[i] = _up(rhs)
+        d[i], strict[i] = _up(rhs), st
     pins = {k: exact[(k, False)] for k in range(n_z)
             if (k, False) in exact and exact.get((k, True)) == exact[(k, False)]}
-    return lo, hi, OutputDisjunct(C, d), pins
+    return lo, hi, OutputDisjunct(C, d, strict), pins
 
 
 def _all_real(q, M, k) -> bool:
@@ -220,12 +228,12 @@ def _bound(lo, hi, zi, sign, coef, c0, op):
     return out
 
 
-def _fill_bounds(q, lo, hi, rows, M):
+def _fill_bounds(q, lo, hi, rows, M, allow_unbounded=False):
     """Finite bounds for the z left unbounded, from an LP over the input-only rows."""
     missing = [k for k in range(len(lo)) if not (np.isfinite(lo[k]) and np.isfinite(hi[k]))]
     if not missing:
         return
-    in_rows = [(lin, d) for lin, d in rows if all(np.any(M[s] != 0) for s in lin)]
+    in_rows = [(lin, d) for lin, d, _ in rows if all(np.any(M[s] != 0) for s in lin)]
     if in_rows:
         from scipy.optimize import linprog
 
@@ -247,7 +255,7 @@ def _fill_bounds(q, lo, hi, rows, M):
                     lo[k], hi[k] = 1.0, 0.0
                     return
     names = q.slot_names()
-    for k in range(len(lo)):
+    for k in range(len(lo) if not allow_unbounded else 0):
         if not (np.isfinite(lo[k]) and np.isfinite(hi[k])):
             s = int(np.flatnonzero(M[:, k])[0])
             raise Vnnlib2Error(f"{q.path}: input {names[s]} is unbounded (every input needs finite bounds)")

@@ -170,7 +170,9 @@ class DpRowsLayout(Layout):
 
     def __init__(self, base, topo):
         self.base, self.topo = base, topo
-        self.world_size, self.rank, self.device = base.world_size, base.rank, base.device
+        # The dp ranks share every bound step here (its gathers are collectives): a method must
+        # take the same steps on each, e.g. not size its work from this rank's free memory.
+        self.world_size, self.rank, self.device = topo.dp, topo.dp_rank, base.device
         self.topology = base.topology
 
     def __getattr__(self, name):            # anything else the engine asks: the model's layout

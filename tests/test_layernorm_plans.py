@@ -1,0 +1,72 @@
+"""A transformer block (LayerNorm, attention with softmax, residuals, ReLU MLP; torch -> ONNX in
+the test) bounds end to end under placement plans (P = 2, CPU gloo) as in one process: fsdp
+bitwise at one thread, spec within tolerance; tp refuses the block's [tokens, width] Linear layers
+in one line naming a working plan (fsdp there, tp on the head), which then bounds within tolerance
+(IBP and CROWN, as tests/test_ops_dist.py)."""
+from __future__ import annotations
+
+import torch
+
+from dist_utils import run_distributed
+
+
+def _box():
+    gen = torch.Generator().manual_seed(3)
+    mid = torch.randn(2, 3, 4, generator=gen)
+    return mid - 0.05, mid + 0.05
+
+
+def _job(rank, world, path, plans):
+    import dtensor_verify as dv
+    from dtensor_verify.errors import PlanError
+    from placements import apply_plan, mesh_from_process_group
+
+    torch.set_num_threads(1)
+    out = {}
+    for plan in plans:
+        m = dv.load(path)
+        if plan == "tp":
+            # tp refuses the [tokens, width] Linear layers in one line that names a working plan.
+            try:
+                apply_plan(m, plan, mesh_from_process_group())
+                raise AssertionError("tp accepted [3, 4] Linear outputs")
+            except PlanError as exc:
+                out["tp_refusal"] = str(exc)
+                plan = str(exc).split('--plan "')[1].rstrip('"')
+                m = dv.load(path)
+        if plan != "one":
+            apply_plan(m, plan, mesh_from_process_group())
+        lo, hi = _box()
+        res = {}
+        for method in ("ibp", "crown") if plan == "tp" else ("ibp", "crown", "alpha-crown"):
+            r = m.compute_bounds(lo, hi, method, alpha_options=dv.AlphaOptions(iterations=2))
+            res[method] = (r.lower.detach().cpu(), r.upper.detach().cpu())
+        out["tp" if "tp" in plan else plan] = res
+    return out
+
+
+def test_transformer_block_under_plans(tmp_path):
+    from layernorm_nets import Block, export
+
+    net = Block().eval()
+    path = export(net, (3, 4), tmp_path / "block.onnx", 17)
+    plans = ("one", "fsdp", "spec", "tp")
+    results = run_distributed(_job, 2, tmp_path, path, plans, timeout_s=240.0)
+    lo, hi = _box()
+    xs = lo + (hi - lo) * torch.rand(500, *lo.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ys = torch.stack([net(x) for x in xs])                       # [500, 2, 3]
+    for rank_out in results:
+        assert "\n" not in rank_out["tp_refusal"] and "=fsdp;*=tp" in rank_out["tp_refusal"]
+        one = rank_out["one"]
+        for method, (l1, u1) in one.items():
+            assert (l1 <= ys.min(0).values + 1e-5).all() and (u1 >= ys.max(0).values - 1e-5).all(), method
+        for plan in plans[1:]:
+            assert set(rank_out[plan]) >= {"ibp", "crown"}
+            for method, (lo_p, hi_p) in rank_out[plan].items():
+                ref_lo, ref_hi = one[method]
+                if plan == "fsdp":
+                    assert torch.equal(lo_p, ref_lo) and torch.equal(hi_p, ref_hi), (plan, method)
+                else:
+                    assert torch.allclose(lo_p, ref_lo, rtol=1e-5, atol=1e-5), (plan, method)
+                    assert torch.allclose(hi_p, ref_hi, rtol=1e-5, atol=1e-5), (plan, method)
