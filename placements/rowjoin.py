@@ -59,6 +59,25 @@ def add_results(total: BackwardResult | None, part: BackwardResult) -> BackwardR
     return total
 
 
+def add_rows_into(total: BackwardResult, part: BackwardResult, start: int, stop: int) -> None:
+    """Add `part`, a step's result over rows [start, stop) of `total`'s, into those rows of
+    `total` in place (no autograd here); a shared pair or bias is added once."""
+    for (t_l, t_u), (p_l, p_u) in zip(total.input_A, part.input_A):
+        if t_l is not None:
+            narrow_rows(t_l, start, stop).add_(p_l)
+        if t_u is not None and t_u is not t_l:
+            narrow_rows(t_u, start, stop).add_(p_u)
+    shared = total.ubias is total.lbias
+    for side in ("lbias", "ubias")[:1 if shared else 2]:
+        t, p = getattr(total, side), getattr(part, side)
+        if isinstance(t, torch.Tensor):
+            t.narrow(1, start, stop - start).add_(p)
+        else:
+            setattr(total, side, t + p)     # a number (0.0) on every part
+    if shared:
+        total.ubias = total.lbias
+
+
 class RowBuffer:
     """One A-matrix (or bias) assembled from parts over subsets of its rows (dim 1), each copied
     into a local buffer as it arrives (so the parts need not all be alive at once); wrapped as a

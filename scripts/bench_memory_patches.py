@@ -91,7 +91,7 @@ def _bounder(model: str, tool: str, method: str, max_rows, device: str):
     from auto_LiRPA.perturbations import PerturbationLpNorm
     shape = tuple(dv.load(onnx_path).input_shape)
     xl, xu = (t.to(device) for t in vnnlib_input_box(vnnlib_path, shape))
-    net = load_onnx_torch(onnx_path).to(device)
+    net = _without_zero_pads(load_onnx_torch(onnx_path)).to(device)
     bm = BoundedModule(net, torch.zeros(1, *shape, device=device), bound_opts={"conv_mode": "patches"}, device=device)
     x = BoundedTensor((xl + xu) / 2, PerturbationLpNorm(norm=np.inf, x_L=xl, x_U=xu))
 
@@ -99,6 +99,20 @@ def _bounder(model: str, tool: str, method: str, max_rows, device: str):
         with torch.no_grad():
             return bm.compute_bounds(x=(x,), method="IBP" if method == "ibp" else "CROWN")
     return bound, lambda: None
+
+
+def _without_zero_pads(net):
+    """onnx2torch's Pad modules whose pads are all 0 (TinyYOLO has two) replaced by nn.Identity:
+    the same function, and auto_LiRPA 0.3 cannot parse them ("BoundPad.forward() missing 1
+    required positional argument: 'pad'"). Any other Pad is left as it is."""
+    import torch.nn as nn
+
+    for name, module in list(net.named_modules()):
+        pads = getattr(module, "pads", None)
+        if type(module).__name__ == "OnnxPadStatic" and pads is not None and not any(int(p) for p in pads):
+            parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
+            setattr(parent, name.rpartition(".")[2], nn.Identity())
+    return net
 
 
 def _peak_cpu(bound):

@@ -79,8 +79,11 @@ def _step(node, lA, uA, input_bounds, alpha, beta=None, params=None):
     it is pushed through once and shared."""
     kwargs = weight_kwargs(node.op, params)
     if isinstance(lA, Patches) or isinstance(uA, Patches):
-        result = None if alpha is not None or beta is not None else \
-            node.op.backward_patches(lA, uA, input_bounds, **kwargs)
+        result = None
+        if alpha is None and beta is None:
+            result = node.op.backward_patches(lA, uA, input_bounds, **kwargs)
+        elif getattr(node.op, "patches_slopes", False):      # slopes / splits windowed per row
+            result = node.op.backward_patches(lA, uA, input_bounds, alpha=alpha, beta=beta, **kwargs)
         if result is not None:
             return result
         shared = lA is uA
@@ -275,7 +278,7 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
         part = local_rows[start:start + chunk]
         alphas = alphas_for(start, start + len(part)) if alphas_for else None
         lo, up = backward_bound(graph, name, None, None, bounds, layout, alphas, rows=part,
-                                patches=opts.patches and alphas_for is None)
+                                patches=opts.patches)
         lows.append(lo)
         ups.append(up)
     if lows:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 from .patches import Patches
+from .conv_transpose_patches import transposed_conv_step
 from .window_maps import probe_shift
 
 
@@ -23,6 +24,9 @@ class LinearMapOp(BoundOp):
     # Set for padding / pooling (ops/window_maps.py): the map on each channel is a constant-weight
     # convolution, so its backward step works on patches.
     window_map = None
+    # Set for a bare nn.ConvTranspose2d (ops/structural.py): its adjoint is a convolution, which
+    # works on patches too (ops/conv_transpose_patches.py).
+    transposed_conv = None
 
     def __init__(self, name, fn, nonnegative=True, abs_fn=None, kind=None, elementwise=False):
         super().__init__(name, None)
@@ -94,6 +98,8 @@ class LinearMapOp(BoundOp):
         window with the map's constant kernel (as `Conv2dOp.backward_patches`, depthwise)."""
         g = self.window_map
         ref = lA if lA is not None else uA
+        if g is None and self.transposed_conv is not None and len(self.in_shapes) == 1:
+            return self._transposed_conv_patches(lA, uA)
         if g is None or len(self.in_shapes) != 1 or len(self.in_shapes[0]) != 3:
             return None
         in_shape = tuple(self.in_shapes[0])
@@ -122,5 +128,24 @@ class LinearMapOp(BoundOp):
 
         new_l = step(lA)
         new_u = new_l if uA is lA else step(uA)
+        lb = bias(lA)
+        return BackwardResult([(new_l, new_u)], lb, lb if uA is lA else bias(uA))
+
+    def _transposed_conv_patches(self, lA, uA):
+        in_shape = tuple(self.in_shapes[0])
+
+        def step(A):
+            return None if A is None else transposed_conv_step(self.transposed_conv, in_shape, A)
+
+        new_l = step(lA)
+        new_u = new_l if uA is lA else step(uA)
+        if (lA is not None and new_l is None) or (uA is not None and new_u is None):
+            return None
+
+        def bias(A):
+            if A is None or self.offset is None:
+                return 0.0
+            return per_row_sum(A.P * A.gather(self.offset.unsqueeze(0)))
+
         lb = bias(lA)
         return BackwardResult([(new_l, new_u)], lb, lb if uA is lA else bias(uA))

@@ -100,6 +100,15 @@ class Patches:
         win = grid[ih.unsqueeze(2), iw.unsqueeze(1)]              # [K, kh, kw, B, C]
         return win.permute(3, 0, 4, 1, 2)
 
+    def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """Each row's window of its own row of a per-row tensor `t` [B, K, C, H, W] (slopes, split
+        multipliers): [B, K, C, kh, kw], zero outside the grid; differentiable in `t`."""
+        (pt, pb, pl, pr), ih, iw = self._indices()
+        padded = F.pad(t, (pl, pr, pt, pb)) if pt or pb or pl or pr else t
+        k = torch.arange(ih.shape[0], device=ih.device).view(-1, 1, 1)
+        win = padded[:, k, :, ih.unsqueeze(2), iw.unsqueeze(1)]   # [K, kh, kw, B, C]
+        return win.permute(3, 0, 4, 1, 2)
+
     def to_dense(self, onto: torch.Tensor | None = None) -> torch.Tensor:
         """The A-matrix [B, K, C, H, W] (one dense allocation: written in place through a view);
         with `onto` (a dense A-matrix of the same node), `onto` + this, `onto` left unchanged."""

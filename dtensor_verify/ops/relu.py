@@ -16,6 +16,7 @@ import torch
 
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 from .row_pieces import windowed_elementwise
+from .windowed_slopes import windowed_with_slopes
 
 
 def relaxation(lower: torch.Tensor, upper: torch.Tensor):
@@ -52,9 +53,14 @@ class ReluOp(BoundOp):
         lo, hi = interval
         return lo.clamp(min=0), hi.clamp(min=0)
 
-    def backward_patches(self, lA, uA, input_bounds, params=None):
-        """CROWN's step (no slopes, no splits) on each row's window of the bounds."""
-        return windowed_elementwise(self, lA, uA, input_bounds)
+    # backward_patches takes slopes and splits too (the sweep passes them only to such ops).
+    patches_slopes = True
+
+    def backward_patches(self, lA, uA, input_bounds, params=None, alpha=None, beta=None):
+        """The step on each row's window of the bounds (and of its slopes / splits, if any)."""
+        if alpha is None and beta is None:
+            return windowed_elementwise(self, lA, uA, input_bounds)
+        return windowed_with_slopes(self, lA, uA, input_bounds, alpha, beta)
 
     def backward(self, lA, uA, input_bounds, alpha=None, beta=None):
         """`alpha` (optional): a pair of lower slopes (for lA, for uA), each `[B, K, *S]`, already
@@ -79,22 +85,41 @@ class ReluOp(BoundOp):
             """(new A, bias) of one side: which = 0 for lA (lower bound), 1 for uA (upper)."""
             if A is None:
                 return None, 0.0
-            # The coefficients that take the ReLU's lower line and those that take its upper line.
-            # (The leaner form, A * where(A >= 0, s, u) with the bias as a matmul, lowered one
-            # process's CROWN peak by about a quarter but not tp's / spec's per-rank peaks, which
-            # then broke the sharding ratios tests/test_placements_dist.py holds: kept out until
-            # the sharded peak follows.)
-            on_lower, on_upper = (A.clamp(min=0), A.clamp(max=0)) if which == 0 else (A.clamp(max=0), A.clamp(min=0))
             if optimised(which):
+                # Autograd keeps A and the slopes only (see AlphaRelaxedA); the bias as before.
+                on_upper = A.clamp(max=0) if which == 0 else A.clamp(min=0)
                 new_A = AlphaRelaxedA.apply(A, alpha[which], unstable, active, up_slope, which == 0)
-            else:
-                new_A = on_lower * lower_slope(which) + on_upper * up_slope
-            return new_A, per_row_sum(on_upper * up_intercept)
+                return new_A, per_row_sum(on_upper * up_intercept)
+            return lean_side(A, which == 0, lower_slope(which), up_slope, up_intercept)
 
         (new_lA, lbias), (new_uA, ubias) = side(lA, 0), side(uA, 1)
         if beta is not None:
             new_lA, new_uA = add_split_terms(new_lA, new_uA, *beta)
         return BackwardResult([(new_lA, new_uA)], lbias, ubias)
+
+
+def lean_side(A, lower_side: bool, slope, up_slope, up_intercept):
+    """One side's (new A, bias) without autograd, with at most one A-sized temporary next to
+    the result: A+ s + A- u (lower side; A- s + A+ u upper) is A * where(A takes s, s, u),
+    built as the `where` and multiplied by A in place; the bias, (A- or A+) . intercept, is a
+    matmul of the clamped A (freed before the `where`). One term of the two-term form is
+    exactly 0 at every entry, so the values are those of the two-term form."""
+    bias = _row_dot(A.clamp(max=0) if lower_side else A.clamp(min=0), up_intercept)
+    takes_slope = A >= 0 if lower_side else A <= 0
+    new_A = torch.where(takes_slope, slope, up_slope)
+    del takes_slope
+    if torch.is_grad_enabled() and (A.requires_grad or new_A.requires_grad):
+        return new_A * A, bias          # autograd needs the `where` (beta-CROWN's split terms)
+    return new_A.mul_(A), bias
+
+
+def _row_dot(A, t):
+    """per_row_sum(A * t) for A [B, K, *S] and t [B or 1, 1, *S], without an A-sized product."""
+    if A.dim() <= 2:
+        return per_row_sum(A * t)
+    flat = A.flatten(2)
+    vec = t.expand(A.shape[0], 1, *A.shape[2:]).flatten(2).transpose(1, 2)
+    return flat.matmul(vec).squeeze(-1)
 
 
 def add_split_terms(lA, uA, multipliers, signs):

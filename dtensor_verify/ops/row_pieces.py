@@ -15,18 +15,22 @@ from .base import BackwardResult
 from .patches import Patches
 
 PIECE_ELEMENTS = 1 << 18
+# A windowed step (`windowed_elementwise`) makes about nine piece-sized temporaries (two windows
+# of the bounds, the relaxation's slopes, intercepts and masks, the rule's own), a dense ReLU
+# step about two: its pieces are smaller.
+WINDOWED_PIECE_ELEMENTS = 1 << 16
 
 
 def _data(A) -> torch.Tensor:
     return A.P if isinstance(A, Patches) else A
 
 
-def row_pieces(A) -> list[slice]:
-    """Slices of the rows (dim 1) that together cover them, each about PIECE_ELEMENTS in size."""
+def row_pieces(A, piece_elements: int = PIECE_ELEMENTS) -> list[slice]:
+    """Slices of the rows (dim 1) that together cover them, each about `piece_elements` in size."""
     data = _data(A)
     K = data.shape[1]
     per_row = max(data[:, :1].numel(), 1)
-    step = max(1, PIECE_ELEMENTS // per_row)
+    step = max(1, piece_elements // per_row)
     return [slice(s, min(s + step, K)) for s in range(0, K, step)] or [slice(0, 0)]
 
 
@@ -38,11 +42,11 @@ def rows_of(A, rows: slice):
     return A[:, rows]
 
 
-def in_row_pieces(run, lA, uA) -> BackwardResult:
+def in_row_pieces(run, lA, uA, piece_elements: int = PIECE_ELEMENTS) -> BackwardResult:
     """`run(lA, uA)` (an elementwise op's step: its results have A's rows and, for patches, A's
     windows) on pieces of the rows. One piece (or autograd on): a plain call."""
     ref = lA if lA is not None else uA
-    pieces = row_pieces(ref)
+    pieces = row_pieces(ref, piece_elements)
     if len(pieces) == 1 or (torch.is_grad_enabled() and _data(ref).requires_grad):
         return run(lA, uA)
     result = None
@@ -114,7 +118,8 @@ def windowed_elementwise(op, lA, uA, input_bounds) -> BackwardResult:
     box of the rule's batch, with the window of the input bounds as its bounds. Valid for rules
     that read nothing node-shaped but the bounds (ReLU). Runs a piece of the rows at a time
     (the rule makes several bound-sized temporaries, here as large as the patches)."""
-    return in_row_pieces(lambda part_l, part_u: _windowed_piece(op, part_l, part_u, input_bounds), lA, uA)
+    return in_row_pieces(lambda part_l, part_u: _windowed_piece(op, part_l, part_u, input_bounds), lA, uA,
+                         WINDOWED_PIECE_ELEMENTS)
 
 
 def _windowed_piece(op, lA, uA, input_bounds) -> BackwardResult:

@@ -15,8 +15,9 @@ import torch.distributed as dist
 
 from dtensor_verify.layout import StepWeights
 from dtensor_verify.memory import tag
+from dtensor_verify.ops.patches import Patches
 
-from ..rowjoin import RowJoin, add_results, chunk_bounds, narrow_columns
+from ..rowjoin import RowJoin, add_results, add_rows_into, chunk_bounds, n_rows_of, narrow_columns, narrow_rows
 from .fsdp import FsdpStyle
 
 
@@ -106,6 +107,10 @@ class StreamedWeights(StepWeights):
         over_weight_shards(self.node, self.ctx, use)
         return joined.result()
 
+    # A shard's step after the first runs on this many pieces of the rows, each added into the
+    # first shard's result in place: the step's temporary is a piece, not a whole A-matrix.
+    ROW_PIECES = 8
+
     def backward(self, step, lA, uA):
         """The step as a sum over weight shards: shard k's rows of W against A's columns [start, stop)."""
         total = [None]
@@ -113,7 +118,19 @@ class StreamedWeights(StepWeights):
         def use(start, stop, params):
             part_lA = narrow_columns(lA, start, stop)
             part_uA = part_lA if uA is lA else narrow_columns(uA, start, stop)
-            total[0] = add_results(total[0], step(part_lA, part_uA, params))
+            n_rows = n_rows_of(lA, uA)
+            if total[0] is None or n_rows < 2 or isinstance(lA if lA is not None else uA, Patches):
+                # (Patches: a window-sized step, whose temporaries are small already.)
+                total[0] = add_results(total[0], step(part_lA, part_uA, params))
+                return
+            n_pieces = max(1, min(n_rows, self.ROW_PIECES))
+            for i in range(n_pieces):
+                r0, r1 = chunk_bounds(n_rows, n_pieces, i)
+                if r0 == r1:
+                    continue
+                piece_lA = narrow_rows(part_lA, r0, r1)
+                piece_uA = piece_lA if part_uA is part_lA else narrow_rows(part_uA, r0, r1)
+                add_rows_into(total[0], step(piece_lA, piece_uA, params), r0, r1)
 
         over_weight_shards(self.node, self.ctx, use)
         return total[0]

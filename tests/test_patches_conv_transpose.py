@@ -1,0 +1,101 @@
+"""ConvTranspose2d on patches (ops/conv_transpose_patches.py): the step equals the dense adjoint,
+and CROWN bounds of generator-like nets (cGAN) equal those of dense A-matrices."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import dtensor_verify as dv
+from dtensor_verify.methods.crown import intermediate_bounds
+from dtensor_verify.ops.conv_transpose_patches import transposed_conv_step
+from dtensor_verify.ops.linear_map import LinearMapOp
+from dtensor_verify.ops.patches import Patches
+
+PURE = dict(skip_stable=False, intersect_ibp=False)
+
+# (C_in, H, W, C_out, kernel, stride, padding, output_padding, dilation, groups)
+GEOMS = [
+    (3, 5, 5, 4, 4, 2, 0, 0, 1, 1),         # the cGAN generators' layers
+    (3, 6, 6, 2, 3, 1, 0, 0, 1, 1),
+    (4, 5, 6, 4, 3, 2, 1, 1, 1, 2),
+    (2, 7, 5, 3, (3, 2), (2, 3), (1, 0), (1, 2), (1, 2), 1),
+    (2, 6, 6, 2, 1, 3, 0, 0, 1, 1),         # kernel 1, stride 3: outputs no input reaches
+    (4, 9, 9, 4, 3, 2, 2, 0, 2, 4),
+]
+
+
+@pytest.mark.parametrize("geom", GEOMS)
+def test_step_on_patches_equals_the_dense_adjoint(geom):
+    c_in, h, w, c_out, k, s, p, op_, d, g = geom
+    torch.manual_seed(0)
+    m = nn.ConvTranspose2d(c_in, c_out, k, stride=s, padding=p, output_padding=op_, dilation=d, groups=g)
+    out_shape = tuple(m(torch.zeros(1, c_in, h, w)).shape[1:])
+    n_out = out_shape[0] * out_shape[1] * out_shape[2]
+    rows = torch.tensor([0, 7, out_shape[2] + 3, n_out // 2, n_out - 1])
+    B = 2
+    # Patches with 3x3 random windows around each row's neuron, zero off the grid.
+    start = Patches.identity(rows, out_shape, B, torch.float32, "cpu")
+    start = Patches(torch.randn(B, len(rows), out_shape[0], 3, 3), start.top - 1, start.left - 1, out_shape)
+    start = start.with_P(start.P * start.inside())
+    got = transposed_conv_step(m, (c_in, h, w), start)
+    dense = start.to_dense()
+    flat = dense.reshape(B * len(rows), *out_shape)
+    x = torch.zeros(B * len(rows), c_in, h, w, requires_grad=True)
+    y = nn.functional.conv_transpose2d(x, m.weight, None, m.stride, m.padding, m.output_padding, m.groups,
+                                       m.dilation)
+    want, = torch.autograd.grad(y, x, flat)
+    want = want.reshape(B, len(rows), c_in, h, w)
+    assert isinstance(got, Patches), "these windows stay smaller than the input grid"
+    assert got.window[0] * got.window[1] < h * w
+    assert torch.allclose(got.to_dense(), want, atol=1e-6)
+
+
+class _Generator(nn.Module):
+    """cGAN-like: Linear -> reshape -> (ConvTranspose -> BN -> ReLU) x 2 -> ConvTranspose -> conv -> ReLU -> fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc_in = nn.Linear(4, 8 * 2 * 2)
+        self.t1 = nn.ConvTranspose2d(8, 6, 4, stride=2)
+        self.bn1 = nn.BatchNorm2d(6).eval()
+        self.t2 = nn.ConvTranspose2d(6, 4, 4, stride=2, padding=1)
+        self.t3 = nn.ConvTranspose2d(4, 2, 3, stride=1)
+        self.c = nn.Conv2d(2, 3, 3, stride=2, padding=1)
+        self.fc = nn.Linear(3 * 7 * 7, 2)
+        with torch.no_grad():
+            self.bn1.running_mean.uniform_(-0.3, 0.3)
+            self.bn1.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, z):
+        h = self.fc_in(z).reshape(-1, 8, 2, 2)
+        h = torch.relu(self.bn1(self.t1(h)))
+        h = torch.relu(self.t2(h))
+        h = torch.relu(self.c(self.t3(h)))
+        return self.fc(h.flatten(1))
+
+
+def test_generator_bounds_on_patches_equal_dense_and_are_sound(monkeypatch):
+    torch.manual_seed(3)
+    net = _Generator().eval()
+    m = dv.load(net, (4,))
+    z = torch.rand(2, 4)
+    box = (z - 0.3, z + 0.3)
+    used = []
+    real = LinearMapOp._transposed_conv_patches
+    monkeypatch.setattr(LinearMapOp, "_transposed_conv_patches",
+                        lambda self, *a: (lambda r: used.append(r is not None) or r)(real(self, *a)))
+    dense, _ = intermediate_bounds(m.graph, box, m.layout, dv.CrownOptions(patches=False, **PURE))
+    assert not used
+    patched, _ = intermediate_bounds(m.graph, box, m.layout, dv.CrownOptions(patches=True, **PURE))
+    assert any(used), "no ConvTranspose step ran on patches"
+    for k in dense:
+        for i in (0, 1):
+            assert torch.allclose(dense[k][i], patched[k][i], atol=1e-6, rtol=1e-6), k
+    out_d = m.compute_bounds(*box, crown_options=dv.CrownOptions(patches=False))
+    out_p = m.compute_bounds(*box, crown_options=dv.CrownOptions(patches=True))
+    assert torch.allclose(out_d.lower, out_p.lower, atol=1e-6) and torch.allclose(out_d.upper, out_p.upper, atol=1e-6)
+    zs = box[0] + (box[1] - box[0]) * torch.rand(512, *box[0].shape)
+    with torch.no_grad():
+        y = net(zs.reshape(-1, 4)).reshape(512, 2, -1)
+    assert (y >= out_p.lower - 1e-5).all() and (y <= out_p.upper + 1e-5).all()
