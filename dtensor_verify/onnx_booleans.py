@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .onnx_facts import elem_types
+from .onnx_facts import elem_types, perturbed_names
 
 COMPARISONS = ("Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal")
 CONSUMERS = ("Cast", "Where", "Not", "And", "Or")
@@ -139,11 +139,7 @@ def rewrite_comparisons(proto):
     if not any(n.op_type in COMPARISONS or n.op_type == "Cast" for n in proto.graph.node):
         return proto
     types = elem_types(proto)
-    inits = {i.name for i in proto.graph.initializer}
-    perturbed = {i.name for i in proto.graph.input if i.name not in inits}
-    for node in proto.graph.node:
-        if any(i in perturbed for i in node.input):
-            perturbed.update(o for o in node.output if o)
+    inits, perturbed = perturbed_names(proto)
     booleans = _closed(proto, _sources(proto, types, perturbed), types)
     if not booleans:
         return proto

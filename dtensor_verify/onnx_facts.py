@@ -44,3 +44,14 @@ def elem_types(proto) -> dict[str, int]:
     for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         types[info.name] = info.type.tensor_type.elem_type
     return types
+
+
+def perturbed_names(proto) -> tuple[set, set]:
+    """(initializer names, names of the graph inputs that are not initializers and of every value
+    computed from them), in the graph's node order."""
+    inits = {i.name for i in proto.graph.initializer}
+    perturbed = {i.name for i in proto.graph.input if i.name not in inits}
+    for node in proto.graph.node:
+        if any(i in perturbed for i in node.input):
+            perturbed.update(o for o in node.output if o)
+    return inits, perturbed

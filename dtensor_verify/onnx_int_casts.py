@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .onnx_facts import elem_types
+from .onnx_facts import elem_types, perturbed_names
 
 SIGNED = {6: "int32", 7: "int64"}     # wide enough that no op here wraps below GUARD * (MAX_OPS + 1)
 GUARD = float(2 ** 20)                 # |cast input| and |integer constant| at most this ...
@@ -104,11 +104,7 @@ def rewrite_int_casts(proto):
     if not any(n.op_type in ("Cast", "Shape") for n in proto.graph.node):
         return proto, False, {}
     types = elem_types(proto)
-    inits = {i.name for i in proto.graph.initializer}
-    perturbed = {i.name for i in proto.graph.input if i.name not in inits}
-    for node in proto.graph.node:
-        if any(i in perturbed for i in node.input):
-            perturbed.update(o for o in node.output if o)
+    _, perturbed = perturbed_names(proto)
     consts = _int_constants(proto)
     to = {n.output[0]: _to(n) for n in proto.graph.node if n.op_type == "Cast"}
     region = _region(proto, types, perturbed, consts)

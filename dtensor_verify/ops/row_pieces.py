@@ -133,7 +133,12 @@ def _windowed_piece(op, lA, uA, input_bounds) -> BackwardResult:
 
     flat_l = flat(lA)
     flat_u = flat_l if uA is lA else flat(uA)
-    result = op.backward(flat_l, flat_u, [tuple(win)])
+    return windows_back(op.backward(flat_l, flat_u, [tuple(win)]), ref)
+
+
+def windows_back(result: BackwardResult, ref: Patches) -> BackwardResult:
+    """A rule's result on the flattened (box x row) windows of `ref`, as patches again."""
+    B, K, C, kh, kw = ref.P.shape
     (new_l, new_u), = result.input_A
 
     def back(A):

@@ -25,6 +25,7 @@ import torch
 
 from .base import BackwardResult
 from .patches import Patches
+from .row_pieces import windows_back
 
 
 def _flat_rows(ref: Patches, t: torch.Tensor | None, B: int) -> torch.Tensor | None:
@@ -78,13 +79,4 @@ def windowed_with_slopes(op, lA, uA, input_bounds, alpha=None, beta=None) -> Bac
     if beta is not None:
         multipliers, signs = beta
         kwargs["beta"] = (_flat_rows(ref, multipliers, B), _flat_node(ref, signs, B))
-    result = op.backward(flat_l, flat_u, [win], **kwargs)
-    (new_l, new_u), = result.input_A
-
-    def back(A):
-        return None if A is None else ref.with_P(A.reshape(B, K, C, kh, kw))
-
-    def bias(b):
-        return b.reshape(B, K) if isinstance(b, torch.Tensor) else b
-
-    return BackwardResult([(back(new_l), back(new_u))], bias(result.lbias), bias(result.ubias))
+    return windows_back(op.backward(flat_l, flat_u, [win], **kwargs), ref)
