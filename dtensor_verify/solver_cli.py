@@ -141,14 +141,21 @@ def _left(args) -> float:
     return max(args.deadline - time.perf_counter(), 0.0)
 
 
-def _run(args, model, prop):
-    from .cli_common import bab_options
-    from .verify import verify_instance
-
+def _place(args, model) -> None:
+    """Apply the plan (before anything is bounded: a refused plan is an error, whatever the query)."""
     cli = args.cli
     # bab: the plan checker refuses `tp` for branch and bound on CPU with small layers, as `run` does
     cli._apply_plan(model, args.plan, args.quiet, timeout_s=_left(args) + cli.COLLECTIVE_SLACK_S, mesh=args.mesh,
                     bab=not args.no_bab)
+
+
+def _run(args, model, prop, placed: bool = False):
+    from .cli_common import bab_options
+    from .verify import verify_instance
+
+    cli = args.cli
+    if not placed:
+        _place(args, model)
     lead = cli._is_rank0(model)
     res = verify_instance(model, prop, None, _left(args), methods=tuple(args.methods), attack=True,
                           log=cli._stderr_log(args.quiet or not lead), bab=not args.no_bab,
@@ -206,6 +213,7 @@ def _verify2(args) -> int:
         print("unknown", flush=True)
         _err(f"{args.query}: cannot bound the network: {exc}")
         return EXIT_OK
+    _place(args, product.model)
     prop = _with_output_bounds(product, query, prop)
     prop.checker = _checker(product, query, prop)
     if product.int_casts and not _int_guard(product, prop):
@@ -216,7 +224,7 @@ def _verify2(args) -> int:
         return _answer("unsat")
     if _try_corners(search):
         return _answer("sat", query, search.last_assignment, args.serialise)
-    res, lead = _run(args, product.model, search)
+    res, lead = _run(args, product.model, search, placed=True)
     if not lead:
         return EXIT_OK if res.verdict != "error" else EXIT_ERROR
     if res.verdict == "sat" and search.last_assignment is None:

@@ -117,7 +117,10 @@ class RowSlicedWeights(StepWeights):
 
     def backward(self, step, lA, uA):
         n_rows = n_rows_of(lA, uA)
-        if n_rows < 2:
+        if n_rows < 2 or torch.is_grad_enabled():
+            # Under autograd (alpha / beta steps) every slice's collectives are kept for the
+            # backward pass: slicing would cost ROW_SLICES_PER_RANK x the reduce-scatters per step
+            # (tp branch and bound timed out) for little memory.
             return step(lA, uA, self.params)
         n_slices = min(n_rows, self.ROW_SLICES_PER_RANK * self.ctx.world_size)
         joined = RowJoin(n_rows, self.ctx.local)
