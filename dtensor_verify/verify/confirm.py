@@ -54,13 +54,12 @@ def witness_point(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, lo_strict=None,
     hi = np.asarray(hi, dtype=np.float64).ravel()
     ls = np.zeros(lo.shape, bool) if lo_strict is None else np.asarray(lo_strict, bool).ravel()
     hs = np.zeros(hi.shape, bool) if hi_strict is None else np.asarray(hi_strict, bool).ravel()
-    x32 = inside_box_f32(x, lo, hi, ls, hs)
-    if x32 is not None:
-        return x32.astype(np.float64), x32
+    v = inside_box_f32(x, lo, hi, ls, hs, per_coordinate=True)
+    free = ~np.isnan(v)                     # coordinates where a float32 lies in the range
+    if bool(free.all()):
+        return v, v.astype(np.float32)
     x64 = np.asarray(x, dtype=np.float64).ravel()
     with np.errstate(over="ignore", invalid="ignore"):
-        v = inside_box_f32(x, lo, hi, ls, hs, per_coordinate=True)
-        free = ~np.isnan(v)                 # coordinates where a float32 lies in the range
         real = np.clip(x64, lo, hi)
         on_open = (ls & (real <= lo)) | (hs & (real >= hi))
         real = np.where(on_open, lo + (hi - lo) / 2, real)
