@@ -15,10 +15,12 @@ where the warm-up left the output slopes.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 
 import torch
 
+from .. import deadline
 from ..layout import DEFAULT_LAYOUT, Layout
 from ..memory import tag
 from ..ops.softmax_sum import best_of_shifts
@@ -126,20 +128,25 @@ class _Run:
         """Loss and state of one step: the sweeps of `rows`' nodes with their slopes, then the output's."""
         graph, layout, opts, best = self.graph, self.layout, self.opts, self.best
         cur = {graph.input_name: self.box}
+        # The step's backward pass checks the deadline where it reaches each sweep's bounds.
+        hook = deadline.fine_hook(deadline.current())
         for name in graph.preactivation_nodes():
             if name not in alphas or name not in rows:
                 cur[name] = best["bounds"][name]
                 continue
+            deadline.check()
             start_alphas = alphas[name]
 
             def slice_alphas(s, e, start_alphas=start_alphas):
                 return {r: a[:, :, s:e] for r, a in start_alphas.items()}
 
             lo, up = node_bound_rows(graph, name, rows[name], cur, layout, opts.crown, self.batch, slice_alphas)
+            _watch(hook, lo, up)
             ref_lo, ref_up = best["bounds"][name]
             cur[name] = scatter_rows(ref_lo, ref_up, rows[name], lo, up, intersect=True)
         lo, up = output_bound(graph, cur, self.C, layout, alphas[graph.output_name], self.want_lower,
                               self.want_upper, gather=False)
+        _watch(hook, lo, up)
         loss = 0.0
         if lo is not None:
             loss = loss - lo.sum()
@@ -171,10 +178,33 @@ class _Run:
         `iterations` steps; returns the steps run."""
         params = [a for start, per_start in alphas.items() if start == self.graph.output_name or start in rows
                   for a in per_start.values()]
-        step = None if on_step is None else (lambda it, score: on_step(first + it, score))
+        step = _until_deadline(on_step, first)
         return maximise([ParamGroup(params, self.opts.lr, 0.0, 1.0)], lambda it: self.evaluate(alphas, rows),
                         lambda state: self.keep_best(state, rows), iterations, self.layout, self.opts.patience,
                         self.opts.tol, step)
+
+
+def _watch(hook, *tensors):
+    """`hook` (a deadline check, or None) on the tensors of a step that need a gradient."""
+    if hook is None:
+        return
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            t.register_hook(hook)
+
+
+def _until_deadline(on_step, first: int):
+    """`maximise`'s per-step callback: the caller's `on_step` (numbered from `first`), and a stop
+    when the time limit is nearer than twice the step just taken (the next would likely end past
+    it: steps vary; the best bounds so far are kept, all sound)."""
+    last = [time.perf_counter()]
+
+    def step(it, score):
+        now = time.perf_counter()
+        took, last[0] = now - last[0], now
+        stop = bool(on_step(first + it, score)) if on_step is not None else False
+        return deadline.ends_within(2.0 * took) or stop
+    return step
 
 
 def _crown_start(run: _Run):
@@ -217,7 +247,9 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
     if C is None:
         C = default_spec(graph, box[0].shape[0], box[0].dtype, box[0].device)
     run = _Run(graph, box, C, layout, opts, want_lower, want_upper, stop_above)
+    t0 = time.perf_counter()
     bounds, rows, crown_lo, crown_up = _crown_start(run)
+    crown_seconds = time.perf_counter() - t0
     run.best = {"lo": crown_lo, "up": crown_up, "bounds": {k: (v[0].detach(), v[1].detach()) for k, v in bounds.items()}}
     joint = _joint_rows(run, rows) if opts.optimize_intermediate else {}
     with tag("alphas"):
@@ -225,7 +257,9 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
     steps = 0
     if opts.warmup > 0 and joint and not run.all_proved():
         steps = run.optimise(alphas, {}, min(opts.warmup, opts.iterations), on_step)
-    if not run.all_proved():
+    # A joint step redoes the start's sweeps with autograd, then their backward pass: about twice
+    # the start's time. Not begun when the limit is nearer (fine checks stop it anyway).
+    if not run.all_proved() and not (joint and deadline.ends_within(2.0 * crown_seconds)):
         with tag("alphas"):
             alphas.update(init_alphas(graph, bounds, {name: len(r) for name, r in joint.items()}, layout))
         steps += run.optimise(alphas, joint, opts.iterations, on_step, first=steps)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import deadline
 from ..layout import DEFAULT_LAYOUT, Layout, sweep_chunk, weight_kwargs
 from ..memory import tag
 from ..ops.patches import Patches, add_A, dense
@@ -173,6 +174,7 @@ def _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows=No
     for node in reversed(graph.nodes):
         if node.name not in pending or node.op is None:
             continue
+        deadline.check_fine()           # one sweep of a wide node can take a while
         node_lA, node_uA = pending.pop(node.name)
         if rows is not None and node.name == start:
             result = _first_step(graph, node, rows, bounds, sweep, patches)
@@ -275,6 +277,7 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
     lows, ups = [], []
     # Every rank runs the same number of sweeps (FSDP gathers are collectives), even with no rows.
     for start in range(0, most, chunk):
+        deadline.check()                # every rank runs the same chunks
         part = local_rows[start:start + chunk]
         alphas = alphas_for(start, start + len(part)) if alphas_for else None
         lo, up = backward_bound(graph, name, None, None, bounds, layout, alphas, rows=part,
@@ -343,6 +346,7 @@ def _intermediate_bounds(graph, box, layout, opts):
         if name not in preactivation or graph.affine_from_input(name):
             bounds[name] = (ref_lo, ref_up)   # one affine op from the input: IBP is exact
             continue
+        deadline.check()                # each node's CROWN pass (24 wide ones on a ViT)
         rows = rows_to_bound(ref_lo, ref_up, opts, all_rows=_feeds_general_op(graph, name))
         rows_by_node[name] = rows
         lo, up = best_of_shifts(graph, name, lambda: node_bound_rows(graph, name, rows, bounds, layout, opts, batch))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import deadline
 from ..bab.roots import RootState
 from ..methods.dispatch import MethodBounds, run_method
 from .instance import Instance, Pairs
@@ -202,30 +203,39 @@ def _bound_share(inst: Instance, method: str, groups, alpha_options, max_batch: 
     """The outcome of bounding the batch elements `groups` on this rank (with `layout`, a
     `bounds_dp.DpRowsLayout`: their rows split over the dp group, the outcome whole on every rank)."""
     from ..methods.alpha_crown import verdict_options
+
+    pairs, clock = inst.pairs, clock or inst.clock
+    layout = layout or inst.model.layout
+    out = BoundOutcome()
+    guide = guide and method != "ibp" and inst.model.layout.world_size == 1
+    opts = alpha_options or verdict_options()
+    # The methods check the clock inside their long steps too (dtensor_verify/deadline.py).
+    with deadline.checking(clock.check, clock.left, clock.layout):
+        for chunk in _chunks(pairs, groups, max_batch, max_rows_total):
+            _bound_chunk(inst, method, chunk, opts, guide, layout, clock, out)
+    return out
+
+
+def _bound_chunk(inst: Instance, method: str, chunk, opts, guide: bool, layout, clock, out: BoundOutcome):
+    """One call's batch elements bounded by `method`; what it found goes to `out`."""
     from . import bounds_dp
 
-    model, pairs, clock = inst.model, inst.pairs, clock or inst.clock
-    layout = layout or model.layout
-    out = BoundOutcome()
-    guide = guide and method != "ibp" and model.layout.world_size == 1
-    opts = alpha_options or verdict_options()
-    for chunk in _chunks(pairs, groups, max_batch, max_rows_total):
+    model, pairs = inst.model, inst.pairs
+    clock.check()
+    batch = _stack(pairs, chunk)
+    box = model.check_box(inst.region_lo[batch.regions], inst.region_hi[batch.regions])
+    # alpha-CROWN stops once every real row is proved (lower bound of C y above d).
+    stop_above = batch.d.masked_fill(~_real_rows(batch, pairs), -math.inf)
+    res = run_method(method, model.graph, box, batch.C, layout, alpha_options=opts, want_upper=False,
+                     on_step=lambda it, score: clock.check(), stop_above=stop_above)
+    if layout is not model.layout and res.output_alphas:
+        res.output_alphas = bounds_dp.gather_rows_dim2(layout.topo, res.output_alphas)
+    if res.iterations is not None:
+        out.iterations.append(res.iterations)
+    margin_lower = model.layout.local(res.lower).detach() - batch.d
+    out.lowers.update({p: margin_lower[b, pos:pos + pairs.rows_of[p]] for b, pos, p in batch.slots})
+    if method != "ibp":
+        out.roots.update(_roots(model, batch, res, pairs, _proved_here(batch, margin_lower, pairs)))
+    if guide:
         clock.check()
-        batch = _stack(pairs, chunk)
-        box = model.check_box(inst.region_lo[batch.regions], inst.region_hi[batch.regions])
-        # alpha-CROWN stops once every real row is proved (lower bound of C y above d).
-        stop_above = batch.d.masked_fill(~_real_rows(batch, pairs), -math.inf)
-        res = run_method(method, model.graph, box, batch.C, layout, alpha_options=opts, want_upper=False,
-                         on_step=lambda it, score: clock.check(), stop_above=stop_above)
-        if layout is not model.layout and res.output_alphas:
-            res.output_alphas = bounds_dp.gather_rows_dim2(layout.topo, res.output_alphas)
-        if res.iterations is not None:
-            out.iterations.append(res.iterations)
-        margin_lower = model.layout.local(res.lower).detach() - batch.d
-        out.lowers.update({p: margin_lower[b, pos:pos + pairs.rows_of[p]] for b, pos, p in batch.slots})
-        if method != "ibp":
-            out.roots.update(_roots(model, batch, res, pairs, _proved_here(batch, margin_lower, pairs)))
-        if guide:
-            clock.check()
-            out.vertices.update(_vertices(model, batch, res, margin_lower, pairs, box))
-    return out
+        out.vertices.update(_vertices(model, batch, res, margin_lower, pairs, box))

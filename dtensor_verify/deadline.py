@@ -1,0 +1,98 @@
+"""The run's time limit inside long bound computations (issue 21).
+
+A stage checks its instance's clock between the calls it makes, but one call can be long: on the
+vit_2023 ibp_3_3_8 model a CROWN pass is 24 intermediate sweeps of up to 14,739 rows each, and one
+alpha-CROWN step redoes those sweeps with autograd and then their backward pass. Benchmark rows
+ended 73-87 s after a 98.8 s limit there. The bound methods therefore ask the deadline that the
+caller set around them, without a clock argument threaded through every function:
+
+    with deadline.checking(clock.check, clock_left, layout):    # verify/bounds.py, per call
+        run_method(...)
+
+* `check()` at coarse points (each intermediate node's CROWN pass, each chunk of its rows, each
+  start node's sweep of an alpha-CROWN step): every rank of a shard group reaches them in step, so
+  the clock's collective (`Clock.check` asks `all_true`) stays in step.
+* `check_fine()` at every op of a backward sweep and, through gradient hooks, in an alpha-CROWN
+  step's backward pass: only in one process (no collective), where it costs one `perf_counter`.
+* `ends_within(s)`: True (on every rank) when the limit is less than `s` seconds away: alpha-CROWN
+  does not start a step it cannot finish (it keeps the best bounds so far, all sound).
+
+Without a deadline set (the API, branch and bound, tests) every call is a no-op. The limit raises
+the clock's `TimeLimitReached`, which the pipeline turns into `timeout`, never a verdict.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Deadline:
+    check: Callable[[], None]               # raises TimeLimitReached once the limit passed (agreed by all ranks)
+    left: Callable[[], float]               # seconds left on this rank's clock (no collective)
+    agree: Callable[[bool], bool]           # all ranks' `and` of a flag (the layout's all_true)
+    fine: bool                              # one process: checks at every op are allowed
+
+
+_current: ContextVar[Deadline | None] = ContextVar("dtensor_verify_deadline", default=None)
+
+
+@contextmanager
+def checking(check: Callable[[], None], left: Callable[[], float], layout):
+    """Bound methods called inside ask `check` (see the module docstring)."""
+    token = _current.set(Deadline(check, left, layout.all_true, layout.world_size == 1))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+@contextmanager
+def suspended():
+    """No deadline inside (a caller that stops on its own terms, e.g. ranks that must meet first)."""
+    token = _current.set(None)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def current() -> Deadline | None:
+    return _current.get()
+
+
+def check() -> None:
+    """Raise TimeLimitReached once the limit passed; call where every rank of the group calls it."""
+    d = _current.get()
+    if d is not None:
+        d.check()
+
+
+def check_fine() -> None:
+    """As `check`, at points ranks need not reach in step: a no-op under several ranks."""
+    d = _current.get()
+    if d is not None and d.fine:
+        d.check()
+
+
+def ends_within(seconds: float) -> bool:
+    """True on every rank when the limit is at most `seconds` away on every rank (False without a
+    deadline); call where every rank calls it."""
+    d = _current.get()
+    if d is None:
+        return False
+    return bool(d.agree(d.left() <= seconds))
+
+
+def fine_hook(d: Deadline | None):
+    """A gradient hook that checks `d` (captured: the backward pass may run in another thread),
+    or None when `d` allows no fine checks."""
+    if d is None or not d.fine:
+        return None
+
+    def hook(grad):
+        d.check()
+        return grad
+    return hook
