@@ -148,7 +148,8 @@ def test_budget_leaves_out_costliest_start_nodes(monkeypatch):
     share = 8
     monkeypatch.setenv("DTENSOR_VERIFY_SHARE_DEVICE", str(share))
     monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(int(room / alpha_budget.FRACTION * share) + share))
-    res = _run(dv.AlphaOptions(iterations=3, patience=100))
+    # Without shared slopes (alpha_budget.plan_starts shares where per-row slopes do not fit).
+    res = _run(dv.AlphaOptions(iterations=3, patience=100, share_alphas=False))
     assert set(res.alphas) - {g.output_name} == {inter[0].name, inter[1].name}
     assert (res.lower >= res.crown_lower).all()
     _sound(res.lower)

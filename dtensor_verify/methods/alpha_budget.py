@@ -35,7 +35,17 @@ SLOPE_COPIES = 30
 class StartCost:
     name: str
     rows: int
-    bytes: int
+    bytes: int              # slopes per (row, neuron)
+    shared_bytes: int = 0   # one slope set shared by the node's rows (its sweep still has every row)
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    """Which intermediate start nodes alpha-CROWN optimises, and how (`plan_starts`)."""
+    names: tuple[str, ...]      # optimised, in graph order
+    shared: tuple[str, ...]     # of those, the ones whose rows share one slope set
+    bytes: int                  # estimated working set, the output's included
+    budget: int
 
 
 def start_costs(graph, rows: dict, n_out_rows: int, batch: int, itemsize: int = 4) -> list[StartCost]:
@@ -48,7 +58,8 @@ def start_costs(graph, rows: dict, n_out_rows: int, batch: int, itemsize: int = 
         slopes = sum(getattr(a.op, "n_alpha", 2) * a.numel for a in alpha_ops
                      if a.name in ancestors and a.name != name)
         per_row = SAVED_PER_NODE * sweep + SLOPE_COPIES * slopes
-        costs.append(StartCost(name, k, itemsize * batch * k * per_row))
+        shared = SAVED_PER_NODE * sweep * k + SLOPE_COPIES * slopes
+        costs.append(StartCost(name, k, itemsize * batch * k * per_row, itemsize * batch * shared))
     return costs
 
 
@@ -69,6 +80,37 @@ def fit_starts(graph, rows: dict, n_out_rows: int, batch: int, device, itemsize:
         kept.add(c.name)
         total += c.bytes
     return tuple(c.name for c in costs[1:] if c.name in kept), total, budget
+
+
+def plan_starts(graph, rows: dict, n_out_rows: int, batch: int, device, itemsize: int = 4,
+                free_bytes=free_memory_bytes, share: bool | None = None) -> StartPlan:
+    """The intermediate start nodes to optimise within the budget. Every one with its own slopes
+    per row when all fit (or `share` is False: then `fit_starts`' choice). Otherwise (or `share`
+    True) as alpha,beta-CROWN's `share_alphas` does: the rows of a start node share one slope set
+    (auto_LiRPA's spec size 1 for intermediate nodes; the output's rows keep their own), which
+    leaves its sweep's A-matrices as the cost: as many nodes as fit, cheapest first, and then, in
+    the room left, per-row slopes again for the nodes cheapest to give them (`share` None)."""
+    budget = int(free_bytes(device) * FRACTION)
+    costs = start_costs(graph, rows, n_out_rows, batch, itemsize)
+    inter, total = costs[1:], costs[0].bytes
+    if share is False or (share is None and total + sum(c.bytes for c in inter) <= budget):
+        kept, total, budget = fit_starts(graph, rows, n_out_rows, batch, device, itemsize, free_bytes)
+        return StartPlan(kept, (), total, budget)
+    chosen = set()
+    for c in sorted(inter, key=lambda c: c.shared_bytes):
+        if total + c.shared_bytes > budget:
+            break
+        chosen.add(c.name)
+        total += c.shared_bytes
+    own = set()
+    if share is None:
+        for c in sorted((c for c in inter if c.name in chosen), key=lambda c: c.bytes - c.shared_bytes):
+            if total + c.bytes - c.shared_bytes > budget:
+                break
+            own.add(c.name)
+            total += c.bytes - c.shared_bytes
+    names = tuple(c.name for c in inter if c.name in chosen)
+    return StartPlan(names, tuple(n for n in names if n not in own), total, budget)
 
 
 def crown_max_rows(graph, batch: int, device, itemsize: int = 4, free_bytes=free_memory_bytes) -> int | None:

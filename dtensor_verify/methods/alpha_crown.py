@@ -24,10 +24,10 @@ from .. import deadline
 from ..layout import DEFAULT_LAYOUT, Layout
 from ..memory import tag
 from ..ops.softmax_sum import best_of_shifts
-from .alpha_budget import crown_max_rows, fit_starts
+from .alpha_budget import crown_max_rows, plan_starts
 from .optimize import ParamGroup, maximise
-from .crown import (CrownOptions, default_spec, intermediate_bounds, node_bound_rows, output_bound, scatter_rows,
-                    tighter_than_ibp)
+from .crown import (CrownOptions, _feeds_general_op, default_spec, intermediate_bounds, node_bound_rows,
+                    output_bound, rows_to_bound, scatter_rows, tighter_than_ibp)
 
 
 @dataclass
@@ -46,6 +46,10 @@ class AlphaOptions:
     # sweep); the others keep their best bounds fixed. Set from the memory budget
     # (methods/alpha_budget.py) when the device is shared.
     intermediate_starts: tuple | None = None
+    # Intermediate start nodes whose rows share one slope set (alpha,beta-CROWN's share_alphas):
+    # None: those that the budget cannot give per-row slopes (alpha_budget.plan_starts; one
+    # process), True: every one, False: none (a node that does not fit is left out instead).
+    share_alphas: bool | None = None
 
 
 def verdict_options() -> AlphaOptions:
@@ -80,12 +84,13 @@ def _relu_nodes(graph):
     return [n for n in graph.nodes if n.op is not None and getattr(n.op, "has_alpha", False)]
 
 
-def init_alphas(graph, bounds, starts: dict[str, int], layout: Layout):
-    """Slopes initialised to CROWN's adaptive choice, for each start node and upstream ReLU."""
+def init_alphas(graph, bounds, starts: dict[str, int], layout: Layout, shared=()):
+    """Slopes initialised to CROWN's adaptive choice, for each start node and upstream ReLU; the
+    start nodes in `shared` get one set for all their rows ([.., 1, *S]: it broadcasts over them)."""
     alphas = {}
     relus = _relu_nodes(graph)
     for start, n_rows in starts.items():
-        k = len(range(n_rows)[layout.rows(start, n_rows).mine])
+        k = 1 if start in shared else len(range(n_rows)[layout.rows(start, n_rows).mine])
         ancestors = graph.ancestors(start)
         per_start = {}
         for relu in relus:
@@ -108,6 +113,7 @@ class _Run:
 
     def __init__(self, graph, box, C, layout, opts, want_lower, want_upper, stop_above):
         self.graph, self.box, self.C, self.layout, self.opts = graph, box, C, layout, opts
+        self.shared: tuple = ()          # start nodes whose rows share one slope set
         self.want_lower, self.want_upper = want_lower, want_upper
         self.batch = box[0].shape[0]
         self.best: dict = {}
@@ -137,8 +143,8 @@ class _Run:
             deadline.check()
             start_alphas = alphas[name]
 
-            def slice_alphas(s, e, start_alphas=start_alphas):
-                return {r: a[:, :, s:e] for r, a in start_alphas.items()}
+            def slice_alphas(s, e, start_alphas=start_alphas, shared=name in self.shared):
+                return dict(start_alphas) if shared else {r: a[:, :, s:e] for r, a in start_alphas.items()}
 
             lo, up = node_bound_rows(graph, name, rows[name], cur, layout, opts.crown, self.batch, slice_alphas)
             _watch(hook, lo, up)
@@ -207,15 +213,28 @@ def _until_deadline(on_step, first: int):
     return step
 
 
-def _crown_start(run: _Run):
-    """CROWN's intermediate bounds, their swept rows, and its output bounds (alpha's start)."""
+def _given_rows(graph, bounds, opts) -> dict:
+    """The rows to optimise of each intermediate node whose CROWN bounds are given: those still
+    unstable under them (a ReLU input's stable neuron is exact whatever its bounds), every row of
+    a node feeding another nonlinear op."""
+    return {name: rows_to_bound(*bounds[name], opts, all_rows=_feeds_general_op(graph, name))
+            for name in graph.preactivation_nodes() if not graph.affine_from_input(name)}
+
+
+def _crown_start(run: _Run, given: dict | None = None):
+    """CROWN's intermediate bounds (computed, or `given`: CROWN's bounds of the same boxes from an
+    earlier stage), their swept rows, and its output bounds (alpha's start)."""
     graph, layout, opts, C = run.graph, run.layout, run.opts, run.C
     crown_opts = opts.crown
     if crown_opts.max_rows is None and layout.world_size == 1:
         # Rows per sweep chunk from this process's part of the device (alpha_budget; None: no limit).
         crown_opts = dataclasses.replace(crown_opts, max_rows=crown_max_rows(graph, run.batch, run.box[0].device))
     with torch.no_grad():
-        bounds, rows = intermediate_bounds(graph, run.box, layout, crown_opts)
+        if given is not None:
+            bounds = {graph.input_name: run.box, **given}
+            rows = _given_rows(graph, bounds, crown_opts)
+        else:
+            bounds, rows = intermediate_bounds(graph, run.box, layout, crown_opts)
         lo, up = best_of_shifts(graph, graph.output_name, lambda: output_bound(
             graph, bounds, C, layout, want_lower=run.want_lower, want_upper=run.want_upper, gather=False))
         if opts.crown.intersect_ibp:
@@ -225,33 +244,41 @@ def _crown_start(run: _Run):
     return bounds, rows, lo, up
 
 
-def _joint_rows(run: _Run, rows: dict) -> dict:
-    """The intermediate start nodes optimised with the output: `intermediate_starts` when given,
-    else (one process) those whose working set fits this process's part of the device
-    (alpha_budget.fit_starts; the others keep CROWN's bounds), else all."""
-    names = run.opts.intermediate_starts
+def _joint_rows(run: _Run, rows: dict) -> tuple[dict, tuple]:
+    """The intermediate start nodes optimised with the output, and those of them whose rows share
+    one slope set: `intermediate_starts` when given, else (one process) those the budget allows
+    (alpha_budget.plan_starts: per-row slopes where they fit, shared ones where only those fit;
+    the others keep CROWN's bounds), else all."""
+    names, share, shared = run.opts.intermediate_starts, run.opts.share_alphas, ()
     if names is None and run.layout.world_size == 1 and rows:
-        local, _, _ = fit_starts(run.graph, rows, run.C.shape[1], run.batch, run.box[0].device,
-                                 run.box[0].element_size())
+        plan = plan_starts(run.graph, rows, run.C.shape[1], run.batch, run.box[0].device,
+                           run.box[0].element_size(), share=share)
         # Ranks that split the rows between them (verify/bounds_dp.py) must sweep the same start
         # nodes: those every rank keeps (one agreement per node; none on one process).
-        names = tuple(n for n in rows if run.layout.all_true(n in local))
-    return rows if names is None else {n: r for n, r in rows.items() if n in names}
+        names = tuple(n for n in rows if run.layout.all_true(n in plan.names))
+        shared = tuple(n for n in names if run.layout.all_true(n in plan.shared))
+    elif share and run.layout.world_size == 1:
+        shared = tuple(rows if names is None else names)
+    joint = rows if names is None else {n: r for n, r in rows.items() if n in names}
+    return joint, tuple(n for n in shared if n in joint)
 
 
 def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: AlphaOptions | None = None,
-                want_lower=True, want_upper=True, on_step=None, stop_above=None) -> AlphaResult:
+                want_lower=True, want_upper=True, on_step=None, stop_above=None, crown_bounds=None) -> AlphaResult:
     """Optimised bounds of C f(x) over the box (see `AlphaResult`). `stop_above` ([B, K], optional):
-    stop once every row's lower bound exceeds it (rows that need no proof: -inf)."""
+    stop once every row's lower bound exceeds it (rows that need no proof: -inf). `crown_bounds`
+    (optional): CROWN's bounds of these boxes with `opts.crown` (node -> (lower, upper) [B, *S], every
+    pre-activation node and the output), e.g. from the verdict pipeline's CROWN stage: the start
+    uses them instead of computing them again."""
     opts = opts or AlphaOptions()
     if C is None:
         C = default_spec(graph, box[0].shape[0], box[0].dtype, box[0].device)
     run = _Run(graph, box, C, layout, opts, want_lower, want_upper, stop_above)
     t0 = time.perf_counter()
-    bounds, rows, crown_lo, crown_up = _crown_start(run)
+    bounds, rows, crown_lo, crown_up = _crown_start(run, crown_bounds)
     crown_seconds = time.perf_counter() - t0
     run.best = {"lo": crown_lo, "up": crown_up, "bounds": {k: (v[0].detach(), v[1].detach()) for k, v in bounds.items()}}
-    joint = _joint_rows(run, rows) if opts.optimize_intermediate else {}
+    joint, run.shared = _joint_rows(run, rows) if opts.optimize_intermediate else ({}, ())
     with tag("alphas"):
         alphas = init_alphas(graph, bounds, {graph.output_name: C.shape[1]}, layout)
     steps = 0
@@ -261,7 +288,7 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
     # the start's time. Not begun when the limit is nearer (fine checks stop it anyway).
     if not run.all_proved() and not (joint and deadline.ends_within(2.0 * crown_seconds)):
         with tag("alphas"):
-            alphas.update(init_alphas(graph, bounds, {name: len(r) for name, r in joint.items()}, layout))
+            alphas.update(init_alphas(graph, bounds, {name: len(r) for name, r in joint.items()}, layout, run.shared))
         steps += run.optimise(alphas, joint, opts.iterations, on_step, first=steps)
     split = layout.rows(graph.output_name, C.shape[1])
     gather = (lambda t: None if t is None else split.gather(t))

@@ -46,9 +46,11 @@ class MethodBounds:
 
 def run_method(method: str, graph, box, C: torch.Tensor | None = None, layout: Layout = DEFAULT_LAYOUT, *,
                crown_options: CrownOptions | None = None, alpha_options: AlphaOptions | None = None,
-               want_lower: bool = True, want_upper: bool = True, on_step=None, stop_above=None) -> MethodBounds:
+               want_lower: bool = True, want_upper: bool = True, on_step=None, stop_above=None,
+               crown_bounds=None) -> MethodBounds:
     """Bounds of `C f(x)` over `box` by `method` (see `METHODS`; aliases accepted). `stop_above`
-    ([B, K]): alpha-CROWN stops once every row's lower bound exceeds it."""
+    ([B, K]): alpha-CROWN stops once every row's lower bound exceeds it. `crown_bounds`: CROWN's
+    intermediate bounds of the same boxes, alpha-CROWN's start (see `alpha_crown`)."""
     method = normalize_method(method)
     if method == "ibp":
         with torch.no_grad():
@@ -60,6 +62,7 @@ def run_method(method: str, graph, box, C: torch.Tensor | None = None, layout: L
     opts = alpha_options or AlphaOptions()
     if crown_options is not None:
         opts.crown = crown_options
-    res = alpha_crown(graph, box, C, layout, opts, want_lower, want_upper, on_step=on_step, stop_above=stop_above)
+    res = alpha_crown(graph, box, C, layout, opts, want_lower, want_upper, on_step=on_step, stop_above=stop_above,
+                      crown_bounds=crown_bounds)
     return MethodBounds(method, res.lower, res.upper, res.intermediate, res.output_alphas, res.iterations,
                         res.crown_lower, res.crown_upper)

@@ -218,7 +218,7 @@ def _bound_share(inst: Instance, method: str, groups, alpha_options, max_batch: 
 
 def _bound_chunk(inst: Instance, method: str, chunk, opts, guide: bool, layout, clock, out: BoundOutcome):
     """One call's batch elements bounded by `method`; what it found goes to `out`."""
-    from . import bounds_dp
+    from . import bounds_dp, crown_reuse
 
     model, pairs = inst.model, inst.pairs
     clock.check()
@@ -226,8 +226,12 @@ def _bound_chunk(inst: Instance, method: str, chunk, opts, guide: bool, layout, 
     box = model.check_box(inst.region_lo[batch.regions], inst.region_hi[batch.regions])
     # alpha-CROWN stops once every real row is proved (lower bound of C y above d).
     stop_above = batch.d.masked_fill(~_real_rows(batch, pairs), -math.inf)
+    # alpha-CROWN starts from the CROWN stage's intermediate bounds of these boxes where it kept them.
+    given = crown_reuse.given(inst, batch.regions, opts.crown, layout) if method == "alpha-crown" else None
     res = run_method(method, model.graph, box, batch.C, layout, alpha_options=opts, want_upper=False,
-                     on_step=lambda it, score: clock.check(), stop_above=stop_above)
+                     on_step=lambda it, score: clock.check(), stop_above=stop_above, crown_bounds=given)
+    if method == "crown":
+        crown_reuse.keep(inst, batch.regions, res.intermediate, layout)
     if layout is not model.layout and res.output_alphas:
         res.output_alphas = bounds_dp.gather_rows_dim2(layout.topo, res.output_alphas)
     if res.iterations is not None:

@@ -109,6 +109,7 @@ class Instance:
     roots: dict = field(default_factory=dict)      # pair -> bab.RootState (where BaB starts)
     extra_rounds_done: int = 0                     # attack rounds after the bounds so far
     attack_deferred: bool = False                  # the first attack waits for the first bound
+    crown_bounds: dict = field(default_factory=dict)   # region -> CROWN's bounds of its box (crown_reuse.py)
 
     def open_pairs(self) -> list[int]:
         return [p for p, d in enumerate(self.details) if d.status == "open"]
