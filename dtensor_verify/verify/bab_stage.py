@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from .. import deadline
 from ..margin import output_margin
 from .attacks import attack_round
 from .instance import Instance, NoClock
@@ -79,11 +80,21 @@ def _solve(inst: Instance, open_idx, opts):
         comm = comm_for(layout)
         solver = BabSolver(problem, opts, inst.clock.left, _ConfirmPoints(inst), log=inst.say, comm=comm,
                            pgd=_ShortPgd(inst, open_idx, opts.pgd_points))
-        outcome = solver.solve(roots)
+        outcome = _solve_on_time(solver, roots, inst, layout)
         shared = comm.share_counterexample(outcome.counterexample) if outcome.status == "sat" else None
     if outcome.status == "sat" and not isinstance(shared, Counterexample):
         raise RuntimeError("branch and bound reported sat without a confirmed counterexample")
     return outcome, shared
+
+
+def _solve_on_time(solver, roots, inst: Instance, layout):
+    """`solver.solve(roots)`; in one process its bound computations also check the clock inside
+    (dtensor_verify/deadline.py): a round's sweeps (general splits redo whole layers) may outlast
+    the time left that the solver measured. Several workers stop together at their sync instead."""
+    if layout.topology.world > 1:
+        return solver.solve(roots)
+    with deadline.checking(inst.clock.check, inst.clock.left, layout):
+        return solver.solve(roots)
 
 
 def branch_and_bound(inst: Instance, bab_options, progress: bool) -> str:
