@@ -6,6 +6,7 @@ from the working-set estimate (docs/ALPHA_SPEED.md). Prints a table and writes C
     PYTHONPATH=$PWD python scripts/bench_alpha_plan.py --out plan.csv [--models ibp_3_3_8,pgd_2_3_16]
         [--shares 1,2,4,8] [--device-gib 80]
 
+`with_slopes`: start nodes with an optimisable op upstream (the others' bounds cannot move).
 The rows of each start node are all its neurons (an upper bound: the pipeline sweeps only those
 IBP leaves unstable, and every neuron of a node that feeds a softmax's Exp); 9 output rows, batch 1.
 """
@@ -17,7 +18,8 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "..", "shared", "benchmarks", "vit_2023")
-FIELDS = ["model", "share", "budget_gb", "start_nodes", "before_optimised", "before_gb", "after_optimised",
+FIELDS = ["model", "share", "budget_gb", "start_nodes", "with_slopes", "before_optimised", "before_with_slopes",
+          "before_gb", "after_optimised",
           "after_per_row", "after_shared", "after_gb"]
 
 
@@ -34,8 +36,10 @@ def plan_rows(model: str, shares: list[int], device_bytes: int) -> list[dict]:
         free = (lambda d, share=share: device_bytes // share)
         kept, before, budget = alpha_budget.fit_starts(g, rows, 9, 1, torch.device("cuda"), free_bytes=free)
         plan = alpha_budget.plan_starts(g, rows, 9, 1, torch.device("cuda"), free_bytes=free)
+        useful = {c.name for c in alpha_budget.start_costs(g, rows, 9, 1) if c.slopes > 0}
         out.append({"model": model, "share": f"1/{share}", "budget_gb": round(budget / 1e9, 2),
-                    "start_nodes": len(rows), "before_optimised": len(kept), "before_gb": round(before / 1e9, 2),
+                    "start_nodes": len(rows), "with_slopes": len(useful & set(rows)), "before_optimised": len(kept),
+                    "before_with_slopes": len(useful & set(kept)), "before_gb": round(before / 1e9, 2),
                     "after_optimised": len(plan.names), "after_per_row": len(plan.names) - len(plan.shared),
                     "after_shared": len(plan.shared), "after_gb": round(plan.bytes / 1e9, 2)})
     return out
@@ -51,9 +55,9 @@ def main():
     rows = []
     for model in args.models.split(","):
         rows += plan_rows(model, [int(s) for s in args.shares.split(",")], int(args.device_gib * (1 << 30)))
-    fmt = "{:<11} {:>5} {:>9} {:>6} {:>13} {:>9} {:>12} {:>8} {:>7} {:>8}"
-    print(fmt.format("model", "share", "budget_GB", "starts", "before: opt.", "before_GB", "after: opt.",
-                     "per-row", "shared", "after_GB"))
+    fmt = "{:<11} {:>5} {:>9} {:>6} {:>7} {:>12} {:>13} {:>9} {:>11} {:>7} {:>6} {:>8}"
+    print(fmt.format("model", "share", "budget_GB", "starts", "slopes", "before: opt.", "(with slopes)",
+                     "before_GB", "after: opt.", "per-row", "shared", "after_GB"))
     for r in rows:
         print(fmt.format(*(str(r[k]) for k in FIELDS)))
     with open(args.out, "w", newline="") as fh:

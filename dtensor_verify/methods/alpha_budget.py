@@ -37,6 +37,7 @@ class StartCost:
     rows: int
     bytes: int              # slopes per (row, neuron)
     shared_bytes: int = 0   # one slope set shared by the node's rows (its sweep still has every row)
+    slopes: int = 0         # slopes per row upstream (0: nothing to optimise, its bounds cannot move)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def start_costs(graph, rows: dict, n_out_rows: int, batch: int, itemsize: int = 
                      if a.name in ancestors and a.name != name)
         per_row = SAVED_PER_NODE * sweep + SLOPE_COPIES * slopes
         shared = SAVED_PER_NODE * sweep * k + SLOPE_COPIES * slopes
-        costs.append(StartCost(name, k, itemsize * batch * k * per_row, itemsize * batch * shared))
+        costs.append(StartCost(name, k, itemsize * batch * k * per_row, itemsize * batch * shared, slopes))
     return costs
 
 
@@ -88,12 +89,15 @@ def plan_starts(graph, rows: dict, n_out_rows: int, batch: int, device, itemsize
     per row when all fit (or `share` is False: then `fit_starts`' choice). Otherwise (or `share`
     True) as alpha,beta-CROWN's `share_alphas` does: the rows of a start node share one slope set
     (auto_LiRPA's spec size 1 for intermediate nodes; the output's rows keep their own), which
-    leaves its sweep's A-matrices as the cost: as many nodes as fit, cheapest first, and then, in
-    the room left, per-row slopes again for the nodes cheapest to give them (`share` None)."""
+    leaves its sweep's A-matrices as the cost: as many nodes as fit, cheapest first (nodes with no
+    slope upstream skipped), and then, in the room left, per-row slopes again for the nodes
+    cheapest to give them (`share` None)."""
     budget = int(free_bytes(device) * FRACTION)
     costs = start_costs(graph, rows, n_out_rows, batch, itemsize)
-    inter, total = costs[1:], costs[0].bytes
-    if share is False or (share is None and total + sum(c.bytes for c in inter) <= budget):
+    # A node with no slope upstream (e.g. the first attention's q / k / v) keeps its bounds whatever
+    # the steps do: no room spent on it once the rest does not fit.
+    inter, total = [c for c in costs[1:] if c.slopes > 0], costs[0].bytes
+    if share is False or (share is None and total + sum(c.bytes for c in costs[1:]) <= budget):
         kept, total, budget = fit_starts(graph, rows, n_out_rows, batch, device, itemsize, free_bytes)
         return StartPlan(kept, (), total, budget)
     chosen = set()
