@@ -4,14 +4,15 @@ Prints a table and writes CSV.
 
     PYTHONPATH=$PWD python scripts/bench_alpha_deadline.py --out deadline.csv \
         [--instances ibp_3_3_8_1829] [--limits 30] [--tools after,before] [--before-src DIR] \
-        [--kill-after 600] [--threads 1] [--device cpu] [--share N]
+        [--kill-after 600] [--threads 1] [--device cpu] [--share N] [--no-attack]
 
 One subprocess per (tool, instance, limit): it loads the model, reads the property, then runs the
 verdict pipeline (`verify_instance`, as `dtensor-verify benchmark` and `run` call it) with the
-limit, and reports the seconds from the call to its return. `after`: this checkout; `before`: the
-code of `--before-src` (e.g. `git archive <base> dtensor_verify | tar -x -C DIR`). A run still
-going `--kill-after` seconds past its limit is killed and reported as such (its overrun at least
-that). `--share N` sets DTENSOR_VERIFY_SHARE_DEVICE=N (and with --device-bytes B,
+limit, and reports the seconds from the call to its return (`--no-attack`: without the PGD
+stages, so that the bound stages meet the limit: on a loaded CPU the first attack alone can take
+it). `after`: this checkout; `before`: the code of `--before-src` (e.g. `git archive <base>
+dtensor_verify | tar -x -C DIR`). A run still going `--kill-after` seconds past its limit is
+killed and reported as such (its overrun at least that). `--share N` sets DTENSOR_VERIFY_SHARE_DEVICE=N (and with --device-bytes B,
 DTENSOR_VERIFY_DEVICE_BYTES=B: a GPU share emulated on a CPU).
 Columns: verdict, seconds (call to return), over_s (seconds - limit), phases (the pipeline's
 seconds per stage, where it returned), peak RSS (MB).
@@ -33,7 +34,7 @@ FIELDS = ["tool", "instance", "limit_s", "verdict", "seconds", "over_s", "messag
           "load_avg"]
 
 
-def worker(instance: str, limit: float, threads: int, device: str) -> None:
+def worker(instance: str, limit: float, threads: int, device: str, attack: bool) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -47,7 +48,7 @@ def worker(instance: str, limit: float, threads: int, device: str) -> None:
                        n_outputs=model.n_outputs)
     print(f"START {time.time()!r}", flush=True)
     t0 = time.perf_counter()
-    res = verify_instance(model, prop, onnx_path, limit)
+    res = verify_instance(model, prop, onnx_path, limit, attack=attack)
     took = time.perf_counter() - t0
     row = {"verdict": res.verdict, "seconds": round(took, 2), "message": (res.message or "")[:120],
            "phases": json.dumps({k: round(v, 1) for k, v in res.phases.items()}),
@@ -57,7 +58,7 @@ def worker(instance: str, limit: float, threads: int, device: str) -> None:
 
 def _run_one(args, tool: str, instance: str, limit: float) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", instance, str(limit), "--threads",
-           str(args.threads), "--device", args.device]
+           str(args.threads), "--device", args.device] + (["--no-attack"] if args.no_attack else [])
     env = {**os.environ, "PYTHONPATH": args.before_src if tool == "before" else ROOT}
     if args.share:
         env["DTENSOR_VERIFY_SHARE_DEVICE"] = str(args.share)
@@ -107,10 +108,12 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--share", type=int, default=0)
     ap.add_argument("--device-bytes", type=int, default=0)
+    ap.add_argument("--no-attack", action="store_true",
+                    help="no PGD stages (on a loaded CPU the first attack alone can take the whole limit)")
     ap.add_argument("--worker", nargs=2, metavar=("INSTANCE", "LIMIT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(args.worker[0], float(args.worker[1]), args.threads, args.device)
+        return worker(args.worker[0], float(args.worker[1]), args.threads, args.device, not args.no_attack)
     rows = []
     for instance in args.instances.split(","):
         for limit in (float(x) for x in args.limits.split(",")):
@@ -128,7 +131,7 @@ def main():
         w.writerows([{k: r.get(k, "") for k in FIELDS} for r in rows])
     import torch
     print(f"wrote {args.out}; torch {torch.__version__}, {args.threads} thread(s), {args.device}, "
-          f"share {args.share or 1}, load {os.getloadavg()[0]:.1f}")
+          f"share {args.share or 1}, attack {'off' if args.no_attack else 'on'}, load {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
