@@ -16,6 +16,8 @@ caller set around them, without a clock argument threaded through every function
   step's backward pass: only in one process (no collective), where it costs one `perf_counter`.
 * `ends_within(s)`: True (on every rank) when the limit is less than `s` seconds away: alpha-CROWN
   does not start a step it cannot finish (it keeps the best bounds so far, all sound).
+* `sweep_rows(...)`: on a CPU, in one process, wide sweeps go in row chunks short enough that the
+  checks between their ops come often (one op over all 14,739 rows took minutes there).
 
 Without a deadline set (the API, branch and bound, tests) every call is a no-op. The limit raises
 the clock's `TimeLimitReached`, which the pipeline turns into `timeout`, never a verdict.
@@ -84,6 +86,22 @@ def ends_within(seconds: float) -> bool:
     if d is None:
         return False
     return bool(d.agree(d.left() <= seconds))
+
+
+# On a CPU one op of a wide sweep can take a minute (ibp_3_3_8's attention products over 14,739
+# rows at once: [rows, 3, 17, 16, 17] temporaries), longer than the checks between ops allow for.
+# With a deadline (one process), a CPU sweep takes at most this many A-matrix elements per node.
+CPU_SWEEP_ELEMENTS = 1 << 24
+
+
+def sweep_rows(widest: int, device) -> int | None:
+    """Rows per sweep that keep each op of it short on a CPU under a deadline (`widest`: the
+    largest node's elements per row), or None (no cap: a GPU, several ranks, no deadline). The
+    rows are independent: the bounds do not depend on how they are chunked."""
+    d = _current.get()
+    if d is None or not d.fine or getattr(device, "type", "cpu") != "cpu":
+        return None
+    return max(1, CPU_SWEEP_ELEMENTS // max(1, widest))
 
 
 def fine_hook(d: Deadline | None):

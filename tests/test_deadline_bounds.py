@@ -166,3 +166,34 @@ def test_pipeline_ends_at_the_limit(monkeypatch, one_thread):
     assert res.verdict == "timeout", (res.verdict, res.message)
     assert took < 1.0 + 0.5, took
     assert calls.n <= 8, calls.n                    # a CROWN pass alone has >= 12 such steps
+
+
+def test_cpu_sweeps_in_short_chunks_under_a_deadline(monkeypatch, one_thread):
+    """Under a deadline on a CPU, wide sweeps go in row chunks (the checks between ops come often):
+    more sweeps, the same bounds (rows are independent); none without a deadline."""
+    import importlib
+
+    from dtensor_verify.layout import DEFAULT_LAYOUT
+
+    crown_module = importlib.import_module("dtensor_verify.methods.crown")
+    c = _model()
+    assert deadline.sweep_rows(100, torch.device("cpu")) is None
+    lo1, up1, _ = crown(c["m"].graph, c["box"])
+    sweeps = []
+    real = crown_module.backward_bound
+
+    def counted(*a, **k):
+        sweeps.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(crown_module, "backward_bound", counted)
+    crown(c["m"].graph, c["box"])
+    plain = len(sweeps)
+    sweeps.clear()
+    monkeypatch.setattr(deadline, "CPU_SWEEP_ELEMENTS", 64)
+    clock = _Clock(600.0)
+    with deadline.checking(clock.check, clock.left, DEFAULT_LAYOUT):
+        assert deadline.sweep_rows(16, torch.device("cpu")) == 4
+        assert deadline.sweep_rows(16, torch.device("meta")) is None
+        lo2, up2, _ = crown(c["m"].graph, c["box"])
+    assert len(sweeps) > plain, (len(sweeps), plain)
+    assert torch.allclose(lo1, lo2, atol=1e-5) and torch.allclose(up1, up2, atol=1e-5)
