@@ -36,15 +36,17 @@ class Deadline:
     left: Callable[[], float]               # seconds left on this rank's clock (no collective)
     agree: Callable[[bool], bool]           # all ranks' `and` of a flag (the layout's all_true)
     fine: bool                              # one process: checks at every op are allowed
+    short_sweeps: bool = True               # CPU sweeps in row chunks (`sweep_rows`)
 
 
 _current: ContextVar[Deadline | None] = ContextVar("dtensor_verify_deadline", default=None)
 
 
 @contextmanager
-def checking(check: Callable[[], None], left: Callable[[], float], layout):
-    """Bound methods called inside ask `check` (see the module docstring)."""
-    token = _current.set(Deadline(check, left, layout.all_true, layout.world_size == 1))
+def checking(check: Callable[[], None], left: Callable[[], float], layout, short_sweeps: bool = True):
+    """Bound methods called inside ask `check` (see the module docstring). `short_sweeps`: False
+    where the caller sizes its own batches (branch and bound)."""
+    token = _current.set(Deadline(check, left, layout.all_true, layout.world_size == 1, short_sweeps))
     try:
         yield
     finally:
@@ -94,14 +96,15 @@ def ends_within(seconds: float) -> bool:
 CPU_SWEEP_ELEMENTS = 1 << 24
 
 
-def sweep_rows(widest: int, device) -> int | None:
+def sweep_rows(widest: int, batch: int, device) -> int | None:
     """Rows per sweep that keep each op of it short on a CPU under a deadline (`widest`: the
-    largest node's elements per row), or None (no cap: a GPU, several ranks, no deadline). The
-    rows are independent: the bounds do not depend on how they are chunked."""
+    largest node's elements per row and batch element), or None (no cap: a GPU, several ranks,
+    no deadline, branch and bound). The rows are independent: the bounds do not depend on how
+    they are chunked."""
     d = _current.get()
-    if d is None or not d.fine or getattr(device, "type", "cpu") != "cpu":
+    if d is None or not d.fine or not d.short_sweeps or getattr(device, "type", "cpu") != "cpu":
         return None
-    return max(1, CPU_SWEEP_ELEMENTS // max(1, widest))
+    return max(1, CPU_SWEEP_ELEMENTS // max(1, widest * batch))
 
 
 def fine_hook(d: Deadline | None):

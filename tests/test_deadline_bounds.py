@@ -177,7 +177,7 @@ def test_cpu_sweeps_in_short_chunks_under_a_deadline(monkeypatch, one_thread):
 
     crown_module = importlib.import_module("dtensor_verify.methods.crown")
     c = _model()
-    assert deadline.sweep_rows(100, torch.device("cpu")) is None
+    assert deadline.sweep_rows(100, 1, torch.device("cpu")) is None
     lo1, up1, _ = crown(c["m"].graph, c["box"])
     sweeps = []
     real = crown_module.backward_bound
@@ -192,8 +192,9 @@ def test_cpu_sweeps_in_short_chunks_under_a_deadline(monkeypatch, one_thread):
     monkeypatch.setattr(deadline, "CPU_SWEEP_ELEMENTS", 64)
     clock = _Clock(600.0)
     with deadline.checking(clock.check, clock.left, DEFAULT_LAYOUT):
-        assert deadline.sweep_rows(16, torch.device("cpu")) == 4
-        assert deadline.sweep_rows(16, torch.device("meta")) is None
+        assert deadline.sweep_rows(16, 1, torch.device("cpu")) == 4
+        assert deadline.sweep_rows(8, 2, torch.device("cpu")) == 4
+        assert deadline.sweep_rows(16, 1, torch.device("meta")) is None
         lo2, up2, _ = crown(c["m"].graph, c["box"])
     assert len(sweeps) > plain, (len(sweeps), plain)
     assert torch.allclose(lo1, lo2, atol=1e-5) and torch.allclose(up1, up2, atol=1e-5)

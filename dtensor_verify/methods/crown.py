@@ -277,7 +277,7 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
     local_rows = rows[split.mine]
     most = split.most
     # Under a deadline on a CPU, shorter sweeps (so its checks come often; deadline.sweep_rows).
-    cap = deadline.sweep_rows(max((nd.numel for nd in graph.nodes), default=1), box[0].device)
+    cap = deadline.sweep_rows(max((nd.numel for nd in graph.nodes), default=1), batch, box[0].device)
     chunk = sweep_chunk(opts.max_rows if cap is None else min(cap, opts.max_rows or cap), most, n)
     lows, ups = [], []
     # Every rank runs the same number of sweeps (FSDP gathers are collectives), even with no rows.

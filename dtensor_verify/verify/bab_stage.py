@@ -93,7 +93,7 @@ def _solve_on_time(solver, roots, inst: Instance, layout):
     the time left that the solver measured. Several workers stop together at their sync instead."""
     if layout.topology.world > 1:
         return solver.solve(roots)
-    with deadline.checking(inst.clock.check, inst.clock.left, layout):
+    with deadline.checking(inst.clock.check, inst.clock.left, layout, short_sweeps=False):
         return solver.solve(roots)
 
 
