@@ -93,7 +93,7 @@ def ends_within(seconds: float) -> bool:
 # On a CPU one op of a wide sweep can take a minute (ibp_3_3_8's attention products over 14,739
 # rows at once: [rows, 3, 17, 16, 17] temporaries), longer than the checks between ops allow for.
 # With a deadline (one process), a CPU sweep takes at most this many A-matrix elements per node.
-CPU_SWEEP_ELEMENTS = 1 << 24
+CPU_SWEEP_ELEMENTS = 1 << 22
 
 
 def sweep_rows(widest: int, batch: int, device) -> int | None:
