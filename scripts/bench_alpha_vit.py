@@ -13,7 +13,10 @@ cannot share a process). Rows:
   ours       the pipeline's alpha-CROWN now (`methods.alpha_crown.verdict_options`): the
              output-only warm-up, then the joint steps, stopping once every row is proved
              (stop_above = the spec's d), the working set fitted to the device share
-             (methods/alpha_budget.py).
+             (methods/alpha_budget.py); started from the CROWN row's intermediate bounds where
+             alpha_crown takes them (`crown_bounds`, as the verdict pipeline does).
+  ours-base  `ours` (the same pipeline settings) on the code of `--base-src` (e.g. this branch's base:
+             before / after a change to alpha-CROWN with everything else equal).
   lirpa      alpha,beta-CROWN's auto_LiRPA (the copy staged in /work/main/.abcrown, or
              $ABCROWN_AUTO_LIRPA) with vnncomp23/vit.yaml's alpha settings: lr 0.5, lr decay 0.98,
              Exp not optimised, fixed ReduceMax index for the softmax, early-stop patience 10,
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import os
 import resource
@@ -42,7 +46,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "..", "shared", "benchmarks", "vit_2023")
 ABCROWN = os.environ.get("ABCROWN_AUTO_LIRPA", "/work/main/.abcrown")
-TOOLS = ("ours-main", "ours", "lirpa", "lirpa03")
+TOOLS = ("ours-main", "ours", "lirpa", "lirpa03")     # and ours-base (see --base-src)
 FIELDS = ["tool", "instance", "eps_scale", "crown_s", "alpha_s", "iterations", "s_per_iter", "crown_margin",
           "alpha_margin", "alpha_margin_sum", "proved", "ops_per_iter", "peak_rss_mb", "note"]
 
@@ -122,8 +126,12 @@ def run_ours(tool, instance, eps_scale, iterations, device, count_ops=False):
     model = dv.load(onnx_path).to(device)
     box, C, d = (lo.to(device), hi.to(device)), C.to(device), d.to(device)
     t0 = time.perf_counter()
-    c_lo, _, _ = crown(model.graph, box, C, want_upper=False)
+    c_lo, _, bounds = crown(model.graph, box, C, want_upper=False)
     crown_s = time.perf_counter() - t0
+    extra = {}
+    if tool == "ours" and "crown_bounds" in inspect.signature(alpha_crown).parameters:
+        # As the pipeline does now: alpha starts from the CROWN stage's intermediate bounds.
+        extra["crown_bounds"] = {n: bounds[n] for n in [*model.graph.preactivation_nodes(), model.graph.output_name]}
     t0 = time.perf_counter()
     if tool == "ours-main":           # the code of --main-src (keyword arguments it has)
         res = alpha_crown(model.graph, box, C, opts=AlphaOptions(iterations=iterations), want_upper=False)
@@ -132,7 +140,7 @@ def run_ours(tool, instance, eps_scale, iterations, device, count_ops=False):
 
         opts = verdict_options()
         opts.iterations = min(opts.iterations, iterations)
-        res = alpha_crown(model.graph, box, C, opts=opts, want_upper=False, stop_above=d)
+        res = alpha_crown(model.graph, box, C, opts=opts, want_upper=False, stop_above=d, **extra)
     alpha_s = time.perf_counter() - t0
     ops = ours_ops(model, box, C) if count_ops else None
     return crown_s, alpha_s, res.iterations, _margins(c_lo, d), _margins(res.lower, d), ops
@@ -246,6 +254,7 @@ def main():
     ap.add_argument("--count-ops", action="store_true",
                     help="also count the aten ops of one joint step (ours: a separate 3-step run after the timed one)")
     ap.add_argument("--main-src", default=ROOT, help="checkout whose code the ours-main row runs (default: this one)")
+    ap.add_argument("--base-src", default=ROOT, help="checkout whose code the ours-base row runs")
     ap.add_argument("--worker", nargs=2, metavar=("TOOL", "INSTANCE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -256,7 +265,7 @@ def main():
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", tool, instance, "--eps-scale",
                    str(args.eps_scale), "--iterations", str(args.iterations), "--threads", str(args.threads),
                    "--device", args.device] + (["--count-ops"] if args.count_ops else [])
-            src = args.main_src if tool == "ours-main" else ROOT
+            src = {"ours-main": args.main_src, "ours-base": args.base_src}.get(tool, ROOT)
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src})
             got = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
             rows.append(got[0] if got else {"tool": tool, "instance": instance, "eps_scale": args.eps_scale,
