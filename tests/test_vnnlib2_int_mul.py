@@ -78,3 +78,33 @@ def test_int_mul_past_exact_range_is_unknown(tmp_path, capsys):
     box = _box([1.0, 1.0], [20000.0, 20000.0])
     rc, out, err = verify(capsys, _query(tmp_path, DECL, box + "(assert (< P[0] 0.0))"), "--network", f"N={net}")
     assert (rc, out.splitlines()[0]) == (0, "unknown") and "integer cast" in err
+
+
+@pytest.mark.parametrize("e, want", [(1, (-3, 2, -1, 4)), (3, (-27, 8, -1, 64)), (4, (0, 81, 0, 256))])
+def test_int_pow_by_constant_exact_and_bounds(tmp_path, e, want):
+    """Pow(trunc(x), e) with an int64 exponent 1, 3, 4: bitwise onnxruntime, IBP / CROWN bounds
+    contain samples; IBP is the exact integer range (trunc(x) in [-3, 2] and [-1, 4])."""
+    from dtensor_verify.multinet import check_mapping, load_product
+    from dtensor_verify.specs.vnnlib2 import read_query
+    from dtensor_verify.specs.vnnlib2_property import build_property
+
+    nodes = [helper.make_node("Cast", ["x"], ["xi"], to=TensorProto.INT64), helper.make_node("Pow", ["xi", "e"], ["p"]),
+             helper.make_node("Cast", ["p"], ["y"], to=TensorProto.FLOAT)]
+    net = _save(tmp_path, nodes, [_vi("x", TensorProto.FLOAT, [2])], [_vi("y", TensorProto.FLOAT, [2])],
+                [numpy_helper.from_array(np.array(e, np.int64), "e")], name=f"pow{e}.onnx")
+    body = "(assert (and (>= X[0] -3.5) (<= X[0] 2.7) (>= X[1] -1.2) (<= X[1] 4.9))) (assert (>= Y[0] 1000.0))"
+    q = read_query(_query(tmp_path, "(declare-input X float32 [2]) (declare-output Y float32 [2])", body))
+    prop = build_property(q)
+    product = load_product(q, check_mapping(q, {"N": net}), prop.M, "cpu")
+    assert product.int_casts
+    r = prop.regions[0]
+    zs = np.concatenate([np.random.default_rng(0).uniform(r.lower, r.upper, (300, 2)), [[-3.0, 4.0], [2.0, -1.0]]])
+    got = product.model.forward(torch.tensor(zs, dtype=torch.float32)).detach().numpy()
+    values = np.stack([product.values_vector(z) for z in zs])
+    assert np.array_equal(got, values)
+    lo, hi = (torch.tensor(a[None], dtype=torch.float32) for a in (r.lower, r.upper))
+    for method in ("ibp", "crown"):
+        b = product.model.compute_bounds(lo, hi, method=method)
+        assert np.all(values >= b.lower.numpy()) and np.all(values <= b.upper.numpy())
+    b = product.model.compute_bounds(lo, hi, method="ibp")
+    assert (b.lower[0, 2], b.upper[0, 2], b.lower[0, 3], b.upper[0, 3]) == want
