@@ -198,6 +198,7 @@ def _verify2(args) -> int:
     from .errors import UnsupportedOpError
     from .multinet import check_mapping, load_product
     from .specs.vnnlib2 import read_query
+    from .specs.vnnlib2_pairs import try_relations      # points next to input relations, checked exactly
     from .specs.vnnlib2_property import build_property
 
     query = read_query(args.query)
@@ -222,7 +223,7 @@ def _verify2(args) -> int:
     search = _refute_first(product, prop)
     if search is None:
         return _answer("unsat")
-    if _try_corners(search) or _try_relations(product, search):
+    if _try_corners(search) or try_relations(product.model, search):
         return _answer("sat", query, search.last_assignment, args.serialise)
     res, lead = _run(args, product.model, search, placed=True)
     if not lead:
@@ -296,13 +297,6 @@ def _try_corners(prop, max_dims: int = 10, max_regions: int = 4) -> bool:
             if prop.violated_by(np.where(pick, hi, lo).astype(np.float64), None):
                 return True
     return False
-
-
-def _try_relations(product, prop) -> bool:
-    """Points next to the input relations of a disjunct (`specs/vnnlib2_pairs.py`), checked exactly."""
-    from .specs.vnnlib2_pairs import try_relations
-
-    return try_relations(product.model, prop)
 
 
 def _with_output_bounds(product, query, prop):
