@@ -71,18 +71,22 @@ def _margins(model, disjunct, z: np.ndarray) -> np.ndarray:
     return (v @ np.asarray(disjunct.C, np.float64).T - np.asarray(disjunct.d, np.float64)).max(axis=1)
 
 
-def try_relations(model, prop, n: int = 1024, checks: int = 4, max_regions: int = 4, seed: int = 0) -> bool:
-    """Sample next to the input relations of each disjunct (see the module docstring); True when
-    a candidate is confirmed (the assignment is then `prop.last_assignment`)."""
+def try_relations(model, prop, n: int = 1024, checks: int = 4, max_regions: int = 4, max_disjuncts: int = 8,
+                  seed: int = 0) -> bool:
+    """Sample next to the input relations of each disjunct (the first `max_disjuncts` with such
+    rows, in the first `max_regions` regions; see the module docstring); True when a candidate is
+    confirmed (the assignment is then `prop.last_assignment`)."""
     rng = np.random.default_rng(seed)
+    left = max_disjuncts
     for r in prop.regions[:max_regions]:
         lo, hi = np.asarray(r.lower, np.float64), np.asarray(r.upper, np.float64)
         if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))) or np.any(lo > hi):
             continue
         for dj in r.disjuncts:
             rows = relation_rows(prop, dj)
-            if rows is None:
+            if rows is None or left == 0:
                 continue
+            left -= 1
             for scale in SCALES:
                 z = _near(rows, lo, hi, n, scale, rng)
                 m = _margins(model, dj, z)
