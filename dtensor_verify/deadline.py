@@ -45,7 +45,7 @@ _current: ContextVar[Deadline | None] = ContextVar("dtensor_verify_deadline", de
 @contextmanager
 def checking(check: Callable[[], None], left: Callable[[], float], layout, short_sweeps: bool = True):
     """Bound methods called inside ask `check` (see the module docstring). `short_sweeps`: False
-    where the caller sizes its own batches (branch and bound)."""
+    for no CPU row chunks (`sweep_rows`)."""
     token = _current.set(Deadline(check, left, layout.all_true, layout.world_size == 1, short_sweeps))
     try:
         yield
@@ -99,8 +99,8 @@ CPU_SWEEP_ELEMENTS = 1 << 22
 def sweep_rows(widest: int, batch: int, device) -> int | None:
     """Rows per sweep that keep each op of it short on a CPU under a deadline (`widest`: the
     largest node's elements per row and batch element), or None (no cap: a GPU, several ranks,
-    no deadline, branch and bound). The rows are independent: the bounds do not depend on how
-    they are chunked."""
+    no deadline, or a caller that asked for none). The rows are independent: the bounds do not
+    depend on how they are chunked."""
     d = _current.get()
     if d is None or not d.fine or not d.short_sweeps or getattr(device, "type", "cpu") != "cpu":
         return None
