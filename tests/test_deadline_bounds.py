@@ -90,7 +90,7 @@ def test_crown_stops_at_the_deadline(monkeypatch, one_thread):
     with deadline.checking(clock.check, clock.left, DEFAULT_LAYOUT), pytest.raises(TimeLimitReached):
         crown(c["m"].graph, c["box"])
     took = time.perf_counter() - t0
-    assert took < 0.5 + 0.45, took
+    assert took < 0.5 + 0.2 + 0.6, took              # a slowed step, then the next check (load)
     assert calls.n <= 4, calls.n
 
 
@@ -170,7 +170,7 @@ def test_pipeline_ends_at_the_limit(monkeypatch, one_thread):
     res = verify_instance(c["m"], prop, None, timeout=1.0, attack=False, bab=False)
     took = time.perf_counter() - t0
     assert res.verdict == "timeout", (res.verdict, res.message)
-    assert took < 1.0 + 0.5, took
+    assert took < 1.0 + 0.2 + 0.8, took              # unchecked: 2.4 s or more
     assert calls.n <= 8, calls.n                    # a CROWN pass alone has >= 12 such steps
 
 
