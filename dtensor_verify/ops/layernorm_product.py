@@ -50,6 +50,9 @@ from .registry import register
 # False: LayerNorm's product is the plain McCormick Mul (the rule before; scripts/bench_layernorm.py).
 JOINT = True
 PIECES = 8           # pieces of [l, u] in the staircase (0 is one more cut when l < 0 < u)
+# False: r's range ignores c (the staircase is the box): only the per-element choice of McCormick's
+# planes is left (an ablation for scripts/bench_layernorm.py).
+COUPLING = True
 
 
 def layernorm_product(c, r, dims, eps: float):
@@ -78,11 +81,15 @@ def coupling(lc, uc, dims, n: int, eps: float, margin: float):
     smin, smax = _others(dist * dist, dims), _others(far * far, dims)
 
     def rho_hi(c):
+        if not COUPLING:
+            return torch.full_like(c, float("inf"))
         c2 = c * c
         s = torch.maximum(smin, c2 / (n - 1)) if n > 1 else smin
         return torch.rsqrt((c2 + s) / n + eps) * (1 + margin)
 
     def rho_lo(c):
+        if not COUPLING:
+            return torch.zeros_like(c)
         return torch.rsqrt((c * c + smax) / n + eps) * (1 - margin)
 
     return rho_lo, rho_hi

@@ -39,6 +39,21 @@ from .registry import register
 # and plain at beta-CROWN's start). Measured, the gradient did not help: ViT pgd_2_3_16, 10
 # iterations, mean width 1.355 held vs 1.389 optimised (docs/SOFTMAX.md; scripts/bench_softmax.py).
 OPTIMISE_SHIFT = False
+# How optimised gates move: "sign" (methods/sign_steps.py: per-gate steps of at most GATE_STEP,
+# halved when the gradient's sign turns, i.e. a bisection towards the kink) or "adam" (with the
+# slopes' learning rate: the first scheme measured).
+SHIFT_RULE = "sign"
+GATE_STEP = 0.5
+
+
+def split_gates(graph, named, lr: float):
+    """(gates, others, gate_lr, rule) of `named` ((node name, parameter) pairs): the group-shift
+    ops' gates apart when they are optimised (OPTIMISE_SHIFT), with their step size and rule."""
+    if not OPTIMISE_SHIFT:
+        return [], [p for _, p in named], lr, "adam"
+    gates = [p for r, p in named if isinstance(graph[r].op, GroupShiftOp)]
+    others = [p for r, p in named if not isinstance(graph[r].op, GroupShiftOp)]
+    return gates, others, (GATE_STEP if SHIFT_RULE == "sign" else lr), SHIFT_RULE
 
 
 def softmax_sum_one(y, dim: int):
