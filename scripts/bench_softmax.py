@@ -34,10 +34,18 @@ NETS = {"softmax5_linear": (lambda: _Soft(), (4,), 0.5), "softmax8_linear": (lam
         "attention": (lambda: _Attention(), (3, 4), 0.1), "attention_layernorm": (lambda: _Attention(True), (3, 4), 0.1)}
 
 
+DEVICE = "cpu"          # --device: where the models are bounded
+
+
+def _load(model_src, shape, lo, hi):
+    model = dv.load(model_src, shape, device=DEVICE)
+    return model, lo.to(model.device), hi.to(model.device)
+
+
 def crown_width(model_src, shape, lo, hi, sum_one: bool):
     decompose.SOFTMAX_SUM_ONE = sum_one
     try:
-        model = dv.load(model_src, shape)
+        model, lo, hi = _load(model_src, shape, lo, hi)
         t0 = time.perf_counter()
         r = model.compute_bounds(lo, hi, "crown")
         return float((r.upper - r.lower).mean()), time.perf_counter() - t0
@@ -57,7 +65,7 @@ def alpha_widths(model_src, shape, lo, hi, iterations: int, variants=tuple(ALPHA
     """alpha-CROWN's mean width and time per gate variant (empty if iterations 0)."""
     if not iterations:
         return {}
-    model = dv.load(model_src, shape)
+    model, lo, hi = _load(model_src, shape, lo, hi)
     out = {}
     saved = softmax_sum.OPTIMISE_SHIFT, softmax_sum.SHIFT_RULE, softmax_sum.GroupShiftOp.init_alpha
     for key in variants:
@@ -127,12 +135,15 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--vit", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, auto (the models are bounded there)")
     ap.add_argument("--alpha", type=int, default=0, help="alpha-CROWN iterations (0: no alpha columns)")
     ap.add_argument("--no-small", action="store_true", help="only the ViT row")
     ap.add_argument("--variants", default=",".join(ALPHA_VARIANTS),
                     help=f"alpha-CROWN gate variants, of {','.join(ALPHA_VARIANTS)}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = args.device
     variants = tuple(v for v in args.variants.split(",") if v)
     rows = ([] if args.no_small else small_rows(args.seeds, args.alpha, variants)) + \
         ([vit_row(args.alpha, variants)] if args.vit else [])
@@ -152,7 +163,7 @@ def write_csv(rows, out: str, threads: int):
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()
         w.writerows(rows)
-    print(f"wrote {out}; torch {torch.__version__}, {threads} thread(s), cpu")
+    print(f"wrote {out}; torch {torch.__version__}, {threads} thread(s), {DEVICE}")
 
 
 if __name__ == "__main__":
