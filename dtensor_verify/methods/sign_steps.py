@@ -18,11 +18,13 @@ class SignSteps:
     """`SignSteps([(params, lr), ...])`: `zero_grad()`, then after `backward()`, `step()` (descent)."""
 
     grow, shrink = 1.2, 0.5
+    delay = 0                             # steps before the entries start to move
 
     def __init__(self, groups, first: float = 0.25):
         self.groups = [(list(params), float(lr)) for params, lr in groups]
         self.first = first
         self.state: dict[int, list] = {}      # id(param): [step sizes, previous gradient sign]
+        self.steps = 0
 
     def zero_grad(self) -> None:
         for params, _ in self.groups:
@@ -31,6 +33,9 @@ class SignSteps:
 
     @torch.no_grad()
     def step(self) -> None:
+        self.steps += 1
+        if self.steps <= self.delay:
+            return
         for params, lr in self.groups:
             for p in params:
                 if p.grad is not None:
