@@ -1,6 +1,7 @@
 """Sign steps (methods/sign_steps.py) for the softmax / LayerNorm shift's gates: on concave
 piecewise-linear objectives (the bound as a function of one shift, its maximum at a kink) every
-entry bisects towards its kink; `maximise` runs them beside Adam (`ParamGroup(rule="sign")`)."""
+entry bisects towards its kink; `maximise` runs them beside Adam (`ParamGroup(rule="sign")`);
+alpha-CROWN's final line search over one gate per row (`softmax_sum.search_gates`)."""
 from __future__ import annotations
 
 import torch
@@ -57,3 +58,31 @@ def test_maximise_with_a_sign_group():
     maximise([ParamGroup([w], 0.05, -1.0, 1.0), ParamGroup([g], 0.5, 0.0, 1.0, "sign")], evaluate, keep_best,
              60, DEFAULT_LAYOUT, patience=100)
     assert (g - kinks).abs().max() < 2e-3 and (w - target).abs().max() < 0.05
+
+
+class _Node:
+    def __init__(self, op):
+        self.op = op
+
+
+def test_search_gates_finds_each_rows_best_gate():
+    """search_gates on a bound concave in the gate per row (its best at a row's own kink): each
+    row ends within 1/8 of it, never below the bound it was given, gates left at the best point."""
+    from dtensor_verify.ops.softmax_sum import SoftmaxSumOneOp, search_gates
+
+    kinks_lo, kinks_up = torch.tensor([[0.1, 0.6, 0.9, 0.37]]), torch.tensor([[0.8, 0.2, 0.5, 0.0]])
+    params = {"s": torch.ones(2, 1, 4, 3, 1)}                     # [2, B, K, groups, 1]
+    graph = {"s": _Node(SoftmaxSumOneOp("s", 2))}
+
+    def run():
+        g_lo, g_up = params["s"][0, :, :, 0, 0], params["s"][1, :, :, 0, 0]
+        return -(g_lo - kinks_lo).abs(), (g_up - kinks_up).abs() + 1.0
+
+    given_lo, given_up = torch.full((1, 4), -0.5), torch.full((1, 4), 1.5)
+    given_lo[0, 3] = 0.0                                          # already better than any gate
+    lo, up = search_gates(graph, params, run, given_lo, given_up)
+    assert (lo >= given_lo).all() and (up <= given_up).all()
+    assert (lo[0, :3] > -0.125 / 2 - 1e-6).all() and (up - 1.0 < 0.125 / 2 + 1e-6).all(), (lo, up)
+    assert lo[0, 3] == 0.0
+    got_lo, got_up = run()
+    assert torch.allclose(got_up, up)                             # the best gates stay in params

@@ -235,5 +235,54 @@ def best_of_gates(graph, params: dict, run):
     return torch.maximum(lower, plain)
 
 
+# alpha-CROWN ends with a line search over one gate per row (all its groups' gates alike) on the
+# output sweep with the final slopes (`search_gates`): never looser (the best bound is kept).
+SEARCH_SHIFT = True
+SEARCH_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def search_gates(graph, params: dict, run, lower, upper):
+    """A line search over the shift's gates per row: `run()` gives (lower, upper) [B, K] of the
+    output sweep with `params` (node -> [2, B, K, *S], a group-shift op's [0] / [1] the lA / uA
+    side's gates). For fixed slopes each row's bound is concave in a common gate g (lam = g m), so
+    a grid over [0, 1] and two probes beside its best point bracket the maximum. The gates of the
+    best point per row and side are left in `params`; returns the tighter of it and (lower, upper)."""
+    names = [r for r in params if isinstance(graph[r].op, GroupShiftOp)]
+    if not names or not SEARCH_SHIFT:
+        return lower, upper
+
+    def set_gates(g_lo, g_up):
+        with torch.no_grad():
+            for r in names:
+                shape = (g_lo.shape[0], g_lo.shape[1]) + (1,) * (params[r].dim() - 3)
+                params[r][0].copy_(g_lo.reshape(shape).expand_as(params[r][0]))
+                params[r][1].copy_(g_up.reshape(shape).expand_as(params[r][1]))
+
+    def probe(g_lo, g_up):
+        set_gates(g_lo, g_up)
+        with torch.no_grad():
+            return run()
+
+    ref = lower if lower is not None else upper
+    best = [ref.new_full(ref.shape, -1.0), ref.new_full(ref.shape, -1.0)]      # the gates, per side
+    vals = [lower, None if upper is None else -upper]
+    step = SEARCH_GRID[1] - SEARCH_GRID[0]
+    points = [(ref.new_full(ref.shape, g), ref.new_full(ref.shape, g)) for g in SEARCH_GRID]
+    for it in range(2):
+        for g_lo, g_up in points:
+            lo, up = probe(g_lo, g_up)
+            for side, (new, g) in enumerate(((lo, g_lo), (None if up is None else -up, g_up))):
+                if new is None:
+                    continue
+                better = new > vals[side] if vals[side] is not None else torch.ones_like(new, dtype=torch.bool)
+                vals[side] = new if vals[side] is None else torch.maximum(vals[side], new)
+                best[side] = torch.where(better, g, best[side])
+        step /= 2
+        centre = [torch.where(b < 0, torch.ones_like(b), b) for b in best]
+        points = [tuple((c + d * step).clamp(0.0, 1.0) for c in centre) for d in (-1.0, 1.0)]
+    set_gates(*(torch.where(b < 0, torch.ones_like(b), b) for b in best))     # the best gates stay
+    return vals[0], None if vals[1] is None else -vals[1]
+
+
 register("softmax_sum_one", ("Softmax",), lambda c: c.is_function(softmax_sum_one) and c.n_pert == 1,
          lambda c: SoftmaxSumOneOp(c.node.name, c.node.args[1]))
