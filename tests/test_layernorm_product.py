@@ -174,3 +174,20 @@ def test_coupling_holds_and_is_attained():
     hi, lo = rho_hi(c), rho_lo(c)
     assert (r <= hi * (1 + 1e-12)).all() and (r >= lo * (1 - 1e-12)).all()
     assert torch.allclose(r[:41, 0, 0], hi[:41, 0, 0], rtol=1e-9)        # attained
+
+
+def test_unbounded_r_is_handled():
+    """r's bounds [0, inf] (a variance bound reaching -eps): the coupling still bounds r, the
+    planes and the box are finite and hold on sampled points."""
+    xl, xu = _box(7, spread=1.0, radius=0.3)
+    (lc, uc), (lr, ur) = _sound_bounds(xl, xu)
+    bounds = ((lc, uc), (torch.zeros_like(lr), torch.full_like(ur, float("inf"))))
+    op = _op(*xl.shape[1:])
+    A = torch.randn(1, 5, *xl.shape[1:], generator=torch.Generator().manual_seed(7), dtype=xl.dtype)
+    x = _points(xl, xu, 2000, 7)
+    worst_lo, worst_up = _check(op, bounds, A, None, x)
+    assert worst_lo <= 1e-9 and worst_up <= 1e-9
+    lo, up = op.ibp(*bounds)
+    c, r = _parts(x)
+    assert torch.isfinite(lo).all() and torch.isfinite(up).all()
+    assert (c * r >= lo - 1e-12).all() and (c * r <= up + 1e-12).all()
