@@ -232,7 +232,7 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
             alphas.update(init_alphas(graph, bounds, {name: len(r) for name, r in joint.items()}, layout))
         steps += run.optimise(alphas, joint, opts.iterations, on_step, first=steps)
     best = run.best
-    if layout.world_size == 1 and not run.all_proved():     # the shift's line search (ops/softmax_sum.py)
+    if not run.all_proved():                     # the shift's line search (ops/softmax_sum.py)
         out_alphas = alphas[graph.output_name]
         best["lo"], best["up"] = search_gates(graph, out_alphas, lambda: output_bound(
             graph, best["bounds"], C, layout, out_alphas, want_lower, want_upper, gather=False), best["lo"], best["up"])

@@ -20,10 +20,14 @@ The shift is a parameter of alpha-/beta-CROWN (`has_alpha`): one gate `g` in [0,
 and side, `lam = g * m`, starting at g = 1 (the median); g = 0 is the plain identity step, so both
 are points of the family. `best_of_shifts` (CROWN) and `best_of_gates` (beta-CROWN's start) keep
 the tighter of the shifted and the plain bound per row. With `OPTIMISE_SHIFT` the gates are
-optimised with the slopes; by default they stay where they start, as the gradient did not help
-(docs/SOFTMAX.md). A free position `lam = m + s`, also tried, made alpha-CROWN looser still: the
-bound is concave and piecewise linear in lam with its kinks at the coefficients, so Adam's
-fixed-size steps oscillate around the optimum.
+optimised with the slopes, by sign steps (`SHIFT_RULE`, methods/sign_steps.py: a per-gate
+bisection towards the kink) or by Adam; by default they stay where they start during the
+iterations, and alpha-CROWN ends with a line search over one gate per row on the output sweep
+(`search_gates`, `SEARCH_SHIFT`): for fixed slopes a row's bound is concave in that gate, the best
+bound seen is kept, so it is never looser than the held gates (docs/SOFTMAX.md). A free position
+`lam = m + s`, also tried, made alpha-CROWN looser still: the bound is concave and piecewise
+linear in lam with its kinks at the coefficients, so Adam's fixed-size steps oscillate around the
+optimum.
 """
 from __future__ import annotations
 
@@ -245,11 +249,12 @@ def search_gates(graph, params: dict, run, lower, upper):
     """A line search over the shift's gates per row: `run()` gives (lower, upper) [B, K] of the
     output sweep with `params` (node -> [2, B, K, *S], a group-shift op's [0] / [1] the lA / uA
     side's gates). For fixed slopes each row's bound is concave in a common gate g (lam = g m), so
-    a grid over [0, 1] and two probes beside its best point bracket the maximum. The gates of the
+    a grid over [0, 1] and two probes beside its best point bracket the maximum (every rank runs
+    the same probes on its own rows). The gates of the
     best point per row and side are left in `params`; returns the tighter of it and (lower, upper)."""
     names = [r for r in params if isinstance(graph[r].op, GroupShiftOp)]
-    if not names or not SEARCH_SHIFT:
-        return lower, upper
+    if not names or not SEARCH_SHIFT or any(hasattr(params[r], "placements") for r in names):
+        return lower, upper                      # (gates as DTensors: not searched, on every rank)
 
     def set_gates(g_lo, g_up):
         with torch.no_grad():
