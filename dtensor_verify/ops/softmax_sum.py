@@ -38,10 +38,12 @@ import torch
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 from .registry import register
 
-# True: alpha-CROWN / beta-CROWN optimise the shift's gates by gradient. False (the default): the
-# gates stay where they start (1 in alpha-CROWN: the weighted median; per row the better of shifted
-# and plain at beta-CROWN's start). Measured, the gradient did not help: ViT pgd_2_3_16, 10
-# iterations, mean width 1.355 held vs 1.389 optimised (docs/SOFTMAX.md; scripts/bench_softmax.py).
+# True: alpha-CROWN / beta-CROWN optimise the shift's gates during their iterations (SHIFT_RULE).
+# False (the default): the gates stay where they start (1 in alpha-CROWN: the weighted median; per
+# row the better of shifted and plain at beta-CROWN's start), and alpha-CROWN ends with a line
+# search over them (SEARCH_SHIFT). Measured (docs/SOFTMAX.md; scripts/bench_softmax.py), ViT
+# pgd_2_3_16, 10 iterations, mean width: held 1.35677, Adam 1.389 (an earlier run), sign steps
+# 1.35683, held + the line search 1.34217.
 OPTIMISE_SHIFT = False
 # How optimised gates move: "sign" (methods/sign_steps.py: per-gate steps of at most GATE_STEP,
 # halved when the gradient's sign turns, i.e. a bisection towards the kink) or "adam" (with the
