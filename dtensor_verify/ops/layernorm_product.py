@@ -29,9 +29,11 @@ are each tight along a whole edge c = l or c = u of the box, which F keeps, so w
 slopes the staircase cannot help; the planes here take McCormick's formulas with the r range at
 that end instead of [rl, ru] (lower: (r_lo(u), l) and (r_hi(l), u); upper: (r_hi(u), l) and
 (r_lo(l), u), r_lo(c) / r_hi(c) = the r range at c), which equal McCormick's where the coupling
-does not bind. CROWN takes the first plane of each pair; alpha-CROWN a convex combination of the
-slopes of each pair (any slopes are sound: the intercept is recomputed for them). The box of n
-is the min / max of c r over the staircase's corners.
+does not bind. CROWN takes, per element and side, the candidate plane (of both pairs) with the
+least mean gap to c r over the staircase's corners (`choose_pair`); alpha-CROWN a convex
+combination of it and the other plane of its pair (any slopes are sound: the intercept is
+recomputed for them; weight 1 is CROWN's). The box of n is the min / max of c r over the
+staircase's corners.
 
 Rounding: the network computes mean(c^2) and rsqrt in floating point, so rho_hi / rho_lo are
 widened by a relative 8 (N + 8) eps; each corner's value by 4 eps of its terms' magnitudes.
