@@ -21,7 +21,7 @@ import torch
 
 from ..layout import DEFAULT_LAYOUT, Layout
 from ..memory import tag
-from ..ops.softmax_sum import best_of_shifts, search_gates, split_gates
+from ..ops.softmax_sum import best_of_shifts, search_gates, searchable, split_gates
 from .alpha_budget import crown_max_rows, fit_starts
 from .optimize import ParamGroup, maximise
 from .crown import (CrownOptions, default_spec, intermediate_bounds, node_bound_rows, output_bound, scatter_rows,
@@ -232,8 +232,9 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
             alphas.update(init_alphas(graph, bounds, {name: len(r) for name, r in joint.items()}, layout))
         steps += run.optimise(alphas, joint, opts.iterations, on_step, first=steps)
     best = run.best
-    if not run.all_proved():                     # the shift's line search (ops/softmax_sum.py)
-        out_alphas = alphas[graph.output_name]
+    # the shift's line search (ops/softmax_sum.py), after one more clock check (on_step may raise)
+    out_alphas = alphas[graph.output_name]
+    if searchable(graph, out_alphas) and not run.all_proved() and not (on_step is not None and on_step(steps, None)):
         best["lo"], best["up"] = search_gates(graph, out_alphas, lambda: output_bound(
             graph, best["bounds"], C, layout, out_alphas, want_lower, want_upper, gather=False), best["lo"], best["up"])
     split = layout.rows(graph.output_name, C.shape[1])

@@ -247,6 +247,12 @@ SEARCH_SHIFT = True
 SEARCH_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+def searchable(graph, params: dict) -> bool:
+    """Are there gates in `params` for `search_gates` (plain tensors, the search on)?"""
+    names = [r for r in params if isinstance(graph[r].op, GroupShiftOp)]
+    return SEARCH_SHIFT and bool(names) and not any(hasattr(params[r], "placements") for r in names)
+
+
 def search_gates(graph, params: dict, run, lower, upper):
     """A line search over the shift's gates per row: `run()` gives (lower, upper) [B, K] of the
     output sweep with `params` (node -> [2, B, K, *S], a group-shift op's [0] / [1] the lA / uA
@@ -254,9 +260,9 @@ def search_gates(graph, params: dict, run, lower, upper):
     a grid over [0, 1] and two probes beside its best point bracket the maximum (every rank runs
     the same probes on its own rows). The gates of the
     best point per row and side are left in `params`; returns the tighter of it and (lower, upper)."""
+    if not searchable(graph, params):           # (gates as DTensors: not searched, on every rank)
+        return lower, upper
     names = [r for r in params if isinstance(graph[r].op, GroupShiftOp)]
-    if not names or not SEARCH_SHIFT or any(hasattr(params[r], "placements") for r in names):
-        return lower, upper                      # (gates as DTensors: not searched, on every rank)
 
     def set_gates(g_lo, g_up):
         with torch.no_grad():
