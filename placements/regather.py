@@ -6,6 +6,8 @@ from torch.distributed.tensor import DTensor
 
 from dtensor_verify.memory import tag
 
+from .hold import count
+
 
 class RegatherSavedWeights(torch.autograd.graph.saved_tensors_hooks):
     """Let autograd save an FSDP layer's weight without keeping it unsharded.
@@ -41,6 +43,7 @@ class RegatherSavedWeights(torch.autograd.graph.saved_tensors_hooks):
             mod, name, shape, stride, offset = packed
             with tag("weights"):
                 mod.unshard()
+            count("regather")
             try:
                 with tag("weights"):
                     full = getattr(mod, name).detach().clone()

@@ -16,6 +16,7 @@ import torch
 from dtensor_verify.layout import local_weights
 from dtensor_verify.memory import tag, track_existing
 
+from .. import hold
 from ..regather import RegatherSavedWeights
 from .base import PlacementStyle
 
@@ -50,7 +51,7 @@ class FsdpStyle(PlacementStyle):
 
     @contextmanager
     def weights(self, node, ctx, sweep=None):
-        if node.name in ctx.held:                 # gathered for a whole attack (network_function)
+        if node.name in ctx.held:                 # gathered for a whole search (placements/hold.py)
             yield local_weights(node.op)
             return
         module = node.op.module
@@ -60,6 +61,7 @@ class FsdpStyle(PlacementStyle):
                 handle.wait()
             else:
                 module.unshard()
+                hold.count("step")
         for p in module.parameters(recurse=False):
             track_existing(p, "weights")
         if sweep is not None and self.prefetch:
@@ -83,3 +85,4 @@ def _prefetch_after(node, ctx, sweep) -> None:
         return
     with tag("weights"):
         sweep.prefetched[order[i]] = ctx.graph[order[i]].op.module.unshard(async_op=True)
+    hold.count("prefetch")

@@ -17,6 +17,7 @@ from dtensor_verify.layout import StepWeights
 from dtensor_verify.memory import tag
 from dtensor_verify.ops.patches import Patches
 
+from .. import hold
 from ..rowjoin import RowJoin, add_results, add_rows_into, chunk_bounds, n_rows_of, narrow_columns, narrow_rows
 from .fsdp import FsdpStyle
 
@@ -75,6 +76,7 @@ def over_weight_shards(node, ctx, use) -> None:
             # Outside the tag: the meter counts writes under "weights" as new memory (FSDP's
             # refills), and the owner's shard is already counted as resident.
             dist.broadcast(t, src=dist.get_global_rank(group, k), group=group)
+            hold.count("broadcast")
             shard[name] = t
         use(start, stop, shard)
         del shard
