@@ -166,24 +166,28 @@ class PlacedLayout(Layout):
         context; yields the `HoldChoice`. Every rank of the shard group enters at the same point
         (the gathers are collectives, issued in graph order); the release is local."""
         state = self._holding
-        if state.budget is None:
-            state.budget = self._agreed_budget()
         sizes = [(n.name, hold.layer_bytes(n.op.module)) for n in self.graph.layers()
                  if n.name not in state.names and self.style(n).gathers_at_rest]
+        if not sizes:                            # replicate / tp, or everything held already
+            yield hold.choose(sizes, 0)
+            return
+        if state.budget is None:
+            state.budget = self._agreed_budget()
         choice = hold.choose(sizes, state.budget - state.bytes)
-        if not state.names and sizes:
+        if not state.names:
             state.choices = [*state.choices[-7:], choice]
-        with tag("weights"):
-            for name in choice.layers:
-                self.style(self.graph[name]).gather(self.graph[name])
-                hold.count("hold")
-        outer = (state.names, state.bytes)
-        state.names, state.bytes = state.names | frozenset(choice.layers), state.bytes + choice.held_bytes
+        outer, gathered = (state.names, state.bytes), []
         try:
+            with tag("weights"):
+                for name in choice.layers:
+                    self.style(self.graph[name]).gather(self.graph[name])
+                    gathered.append(name)
+                    hold.count("hold")
+            state.names, state.bytes = state.names | frozenset(choice.layers), state.bytes + choice.held_bytes
             yield choice
         finally:
             state.names, state.bytes = outer
-            for name in choice.layers:
+            for name in gathered:
                 self.style(self.graph[name]).release(self.graph[name])
 
     def _agreed_budget(self) -> int:

@@ -6,6 +6,9 @@ weight and the op runs on it unchanged. With `prefetch`, a step inside a sweep s
 all-gather of the layer the sweep gathers next (`unshard(async_op=True)`) so it overlaps this
 step's compute; one more gathered layer per rank. Every rank runs the same sweeps over the same
 graph, so the collectives are issued in the same order.
+
+A layer the layout holds for a whole search (`placements/hold.py`: an optimisation loop, branch
+and bound, an attack; within a memory budget) is used as it is: no gather, no regather hooks.
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ Without autograd (IBP, CROWN, alpha-CROWN's CROWN start, the attack's last step)
 `sums_over_weight_rows` is never gathered whole: its steps fetch the weight one rank's Shard(0)
 rows at a time (broadcast from that rank) and sum (backward) or fill the output slice (IBP,
 forward). With autograd the layer is gathered like fsdp (its regather hooks work on whole layers).
+A layer held for a whole search (`placements/hold.py`) is used whole, never streamed: the same
+weight, summed as one process sums it.
 """
 from __future__ import annotations
 
