@@ -210,7 +210,7 @@ def conditions(args, argv, seconds: float, load_before) -> str:
 
     cmd = " ".join(["scripts/hostile_milp.py", *(sys.argv[1:] if argv is None else argv)])
     return (f"`{cmd}`: {os.cpu_count()} CPUs, torch {torch.__version__}, device cpu, one torch thread a process "
-            f"(torchrun: P = 2, gloo; {args.jobs} run(s) at once; {_hold_words(os.environ.get("DTENSOR_VERIFY_HOLD_BYTES"))}), limit {args.timeout:g} s a run; load average "
+            f"(torchrun: P = 2, gloo; {args.jobs} run(s) at once; {_hold_words(os.environ.get('DTENSOR_VERIFY_HOLD_BYTES'))}), limit {args.timeout:g} s a run; load average "
             f"{'/'.join(f'{x:.1f}' for x in load_before)} before, "
             f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())} after; {seconds:.0f} s in all. "
             f"Start-up: launcher start to rank 0's verification start (its `run --json`).")
