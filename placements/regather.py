@@ -18,7 +18,7 @@ class RegatherSavedWeights(torch.autograd.graph.saved_tensors_hooks):
     which is what FSDP itself does around a layer's backward.
     """
 
-    def __init__(self, module):
+    def __init__(self, module, is_held=lambda: False):
         params = {name: p for name, p in module.named_parameters(recurse=False)}
         ptrs = {}
         for name, p in params.items():
@@ -41,6 +41,8 @@ class RegatherSavedWeights(torch.autograd.graph.saved_tensors_hooks):
             if isinstance(packed, torch.Tensor):
                 return packed
             mod, name, shape, stride, offset = packed
+            if is_held():              # gathered for a whole search now (placements/hold.py): as is
+                return getattr(mod, name).detach().clone().as_strided(shape, stride, offset)
             with tag("weights"):
                 mod.unshard()
             count("regather")

@@ -156,3 +156,35 @@ def test_branch_and_bound_holds_weights_for_the_search(tmp_path, plans):
         assert off["search"][0], ("branch and bound did not run", off)
         assert off["search"] == on["search"], (off, on)
         assert on["gathers"] * 10 <= off["gathers"], (off, on)
+
+
+# -- a weight autograd saved before a search, needed inside it -----------------------------------
+def _saved_before_job(rank, world):
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    import dtensor_verify as dv
+    import model_zoo as zoo
+    from placements import apply_plan, mesh_from_process_group
+
+    torch.set_num_threads(1)
+    net, shape = zoo.random_mlp([5, 8, 3], seed=4)
+    m = dv.load(net, shape)
+    apply_plan(m, "fsdp", mesh_from_process_group())
+    node = next(iter(m.graph.layers()))
+    x = torch.randn(2, 5, requires_grad=True)
+    with m.layout.weights(node) as w:              # a step outside a search: gathered, then resharded
+        y = w.forward([x])
+    with m.layout.search_weights():                # held now: the saved weight is unpacked as it is
+        y.square().sum().backward()
+        still_held = not isinstance(node.op.module.weight, DTensor)
+    with m.layout.weights(node) as w:
+        ref = 2 * w.forward([x.detach()]) @ w.params["weight"]
+    return still_held, torch.allclose(x.grad, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.distributed
+def test_weight_saved_before_a_search_is_used_inside_it(tmp_path):
+    for still_held, grad_ok in run_distributed(_saved_before_job, 2, tmp_path, timeout_s=60, start_method=START):
+        assert still_held, "the backward pass resharded a layer held for the search"
+        assert grad_ok

@@ -71,7 +71,8 @@ class FsdpStyle(PlacementStyle):
             _prefetch_after(node, ctx, sweep)
         try:
             # alpha-CROWN's autograd saves the weights: re-gather them when its backward needs them.
-            with RegatherSavedWeights(module) if torch.is_grad_enabled() else nullcontext():
+            hooks = RegatherSavedWeights(module, lambda: node.name in ctx.held)
+            with hooks if torch.is_grad_enabled() else nullcontext():
                 yield local_weights(node.op)
         finally:
             module.reshard()
