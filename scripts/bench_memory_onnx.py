@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import gzip
 import hashlib
+import os
 import tempfile
 from pathlib import Path
 
@@ -27,16 +28,17 @@ def split_model(model: str) -> tuple[str, str, str | None]:
     return folder, net, (tensor or None)
 
 
-def model_file(onnx_path: Path, tensor: str | None) -> Path:
-    """`onnx_path` itself, or the prefix up to `tensor` followed by a Flatten (a temporary file,
-    the same for the same model and tensor, so that every process of a run reads one file)."""
+def model_file(onnx_path: Path, tensor: str | None, folder: Path | None = None) -> Path:
+    """`onnx_path` itself, or the prefix up to `tensor` followed by a Flatten: a file in `folder`
+    (default: the temporary folder), the same for the same model and tensor, so that every
+    process of a run reads one file."""
     if tensor is None:
         return onnx_path
     import onnx
     from onnx import helper, utils
 
     key = hashlib.sha1(f"{onnx_path}@{tensor}".encode()).hexdigest()[:12]
-    out = Path(tempfile.gettempdir()) / f"dv_prefix_{key}.onnx"
+    out = Path(folder or tempfile.gettempdir()) / f"dv_prefix_{key}.onnx"
     if out.exists():
         return out
     data = gzip.open(onnx_path).read() if onnx_path.suffix == ".gz" else onnx_path.read_bytes()
@@ -49,7 +51,7 @@ def model_file(onnx_path: Path, tensor: str | None) -> Path:
     part.graph.output.append(helper.make_tensor_value_info(tensor + "_flat", onnx.TensorProto.FLOAT, None))
     part = onnx.shape_inference.infer_shapes(part)
     onnx.checker.check_model(part)
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
     onnx.save(part, tmp)
     tmp.replace(out)
     return out
