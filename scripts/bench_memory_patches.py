@@ -141,27 +141,33 @@ def _peak_cuda(bound, device):
 
 
 def run_one(model: str, tool: str, method: str, max_rows: int | None = None, device: str = "cpu",
-            bounds_file: Path | None = None) -> dict:
+            bounds_file: Path | None = None, one_pass: bool = False) -> dict:
     import torch
 
+    from dtensor_verify.memory import LiveTensorMeter
     torch.set_num_threads(1)
     bound, ibp_width, facts = _bounder(model, tool, method, max_rows, device)
     on_gpu = device.startswith("cuda")
-    lo, up, elapsed, base, peak, exact = _peak_cuda(bound, device) if on_gpu else _peak_cpu(bound)
-    # Then once more under the live-tensor meter (deterministic: the most bytes of tensors
-    # created by the call alive at once; counts any tool's tensors). CPU only.
+    meter = LiveTensorMeter()
+
+    def metered():
+        with meter:
+            return bound()
+    first = metered if one_pass and not on_gpu else bound
+    lo, up, elapsed, base, peak, exact = _peak_cuda(bound, device) if on_gpu else _peak_cpu(first)
     if bounds_file is not None:
         torch.save({"lower": lo.detach().cpu(), "upper": up.detach().cpu()}, bounds_file)
+    # The live-tensor meter (deterministic: the most bytes of tensors created by the call alive
+    # at once; counts any tool's tensors), CPU only: on a second identical call, or with
+    # `one_pass` on the same call as RSS and time (the meter's bookkeeping is in both).
     live = None
     if not on_gpu:
-        from dtensor_verify.memory import LiveTensorMeter
-        meter = LiveTensorMeter()
-        with meter:
-            bound()
+        if not one_pass:
+            metered()
         live = meter.peak / MIB
     return {"model": model, "tool": tool, "method": method, "device": device,
             "rss_after_load_mib": base / 1024, "peak_mib": peak / 1024, "growth_mib": (peak - base) / 1024,
-            "live_peak_mib": live, "time_s": elapsed, "peak_reset": exact,
+            "live_peak_mib": live, "time_s": elapsed, "peak_reset": exact, "one_pass": one_pass,
             "lower_mean": float(lo.mean()), "upper_mean": float(up.mean()), "lower_min": float(lo.min()),
             "width": float((up - lo).mean()), "ibp_width": ibp_width(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "max_rows": max_rows, **facts}
@@ -173,6 +179,8 @@ def _run_cell(model: str, tool: str, args, env: dict, bounds_file: Path) -> dict
            "--device", args.device, "--bounds-file", str(bounds_file), "--benchmarks", str(BENCH)]
     if args.max_rows:
         cmd += ["--max-rows", str(args.max_rows)]
+    if args.one_pass:
+        cmd += ["--one-pass"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -218,7 +226,7 @@ def run_all(args) -> list[dict]:
 
 
 CSV_KEYS = ["model", "tool", "method", "device", "rss_after_load_mib", "peak_mib", "growth_mib", "live_peak_mib",
-            "time_s", "lower_mean", "upper_mean", "width", "ibp_width", "max_rows", "peak_reset", "threads", "torch",
+            "time_s", "lower_mean", "upper_mean", "width", "ibp_width", "max_rows", "peak_reset", "one_pass", "threads", "torch",
             "vs_max_abs_diff", "vs_n_looser", "vs_max_looser", "vs_mean_gain", "vs_n_bounds", "pads_swapped",
             "pad_swap_max_err", "error"]
 
@@ -274,11 +282,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path)
     p.add_argument("--benchmarks", type=Path, default=BENCH, help="the VNN-COMP benchmarks folder")
     p.add_argument("--bounds-file", type=Path, help="one: save the bounds there (torch.save)")
+    p.add_argument("--one-pass", action="store_true",
+                   help="CPU: one call under the live-tensor meter gives RSS, time and live peak (default: "
+                        "a second call for the meter)")
     args = p.parse_args(argv)
     BENCH = args.benchmarks
     if args.cmd == "one":
         print(json.dumps(run_one(args.model, args.tool, args.method, args.max_rows, args.device,
-                                 args.bounds_file)))
+                                 args.bounds_file, args.one_pass)))
         return 0
     load = open("/proc/loadavg").read().split()[:3]
     rows = run_all(args)
