@@ -21,29 +21,31 @@ from pathlib import Path
 TOL = 1e-5          # "at least as tight" slack (float32 rounding of two different summation orders)
 
 
-def split_model(model: str) -> tuple[str, str, str | None]:
-    """`folder:net[@tensor]` -> (folder, net, tensor or None)."""
+def split_model(model: str) -> tuple[str, str, str | None, str | None]:
+    """`folder:net[@[start..]end]` -> (folder, net, end tensor or None, start tensor or None)."""
     folder, _, rest = model.partition(":")
-    net, _, tensor = rest.partition("@")
-    return folder, net, (tensor or None)
+    net, _, cut = rest.partition("@")
+    start, _, end = cut.rpartition("..")
+    return folder, net, (end or None), (start or None)
 
 
-def model_file(onnx_path: Path, tensor: str | None, folder: Path | None = None) -> Path:
-    """`onnx_path` itself, or the prefix up to `tensor` followed by a Flatten: a file in `folder`
-    (default: the temporary folder), the same for the same model and tensor, so that every
-    process of a run reads one file."""
+def model_file(onnx_path: Path, tensor: str | None, folder: Path | None = None, start: str | None = None) -> Path:
+    """`onnx_path` itself, or its part from the input (or from tensor `start`) up to `tensor`,
+    followed by a Flatten: a file in `folder` (default: the temporary folder), the same for the
+    same cut, so that every process of a run reads one file."""
     if tensor is None:
         return onnx_path
     import onnx
     from onnx import helper, utils
 
-    key = hashlib.sha1(f"{onnx_path}@{tensor}".encode()).hexdigest()[:12]
-    out = Path(folder or tempfile.gettempdir()) / f"dv_prefix_{key}.onnx"
+    key = hashlib.sha1(f"{onnx_path}@{start}..{tensor}".encode()).hexdigest()[:12]
+    out = Path(folder or tempfile.gettempdir()) / f"dv_part_{key}.onnx"
     if out.exists():
         return out
     data = gzip.open(onnx_path).read() if onnx_path.suffix == ".gz" else onnx_path.read_bytes()
     model = onnx.shape_inference.infer_shapes(onnx.load_model_from_string(data))
-    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    inputs = [start] if start else [i.name for i in model.graph.input
+                                    if i.name not in {t.name for t in model.graph.initializer}]
     part = utils.Extractor(model).extract_model(inputs, [tensor])
     flat = helper.make_node("Flatten", [tensor], [tensor + "_flat"], axis=1)
     part.graph.node.append(flat)
@@ -55,6 +57,20 @@ def model_file(onnx_path: Path, tensor: str | None, folder: Path | None = None) 
     onnx.save(part, tmp)
     tmp.replace(out)
     return out
+
+
+def sub_network_box(onnx_path: Path, start: str, xl, xu, eps: float, shape):
+    """The input box of a sub-network that starts at tensor `start`: the value of `start` at the
+    centre of the model's box (onnxruntime on the prefix up to `start`), +- eps, shaped
+    [1, *shape]."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(model_file(onnx_path, start)), providers=["CPUExecutionProvider"])
+    centre = ((xl + xu) / 2).cpu().numpy().astype(np.float32)
+    value = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: centre})[0]).reshape(1, *shape)
+    return value - eps, value + eps
 
 
 def without_zero_pads(net):

@@ -38,8 +38,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "benchmarks"
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_memory_onnx import compare_bounds, model_file, pad_swap_error, split_model  # noqa: E402
+from bench_memory_onnx import compare_bounds, model_file, pad_swap_error, split_model, sub_network_box  # noqa: E402
 TOOLS = ("ours-dense", "ours-patches", "lirpa-patches")
+SUB_EPS = 0.02          # radius of a sub-network's input box (`net@start..end`; --sub-eps)
 MIB = 1024 * 1024
 
 
@@ -58,15 +59,34 @@ def _reset_peak() -> bool:
         return False
 
 
-def _first_instance(model: str):
-    """(onnx path, vnnlib path) of the first instance of `folder:net[@tensor]` in the folder's
-    instances.csv; with `@tensor`, the onnx path is that prefix of the net (a temporary file)."""
-    folder, net, tensor = split_model(model)
+def _instance(model: str):
+    """(onnx path of the model or of its part, vnnlib path, the full model's onnx path) of the
+    first instance of `folder:net[@[start..]end]` in the folder's instances.csv."""
+    folder, net, end, start = split_model(model)
     for row in csv.reader(open(BENCH / folder / "instances.csv")):
         if Path(row[0]).stem.replace(".onnx", "") == net:
-            onnx_path = model_file(BENCH / folder / (row[0].strip() + ".gz"), tensor)
-            return onnx_path, BENCH / folder / (row[1].strip() + ".gz")
+            full = BENCH / folder / (row[0].strip() + ".gz")
+            return model_file(full, end, start=start), BENCH / folder / (row[1].strip() + ".gz"), full
     raise SystemExit(f"{model}: not in {BENCH / folder / 'instances.csv'}")
+
+
+def _first_instance(model: str):
+    """(onnx path, vnnlib path): `_instance` without the full model."""
+    return _instance(model)[:2]
+
+
+def _input_box(model: str, shape, sub_eps: float):
+    """The first property's box; for a sub-network `net@start..end`, the box of `start`'s value
+    at that box's centre +- sub_eps (`bench_memory_onnx.sub_network_box`)."""
+    from model_zoo import vnnlib_input_box
+
+    _, vnnlib_path, full = _instance(model)
+    start = split_model(model)[3]
+    if start is None:
+        return vnnlib_input_box(vnnlib_path, shape)
+    import dtensor_verify as dv
+    xl, xu = vnnlib_input_box(vnnlib_path, tuple(dv.load(full).input_shape))
+    return sub_network_box(full, start, xl, xu, sub_eps, shape)
 
 
 def _bounder(model: str, tool: str, method: str, max_rows, device: str):
@@ -77,13 +97,13 @@ def _bounder(model: str, tool: str, method: str, max_rows, device: str):
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
-    from model_zoo import load_onnx_torch, vnnlib_input_box
+    from model_zoo import load_onnx_torch
 
     import dtensor_verify as dv
-    onnx_path, vnnlib_path = _first_instance(model)
+    onnx_path = _first_instance(model)[0]
     if tool.startswith("ours"):
         bounded = dv.load(onnx_path, device=device)
-        xl, xu = (t.to(device) for t in vnnlib_input_box(vnnlib_path, tuple(bounded.input_shape)))
+        xl, xu = (t.to(device) for t in _input_box(model, tuple(bounded.input_shape), SUB_EPS))
         opts = dv.CrownOptions(patches=tool == "ours-patches", max_rows=max_rows)
 
         def bound():
@@ -101,7 +121,7 @@ def _bounder(model: str, tool: str, method: str, max_rows, device: str):
     from auto_LiRPA import BoundedModule, BoundedTensor
     from auto_LiRPA.perturbations import PerturbationLpNorm
     shape = tuple(dv.load(onnx_path).input_shape)
-    xl, xu = (t.to(device) for t in vnnlib_input_box(vnnlib_path, shape))
+    xl, xu = (t.to(device) for t in _input_box(model, shape, SUB_EPS))
     net, swapped, err = pad_swap_error(load_onnx_torch(onnx_path).to(device), xl, xu)
     if err > 0:
         raise SystemExit(f"{model}: the Pad -> Identity swap changed the function (max |diff| {err:.3g})")
@@ -138,6 +158,21 @@ def _peak_cuda(bound, device):
     torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - t0
     return lo, up, elapsed, base // 1024, torch.cuda.max_memory_allocated(device) // 1024, True
+
+
+def _rss_watchdog(limit_mib: float) -> None:
+    """Stop this process (exit 3, one line on stderr) once its RSS passes `limit_mib`: a cell
+    that would take the shared machine's memory is recorded as "more than the limit" instead."""
+    import threading
+
+    def watch():
+        while True:
+            rss = _status_kib("VmRSS") / 1024
+            if rss > limit_mib:
+                print(f"RSS {rss:.0f} MiB passed the limit of {limit_mib:.0f} MiB: stopped", file=sys.stderr, flush=True)
+                os._exit(3)
+            time.sleep(0.1)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def run_one(model: str, tool: str, method: str, max_rows: int | None = None, device: str = "cpu",
@@ -181,14 +216,18 @@ def _run_cell(model: str, tool: str, args, env: dict, bounds_file: Path) -> dict
         cmd += ["--max-rows", str(args.max_rows)]
     if args.one_pass:
         cmd += ["--one-pass"]
+    if args.rss_limit_mib:
+        cmd += ["--rss-limit-mib", str(args.rss_limit_mib)]
+    cmd += ["--sub-eps", str(args.sub_eps)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return {"model": model, "tool": tool, "method": args.method, "error": f"timeout ({args.timeout:.0f} s)"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"model": model, "tool": tool, "method": args.method, "error": tail[:200]}
+        said = [ln for ln in proc.stderr.strip().splitlines() if "warn" not in ln.lower()] or ["?"]
+        why = f"exit {proc.returncode}" + (" (killed: out of memory?)" if proc.returncode in (-9, 137) else "")
+        return {"model": model, "tool": tool, "method": args.method, "error": f"{why}: {said[-1][:200]}"}
     return json.loads(lines[-1])
 
 
@@ -267,7 +306,7 @@ def write(rows: list[dict], out: Path, load: str) -> None:
 
 
 def main(argv=None) -> int:
-    global BENCH
+    global BENCH, SUB_EPS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cmd", nargs="?", default="all", choices=("all", "one"))
     p.add_argument("--models", default="oval21:cifar_base_kw,oval21:cifar_wide_kw,oval21:cifar_deep_kw")
@@ -285,8 +324,15 @@ def main(argv=None) -> int:
     p.add_argument("--one-pass", action="store_true",
                    help="CPU: one call under the live-tensor meter gives RSS, time and live peak (default: "
                         "a second call for the meter)")
+    p.add_argument("--rss-limit-mib", type=float, default=None,
+                   help="stop a cell whose RSS passes this (a shared machine's memory); reported as an error row")
+    p.add_argument("--sub-eps", type=float, default=SUB_EPS,
+                   help="radius of the input box of a sub-network net@start..end around start's value at the centre")
     args = p.parse_args(argv)
     BENCH = args.benchmarks
+    SUB_EPS = args.sub_eps
+    if args.cmd == "one" and args.rss_limit_mib and not args.device.startswith("cuda"):
+        _rss_watchdog(args.rss_limit_mib)
     if args.cmd == "one":
         print(json.dumps(run_one(args.model, args.tool, args.method, args.max_rows, args.device,
                                  args.bounds_file, args.one_pass)))
