@@ -20,7 +20,7 @@ cmd="${1:-}"
 
 if [ "$cmd" = stage ]; then
   src="${BENCH_DIR:-$ROOT/../shared/benchmarks}"
-  site="$("${PY:-$ROOT/.venv/bin/python}" -c 'import auto_LiRPA, os; print(os.path.dirname(os.path.dirname(auto_LiRPA.__file__)))')"
+  site="$("${PY:-$ROOT/.venv/bin/python}" -c 'import importlib.util as u, os; print(os.path.dirname(os.path.dirname(u.find_spec("auto_LiRPA").origin)))')"
   for d in .bench_models .device_site; do
     git -C "$ROOT" check-ignore -q "$ROOT/$d/" || { echo "stage: error: $d is not git-ignored" >&2; exit 2; }
   done
