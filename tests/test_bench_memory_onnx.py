@@ -10,14 +10,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from bench_memory_onnx import compare_bounds, model_file, pad_swap_error, split_model  # noqa: E402
+from bench_memory_onnx import compare_bounds, model_file, pad_swap_error, split_model, sub_network_box  # noqa: E402
 
 YOLO = REPO.parent / "shared" / "benchmarks" / "yolo_2023" / "onnx" / "TinyYOLO.onnx.gz"
 
 
 def test_split_model():
-    assert split_model("yolo_2023:TinyYOLO") == ("yolo_2023", "TinyYOLO", None)
-    assert split_model("yolo_2023:TinyYOLO@input.52") == ("yolo_2023", "TinyYOLO", "input.52")
+    assert split_model("yolo_2023:TinyYOLO") == ("yolo_2023", "TinyYOLO", None, None)
+    assert split_model("yolo_2023:TinyYOLO@input.52") == ("yolo_2023", "TinyYOLO", "input.52", None)
+    assert split_model("yolo_2023:TinyYOLO@input.32..input.52") == ("yolo_2023", "TinyYOLO", "input.52", "input.32")
 
 
 def test_compare_bounds_counts_where_ours_is_looser():
@@ -47,3 +48,19 @@ def test_yolo_prefix_and_pad_swap(tmp_path):
     swapped, count, err = pad_swap_error(net, x - 0.01, x + 0.01)
     assert count == 1 and err == 0.0                               # one zero Pad before the first pool
     assert not any(type(m).__name__ == "OnnxPadStatic" for m in swapped.modules())
+
+
+@pytest.mark.skipif(not YOLO.exists(), reason="shared benchmarks missing")
+def test_yolo_sub_network_and_its_box(tmp_path):
+    """`start..end`: the part between two tensors; its box is start's value at the centre +- eps."""
+    import onnxruntime as ort
+
+    path = model_file(YOLO, "input.52", tmp_path, start="input.32")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == [1, 16, 26, 26] and sess.get_outputs()[0].shape == [1, 16 * 13 * 13]
+    xl, xu = torch.zeros(1, 3, 52, 52), torch.ones(1, 3, 52, 52)
+    lo, hi = sub_network_box(YOLO, "input.32", xl, xu, 0.02, (16, 26, 26))
+    prefix = ort.InferenceSession(str(model_file(YOLO, "input.32")), providers=["CPUExecutionProvider"])
+    value = prefix.run(None, {prefix.get_inputs()[0].name: torch.full((1, 3, 52, 52), 0.5).numpy()})[0]
+    assert torch.allclose((lo + hi) / 2, torch.from_numpy(value).reshape(1, 16, 26, 26), atol=1e-6)
+    assert torch.allclose(hi - lo, torch.full_like(hi, 0.04), atol=1e-6)
