@@ -68,22 +68,31 @@ def transposed_conv_step(module, in_shape, A: Patches) -> Patches | None:
     return out.with_P(out.P.mul_(out.inside()))
 
 
+def _phase_basis(module, w, C, kh, kw, oh, ow, canvas, like):
+    """[C kh kw, C_in n_h n_w]: the step of a window at offset (oh, ow) of its canvas, one row per
+    window coefficient (the canvas convolution of the identity)."""
+    M = C * kh * kw
+    grid = like.new_zeros(M, C, *canvas)
+    grid[:, :, oh:oh + kh, ow:ow + kw] = torch.eye(M, dtype=like.dtype, device=like.device).reshape(M, C, kh, kw)
+    return F.conv2d(grid, w, None, module.stride, 0, module.dilation, module.groups).reshape(M, -1)
+
+
 def _by_phases(module, w, A: Patches, canvas_top, canvas_left, canvas, n_in):
     """[B, K, C_in, n_h, n_w]: each phase's rows (same window offset in the canvas) times that
-    phase's basis, the canvas convolution of the identity over the window's coefficients."""
+    phase's basis. One phase (stride 1): a single matmul, no copy of the rows."""
     B, K, C, kh, kw = A.P.shape
     off_h, off_w = A.top - canvas_top, A.left - canvas_left
     phase = off_h * (kw + canvas[1]) + off_w
-    out = A.P.new_zeros(B, K, w.shape[0], *n_in)
     flat = A.P.reshape(B, K, C * kh * kw)
-    for key in torch.unique(phase).tolist():
+    keys = torch.unique(phase).tolist()
+    if len(keys) == 1:
+        basis = _phase_basis(module, w, C, kh, kw, int(off_h[0]), int(off_w[0]), canvas, A.P)
+        return (flat @ basis).reshape(B, K, w.shape[0], *n_in)
+    out = A.P.new_zeros(B, K, w.shape[0], *n_in)
+    for key in keys:
         rows = (phase == key).nonzero().squeeze(1)
         i = int(rows[0])
-        eye = torch.eye(C * kh * kw, dtype=A.P.dtype, device=A.P.device).reshape(-1, C, kh, kw)
-        grid = A.P.new_zeros(C * kh * kw, C, *canvas)
-        oh, ow = int(off_h[i]), int(off_w[i])
-        grid[:, :, oh:oh + kh, ow:ow + kw] = eye
-        basis = F.conv2d(grid, w, None, module.stride, 0, module.dilation, module.groups)   # [M, C_in, n_h, n_w]
-        part = flat.index_select(1, rows) @ basis.reshape(C * kh * kw, -1)
+        basis = _phase_basis(module, w, C, kh, kw, int(off_h[i]), int(off_w[i]), canvas, A.P)
+        part = flat.index_select(1, rows) @ basis
         out.index_copy_(1, rows, part.reshape(B, len(rows), *out.shape[2:]))
     return out
