@@ -10,8 +10,8 @@
 #
 # `stage` fills two git-ignored folders (about 16 MiB): .bench_models/yolo_2023 (the benchmark,
 # from ../shared/benchmarks) and .device_site/ (auto_LiRPA 0.3, onnx2torch, tqdm and appdirs from
-# this venv: pure Python; the device image has torch, onnx and onnxruntime). `run` takes about
-# 2 x CELL_TIMEOUT at most (default 240 s a cell). Overrides: MODELS (e.g.
+# this venv: pure Python; the device image has torch, onnx and onnxruntime). `run` takes at most
+# about 2 x CELL_TIMEOUT plus start-up (default 140 s a cell: the call ends within ~300 s). Overrides: MODELS (e.g.
 # yolo_2023:TinyYOLO@input.52, the CPU prefix), DEVICE (cpu for a dry run here), TOOLS, MAX_ROWS
 # (ours only; default none, as auto_LiRPA), BENCH_DIR, PY.
 set -euo pipefail
@@ -47,6 +47,6 @@ export PYTHONPATH="$ROOT/.device_site:$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUN
 { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } > "$OUT/gpus.txt" || true
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' >> "$OUT/gpus.txt"
 args=(--models "${MODELS:-yolo_2023:TinyYOLO}" --tools "${TOOLS:-ours-patches,lirpa-patches}"
-      --device "$DEVICE" --benchmarks "${BENCH_DIR:-$ROOT/.bench_models}" --timeout "${CELL_TIMEOUT:-240}" --out "$OUT")
+      --device "$DEVICE" --benchmarks "${BENCH_DIR:-$ROOT/.bench_models}" --timeout "${CELL_TIMEOUT:-140}" --out "$OUT")
 if [ -n "${MAX_ROWS:-}" ]; then args+=(--max-rows "$MAX_ROWS"); fi
 "$PY" "$ROOT/scripts/bench_memory_patches.py" "${args[@]}" 2>&1 | grep -v -i warn | tee "$OUT/log.txt"
