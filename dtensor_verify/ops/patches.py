@@ -198,5 +198,14 @@ def _common_windows(a: Patches, b: Patches) -> Patches | None:
     return joined
 
 
+def window_dot(A: Patches, t: torch.Tensor) -> torch.Tensor:
+    """[B, K]: each row's window of A times the node-shaped constant `t` [C, H, W], summed. A `t`
+    constant over each channel's grid (a conv's bias, BatchNorm's shift) needs no window of it:
+    entries off the grid are 0 (the invariant), so the sum is the window sums @ t's channels."""
+    if t.dim() == 3 and torch.equal(t, t[:, :1, :1].expand_as(t)):
+        return A.P.sum((-2, -1)) @ t[:, 0, 0].to(A.P.dtype)
+    return (A.P * A.gather(t.unsqueeze(0))).flatten(2).sum(-1)
+
+
 def dense(A):
     return A.to_dense() if isinstance(A, Patches) else A
