@@ -57,6 +57,9 @@ def row_of(i: str, limit: float, side: str, tag: Path, wall: float) -> dict:
     try:
         data = json.loads(Path(f"{tag}.json").read_text())
     except (OSError, ValueError):
+        # Stopped by the run's own watchdog at the limit (no JSON): the results file says how.
+        res = Path(f"{tag}.res")
+        row["verdict"] = res.read_text().split()[0] if res.exists() and res.read_text().strip() else "no-result"
         return row
     bab = data.get("bounds", {}).get("bab", {})
     row.update(verdict=data.get("verdict"), message=(data.get("message") or "")[:120],
