@@ -136,3 +136,26 @@ def test_parallel_bab_agrees_with_sampling(parallel):
     assert res.verdict == "unsat", (res.verdict, res.message, res.bounds.get("bab"))
     res = verify_instance(model, prop(smin + 0.01), None, timeout=15, bab_options=opts)
     assert res.verdict in ("sat", "timeout", "unknown"), res.verdict
+
+
+def test_relu_output_that_contradicts_its_split_marks_the_child_empty(parallel):
+    """A child whose clamped pre-activation interval lies above its carried ReLU output interval
+    holds no input: its bound becomes +inf (proved), the other child's stays finite."""
+    model, problem, roots, lo, hi = parallel
+    def unstable(r):
+        pre_lo, pre_up = (t[0].flatten() for t in roots.bounds[problem.pre_of[r]])
+        return ((pre_lo < 0) & (pre_up > 0)).nonzero().flatten().tolist()
+
+    li, relu, neuron = next((i, r, u[0]) for i, r in enumerate(problem.relus)
+                            if r in problem.general and (u := unstable(r)))
+    decision = torch.tensor([[li, neuron]])
+    kids = split(roots, decision, problem.relus, problem.pre_of, problem.general, problem.beta_of)
+    pre_lo, pre_up = (t.clone() for t in kids.bounds[problem.pre_of[relu]])
+    out_lo, out_up = (t.clone() for t in kids.bounds[relu])
+    pre_lo[0, neuron], pre_up[0, neuron] = 1.0, max(2.0, float(pre_up[0, neuron]))   # active child: z >= 1 ...
+    out_lo[0, neuron], out_up[0, neuron] = 0.0, 0.5                                # ... yet relu(z) <= 0.5
+    kids.bounds[problem.pre_of[relu]], kids.bounds[relu] = (pre_lo, pre_up), (out_lo, out_up)
+    general_refresh.refresh_children(problem, kids, decision.repeat(2, 1), lockstep=False)
+    assert torch.isinf(kids.lower[0]).all() and torch.isfinite(kids.lower[1]).all()
+    lo0, up0 = kids.bounds[relu]
+    assert bool((lo0 <= up0).all())

@@ -94,14 +94,18 @@ def refresh_children(problem, kids, decision: torch.Tensor, lockstep: bool) -> N
     kids.lower = torch.where(empty.unsqueeze(1), torch.full_like(kids.lower, torch.inf), kids.lower)
 
 
-def _relu_outputs(problem, out: dict, cut) -> None:
+def _relu_outputs(problem, out: dict, cut, empty: torch.Tensor) -> None:
     """A split ReLU's carried output interval, in place: intersected with relu of its (clamped)
-    pre-activation interval (ReLU is monotone, so relu(l) <= relu(z) <= relu(u) on the region)."""
+    pre-activation interval (ReLU is monotone, so relu(l) <= relu(z) <= relu(u) on the region);
+    children where that leaves lower > upper are marked in `empty` (no input lies there)."""
     for name in cut:
         if name in problem.pre_of and name in out:
             lo, up = out[name]
             pre_lo, pre_up = out[problem.pre_of[name]]
-            out[name] = (torch.maximum(lo, pre_lo.clamp(min=0)), torch.minimum(up, pre_up.clamp(min=0)))
+            lo, up = torch.maximum(lo, pre_lo.clamp(min=0)), torch.minimum(up, pre_up.clamp(min=0))
+            tol = EMPTY_TOL * (1 + torch.maximum(lo.abs(), up.abs()))
+            empty |= (lo > up + tol).flatten(1).any(1)
+            out[name] = (torch.minimum(lo, up), torch.maximum(lo, up))
 
 
 def refine_after(problem, kids, cut, lockstep: bool) -> tuple[dict, torch.Tensor]:
@@ -112,13 +116,13 @@ def refine_after(problem, kids, cut, lockstep: bool) -> tuple[dict, torch.Tensor
     parent's region has its cut neuron in that half)."""
     graph = problem.graph
     out = dict(kids.bounds)
-    _relu_outputs(problem, out, cut)
+    batch = len(kids)
+    empty = torch.zeros(batch, dtype=torch.bool, device=kids.pair.device)
+    _relu_outputs(problem, out, cut, empty)
     bounds = problem.bounds_of(kids)
     bounds.update(out)
     behind = downstream(graph, cut)
     opts = CrownOptions(skip_stable=not lockstep)
-    batch = len(kids)
-    empty = torch.zeros(batch, dtype=torch.bool, device=kids.pair.device)
     for name in (n.name for n in graph.nodes if n.name in behind and n.name in out):
         if graph.affine_from_input(name):
             continue
