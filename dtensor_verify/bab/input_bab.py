@@ -57,12 +57,14 @@ def with_boxes(problem, roots: Domains) -> Domains:
 def refreshed(problem, kids: Domains, lockstep: bool) -> dict:
     """Each child's intermediate bounds: CROWN on its own box intersected with what it inherited
     (both hold on the child's region). Ranks that share bounding steps (`lockstep`) sweep every
-    neuron, stable or not, so that they run the same collectives whatever their domains."""
+    neuron, stable or not, so that they run the same collectives whatever their domains. A child's
+    bounds do not depend on the rest of its batch (`CrownOptions.own_rows`): one process and dp
+    workers with their shares of the boxes bound each box alike."""
     if not kids.bounds:
         return kids.bounds
     with torch.no_grad():
         fresh, _ = intermediate_bounds(problem.graph, kids.box, problem.layout,
-                                       CrownOptions(skip_stable=not lockstep))
+                                       CrownOptions(skip_stable=not lockstep, own_rows=True))
     out = {}
     for name, (lo, up) in kids.bounds.items():
         new_lo, new_up = fresh[name]
