@@ -54,17 +54,19 @@ def with_boxes(problem, roots: Domains) -> Domains:
     return roots
 
 
-def refreshed(problem, kids: Domains, lockstep: bool) -> dict:
+def refreshed(problem, kids: Domains, lockstep: bool = False) -> dict:
     """Each child's intermediate bounds: CROWN on its own box intersected with what it inherited
-    (both hold on the child's region). Ranks that share bounding steps (`lockstep`) sweep every
-    neuron, stable or not, so that they run the same collectives whatever their domains. A child's
-    bounds do not depend on the rest of its batch (`CrownOptions.own_rows`): one process and dp
-    workers with their shares of the boxes bound each box alike."""
+    (both hold on the child's region), for every neuron, stable or not. So a child's bounds do not
+    depend on the rest of its batch: sweeping only the neurons unstable in *some* box of the batch
+    (`skip_stable`) kept their CROWN bounds in boxes where IBP already proved them stable, which
+    tightened the IBP of the layers after them, so one process and two dp workers (half batches)
+    bounded the same sub-box differently and grew other trees (docs/bab_scaling/README.md). Ranks
+    that share bounding steps need this too (the same collectives whatever their domains)."""
     if not kids.bounds:
         return kids.bounds
     with torch.no_grad():
         fresh, _ = intermediate_bounds(problem.graph, kids.box, problem.layout,
-                                       CrownOptions(skip_stable=not lockstep, own_rows=True))
+                                       CrownOptions(skip_stable=False))
     out = {}
     for name, (lo, up) in kids.bounds.items():
         new_lo, new_up = fresh[name]

@@ -33,12 +33,6 @@ class CrownOptions:
     intersect_ibp: bool = True
     # Skip the backward sweep for neurons IBP already proves stable: their relaxation is exact.
     skip_stable: bool = True
-    # Each batch element keeps the CROWN bounds of the neurons unstable in *its own* IBP box only
-    # (IBP elsewhere), so that its bounds do not depend on the rest of the batch: a sweep's rows
-    # are those unstable in any element (or all of them), and a stable neuron's tighter CROWN
-    # bound would tighten the IBP of the layers after it (input splitting: a sub-box's bound
-    # would depend on which boxes share its batch, so 2 dp workers would grow another tree).
-    own_rows: bool = False
     # Conv layers' intermediate bounds start from A-matrices kept as local patches (ops/patches.py),
     # converted to dense at the first op without a patches rule or where dense is no larger.
     # Same bounds either way; False: dense throughout.
@@ -323,14 +317,6 @@ def scatter_rows(full_lower, full_upper, rows, lo, up, intersect: bool):
     return fl.reshape(shape), fu.reshape(shape)
 
 
-def _own_rows_only(ref_lo, ref_up, rows, lo, up):
-    """`lo`, `up` [B, len(rows)] where the row's neuron is unstable in that element's own IBP
-    box, the IBP bounds elsewhere (`CrownOptions.own_rows`)."""
-    fl, fu = ref_lo.flatten(1)[:, rows], ref_up.flatten(1)[:, rows]
-    own = (fl < 0) & (fu > 0)
-    return torch.where(own, lo, fl), torch.where(own, up, fu)
-
-
 def intermediate_bounds(graph, box, layout: Layout = DEFAULT_LAYOUT, opts: CrownOptions | None = None):
     """CROWN bounds for every ReLU input, in topological order.
 
@@ -360,8 +346,6 @@ def _intermediate_bounds(graph, box, layout, opts):
         rows = rows_to_bound(ref_lo, ref_up, opts, all_rows=_feeds_general_op(graph, name))
         rows_by_node[name] = rows
         lo, up = best_of_shifts(graph, name, lambda: node_bound_rows(graph, name, rows, bounds, layout, opts, batch))
-        if opts.own_rows and not _feeds_general_op(graph, name):
-            lo, up = _own_rows_only(ref_lo, ref_up, rows, lo, up)
         bounds[name] = scatter_rows(ref_lo, ref_up, rows, lo, up, opts.intersect_ibp)
     return bounds, rows_by_node
 
