@@ -380,7 +380,7 @@ class BabSolver:
 
     def _result(self, status: str, why: str | None = None) -> BabResult:
         st = self.stats
-        st.ended = time.perf_counter()
+        st.ended, st.cpu_ended = time.perf_counter(), time.process_time()
         st.open_domains, st.exhausted, st.batch_per_worker = len(self.store), self.exhausted, self.batch
         st.open_domain_limit, st.workers, st.reason = self.max_open, self.comm.workers, why
         if self.exact is not None:
