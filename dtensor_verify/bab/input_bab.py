@@ -79,14 +79,16 @@ def _objective(problem, pair):
     return lambda y: margin(spec_rows(C, y), d, mask)         # y [R, n, n_out] -> [R, n]
 
 
-def attack_boxes(problem, domains: Domains, opts, confirm, lockstep: bool, restarts: int = 4, steps: int = 10):
-    """Short PGD inside the `opts.pgd_points` open sub-boxes with the smallest margins (lower
-    bound closest to a violation). Returns what `confirm` confirmed, or None."""
+def attack_boxes(problem, domains: Domains, points: int, confirm, lockstep: bool, restarts: int = 4,
+                 steps: int = 10):
+    """Short PGD inside the `points` open sub-boxes with the smallest margins (lower bound closest
+    to a violation; the solver gives each dp worker its share of `BabOptions.pgd_points`). Returns
+    what `confirm` confirmed, or None."""
     n = len(domains)
     if n == 0 and not lockstep:
         return None
     margins = problem.margins(domains.lower, domains.pair)
-    pick = torch.topk(margins, min(opts.pgd_points, n), largest=False).indices
+    pick = torch.topk(margins, min(points, n), largest=False).indices
     lo, hi = (t[pick] for t in problem.box_of(domains))
     pair = domains.pair[pick]
     seed = int(domains.depth.sum()) if n else 0

@@ -89,6 +89,9 @@ class BabSolver:
         self.seeds = None                       # the most promising open domains' vertices, their pairs
         self.log = log or (lambda msg: None)
         self.comm = comm or LocalComm()
+        # PGD seeds per worker: the workers share one process's number (the attacks are spread, not
+        # repeated: each worker's share of the most promising domains)
+        self.pgd_points = max(1, -(-opts.pgd_points // self.comm.workers))
         self.lockstep = problem.layout.world_size > 1
         self.store = DomainStore()
         self.stats = BabStats()
@@ -167,7 +170,7 @@ class BabSolver:
         with torch.no_grad():
             y = p.forward(x)
         worst = margin(spec_rows(p.C[domains.pair], y), d, mask)
-        best = torch.topk(worst, min(self.opts.pgd_points, n), largest=False).indices
+        best = torch.topk(worst, min(self.pgd_points, n), largest=False).indices
         self.seeds = (x[best].detach(), domains.pair[best])
         hits = (worst <= 0).nonzero().flatten()
         if hits.numel() == 0:
@@ -196,7 +199,7 @@ class BabSolver:
             # Under lockstep every rank takes the PGD step (its forward passes are collectives).
             if self.mode == "input" and (self.lockstep or not self.found) \
                     and self.stats.rounds % self.opts.input_attack_every == 0:
-                found = input_bab.attack_boxes(p, rest, self.opts, self.confirm, self.lockstep)
+                found = input_bab.attack_boxes(p, rest, self.pgd_points, self.confirm, self.lockstep)
                 self.counterexample = self.counterexample or found or None
         if self.found and not self.lockstep:
             return
