@@ -105,6 +105,7 @@ class BabSolver:
         self.batch = auto_batch_size(problem, opts, problem.d.device, free_memory_bytes, self.mode)
         self.max_open = opts.max_domains or 0   # set from memory when solving starts
         self._late = False                      # a round stored its domains unbranched (out of time)
+        self.loops = 0                          # rounds of the search: the same count on every worker
         self._round_seconds = 0.0               # input splitting: the last round (its sweeps can't stop early)
         self._child_seconds, self._room = None, None   # ... its seconds per child; children this round
         self.branching = opts.input_branching if self.mode == "input" else mixed(opts.branching, problem)
@@ -198,7 +199,7 @@ class BabSolver:
             self.counterexample = self.counterexample or found or None
             # Under lockstep every rank takes the PGD step (its forward passes are collectives).
             if self.mode == "input" and (self.lockstep or not self.found) \
-                    and self.stats.rounds % self.opts.input_attack_every == 0:
+                    and self.loops % self.opts.input_attack_every == 0:
                 found = input_bab.attack_boxes(p, rest, self.pgd_points, self.confirm, self.lockstep)
                 self.counterexample = self.counterexample or found or None
         if self.found and not self.lockstep:
@@ -340,6 +341,7 @@ class BabSolver:
                 if done is not None:
                     return done
                 loops += 1
+                self.loops = loops      # (stats.rounds counts this worker's rounds with domains only)
                 with PhaseTimer(self.stats, "sync"):
                     self.comm.rebalance(self.store, self.batch)
                 self.round()
