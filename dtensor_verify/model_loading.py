@@ -175,6 +175,7 @@ def _normalise_proto(proto, path):
         except Exception as exc:
             raise ModelLoadError(f"{path}: cannot upgrade opset {opset} to 11 for conversion "
                                  f"({_one_line(exc)})") from None
+    _name_unnamed_nodes(proto)
     initializer_names = {init.name for init in proto.graph.initializer}
     real_inputs = [i for i in proto.graph.input if i.name not in initializer_names]
     del proto.graph.input[:]
@@ -182,6 +183,22 @@ def _normalise_proto(proto, path):
     if proto.ir_version < 4:
         proto.ir_version = 4
     return proto
+
+
+def _name_unnamed_nodes(proto) -> None:
+    """Give every unnamed node a unique name. onnx2torch names an unnamed node after its op type
+    plus a counter, which can collide with a named node (the version converter's Constant nodes
+    for an opset-9 Upsample's roi become "Constant_1" beside the file's own "Constant_1", and the
+    Resize then reads an unknown value; cgan_2023's cGAN_imgSz32_nCh_3_upsample)."""
+    taken = {n.name for n in proto.graph.node if n.name}
+    k = 0
+    for node in proto.graph.node:
+        if node.name:
+            continue
+        while f"{node.op_type}_dv{k}" in taken:
+            k += 1
+        node.name = f"{node.op_type}_dv{k}"
+        taken.add(node.name)
 
 
 def _input_shape_of(proto, path) -> tuple[str, tuple[int, ...]]:

@@ -4,6 +4,7 @@ model loads (self-check against onnxruntime) and its bounds hold (sampling + PGD
 from __future__ import annotations
 
 import pytest
+import numpy as np
 from onnx import helper
 
 from onnx_factory import build, const, rand, shape_const
@@ -42,4 +43,24 @@ def test_auto_pad(tmp_path, op, mode, stride):
         inits = []
     nodes = [layer, helper.make_node("Relu", ["c"], ["y"])]
     path = build(tmp_path, f"{op}_{mode}", nodes, inits, [1, 1, 4, 5])
+    check_network(path, None, seeds=(0,), alpha_iters=3)
+
+
+def test_upsample_opset9(tmp_path):
+    """Two opset-9 Upsamples beside a node named "Constant_1" (cgan_2023's
+    cGAN_imgSz32_nCh_3_upsample): the version converter adds unnamed Constant nodes (Resize-11's
+    roi) that onnx2torch would name "Constant", "Constant_1", ..., colliding with the file's own."""
+    from onnx import TensorProto
+
+    shape = helper.make_tensor("s", TensorProto.INT64, [4], [1, 2, 4, 4])
+    nodes = [helper.make_node("Conv", ["x", "cw"], ["c"], name="Conv_0"),
+             helper.make_node("Constant", [], ["shp"], value=shape, name="Constant_1"),
+             helper.make_node("Reshape", ["c", "shp"], ["c2"], name="Reshape_2"),
+             helper.make_node("Relu", ["c2"], ["r"], name="Relu_3"),
+             helper.make_node("Upsample", ["r", "sc"], ["u"], mode="nearest", name="Upsample_4"),
+             helper.make_node("Upsample", ["u", "sc"], ["u2"], mode="nearest", name="Upsample_5"),
+             helper.make_node("Conv", ["u2", "cw2"], ["y"], name="Conv_6")]
+    inits = [const("cw", rand((2, 1, 2, 2), 4)), const("cw2", rand((1, 2, 5, 5), 5)),
+             const("sc", np.array([1.0, 1.0, 2.0, 2.0], dtype=np.float32))]
+    path = build(tmp_path, "upsample9", nodes, inits, [1, 1, 5, 5], opset=9)
     check_network(path, None, seeds=(0,), alpha_iters=3)

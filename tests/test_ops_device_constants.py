@@ -70,3 +70,64 @@ def test_outward_rounding_of_intercepts_is_differentiable():
             todo += [nxt for nxt, _ in fnode.next_functions]
         (g,) = torch.autograd.grad(out.sum(), x)
         assert torch.allclose(g, torch.full_like(g, 3.0))
+
+
+
+def _reachable_tensors(obj, seen=None, depth=0):
+    """The parameters and buffers of every module an op can reach: through its attributes, the
+    cells of its functions' closures and containers (a device audit that meta tensors alone cannot
+    do: F.conv1d of a meta input and a CPU weight runs). Plain constant tensors are left out: the
+    ops' functions move those to the input's device when called (`ops/callables.py`)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or depth > 6:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return
+    if isinstance(obj, nn.Module):
+        yield from obj.parameters()
+        yield from obj.buffers()
+    elif isinstance(obj, (list, tuple, set)):
+        for v in obj:
+            yield from _reachable_tensors(v, seen, depth + 1)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _reachable_tensors(v, seen, depth + 1)
+    elif callable(obj) and getattr(obj, "__closure__", None):
+        for cell in obj.__closure__:
+            yield from _reachable_tensors(cell.cell_contents, seen, depth + 1)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        for v in vars(obj).values():
+            yield from _reachable_tensors(v, seen, depth + 1)
+
+
+class Conv1dNet(nn.Module):
+    """A Conv1d is an exact linear map whose IBP radius uses a |W| copy built with the op
+    (pensieve's networks in nn4sys_2023; cGAN's ConvTranspose the same way)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 3, 3)
+        self.lin = nn.Linear(3 * 4, 2)
+
+    def forward(self, x):                      # x [B, 2, 6]
+        return self.lin(self.conv(x).relu().flatten(1))
+
+
+def test_ops_own_modules_follow_the_model_device():
+    """Seen on an H100: every pensieve / cGAN instance ended `error` with "Input type
+    (torch.cuda.FloatTensor) and weight type (torch.FloatTensor)": the |W| copy behind a conv's
+    IBP radius stayed on the CPU after `model.to("cuda")`. Moving the ops to meta shows the same."""
+    torch.manual_seed(0)
+    model = dv.load(Conv1dNet(), (2, 6), device="cpu")
+    maps = [n.op for n in model.graph.nodes if isinstance(n.op, LinearMapOp) and n.op.abs_fn is not None
+            and n.op.kind in ("conv", "conv_transpose")]
+    assert maps, "the Conv1d should be a weighted exact linear map"
+    model.graph.module.to("meta")
+    for node in model.graph.nodes:
+        if node.op is not None and callable(getattr(node.op, "to", None)):
+            node.op.to("meta")
+    for node in model.graph.nodes:
+        if node.op is not None:
+            off = [t.device for t in _reachable_tensors(node.op) if t.device.type != "meta"]
+            assert not off, (node.name, off)

@@ -2,6 +2,7 @@
 import math
 
 import pytest
+import torch
 
 from dtensor_verify.layout import sweep_chunk
 
@@ -62,3 +63,23 @@ def test_spec_with_max_rows_lowers_the_peak_and_keeps_the_bounds(tmp_path):
     ratio = max(r["peak"] for r in results) / ref_peak
     # 0.64 measured; 0.94 when each rank took the full max_rows per sweep (the cap bound at every P)
     assert ratio <= 0.75, f"spec per-rank peak with max_rows is {ratio:.3f} of one process"
+
+
+def test_plain_crown_sized_to_the_device_share(monkeypatch):
+    """Plain CROWN (not only alpha-CROWN's) sweeps at most the rows that fit this process's part
+    of the device: on an H100 shared by 16 benchmark processes, all rows of a wide ml4acopf layer
+    at once asked for 29 GiB. Bounds equal the unchunked ones; the peak falls."""
+    import dtensor_verify as dv
+    import model_zoo as zoo
+    from dtensor_verify.memory import measure
+
+    net, shape = zoo.random_mlp([16, 512, 512, 4], seed=3)
+    box = zoo.random_box(shape, 0.5, seed=4)
+    m = dv.load(net, shape)
+    with measure(m) as whole:
+        ref = m.compute_bounds(*box, "crown")
+    monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(512 * 1024))
+    with measure(m) as small:
+        got = m.compute_bounds(*box, "crown")
+    assert torch.allclose(got.lower, ref.lower, atol=1e-5) and torch.allclose(got.upper, ref.upper, atol=1e-5)
+    assert small.peak_bytes < whole.peak_bytes

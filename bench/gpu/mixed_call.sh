@@ -4,7 +4,8 @@
 #   bash bench/gpu/mixed_call.sh OUT WALL_S JOB...
 # A JOB is `bench:BENCH:WORKERS:SCALE:CORES[:INSTANCES_CSV]` (bench/gpu/input_bab_gpu.sh, one thread
 # per process, the GPU share set to the number of GPU processes of all jobs) or
-# `scaling:CORES:ARGS...` (scripts/bench_bab_scaling.py --out OUT/scaling ARGS, on CORES).
+# `scaling:CORES:ARGS...` (scripts/bench_bab_scaling.py --out OUT/scaling ARGS, on CORES) or
+# `milp:CORES:ARGS...` (scripts/hostile_milp.py --out OUT/milp ARGS, on CORES: CPU torchrun runs).
 # CORES is a taskset list (e.g. 0-5). Every job stops by WALL_S. Everything under OUT is packed
 # into OUT/results.tgz (the device tool brings back only a few files), plus one summary.txt.
 # Carry [".whl", ".bench_data"] with the benchmarks the jobs name.
@@ -24,6 +25,10 @@ for j in "$@"; do
   if [ "$kind" = bench ]; then
     (INSTANCES=${e:-} THREADS=1 SHARE=$share PY=$PY timeout -k 5 $((WALL + 10)) taskset -c "$d" \
        bash bench/gpu/input_bab_gpu.sh "$a" "$OUT/jobs/$a" "$b" "$c" "$WALL" > "$OUT/jobs/$a.summary.txt" 2>&1) &
+  elif [ "$kind" = milp ]; then
+    args=${j#milp:*:}
+    (timeout -k 5 "$WALL" taskset -c "$a" $PY scripts/hostile_milp.py --out "$OUT/jobs/milp" $args \
+       > "$OUT/jobs/milp.log" 2>&1) &
   else
     args=${j#scaling:*:}
     (timeout -k 5 "$WALL" taskset -c "$a" $PY scripts/bench_bab_scaling.py --out "$OUT/jobs/scaling" \
@@ -32,8 +37,9 @@ for j in "$@"; do
 done
 wait
 { nproc; uptime; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
-  for f in "$OUT"/jobs/*.summary.txt; do echo "== $f"; tail -2 "$f"; done
-  [ -f "$OUT/jobs/scaling.log" ] && tail -30 "$OUT/jobs/scaling.log"; } > "$OUT/summary.txt"
+  for f in "$OUT"/jobs/*.summary.txt; do [ -f "$f" ] || continue; echo "== $f"; tail -2 "$f"; done
+  [ -f "$OUT/jobs/scaling.log" ] && tail -30 "$OUT/jobs/scaling.log"
+  [ -f "$OUT/jobs/milp.log" ] && tail -30 "$OUT/jobs/milp.log"; } > "$OUT/summary.txt"
 find "$OUT/jobs" -name 'part*.csv' -delete
 tar czf "$OUT/results.tgz" -C "$OUT" jobs && rm -rf "$OUT/jobs"
 cat "$OUT/summary.txt"

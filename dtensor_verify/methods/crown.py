@@ -7,10 +7,13 @@ concretises them over the input box.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 
 import torch
 
+from .alpha_budget import crown_max_rows
 from ..layout import DEFAULT_LAYOUT, Layout, sweep_chunk, weight_kwargs
 from ..memory import tag
 from ..ops.patches import Patches, add_A, dense
@@ -332,6 +335,10 @@ def intermediate_bounds(graph, box, layout: Layout = DEFAULT_LAYOUT, opts: Crown
 
 def _intermediate_bounds(graph, box, layout, opts):
     batch = box[0].shape[0]
+    if opts.max_rows is None:
+        # Sized to this process's part of the device (a GPU shared by benchmark processes): all
+        # rows of a wide layer at once asked an H100 for 29 GiB (ml4acopf's 300-bus networks).
+        opts = dataclasses.replace(opts, max_rows=crown_max_rows(graph, batch, box[0].device))
     bounds = {graph.input_name: box}
     preactivation = set(graph.preactivation_nodes())
     rows_by_node = {}

@@ -28,9 +28,12 @@ class LinearMapOp(BoundOp):
     # works on patches too (ops/conv_transpose_patches.py).
     transposed_conv = None
 
-    def __init__(self, name, fn, nonnegative=True, abs_fn=None, kind=None, elementwise=False):
+    def __init__(self, name, fn, nonnegative=True, abs_fn=None, kind=None, elementwise=False, owned=()):
         super().__init__(name, None)
         self.fn = fn
+        # Modules built for this op alone (e.g. the |W| copy behind `abs_fn`): not in the graph's
+        # module, so `to` moves them with the op.
+        self.owned = list(owned)
         self.nonnegative = nonnegative
         self.abs_fn = abs_fn
         self.offset = None            # fn(0) per sample, or None when it is 0 (set by finalize)
@@ -53,6 +56,8 @@ class LinearMapOp(BoundOp):
     def to(self, device):
         if self.offset is not None:
             self.offset = self.offset.to(device)
+        for m in self.owned:
+            m.to(device)
 
     def forward(self, *xs):
         return self.fn(*xs)

@@ -141,7 +141,7 @@ def _build_weighted(ctx):
     fn = ctx.function()
     absm = abs_module(m)
     kind = "conv_transpose" if any(isinstance(s, nn.modules.conv._ConvTransposeNd) for s in m.modules()) else "conv"
-    op = LinearMapOp(ctx.node.name, fn, nonnegative=False, abs_fn=lambda x: absm(x), kind=kind)
+    op = LinearMapOp(ctx.node.name, fn, nonnegative=False, abs_fn=lambda x: absm(x), kind=kind, owned=[absm])
     if isinstance(m, nn.ConvTranspose2d):
         op.transposed_conv = m          # a patches rule (ops/conv_transpose_patches.py)
     return op
