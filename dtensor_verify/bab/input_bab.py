@@ -60,8 +60,9 @@ def refreshed(problem, kids: Domains, lockstep: bool = False) -> dict:
     depend on the rest of its batch: sweeping only the neurons unstable in *some* box of the batch
     (`skip_stable`) kept their CROWN bounds in boxes where IBP already proved them stable, which
     tightened the IBP of the layers after them, so one process and two dp workers (half batches)
-    bounded the same sub-box differently and grew other trees (docs/bab_scaling/README.md). Ranks
-    that share bounding steps need this too (the same collectives whatever their domains)."""
+    bounded the same sub-box differently and grew other trees (docs/bab_scaling/dp_s4). Ranks
+    that share bounding steps need this too (the same collectives whatever their domains); `lockstep`
+    is kept for the callers."""
     if not kids.bounds:
         return kids.bounds
     with torch.no_grad():
