@@ -3,7 +3,8 @@
 `Cast` of a float tensor to a signed integer type truncates toward zero (onnxruntime; the
 standard's integer semantics for an integer output). Where the integer tensor is used only by
 ops this module can express in floats (`Cast` back to a float type, `Add` / `Sub` / `Mul` with
-integer constants or with each other, `Neg`, `Identity`) and by graph outputs, it becomes the
+integer constants or with each other, `Neg`, `Identity`, and `Pow` by a constant integer
+exponent 1..4, the form the ONNX rewrites give `Mul(x, x)`) and by graph outputs, it becomes the
 float it stands for, built from ops with bound rules, exactly:
 
     trunc(x) = Floor(Relu(x)) - Floor(Relu(-x))
@@ -12,10 +13,12 @@ Integer constants become float constants; an integer graph output becomes a floa
 declared integer type is checked against the file by the loader, and onnxruntime on the file
 gives the integer values for the assignment). `Shape` of a tensor with a static shape is its
 constant. The equation is exact while every integer value stays within `EXACT` (float32 holds
-every integer up to 2^24 exactly, and no integer op wraps there): `guard_ok` checks that with
-interval bounds over the query's boxes (the inputs of the `Floor` nodes, and the bounds of the
-outputs), and the solver answers `unknown` where it fails. Anything else is left alone (refused
-as before).
+every integer up to 2^24 exactly, so each float op on such integers whose exact result is such an
+integer returns it; and no int32 / int64 op wraps there): `guard_ok` checks that with interval
+bounds over the query's boxes (the inputs of the `Floor` nodes within [0, 2^20]; a product or
+power, and every other rewritten op, within 2^24: a sum of sums doubles at each step), and the
+solver answers `unknown` where it fails.
+Anything else is left alone (refused as before).
 """
 from __future__ import annotations
 
@@ -23,10 +26,12 @@ import numpy as np
 
 from .onnx_facts import elem_types, perturbed_names
 
-SIGNED = {6: "int32", 7: "int64"}     # wide enough that no op here wraps below GUARD * (MAX_OPS + 1)
-GUARD = float(2 ** 20)                 # |cast input| and |integer constant| at most this ...
-MAX_OPS = 15                           # ... over at most this many ops: every value within 2^24
-_ARITH = ("Add", "Sub", "Neg", "Identity")
+SIGNED = {6: "int32", 7: "int64"}     # neither wraps within EXACT
+GUARD = float(2 ** 20)                 # |cast input| and |integer constant| at most this
+MAX_OPS = 15                           # integer ops rewritten at most
+EXACT = float(2 ** 24)                 # every rewritten integer tensor within this (`guard_ok`)
+_ARITH = ("Add", "Sub", "Neg", "Identity", "Mul", "Pow")
+MARK = "__intx"                         # node-name prefix of the rewritten ops `guard_ok` checks
 
 
 def _int_constants(proto) -> dict:
@@ -43,12 +48,32 @@ def _int_constants(proto) -> dict:
     return out
 
 
+def _pow_exponents(proto) -> dict:
+    """Constant exponents a Pow of an integer tensor may take here: name -> the integer 1..4."""
+    from onnx import numpy_helper
+
+    out = {}
+    for t in proto.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.size == 1 and float(a.reshape(-1)[0]) in (1.0, 2.0, 3.0, 4.0):
+            out[t.name] = int(a.reshape(-1)[0])
+    return out
+
+
+def _operand_ok(node, i, region, consts, exps) -> bool:
+    if i in region:
+        return not (node.op_type == "Pow" and i == node.input[1])
+    if node.op_type == "Pow":
+        return i == node.input[1] and i in exps
+    return i in consts and bool(np.all(np.abs(consts[i]) <= GUARD))
+
+
 def _region(proto, types, perturbed, consts):
     """The integer tensors to rewrite (seeds: Cast float -> signed int of a perturbed tensor,
     grown through integer arithmetic), or an empty set where some use has no float form."""
     to = {n.output[0]: next((a.i for a in n.attribute if a.name == "to"), None) for n in proto.graph.node
           if n.op_type == "Cast"}
-    region = set()
+    region, exps = set(), _pow_exponents(proto)
     for node in proto.graph.node:
         if node.op_type == "Cast" and node.input[0] in perturbed and types.get(node.input[0]) == 1 \
                 and to[node.output[0]] in SIGNED:
@@ -58,8 +83,7 @@ def _region(proto, types, perturbed, consts):
         changed = False
         for node in proto.graph.node:
             if node.op_type in _ARITH and node.output[0] not in region and any(i in region for i in node.input) \
-                    and all(i in region or (i in consts and np.all(np.abs(consts[i]) <= GUARD))
-                            for i in node.input):
+                    and all(_operand_ok(node, i, region, consts, exps) for i in node.input):
                 region.add(node.output[0])
                 changed = True
     if not _float_uses_only(proto, region, to) or len(region) > MAX_OPS:
@@ -141,9 +165,9 @@ def _emit(proto, region, shapes, consts) -> list:
         k[0] += 1
         return f"__int{k[0]}_{hint}"
 
-    def op(op_type, inputs, out=None):
+    def op(op_type, inputs, out=None, mark=""):
         out = out or fresh(op_type.lower())
-        nodes.append(helper.make_node(op_type, list(inputs), [out], name=fresh(op_type)))
+        nodes.append(helper.make_node(op_type, list(inputs), [out], name=mark + fresh(op_type)))
         return out
 
     def constant(value):
@@ -156,8 +180,9 @@ def _emit(proto, region, shapes, consts) -> list:
         if node.op_type == "Cast" and out in region:                  # trunc(x), exactly
             x = node.input[0]
             op("Sub", [op("Floor", [op("Relu", [x])]), op("Floor", [op("Relu", [op("Neg", [x])])])], out)
-        elif out in region:
-            op(node.op_type, [i if i in region else constant(consts[i]) for i in node.input], out)
+        elif out in region:                                            # (a Pow's exponent is a float)
+            op(node.op_type, [i if i in region or i not in consts else constant(consts[i]) for i in node.input],
+               out, MARK)
         elif out in shapes and out not in used:
             continue                                                   # only an output: a constant
         elif out in shapes:
@@ -170,8 +195,9 @@ def _emit(proto, region, shapes, consts) -> list:
 
 
 def guard_ok(model, boxes) -> bool:
-    """Every `Floor` input of the bound graph within [0, GUARD] over the boxes (IBP; the
-    rewrite's floors take `Relu(+-x)` of each cast input)."""
+    """Every `Floor` input of the bound graph within [0, GUARD] and every rewritten integer op's
+    output (a node named with `MARK`) within [-EXACT, EXACT] over the boxes (IBP; the rewrite's
+    floors take `Relu(+-x)` of each cast input)."""
     import torch
 
     from .methods.ibp import ibp
@@ -179,6 +205,7 @@ def guard_ok(model, boxes) -> bool:
     floors = [n for n in model.graph.nodes if n.op is not None and "floor" in _kind(n)]
     if not floors:
         return False
+    ints = [n for n in model.graph.nodes if n.op is not None and MARK.lower() in n.name.lower()]
     for lo, hi in boxes:
         if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
             return False
@@ -186,11 +213,10 @@ def guard_ok(model, boxes) -> bool:
                     for a in (lo, hi))
         with torch.no_grad():
             b = ibp(model.graph, box, model.layout)
-        for n in floors:
-            for i in n.inputs:
-                blo, bhi = b[i]
-                if not (bool(torch.all(blo >= 0)) and bool(torch.all(bhi <= GUARD))):
-                    return False
+        checks = [(b[i], 0.0, GUARD) for n in floors for i in n.inputs] + [(b[n.name], -EXACT, EXACT) for n in ints]
+        for (blo, bhi), low, high in checks:
+            if not (bool(torch.all(blo >= low)) and bool(torch.all(bhi <= high))):
+                return False
     return True
 
 

@@ -198,6 +198,7 @@ def _verify2(args) -> int:
     from .errors import UnsupportedOpError
     from .multinet import check_mapping, load_product
     from .specs.vnnlib2 import read_query
+    from .specs.vnnlib2_pairs import try_relations      # points next to input relations, checked exactly
     from .specs.vnnlib2_property import build_property
 
     query = read_query(args.query)
@@ -222,7 +223,7 @@ def _verify2(args) -> int:
     search = _refute_first(product, prop)
     if search is None:
         return _answer("unsat")
-    if _try_corners(search):
+    if _try_corners(search) or try_relations(product.model, search):
         return _answer("sat", query, search.last_assignment, args.serialise)
     res, lead = _run(args, product.model, search, placed=True)
     if not lead:

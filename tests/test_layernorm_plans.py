@@ -2,12 +2,13 @@
 the test) bounds end to end under placement plans (P = 2, CPU gloo) as in one process: fsdp
 bitwise at one thread, spec within tolerance; tp refuses the block's [tokens, width] Linear layers
 in one line naming a working plan (fsdp there, tp on the head), which then bounds within tolerance
-(IBP and CROWN, as tests/test_ops_dist.py)."""
+(IBP and CROWN, as tests/test_ops_dist.py; the loop and the check are `tests/plan_checks.py`)."""
 from __future__ import annotations
 
 import torch
 
 from dist_utils import run_distributed
+from plan_checks import assert_plans_match_one, bounds_per_method, methods_for
 
 
 def _box():
@@ -37,11 +38,7 @@ def _job(rank, world, path, plans):
         if plan != "one":
             apply_plan(m, plan, mesh_from_process_group())
         lo, hi = _box()
-        res = {}
-        for method in ("ibp", "crown") if plan == "tp" else ("ibp", "crown", "alpha-crown"):
-            r = m.compute_bounds(lo, hi, method, alpha_options=dv.AlphaOptions(iterations=2))
-            res[method] = (r.lower.detach().cpu(), r.upper.detach().cpu())
-        out["tp" if "tp" in plan else plan] = res
+        out["tp" if "tp" in plan else plan] = bounds_per_method(m, lo, hi, methods_for(plan))
     return out
 
 
@@ -58,15 +55,6 @@ def test_transformer_block_under_plans(tmp_path):
         ys = torch.stack([net(x) for x in xs])                       # [500, 2, 3]
     for rank_out in results:
         assert "\n" not in rank_out["tp_refusal"] and "=fsdp;*=tp" in rank_out["tp_refusal"]
-        one = rank_out["one"]
-        for method, (l1, u1) in one.items():
+        for method, (l1, u1) in rank_out["one"].items():
             assert (l1 <= ys.min(0).values + 1e-5).all() and (u1 >= ys.max(0).values - 1e-5).all(), method
-        for plan in plans[1:]:
-            assert set(rank_out[plan]) >= {"ibp", "crown"}
-            for method, (lo_p, hi_p) in rank_out[plan].items():
-                ref_lo, ref_hi = one[method]
-                if plan == "fsdp":
-                    assert torch.equal(lo_p, ref_lo) and torch.equal(hi_p, ref_hi), (plan, method)
-                else:
-                    assert torch.allclose(lo_p, ref_lo, rtol=1e-5, atol=1e-5), (plan, method)
-                    assert torch.allclose(hi_p, ref_hi, rtol=1e-5, atol=1e-5), (plan, method)
+        assert_plans_match_one(rank_out, plans)

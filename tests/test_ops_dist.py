@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dist_utils import run_distributed
+from plan_checks import assert_plans_match_one, bounds_per_method, methods_for
 
 
 class _Mixed(nn.Module):
@@ -43,12 +44,7 @@ def _job(rank, world, plans):
         if plan != "one":
             apply_plan(m, plan, mesh_from_process_group())
         lo, hi = _box()
-        res = {}
-        # alpha-CROWN under tp is slow on CPU DTensors (~20 s here): tp runs IBP and CROWN.
-        for method in ("ibp", "crown") if plan == "tp" else ("ibp", "crown", "alpha-crown"):
-            r = m.compute_bounds(lo, hi, method, alpha_options=dv.AlphaOptions(iterations=2))
-            res[method] = (r.lower.detach().cpu(), r.upper.detach().cpu())
-        out[plan] = res
+        out[plan] = bounds_per_method(m, lo, hi, methods_for(plan))
     return out
 
 
@@ -56,13 +52,4 @@ def test_new_ops_under_plans(tmp_path):
     plans = ("one", "fsdp", "spec", "tp")
     results = run_distributed(_job, 2, tmp_path, plans, timeout_s=120.0)
     for rank_out in results:
-        one = rank_out["one"]
-        for plan in plans[1:]:
-            assert set(rank_out[plan]) >= {"ibp", "crown"}
-            for method, (lo, hi) in rank_out[plan].items():
-                ref_lo, ref_hi = one[method]
-                if plan == "fsdp":
-                    assert torch.equal(lo, ref_lo) and torch.equal(hi, ref_hi), (plan, method)
-                else:
-                    assert torch.allclose(lo, ref_lo, rtol=1e-5, atol=1e-5), (plan, method, (lo - ref_lo).abs().max())
-                    assert torch.allclose(hi, ref_hi, rtol=1e-5, atol=1e-5), (plan, method)
+        assert_plans_match_one(rank_out, plans)

@@ -44,6 +44,11 @@ def maximise(groups: list[ParamGroup], evaluate, keep_best, iterations: int, lay
         return 0
     # not torch.optim.Adam: that imports torch._dynamo (seconds of start-up; methods/adam.py)
     optimizer = Adam([(g.params, g.lr) for g in groups])
+    with layout.search_weights():     # a placed layout may hold its weights gathered for the loop
+        return _steps(optimizer, groups, evaluate, keep_best, iterations, layout, patience, tol, on_step)
+
+
+def _steps(optimizer, groups, evaluate, keep_best, iterations, layout, patience, tol, on_step) -> int:
     history = []
     steps = 0
     for it in range(iterations):
