@@ -229,6 +229,9 @@ class DpRowsLayout(Layout):
     def network_function(self):
         return self.base.network_function()
 
+    def search_weights(self):
+        return self.base.search_weights()
+
     def domain_batches(self):
         return self.base.domain_batches()
 
