@@ -108,7 +108,7 @@ def _run_instance(args, results, t0: float) -> int:
         data.update({"onnx": str(args.onnx), "vnnlib": str(args.vnnlib), "timeout": args.timeout,
                      "total_seconds": time.perf_counter() - t0, "plan": plan or "replicate",
                      "device": str(model.device), "world_size": model.layout.world_size,
-                     "memory": memory, "startup": {"main_entered_at": getattr(args, "main_entered_at", None), **watch.seconds}})
+                     "memory": memory, "weight_collectives": _hold_stats(model), "startup": {"main_entered_at": getattr(args, "main_entered_at", None), **watch.seconds}})
         try:
             write_json(args.json, data)
         except OSError as exc:
@@ -124,6 +124,13 @@ def _run_instance(args, results, t0: float) -> int:
         err(res.message or "verification failed")
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _hold_stats(model) -> dict:
+    """Rank 0's weight collectives and the searches' held layers (placements/hold.py); {} in
+    one process or without sharded-at-rest weights."""
+    stats = getattr(model.layout, "hold_stats", None)
+    return stats() if stats is not None else {}
 
 
 def _memory_report_or_warn(model, lead: bool) -> dict:

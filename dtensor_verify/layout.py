@@ -166,6 +166,12 @@ class Layout:
         return x
 
     @contextmanager
+    def search_weights(self):
+        """Context of one search (an alpha- / beta-CROWN optimisation loop): a layout may keep
+        weights it gathers per step gathered for its duration instead (every rank enters it)."""
+        yield
+
+    @contextmanager
     def network_function(self):
         """Context of an attack (many forward passes of the network): a layout may hold gathered
         weights for its duration instead of gathering them for every pass."""

@@ -21,6 +21,7 @@ from torch.distributed.tensor import DTensor, Partial, Shard
 from dtensor_verify.layout import Layout, RowSplit, Sweep
 from dtensor_verify.memory import tag
 
+from . import hold
 from .rowjoin import chunk_bounds
 from .styles import STYLES, PlacementStyle
 
@@ -73,13 +74,18 @@ class ShardedRows(RowSplit):
         return dt.full_tensor(grad_placements=[Partial()] if differentiable else None)
 
 
-class PlacedLayout(Layout):
-    # An attack evaluates the network thousands of times; gathering each layer per call is then
-    # mostly collective latency. Up to this many bytes of such weights (the whole model, per
-    # rank), `network_function` gathers them once for the attack instead; larger models keep
-    # gathering (or streaming) layer by layer, so an attack never holds more than a bound step.
-    GATHER_ONCE_BYTES = 256 * 2**20
+class _Holding:
+    """What the layout holds gathered now, shared by its views (`domain_batches` copies the
+    layout: a layer held for the search must read as held through every copy)."""
 
+    def __init__(self):
+        self.names = frozenset()
+        self.bytes = 0
+        self.budget = None               # the shard group's budget, agreed at the first search
+        self.choices = []                # HoldChoice of each outermost search (the JSON's stats)
+
+
+class PlacedLayout(Layout):
     def __init__(self, graph, topology, layer_styles: dict, zone_styles: dict, row_styles: dict,
                  for_domains: bool = False):
         self.graph = graph
@@ -92,8 +98,13 @@ class PlacedLayout(Layout):
         self.zone_styles = zone_styles       # node -> style laying out A / bounds / slopes there
         self.row_styles = row_styles         # start node -> style deciding a bound's row split
         self.for_domains = for_domains       # branch and bound: rows of a bound are never split
-        self.held = frozenset()              # layers gathered for a whole attack
+        self._holding = _Holding()           # layers gathered for a whole search (placements/hold.py)
         self._gather_orders = {}
+
+    @property
+    def held(self) -> frozenset:
+        """Layers gathered for the search running now: their steps use the whole weight as is."""
+        return self._holding.names
 
     def style(self, node) -> PlacementStyle:
         return self.layer_styles.get(node.name, REPLICATE)
@@ -118,7 +129,8 @@ class PlacedLayout(Layout):
             self._gather_orders[key] = tuple(
                 n.name for n in reversed(self.graph.nodes)
                 if n.name in ancestors and n.name in self.layer_styles and self.style(n).gathers_in_step(n))
-        return self._gather_orders[key]
+        held = self.held
+        return tuple(n for n in self._gather_orders[key] if n not in held) if held else self._gather_orders[key]
 
     @contextmanager
     def sweep(self, start_name: str):
@@ -147,31 +159,71 @@ class PlacedLayout(Layout):
         dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.topology.shard_group)
         return bool(t.item())
 
+    # -- weights held for a search (placements/hold.py) ---------------------------------------
+    @contextmanager
+    def holding(self):
+        """Hold the layers `hold.choose` picks (of those not held already) gathered for this
+        context; yields the `HoldChoice`. Every rank of the shard group enters at the same point
+        (the gathers are collectives, issued in graph order); the release is local."""
+        state = self._holding
+        sizes = [(n.name, hold.layer_bytes(n.op.module)) for n in self.graph.layers()
+                 if n.name not in state.names and self.style(n).gathers_at_rest]
+        if not sizes:                            # replicate / tp, or everything held already
+            yield hold.choose(sizes, 0)
+            return
+        if state.budget is None:
+            state.budget = self._agreed_budget()
+        choice = hold.choose(sizes, state.budget - state.bytes)
+        if not state.names:
+            state.choices = [*state.choices[-7:], choice]
+        outer, gathered = (state.names, state.bytes), []
+        try:
+            with tag("weights"):
+                for name in choice.layers:
+                    self.style(self.graph[name]).gather(self.graph[name])
+                    gathered.append(name)
+                    hold.count("hold")
+            state.names, state.bytes = state.names | frozenset(choice.layers), state.bytes + choice.held_bytes
+            yield choice
+        finally:
+            state.names, state.bytes = outer
+            for name in gathered:
+                self.style(self.graph[name]).release(self.graph[name])
+
+    def _agreed_budget(self) -> int:
+        budget = hold.hold_budget(self.device)
+        if self.world_size > 1 and self.topology.shard_group is not None:
+            t = torch.tensor([budget], dtype=torch.int64, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.topology.shard_group)
+            budget = int(t.item())
+        return budget
+
+    @contextmanager
+    def search_weights(self):
+        with self.holding():
+            yield
+
     @contextmanager
     def network_function(self):
-        layers = [n for n in self.graph.layers() if self.style(n).gathers_at_rest]
-        full_bytes = sum(p.numel() * p.element_size() for n in layers for p in n.op.module.parameters())
-        if self.held or not layers or full_bytes > self.GATHER_ONCE_BYTES:
+        # An attack evaluates the network thousands of times: each layer gathered per call would
+        # be mostly collective latency.
+        with self.holding():
             yield
-            return
-        with tag("weights"):
-            for n in layers:                      # the same order on every rank: collectives
-                self.style(n).gather(n)
-        self.held = frozenset(n.name for n in layers)
-        try:
-            yield
-        finally:
-            self.held = frozenset()
-            for n in layers:
-                self.style(n).release(n)
 
     @contextmanager
     def domain_batches(self):
         # Branch and bound gives each rank its own domains (or, with tp, the same ones): the
-        # rows of a bound stay whole on the rank that bounds them.
+        # rows of a bound stay whole on the rank that bounds them. Its weights are held for the
+        # whole search where they fit the budget (every rank of the shard group starts it).
         view = copy.copy(self)
         view.for_domains = True
-        yield view
+        with self.holding():
+            yield view
+
+    def hold_stats(self) -> dict:
+        """Weight collectives of this rank so far and the searches' hold choices (JSON)."""
+        return {**hold.gather_counts(), "searches": [c.as_dict() for c in self._holding.choices],
+                "budget_bytes": self._holding.budget}
 
     @property
     def splits_domains(self) -> bool:

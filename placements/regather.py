@@ -6,6 +6,8 @@ from torch.distributed.tensor import DTensor
 
 from dtensor_verify.memory import tag
 
+from .hold import count
+
 
 class RegatherSavedWeights(torch.autograd.graph.saved_tensors_hooks):
     """Let autograd save an FSDP layer's weight without keeping it unsharded.
@@ -16,7 +18,7 @@ class RegatherSavedWeights(torch.autograd.graph.saved_tensors_hooks):
     which is what FSDP itself does around a layer's backward.
     """
 
-    def __init__(self, module):
+    def __init__(self, module, is_held=lambda: False):
         params = {name: p for name, p in module.named_parameters(recurse=False)}
         ptrs = {}
         for name, p in params.items():
@@ -39,8 +41,11 @@ class RegatherSavedWeights(torch.autograd.graph.saved_tensors_hooks):
             if isinstance(packed, torch.Tensor):
                 return packed
             mod, name, shape, stride, offset = packed
+            if is_held():              # gathered for a whole search now (placements/hold.py): as is
+                return getattr(mod, name).detach().clone().as_strided(shape, stride, offset)
             with tag("weights"):
                 mod.unshard()
+            count("regather")
             try:
                 with tag("weights"):
                     full = getattr(mod, name).detach().clone()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time to verdict of branch and bound, one process vs `--mesh 2x1` (CPU gloo), side by side in one run.
 
-    scripts/bench_bab_scaling.py --out OUT [--timeout 30] [--repeats 1] [--jobs 1]
+    scripts/bench_bab_scaling.py --out OUT [--timeout 30] [--repeats 1] [--jobs 1] [--pin]
                                  [--bench-root DIR] [INSTANCE ...]
 
 The target instances of issue 21 by default (`DEFAULT`): the two mnist-net_256x4 properties that need
@@ -19,6 +19,11 @@ seconds; domains (ReLU) or sub-boxes (input) bounded by all workers and their ra
 bound. Ratios are 2x1 / one process (medians over repeats). The targets of issue 21: time to verdict
 at 2x1 <= 0.65x where the one-process run spends >= 5 s in branch and bound; sub-boxes per second
 >= 1.7x for input splitting.
+
+`--pin`: `taskset` each run to its own cores (job j: one process on core 2j, the dp run on cores
+2j and 2j+1). CPU seconds (`cpu_seconds` of the JSON: rank 0's process time over the pipeline's clock
+and over branch and bound) are reported next to the wall clock: on a loaded machine, where ranks wait
+for cores, their ratio is the work a rank did, an estimate of the quiet machine's time ratio.
 
 Writes OUT/bab_scaling_runs.csv (every run), OUT/bab_scaling.csv (per instance, medians),
 OUT/bab_scaling.md (the tables and the conditions: cores, load, torch, commit) and prints the tables.
@@ -74,7 +79,8 @@ def instance_name(inst) -> str:
     return f"{_stem(onnx)} {_stem(vnnlib)} ({split})"
 
 
-def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, device: str = "cpu") -> dict:
+def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, device: str = "cpu",
+            cores: list[int] | None = None) -> dict:
     """One `dtensor-verify run` of the instance on `procs` processes; its numbers from the JSON."""
     family, onnx, vnnlib, split = inst
     res, js = out / f"{tag}.txt", out / f"{tag}.json"
@@ -92,6 +98,8 @@ def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, d
     else:
         cmd = [sys.executable, "-m", "dtensor_verify.launch", "--standalone", "--nproc-per-node", str(procs),
                "-m", "dtensor_verify", "--threads", "1", *args, "--mesh", f"{procs}x1"]
+    if cores:
+        cmd = ["taskset", "-c", ",".join(str(c) for c in cores[:procs]), *cmd]
     t = time.perf_counter()
     with open(out / f"{tag}.log", "w") as log:
         subprocess.run(cmd, env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, timeout=3 * timeout + 120)
@@ -114,15 +122,24 @@ def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, d
             "pre_bab_seconds": secs - bab_s, "alpha_seconds": bounds.get("alpha-crown", {}).get("seconds", 0.0),
             "domains": n, "rate": n / bab_s if bab_s else 0.0, "rounds": bab.get("rounds", 0),
             "sync_seconds": bab.get("phases", {}).get("sync", 0.0), "note": note,
+            "cpu_seconds": data.get("cpu_seconds") or float("nan"), "bab_cpu_seconds": bab.get("cpu_seconds", 0.0),
             "workers": bab.get("workers", "")}
+
+
+def pinned_cores(job: int, procs: int) -> list[int]:
+    """The cores of job `job` (of those this process may use): `procs` of them, job 0 first."""
+    usable = sorted(os.sched_getaffinity(0))
+    start = (job * procs) % max(1, len(usable))
+    return [usable[(start + k) % len(usable)] for k in range(procs)]
 
 
 def run_instance(root: Path, inst, i: int, args) -> list[dict]:
     rows = []
+    cores = pinned_cores(i % max(1, args.jobs), args.procs) if args.pin else None
     for rep in range(args.repeats):
         order = (1, args.procs) if rep % 2 == 0 else (args.procs, 1)
         for procs in order:
-            r = run_one(root, inst, procs, args.timeout, args.out, f"i{i}_r{rep}_p{procs}", args.device)
+            r = run_one(root, inst, procs, args.timeout, args.out, f"i{i}_r{rep}_p{procs}", args.device, cores)
             rows.append({"instance": instance_name(inst), "repeat": rep, "procs": procs, **r})
             print(f"  {instance_name(inst)} repeat {rep} procs {procs}: {r['verdict']} {r['seconds']:.2f} s "
                   f"(BaB {r['bab_seconds']:.2f} s, {r['domains']} domains)" + (f" [{r['note']}]" if r["note"] else ""),
@@ -142,7 +159,7 @@ def summarise(name: str, runs: list[dict], procs: int) -> dict:
     for tag, side in (("p1", one), (f"p{procs}", two)):
         row[f"{tag}_verdicts"] = "/".join(r["verdict"] for r in side)
         for key in ("seconds", "wall", "bab_seconds", "pre_bab_seconds", "alpha_seconds", "domains", "rate",
-                    "rounds", "sync_seconds"):
+                    "rounds", "sync_seconds", "cpu_seconds", "bab_cpu_seconds"):
             row[f"{tag}_{key}"] = median_of(side, key)
 
     def ratio(key):
@@ -150,7 +167,8 @@ def summarise(name: str, runs: list[dict], procs: int) -> dict:
         return b / a if a else float("nan")
 
     row.update(time_ratio=ratio("seconds"), wall_ratio=ratio("wall"), pre_bab_ratio=ratio("pre_bab_seconds"),
-               bab_ratio=ratio("bab_seconds"), rate_ratio=ratio("rate"))
+               bab_ratio=ratio("bab_seconds"), rate_ratio=ratio("rate"), cpu_ratio=ratio("cpu_seconds"),
+               bab_cpu_ratio=ratio("bab_cpu_seconds"))
     return row
 
 
@@ -182,6 +200,13 @@ def tables(rows: list[dict], procs: int) -> list[str]:
             f"{r['p1_alpha_seconds']:.2f} / {r[p + '_alpha_seconds']:.2f} | {r['bab_ratio']:.2f} | "
             f"{r['p1_rate']:.0f} / {r[p + '_rate']:.0f} | {r['rate_ratio']:.2f} | "
             f"{r['p1_rounds']:.0f} / {r[p + '_rounds']:.0f} | {r[p + '_sync_seconds']:.2f} |")
+    lines += ["", f"CPU seconds of rank 0 (process time; the work done, without waiting for cores):", "",
+              f"| instance | to verdict 1 / {procs}x1 | ratio | in BaB 1 / {procs}x1 | ratio | domains 1 / {procs}x1 |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['instance']} | {r['p1_cpu_seconds']:.2f} / {r[p + '_cpu_seconds']:.2f} | "
+                     f"{r['cpu_ratio']:.2f} | {r['p1_bab_cpu_seconds']:.2f} / {r[p + '_bab_cpu_seconds']:.2f} | "
+                     f"{r['bab_cpu_ratio']:.2f} | {r['p1_domains']:.0f} / {r[p + '_domains']:.0f} |")
     lines.append("")
     for r in rows:
         if r["p1_bab_seconds"] < MIN_BAB_SECONDS:
@@ -213,6 +238,7 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=1, help="instances run at once (each takes up to 3 cores)")
     p.add_argument("--procs", type=int, default=2, help="ranks of the dp run (--mesh PROCSx1)")
     p.add_argument("--device", default="cpu", help="dtensor-verify's --device (default cpu: CPU gloo, also on a GPU host)")
+    p.add_argument("--pin", action="store_true", help="taskset each run: 1 core for one process, PROCS for the dp run")
     p.add_argument("instances", nargs="*", default=DEFAULT)
     args = p.parse_args()
     root = args.bench_root or default_bench_root()

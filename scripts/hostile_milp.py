@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 SIZES = [(2, (8, 8)), (3, (10, 10)), (4, (12, 12, 12)), (5, (16, 16)), (3, (20,))]
 FIELDS = ["seed", "size", "expected", "gap", "milp_seconds", "runner", "attack", "verdict", "correct",
           "seconds", "startup_s", "launch_s", "imports_s", "load_s", "plan_s", "verify_s", "bab_domains",
-          "exact_lp_domains", "message"]
+          "exact_lp_domains", "all_gathers", "broadcasts", "message"]
 
 
 def make(seed: int, family: str = "random", floor: float = 1e-5):
@@ -122,10 +122,12 @@ def startup_columns(report: Path, launched: float) -> dict:
                 "plan_s": up["plan"], "verify_s": up["verify"]}
         cols["startup_s"] = cols["launch_s"] + up["imports"] + up["load"] + up["property"] + up["plan"]
         bab = data.get("bounds", {}).get("bab", {}) if isinstance(data.get("bounds"), dict) else {}
+        weights = data.get("weight_collectives") or {}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     return {**{k: round(v, 3) for k, v in cols.items()}, "bab_domains": bab.get("domains_visited", ""),
-            "exact_lp_domains": (bab.get("exact_lp") or {}).get("domains", "")}
+            "exact_lp_domains": (bab.get("exact_lp") or {}).get("domains", ""),
+            "all_gathers": weights.get("all_gathers", ""), "broadcasts": weights.get("broadcast", "")}
 
 
 def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], folder: Path, log=print,
@@ -182,11 +184,14 @@ def summary(rows: list[dict]) -> list[list]:
         fast = [r for r in judged if float(r["milp_seconds"]) < 1.0]
         secs = [float(r["seconds"]) for r in rs]
         ups = [float(r["startup_s"]) for r in rs if r.get("startup_s") not in (None, "")]
+        verify = [float(r["verify_s"]) for r in rs if r.get("verify_s") not in (None, "")]
+        gathers = [int(r["all_gathers"]) for r in rs if r.get("all_gathers") not in (None, "")]
         table.append([runner, len(rs), len(judged), sum(r["correct"] == "yes" for r in judged),
                       sum(r["correct"] == "WRONG" for r in rs),
                       sum(r["verdict"] in ("unknown", "timeout") for r in fast), len(fast),
                       sum(r["verdict"] == "error" for r in rs), _stat(statistics.median, secs), _stat(max, secs),
-                      _stat(statistics.median, ups), _stat(max, ups)])
+                      _stat(statistics.median, ups), _stat(max, ups), _stat(statistics.median, verify),
+                      _stat(max, verify), sum(gathers) if gathers else "", max(gathers) if gathers else ""])
     return table
 
 
@@ -195,7 +200,8 @@ def _stat(fn, values: list[float]) -> str:
 
 
 HEADER = ["runner", "runs", "with MILP answer", "correct", "wrong", "unknown/timeout (MILP < 1 s)",
-          "MILP < 1 s", "error", "median s", "max s", "median start-up s", "max start-up s"]
+          "MILP < 1 s", "error", "median s", "max s", "median start-up s", "max start-up s", "median verify s",
+          "max verify s", "weight all-gathers (sum)", "weight all-gathers (max)"]
 
 
 def conditions(args, argv, seconds: float, load_before) -> str:
@@ -204,10 +210,16 @@ def conditions(args, argv, seconds: float, load_before) -> str:
 
     cmd = " ".join(["scripts/hostile_milp.py", *(sys.argv[1:] if argv is None else argv)])
     return (f"`{cmd}`: {os.cpu_count()} CPUs, torch {torch.__version__}, device cpu, one torch thread a process "
-            f"(torchrun: P = 2, gloo; {args.jobs} run(s) at once), limit {args.timeout:g} s a run; load average "
+            f"(torchrun: P = 2, gloo; {args.jobs} run(s) at once; {_hold_words(os.environ.get('DTENSOR_VERIFY_HOLD_BYTES'))}), limit {args.timeout:g} s a run; load average "
             f"{'/'.join(f'{x:.1f}' for x in load_before)} before, "
             f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())} after; {seconds:.0f} s in all. "
             f"Start-up: launcher start to rank 0's verification start (its `run --json`).")
+
+
+def _hold_words(hold_bytes: str | None) -> str:
+    if hold_bytes is None:
+        return "weights held for a search within the default budget (placements/hold.py)"
+    return f"DTENSOR_VERIFY_HOLD_BYTES={hold_bytes}" + (" (per-step gathers)" if hold_bytes.strip() == "0" else "")
 
 
 def markdown(table) -> str:
@@ -239,7 +251,13 @@ def main(argv=None) -> int:
                          "phase pattern (default: bab/exact.py's MAX_ENUMERATED; 0: off)")
     ap.add_argument("--split", choices=["auto", "relu", "input"], default=None,
                     help="branch and bound's split kind in this process (default: the verifier's)")
+    ap.add_argument("--hold-bytes", type=int, default=None, metavar="B",
+                    help="torchrun runs: hold at most B bytes of fsdp / spec weights gathered for a search "
+                         "(DTENSOR_VERIFY_HOLD_BYTES; 0: gather per step, the behaviour before; default: "
+                         "placements/hold.py's budget)")
     args = ap.parse_args(argv)
+    if args.hold_bytes is not None:
+        os.environ["DTENSOR_VERIFY_HOLD_BYTES"] = str(args.hold_bytes)     # the ranks inherit it
     if args.max_enumerated is not None:
         from dtensor_verify.bab import exact
         exact.MAX_ENUMERATED = args.max_enumerated

@@ -16,7 +16,8 @@ _SPEC.loader.exec_module(bbs)
 def _run(procs, seconds, bab, domains, verdict="unsat", alpha=1.0):  # noqa: D103
     return {"procs": procs, "verdict": verdict, "seconds": seconds, "wall": seconds + 3, "bab_seconds": bab,
             "pre_bab_seconds": seconds - bab, "alpha_seconds": alpha, "domains": domains,
-            "rate": domains / bab if bab else 0.0, "rounds": 10, "sync_seconds": 0.1, "note": ""}
+                        "rate": domains / bab if bab else 0.0, "rounds": 10, "sync_seconds": 0.1, "note": "",
+            "cpu_seconds": seconds * 0.9, "bab_cpu_seconds": bab * 0.9}
 
 
 def test_instances_parse_and_default_set_names_the_targets():
@@ -74,3 +75,29 @@ def test_a_run_keeps_the_callers_python_path_and_reports_why_it_failed(tmp_path,
     monkeypatch.setattr(bbs.subprocess, "run", watchdog)
     r = bbs.run_one(tmp_path, inst, 2, 30.0, tmp_path, "t2")
     assert (r["verdict"], r["seconds"]) == ("timeout", 30.0)
+
+
+def test_pinned_runs_get_their_own_cores_and_report_cpu_seconds(tmp_path, monkeypatch):
+    """--pin: the run starts under taskset on its job's cores; the CPU seconds of the JSON (rank 0's
+    process time, the pipeline's and branch and bound's) reach the row and the CPU table."""
+    seen = {}
+
+    def fake_run(cmd, env, cwd, stdout, stderr, timeout):
+        seen["cmd"] = cmd
+        js = Path(cmd[cmd.index("--json") + 1])
+        js.write_text('{"verdict": "unsat", "seconds": 9.0, "cpu_seconds": 8.5, '
+                      '"bounds": {"bab": {"seconds": 6.0, "cpu_seconds": 5.5, "domains_visited": 60}}}')
+
+    monkeypatch.setattr(bbs.subprocess, "run", fake_run)
+    monkeypatch.setattr(bbs.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    inst = ("mnist_fc", "onnx/m.onnx.gz", "vnnlib/p.vnnlib.gz", "relu")
+    assert bbs.pinned_cores(1, 2) == [2, 3] and bbs.pinned_cores(2, 2) == [0, 1]
+    r = bbs.run_one(tmp_path, inst, 2, 30.0, tmp_path, "t3", cores=[2, 3])
+    assert seen["cmd"][:3] == ["taskset", "-c", "2,3"]
+    assert (r["cpu_seconds"], r["bab_cpu_seconds"]) == (8.5, 5.5)
+    r1 = bbs.run_one(tmp_path, inst, 1, 30.0, tmp_path, "t4", cores=[2, 3])
+    assert seen["cmd"][:3] == ["taskset", "-c", "2"]
+    runs = [{**r1, "procs": 1, "cpu_seconds": 17.0, "bab_cpu_seconds": 11.0}, {**r, "procs": 2}]
+    row = bbs.summarise("m p (relu)", runs, 2)
+    assert row["cpu_ratio"] == pytest.approx(0.5) and row["bab_cpu_ratio"] == pytest.approx(0.5)
+    assert "| m p (relu) | 17.00 / 8.50 | 0.50 | 11.00 / 5.50 | 0.50 |" in "\n".join(bbs.tables([row], 2))

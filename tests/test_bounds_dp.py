@@ -49,8 +49,12 @@ def _model(plan=None, mesh=None):
     return model
 
 
-def _on_ranks(rank, world, text):
+def _on_ranks(rank, world, text, rows_min=None):
+    from dtensor_verify.verify import bounds_dp
+
     torch.set_num_threads(1)
+    if rows_min is not None:
+        bounds_dp.ROWS_MIN_NEURONS = rows_min       # this rank's process only
     model = _model("replicate", "2x1")
     return [_decide(model, text, bab=False), _decide(model, text, bab=True)]
 
@@ -193,14 +197,16 @@ def test_rows_split_over_dp_give_one_process_bounds(tmp_path, world):
             assert counts and set(counts.values()) == {key[1]}, counts
 
 
-def test_mesh_2x1_one_box_rows_split_verdict_and_bounds_of_one_process(tmp_path):
-    """One region: the bound stage splits rows (not regions) over the 2 ranks; bounds, alpha-CROWN's
-    steps, and the verdict after branch and bound are one process's."""
+@pytest.mark.parametrize("rows_min", [0, None], ids=["rows-split", "whole-on-every-rank"])
+def test_mesh_2x1_one_box_rows_split_verdict_and_bounds_of_one_process(tmp_path, rows_min):
+    """One region: the bound stage splits rows (not regions) over the 2 ranks (`rows_min` 0), or, on
+    this small network by default, every rank computes each bound whole; bounds, alpha-CROWN's steps,
+    and the verdict after branch and bound are one process's."""
     low, _ = _thresholds()
     text = _one_box_prop(low)
     ref = [_decide(_model(), text, bab=False), _decide(_model(), text, bab=True)]
     assert ref[1][0] == "unsat" and ref[1][1] == "bab", ref
-    res = run_distributed(_on_ranks, 2, tmp_path, text, timeout_s=240, start_method=START)
+    res = run_distributed(_on_ranks, 2, tmp_path, text, rows_min, timeout_s=240, start_method=START)
     for rank_rows in res:
         for (verdict, by, lowers, its), (rverdict, rby, rlowers, rits) in zip(rank_rows, ref):
             assert (verdict, by) == (rverdict, rby)
@@ -208,3 +214,24 @@ def test_mesh_2x1_one_box_rows_split_verdict_and_bounds_of_one_process(tmp_path)
             for lo, rlo in zip(lowers, rlowers):
                 assert lo == pytest.approx(rlo, rel=1e-4, abs=1e-5)
             assert its == rits and len(its) == 1, (its, rits)     # one batch: the box, on every rank
+
+
+def test_small_networks_bound_whole_on_every_rank():
+    """Below ROWS_MIN_NEURONS neurons feeding activations a one-box bound is not split by rows."""
+    from dtensor_verify.verify import bounds_dp
+
+    topo = SimpleNamespace(dp=2, dp_rank=1, dp_group=None)
+    small = _model()
+    layout = bounds_dp.rows_layout(small, topo)
+    assert isinstance(layout, bounds_dp.DpWholeLayout) and not layout.splits_rows
+    assert layout.rows("x", 7).mine == slice(0, 7) and layout.total(2.5) == 2.5
+    assert layout.world_size == 2                 # decisions still taken together
+    big = bounds_dp.rows_layout(SimpleNamespace(graph=_big_graph(), layout=small.layout), topo)
+    assert type(big) is bounds_dp.DpRowsLayout and big.rows("x", 7).mine == slice(4, 7)
+
+
+def _big_graph():
+    import dtensor_verify as dv
+
+    net = random_mlp([4, 4096, 2], seed=0)[0]
+    return dv.load(net, input_shape=(4,)).graph

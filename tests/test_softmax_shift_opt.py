@@ -98,3 +98,18 @@ def test_gates_chosen_per_row(closed):
     lower = best_of_gates(graph, params, run)
     assert lower.tolist() == [[1.5 if closed else 1.0, 2.0]]
     assert params["s"][0, 0, :, 0].tolist() == [0.0 if closed else 1.0, 1.0]
+
+
+def test_gate_search_never_looser(one_thread, monkeypatch):
+    """alpha-CROWN's final line search over the gates (SEARCH_SHIFT) keeps the best bound: never
+    looser than without it, per row, and still sound (sampled + PGD points, check_network)."""
+    model = dv.load(_SoftRelu().eval(), (3,))
+    lo, hi = -torch.ones(2, 3) * 0.6, torch.ones(2, 3) * 0.6
+    lo[1] += 0.3
+    opts = dv.AlphaOptions(iterations=4)
+    monkeypatch.setattr(softmax_sum, "SEARCH_SHIFT", False)
+    off = model.compute_bounds(lo, hi, "alpha-crown", alpha_options=opts)
+    monkeypatch.setattr(softmax_sum, "SEARCH_SHIFT", True)
+    on = model.compute_bounds(lo, hi, "alpha-crown", alpha_options=opts)
+    assert (on.lower >= off.lower - 1e-6).all() and (on.upper <= off.upper + 1e-6).all()
+    check_network(_SoftRelu().eval(), (3,), seeds=(2,), width=0.5, alpha_iters=4)

@@ -54,15 +54,20 @@ def with_boxes(problem, roots: Domains) -> Domains:
     return roots
 
 
-def refreshed(problem, kids: Domains, lockstep: bool) -> dict:
+def refreshed(problem, kids: Domains, lockstep: bool = False) -> dict:
     """Each child's intermediate bounds: CROWN on its own box intersected with what it inherited
-    (both hold on the child's region). Ranks that share bounding steps (`lockstep`) sweep every
-    neuron, stable or not, so that they run the same collectives whatever their domains."""
+    (both hold on the child's region), for every neuron, stable or not. So a child's bounds do not
+    depend on the rest of its batch: sweeping only the neurons unstable in *some* box of the batch
+    (`skip_stable`) kept their CROWN bounds in boxes where IBP already proved them stable, which
+    tightened the IBP of the layers after them, so one process and two dp workers (half batches)
+    bounded the same sub-box differently and grew other trees (docs/bab_scaling/dp_s4). Ranks
+    that share bounding steps need this too (the same collectives whatever their domains); `lockstep`
+    is kept for the callers."""
     if not kids.bounds:
         return kids.bounds
     with torch.no_grad():
         fresh, _ = intermediate_bounds(problem.graph, kids.box, problem.layout,
-                                       CrownOptions(skip_stable=not lockstep))
+                                       CrownOptions(skip_stable=False))
     out = {}
     for name, (lo, up) in kids.bounds.items():
         new_lo, new_up = fresh[name]
@@ -75,14 +80,16 @@ def _objective(problem, pair):
     return lambda y: margin(spec_rows(C, y), d, mask)         # y [R, n, n_out] -> [R, n]
 
 
-def attack_boxes(problem, domains: Domains, opts, confirm, lockstep: bool, restarts: int = 4, steps: int = 10):
-    """Short PGD inside the `opts.pgd_points` open sub-boxes with the smallest margins (lower
-    bound closest to a violation). Returns what `confirm` confirmed, or None."""
+def attack_boxes(problem, domains: Domains, points: int, confirm, lockstep: bool, restarts: int = 4,
+                 steps: int = 10):
+    """Short PGD inside the `points` open sub-boxes with the smallest margins (lower bound closest
+    to a violation; the solver gives each dp worker its share of `BabOptions.pgd_points`). Returns
+    what `confirm` confirmed, or None."""
     n = len(domains)
     if n == 0 and not lockstep:
         return None
     margins = problem.margins(domains.lower, domains.pair)
-    pick = torch.topk(margins, min(opts.pgd_points, n), largest=False).indices
+    pick = torch.topk(margins, min(points, n), largest=False).indices
     lo, hi = (t[pick] for t in problem.box_of(domains))
     pair = domains.pair[pick]
     seed = int(domains.depth.sum()) if n else 0

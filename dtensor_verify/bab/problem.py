@@ -66,6 +66,7 @@ class BabProblem:
 class BabStats:
     """One worker's counts (domains bounded, proved, ...) and the agreed state of the last sync."""
     t0: float = field(default_factory=time.perf_counter)
+    cpu0: float = field(default_factory=time.process_time)     # this process's CPU seconds at the start
     rounds: int = 0
     bounded: int = 0                   # children bounded (domains visited)
     proved: int = 0                    # children proved
@@ -87,11 +88,18 @@ class BabStats:
     reason: str | None = None          # why the search stopped short of a verdict
     split: str = "relu"                # the kind of split: 'relu' | 'input'
     ended: float | None = None         # perf_counter when the search ended
+    cpu_ended: float | None = None     # process_time when the search ended
     exact_lp: dict | None = None       # leaf domains decided by the exact LP (bab/exact.py)
 
     @property
     def seconds(self) -> float:
         return (self.ended if self.ended is not None else time.perf_counter()) - self.t0
+
+    @property
+    def cpu_seconds(self) -> float:
+        """This process's CPU seconds in the search (all its threads): on a loaded machine, where
+        ranks wait for cores, the work a rank did (`seconds` counts the waiting too)."""
+        return (self.cpu_ended if self.cpu_ended is not None else time.process_time()) - self.cpu0
 
     def as_dict(self) -> dict:
         """The JSON form (`VerifyResult.bounds['bab']`)."""
@@ -99,7 +107,7 @@ class BabStats:
         out = {"rounds": self.rounds, "domains_visited": self.bounded, "domains_proved": self.proved,
                "open_domains": self.open_domains, "max_depth": self.max_depth,
                "batch_size": max(self.batch_sizes) if self.batch_sizes else 0,
-               "beta_iterations": self.iterations, "seconds": seconds,
+               "beta_iterations": self.iterations, "seconds": seconds, "cpu_seconds": self.cpu_seconds,
                "domains_per_second": self.bounded / seconds if seconds > 0 else 0.0,
                "phases": dict(self.phases), "global_margin": self.global_margin,
                "domains_visited_all_workers": self.visited_all, "memory_retries": self.memory_retries,

@@ -89,6 +89,9 @@ class BabSolver:
         self.seeds = None                       # the most promising open domains' vertices, their pairs
         self.log = log or (lambda msg: None)
         self.comm = comm or LocalComm()
+        # PGD seeds per worker: the workers share one process's number (the attacks are spread, not
+        # repeated: each worker's share of the most promising domains)
+        self.pgd_points = max(1, -(-opts.pgd_points // self.comm.workers))
         self.lockstep = problem.layout.world_size > 1
         self.store = DomainStore()
         self.stats = BabStats()
@@ -102,6 +105,7 @@ class BabSolver:
         self.batch = auto_batch_size(problem, opts, problem.d.device, free_memory_bytes, self.mode)
         self.max_open = opts.max_domains or 0   # set from memory when solving starts
         self._late = False                      # a round stored its domains unbranched (out of time)
+        self.loops = 0                          # rounds of the search: the same count on every worker
         self._round_seconds = 0.0               # input splitting: the last round (its sweeps can't stop early)
         self._child_seconds, self._room = None, None   # ... its seconds per child; children this round
         self.branching = opts.input_branching if self.mode == "input" else mixed(opts.branching, problem)
@@ -167,7 +171,7 @@ class BabSolver:
         with torch.no_grad():
             y = p.forward(x)
         worst = margin(spec_rows(p.C[domains.pair], y), d, mask)
-        best = torch.topk(worst, min(self.opts.pgd_points, n), largest=False).indices
+        best = torch.topk(worst, min(self.pgd_points, n), largest=False).indices
         self.seeds = (x[best].detach(), domains.pair[best])
         hits = (worst <= 0).nonzero().flatten()
         if hits.numel() == 0:
@@ -195,8 +199,8 @@ class BabSolver:
             self.counterexample = self.counterexample or found or None
             # Under lockstep every rank takes the PGD step (its forward passes are collectives).
             if self.mode == "input" and (self.lockstep or not self.found) \
-                    and self.stats.rounds % self.opts.input_attack_every == 0:
-                found = input_bab.attack_boxes(p, rest, self.opts, self.confirm, self.lockstep)
+                    and self.loops % self.opts.input_attack_every == 0:
+                found = input_bab.attack_boxes(p, rest, self.pgd_points, self.confirm, self.lockstep)
                 self.counterexample = self.counterexample or found or None
         if self.found and not self.lockstep:
             return
@@ -337,6 +341,7 @@ class BabSolver:
                 if done is not None:
                     return done
                 loops += 1
+                self.loops = loops      # (stats.rounds counts this worker's rounds with domains only)
                 with PhaseTimer(self.stats, "sync"):
                     self.comm.rebalance(self.store, self.batch)
                 self.round()
@@ -380,7 +385,7 @@ class BabSolver:
 
     def _result(self, status: str, why: str | None = None) -> BabResult:
         st = self.stats
-        st.ended = time.perf_counter()
+        st.ended, st.cpu_ended = time.perf_counter(), time.process_time()
         st.open_domains, st.exhausted, st.batch_per_worker = len(self.store), self.exhausted, self.batch
         st.open_domain_limit, st.workers, st.reason = self.max_open, self.comm.workers, why
         if self.exact is not None:

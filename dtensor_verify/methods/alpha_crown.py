@@ -23,7 +23,7 @@ import torch
 from .. import deadline
 from ..layout import DEFAULT_LAYOUT, Layout
 from ..memory import tag
-from ..ops.softmax_sum import best_of_shifts
+from ..ops.softmax_sum import best_of_shifts, search_gates, searchable, split_gates
 from .alpha_budget import crown_max_rows, plan_starts
 from .optimize import ParamGroup, maximise
 from .crown import (CrownOptions, _feeds_general_op, default_spec, intermediate_bounds, node_bound_rows,
@@ -182,10 +182,12 @@ class _Run:
     def optimise(self, alphas, rows, iterations, on_step, first=0):
         """Adam on the slopes of `alphas` (the output's and those of `rows`' nodes) for at most
         `iterations` steps; returns the steps run."""
-        params = [a for start, per_start in alphas.items() if start == self.graph.output_name or start in rows
-                  for a in per_start.values()]
+        named = [(r, a) for start, per_start in alphas.items() if start == self.graph.output_name or start in rows
+                 for r, a in per_start.items()]
+        gates, params, gate_lr, rule = split_gates(self.graph, named, self.opts.lr)   # (softmax_sum.py)
+        groups = [ParamGroup(params, self.opts.lr, 0.0, 1.0), ParamGroup(gates, gate_lr, 0.0, 1.0, rule)]
         step = _until_deadline(on_step, first)
-        return maximise([ParamGroup(params, self.opts.lr, 0.0, 1.0)], lambda it: self.evaluate(alphas, rows),
+        return maximise(groups, lambda it: self.evaluate(alphas, rows),
                         lambda state: self.keep_best(state, rows), iterations, self.layout, self.opts.patience,
                         self.opts.tol, step)
 
@@ -290,8 +292,13 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
         with tag("alphas"):
             alphas.update(init_alphas(graph, bounds, {name: len(r) for name, r in joint.items()}, layout, run.shared))
         steps += run.optimise(alphas, joint, opts.iterations, on_step, first=steps)
+    best = run.best
+    # the shift's line search (ops/softmax_sum.py), after one more clock check (on_step may raise)
+    out_alphas = alphas[graph.output_name]
+    if searchable(graph, out_alphas) and not run.all_proved() and not (on_step is not None and on_step(steps, None)):
+        best["lo"], best["up"] = search_gates(graph, out_alphas, lambda: output_bound(
+            graph, best["bounds"], C, layout, out_alphas, want_lower, want_upper, gather=False), best["lo"], best["up"])
     split = layout.rows(graph.output_name, C.shape[1])
     gather = (lambda t: None if t is None else split.gather(t))
-    best = run.best
     return AlphaResult(gather(best["lo"]), gather(best["up"]), gather(crown_lo), gather(crown_up), steps,
                        best["bounds"], alphas, graph.output_name)

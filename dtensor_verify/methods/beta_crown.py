@@ -20,7 +20,7 @@ import torch
 from ..layout import DEFAULT_LAYOUT, Layout
 from ..margin import margin
 from ..memory import tag
-from ..ops.softmax_sum import best_of_gates
+from ..ops.softmax_sum import best_of_gates, split_gates
 from .crown import output_bound
 from .optimize import ParamGroup, maximise
 
@@ -116,7 +116,8 @@ def beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout: Layo
 
     iterations = 0
     if not layout.all_true(proved_all(best_lower)):
-        groups = [ParamGroup(list(alpha_p.values()), opts.lr_alpha, 0.0, 1.0),
+        gates, slopes, gate_lr, rule = split_gates(graph, list(alpha_p.items()), opts.lr_alpha)   # (softmax_sum.py)
+        groups = [ParamGroup(slopes, opts.lr_alpha, 0.0, 1.0), ParamGroup(gates, gate_lr, 0.0, 1.0, rule),
                   ParamGroup(list(beta_p.values()), opts.lr_beta, 0.0, None)]
         iterations = maximise(groups, evaluate, keep_best, opts.iterations, layout, opts.patience, opts.tol,
                               on_step)

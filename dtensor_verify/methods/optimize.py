@@ -12,19 +12,39 @@ import torch
 
 from ..memory import tag
 from .adam import Adam
+from .sign_steps import SignSteps
 
 
 @dataclass
 class ParamGroup:
-    """Tensors sharing a learning rate and a projection `[low, high]` (None: unbounded side)."""
+    """Tensors sharing a learning rate and a projection `[low, high]` (None: unbounded side).
+    `rule`: "adam", or "sign" (methods/sign_steps.py: piecewise-linear objectives; lr = the
+    largest step)."""
     params: list
     lr: float
     low: float | None = None
     high: float | None = None
+    rule: str = "adam"
 
     def project_(self):
         for p in self.params:
             p.clamp_(self.low, self.high)
+
+
+class _Optimizers:
+    """Adam on the "adam" groups and sign steps on the "sign" groups, as one optimiser."""
+
+    def __init__(self, adam_groups, sign_groups):
+        self.parts = ([Adam([(g.params, g.lr) for g in adam_groups])] if adam_groups else []) + \
+            ([SignSteps([(g.params, g.lr) for g in sign_groups])] if sign_groups else [])
+
+    def zero_grad(self):
+        for part in self.parts:
+            part.zero_grad()
+
+    def step(self):
+        for part in self.parts:
+            part.step()
 
 
 def maximise(groups: list[ParamGroup], evaluate, keep_best, iterations: int, layout,
@@ -43,7 +63,12 @@ def maximise(groups: list[ParamGroup], evaluate, keep_best, iterations: int, lay
     if not groups or iterations <= 0:
         return 0
     # not torch.optim.Adam: that imports torch._dynamo (seconds of start-up; methods/adam.py)
-    optimizer = Adam([(g.params, g.lr) for g in groups])
+    optimizer = _Optimizers([g for g in groups if g.rule == "adam"], [g for g in groups if g.rule == "sign"])
+    with layout.search_weights():     # a placed layout may hold its weights gathered for the loop
+        return _steps(optimizer, groups, evaluate, keep_best, iterations, layout, patience, tol, on_step)
+
+
+def _steps(optimizer, groups, evaluate, keep_best, iterations, layout, patience, tol, on_step) -> int:
     history = []
     steps = 0
     for it in range(iterations):

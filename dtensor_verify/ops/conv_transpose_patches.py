@@ -9,6 +9,16 @@ floor((top + p - d (K - 1)) / s): aligned with the stride, at or before the wind
 the window and the reach of every input up to i_hi; the stride-s convolution of the canvas (no
 padding) is then the row's window on x, from i_lo. Inputs off x's grid are masked to 0 (the invariant of `ops/patches.py`).
 Exact: the canvas holds every coefficient of the row, the rest of it is 0.
+
+Many rows, small windows (a generator's first layers: 18892 rows of 2x2 windows of a 6x6 map, in a
+canvas of 6x6): the canvas of every row would be as large as the dense A-matrix. A row's canvas
+offset (window top minus canvas top) is one of `stride` values per axis, so the rows fall in
+`sh * sw` phases, and within a phase the step is one linear map of the window's `C kh kw`
+coefficients: a basis (the canvas convolution of the identity, `C kh kw` rows) and one matmul
+per phase, without canvases. The step takes whichever form holds fewer elements. The same
+matmul keeps the step on patches where the input windows cover the whole input grid (the last
+generator layer before a 2x2 map): the sweep then makes them dense at the input grid, not at
+the (larger) output grid as the dense rule would.
 """
 from __future__ import annotations
 
@@ -34,18 +44,55 @@ def _axis(start: torch.Tensor, size: int, s: int, p: int, d: int, k: int):
 
 
 def transposed_conv_step(module, in_shape, A: Patches) -> Patches | None:
-    """J^T A for `module` (an nn.ConvTranspose2d) on patches, or None where the input windows
-    would be no smaller than the dense input grid."""
+    """J^T A for `module` (an nn.ConvTranspose2d) on patches, or None where the dense rule holds
+    fewer elements (the input windows are no smaller than the input grid, and the result as
+    patches would be larger than the dense A-matrix the dense rule starts from)."""
     (sh, sw), (ph, pw), (dh, dw) = module.stride, module.padding, module.dilation
     w = module.weight.detach().to(A.P.device, A.P.dtype)
     kh_w, kw_w = w.shape[-2:]
-    (kh, kw), (_, H, W) = A.window, in_shape
+    (kh, kw), (_, H, W), (C, H_out, W_out) = A.window, in_shape, A.shape
     top, canvas_h, n_h = _axis(A.top, kh, sh, ph, dh, kh_w)
     left, canvas_w, n_w = _axis(A.left, kw, sw, pw, dw, kw_w)
-    if n_h * n_w >= H * W:
+    B, K = A.P.shape[:2]
+    if n_h * n_w >= H * W and w.shape[0] * n_h * n_w >= C * H_out * W_out:
         return None
-    canvas = A.embed(top * sh - ph, left * sw - pw, canvas_h, canvas_w).P
-    B, K, C = canvas.shape[:3]
-    back = F.conv2d(canvas.reshape(B * K, C, canvas_h, canvas_w), w, None, (sh, sw), 0, (dh, dw), module.groups)
-    out = Patches(back.reshape(B, K, *back.shape[1:]), top, left, tuple(in_shape))
-    return out.with_P(out.P * out.inside())
+    # Phases: a basis and a copy of A.P beside the result; canvases: every row's canvas.
+    by_phases = C * kh * kw * w.shape[0] * n_h * n_w + A.P.numel()
+    if n_h * n_w >= H * W or by_phases < B * K * C * canvas_h * canvas_w:
+        P = _by_phases(module, w, A, top * sh - ph, left * sw - pw, (canvas_h, canvas_w), (n_h, n_w))
+    else:
+        canvas = A.embed(top * sh - ph, left * sw - pw, canvas_h, canvas_w).P
+        back = F.conv2d(canvas.reshape(B * K, C, canvas_h, canvas_w), w, None, (sh, sw), 0, (dh, dw), module.groups)
+        P = back.reshape(B, K, *back.shape[1:])
+    out = Patches(P, top, left, tuple(in_shape))
+    return out.with_P(out.P.mul_(out.inside()))
+
+
+def _phase_basis(module, w, C, kh, kw, oh, ow, canvas, like):
+    """[C kh kw, C_in n_h n_w]: the step of a window at offset (oh, ow) of its canvas, one row per
+    window coefficient (the canvas convolution of the identity)."""
+    M = C * kh * kw
+    grid = like.new_zeros(M, C, *canvas)
+    grid[:, :, oh:oh + kh, ow:ow + kw] = torch.eye(M, dtype=like.dtype, device=like.device).reshape(M, C, kh, kw)
+    return F.conv2d(grid, w, None, module.stride, 0, module.dilation, module.groups).reshape(M, -1)
+
+
+def _by_phases(module, w, A: Patches, canvas_top, canvas_left, canvas, n_in):
+    """[B, K, C_in, n_h, n_w]: each phase's rows (same window offset in the canvas) times that
+    phase's basis. One phase (stride 1): a single matmul, no copy of the rows."""
+    B, K, C, kh, kw = A.P.shape
+    off_h, off_w = A.top - canvas_top, A.left - canvas_left
+    phase = off_h * (kw + canvas[1]) + off_w
+    flat = A.P.reshape(B, K, C * kh * kw)
+    keys = torch.unique(phase).tolist()
+    if len(keys) == 1:
+        basis = _phase_basis(module, w, C, kh, kw, int(off_h[0]), int(off_w[0]), canvas, A.P)
+        return (flat @ basis).reshape(B, K, w.shape[0], *n_in)
+    out = A.P.new_zeros(B, K, w.shape[0], *n_in)
+    for key in keys:
+        rows = (phase == key).nonzero().squeeze(1)
+        i = int(rows[0])
+        basis = _phase_basis(module, w, C, kh, kw, int(off_h[i]), int(off_w[i]), canvas, A.P)
+        part = flat.index_select(1, rows) @ basis
+        out.index_copy_(1, rows, part.reshape(B, len(rows), *out.shape[2:]))
+    return out

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .layernorm import layernorm_unit, rewrite_layernorm_chain
+from .layernorm_product import product_node
 from .linear_map import LinearMapOp
 from .registry import register
 from .softmax_sum import softmax_sum_one
@@ -190,7 +191,7 @@ def _rewrite_layernorm(gm, node, perturbed):
         c = g.call_function(operator.sub, (x, mu))
         v = g.call_function(torch.mean, (g.call_function(torch.square, (c,)), dims), {"keepdim": True})
         r = g.call_function(torch.rsqrt, (g.call_function(operator.add, (v, float(eps))),))
-        y = g.call_function(operator.mul, (c, r))
+        y = product_node(g, c, r, dims, eps) if LAYERNORM_UNIT else g.call_function(operator.mul, (c, r))
         if LAYERNORM_UNIT:
             y = g.call_function(layernorm_unit, (y, dims))
         if w is not None:

@@ -76,18 +76,38 @@ class ElementwiseAffineOp(BoundOp):
         return BackwardResult([(step(lA), step(uA))], bias(lA), bias(uA))
 
 
+    def _per_channel(self):
+        """(scale [C], shift [C]) where both are constant over each channel's [H, W] grid, else
+        None (computed once per constant tensor)."""
+        cached = getattr(self, "_channels", None)
+        if cached is None or cached[0] is not self.scale:
+            s, b = self.scale, self.shift
+            same = s.dim() == 3 and all(torch.equal(t, t[:, :1, :1].expand_as(t)) for t in (s, b))
+            cached = (s, (s[:, 0, 0].clone(), b[:, 0, 0].clone()) if same else None)
+            self._channels = cached
+        return cached[1]
+
     def backward_patches(self, lA, uA, input_bounds, params=None):
         """The step on patches: the windows of `scale` / `shift` (elementwise case only)."""
         if not self.caps.elementwise or len(self.out_shape) != 3:
             return None
         ref = lA if lA is not None else uA
-        scale, shift = ref.gather(self.scale.unsqueeze(0)), ref.gather(self.shift.unsqueeze(0))
+        channels = self._per_channel()
+        if channels is not None:
+            # Constant over each channel's grid (BatchNorm): window entries off the grid are 0
+            # (the patches invariant), so scale's windows are its channel values and the bias is
+            # the window sums times shift, [B, K, C] @ [C]: no A-sized window of scale / shift.
+            scale, shift = channels[0].view(-1, 1, 1), None
+        else:
+            scale, shift = ref.gather(self.scale.unsqueeze(0)), ref.gather(self.shift.unsqueeze(0))
 
         def step(A):
             return None if A is None else A.with_P(A.P * scale)
 
         def bias(A):
-            return 0.0 if A is None else per_row_sum(A.P * shift)
+            if A is None:
+                return 0.0
+            return A.P.sum((-2, -1)) @ channels[1] if shift is None else per_row_sum(A.P * shift)
 
         new_l, lb = step(lA), bias(lA)
         if uA is lA:

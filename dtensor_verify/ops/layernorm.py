@@ -32,6 +32,7 @@ import operator
 
 import torch
 
+from .layernorm_product import product_node
 from .registry import register
 from .softmax_sum import GroupShiftOp
 
@@ -118,7 +119,7 @@ def _binary(gm, node, kind):
 
 
 def _match(gm, node):
-    """(centred node c, sqrt's input t, dims, the square node) when `node` is c / sqrt(mean(c^2, dims) + eps) with
+    """(centred node c, sqrt's input t, dims, the square node, eps) when `node` is c / sqrt(mean(c^2, dims) + eps) with
     c = x - mean(x, dims), else None."""
     if not _binary(gm, node, "div"):
         return None
@@ -138,7 +139,7 @@ def _match(gm, node):
     mean = _mean_dims(gm, mu, rank) if isinstance(mu, torch.fx.Node) else None
     if mean is None or mean[0] is not x or mean[1] != var[1] or list(var[1]) != list(range(var[1][0], rank)):
         return None
-    return c, t, var[1], var[0]
+    return c, t, var[1], var[0], eps
 
 
 def rewrite_layernorm_chain(gm, node, perturbed) -> bool:
@@ -146,7 +147,7 @@ def rewrite_layernorm_chain(gm, node, perturbed) -> bool:
     found = _match(gm, node)
     if found is None:
         return False
-    c, t, dims, square = found
+    c, t, dims, square, eps = found
     if c.name not in perturbed:
         return False
     g = gm.graph
@@ -156,7 +157,7 @@ def rewrite_layernorm_chain(gm, node, perturbed) -> bool:
         g.erase_node(square)
     with g.inserting_before(node):
         r = g.call_function(torch.rsqrt, (t,))
-        y = g.call_function(layernorm_unit, (g.call_function(operator.mul, (c, r)), dims))
+        y = g.call_function(layernorm_unit, (product_node(g, c, r, dims, eps), dims))
     node.replace_all_uses_with(y)
     g.erase_node(node)
     return True

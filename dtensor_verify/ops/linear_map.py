@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
-from .patches import Patches
+from .patches import Patches, window_dot
 from .conv_transpose_patches import transposed_conv_step
 from .window_maps import probe_shift
 
@@ -129,7 +129,7 @@ class LinearMapOp(BoundOp):
         def bias(A):
             if A is None or self.offset is None:
                 return 0.0
-            return per_row_sum(A.P * A.gather(self.offset.unsqueeze(0)))
+            return window_dot(A, self.offset)
 
         new_l = step(lA)
         new_u = new_l if uA is lA else step(uA)
@@ -150,7 +150,7 @@ class LinearMapOp(BoundOp):
         def bias(A):
             if A is None or self.offset is None:
                 return 0.0
-            return per_row_sum(A.P * A.gather(self.offset.unsqueeze(0)))
+            return window_dot(A, self.offset)
 
         lb = bias(lA)
         return BackwardResult([(new_l, new_u)], lb, lb if uA is lA else bias(uA))

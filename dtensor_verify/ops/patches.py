@@ -126,10 +126,12 @@ class Patches:
         # Positions off the grid hold 0 (the invariant): they are added, harmlessly, to a clamped
         # position; on the grid each row's positions are distinct, so the sum is the value.
         pos = h.clamp(0, H - 1).unsqueeze(2) * W + w.clamp(0, W - 1).unsqueeze(1)   # [K, kh, kw]
-        k = torch.arange(K, device=dev).view(K, 1, 1).expand_as(pos)
+        k = torch.arange(K, device=dev).view(K, 1).expand(K, kw).reshape(-1)
         view = out.view(B, K, C, H * W).permute(1, 3, 0, 2)                # [K, HW, B, C]
-        values = self.P.expand(B, -1, -1, -1, -1).permute(1, 3, 4, 0, 2).reshape(-1, B, C)
-        view.index_put_((k.reshape(-1), pos.reshape(-1)), values, accumulate=True)
+        P = self.P.expand(B, -1, -1, -1, -1)
+        for i in range(kh):             # one window row at a time: its copy is 1/kh of the windows
+            values = P[:, :, :, i, :].permute(1, 3, 0, 2).reshape(-1, B, C)
+            view.index_put_((k, pos[:, i, :].reshape(-1)), values, accumulate=True)
         return out
 
     # -- arithmetic the sweep and the placement styles need -------------------------------------
@@ -196,6 +198,15 @@ def _common_windows(a: Patches, b: Patches) -> Patches | None:
     joined = a.embed(top, left, kh, kw)
     joined.P = joined.P + b.embed(top, left, kh, kw).P
     return joined
+
+
+def window_dot(A: Patches, t: torch.Tensor) -> torch.Tensor:
+    """[B, K]: each row's window of A times the node-shaped constant `t` [C, H, W], summed. A `t`
+    constant over each channel's grid (a conv's bias, BatchNorm's shift) needs no window of it:
+    entries off the grid are 0 (the invariant), so the sum is the window sums @ t's channels."""
+    if t.dim() == 3 and torch.equal(t, t[:, :1, :1].expand_as(t)):
+        return A.P.sum((-2, -1)) @ t[:, 0, 0].to(A.P.dtype)
+    return (A.P * A.gather(t.unsqueeze(0))).flatten(2).sum(-1)
 
 
 def dense(A):

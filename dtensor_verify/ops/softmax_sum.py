@@ -20,10 +20,14 @@ The shift is a parameter of alpha-/beta-CROWN (`has_alpha`): one gate `g` in [0,
 and side, `lam = g * m`, starting at g = 1 (the median); g = 0 is the plain identity step, so both
 are points of the family. `best_of_shifts` (CROWN) and `best_of_gates` (beta-CROWN's start) keep
 the tighter of the shifted and the plain bound per row. With `OPTIMISE_SHIFT` the gates are
-optimised with the slopes; by default they stay where they start, as the gradient did not help
-(docs/SOFTMAX.md). A free position `lam = m + s`, also tried, made alpha-CROWN looser still: the
-bound is concave and piecewise linear in lam with its kinks at the coefficients, so Adam's
-fixed-size steps oscillate around the optimum.
+optimised with the slopes, by sign steps (`SHIFT_RULE`, methods/sign_steps.py: a per-gate
+bisection towards the kink) or by Adam; by default they stay where they start during the
+iterations, and alpha-CROWN ends with a line search over one gate per row on the output sweep
+(`search_gates`, `SEARCH_SHIFT`): for fixed slopes a row's bound is concave in that gate, the best
+bound seen is kept, so it is never looser than the held gates (docs/SOFTMAX.md). A free position
+`lam = m + s`, also tried, made alpha-CROWN looser still: the bound is concave and piecewise
+linear in lam with its kinks at the coefficients, so Adam's fixed-size steps oscillate around the
+optimum.
 """
 from __future__ import annotations
 
@@ -34,11 +38,28 @@ import torch
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 from .registry import register
 
-# True: alpha-CROWN / beta-CROWN optimise the shift's gates by gradient. False (the default): the
-# gates stay where they start (1 in alpha-CROWN: the weighted median; per row the better of shifted
-# and plain at beta-CROWN's start). Measured, the gradient did not help: ViT pgd_2_3_16, 10
-# iterations, mean width 1.355 held vs 1.389 optimised (docs/SOFTMAX.md; scripts/bench_softmax.py).
+# True: alpha-CROWN / beta-CROWN optimise the shift's gates during their iterations (SHIFT_RULE).
+# False (the default): the gates stay where they start (1 in alpha-CROWN: the weighted median; per
+# row the better of shifted and plain at beta-CROWN's start), and alpha-CROWN ends with a line
+# search over them (SEARCH_SHIFT). Measured (docs/SOFTMAX.md; scripts/bench_softmax.py), ViT
+# pgd_2_3_16, 10 iterations, mean width: held 1.35677, Adam 1.389 (an earlier run), sign steps
+# 1.35683, held + the line search 1.34217.
 OPTIMISE_SHIFT = False
+# How optimised gates move: "sign" (methods/sign_steps.py: per-gate steps of at most GATE_STEP,
+# halved when the gradient's sign turns, i.e. a bisection towards the kink) or "adam" (with the
+# slopes' learning rate: the first scheme measured).
+SHIFT_RULE = "sign"
+GATE_STEP = 0.5
+
+
+def split_gates(graph, named, lr: float):
+    """(gates, others, gate_lr, rule) of `named` ((node name, parameter) pairs): the group-shift
+    ops' gates apart when they are optimised (OPTIMISE_SHIFT), with their step size and rule."""
+    if not OPTIMISE_SHIFT:
+        return [], [p for _, p in named], lr, "adam"
+    gates = [p for r, p in named if isinstance(graph[r].op, GroupShiftOp)]
+    others = [p for r, p in named if not isinstance(graph[r].op, GroupShiftOp)]
+    return gates, others, (GATE_STEP if SHIFT_RULE == "sign" else lr), SHIFT_RULE
 
 
 def softmax_sum_one(y, dim: int):
@@ -218,6 +239,62 @@ def best_of_gates(graph, params: dict, run):
             keep = better.reshape(*better.shape, *([1] * (saved[r].dim() - 3))).unsqueeze(1)
             params[r].copy_(torch.where(keep, params[r], saved[r]))
     return torch.maximum(lower, plain)
+
+
+# alpha-CROWN ends with a line search over one gate per row (all its groups' gates alike) on the
+# output sweep with the final slopes (`search_gates`): never looser (the best bound is kept).
+SEARCH_SHIFT = True
+SEARCH_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def searchable(graph, params: dict) -> bool:
+    """Are there gates in `params` for `search_gates` (plain tensors, the search on)?"""
+    names = [r for r in params if isinstance(graph[r].op, GroupShiftOp)]
+    return SEARCH_SHIFT and bool(names) and not any(hasattr(params[r], "placements") for r in names)
+
+
+def search_gates(graph, params: dict, run, lower, upper):
+    """A line search over the shift's gates per row: `run()` gives (lower, upper) [B, K] of the
+    output sweep with `params` (node -> [2, B, K, *S], a group-shift op's [0] / [1] the lA / uA
+    side's gates). For fixed slopes each row's bound is concave in a common gate g (lam = g m), so
+    a grid over [0, 1] and two probes beside its best point bracket the maximum (every rank runs
+    the same probes on its own rows). The gates of the
+    best point per row and side are left in `params`; returns the tighter of it and (lower, upper)."""
+    if not searchable(graph, params):           # (gates as DTensors: not searched, on every rank)
+        return lower, upper
+    names = [r for r in params if isinstance(graph[r].op, GroupShiftOp)]
+
+    def set_gates(g_lo, g_up):
+        with torch.no_grad():
+            for r in names:
+                shape = (g_lo.shape[0], g_lo.shape[1]) + (1,) * (params[r].dim() - 3)
+                params[r][0].copy_(g_lo.reshape(shape).expand_as(params[r][0]))
+                params[r][1].copy_(g_up.reshape(shape).expand_as(params[r][1]))
+
+    def probe(g_lo, g_up):
+        set_gates(g_lo, g_up)
+        with torch.no_grad():
+            return run()
+
+    ref = lower if lower is not None else upper
+    best = [ref.new_full(ref.shape, -1.0), ref.new_full(ref.shape, -1.0)]      # the gates, per side
+    vals = [lower, None if upper is None else -upper]
+    step = SEARCH_GRID[1] - SEARCH_GRID[0]
+    points = [(ref.new_full(ref.shape, g), ref.new_full(ref.shape, g)) for g in SEARCH_GRID]
+    for it in range(2):
+        for g_lo, g_up in points:
+            lo, up = probe(g_lo, g_up)
+            for side, (new, g) in enumerate(((lo, g_lo), (None if up is None else -up, g_up))):
+                if new is None:
+                    continue
+                better = new > vals[side] if vals[side] is not None else torch.ones_like(new, dtype=torch.bool)
+                vals[side] = new if vals[side] is None else torch.maximum(vals[side], new)
+                best[side] = torch.where(better, g, best[side])
+        step /= 2
+        centre = [torch.where(b < 0, torch.ones_like(b), b) for b in best]
+        points = [tuple((c + d * step).clamp(0.0, 1.0) for c in centre) for d in (-1.0, 1.0)]
+    set_gates(*(torch.where(b < 0, torch.ones_like(b), b) for b in best))     # the best gates stay
+    return vals[0], None if vals[1] is None else -vals[1]
 
 
 register("softmax_sum_one", ("Softmax",), lambda c: c.is_function(softmax_sum_one) and c.n_pert == 1,

@@ -178,8 +178,9 @@ def bound_pairs(inst: Instance, method: str, open_idx, batching: str, alpha_opti
     if topo is None:
         return _bound_share(inst, method, groups, alpha_options, max_batch, guide, max_rows_total)
     if method != "ibp" and bounds_dp.by_rows(groups, topo):
-        # Fewer boxes than ranks: every rank takes every box, each its slice of every bound's rows.
-        layout = bounds_dp.DpRowsLayout(inst.model.layout, topo)
+        # Fewer boxes than ranks: every rank takes every box, each its slice of every bound's rows
+        # (a small network: every rank the whole of each bound; the clock decides over dp).
+        layout = bounds_dp.rows_layout(inst.model, topo)
         return _bound_share(inst, method, groups, alpha_options, max_batch, guide, max_rows_total,
                             layout=layout, clock=bounds_dp.rows_clock(inst.clock, layout))
     share = bounds_dp.run_share(lambda: _bound_share(inst, method, bounds_dp.my_share(groups, topo),
@@ -232,7 +233,7 @@ def _bound_chunk(inst: Instance, method: str, chunk, opts, guide: bool, layout, 
                      on_step=lambda it, score: clock.check(), stop_above=stop_above, crown_bounds=given)
     if method == "crown":
         crown_reuse.keep(inst, batch.regions, res.intermediate, layout)
-    if layout is not model.layout and res.output_alphas:
+    if getattr(layout, "splits_rows", False) and res.output_alphas:
         res.output_alphas = bounds_dp.gather_rows_dim2(layout.topo, res.output_alphas)
     if res.iterations is not None:
         out.iterations.append(res.iterations)

@@ -22,6 +22,13 @@ rows; alpha-CROWN's loss is the sum of every rank's rows, its gradient reaches e
 through the gather's backward (a sum over ranks), and the early stop is decided on the summed
 score (`Layout.total`), so the bounds are one process's up to the order of float sums.
 
+Small networks (`whole_on_every_rank`, below `ROWS_MIN_NEURONS` neurons feeding activations) do
+not split rows: on the lent 16-core host (docs/bab_scaling/dp_s4/README.md) the split alpha-CROWN
+took longer on 2 ranks than on one (mnist-net_256x4, 1024 neurons: 3.66 vs 3.34 s and 4.22 vs
+3.59 s; acasxu, 300 neurons: 0.41-0.52 vs 0.20-0.23 s): a step's per-op cost does not halve with
+its rows, and every step adds gathers. There every rank computes the whole bound itself (the same
+computation on the same inputs: one process's bounds, bit for bit), deciding time-outs together.
+
 Only meshes of shard degree 1: there a rank's layout bounds whole rows on its own. With a shard
 group (DxS, S > 1) every rank of it would have to take the same share and a member of each
 group speak for it; that case keeps the whole stage on every rank.
@@ -109,6 +116,16 @@ def by_rows(groups: list, topo) -> bool:
     return 0 < len(groups) < topo.dp
 
 
+# Neurons feeding activations (all layers) below which a bound's rows are not split over dp.
+ROWS_MIN_NEURONS = 4096
+
+
+def whole_on_every_rank(graph) -> bool:
+    """Fewer boxes than ranks on a small network: every rank computes each bound whole (splitting
+    its rows costs more in gathers and per-op overhead than it saves; see the module docstring)."""
+    return sum(graph[n].numel for n in graph.preactivation_nodes()) < ROWS_MIN_NEURONS
+
+
 def _chunk(n: int, parts: int, k: int) -> tuple[int, int]:
     """Part k's [start, stop) of n rows split like torch.chunk (the shard styles' split)."""
     size = -(-n // parts) if n else 0
@@ -167,6 +184,7 @@ class DpRows(RowSplit):
 class DpRowsLayout(Layout):
     """The model's layout (shard degree 1: weights whole on this rank) with the rows of every bound
     split over the dp group; everything else is the model's layout's."""
+    splits_rows = True
 
     def __init__(self, base, topo):
         self.base, self.topo = base, topo
@@ -211,12 +229,34 @@ class DpRowsLayout(Layout):
     def network_function(self):
         return self.base.network_function()
 
+    def search_weights(self):
+        return self.base.search_weights()
+
     def domain_batches(self):
         return self.base.domain_batches()
 
     @property
     def splits_domains(self) -> bool:
         return self.base.splits_domains
+
+
+class DpWholeLayout(DpRowsLayout):
+    """Every rank bounds every row itself (`whole_on_every_rank`); the ranks still decide together
+    (time-outs, early stops, which layers alpha-CROWN optimises: the same on every rank, as under
+    `DpRowsLayout`), and each rank's score is already the whole one."""
+    splits_rows = False
+
+    def rows(self, start_name: str, n_rows: int) -> RowSplit:
+        return self.base.rows(start_name, n_rows)
+
+    def total(self, x: float) -> float:
+        return x
+
+
+def rows_layout(model, topo) -> DpRowsLayout:
+    """The layout of a bound stage with fewer boxes than dp ranks."""
+    cls = DpWholeLayout if whole_on_every_rank(model.graph) else DpRowsLayout
+    return cls(model.layout, topo)
 
 
 def gather_rows_dim2(topo, alphas: dict) -> dict:

@@ -30,11 +30,15 @@ class Clock:
     def __init__(self, timeout: float, layout):
         self.timeout = float(timeout)
         self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
         self.deadline = self.t0 + max(float(timeout), 0.0)
         self.layout = layout
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
+
+    def cpu_elapsed(self) -> float:
+        return time.process_time() - self.cpu0
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()

@@ -119,5 +119,6 @@ def _finish(res: VerifyResult, decision: Decision, clock: Clock, say) -> VerifyR
     if decision.message is not None:
         res.message = decision.message
     res.seconds = clock.elapsed()
+    res.cpu_seconds = clock.cpu_elapsed()
     say(f"verdict: {res.verdict} ({res.seconds:.2f} s)" + (f": {res.message}" if res.message else ""))
     return res

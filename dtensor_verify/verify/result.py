@@ -46,6 +46,8 @@ class VerifyResult:
     message: str | None = None                      # for 'error' / 'timeout'
     traceback: str | None = None                    # for unexpected (non-user) errors
     confirmed_by: str | None = None                 # 'onnxruntime' (or 'torch' without ONNX)
+    cpu_seconds: float | None = None                # this process's CPU seconds over `seconds` (a loaded
+                                                    # machine: the work done, without waiting for cores)
 
     def as_dict(self):
         out = {k: v for k, v in self.__dict__.items() if k not in ("counterexample", "details")}

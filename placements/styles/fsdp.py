@@ -6,6 +6,9 @@ weight and the op runs on it unchanged. With `prefetch`, a step inside a sweep s
 all-gather of the layer the sweep gathers next (`unshard(async_op=True)`) so it overlaps this
 step's compute; one more gathered layer per rank. Every rank runs the same sweeps over the same
 graph, so the collectives are issued in the same order.
+
+A layer the layout holds for a whole search (`placements/hold.py`: an optimisation loop, branch
+and bound, an attack; within a memory budget) is used as it is: no gather, no regather hooks.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch
 from dtensor_verify.layout import local_weights
 from dtensor_verify.memory import tag, track_existing
 
+from .. import hold
 from ..regather import RegatherSavedWeights
 from .base import PlacementStyle
 
@@ -50,7 +54,7 @@ class FsdpStyle(PlacementStyle):
 
     @contextmanager
     def weights(self, node, ctx, sweep=None):
-        if node.name in ctx.held:                 # gathered for a whole attack (network_function)
+        if node.name in ctx.held:                 # gathered for a whole search (placements/hold.py)
             yield local_weights(node.op)
             return
         module = node.op.module
@@ -60,13 +64,15 @@ class FsdpStyle(PlacementStyle):
                 handle.wait()
             else:
                 module.unshard()
+                hold.count("step")
         for p in module.parameters(recurse=False):
             track_existing(p, "weights")
         if sweep is not None and self.prefetch:
             _prefetch_after(node, ctx, sweep)
         try:
             # alpha-CROWN's autograd saves the weights: re-gather them when its backward needs them.
-            with RegatherSavedWeights(module) if torch.is_grad_enabled() else nullcontext():
+            hooks = RegatherSavedWeights(module, lambda: node.name in ctx.held)
+            with hooks if torch.is_grad_enabled() else nullcontext():
                 yield local_weights(node.op)
         finally:
             module.reshard()
@@ -83,3 +89,4 @@ def _prefetch_after(node, ctx, sweep) -> None:
         return
     with tag("weights"):
         sweep.prefetched[order[i]] = ctx.graph[order[i]].op.module.unshard(async_op=True)
+    hold.count("prefetch")

@@ -5,6 +5,8 @@ Without autograd (IBP, CROWN, alpha-CROWN's CROWN start, the attack's last step)
 `sums_over_weight_rows` is never gathered whole: its steps fetch the weight one rank's Shard(0)
 rows at a time (broadcast from that rank) and sum (backward) or fill the output slice (IBP,
 forward). With autograd the layer is gathered like fsdp (its regather hooks work on whole layers).
+A layer held for a whole search (`placements/hold.py`) is used whole, never streamed: the same
+weight, summed as one process sums it.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dtensor_verify.layout import StepWeights
 from dtensor_verify.memory import tag
 from dtensor_verify.ops.patches import Patches
 
+from .. import hold
 from ..rowjoin import RowJoin, add_results, add_rows_into, chunk_bounds, n_rows_of, narrow_columns, narrow_rows
 from .fsdp import FsdpStyle
 
@@ -75,6 +78,7 @@ def over_weight_shards(node, ctx, use) -> None:
             # Outside the tag: the meter counts writes under "weights" as new memory (FSDP's
             # refills), and the owner's shard is already counted as resident.
             dist.broadcast(t, src=dist.get_global_rank(group, k), group=group)
+            hold.count("broadcast")
             shard[name] = t
         use(start, stop, shard)
         del shard

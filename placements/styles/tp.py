@@ -107,6 +107,9 @@ class RowSlicedWeights(StepWeights):
     # Partial, which keeps the per-rank peak near 1/P of one process's (1: 0.79x at P = 2 once
     # the ReLU step no longer set one process's peak).
     ROW_SLICES_PER_RANK = 16
+    # Slice under autograd too (alpha / beta steps)? Off: measured in docs/memory/tp_slices/
+    # (scripts/bench_memory_tp_slices.py), which sets it to time the alternative.
+    SLICE_WITH_AUTOGRAD = False
 
     def __init__(self, op, params, ctx):
         super().__init__(op, params)
@@ -117,7 +120,7 @@ class RowSlicedWeights(StepWeights):
 
     def backward(self, step, lA, uA):
         n_rows = n_rows_of(lA, uA)
-        if n_rows < 2 or torch.is_grad_enabled():
+        if n_rows < 2 or (torch.is_grad_enabled() and not self.SLICE_WITH_AUTOGRAD):
             # Under autograd (alpha / beta steps) every slice's collectives are kept for the
             # backward pass: slicing would cost ROW_SLICES_PER_RANK x the reduce-scatters per step
             # (tp branch and bound timed out) for little memory.

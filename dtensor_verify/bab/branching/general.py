@@ -91,9 +91,11 @@ def general_scores(domains, lA, ctx) -> list[torch.Tensor]:
     return out
 
 
-def _candidates(domains, lA, ctx, k: int):
-    """(values [n, k], decisions [n, k, 2]) of the top-k splits over ReLU and general neurons."""
-    scores = intercept_scores(domains, lA, ctx) + general_scores(domains, lA, ctx)
+def _candidates(domains, lA, ctx, k: int, per_node: bool = False):
+    """(values [n, k'], decisions [n, k', 2]) of the top-k splits over ReLU and general neurons;
+    `per_node`: and the best neuron of every general node besides (`_node_bests`)."""
+    relu_scores, general = intercept_scores(domains, lA, ctx), general_scores(domains, lA, ctx)
+    scores = relu_scores + general
     n = len(domains)
     if not scores:
         empty = torch.zeros(n, 0, device=domains.pair.device)
@@ -101,7 +103,24 @@ def _candidates(domains, lA, ctx, k: int):
     values, layer, neuron = flat_choice(scores, k)
     n_relu = len(ctx.relus)
     code = torch.where(layer < n_relu, layer, code_of(layer - n_relu))
-    return values, torch.stack([code, neuron], -1)
+    decisions = torch.stack([code, neuron], -1)
+    if per_node and general:
+        extra_values, extra = _node_bests(general)
+        values, decisions = torch.cat([values, extra_values], 1), torch.cat([decisions, extra], 1)
+    return values, decisions
+
+
+def _node_bests(general: list[torch.Tensor]):
+    """(values [n, G], decisions [n, G, 2]): each general node's best-scored neuron. The top-k of
+    one ranking can all fall on one node (pensieve_big_parallel: six neurons of one branch's output
+    layer, whose cuts left the bound where the other branch kept it: the open domains doubled every
+    round with the worst one unchanged); strong branching then also tries a cut of every node."""
+    values, decisions = [], []
+    for j, s in enumerate(general):
+        v, neuron = s.max(1)
+        values.append(v)
+        decisions.append(torch.stack([torch.full_like(neuron, code_of(j)), neuron], -1))
+    return torch.stack(values, 1), torch.stack(decisions, 1)
 
 
 def mixed_sr(domains, lA, ctx) -> torch.Tensor:
@@ -118,7 +137,7 @@ def mixed_sr(domains, lA, ctx) -> torch.Tensor:
 def mixed_fsb(domains, lA, ctx) -> torch.Tensor:
     """The best of each domain's top `ctx.candidates` splits, each bounded once (as `fsb`)."""
     n = len(domains)
-    values, decisions = _candidates(domains, lA, ctx, ctx.candidates)
+    values, decisions = _candidates(domains, lA, ctx, ctx.candidates, per_node=True)
     k = values.shape[1]
     if k == 0:
         return torch.full((n, 2), NO_DECISION, dtype=torch.long, device=domains.pair.device)
@@ -129,6 +148,11 @@ def mixed_fsb(domains, lA, ctx) -> torch.Tensor:
     flat = decisions.transpose(0, 1).reshape(k * n, 2)
     kids = split(parents, flat, ctx.relus, ctx.pre_of, ctx.general, ctx.beta_of)
     # General cuts: the layers behind them are bounded again, so the score is the children's real bound.
+    # Scored without the parent's bound as a floor (`bound_once` keeps the larger): a one-sweep
+    # bound is mostly below the parent's optimised one, and the floor made every candidate tie,
+    # so the first-ranked one won whether or not it helped (pensieve_big_parallel: open domains
+    # doubled every round, the worst margin unchanged). Empty children still come back +inf.
+    kids.lower = torch.full_like(kids.lower, -torch.inf)
     lower = ctx.bound_once(kids, decision=flat.repeat(2, 1))                  # [2kn, K]
     margin = spec_margin(lower, ctx.d[kids.pair], ctx.row_mask[kids.pair])   # [2kn]
     worse = torch.minimum(margin[:k * n], margin[k * n:]).reshape(k, n)
