@@ -12,8 +12,9 @@ limit, and reports the seconds from the call to its return (`--no-attack`: witho
 stages, so that the bound stages meet the limit: on a loaded CPU the first attack alone can take
 it). `after`: this checkout; `before`: the code of `--before-src` (e.g. `git archive <base>
 dtensor_verify | tar -x -C DIR`). A run still going `--kill-after` seconds past its limit is
-killed and reported as such (its overrun at least that). `--share N` sets DTENSOR_VERIFY_SHARE_DEVICE=N (and with --device-bytes B,
-DTENSOR_VERIFY_DEVICE_BYTES=B: a GPU share emulated on a CPU).
+killed and reported as such (its overrun at least that). `--share N` sets
+DTENSOR_VERIFY_SHARE_DEVICE=N (and with --device-bytes B, DTENSOR_VERIFY_DEVICE_BYTES=B: a GPU
+share emulated on a CPU).
 Columns: verdict, seconds (call to return), over_s (seconds - limit), phases (the pipeline's
 seconds per stage, where it returned), peak RSS (MB).
 """
