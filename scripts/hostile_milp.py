@@ -97,7 +97,9 @@ def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mes
                *(["--mesh", mesh] if mesh else []), *([] if attack else ["--no-attack"])]
         # DTENSOR_VERIFY_TP_BAB=allow: the sweep checks tp's verdicts, not its speed (the plan
         # checker refuses tp for branch and bound on small CPU models: placements/bab_check.py).
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), DTENSOR_VERIFY_TP_BAB="allow")
+        # The checkout first, the caller's path kept (e.g. wheels unpacked beside the repository on a GPU host).
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, DTENSOR_VERIFY_TP_BAB="allow")
         for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
                     "DTENSOR_VERIFY_LAUNCHER"):
             env.pop(var, None)
