@@ -94,6 +94,7 @@ def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mes
         cmd = [sys.executable, "-m", "dtensor_verify.launch", "--standalone", "--nproc-per-node", str(nproc),
                "-m", "dtensor_verify", "--threads", "1", "run", "--onnx", onnx_path, "--vnnlib", spec,
                "--results", str(res), "--timeout", str(timeout), "--plan", plan, "--quiet", "--json", str(report),
+               "--device", "cpu",       # CPU gloo ranks, also on a host with fewer GPUs than ranks
                *(["--mesh", mesh] if mesh else []), *([] if attack else ["--no-attack"])]
         # DTENSOR_VERIFY_TP_BAB=allow: the sweep checks tp's verdicts, not its speed (the plan
         # checker refuses tp for branch and bound on small CPU models: placements/bab_check.py).
