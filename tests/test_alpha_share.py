@@ -35,7 +35,13 @@ def _cases():
     box = mz.random_box(shape, 0.2, seed=11, batch=2)
     block = _Block().eval()
     x0 = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1))
-    return {"mlp": (mlp, shape, box), "attention": (block, (3, 4), (x0 - 0.25, x0 + 0.25))}
+    # A CNN: its intermediate sweeps run on patches, where shared slopes ([B, 1, C, H, W]) give
+    # each row its own window (seen as an IndexError in test_soundness's sri_resnet case when the
+    # budget chose sharing under load).
+    cnn, cshape = mz.random_cnn("basic", seed=4)
+    cbox = mz.random_box(cshape, 0.3, seed=12, batch=2)
+    return {"mlp": (mlp, shape, box), "attention": (block, (3, 4), (x0 - 0.25, x0 + 0.25)),
+            "cnn": (cnn, cshape, cbox)}
 
 
 CASES = _cases()

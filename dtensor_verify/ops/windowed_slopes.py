@@ -29,9 +29,13 @@ from .row_pieces import windows_back
 
 
 def _flat_rows(ref: Patches, t: torch.Tensor | None, B: int) -> torch.Tensor | None:
-    """A per-row tensor [B', K, C, H, W] as each row's window, [B * K, 1, C, kh, kw]."""
+    """A per-row tensor [B', K, C, H, W] as each row's window, [B * K, 1, C, kh, kw]. Slopes shared
+    by the rows (`share_alphas`: [B', 1, C, H, W]) are one per neuron: each row takes its window."""
     if t is None:
         return None
+    if t.shape[1] == 1 and ref.P.shape[1] != 1:
+        flat = _flat_node(ref, t[:, 0], B)
+        return flat.reshape(flat.shape[0], 1, *flat.shape[1:])
     win = ref.gather_rows(t)
     _, K, C, kh, kw = win.shape
     return win.expand(B, -1, -1, -1, -1).reshape(B * K, 1, C, kh, kw)
