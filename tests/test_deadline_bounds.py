@@ -204,3 +204,26 @@ def test_cpu_sweeps_in_short_chunks_under_a_deadline(monkeypatch, one_thread):
         lo2, up2, _ = crown(c["m"].graph, c["box"])
     assert len(sweeps) > plain, (len(sweeps), plain)
     assert torch.allclose(lo1, lo2, atol=1e-5) and torch.allclose(up1, up2, atol=1e-5)
+
+
+def test_row_pieces_of_one_op_check_the_clock():
+    """One elementwise op run in row pieces (patches' windowed ReLU) checks the clock between
+    pieces: on a shared H100, TinyYOLO's first ReLU step ran for minutes past a 60 s limit."""
+    from dtensor_verify.layout import DEFAULT_LAYOUT
+    from dtensor_verify.ops.base import BackwardResult
+    from dtensor_verify.ops.row_pieces import in_row_pieces
+
+    A = torch.randn(1, 64, 8)
+    seen = []
+
+    def run(part_l, part_u):
+        seen.append(part_l.shape[1])
+        time.sleep(0.05)
+        return BackwardResult([(part_l, part_u)], torch.zeros(1, part_l.shape[1]), torch.zeros(1, part_l.shape[1]))
+
+    whole = in_row_pieces(lambda l, u: BackwardResult([(l, u)], 0.0, 0.0), A, A, piece_elements=8)
+    assert torch.equal(whole.input_A[0][0], A)                # no deadline: every piece, as before
+    clock = _Clock(0.12)
+    with deadline.checking(clock.check, clock.left, DEFAULT_LAYOUT), pytest.raises(TimeLimitReached):
+        in_row_pieces(run, A, A, piece_elements=8)       # 64 pieces of one row
+    assert 1 <= len(seen) < 64, len(seen)

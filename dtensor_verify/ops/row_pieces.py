@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import deadline
 from .base import BackwardResult
 from .patches import Patches
 
@@ -51,6 +52,7 @@ def in_row_pieces(run, lA, uA, piece_elements: int = PIECE_ELEMENTS) -> Backward
         return run(lA, uA)
     result = None
     for r in pieces:
+        deadline.check_fine()       # one op can be minutes of pieces (TinyYOLO's first ReLU on a shared GPU)
         part_l = rows_of(lA, r)
         part = run(part_l, part_l if uA is lA else rows_of(uA, r))
         if result is None:
