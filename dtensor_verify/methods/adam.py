@@ -13,7 +13,18 @@ from __future__ import annotations
 import torch
 
 
-class Adam:
+class GroupOptimiser:
+    """Parameter groups `[(params, lr)]` and the one `zero_grad` the project's optimisers share."""
+
+    groups: list
+
+    def zero_grad(self) -> None:
+        for params, _ in self.groups:
+            for p in params:
+                p.grad = None
+
+
+class Adam(GroupOptimiser):
     """`Adam([(params, lr), ...])`: `zero_grad()` then, after `backward()`, `step()`."""
 
     def __init__(self, groups, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
@@ -23,11 +34,6 @@ class Adam:
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.state: dict[int, list] = {}      # id(param): [step, exp_avg, exp_avg_sq]
-
-    def zero_grad(self) -> None:
-        for params, _ in self.groups:
-            for p in params:
-                p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from .adam import GroupOptimiser
 
-class SignSteps:
+
+class SignSteps(GroupOptimiser):
     """`SignSteps([(params, lr), ...])`: `zero_grad()`, then after `backward()`, `step()` (descent)."""
 
     grow, shrink = 1.2, 0.5
@@ -25,11 +27,6 @@ class SignSteps:
         self.first = first
         self.state: dict[int, list] = {}      # id(param): [step sizes, previous gradient sign]
         self.steps = 0
-
-    def zero_grad(self) -> None:
-        for params, _ in self.groups:
-            for p in params:
-                p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:
