@@ -15,6 +15,7 @@ import torch
 
 from .. import deadline
 from .alpha_budget import crown_max_rows
+from .crown_rows import _feeds_general_op, rows_to_bound, scatter_rows  # noqa: F401 (re-exported)
 from ..layout import DEFAULT_LAYOUT, Layout, sweep_chunk, weight_kwargs
 from ..memory import tag
 from ..ops.patches import Patches, add_A, dense
@@ -250,21 +251,6 @@ def identity_rows(rows: torch.Tensor, shape, batch: int, dtype, device) -> torch
     return eye.reshape(1, len(rows), *shape).expand(batch, *([-1] * (1 + len(shape))))
 
 
-def _feeds_general_op(graph, name) -> bool:
-    """True when `name` feeds a nonlinear op other than ReLU: its bounds matter for every neuron,
-    not only for those that cross 0."""
-    ops = [graph[c].op for c in graph.consumers[name]]
-    return any(op.needs_input_bounds and not getattr(op, "exact_when_sign_known", False) for op in ops)
-
-
-def rows_to_bound(lower, upper, opts: CrownOptions, all_rows: bool = False) -> torch.Tensor:
-    """Flattened neuron indices that need a backward sweep (unstable under the given bounds)."""
-    if not opts.skip_stable or all_rows:
-        return torch.arange(lower.flatten(1).shape[1], device=lower.device)     # also on an empty batch
-    unstable = ((lower < 0) & (upper > 0)).flatten(1).any(0)
-    return unstable.nonzero().flatten()
-
-
 def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch, alphas_for=None):
     """CROWN bounds of the flattened neurons `rows` of node `name`, in chunks of `opts.max_rows`.
 
@@ -295,34 +281,6 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
         lo = up = box[0].new_zeros(batch, 0)
     diff = alphas_for is not None
     return split.gather(lo, differentiable=diff), split.gather(up, differentiable=diff)
-
-
-class _TighterOf(torch.autograd.Function):
-    """max (lower side) or min (upper side) of a bound being optimised and a reference bound. The
-    value is exactly the tighter one; the gradient goes whole to the optimised bound. (With
-    `torch.maximum` a tie splits it in half and a 1-ulp win of the reference zeroes it, so the
-    slopes' Adam steps would hinge on rounding: on the first alpha iteration the optimised bound
-    *is* the CROWN reference, up to the order of a sum.)"""
-
-    @staticmethod
-    def forward(ctx, new, ref, upper: bool):
-        return torch.minimum(new, ref) if upper else torch.maximum(new, ref)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None, None
-
-
-def scatter_rows(full_lower, full_upper, rows, lo, up, intersect: bool):
-    """Write row bounds into copies of the (IBP) bounds of the whole node."""
-    shape = full_lower.shape
-    fl, fu = full_lower.flatten(1), full_upper.flatten(1)
-    if intersect:
-        lo = _TighterOf.apply(lo, fl[:, rows], False)
-        up = _TighterOf.apply(up, fu[:, rows], True)
-    fl = fl.index_copy(1, rows, lo)
-    fu = fu.index_copy(1, rows, up)
-    return fl.reshape(shape), fu.reshape(shape)
 
 
 def intermediate_bounds(graph, box, layout: Layout = DEFAULT_LAYOUT, opts: CrownOptions | None = None):
