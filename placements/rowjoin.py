@@ -39,6 +39,17 @@ def narrow_rows(A, start, stop):
     return None if A is None else A.narrow(1, start, stop - start)
 
 
+def row_pieces(lA, uA, n_rows: int, n_pieces: int):
+    """(start, stop, lA rows, uA rows) for `n_pieces` near-equal pieces of the rows (empty pieces
+    skipped; uA's piece is lA's when uA is lA)."""
+    for i in range(n_pieces):
+        start, stop = chunk_bounds(n_rows, n_pieces, i)
+        if start == stop:
+            continue
+        part_lA = narrow_rows(lA, start, stop)
+        yield start, stop, part_lA, (part_lA if uA is lA else narrow_rows(uA, start, stop))
+
+
 def narrow_columns(A, start, stop):
     """A's slice on the node's first dim (Linear features, conv channels): dim 2 of [B, K, *S]."""
     return None if A is None else A.narrow(2, start, stop - start)

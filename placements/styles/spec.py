@@ -20,7 +20,7 @@ from dtensor_verify.memory import tag
 from dtensor_verify.ops.patches import Patches
 
 from .. import hold
-from ..rowjoin import RowJoin, add_results, add_rows_into, chunk_bounds, n_rows_of, narrow_columns, narrow_rows
+from ..rowjoin import RowJoin, add_results, add_rows_into, chunk_bounds, n_rows_of, narrow_columns, row_pieces
 from .fsdp import FsdpStyle
 
 
@@ -128,12 +128,7 @@ class StreamedWeights(StepWeights):
                 total[0] = add_results(total[0], step(part_lA, part_uA, params))
                 return
             n_pieces = max(1, min(n_rows, self.ROW_PIECES))
-            for i in range(n_pieces):
-                r0, r1 = chunk_bounds(n_rows, n_pieces, i)
-                if r0 == r1:
-                    continue
-                piece_lA = narrow_rows(part_lA, r0, r1)
-                piece_uA = piece_lA if part_uA is part_lA else narrow_rows(part_uA, r0, r1)
+            for r0, r1, piece_lA, piece_uA in row_pieces(part_lA, part_uA, n_rows, n_pieces):
                 add_rows_into(total[0], step(piece_lA, piece_uA, params), r0, r1)
 
         over_weight_shards(self.node, self.ctx, use)

@@ -17,7 +17,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tenso
 from dtensor_verify.layout import StepWeights
 from dtensor_verify.memory import tag
 
-from ..rowjoin import RowJoin, chunk_bounds, contiguous_stride, n_rows_of, narrow_rows
+from ..rowjoin import RowJoin, chunk_bounds, contiguous_stride, n_rows_of, row_pieces
 from .base import PlacementStyle
 
 
@@ -127,11 +127,6 @@ class RowSlicedWeights(StepWeights):
             return step(lA, uA, self.params)
         n_slices = min(n_rows, self.ROW_SLICES_PER_RANK * self.ctx.world_size)
         joined = RowJoin(n_rows, self.ctx.local)
-        for i in range(n_slices):
-            start, stop = chunk_bounds(n_rows, n_slices, i)
-            if start == stop:
-                continue
-            part_lA = narrow_rows(lA, start, stop)
-            part_uA = part_lA if uA is lA else narrow_rows(uA, start, stop)
+        for start, stop, part_lA, part_uA in row_pieces(lA, uA, n_rows, n_slices):
             joined.add(step(part_lA, part_uA, self.params), slice(start, stop))
         return joined.result()
