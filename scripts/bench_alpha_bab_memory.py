@@ -13,6 +13,9 @@ row chunks (as on a GPU). Prints a table and writes CSV.
     PYTHONPATH=$PWD python scripts/bench_alpha_bab_memory.py --instance ibp_3_3_8_5600 --share 8 \\
         --device-gib 80 --seconds 60 --out bab_memory.csv [--threads 2] [--src DIR]
 
+`--per-node [--rows 32 --batch 4]`: instead, one sweep per carried node, its peak of live bytes in
+A-matrices of the widest node (what `alpha_budget.CROWN_COPIES` is calibrated on).
+
 `--src DIR`: run another checkout's package (e.g. `git archive BASE dtensor_verify | tar -x -C DIR`)
 with this script's cap (copied next to it when that checkout has none).
 """
@@ -119,6 +122,40 @@ def run_one(args) -> dict:
             "message": message}
 
 
+def per_node(args) -> list[dict]:
+    """One sweep of --rows rows of every carried node at batch --batch: its peak of live bytes and
+    largest allocation in A-matrices of the widest node (`alpha_budget.CROWN_COPIES` per row)."""
+    import torch
+
+    import dtensor_verify as dv
+    from dtensor_verify.alloc_cap import AllocationCap
+    from dtensor_verify.methods.crown import CrownOptions, node_bound_rows
+    from dtensor_verify.ops.softmax_sum import best_of_shifts
+
+    torch.set_num_threads(args.threads)
+    model_name = args.instance.rsplit("_", 1)[0]
+    model = dv.load(os.path.join(BENCH, "onnx", model_name + ".onnx.gz"))
+    problem, roots = _roots(model, os.path.join(BENCH, "vnnlib", args.instance + ".vnnlib"), args.eps_scale, 1)
+    g, batch = model.graph, args.batch
+    bounds = problem.bounds_of(roots.index(torch.zeros(batch, dtype=torch.long)))
+    widest = max(n.numel for n in g.nodes)
+    out = []
+    for node in g.nodes:
+        if node.name not in bounds or node.name == g.input_name or g.affine_from_input(node.name):
+            continue
+        rows = torch.arange(min(args.rows, node.numel))
+        t0 = time.perf_counter()
+        with torch.no_grad(), AllocationCap(1 << 50) as cap:
+            best_of_shifts(g, node.name, lambda: node_bound_rows(g, node.name, rows, bounds, model.layout,
+                                                                 CrownOptions(max_rows=len(rows)), batch))
+        unit = 4 * batch * len(rows) * widest
+        out.append({"instance": args.instance, "node": node.name, "numel": node.numel, "rows": len(rows),
+                    "batch": batch, "widest": widest, "peak_per_A": round(cap.peak / unit, 2),
+                    "largest_per_A": round(cap.largest / unit, 2), "seconds": round(time.perf_counter() - t0, 1)})
+        print(out[-1], flush=True)
+    return out
+
+
 def _in_process(args, code: str, src: str) -> dict:
     """`run_one` in a child process whose package is `src`'s."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, ROOT]))
@@ -148,10 +185,21 @@ def main():
     ap.add_argument("--pairs", type=int, default=1, help="open pairs (roots): 1, as in the failed runs")
     ap.add_argument("--src", default="", help="another checkout's package to measure first (code 'before')")
     ap.add_argument("--out", default="bab_memory.csv")
+    ap.add_argument("--per-node", action="store_true", help="one sweep per carried node (--rows, --batch): "
+                    "peak live bytes in A-matrices of the widest node")
+    ap.add_argument("--rows", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(args)))
+        return
+    if args.per_node:
+        rows = per_node(args)
+        with open(args.out, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
         return
     rows = ([_in_process(args, "before", args.src)] if args.src else []) + [_in_process(args, "this", ROOT)]
     fmt = "{:<7} {:<15} {:>9} {:<22} {:>11} {:>10} {:>8}  {}"
