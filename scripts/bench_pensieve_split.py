@@ -6,6 +6,11 @@ margin).
 
     python scripts/bench_pensieve_split.py --out OUT.csv --sides before-relu=TREE:relu,before-input=TREE:input,after=.:auto
         [--ids 35,37,42,45,39,44,57,64] [--scale F]
+    python scripts/bench_pensieve_split.py --out OUT.csv --sides ... --bench acasxu_2023 --instances LIST.csv
+
+`--instances`: rows `onnx,vnnlib,limit` of another benchmark folder (`--bench`, under the shared
+benchmarks) instead of the pensieve ids (e.g. a few acasxu instances, to check another network's
+split and times are unchanged).
 
 TREE: a checkout (`git archive REV | tar -x -C DIR`; `.` is this one). `--scale F` multiplies the
 limits (say so next to the numbers).
@@ -30,9 +35,23 @@ FIELDS = ["id", "limit", "side", "verdict", "decided_by", "wall_s", "cpu_s", "ba
           "worst", "message"]
 
 
-def launch(tree: Path, split: str, i: str, limit: float, tag: Path):
-    onnx = BENCH / "onnx" / "pensieve_big_parallel.onnx.gz"
-    spec = BENCH / "vnnlib" / f"pensieve_parallel_{i}.vnnlib.gz"
+def _gz(p: Path) -> Path:
+    return p if p.exists() else p.with_name(p.name + ".gz")
+
+
+def jobs(args, lim) -> list[tuple[str, Path, Path, float]]:
+    """(id, onnx, vnnlib, limit) of each instance to run."""
+    if args.instances is None:
+        return [(i, BENCH / "onnx" / "pensieve_big_parallel.onnx.gz",
+                 BENCH / "vnnlib" / f"pensieve_parallel_{i}.vnnlib.gz", lim[i] * args.scale) for i in args.ids.split(",")]
+    folder = BENCH.parent / args.bench
+    with open(args.instances) as fh:
+        rows = [line.strip().split(",") for line in fh if line.strip()]
+    return [(f"{Path(o).stem.split('.')[0]}/{Path(v).stem.split('.')[0]}", _gz(folder / o), _gz(folder / v),
+             float(t) * args.scale) for o, v, t in rows]
+
+
+def launch(tree: Path, split: str, onnx: Path, spec: Path, limit: float, tag: Path):
     cmd = [sys.executable, "-m", "dtensor_verify", "--threads", "1", "run", "--onnx", str(onnx), "--vnnlib",
            str(spec), "--timeout", f"{limit:g}", "--results", f"{tag}.res", "--json", f"{tag}.json", "--quiet",
            "--device", "cpu", "--bab-split", split]
@@ -78,13 +97,14 @@ def main() -> int:
     ap.add_argument("--sides", required=True, help="LABEL=TREE:SPLIT,...")
     ap.add_argument("--ids", default=DEFAULT_IDS)
     ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--bench", default="nn4sys_2023")
+    ap.add_argument("--instances", type=Path, default=None)
     args = ap.parse_args()
     lim, sides, rows, loads = limits(), sides_of(args.sides), [], []
     with tempfile.TemporaryDirectory() as d:
-        for i in args.ids.split(","):
-            limit = lim[i] * args.scale
+        for n, (i, onnx, spec, limit) in enumerate(jobs(args, lim)):
             t0 = time.perf_counter()
-            procs = [(label, launch(tree, split, i, limit, Path(d) / f"{label}_{i}"), Path(d) / f"{label}_{i}")
+            procs = [(label, launch(tree, split, onnx, spec, limit, Path(d) / f"{label}_{n}"), Path(d) / f"{label}_{n}")
                      for label, tree, split in sides]
             ends = {}
             while len(ends) < len(procs):          # each side's own wall time
