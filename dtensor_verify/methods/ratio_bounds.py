@@ -128,6 +128,14 @@ def _rows(site: RatioSite, ts: torch.Tensor, p_shape) -> torch.Tensor:
     return A.reshape(B, m * G, *p_shape)
 
 
+def _sweep_rows(graph, site, lA, uA, bounds, layout, sweep):
+    """One sweep from p over the rows (each rank its share where the layout splits rows, as the
+    output bound does), gathered: (lower, upper) [B, K]."""
+    split = layout.rows(site.numerator, lA.shape[1])
+    low, high = sweep(graph, site.numerator, lA[:, split.mine], uA[:, split.mine], bounds, layout)
+    return split.gather(low), split.gather(high)
+
+
 def _best(ts: torch.Tensor, proved: torch.Tensor, fallback: torch.Tensor, largest: bool) -> torch.Tensor:
     """Per [B, m]: the largest (or smallest) t of ts [B, m, G] that a sweep proved, else fallback."""
     fill = -torch.inf if largest else torch.inf
@@ -165,8 +173,8 @@ def tighten(graph, site: RatioSite, bounds: dict, layout, sweep) -> tuple:
         t_lo = lo.unsqueeze(-1) + step.unsqueeze(-1) * frac              # above the lower bound
         t_up = up.unsqueeze(-1) - step.unsqueeze(-1) * frac              # below the upper bound
         with torch.no_grad():
-            low, high = sweep(graph, site.numerator, _rows(site, t_lo - bias.unsqueeze(-1), p_shape),
-                              _rows(site, t_up - bias.unsqueeze(-1), p_shape), bounds, layout)
+            low, high = _sweep_rows(graph, site, _rows(site, t_lo - bias.unsqueeze(-1), p_shape),
+                                    _rows(site, t_up - bias.unsqueeze(-1), p_shape), bounds, layout, sweep)
         m = lo.shape[1]
         new_lo = _best(t_lo, low.reshape(B, m, GRID) >= 0, lo, largest=True)
         new_up = _best(t_up, high.reshape(B, m, GRID) <= 0, up, largest=False)
