@@ -144,10 +144,11 @@ def _best(ts: torch.Tensor, proved: torch.Tensor, fallback: torch.Tensor, larges
     return torch.maximum(best, fallback) if largest else torch.minimum(best, fallback)
 
 
-def _natural(bounds, site, lo, up):
-    """Where p >= 0 on the box, f_k is a weighted average of V_k: within [min V_k, max V_k] + b_k."""
+def _natural(bounds, site, lo, up, positive):
+    """Where p >= 0 on the box and the sum is `positive` ([B, 1]), f_k is a weighted average of V_k:
+    within [min V_k, max V_k] + b_k."""
     p_lo = bounds[site.numerator][0].flatten(1)
-    nonneg = (p_lo >= 0).all(1, keepdim=True)                            # [B, 1]
+    nonneg = (p_lo >= 0).all(1, keepdim=True) & positive                 # [B, 1]
     w = site.weight.to(lo)
     vmin, vmax = w.min(1).values + site.bias.to(lo), w.max(1).values + site.bias.to(lo)
     lo = torch.where(nonneg, torch.maximum(lo, vmin), lo)
@@ -161,9 +162,9 @@ def tighten(graph, site: RatioSite, bounds: dict, layout, sweep) -> tuple:
     bound (lower of lA . v_start, upper of uA . v_start, each [B, K])."""
     lo0, up0 = bounds[site.target]
     B, shape = lo0.shape[0], lo0.shape
-    lo, up = _natural(bounds, site, lo0.reshape(B, -1), up0.reshape(B, -1))
-    usable = (bounds[site.denominator][0].reshape(B, -1) > 0).all(1, keepdim=True)      # S > 0
-    usable = usable & torch.isfinite(lo) & torch.isfinite(up) & (lo < up)
+    positive = (bounds[site.denominator][0].reshape(B, -1) > 0).all(1, keepdim=True)    # S > 0
+    lo, up = _natural(bounds, site, lo0.reshape(B, -1), up0.reshape(B, -1), positive)
+    usable = positive & torch.isfinite(lo) & torch.isfinite(up) & (lo < up)
     if B == 0 or not bool(usable.any()):
         return lo.reshape(shape), up.reshape(shape)
     bias, p_shape = site.bias.to(lo), tuple(graph[site.numerator].shape)
