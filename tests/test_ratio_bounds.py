@@ -131,3 +131,18 @@ def test_pensieve_big_parallel_35_proved_by_crown():
     with torch.no_grad():
         y = model.forward(x).flatten()
     assert (y >= lower.flatten() - 1e-4).all() and (y <= upper.flatten() + 1e-4).all()
+
+
+def test_domains_in_chunks_give_the_same_boxes(tmp_path, monkeypatch):
+    """A sweep's A-matrices capped at one domain's worth: the boxes are those of one sweep."""
+    from dtensor_verify.methods import ratio_bounds
+
+    torch.manual_seed(5)
+    model = _load(tmp_path, _Average(True, 3.0))
+    lo, hi = _boxes(5, 3, seed=7)
+    with torch.no_grad():
+        whole = intermediate_bounds(model.graph, (lo, hi))[0][model.graph.output_name]
+        monkeypatch.setattr(ratio_bounds, "CHUNK_ELEMS", 1)
+        chunked = intermediate_bounds(model.graph, (lo, hi))[0][model.graph.output_name]
+    for a, b in zip(whole, chunked):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), (a, b)

@@ -32,7 +32,9 @@ from .ibp import ibp_step
 
 GRID = 16               # values of t tried per pass, per side
 PASSES = 2              # the second pass refines between the first's best t and the next point
-MAX_ENTRIES = 4096      # normalisations over more entries are left to the ops' own rules
+MAX_ENTRIES = 1024      # normalisations over more entries are left to the ops' own rules
+MAX_TARGETS = 64        # ... and affine maps of them with more outputs
+CHUNK_ELEMS = 1 << 22   # A-matrix entries per sweep from p (domains in chunks)
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def find_sites(graph, layout, like) -> dict[str, RatioSite]:
             if t.op is None or not t.op.is_affine or t.inputs != [node.name]:
                 continue
             mapped = _affine_map(graph, t, node.shape, layout, like)
-            if mapped is not None:
+            if mapped is not None and mapped[0].shape[0] <= MAX_TARGETS:
                 sites[t_name] = RatioSite(t_name, p_name, s_name, *mapped)
     return sites
 
@@ -129,11 +131,21 @@ def _rows(site: RatioSite, ts: torch.Tensor, p_shape) -> torch.Tensor:
 
 
 def _sweep_rows(graph, site, lA, uA, bounds, layout, sweep):
-    """One sweep from p over the rows (each rank its share where the layout splits rows, as the
-    output bound does), gathered: (lower, upper) [B, K]."""
+    """Sweeps from p over the rows (each rank its share where the layout splits rows, as the
+    output bound does), gathered: (lower, upper) [B, K]; at most `CHUNK_ELEMS` A-matrix entries
+    per sweep (domains in chunks)."""
     split = layout.rows(site.numerator, lA.shape[1])
-    low, high = sweep(graph, site.numerator, lA[:, split.mine], uA[:, split.mine], bounds, layout)
-    return split.gather(low), split.gather(high)
+    lA, uA = lA[:, split.mine], uA[:, split.mine]
+    B = lA.shape[0]
+    per = max(1, CHUNK_ELEMS // max(1, lA[0].numel() if B else 1))
+    lows, highs = [], []
+    for s in range(0, max(B, 1), per):
+        part = bounds if B <= per else {k: tuple(t[s:s + per] if t.shape[0] == B else t for t in v)
+                                        for k, v in bounds.items()}
+        low, high = sweep(graph, site.numerator, lA[s:s + per], uA[s:s + per], part, layout)
+        lows.append(low)
+        highs.append(high)
+    return split.gather(torch.cat(lows)), split.gather(torch.cat(highs))
 
 
 def _best(ts: torch.Tensor, proved: torch.Tensor, fallback: torch.Tensor, largest: bool) -> torch.Tensor:
