@@ -67,6 +67,12 @@ def _roots(model, vnnlib: str, eps_scale: float, n_pairs: int):
     return problem, make_roots(problem, idx, states, lowers)
 
 
+def _paths(args) -> tuple[str, str]:
+    """(onnx, vnnlib) of the instance: --onnx / --vnnlib (another benchmark), else vit_2023's."""
+    onnx_path = args.onnx or os.path.join(BENCH, "onnx", args.instance.rsplit("_", 1)[0] + ".onnx.gz")
+    return onnx_path, args.vnnlib or os.path.join(BENCH, "vnnlib", args.instance + ".vnnlib")
+
+
 def _where() -> str:
     """The innermost frames of the package on the stack (the stage asking)."""
     import traceback
@@ -89,10 +95,9 @@ def run_one(args) -> dict:
     share = int(args.device_gib * GIB) // args.share
     os.environ["DTENSOR_VERIFY_DEVICE_BYTES"] = str(int(args.device_gib * GIB))
     os.environ["DTENSOR_VERIFY_SHARE_DEVICE"] = str(args.share)
-    model_name = args.instance.rsplit("_", 1)[0]
-    model = dv.load(os.path.join(BENCH, "onnx", model_name + ".onnx.gz"))
-    problem, roots = _roots(model, os.path.join(BENCH, "vnnlib", args.instance + ".vnnlib"), args.eps_scale,
-                            args.pairs)
+    onnx_path, vnnlib_path = _paths(args)
+    model = dv.load(onnx_path)
+    problem, roots = _roots(model, vnnlib_path, args.eps_scale, args.pairs)
     end = time.perf_counter() + args.seconds
 
     def check():
@@ -133,9 +138,9 @@ def per_node(args) -> list[dict]:
     from dtensor_verify.ops.softmax_sum import best_of_shifts
 
     torch.set_num_threads(args.threads)
-    model_name = args.instance.rsplit("_", 1)[0]
-    model = dv.load(os.path.join(BENCH, "onnx", model_name + ".onnx.gz"))
-    problem, roots = _roots(model, os.path.join(BENCH, "vnnlib", args.instance + ".vnnlib"), args.eps_scale, 1)
+    onnx_path, vnnlib_path = _paths(args)
+    model = dv.load(onnx_path)
+    problem, roots = _roots(model, vnnlib_path, args.eps_scale, 1)
     g, batch = model.graph, args.batch
     bounds = problem.bounds_of(roots.index(torch.zeros(batch, dtype=torch.long)))
     widest = max(n.numel for n in g.nodes)
@@ -164,7 +169,7 @@ def _in_process(args, code: str, src: str) -> dict:
         shutil.copy(os.path.join(ROOT, "dtensor_verify", "alloc_cap.py"), os.path.join(src, "dtensor_verify"))
     argv = [sys.executable, os.path.abspath(__file__), "--one", "--instance", args.instance, "--share", str(args.share),
             "--device-gib", str(args.device_gib), "--seconds", str(args.seconds), "--threads", str(args.threads),
-            "--eps-scale", str(args.eps_scale), "--pairs", str(args.pairs)]
+            "--eps-scale", str(args.eps_scale), "--pairs", str(args.pairs), "--onnx", args.onnx, "--vnnlib", args.vnnlib]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -183,6 +188,8 @@ def main():
     ap.add_argument("--eps-scale", type=float, default=2.0,
                     help="the box widened around its centre (at 1.0 IBP's roots already prove ibp_3_3_8_5600)")
     ap.add_argument("--pairs", type=int, default=1, help="open pairs (roots): 1, as in the failed runs")
+    ap.add_argument("--onnx", default="", help="another benchmark's model (with --vnnlib; --instance names the row)")
+    ap.add_argument("--vnnlib", default="")
     ap.add_argument("--src", default="", help="another checkout's package to measure first (code 'before')")
     ap.add_argument("--out", default="bab_memory.csv")
     ap.add_argument("--per-node", action="store_true", help="one sweep per carried node (--rows, --batch): "
