@@ -291,6 +291,13 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
     return split.gather(lo, differentiable=diff), split.gather(up, differentiable=diff)
 
 
+def agreed_max_rows(graph, batch: int, device, layout: Layout) -> int | None:
+    """`crown_max_rows`, the same on every rank that shares the sweeps (each asks its own device's
+    free memory; a different number of chunks would unpair FSDP's gathers)."""
+    most = crown_max_rows(graph, batch, device)
+    return most if most is None or layout.world_size == 1 else layout.smallest(most)
+
+
 def intermediate_bounds(graph, box, layout: Layout = DEFAULT_LAYOUT, opts: CrownOptions | None = None):
     """CROWN bounds for every ReLU input, in topological order.
 
@@ -309,7 +316,7 @@ def _intermediate_bounds(graph, box, layout, opts):
     if opts.max_rows is None:
         # Sized to this process's part of the device (a GPU shared by benchmark processes): all
         # rows of a wide layer at once asked an H100 for 29 GiB (ml4acopf's 300-bus networks).
-        opts = dataclasses.replace(opts, max_rows=crown_max_rows(graph, batch, box[0].device))
+        opts = dataclasses.replace(opts, max_rows=agreed_max_rows(graph, batch, box[0].device, layout))
     bounds = {graph.input_name: box}
     preactivation = set(graph.preactivation_nodes())
     rows_by_node = {}
