@@ -6,17 +6,20 @@ side from the same roots, on vit_2023 instances. Prints a table and writes CSV.
 
 Per instance: CROWN's intermediate bounds, alpha-CROWN (`--alpha` steps on the output's slopes, then
 its gate line search) on the region's rows, the `--pairs` open pairs with the lowest bound as roots,
-then `--rounds` rounds of branch and bound (`--batch` parents a round, beta-CROWN `--beta` steps)
-twice from the same roots: probes off, probes on. Columns: the worst open margin after the rounds
-(the global lower bound; higher is tighter), domains bounded / proved, BaB seconds, and for the
-run with probes the mean gain of a probe call over the rows it looked at and the share of rows it
-tightened. `--limit S`: also the whole pipeline (`verify_instance`, S seconds) with probes off and
+then `--rounds` rounds of branch and bound (`--batch` parents a round, beta-CROWN `--beta` steps,
+`--branching`)
+once per variant from the same roots (`--variants`: off, no probes; on, probes and a row keeps its
+winning gates; bound, probes for the bound only). Columns per variant: the worst open margin after
+the rounds (the global lower bound; higher is tighter), domains proved / bounded, BaB seconds, and
+with probes the mean gain of a probe call over the rows it looked at and the rows it tightened. `--limit S`: also the whole pipeline (`verify_instance`, S seconds) with probes off and
 on: the verdicts.
 """
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import signal
 import sys
 import time
 
@@ -81,20 +84,23 @@ def roots_of(model, onnx_path, spec_path, alpha_steps: int, n_pairs: int):
     return problem, open_idx, states, lowers, seconds, float(margins.min())
 
 
-def bab_run(problem, open_idx, states, lowers, args, probe: bool) -> dict:
-    softmax_gate_probes.PROBE = probe
+VARIANTS = {"off": (False, True), "on": (True, True), "bound": (True, False)}     # (PROBE, KEEP)
+
+
+def bab_run(problem, open_idx, states, lowers, args, variant: str) -> dict:
+    softmax_gate_probes.PROBE, softmax_gate_probes.KEEP = VARIANTS[variant]
     log = ProbeLog()
     beta_mod.probe_gates = log
     try:
         roots = make_roots(problem, open_idx, states, lowers)
         opts = BabOptions(batch_size=args.batch, max_rounds=args.rounds, beta=BetaOptions(iterations=args.beta),
-                          pgd_every=10 ** 9)
+                          pgd_every=10 ** 9, branching=args.branching)
         solver = BabSolver(problem, opts, lambda: 1e9, lambda *a: None)
         t = time.perf_counter()
         out = solver.solve(roots)
         seconds = time.perf_counter() - t
     finally:
-        beta_mod.probe_gates, softmax_gate_probes.PROBE = log.inner, True
+        beta_mod.probe_gates, softmax_gate_probes.PROBE, softmax_gate_probes.KEEP = log.inner, True, True
     st = out.stats
     return {"status": out.status, "worst_margin": st.global_margin, "bounded": st.bounded, "proved": st.proved,
             "seconds": seconds, "probe_calls": log.calls, "probe_rows": log.rows,
@@ -121,8 +127,8 @@ def one(name: str, args) -> dict:
                                                                        args.pairs)
     row = {"instance": name, "alpha_s": t_alpha, "alpha_worst_margin": alpha_worst, "open_pairs": len(open_idx)}
     if open_idx:
-        for key, probe in (("off", False), ("on", True)):
-            row.update({f"{k}_{key}": v for k, v in bab_run(problem, open_idx, states, lowers, args, probe).items()})
+        for key in args.variants.split(","):
+            row.update({f"{k}_{key}": v for k, v in bab_run(problem, open_idx, states, lowers, args, key).items()})
     if args.limit:
         for key, probe in (("off", False), ("on", True)):
             row[f"verdict_{key}"], row[f"verdict_s_{key}"] = verdict(onnx_path, spec_path, args.limit, probe)
@@ -136,27 +142,32 @@ def main():
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--branching", default="babsr", help="fsb (the default of runs: slow here, trial splits) or babsr")
     ap.add_argument("--beta", type=int, default=5, help="beta-CROWN steps per round")
+    ap.add_argument("--variants", default="off,on,bound",
+                    help="off: no probes; on: probes, a row keeps its winning gates; bound: probes, gates kept as they were")
     ap.add_argument("--limit", type=float, default=0.0, help="also the pipeline's verdict at this limit (s)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="gate_probes.csv")
     args = ap.parse_args()
+    faulthandler.register(signal.SIGUSR1)          # kill -USR1 PID: where it is
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.instances.split(","):
         rows.append(one(name, args))
         print(rows[-1], file=sys.stderr, flush=True)
-    fmt = "{:<18} {:>6} {:>11} {:>11} {:>7} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9}"
-    print(fmt.format("instance", "pairs", "worst_off", "worst_on", "gain", "proved", "bounded", "s_off", "s_on",
-                     "probe_gain", "tightened"))
+    variants = args.variants.split(",")
+    print(f"{'instance':<18} {'pairs':>5} " + " ".join(f"{'worst_' + v:>11} {'prov/bnd':>9} {'s':>6}" for v in variants)
+          + " " + " ".join(f"{'gain_' + v:>9} {'tight_' + v:>9}" for v in variants if v != "off"))
     for r in rows:
         if not r["open_pairs"]:
             print(f"{r['instance']:<18} proved by alpha-CROWN")
             continue
-        print(fmt.format(r["instance"], r["open_pairs"], f"{r['worst_margin_off']:.5f}", f"{r['worst_margin_on']:.5f}",
-                         f"{r['worst_margin_on'] - r['worst_margin_off']:+.5f}", f"{r['proved_off']}/{r['proved_on']}",
-                         f"{r['bounded_off']}/{r['bounded_on']}", f"{r['seconds_off']:.1f}", f"{r['seconds_on']:.1f}",
-                         f"{r['probe_mean_gain_on']:.2e}", f"{r['probe_tightened_on']}/{r['probe_rows_on']}"))
+        cells = [f"{r['worst_margin_' + v]:>11.5f} {str(r['proved_' + v]) + '/' + str(r['bounded_' + v]):>9} "
+                 f"{r['seconds_' + v]:>6.1f}" for v in variants]
+        cells += [f"{r['probe_mean_gain_' + v]:>9.2e} {str(r['probe_tightened_' + v]) + '/' + str(r['probe_rows_' + v]):>9}"
+                  for v in variants if v != "off"]
+        print(f"{r['instance']:<18} {r['open_pairs']:>5} " + " ".join(cells))
     write_csv(rows, args.out, args.threads)
     print(f"load average at the end: {os.getloadavg()}")
 

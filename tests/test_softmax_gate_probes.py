@@ -51,6 +51,20 @@ def test_probes_walk_towards_each_rows_best_gate():
     assert bool((params["s"][0, 0] == params["s"][0, 0, :, :1]).all())           # a row's groups alike
 
 
+def test_probes_for_the_bound_only_leave_the_gates(monkeypatch):
+    """KEEP off: the same bound, every gate as it was."""
+    monkeypatch.setattr(softmax_gate_probes, "KEEP", False)
+    graph = {"s": _G()}
+    params = {"s": torch.ones(1, 2, 2, 3)}
+    before = params["s"].clone()
+
+    def run():
+        return -(params["s"][:, 0, :, 0] - 0.6).abs()
+
+    lower = probe_gates(graph, params, run, run(), step=0.125, rounds=1)
+    assert torch.allclose(lower, torch.tensor([[-0.15, -0.15]])) and torch.equal(params["s"], before)
+
+
 class _SoftRelu(torch.nn.Module):
     def __init__(self, seed):
         super().__init__()

@@ -27,6 +27,8 @@ from .softmax_sum import GroupShiftOp
 PROBE = True          # False: beta-CROWN's gates stay as warm-started (best of them and closed)
 STEP = 0.125          # the first probes' distance from the warm gate (alpha-CROWN's finest grid step)
 ROUNDS = 1            # probe rounds (2 sweeps each; the step halves every round)
+KEEP = True           # a row keeps the gates of its winning probe (its children start from them);
+                      # False: the bound only, the gates stay as they were
 
 
 def gate_names(graph, params: dict) -> list:
@@ -79,7 +81,7 @@ def probe_gates(graph, params: dict, run, lower: torch.Tensor, step: float = STE
                 best = torch.where(better, value, best)
                 chosen = torch.where(better, g, chosen)
             step /= 2
-        keep = torch.isnan(chosen)
+        keep = torch.isnan(chosen) if KEEP else torch.ones_like(chosen, dtype=torch.bool)
         for r in names:
             p = params[r]
             mask = keep.reshape(*keep.shape, *([1] * (p.dim() - 3)))
