@@ -156,6 +156,7 @@ def main():
     for name in args.instances.split(","):
         rows.append(one(name, args))
         print(rows[-1], file=sys.stderr, flush=True)
+        write_csv(rows, args.out, args.threads)            # (rows so far: a cut-off run keeps them)
     variants = args.variants.split(",")
     print(f"{'instance':<18} {'pairs':>5} " + " ".join(f"{'worst_' + v:>11} {'prov/bnd':>9} {'s':>6}" for v in variants)
           + " " + " ".join(f"{'gain_' + v:>9} {'tight_' + v:>9}" for v in variants if v != "off"))
