@@ -9,7 +9,7 @@ its gate line search) on the region's rows, the `--pairs` open pairs with the lo
 then `--rounds` rounds of branch and bound (`--batch` parents a round, beta-CROWN `--beta` steps,
 `--branching`)
 once per variant from the same roots (`--variants`: off, no probes; on, probes and a row keeps its
-winning gates; bound, probes for the bound only). Columns per variant: the worst open margin after
+winning gates; bound, probes for the bound only; wide: steps 1/4 then 1/8, 4 sweeps). Columns per variant: the worst open margin after
 the rounds (the global lower bound; higher is tighter), domains proved / bounded, BaB seconds, and
 with probes the mean gain of a probe call over the rows it looked at and the rows it tightened. `--limit S`: also the whole pipeline (`verify_instance`, S seconds) with probes off and
 on: the verdicts.
@@ -84,11 +84,15 @@ def roots_of(model, onnx_path, spec_path, alpha_steps: int, n_pairs: int):
     return problem, open_idx, states, lowers, seconds, float(margins.min())
 
 
-VARIANTS = {"off": (False, True), "on": (True, True), "bound": (True, False)}     # (PROBE, KEEP)
+# (PROBE, KEEP, STEP, ROUNDS)
+VARIANTS = {"off": (False, True, 0.125, 1), "on": (True, True, 0.125, 1), "bound": (True, False, 0.125, 1),
+            "wide": (True, True, 0.25, 2)}
 
 
 def bab_run(problem, open_idx, states, lowers, args, variant: str) -> dict:
-    softmax_gate_probes.PROBE, softmax_gate_probes.KEEP = VARIANTS[variant]
+    saved = softmax_gate_probes.PROBE, softmax_gate_probes.KEEP, softmax_gate_probes.STEP, softmax_gate_probes.ROUNDS
+    softmax_gate_probes.PROBE, softmax_gate_probes.KEEP, softmax_gate_probes.STEP, softmax_gate_probes.ROUNDS = \
+        VARIANTS[variant]
     log = ProbeLog()
     beta_mod.probe_gates = log
     try:
@@ -100,7 +104,8 @@ def bab_run(problem, open_idx, states, lowers, args, variant: str) -> dict:
         out = solver.solve(roots)
         seconds = time.perf_counter() - t
     finally:
-        beta_mod.probe_gates, softmax_gate_probes.PROBE, softmax_gate_probes.KEEP = log.inner, True, True
+        beta_mod.probe_gates = log.inner
+        softmax_gate_probes.PROBE, softmax_gate_probes.KEEP, softmax_gate_probes.STEP, softmax_gate_probes.ROUNDS = saved
     st = out.stats
     return {"status": out.status, "worst_margin": st.global_margin, "bounded": st.bounded, "proved": st.proved,
             "seconds": seconds, "probe_calls": log.calls, "probe_rows": log.rows,
@@ -110,13 +115,13 @@ def bab_run(problem, open_idx, states, lowers, args, variant: str) -> dict:
 def verdict(onnx_path, spec_path, limit: float, probe: bool) -> tuple:
     from dtensor_verify.verify import verify_instance
 
-    softmax_gate_probes.PROBE = probe
+    saved, softmax_gate_probes.PROBE = softmax_gate_probes.PROBE, probe
     try:
         t = time.perf_counter()
         res = verify_instance(dv.load(onnx_path), read_vnnlib(spec_path), timeout=limit, onnx_path=onnx_path)
         return res.verdict, time.perf_counter() - t
     finally:
-        softmax_gate_probes.PROBE = True
+        softmax_gate_probes.PROBE = saved
 
 
 def one(name: str, args) -> dict:

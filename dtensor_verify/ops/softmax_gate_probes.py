@@ -24,7 +24,7 @@ import torch
 
 from .softmax_sum import GroupShiftOp
 
-PROBE = True          # False: beta-CROWN's gates stay as warm-started (best of them and closed)
+PROBE = False         # True: probe after beta-CROWN's iterations (off: no gain measured, docs/SOFTMAX.md)
 STEP = 0.125          # the first probes' distance from the warm gate (alpha-CROWN's finest grid step)
 ROUNDS = 1            # probe rounds (2 sweeps each; the step halves every round)
 KEEP = True           # a row keeps the gates of its winning probe (its children start from them);
@@ -62,11 +62,12 @@ def _points(base: torch.Tensor, step: float) -> tuple:
     return down.clamp(0.0, 1.0), up.clamp(0.0, 1.0)
 
 
-def probe_gates(graph, params: dict, run, lower: torch.Tensor, step: float = STEP, rounds: int = ROUNDS):
+def probe_gates(graph, params: dict, run, lower: torch.Tensor, step: float | None = None, rounds: int | None = None):
     """Probe the gates around each row's own (see the module docstring). params: node -> [B, 2, K,
     *S] (beta-CROWN's layout; changed in place: a row keeps the gates of its best probe where that
     beat `lower`); run(): the lower bound [B, K] with `params`; lower: the bound to beat [B, K].
-    Returns the per-row maximum of `lower` and the probes' bounds."""
+    Returns the per-row maximum of `lower` and the probes' bounds. step / rounds: STEP / ROUNDS."""
+    step, rounds = STEP if step is None else step, ROUNDS if rounds is None else rounds
     names = gate_names(graph, params)
     with torch.no_grad():
         saved = {r: params[r][:, 0].clone() for r in names}
