@@ -2,7 +2,7 @@
 pgd_2_3_16 row of the H100 run ended 11 s past its 100 s limit.) Prints a table and writes CSV.
 
     PYTHONPATH=$PWD python scripts/bench_alpha_check_gaps.py --instance pgd_2_3_16_1079 --limit 300 \\
-        [--no-attack] [--threads 2] [--top 12] [--out gaps.csv] [--share N --device-gib G]
+        [--no-attack] [--threads 2] [--top 12] [--out gaps.csv] [--share N --device-gib G] [--device cuda]
 
 One run of `verify_instance` (as `dtensor-verify benchmark` calls it) with `Clock.check` and
 `Clock.left` recorded: every point where the run can stop for time (the stages' checks, the bound
@@ -18,16 +18,26 @@ import csv
 import os
 import sys
 import time
-import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "..", "shared", "benchmarks", "vit_2023")
 FIELDS = ["instance", "limit_s", "verdict", "rank", "gap_s", "at_s", "after", "before"]
 
 
-def _where() -> str:
-    frames = [f for f in traceback.extract_stack()[:-2] if "dtensor_verify" in f.filename]
-    return " < ".join(f"{os.path.basename(f.filename)}:{f.name}:{f.lineno}" for f in reversed(frames[-4:]))
+def _where() -> tuple:
+    """The innermost 4 package frames (file, function, line) of the caller's stack: cheap (no
+    source lines read), formatted only for the rows printed."""
+    out, frame = [], sys._getframe(2)
+    while frame is not None and len(out) < 4:
+        code = frame.f_code
+        if "dtensor_verify" in code.co_filename:
+            out.append((os.path.basename(code.co_filename), code.co_name, frame.f_lineno))
+        frame = frame.f_back
+    return tuple(out)
+
+
+def _text(where) -> str:
+    return where if isinstance(where, str) else " < ".join(f"{f}:{n}:{k}" for f, n, k in where)
 
 
 def record_checks(marks: list):
@@ -49,7 +59,7 @@ def record_checks(marks: list):
 
 def gaps(marks: list, t0: float, t_end: float, top: int) -> list[dict]:
     pts = [(t0, "verify_instance: start")] + marks + [(t_end, "verify_instance: return")]
-    out = [{"gap_s": round(b[0] - a[0], 3), "at_s": round(a[0] - t0, 2), "after": a[1], "before": b[1]}
+    out = [{"gap_s": round(b[0] - a[0], 3), "at_s": round(a[0] - t0, 2), "after": _text(a[1]), "before": _text(b[1])}
            for a, b in zip(pts, pts[1:])]
     last = out[-1]
     out = sorted(out[:-1], key=lambda r: -r["gap_s"])[:top]
@@ -65,6 +75,7 @@ def main():
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--share", type=int, default=0, help="DTENSOR_VERIFY_SHARE_DEVICE (with --device-gib: emulated)")
     ap.add_argument("--device-gib", type=float, default=0.0)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (on a GPU the clock also waits for the device)")
     ap.add_argument("--out", default="check_gaps.csv")
     args = ap.parse_args()
     if args.share:
@@ -79,7 +90,7 @@ def main():
     from dtensor_verify.verify import verify_instance
 
     onnx_path = os.path.join(BENCH, "onnx", args.instance.rsplit("_", 1)[0] + ".onnx.gz")
-    model = load_model(onnx_path, torch.device("cpu"))
+    model = load_model(onnx_path, torch.device(args.device))
     prop = read_vnnlib(os.path.join(BENCH, "vnnlib", args.instance + ".vnnlib"), n_inputs=model.n_inputs,
                        n_outputs=model.n_outputs)
     marks: list = []
