@@ -28,6 +28,7 @@ import torch
 from ..methods.crown import CrownOptions, agreed_max_rows, node_bound_rows
 from ..ops.softmax_sum import best_of_shifts
 from .general_split import is_general, node_of
+from .refresh_cost import affordable
 
 
 def downstream(graph, names) -> set[str]:
@@ -55,7 +56,11 @@ def _reaching_relus(problem) -> frozenset:
     reach = getattr(problem, "_relus_reaching_general", None)
     if reach is None:
         general = set(problem.general)
-        reach = frozenset(r for r in problem.relus if general & (downstream(problem.graph, [r]) | {r}))
+        # ... and whose layers behind are affordable to bound again (bab/refresh_cost.py: on a
+        # ViT a ReLU of the first block has every later attention behind it; skipped, its
+        # children keep their parent's intervals there, as on a ReLU network: valid, looser).
+        reach = frozenset(r for r in problem.relus if general & (downstream(problem.graph, [r]) | {r})
+                          and affordable(problem, r))
         problem._relus_reaching_general = reach
     return reach
 

@@ -41,13 +41,17 @@ class BranchingContext:
     general: tuple = ()              # nodes whose neurons general splits cut (BabProblem.general)
     general_ops: tuple = ()          # the non-ReLU nonlinear nodes (their lA is scored)
     beta_of: dict | None = None      # general node -> the op carrying its split constraints
+    affordable: tuple | None = None  # per general node: may branching cut it (refresh_cost; None: all)
 
 
 def context_for(problem, bound_once, candidates: int) -> BranchingContext:
     """The context of a branch-and-bound problem (`bab.problem.BabProblem`)."""
+    from ..refresh_cost import affordable_general
+
     return BranchingContext(problem.relus, problem.pre_of, problem.d, problem.row_mask, bound_once, candidates,
                             problem.graph.input_name, (problem.box_lower, problem.box_upper), problem.graph,
-                            tuple(problem.general), tuple(problem.general_ops), problem.beta_of)
+                            tuple(problem.general), tuple(problem.general_ops), problem.beta_of,
+                            tuple(affordable_general(problem)))
 
 
 def mixed(name: str, problem) -> str:

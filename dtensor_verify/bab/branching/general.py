@@ -81,14 +81,20 @@ def general_scores(domains, lA, ctx) -> list[torch.Tensor]:
             scores[index[node.inputs[0]]] = scores[index[node.inputs[0]]] + sx
             scores[index[node.inputs[1]]] = scores[index[node.inputs[1]]] + sy
     out = []
-    for name, s in zip(ctx.general, scores):
+    for j, (name, s) in enumerate(zip(ctx.general, scores)):
         s = s.flatten(1)
-        ok = splittable(*(t.flatten(1) for t in domains.bounds[name]))
+        ok = splittable(*(t.flatten(1) for t in domains.bounds[name])) & _affordable(ctx, j)
         # A tiny share of the width ranks neurons the bound does not weigh behind the others.
         width = (domains.bounds[name][1] - domains.bounds[name][0]).flatten(1)
         s = torch.nan_to_num(s, nan=0.0) + 1e-6 * width.clamp(max=1e6)
         out.append(s.masked_fill(~ok, -torch.inf))
     return out
+
+
+def _affordable(ctx, j: int) -> bool:
+    """Whether branching may try cutting general node j: the layers behind its cut are bounded
+    again in every trial child, which on a ViT costs a CROWN pass each (`bab/refresh_cost.py`)."""
+    return ctx.affordable is None or bool(ctx.affordable[j])
 
 
 def _candidates(domains, lA, ctx, k: int, per_node: bool = False):
@@ -117,9 +123,14 @@ def _node_bests(general: list[torch.Tensor]):
     round with the worst one unchanged); strong branching then also tries a cut of every node."""
     values, decisions = [], []
     for j, s in enumerate(general):
+        if not bool(torch.isfinite(s).any()):       # nothing to cut there (or not affordable)
+            continue
         v, neuron = s.max(1)
         values.append(v)
         decisions.append(torch.stack([torch.full_like(neuron, code_of(j)), neuron], -1))
+    if not values:
+        n = general[0].shape[0]
+        return general[0].new_zeros(n, 0), torch.zeros(n, 0, 2, dtype=torch.long, device=general[0].device)
     return torch.stack(values, 1), torch.stack(decisions, 1)
 
 
