@@ -68,9 +68,10 @@ def _reaching_relus(problem) -> frozenset:
 def cut_nodes(problem, decision: torch.Tensor | None) -> list[str]:
     """The nodes whose intervals these decisions narrowed: general-split nodes, and on networks
     with general ops, split ReLUs whose output reaches one (`_relu_cuts`); with no decisions
-    (ranks in lockstep: the same sweeps whatever their domains), every node a general split may cut."""
+    (ranks in lockstep: the same sweeps whatever their domains), every node a general split may cut
+    (those branching may cut: `refresh_cost.affordable`, the same on every rank)."""
     if decision is None:
-        return list(problem.general)
+        return [name for name in problem.general if affordable(problem, name)]
     codes = decision[:, 0]
     general = codes[is_general(codes)]
     cut = [problem.general[int(j)] for j in node_of(general).unique().tolist()] if general.numel() else []
