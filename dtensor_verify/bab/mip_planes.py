@@ -183,6 +183,8 @@ def optimise(s: _Split, dom: _Domains, iterations: int, target: float, deadline:
 
 def _branch(s: _Split, dom: _Domains, x: torch.Tensor) -> torch.Tensor:
     """[D] the concave free neuron to split: |v_j| (plane - relu) at x*; -1 when none is free."""
+    if dom.phase.shape[1] == 0:
+        return torch.full((len(dom),), -1, dtype=torch.long, device=x.device)
     g, beta, _ = _planes(s, dom.lam)
     plane = (g * x.unsqueeze(1)).sum(-1) + beta
     gap = (-s.vN) * (plane - torch.relu(x @ s.WN.T + s.bN))
@@ -271,7 +273,11 @@ def search_row(row: ShallowRow, deadline: float, confirm, batch: int = 256, max_
         j = _branch(s, dom, x)
         leaf = j < 0
         if bool(leaf.any()):
-            exhausted += _settle_leaves(s, dom.take(leaf), margin, deadline)
+            undecided, found = _settle_leaves(s, row, dom.take(leaf), margin, deadline, confirm)
+            if found is not None:
+                res.status, res.candidates = "sat", [found]
+                return res
+            exhausted += undecided
             dom, j = dom.take(~leaf), j[~leaf]
         stack.push(_children(dom, j))
     if exhausted:
@@ -281,9 +287,23 @@ def search_row(row: ShallowRow, deadline: float, confirm, batch: int = 256, max_
     return res
 
 
-def _settle_leaves(s: _Split, dom: _Domains, margin: float, deadline: float) -> int:
-    """Domains with no concave neuron left: their problem is convex and the bound converges to
-    its minimum; a few more steps. Returns how many are still not proved (left undecided)."""
-    optimise(s, dom, 4 * ROOT_ITERATIONS, 2 * margin, deadline)
+def _settle_leaves(s: _Split, row: ShallowRow, dom: _Domains, margin: float, deadline: float, confirm):
+    """Domains with no concave neuron left: F is convex there. More steps, then the exact LP
+    (bab/mip_leaves.py): its minimiser is a candidate, its multipliers the bound's parameters.
+    Returns (how many are still not proved, a confirmed counterexample or None)."""
+    from .mip_leaves import leaf_lp
+
+    optimise(s, dom, 2 * ROOT_ITERATIONS, 2 * margin, deadline)
     val, _ = bound(s, dom)
-    return int((val <= margin).sum())
+    left = 0
+    for i in (val <= margin).nonzero().flatten().tolist():
+        x, alpha, mu = leaf_lp(s, dom.phase[i])
+        if x is not None and float(row.value(x.unsqueeze(0))[0]) <= 0:
+            found = confirm(x.unsqueeze(0))
+            if found is not None:
+                return left, found
+        one = dom.take([i])
+        one.alpha, one.mu = alpha.unsqueeze(0).to(one.alpha), mu.unsqueeze(0).to(one.mu)
+        if not float(bound(s, one)[0][0]) > margin:
+            left += 1
+    return left, None
