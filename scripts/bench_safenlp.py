@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = Path(os.environ.get("BENCH_DIR", ROOT.parent / "shared" / "benchmarks")) / "safenlp"
+BENCH = Path(os.environ.get("BENCH_DIR", ROOT.parent / "shared" / "benchmarks")).resolve() / "safenlp"
 ROWS = ROOT / "docs" / "benchmarks" / "gpu_h100_2026-12-06_s4" / "safenlp_eb19d8b.csv"
 FIELDS = ["instance", "side", "verdict", "wall_s", "decided_by", "shallow_domains", "shallow_depth",
           "shallow_s", "bab_domains", "message"]
@@ -44,7 +44,7 @@ def run_one(tree: Path, onnx: str, vnnlib: str, limit: float, tmp: Path, threads
            "--results", str(res), "--json", str(js), "--timeout", str(limit), "--device", "cpu", "--quiet"]
     env = dict(os.environ, PYTHONPATH=str(tree))
     t = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit + 60)
+    proc = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, timeout=limit + 60)
     wall = time.perf_counter() - t
     out = {"wall_s": round(wall, 3), "verdict": "error", "decided_by": "", "message": proc.stderr[-200:]}
     if js.exists():

@@ -235,12 +235,20 @@ class _Stack:
             self.size += len(dom)
 
 
-def search_row(row: ShallowRow, deadline: float, confirm, batch: int = 256, max_open: int = 100_000) -> RowResult:
+BATCH_ELEMENTS = 1 << 22    # a round's plane parameters [batch, concave, inputs] (float64: 32 MiB)
+OPEN_ELEMENTS = 1 << 27     # all open domains' plane parameters (1 GiB)
+
+
+def search_row(row: ShallowRow, deadline: float, confirm, batch: int = 256, max_open: int | None = None) -> RowResult:
     """Decide `F > 0` on the box by branch and bound on the concave neurons. `confirm(x [B, n])`
     checks candidate points (F(x) <= 0 in float64) and returns a confirmed counterexample or None;
-    `deadline` is a `time.perf_counter()` value."""
+    `deadline` is a `time.perf_counter()` value. `batch` (domains a round) and `max_open` are
+    capped by the size of the plane parameters (BATCH_ELEMENTS, OPEN_ELEMENTS)."""
     s = reduce_row(row)
     n = row.lo.numel()
+    per_domain = max(1, s.WN.shape[0] * n)
+    batch = max(1, min(batch, BATCH_ELEMENTS // per_domain))
+    max_open = min(max_open or OPEN_ELEMENTS, OPEN_ELEMENTS // per_domain + batch)
     res = RowResult("unknown")
     margin = PROOF_MARGIN * s.scale
     stack, first = _Stack(_root(s, n)), True

@@ -19,8 +19,8 @@ import torch
 from .exact import _AFFINE_KINDS, _float64_node
 from .mip_planes import ShallowRow
 
-MAX_INPUTS = 4096
-MAX_HIDDEN = 4096
+MAX_INPUTS = 1024
+MAX_HIDDEN = 1024
 CHECK_POINTS = 64
 CHECK_RTOL = 1e-9
 
