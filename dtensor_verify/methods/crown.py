@@ -23,6 +23,7 @@ from ..ops.row_pieces import in_row_pieces
 from ..ops.softmax_sum import best_of_shifts
 from .ibp import ibp_step
 from .output_rows import default_spec, output_ibp, tighter_than_ibp  # noqa: F401 (re-exported)
+from .ratio_bounds import ratio_sites, tighten as tighten_ratio
 from .sweep_patches import (concretize_patches_pair, identity_output_as_rows, patches_or_dense,
                             reshape_rows_patches, starts_patches)
 
@@ -305,11 +306,15 @@ def _intermediate_bounds(graph, box, layout, opts):
     bounds = {graph.input_name: box}
     preactivation = set(graph.preactivation_nodes())
     rows_by_node = {}
+    ratios = ratio_sites(graph, layout, box[0])     # averages by normalised weights (ratio_bounds.py)
     for node in graph.nodes:
         if node.op is None:
             continue
         ref_lo, ref_up = ibp_step(node, bounds, layout)
         name = node.name
+        if name in ratios:
+            bounds[name] = (ref_lo, ref_up)
+            ref_lo, ref_up = tighten_ratio(graph, ratios[name], bounds, layout, backward_bound)
         if name not in preactivation or graph.affine_from_input(name):
             bounds[name] = (ref_lo, ref_up)   # one affine op from the input: IBP is exact
             continue
