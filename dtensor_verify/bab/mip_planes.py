@@ -36,6 +36,7 @@ PROOF_MARGIN = 1e-9          # relative to the row's scale (float64 sums of that
 ROOT_ITERATIONS = 100
 CHILD_ITERATIONS = 12
 LR = 0.1
+OPT_DTYPE = torch.float32   # the parameters and their optimisation (a bound's float64 check decides)
 
 
 @dataclass
@@ -98,6 +99,12 @@ def reduce_row(row: ShallowRow) -> _Split:
     return _Split(row.W[P], row.b[P], row.v[P], row.W[N], row.b[N], row.v[N], a, k, mid, rad, lam0, alpha0, scale)
 
 
+def _cast(s: _Split, dtype) -> _Split:
+    """The same row with its tensors in `dtype` (the optimisation runs in float32, the bounds that
+    decide are recomputed in float64)."""
+    return _Split(**{k: (v.to(dtype) if isinstance(v, torch.Tensor) else v) for k, v in vars(s).items()})
+
+
 @dataclass
 class _Domains:
     phase: torch.Tensor       # [D, nN] int8: 1 active, -1 inactive, 0 free
@@ -108,6 +115,9 @@ class _Domains:
 
     def __len__(self):
         return self.phase.shape[0]
+
+    def to(self, dtype) -> "_Domains":
+        return _Domains(self.phase, self.alpha.to(dtype), self.lam.to(dtype), self.mu.to(dtype), self.depth)
 
     def take(self, idx) -> "_Domains":
         return _Domains(self.phase[idx], self.alpha[idx], self.lam[idx], self.mu[idx], self.depth[idx])
@@ -251,7 +261,8 @@ def search_row(row: ShallowRow, deadline: float, confirm, batch: int = 256, max_
     max_open = min(max_open or OPEN_ELEMENTS, OPEN_ELEMENTS // per_domain + batch)
     res = RowResult("unknown")
     margin = PROOF_MARGIN * s.scale
-    stack, first = _Stack(_root(s, n)), True
+    fast = _cast(s, OPT_DTYPE)
+    stack, first = _Stack(_root(fast, n)), True
     exhausted = 0
     while stack.size:
         if time.perf_counter() > deadline:
@@ -261,9 +272,9 @@ def search_row(row: ShallowRow, deadline: float, confirm, batch: int = 256, max_
             res.reason = f"more than {max_open} open domains"
             return res
         dom = stack.pop(batch)
-        optimise(s, dom, ROOT_ITERATIONS if first else CHILD_ITERATIONS, 2 * margin, deadline)
+        optimise(fast, dom, ROOT_ITERATIONS if first else CHILD_ITERATIONS, 2 * margin, deadline)
         first = False
-        val, x = bound(s, dom)
+        val, x = bound(s, dom.to(s.mid.dtype))
         res.domains += len(dom)
         res.rounds += 1
         res.max_depth = max(res.max_depth, int(dom.depth.max()))
@@ -278,10 +289,10 @@ def search_row(row: ShallowRow, deadline: float, confirm, batch: int = 256, max_
         if not bool(keep.any()):
             continue
         dom, x = dom.take(keep), x[keep]
-        j = _branch(s, dom, x)
+        j = _branch(fast, dom, x.to(OPT_DTYPE))
         leaf = j < 0
         if bool(leaf.any()):
-            undecided, found = _settle_leaves(s, row, dom.take(leaf), margin, deadline, confirm)
+            undecided, found = _settle_leaves(s, row, dom.take(leaf).to(s.mid.dtype), margin, deadline, confirm)
             if found is not None:
                 res.status, res.candidates = "sat", [found]
                 return res
