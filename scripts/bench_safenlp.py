@@ -10,7 +10,7 @@ the search's domains / depth, BaB domains, message) and a markdown note with the
 
 The instances: the `timeout` rows of `--rows` (a benchmark CSV with onnx, vnnlib, verdict
 columns; default the H100 run docs/benchmarks/gpu_h100_2026-12-06_s4/safenlp_eb19d8b.csv), the
-first `--n` of them. `--scale F` multiplies the limits (say so next to the numbers).
+first `--n` of them (`--decided-by bab`: the rows branch and bound decided instead). `--scale F` multiplies the limits (say so next to the numbers).
 """
 from __future__ import annotations
 
@@ -30,9 +30,11 @@ FIELDS = ["instance", "side", "verdict", "seconds", "decided_by", "shallow_domai
           "shallow_s", "bab_domains", "message"]
 
 
-def timeouts(rows: Path) -> list[tuple[str, str]]:
+def timeouts(rows: Path, decided_by: str | None = None) -> list[tuple[str, str]]:
+    """The `timeout` rows (or, with `decided_by`, the rows that stage decided)."""
     with open(rows) as fh:
-        return [(r["onnx"], r["vnnlib"]) for r in csv.DictReader(fh) if r["verdict"] == "timeout"]
+        return [(r["onnx"], r["vnnlib"]) for r in csv.DictReader(fh)
+                if (r["decided_by"] == decided_by if decided_by else r["verdict"] == "timeout")]
 
 
 def run_one(model, onnx: Path, vnnlib: Path, limit: float, shallow: bool) -> dict:
@@ -62,6 +64,7 @@ def main() -> None:
     ap.add_argument("--rows", type=Path, default=ROWS)
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--all-timeouts", action="store_true")
+    ap.add_argument("--decided-by", help="instead of the timeouts: the rows this stage decided (e.g. bab)")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
@@ -72,7 +75,7 @@ def main() -> None:
     import dtensor_verify as dv
 
     torch.set_num_threads(args.threads)
-    todo = timeouts(args.rows)
+    todo = timeouts(args.rows, args.decided_by)
     todo = todo if args.all_timeouts else todo[:args.n]
     load0, models, rows = os.getloadavg(), {}, []
     for onnx, vnnlib in todo:
@@ -106,7 +109,8 @@ def _summary(rows, args, load0, load1, todo, torch_version) -> None:
         med = secs[len(secs) // 2] if secs else 0.0
         lines.append(f"| {side} | {len(rs)} | {count['unsat']} | {count['sat']} | {count['timeout']} | {other} | "
                      f"{med:.2f} | {max(secs, default=0.0):.2f} |")
-    cond = (f"{len(todo)} safenlp instances (the `timeout` rows of {args.rows.name}), limit {20.0 * args.scale:g} s "
+    which = f"rows decided by `{args.decided_by}`" if args.decided_by else "`timeout` rows"
+    cond = (f"{len(todo)} safenlp instances (the {which} of {args.rows.name}), limit {20.0 * args.scale:g} s "
             f"of verification each (model loaded once, start-up not counted), device {args.device}, "
             f"{args.threads} torch thread(s), before and after one after the other in one process; "
             f"{os.cpu_count()} CPUs ({platform.machine()}), torch {torch_version}, "
