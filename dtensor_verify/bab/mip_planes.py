@@ -315,7 +315,10 @@ def _settle_leaves(s: _Split, row: ShallowRow, dom: _Domains, margin: float, dea
     optimise(s, dom, 2 * ROOT_ITERATIONS, 2 * margin, deadline)
     val, _ = bound(s, dom)
     left = 0
-    for i in (val <= margin).nonzero().flatten().tolist():
+    todo = (val <= margin).nonzero().flatten().tolist()
+    for k, i in enumerate(todo):
+        if time.perf_counter() > deadline:
+            return left + len(todo) - k, None
         x, alpha, mu = leaf_lp(s, dom.phase[i])
         if x is not None and float(row.value(x.unsqueeze(0))[0]) <= 0:
             found = confirm(x.unsqueeze(0))
