@@ -19,8 +19,8 @@ any value of its parameters and tight at their optimum (the LP over the per-neur
 
 F >= L(x) = c . x + e (linear in x) on the domain, so min_box L = c . mid - |c| . rad + e is a
 lower bound. The parameters are raised by Adam along the exact supergradient (no autograd): d/ds
-of min_box L is the value at its minimising vertex x*. Branching: the concave neuron whose plane
-is farthest above relu at x*, weighted by |v_j|. Every domain's x* is a candidate
+of min_box L is the value at its minimising vertex x*. Branching: the free concave neuron with the
+largest |v_j| (u_j - l_j). Every domain's x* is a candidate
 counterexample. The final bounds of a round are recomputed in float64 with clamped parameters;
 a domain is dropped only when that is above a small positive margin.
 """
@@ -82,6 +82,7 @@ class _Split:
     lam0: torch.Tensor        # [nN] chord slopes
     alpha0: torch.Tensor      # [nP]
     scale: float              # size of the row's terms (for the proof margin)
+    score: torch.Tensor       # [nN] branching score |v_j| (u_j - l_j)
 
 
 def reduce_row(row: ShallowRow) -> _Split:
@@ -96,7 +97,9 @@ def reduce_row(row: ShallowRow) -> _Split:
     lam0 = (u[N] / (u[N] - l[N])).clamp(0, 1)
     alpha0 = (u[P] > -l[P]).double()
     scale = 1.0 + abs(k) + float(a.abs() @ (mid.abs() + rad)) + float(row.v.abs() @ (zc.abs() + zr))
-    return _Split(row.W[P], row.b[P], row.v[P], row.W[N], row.b[N], row.v[N], a, k, mid, rad, lam0, alpha0, scale)
+    score = (-row.v[N]) * (u[N] - l[N])
+    return _Split(row.W[P], row.b[P], row.v[P], row.W[N], row.b[N], row.v[N], a, k, mid, rad, lam0, alpha0, scale,
+                  score)
 
 
 def _cast(s: _Split, dtype) -> _Split:
@@ -191,15 +194,15 @@ def optimise(s: _Split, dom: _Domains, iterations: int, target: float, deadline:
             return
 
 
-def _branch(s: _Split, dom: _Domains, x: torch.Tensor) -> torch.Tensor:
-    """[D] the concave free neuron to split: |v_j| (plane - relu) at x*; -1 when none is free."""
+def _branch(s: _Split, dom: _Domains) -> torch.Tensor:
+    """[D] the concave free neuron to split: the largest |v_j| (u_j - l_j) (its term's range over
+    the box); -1 when none is free. Measured on safenlp's hardest three: 2.5k-4.1k domains, against
+    5.1k-5.9k for |v_j| times the chord's largest gap and 7.0k-11.3k for the plane's gap above relu
+    at the bound's vertex x*."""
     if dom.phase.shape[1] == 0:
-        return torch.full((len(dom),), -1, dtype=torch.long, device=x.device)
-    g, beta, _ = _planes(s, dom.lam)
-    plane = (g * x.unsqueeze(1)).sum(-1) + beta
-    gap = (-s.vN) * (plane - torch.relu(x @ s.WN.T + s.bN))
-    gap = torch.where(dom.phase == 0, gap.clamp(min=0) + 1e-30, torch.full_like(gap, -1.0))
-    best = gap.max(1)
+        return torch.full((len(dom),), -1, dtype=torch.long, device=dom.phase.device)
+    score = torch.where(dom.phase == 0, s.score.to(dom.mu).expand_as(dom.mu), torch.full_like(dom.mu, -1.0))
+    best = score.max(1)
     return torch.where(best.values > 0, best.indices, torch.full_like(best.indices, -1))
 
 
@@ -289,7 +292,7 @@ def search_row(row: ShallowRow, deadline: float, confirm, batch: int = 256, max_
         if not bool(keep.any()):
             continue
         dom, x = dom.take(keep), x[keep]
-        j = _branch(fast, dom, x.to(OPT_DTYPE))
+        j = _branch(fast, dom)
         leaf = j < 0
         if bool(leaf.any()):
             undecided, found = _settle_leaves(s, row, dom.take(leaf).to(s.mid.dtype), margin, deadline, confirm)
