@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import TimeLimitReached
@@ -30,6 +31,19 @@ def _why_not(inst: Instance, options) -> str | None:
     if any(k != 1 for k in rows):
         return "a disjunct with more than one output row"
     return None
+
+
+def _exact_pair(inst: Instance, p: int, n_out: int):
+    """The pair's row (c [n_out], d) and box as the property wrote them (float64), not the
+    float32 copies the bounds use: a proof is about the property's own numbers."""
+    r, j = inst.pairs.index[p]
+    region = inst.prop.regions[r]
+    dj = region.disjuncts[j]
+    C = torch.from_numpy(np.asarray(dj.C, dtype=np.float64).reshape(-1, n_out)[0].copy())
+    d = float(np.asarray(dj.d, dtype=np.float64).reshape(-1)[0])
+    lo = torch.from_numpy(np.asarray(region.lower, dtype=np.float64).reshape(-1).copy())
+    hi = torch.from_numpy(np.asarray(region.upper, dtype=np.float64).reshape(-1).copy())
+    return C, d, lo, hi
 
 
 class _Confirm:
@@ -77,9 +91,8 @@ class ShallowSearch:
         from ..bab.mip_planes import search_row
         from ..bab.mip_shallow import rows_of
 
-        pairs = inst.pairs
         for p in open_idx:
-            row = rows_of(net, pairs.C[p, 0], pairs.d[p, 0], inst.pair_lo[p], inst.pair_hi[p])
+            row = rows_of(net, *_exact_pair(inst, p, net.W2.shape[0]))
             deadline = time.perf_counter() + inst.clock.left() - RESERVE_S
             out = search_row(row, deadline, _Confirm(inst, p, row))
             for k in ("domains", "rounds"):
