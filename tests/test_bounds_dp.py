@@ -222,12 +222,43 @@ def test_small_networks_bound_whole_on_every_rank():
 
     topo = SimpleNamespace(dp=2, dp_rank=1, dp_group=None)
     small = _model()
-    layout = bounds_dp.rows_layout(small, topo)
-    assert isinstance(layout, bounds_dp.DpWholeLayout) and not layout.splits_rows
-    assert layout.rows("x", 7).mine == slice(0, 7) and layout.total(2.5) == 2.5
-    assert layout.world_size == 2                 # decisions still taken together
+    assert bounds_dp.whole_on_every_rank(small.graph)
+    assert not bounds_dp.whole_on_every_rank(_big_graph())
     big = bounds_dp.rows_layout(SimpleNamespace(graph=_big_graph(), layout=small.layout), topo)
     assert type(big) is bounds_dp.DpRowsLayout and big.rows("x", 7).mine == slice(4, 7)
+
+
+def test_whole_then_agree_takes_rank_0s_outcome_and_raises_any_time_out(monkeypatch):
+    """Every rank computed the bound alone: one gather, in which only rank 0 sends its outcome;
+    every rank then holds rank 0's, or raises what any rank ran into."""
+    import torch.distributed as dist
+
+    from dtensor_verify.errors import TimeLimitReached
+    from dtensor_verify.verify.bounds_dp import local_clock, whole_then_agree
+    from dtensor_verify.verify.instance import Clock
+
+    sent = {}
+
+    def fake_gather(other):
+        def gather(out, mine, group=None):
+            sent["mine"] = mine
+            out[0], out[1] = (mine, other) if topo.dp_rank == 0 else (other, mine)
+        return gather
+
+    for rank, other, want in [(0, "done", {"r": 0}), (1, {"r": 0}, {"r": 0}), (0, "timed-out", None),
+                              (1, "timed-out", None)]:
+        topo = SimpleNamespace(dp=2, dp_rank=rank, dp_group=None)
+        monkeypatch.setattr(dist, "all_gather_object", fake_gather(other))
+        if want is None:
+            with pytest.raises(TimeLimitReached):
+                whole_then_agree(topo, lambda: {"r": rank}, "cpu")
+        else:
+            assert whole_then_agree(topo, lambda: {"r": rank}, "cpu") == want
+            assert (sent["mine"] == {"r": 0}) if rank == 0 else sent["mine"] == "done"
+    # the clock of the stage decides alone: no collective (a layout whose all_true would raise)
+    clock = Clock(0.0, SimpleNamespace(all_true=lambda flag: 1 / 0))
+    with pytest.raises(TimeLimitReached):
+        local_clock(clock).check()
 
 
 def _big_graph():
