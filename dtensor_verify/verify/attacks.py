@@ -63,6 +63,14 @@ def _dp_share(inst: Instance, restarts: int, seed: int) -> tuple[int, int, objec
     return max(1, -(-restarts // topo.dp)), seed + 7919 * topo.dp_rank, topo
 
 
+def _dp_starts(starts, topo):
+    """This dp group's share of the given starts of each pair (round-robin; every group ran all
+    of them before: docs/bab_scaling/relu2x1/README.md); all of them with one group."""
+    if topo is None or not starts:
+        return starts
+    return {p: v[topo.dp_rank::topo.dp] for p, v in starts.items()}
+
+
 def _first_found(topo, run):
     """`run()` -> (found, margins) on this rank; then every rank's confirmed counterexample is
     gathered and the first one returned on every rank (so every rank decides alike). A rank whose
@@ -102,6 +110,7 @@ def attack_open(inst: Instance, restarts: int, seed: int, phase: str, starts=Non
         return None
     t = time.perf_counter()
     restarts, seed, topo = _dp_share(inst, restarts, seed) if spread else (restarts, seed, None)
+    starts = _dp_starts(starts, topo)
 
     def run():
         x_best, margins = attack_round(inst.model, inst.pairs, open_idx, inst.pair_lo, inst.pair_hi, inst.clock,
