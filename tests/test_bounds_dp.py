@@ -229,11 +229,11 @@ def test_small_networks_bound_whole_on_every_rank():
 
 
 def test_whole_then_agree_takes_rank_0s_outcome_and_raises_any_time_out(monkeypatch):
-    """Every rank computed the bound alone: one gather, in which only rank 0 sends its outcome;
-    every rank then holds rank 0's, or raises what any rank ran into."""
+    """dp rank 0 computes the bound alone: one gather, in which only rank 0 sends its outcome;
+    every rank then holds rank 0's, or raises what rank 0 (or any rank) ran into."""
     import torch.distributed as dist
 
-    from dtensor_verify.errors import TimeLimitReached
+    from dtensor_verify.errors import TimeLimitReached, VerifierError
     from dtensor_verify.verify.bounds_dp import local_clock, whole_then_agree
     from dtensor_verify.verify.instance import Clock
 
@@ -245,16 +245,28 @@ def test_whole_then_agree_takes_rank_0s_outcome_and_raises_any_time_out(monkeypa
             out[0], out[1] = (mine, other) if topo.dp_rank == 0 else (other, mine)
         return gather
 
-    for rank, other, want in [(0, "done", {"r": 0}), (1, {"r": 0}, {"r": 0}), (0, "timed-out", None),
-                              (1, "timed-out", None)]:
+    def bound(rank):
+        def fn():
+            assert rank == 0, "only dp rank 0 computes the bound"
+            return {"r": rank}
+        return fn
+
+    for rank, other, want in [(0, "done", {"r": 0}), (1, {"r": 0}, {"r": 0}), (1, "timed-out", None),
+                              (1, "failed", None)]:
         topo = SimpleNamespace(dp=2, dp_rank=rank, dp_group=None)
         monkeypatch.setattr(dist, "all_gather_object", fake_gather(other))
         if want is None:
-            with pytest.raises(TimeLimitReached):
-                whole_then_agree(topo, lambda: {"r": rank}, "cpu")
+            with pytest.raises((TimeLimitReached, VerifierError)):
+                whole_then_agree(topo, bound(rank), "cpu")
         else:
-            assert whole_then_agree(topo, lambda: {"r": rank}, "cpu") == want
+            assert whole_then_agree(topo, bound(rank), "cpu") == want
             assert (sent["mine"] == {"r": 0}) if rank == 0 else sent["mine"] == "done"
+    # rank 0 ran out of its own time: it still joins the gather, and raises after it
+    topo = SimpleNamespace(dp=2, dp_rank=0, dp_group=None)
+    monkeypatch.setattr(dist, "all_gather_object", fake_gather("done"))
+    with pytest.raises(TimeLimitReached):
+        whole_then_agree(topo, lambda: (_ for _ in ()).throw(TimeLimitReached()), "cpu")
+    assert sent["mine"] == "timed-out"
     # the clock of the stage decides alone: no collective (a layout whose all_true would raise)
     clock = Clock(0.0, SimpleNamespace(all_true=lambda flag: 1 / 0))
     with pytest.raises(TimeLimitReached):

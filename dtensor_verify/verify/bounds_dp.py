@@ -26,10 +26,9 @@ Small networks (`whole_on_every_rank`, below `ROWS_MIN_NEURONS` neurons feeding 
 not split rows: on the lent 16-core host (docs/bab_scaling/dp_s4/README.md) the split alpha-CROWN
 took longer on 2 ranks than on one (mnist-net_256x4, 1024 neurons: 3.66 vs 3.34 s and 4.22 vs
 3.59 s; acasxu, 300 neurons: 0.41-0.52 vs 0.20-0.23 s): a step's per-op cost does not halve with
-its rows, and every step adds gathers. There every rank computes the whole bound alone
-(`whole_then_agree`): one process's computation (its clock checked on this rank only, no
-collective inside), then one gather: a time-out or failure on any rank is raised on every rank,
-else every rank takes rank 0's outcome (the same bounds everywhere whatever the float sums did).
+its rows, and every step adds gathers. There dp rank 0 computes the whole bound alone
+(`whole_then_agree`): one process's computation (its clock checked on that rank only, no
+collective inside), then one gather hands its outcome (or its time-out / failure) to every rank.
 Deciding time-outs and early stops together *inside* the bound (every clock check and step an
 all-reduce over dp, about 1000 on prop_8_0.03) doubled the stage on the host: 1.98 s on one
 process, 3.88 s on 2x1 (docs/benchmarks/gpu_h100_2026-12-06_s4/bab_scaling_d13c5fc.md); the
@@ -107,11 +106,13 @@ def gather_outcomes(topo, outcome, device, merge, send: bool = True):
 
 
 def whole_then_agree(topo, fn, device):
-    """`fn()` (the whole bound stage, computed alone on this rank: no collective inside) on every
-    rank, then one gather over dp: rank 0's outcome on every rank, or the time-out / failure of
-    any rank raised on every rank (as `gather_outcomes`)."""
-    share = run_share(fn)
-    return gather_outcomes(topo, share, device, lambda outs: outs[0], send=topo.dp_rank == 0)
+    """`fn()` (the whole bound stage, computed alone: no collective inside) on dp rank 0, then one
+    gather over dp: rank 0's outcome on every rank, or its time-out / failure raised on every
+    rank (as `gather_outcomes`). The other ranks compute nothing meanwhile: they would compute
+    the same, and a rank waiting in gloo's gather takes no CPU (a loaded host's cores go to rank 0)."""
+    first = topo.dp_rank == 0
+    share = run_share(fn) if first else True
+    return gather_outcomes(topo, share, device, lambda outs: outs[0], send=first)
 
 
 def local_clock(clock):
