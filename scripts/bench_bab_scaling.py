@@ -6,8 +6,9 @@
 
 The target instances of issue 21 by default (`DEFAULT`): the two mnist-net_256x4 properties that need
 ReLU branch and bound (prop_8_0.03, prop_3_0.05), one oval21 instance with seconds of ReLU branch and
-bound, and acasxu_2023 instances whose one-process input branch and bound takes seconds. An INSTANCE is `FAMILY/ONNX,VNNLIB,SPLIT` (paths relative to the
-family's folder under --bench-root; SPLIT: relu | input | auto).
+bound, and acasxu_2023 instances whose one-process input branch and bound takes seconds. An INSTANCE
+is `FAMILY/ONNX,VNNLIB,SPLIT` (paths relative to the family's folder under --bench-root; SPLIT: relu |
+input | auto).
 
 Every instance runs `dtensor-verify run --json` once on one process and once under torchrun on 2
 processes (`--mesh 2x1`), one thread per rank (`--threads 1`, OMP_NUM_THREADS=1), the two one after

@@ -197,10 +197,10 @@ def test_rows_split_over_dp_give_one_process_bounds(tmp_path, world):
             assert counts and set(counts.values()) == {key[1]}, counts
 
 
-@pytest.mark.parametrize("rows_min", [0, None], ids=["rows-split", "whole-on-every-rank"])
+@pytest.mark.parametrize("rows_min", [0, None], ids=["rows-split", "whole-on-rank-0"])
 def test_mesh_2x1_one_box_rows_split_verdict_and_bounds_of_one_process(tmp_path, rows_min):
     """One region: the bound stage splits rows (not regions) over the 2 ranks (`rows_min` 0), or, on
-    this small network by default, every rank computes each bound whole; bounds, alpha-CROWN's steps,
+    this small network by default, dp rank 0 computes each bound whole and hands it on; bounds, alpha-CROWN's steps,
     and the verdict after branch and bound are one process's."""
     low, _ = _thresholds()
     text = _one_box_prop(low)
@@ -216,14 +216,14 @@ def test_mesh_2x1_one_box_rows_split_verdict_and_bounds_of_one_process(tmp_path,
             assert its == rits and len(its) == 1, (its, rits)     # one batch: the box, on every rank
 
 
-def test_small_networks_bound_whole_on_every_rank():
+def test_small_networks_are_bounded_whole_on_one_rank():
     """Below ROWS_MIN_NEURONS neurons feeding activations a one-box bound is not split by rows."""
     from dtensor_verify.verify import bounds_dp
 
     topo = SimpleNamespace(dp=2, dp_rank=1, dp_group=None)
     small = _model()
-    assert bounds_dp.whole_on_every_rank(small.graph)
-    assert not bounds_dp.whole_on_every_rank(_big_graph())
+    assert bounds_dp.whole_on_one_rank(small.graph)
+    assert not bounds_dp.whole_on_one_rank(_big_graph())
     big = bounds_dp.rows_layout(SimpleNamespace(graph=_big_graph(), layout=small.layout), topo)
     assert type(big) is bounds_dp.DpRowsLayout and big.rows("x", 7).mine == slice(4, 7)
 

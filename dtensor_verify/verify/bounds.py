@@ -180,7 +180,7 @@ def bound_pairs(inst: Instance, method: str, open_idx, batching: str, alpha_opti
     if method != "ibp" and bounds_dp.by_rows(groups, topo):
         # Fewer boxes than ranks: every rank takes every box, each its slice of every bound's rows;
         # a small network: every rank the whole bound alone, then rank 0's outcome on every rank.
-        if bounds_dp.whole_on_every_rank(inst.model.graph):
+        if bounds_dp.whole_on_one_rank(inst.model.graph):
             return bounds_dp.whole_then_agree(topo, lambda: _bound_share(
                 inst, method, groups, alpha_options, max_batch, guide, max_rows_total,
                 clock=bounds_dp.local_clock(inst.clock)), inst.pairs.C.device)

@@ -22,7 +22,7 @@ rows; alpha-CROWN's loss is the sum of every rank's rows, its gradient reaches e
 through the gather's backward (a sum over ranks), and the early stop is decided on the summed
 score (`Layout.total`), so the bounds are one process's up to the order of float sums.
 
-Small networks (`whole_on_every_rank`, below `ROWS_MIN_NEURONS` neurons feeding activations) do
+Small networks (`whole_on_one_rank`, below `ROWS_MIN_NEURONS` neurons feeding activations) do
 not split rows: on the lent 16-core host (docs/bab_scaling/dp_s4/README.md) the split alpha-CROWN
 took longer on 2 ranks than on one (mnist-net_256x4, 1024 neurons: 3.66 vs 3.34 s and 4.22 vs
 3.59 s; acasxu, 300 neurons: 0.41-0.52 vs 0.20-0.23 s): a step's per-op cost does not halve with
@@ -145,8 +145,8 @@ def by_rows(groups: list, topo) -> bool:
 ROWS_MIN_NEURONS = 4096
 
 
-def whole_on_every_rank(graph) -> bool:
-    """Fewer boxes than ranks on a small network: every rank computes each bound whole, alone
+def whole_on_one_rank(graph) -> bool:
+    """Fewer boxes than ranks on a small network: dp rank 0 computes each bound whole, alone
     (`whole_then_agree`; splitting its rows costs more in gathers and per-op overhead than it
     saves; see the module docstring)."""
     return sum(graph[n].numel for n in graph.preactivation_nodes()) < ROWS_MIN_NEURONS
@@ -268,7 +268,7 @@ class DpRowsLayout(Layout):
 
 def rows_layout(model, topo) -> DpRowsLayout:
     """The layout of a bound stage with fewer boxes than dp ranks on a network that is not small
-    (`whole_on_every_rank` False)."""
+    (`whole_on_one_rank` False)."""
     return DpRowsLayout(model.layout, topo)
 
 
