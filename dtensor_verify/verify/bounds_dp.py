@@ -105,14 +105,51 @@ def gather_outcomes(topo, outcome, device, merge, send: bool = True):
     return merge([_to(g, device) for g in gathered if not isinstance(g, str)])
 
 
-def whole_then_agree(topo, fn, device):
+def whole_then_agree(topo, fn, device, side=None):
     """`fn()` (the whole bound stage, computed alone: no collective inside) on dp rank 0, then one
-    gather over dp: rank 0's outcome on every rank, or its time-out / failure raised on every
-    rank (as `gather_outcomes`). The other ranks compute nothing meanwhile: they would compute
-    the same, and a rank waiting in gloo's gather takes no CPU (a loaded host's cores go to rank 0)."""
+    gather over dp: (rank 0's outcome, the other ranks' `side` results in rank order) on every
+    rank, or a time-out / failure of any rank raised on every rank (as `gather_outcomes`). The
+    other ranks would compute the same bound: they run `side(stopped)` instead (e.g. the next
+    attack round, `stages.Bound`; no collective inside), which should return None soon after
+    `stopped()` turns True: rank 0 tells them when its bound is done (one message each), so a
+    quick bound never waits for a long side job. Without `side` they wait (a rank waiting in
+    gloo's gather takes no CPU: a loaded host's cores go to rank 0)."""
     first = topo.dp_rank == 0
-    share = run_share(fn) if first else True
-    return gather_outcomes(topo, share, device, lambda outs: outs[0], send=first)
+    if first:
+        share = run_share(fn)
+        if side is not None:
+            _tell_done(topo)
+    else:
+        share = run_share(lambda: _Side(_side_until_told(topo, side)))
+    return gather_outcomes(topo, share, device, lambda outs: (outs[0], [o.value for o in outs[1:]]))
+
+
+@dataclasses.dataclass
+class _Side:
+    """A side job's result (a wrapper: its value may be None, which `gather_outcomes` reads as a
+    time-out)."""
+    value: object = None
+
+
+def _tell_done(topo) -> None:
+    """Rank 0's bound is done: one message to every other rank of the dp group."""
+    import torch.distributed as dist
+
+    for r in range(1, topo.dp):
+        dist.send(torch.ones(1), group=topo.dp_group, group_dst=r)
+
+
+def _side_until_told(topo, side):
+    """`side(stopped)` on this rank, `stopped()` True once rank 0's message came (always received)."""
+    import torch.distributed as dist
+
+    if side is None:
+        return None
+    work = dist.irecv(torch.zeros(1), group=topo.dp_group, group_src=0)
+    try:
+        return side(work.is_completed)
+    finally:
+        work.wait()
 
 
 def local_clock(clock):
