@@ -23,6 +23,7 @@ from ..ops.row_pieces import in_row_pieces
 from ..ops.softmax_sum import best_of_shifts
 from .ibp import ibp_step
 from .output_rows import default_spec, output_ibp, tighter_than_ibp  # noqa: F401 (re-exported)
+from .ratio_bounds import ratio_sites, tighten as tighten_ratio
 from .sweep_patches import (concretize_patches_pair, identity_output_as_rows, patches_or_dense,
                             reshape_rows_patches, starts_patches)
 
@@ -283,6 +284,13 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
     return split.gather(lo, differentiable=diff), split.gather(up, differentiable=diff)
 
 
+def agreed_max_rows(graph, batch: int, device, layout: Layout) -> int | None:
+    """`crown_max_rows`, the same on every rank that shares the sweeps (each asks its own device's
+    free memory; a different number of chunks would unpair FSDP's gathers)."""
+    most = crown_max_rows(graph, batch, device)
+    return most if most is None or layout.world_size == 1 else layout.smallest(most)
+
+
 def intermediate_bounds(graph, box, layout: Layout = DEFAULT_LAYOUT, opts: CrownOptions | None = None):
     """CROWN bounds for every ReLU input, in topological order.
 
@@ -301,15 +309,19 @@ def _intermediate_bounds(graph, box, layout, opts):
     if opts.max_rows is None:
         # Sized to this process's part of the device (a GPU shared by benchmark processes): all
         # rows of a wide layer at once asked an H100 for 29 GiB (ml4acopf's 300-bus networks).
-        opts = dataclasses.replace(opts, max_rows=crown_max_rows(graph, batch, box[0].device))
+        opts = dataclasses.replace(opts, max_rows=agreed_max_rows(graph, batch, box[0].device, layout))
     bounds = {graph.input_name: box}
     preactivation = set(graph.preactivation_nodes())
     rows_by_node = {}
+    ratios = ratio_sites(graph, layout, box[0])     # averages by normalised weights (ratio_bounds.py)
     for node in graph.nodes:
         if node.op is None:
             continue
         ref_lo, ref_up = ibp_step(node, bounds, layout)
         name = node.name
+        if name in ratios:
+            bounds[name] = (ref_lo, ref_up)
+            ref_lo, ref_up = tighten_ratio(graph, ratios[name], bounds, layout, backward_bound)
         if name not in preactivation or graph.affine_from_input(name):
             bounds[name] = (ref_lo, ref_up)   # one affine op from the input: IBP is exact
             continue
