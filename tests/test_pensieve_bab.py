@@ -185,7 +185,7 @@ def test_refresh_sweeps_are_sized_to_the_device_share(parallel, monkeypatch):
     monkeypatch.setattr(crown, "backward_bound",
                         lambda *a, rows=None, **k: rows_per_sweep.append(len(rows)) or real(*a, rows=rows, **k))
     widest = max(n.numel for n in model.graph.nodes)
-    monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(int(2 * 4 * 4 * 2 * widest / alpha_budget.FRACTION)))
+    monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(int(2 * alpha_budget.CROWN_COPIES * 4 * 2 * widest / alpha_budget.FRACTION)))
     chunked = refreshed()
     assert rows_per_sweep and max(rows_per_sweep) == 2, rows_per_sweep
     for name, (l0, u0) in whole.bounds.items():
