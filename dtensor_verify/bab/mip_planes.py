@@ -248,8 +248,8 @@ class _Stack:
             self.size += len(dom)
 
 
-BATCH_ELEMENTS = 1 << 22    # a round's plane parameters [batch, concave, inputs] (float64: 32 MiB)
-OPEN_ELEMENTS = 1 << 27     # all open domains' plane parameters (1 GiB)
+BATCH_ELEMENTS = 1 << 22    # a round's plane parameters [batch, concave, inputs] (float32: 16 MiB)
+OPEN_ELEMENTS = 1 << 27     # all open domains' plane parameters (float32: 512 MiB)
 
 
 def search_row(row: ShallowRow, deadline: float, confirm, batch: int = 256, max_open: int | None = None) -> RowResult:
@@ -291,7 +291,7 @@ def search_row(row: ShallowRow, deadline: float, confirm, batch: int = 256, max_
         keep = val <= margin
         if not bool(keep.any()):
             continue
-        dom, x = dom.take(keep), x[keep]
+        dom = dom.take(keep)
         j = _branch(fast, dom)
         leaf = j < 0
         if bool(leaf.any()):
