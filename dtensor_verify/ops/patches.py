@@ -94,11 +94,7 @@ class Patches:
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """Each row's window of a node-shaped tensor `t` [B, C, H, W] (B may be 1):
         [B, K, C, kh, kw], zero outside the grid."""
-        (pt, pb, pl, pr), ih, iw = self._indices()
-        padded = F.pad(t, (pl, pr, pt, pb)) if pt or pb or pl or pr else t
-        grid = padded.permute(2, 3, 0, 1)                         # [Hp, Wp, B, C]
-        win = grid[ih.unsqueeze(2), iw.unsqueeze(1)]              # [K, kh, kw, B, C]
-        return win.permute(3, 0, 4, 1, 2)
+        return WindowGather(self, t).rows(slice(None))[0]
 
     def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
         """Each row's window of its own row of a per-row tensor `t` [B, K, C, H, W] (slopes, split
@@ -162,6 +158,31 @@ class Patches:
             raise ValueError("in-place sum of patches with different windows")
         self.P = self.P + other.P
         return self
+
+
+class WindowGather:
+    """The windows of `ref`'s rows in node-shaped tensors `ts` (each [B, C, H, W]), for a step
+    that reads them a piece of the rows at a time: the padding, the padded tensors and each row's
+    positions in them are made once (one host sync for the padding); each piece is one index
+    (channel offset + window position, in the layout of `ref.P`) and one `index_select` per
+    tensor, whose result is contiguous like the piece of `ref.P`. Exact: pure indexing."""
+
+    def __init__(self, ref: Patches, *ts: torch.Tensor):
+        (pt, pb, pl, pr), ih, iw = ref._indices()
+        padded = [F.pad(t, (pl, pr, pt, pb)) if pt or pb or pl or pr else t for t in ts]
+        hp, wp = padded[0].shape[-2:]
+        self.grids = [p.reshape(p.shape[0], -1) for p in padded]           # [B, C Hp Wp] each
+        self.window = ref.window
+        self.channels = ts[0].shape[1]
+        self.pos = ih.unsqueeze(2) * wp + iw.unsqueeze(1)                    # [K, kh, kw]
+        self.channel_start = torch.arange(self.channels, device=ih.device).view(-1, 1, 1) * (hp * wp)
+
+    def rows(self, rows: slice) -> list[torch.Tensor]:
+        """[B, k, C, kh, kw] per tensor (contiguous): the windows of the rows `rows`, zero off the grid."""
+        pos = self.pos[rows]
+        index = (pos.unsqueeze(1) + self.channel_start).reshape(-1)          # [k C kh kw]
+        shape = (pos.shape[0], self.channels, *self.window)
+        return [g.index_select(1, index).view(g.shape[0], *shape) for g in self.grids]
 
 
 def add_A(a, b):
