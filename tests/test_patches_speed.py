@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import dtensor_verify as dv
 import dtensor_verify.ops.patches_relu as patches_relu
-from dtensor_verify.ops import relu as relu_module, row_pieces
+from dtensor_verify.ops import row_pieces
 from dtensor_verify.ops.patches import Patches, WindowGather
 from dtensor_verify.ops.relu import ReluOp
 
@@ -80,14 +80,15 @@ def test_relu_step_equals_the_rule_on_windows(case, monkeypatch):
 
 
 class _ConvSoftmax(nn.Module):
-    """conv -> relu -> conv -> relu (a residual add) -> pool -> fc -> softmax -> fc -> relu -> fc: the
-    ReLU after the softmax bounds by `best_of_shifts` (two sweeps through the conv ReLUs)."""
+    """TinyYOLO in small, then a softmax: conv -> relu -> conv + residual -> relu -> zero pad ->
+    2 x 2 average pool -> conv -> relu -> fc -> softmax -> fc -> relu -> fc. The ReLU after the
+    softmax is bounded by `best_of_shifts` (two sweeps back through the conv ReLUs)."""
 
     def __init__(self):
         super().__init__()
         self.c1 = nn.Conv2d(2, 4, 3, padding=1)
         self.c2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.c3 = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.c3 = nn.Conv2d(4, 4, 3, padding=1)
         self.fc1 = nn.Linear(4 * 5 * 5, 6)
         self.fc2 = nn.Linear(6, 8)
         self.fc3 = nn.Linear(8, 3)
@@ -95,6 +96,7 @@ class _ConvSoftmax(nn.Module):
     def forward(self, x):
         h = torch.relu(self.c1(x))
         h = torch.relu(self.c2(h) + h)
+        h = F.avg_pool2d(F.pad(h, (0, 1, 0, 1)), 2)
         h = torch.relu(self.c3(h)).flatten(1)
         y = torch.softmax(2.0 * self.fc1(h), dim=-1)
         return self.fc3(torch.relu(self.fc2(y)))
@@ -110,7 +112,7 @@ def test_crown_bounds_equal_the_old_form_and_are_sound(net, monkeypatch):
     box = (x - 0.15, x + 0.15)
     calls = []
     real = patches_relu.relu_patches_step
-    monkeypatch.setattr(relu_module, "relu_patches_step", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(patches_relu, "relu_patches_step", lambda *a: calls.append(1) or real(*a))
     new = m.compute_bounds(*box, method="crown")
     assert calls, "no ReLU step ran on patches"
     real_rule = ReluOp.backward_patches
@@ -127,6 +129,27 @@ def test_crown_bounds_equal_the_old_form_and_are_sound(net, monkeypatch):
         y = model(xs.reshape(-1, *shape)).reshape(256, 2, -1)
     assert (y >= new.lower - 1e-5).all() and (y <= new.upper + 1e-5).all()
     assert (new.upper - new.lower).min() > 0
+    dense = m.compute_bounds(*box, method="crown", crown_options=dv.CrownOptions(patches=False))
+    for a, b in ((new.lower, dense.lower), (new.upper, dense.upper)):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6 * float(b.abs().max()))
+
+
+def test_residual_windows_add_by_slices_as_by_scatter(monkeypatch):
+    """A conv branch's 3 x 3 windows meet an identity branch's 1 x 1 windows (each at one offset
+    of the other): the sum by slices equals the sum by per-row scatter, bitwise."""
+    from dtensor_verify.ops.patches import add_A
+    gen = torch.Generator().manual_seed(7)
+    rows = torch.tensor([0, 9, 17, 30, 35])
+    one = Patches.identity(rows, (2, 6, 6), 2, torch.float32, "cpu")
+    b = one.with_P(torch.randn(2, 5, 2, 1, 1, generator=gen))
+    a = Patches(torch.randn(2, 5, 2, 3, 3, generator=gen), one.top - 1, one.left - 1, (2, 6, 6))
+    a = a.with_P(a.P * a.inside())
+    fast = add_A(a, b)
+    assert b.uniform_offset(a.top, a.left) == (1, 1)
+    monkeypatch.setattr(Patches, "uniform_offset", lambda self, top, left: None)
+    slow = add_A(a, b)
+    assert torch.equal(fast.P, slow.P) and torch.equal(fast.top, slow.top)
+    assert torch.equal(fast.to_dense(), a.to_dense() + b.to_dense())
 
 
 def test_piece_size_follows_the_device_share(monkeypatch):
@@ -139,3 +162,16 @@ def test_piece_size_follows_the_device_share(monkeypatch):
     assert row_pieces.piece_elements(meta, 7) == want
     monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", "1000")          # little memory: never below the base
     assert row_pieces.piece_elements(meta, 7) == row_pieces.WINDOWED_PIECE_ELEMENTS
+
+
+def test_the_fast_step_steps_aside_for_autograd():
+    A = _random_patches(B=1)
+    lower, upper = _bounds(1, 3, 9, 8)
+    assert patches_relu.applies(A, A, lower, upper)
+    tracked = A.with_P(A.P.clone().requires_grad_())
+    assert not patches_relu.applies(tracked, tracked, lower, upper)
+    with torch.no_grad():
+        assert patches_relu.applies(tracked, tracked, lower, upper)
+    got = ReluOp("r", None).backward_patches(tracked, tracked, [(lower, upper)])
+    got.input_A[0][0].P.sum().backward()
+    assert tracked.P.grad is not None

@@ -141,10 +141,26 @@ class Patches:
         return Patches(self.P.narrow(2, start, length), self.top, self.left,
                        (length, *self.shape[1:]))
 
+    def uniform_offset(self, top: torch.Tensor, left: torch.Tensor) -> tuple[int, int] | None:
+        """(rows, columns) from `top` / `left` to every row's window when it is the same for all
+        rows (the windows of a residual block's branches: a conv grows each window alike), else
+        None. One host sync."""
+        if not len(self.top):
+            return None
+        dt, dl = self.top - top, self.left - left
+        t0, t1, l0, l1 = torch.stack((dt.min(), dt.max(), dl.min(), dl.max())).tolist()
+        return (t0, l0) if t0 == t1 and l0 == l1 else None
+
     def embed(self, top: torch.Tensor, left: torch.Tensor, kh: int, kw: int) -> "Patches":
         """The same coefficients in larger windows [kh, kw] at `top` / `left` (each containing
-        this row's window)."""
+        this row's window): a slice of the new windows where every row sits at the same offset,
+        else a scatter per row."""
         B, K, C, h, w = self.P.shape
+        offset = self.uniform_offset(top, left)
+        if offset is not None:
+            grid = self.P.new_zeros(B, K, C, kh, kw)
+            grid[:, :, :, offset[0]:offset[0] + h, offset[1]:offset[1] + w] = self.P
+            return Patches(grid, top, left, self.shape)
         dt, dl = self.top - top, self.left - left
         k = torch.arange(K, device=self.P.device).view(K, 1, 1)
         ih = dt.unsqueeze(1) + torch.arange(h, device=dt.device)
@@ -217,7 +233,12 @@ def _common_windows(a: Patches, b: Patches) -> Patches | None:
     if kh * kw >= a.shape[1] * a.shape[2]:
         return None
     joined = a.embed(top, left, kh, kw)
-    joined.P = joined.P + b.embed(top, left, kh, kw).P
+    offset = b.uniform_offset(top, left)
+    if offset is None:
+        joined.P = joined.P + b.embed(top, left, kh, kw).P
+    else:       # b added into its slice of the joined windows (the same sums, no embedded copy of b)
+        (h, w), (t, l) = b.window, offset
+        joined.P[:, :, :, t:t + h, l:l + w] += b.P
     return joined
 
 

@@ -32,6 +32,15 @@ from .row_pieces import piece_elements, row_pieces
 TEMPORARIES = 7
 
 
+def applies(lA, uA, lower: torch.Tensor, upper: torch.Tensor) -> bool:
+    """Without autograd only (the results are written into buffers in place): where a gradient is
+    followed through the step, the rule on windows (`row_pieces.windowed_elementwise`) runs."""
+    if not torch.is_grad_enabled():
+        return True
+    tensors = (lower, upper, None if lA is None else lA.P, None if uA is None else uA.P)
+    return not any(t is not None and t.requires_grad for t in tensors)
+
+
 def relu_patches_step(lA: Patches | None, uA: Patches | None, lower: torch.Tensor,
                       upper: torch.Tensor) -> BackwardResult:
     """CROWN's ReLU step on patches (either side may be None; `lA is uA` allowed), bounds
