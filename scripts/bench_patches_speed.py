@@ -72,8 +72,10 @@ def run_cell(tree: str, case: str, max_rows: int | None, bounds_out: str) -> dic
     import torch
 
     torch.set_num_threads(1)
+    import importlib
+
     import dtensor_verify as dv
-    crown_mod = sys.modules["dtensor_verify.methods.crown"]
+    crown_mod = importlib.import_module("dtensor_verify.methods.crown")
     assert Path(crown_mod.__file__).resolve().is_relative_to(Path(tree).resolve()), crown_mod.__file__
     c = torch.load(case)
     m = dv.load(c["onnx"])
