@@ -18,12 +18,16 @@ caller set around them, without a clock argument threaded through every function
   does not start a step it cannot finish (it keeps the best bounds so far, all sound).
 * `sweep_rows(...)`: on a CPU, in one process, wide sweeps go in row chunks short enough that the
   checks between their ops come often (one op over all 14,739 rows took minutes there).
+* `device_wait(device)`: on a GPU the run's clock (`verify.instance.Clock`) waits for the device's
+  queued work (once a second, and at every check near the limit) before it reads the time, so a
+  check measures the work done, not the kernels launched.
 
 Without a deadline set (the API, branch and bound, tests) every call is a no-op. The limit raises
 the clock's `TimeLimitReached`, which the pipeline turns into `timeout`, never a verdict.
 """
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -105,6 +109,48 @@ def sweep_rows(widest: int, batch: int, device) -> int | None:
     if d is None or not d.fine or not d.short_sweeps or getattr(device, "type", "cpu") != "cpu":
         return None
     return max(1, CPU_SWEEP_ELEMENTS // max(1, widest * batch))
+
+
+# On a GPU the Python side runs ahead of the kernels it queued (up to the launch queue's depth, and
+# longer when several processes time-share the device): a clock read there measures the launches,
+# not the work, and a check can pass with seconds of work still queued (a vit_2023 pgd_2_3_16 row on
+# an H100 shared by 8 processes ended 11 s past its limit, with a check at every op). The run's clock
+# therefore waits for its device (`DeviceWait`): every SYNC_EVERY seconds, which measures how far
+# behind the device runs (the wait's length), and at every check once the limit is nearer than twice
+# the longest such lag plus SYNC_MARGIN: from there the queue stays short and the run stops within
+# about one op of its limit. Far from the limit the cost is one pipeline bubble a second.
+SYNC_EVERY = 1.0
+SYNC_MARGIN = 0.5
+
+
+class DeviceWait:
+    """`wait(left)`: calls `sync` (wait for the device's queued work) when the last call is `every`
+    seconds ago or more, or when `left` (seconds to the limit) is within twice the longest wait
+    seen plus `margin`; otherwise nothing."""
+
+    def __init__(self, sync: Callable[[], None], every: float | None = None, margin: float | None = None):
+        self.sync = sync
+        self.every = SYNC_EVERY if every is None else every
+        self.margin = SYNC_MARGIN if margin is None else margin
+        self.last = time.perf_counter()
+        self.lag = 0.0                  # the longest wait so far: how far the device ran behind
+
+    def __call__(self, left: float) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every or left <= 2.0 * self.lag + self.margin:
+            self.sync()
+            self.last = time.perf_counter()
+            self.lag = max(self.lag, self.last - now)
+
+
+def device_wait(device) -> DeviceWait | None:
+    """A `DeviceWait` for a CUDA device (the run's clock calls it before reading the time), None
+    for a CPU (its ops run when called)."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return None
+    import torch
+
+    return DeviceWait(lambda: torch.cuda.synchronize(device))
 
 
 def fine_hook(d: Deadline | None):

@@ -160,6 +160,11 @@ class Layout:
         """A decision all ranks agree on (e.g. early stopping)."""
         return flag
 
+    def smallest(self, n: int) -> int:
+        """The smallest of the ranks' `n` (ranks that share each bounding step): a size all of
+        them use, e.g. rows per sweep derived from each rank's own free memory."""
+        return n
+
     def total(self, x: float) -> float:
         """The sum over the ranks that split a bound's rows of a per-rank score (an optimiser's
         progress): here, and where each rank's score is its own, the score itself."""

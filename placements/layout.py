@@ -159,6 +159,11 @@ class PlacedLayout(Layout):
         dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.topology.shard_group)
         return bool(t.item())
 
+    def smallest(self, n: int) -> int:
+        t = torch.tensor([n], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.topology.shard_group)
+        return int(t.item())
+
     # -- weights held for a search (placements/hold.py) ---------------------------------------
     @contextmanager
     def holding(self):

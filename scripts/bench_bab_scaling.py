@@ -5,9 +5,10 @@
                                  [--bench-root DIR] [INSTANCE ...]
 
 The target instances of issue 21 by default (`DEFAULT`): the two mnist-net_256x4 properties that need
-ReLU branch and bound (prop_8_0.03, prop_3_0.05) and acasxu_2023 instances whose one-process input
-branch and bound takes seconds. An INSTANCE is `FAMILY/ONNX,VNNLIB,SPLIT` (paths relative to the
-family's folder under --bench-root; SPLIT: relu | input | auto).
+ReLU branch and bound (prop_8_0.03, prop_3_0.05), one oval21 instance with seconds of ReLU branch and
+bound, and acasxu_2023 instances whose one-process input branch and bound takes seconds. An INSTANCE
+is `FAMILY/ONNX,VNNLIB,SPLIT` (paths relative to the family's folder under --bench-root; SPLIT: relu |
+input | auto).
 
 Every instance runs `dtensor-verify run --json` once on one process and once under torchrun on 2
 processes (`--mesh 2x1`), one thread per rank (`--threads 1`, OMP_NUM_THREADS=1), the two one after
@@ -46,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ACAS = "acasxu_2023/onnx/ACASXU_run2a_{}_batch_2000.onnx.gz,vnnlib/prop_{}.vnnlib.gz,input"
 DEFAULT = ["mnist_fc/onnx/mnist-net_256x4.onnx.gz,vnnlib/prop_8_0.03.vnnlib.gz,relu",
            "mnist_fc/onnx/mnist-net_256x4.onnx.gz,vnnlib/prop_3_0.05.vnnlib.gz,relu",
+           # oval21 (CIFAR conv net, 3172 ReLUs): ~1200 domains, ~7 CPU s of one-process ReLU BaB here
+           "oval21/onnx/cifar_base_kw.onnx.gz,vnnlib/cifar_base_kw-img8194-eps0.018300653594771243.vnnlib.gz,relu",
            # one-process input BaB on acasxu: ~16 k, 16 k, 5 k, 4 k sub-boxes (the H100 run's counts)
            ACAS.format("1_1", 3), ACAS.format("3_3", 9), ACAS.format("1_1", 5), ACAS.format("4_7", 1)]
 TARGET_TIME, TARGET_RATE, MIN_BAB_SECONDS = 0.65, 1.7, 5.0

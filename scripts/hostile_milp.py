@@ -135,8 +135,9 @@ def startup_columns(report: Path, launched: float) -> dict:
 
 def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], folder: Path, log=print,
           family: str = "random", split: str | None = None, floor: float = 1e-5, jobs: int = 1,
-          launchers=("fast",)) -> list[dict]:
-    """Every instance in this process first (one at a time), then the torchrun runs, `jobs` at once."""
+          launchers=("fast",), on_row=None) -> list[dict]:
+    """Every instance in this process first (one at a time), then the torchrun runs, `jobs` at once;
+    `on_row(row)` sees each row as it is made (a run cut off at a wall clock keeps what it had)."""
     import torch
 
     torch.set_num_threads(1)
@@ -147,7 +148,7 @@ def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], f
         base = {"seed": seed, "size": size, "expected": inst.expected, "gap": f"{inst.gap:.3g}",
                 "milp_seconds": round(inst.milp_seconds, 3)}
         rows.append(_row(base, inst, "one process", seed % 2 == 0,
-                         run_local(onnx_path, spec, timeout, seed % 2 == 0, split), log))
+                         run_local(onnx_path, spec, timeout, seed % 2 == 0, split), log, on_row))
         if seed - first < torchrun:
             for plan in plans:
                 mesh = "2x1" if plan == "2x1" else None
@@ -162,15 +163,17 @@ def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], f
                 out = fut.result()
             except Exception as exc:    # noqa: BLE001 - e.g. a job past its limit + 60 s: counted, not fatal
                 out = {"verdict": "error", "seconds": timeout + 60, "message": f"{type(exc).__name__}: {exc}"[:200]}
-            rows.append(_row(base, inst, runner, True, out, log))
+            rows.append(_row(base, inst, runner, True, out, log, on_row))
     order = {"one process": 0, **{f"torchrun {p}": 2 * i + 1 for i, p in enumerate(plans)},
              **{f"torchrun {p} [torchrun]": 2 * i + 2 for i, p in enumerate(plans)}}
     return sorted(rows, key=lambda r: (r["seed"], order.get(r["runner"], 99)))
 
 
-def _row(base: dict, inst, runner: str, attack: bool, out: dict, log) -> dict:
+def _row(base: dict, inst, runner: str, attack: bool, out: dict, log, on_row=None) -> dict:
     row = {**base, "runner": runner, "attack": attack, **out, "correct": judge(inst.expected, out["verdict"])}
     row["seconds"] = round(row["seconds"], 3)
+    if on_row:
+        on_row(row)
     if log:
         up = f" (start-up {out['startup_s']:.1f}s)" if out.get("startup_s") not in (None, "") else ""
         log(f"{base['seed']:4d} {base['size']:12s} {inst.expected:6s} gap {inst.gap:9.2e} milp "
@@ -267,10 +270,18 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     load_before, t = os.getloadavg(), time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, open(out / "hostile_milp.partial.csv", "w", newline="") as part:
+        partial = csv.DictWriter(part, fieldnames=FIELDS, extrasaction="ignore")
+        partial.writeheader()
+
+        def keep(row):                      # rows as they come, flushed: a killed sweep keeps them
+            partial.writerow(row)
+            part.flush()
+
         rows = sweep(args.n, args.first_seed, args.timeout, args.torchrun, args.plans, Path(tmp),
                      family=args.family, split=args.split, floor=args.floor, jobs=args.jobs,
-                     launchers=args.launchers)
+                     launchers=args.launchers, on_row=keep)
+    (out / "hostile_milp.partial.csv").unlink()
     with open(out / "hostile_milp.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()

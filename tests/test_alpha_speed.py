@@ -242,8 +242,8 @@ def test_crown_rows_per_sweep_from_the_share(monkeypatch):
     monkeypatch.delenv("DTENSOR_VERIFY_DEVICE_BYTES", raising=False)
     monkeypatch.delenv("DTENSOR_VERIFY_SHARE_DEVICE", raising=False)
     assert crown_max_rows(g, 2, torch.device("cpu")) is None
-    # half of 30,720 B over 4 A-matrices x 4 B x batch 2 x 24 (the widest node) per row: 20 rows
-    monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(30720))
+    # half of 46,080 B over 6 A-matrices (CROWN_COPIES) x 4 B x batch 2 x 24 (the widest node) per row: 20 rows
+    monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(46080))
     assert crown_max_rows(g, 2, torch.device("cpu")) == 20
     monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", "1")
     assert crown_max_rows(g, 2, torch.device("cpu")) == 1

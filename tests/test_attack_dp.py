@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from dtensor_verify.verify.attacks import _dp_share
+from dtensor_verify.verify.attacks import _dp_share, _dp_starts
 
 
 def _inst(topology):
@@ -17,6 +17,18 @@ def test_restarts_and_seeds_are_shared_out_over_dp():
     assert [s[0] for s in shares] == [3, 3]                    # rounded up: no restart lost
     assert shares[0][1] != shares[1][1]                        # different starts in each group
     assert all(s[2] is not None for s in shares)
+
+
+def test_guided_starts_are_shared_out_over_dp():
+    import torch
+
+    starts = {0: torch.arange(5.0).unsqueeze(1), 3: torch.arange(1.0).unsqueeze(1)}
+    shares = [_dp_starts(starts, SimpleNamespace(dp=2, dp_rank=r)) for r in range(2)]
+    for p, v in starts.items():                                 # each start on exactly one rank
+        got = torch.cat([s[p] for s in shares]).flatten().sort().values
+        assert torch.equal(got, v.flatten())
+    assert [s[0].shape[0] for s in shares] == [3, 2] and shares[1][3].shape[0] == 0
+    assert _dp_starts(starts, None) is starts and _dp_starts({}, SimpleNamespace(dp=2, dp_rank=1)) == {}
 
 
 def test_one_dp_group_keeps_the_whole_round():

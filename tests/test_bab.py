@@ -328,7 +328,12 @@ def test_queue_limit_follows_memory_and_ends_unknown(monkeypatch):
     as unknown (never unsat), and a crowded queue serves its most promising domains first."""
     from dtensor_verify.bab import solver as solver_module
 
+    from dtensor_verify.bab import store_limit
+
     monkeypatch.setattr(solver_module, "free_memory_bytes", lambda device: 4_000_000)
+    # The store's limit: free memory now, floored by the device's total (both 4 MB here).
+    monkeypatch.setattr(store_limit, "free_memory_bytes", lambda device: 4_000_000)
+    monkeypatch.setattr(store_limit, "total_memory_bytes", lambda device: 4_000_000)
     net, shape = random_mlp([20, 64, 64, 64, 64, 2], seed=4)
     model = dv.load(net, input_shape=shape)
     text = "".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} -1))\n(assert (<= X_{i} 1))\n" for i in range(20))

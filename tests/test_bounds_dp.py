@@ -197,10 +197,10 @@ def test_rows_split_over_dp_give_one_process_bounds(tmp_path, world):
             assert counts and set(counts.values()) == {key[1]}, counts
 
 
-@pytest.mark.parametrize("rows_min", [0, None], ids=["rows-split", "whole-on-every-rank"])
+@pytest.mark.parametrize("rows_min", [0, None], ids=["rows-split", "whole-on-rank-0"])
 def test_mesh_2x1_one_box_rows_split_verdict_and_bounds_of_one_process(tmp_path, rows_min):
     """One region: the bound stage splits rows (not regions) over the 2 ranks (`rows_min` 0), or, on
-    this small network by default, every rank computes each bound whole; bounds, alpha-CROWN's steps,
+    this small network by default, dp rank 0 computes each bound whole and hands it on; bounds, alpha-CROWN's steps,
     and the verdict after branch and bound are one process's."""
     low, _ = _thresholds()
     text = _one_box_prop(low)
@@ -216,18 +216,127 @@ def test_mesh_2x1_one_box_rows_split_verdict_and_bounds_of_one_process(tmp_path,
             assert its == rits and len(its) == 1, (its, rits)     # one batch: the box, on every rank
 
 
-def test_small_networks_bound_whole_on_every_rank():
+def test_small_networks_are_bounded_whole_on_one_rank():
     """Below ROWS_MIN_NEURONS neurons feeding activations a one-box bound is not split by rows."""
     from dtensor_verify.verify import bounds_dp
 
     topo = SimpleNamespace(dp=2, dp_rank=1, dp_group=None)
     small = _model()
-    layout = bounds_dp.rows_layout(small, topo)
-    assert isinstance(layout, bounds_dp.DpWholeLayout) and not layout.splits_rows
-    assert layout.rows("x", 7).mine == slice(0, 7) and layout.total(2.5) == 2.5
-    assert layout.world_size == 2                 # decisions still taken together
+    assert bounds_dp.whole_on_one_rank(small.graph)
+    assert not bounds_dp.whole_on_one_rank(_big_graph())
     big = bounds_dp.rows_layout(SimpleNamespace(graph=_big_graph(), layout=small.layout), topo)
     assert type(big) is bounds_dp.DpRowsLayout and big.rows("x", 7).mine == slice(4, 7)
+
+
+def test_whole_then_agree_takes_rank_0s_outcome_and_raises_any_time_out(monkeypatch):
+    """dp rank 0 computes the bound alone: one gather, every rank then holds rank 0's outcome (and
+    the other ranks' side results), or raises what any rank ran into."""
+    import torch.distributed as dist
+
+    from dtensor_verify.errors import TimeLimitReached, VerifierError
+    from dtensor_verify.verify.bounds_dp import _Side, local_clock, whole_then_agree
+    from dtensor_verify.verify.instance import Clock
+
+    sent = {}
+
+    def fake_gather(other):
+        def gather(out, mine, group=None):
+            sent["mine"] = mine
+            out[0], out[1] = (mine, other) if topo.dp_rank == 0 else (other, mine)
+        return gather
+
+    def bound(rank):
+        def fn():
+            assert rank == 0, "only dp rank 0 computes the bound"
+            return {"r": rank}
+        return fn
+
+    for rank, other, want in [(0, _Side(None), ({"r": 0}, [None])), (1, {"r": 0}, ({"r": 0}, [None])),
+                              (1, "timed-out", None), (1, "failed", None)]:
+        topo = SimpleNamespace(dp=2, dp_rank=rank, dp_group=None)
+        monkeypatch.setattr(dist, "all_gather_object", fake_gather(other))
+        if want is None:
+            with pytest.raises((TimeLimitReached, VerifierError)):
+                whole_then_agree(topo, bound(rank), "cpu")
+        else:
+            assert whole_then_agree(topo, bound(rank), "cpu") == want
+            assert sent["mine"] == ({"r": 0} if rank == 0 else _Side(None))
+    # rank 0 ran out of its own time: it still joins the gather, and raises after it
+    topo = SimpleNamespace(dp=2, dp_rank=0, dp_group=None)
+    monkeypatch.setattr(dist, "all_gather_object", fake_gather(_Side(None)))
+    with pytest.raises(TimeLimitReached):
+        whole_then_agree(topo, lambda: (_ for _ in ()).throw(TimeLimitReached()), "cpu")
+    assert sent["mine"] == "timed-out"
+    # the clock of the stage decides alone: no collective (a layout whose all_true would raise)
+    clock = Clock(0.0, SimpleNamespace(all_true=lambda flag: 1 / 0))
+    with pytest.raises(TimeLimitReached):
+        local_clock(clock).check()
+
+
+def test_side_job_runs_until_rank_0_says_its_bound_is_done(monkeypatch):
+    """With a side job: rank 0 sends each other rank one message after its bound; the others run
+    `side(stopped)`, `stopped()` turning True with that message, and always receive it."""
+    import torch.distributed as dist
+
+    from dtensor_verify.verify.bounds_dp import _Side, whole_then_agree
+
+    log = []
+
+    class Recv:
+        def __init__(self):
+            self.done = False
+
+        def is_completed(self):
+            return self.done
+
+        def wait(self):
+            log.append("received")
+
+    recv = Recv()
+    monkeypatch.setattr(dist, "send", lambda t, group=None, group_dst=None: log.append(("send", group_dst)))
+    monkeypatch.setattr(dist, "irecv", lambda t, group=None, group_src=None: recv)
+
+    def side(stopped):
+        assert not stopped()
+        recv.done = True                                        # rank 0's message came
+        return ("found", 0.5) if stopped() else None
+
+    topo = SimpleNamespace(dp=2, dp_rank=1, dp_group=None)
+    monkeypatch.setattr(dist, "all_gather_object", lambda out, mine, group=None: out.__setitem__(
+        slice(None), [{"r": 0}, mine]))
+    assert whole_then_agree(topo, lambda: 1 / 0, "cpu", side) == ({"r": 0}, [("found", 0.5)])
+    assert log == ["received"]
+    topo = SimpleNamespace(dp=3, dp_rank=0, dp_group=None)
+    monkeypatch.setattr(dist, "all_gather_object", lambda out, mine, group=None: out.__setitem__(
+        slice(None), [mine, _Side(None), _Side(("x", 1.0))]))
+    assert whole_then_agree(topo, lambda: {"r": 0}, "cpu", side) == ({"r": 0}, [None, ("x", 1.0)])
+    assert log[1:] == [("send", 1), ("send", 2)]
+
+
+def test_helper_round_stops_when_told_and_shares_the_round(monkeypatch):
+    """The attack-extra round as a side job: ranks 1 .. dp-1 share its restarts and guided starts;
+    it ends with None once `stopped()` (rank 0's bound is done), a result otherwise."""
+    from dtensor_verify.verify import attacks
+
+    calls = []
+
+    def fake_round(model, pairs, open_idx, lo, hi, clock, opts, restarts, seed, starts):
+        calls.append((restarts, seed, {p: v.shape[0] for p, v in starts.items()}))
+        for _ in range(3):
+            clock.check()                                      # as PGD's forward passes do
+        return torch.zeros(1, 2), torch.ones(1)
+
+    monkeypatch.setattr(attacks, "attack_round", fake_round)
+    monkeypatch.setattr(attacks, "confirm_candidates", lambda inst, x, m, idx: None)
+    clock = SimpleNamespace(check=lambda: None, layout=None)
+    inst = SimpleNamespace(model=SimpleNamespace(layout=SimpleNamespace(topology=SimpleNamespace(dp=3, dp_rank=2))),
+                           open_pairs=lambda: [0], pairs=None, pair_lo=None, pair_hi=None, clock=clock,
+                           attack=SimpleNamespace(restarts=5), guided={0: torch.zeros(4, 2)})
+    run = attacks.helper_round(inst, 11)
+    found, secs = run(lambda: False)
+    assert found is None and secs >= 0
+    assert calls == [(3, 11 + 7919, {0: 2})]                  # the second of 2 helpers: 3 restarts, starts 1, 3
+    assert run(lambda: True) is None                           # told to stop: the round is left undone
 
 
 def _big_graph():
@@ -235,3 +344,31 @@ def _big_graph():
 
     net = random_mlp([4, 4096, 2], seed=0)[0]
     return dv.load(net, input_shape=(4,)).graph
+
+
+def test_bound_stage_takes_the_side_round_and_its_counterexample(monkeypatch):
+    """The last bound stage hands the attack-extra round to the ranks that wait: a round they ran
+    whole counts as done (AttackBeforeBab then skips it); a counterexample they confirmed is the
+    verdict (`sat`, by the attack); a round cut short leaves AttackBeforeBab to run it."""
+    from dtensor_verify.verify import stages
+    from dtensor_verify.verify.bounds import BoundOutcome
+
+    def inst_with(side):
+        monkeypatch.setattr(stages, "bound_pairs", lambda *a, **k: BoundOutcome(side=side))
+        accepted = []
+        inst = SimpleNamespace(clock=SimpleNamespace(check=lambda: None), open_pairs=lambda: [0], roots={},
+                               attack=SimpleNamespace(seed=0, extra_rounds=4), extra_rounds_done=0, phases={},
+                               accept=accepted.append, result=SimpleNamespace(bounds={}, phases={}),
+                               say=lambda msg: None, bounded=lambda *a: False, details=[], pairs=None)
+        inst.add_phase = lambda name, s: inst.phases.__setitem__(name, s)
+        return inst, accepted
+
+    stage = stages.Bound("alpha-crown", side_attack=True, guide=False)
+    inst, accepted = inst_with([("cex", 0.3)])
+    decision = stage.run(inst)
+    assert (decision.verdict, decision.decided_by) == ("sat", "attack") and accepted == ["cex"]
+    inst, accepted = inst_with([(None, 0.3)])
+    assert stage.run(inst) is None and inst.extra_rounds_done == 1 and inst.phases == {"attack-extra": 0.3}
+    assert stages.AttackBeforeBab().run(inst) is None and not accepted      # done already: skipped
+    inst, _ = inst_with([None])                                              # stopped: not done
+    assert stage.run(inst) is None and inst.extra_rounds_done == 0

@@ -159,3 +159,35 @@ def test_relu_output_that_contradicts_its_split_marks_the_child_empty(parallel):
     assert torch.isinf(kids.lower[0]).all() and torch.isfinite(kids.lower[1]).all()
     lo0, up0 = kids.bounds[relu]
     assert bool((lo0 <= up0).all())
+
+
+def test_refresh_sweeps_are_sized_to_the_device_share(parallel, monkeypatch):
+    """The refresh of split children bounds every neuron of the nodes behind the cut for the whole
+    batch: on a GPU with no row cap that asked a shared H100 for up to 295 GiB (ml4acopf). With a
+    tiny device, its sweeps come in chunks of `crown_max_rows` rows, and the bounds are the same."""
+    import sys
+
+    from dtensor_verify.methods import alpha_budget
+
+    crown = sys.modules["dtensor_verify.methods.crown"]
+    model, problem, roots, lo, hi = parallel
+    j = next(j for j, name in enumerate(problem.general) if _branch_of(name, model) == "left")
+    decision = torch.tensor([[code_of(j), 0]])
+
+    def refreshed():
+        kids = split(roots, decision, problem.relus, problem.pre_of, problem.general, problem.beta_of)
+        general_refresh.refresh_children(problem, kids, decision.repeat(2, 1), lockstep=False)
+        return kids
+
+    whole = refreshed()
+    rows_per_sweep = []
+    real = crown.backward_bound
+    monkeypatch.setattr(crown, "backward_bound",
+                        lambda *a, rows=None, **k: rows_per_sweep.append(len(rows)) or real(*a, rows=rows, **k))
+    widest = max(n.numel for n in model.graph.nodes)
+    monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(int(2 * alpha_budget.CROWN_COPIES * 4 * 2 * widest / alpha_budget.FRACTION)))
+    chunked = refreshed()
+    assert rows_per_sweep and max(rows_per_sweep) == 2, rows_per_sweep
+    for name, (l0, u0) in whole.bounds.items():
+        torch.testing.assert_close(chunked.bounds[name][0], l0, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(chunked.bounds[name][1], u0, rtol=1e-5, atol=1e-6)

@@ -5,7 +5,9 @@
 # A JOB is `bench:BENCH:WORKERS:SCALE:CORES[:INSTANCES_CSV]` (bench/gpu/input_bab_gpu.sh, one thread
 # per process, the GPU share set to the number of GPU processes of all jobs) or
 # `scaling:CORES:ARGS...` (scripts/bench_bab_scaling.py --out OUT/scaling ARGS, on CORES) or
-# `milp:CORES:ARGS...` (scripts/hostile_milp.py --out OUT/milp ARGS, on CORES: CPU torchrun runs).
+# `milp:CORES:ARGS...` (scripts/hostile_milp.py --out OUT/milp ARGS, on CORES: CPU torchrun runs) or
+# `sh:CORES:NAME:COMMAND...` (any command on CORES, run by bash with OUT/jobs/NAME as $JOB_OUT; its
+# output in OUT/jobs/NAME.log; e.g. scripts/bench_memory_patches_gpu.sh run "$JOB_OUT").
 # CORES is a taskset list (e.g. 0-5). Every job stops by WALL_S. Everything under OUT is packed
 # into OUT/results.tgz (the device tool brings back only a few files), plus one summary.txt.
 # Carry [".whl", ".bench_data"] with the benchmarks the jobs name.
@@ -25,6 +27,10 @@ for j in "$@"; do
   if [ "$kind" = bench ]; then
     (INSTANCES=${e:-} THREADS=1 SHARE=$share PY=$PY timeout -k 5 $((WALL + 10)) taskset -c "$d" \
        bash bench/gpu/input_bab_gpu.sh "$a" "$OUT/jobs/$a" "$b" "$c" "$WALL" > "$OUT/jobs/$a.summary.txt" 2>&1) &
+  elif [ "$kind" = sh ]; then
+    cmd=${j#sh:*:*:}
+    (mkdir -p "$OUT/jobs/$b"; JOB_OUT="$OUT/jobs/$b" timeout -k 5 "$WALL" taskset -c "$a" bash -c "$cmd" \
+       > "$OUT/jobs/$b.log" 2>&1) &
   elif [ "$kind" = milp ]; then
     args=${j#milp:*:}
     (timeout -k 5 "$WALL" taskset -c "$a" $PY scripts/hostile_milp.py --out "$OUT/jobs/milp" $args \
@@ -39,7 +45,9 @@ wait
 { nproc; uptime; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
   for f in "$OUT"/jobs/*.summary.txt; do [ -f "$f" ] || continue; echo "== $f"; tail -2 "$f"; done
   [ -f "$OUT/jobs/scaling.log" ] && tail -30 "$OUT/jobs/scaling.log"
-  [ -f "$OUT/jobs/milp.log" ] && tail -30 "$OUT/jobs/milp.log"; } > "$OUT/summary.txt"
+  [ -f "$OUT/jobs/milp.log" ] && tail -30 "$OUT/jobs/milp.log"
+  for f in "$OUT"/jobs/*.log; do case $f in */scaling.log|*/milp.log) continue;; esac
+    [ -f "$f" ] && { echo "== $f"; tail -15 "$f"; }; done; } > "$OUT/summary.txt"
 find "$OUT/jobs" -name 'part*.csv' -delete
 tar czf "$OUT/results.tgz" -C "$OUT" jobs && rm -rf "$OUT/jobs"
 cat "$OUT/summary.txt"

@@ -36,6 +36,7 @@ from .exact_hooks import decide_leaves, settle_few_unstable
 from .general_refresh import refresh_children
 from .problem import BabProblem, BabResult, BabStats, PhaseTimer
 from .split_kinds import needs_refresh
+from .store_limit import store_limit
 
 # (x [m, *S], pair [m], y [m, n_out]) -> a confirmed counterexample among the points, or None
 ConfirmFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]
@@ -104,6 +105,7 @@ class BabSolver:
         self.mode = input_bab.mode_of(problem, opts)       # 'relu' | 'input': the kind of split
         self.batch = auto_batch_size(problem, opts, problem.d.device, free_memory_bytes, self.mode)
         self.max_open = opts.max_domains or 0   # set from memory when solving starts
+        self.limit = None                       # ... and why (store_limit.StoreLimit)
         self._late = False                      # a round stored its domains unbranched (out of time)
         self.loops = 0                          # rounds of the search: the same count on every worker
         self._round_seconds = 0.0               # input splitting: the last round (its sweeps can't stop early)
@@ -249,13 +251,13 @@ class BabSolver:
         self.stats.iterations += result.iterations
         self._settle(roots, result, roots.lower)
 
-    def _store_limit(self, roots: Domains) -> int:
-        """Open domains this worker may keep: max_domains, or fewer if memory holds fewer (every
-        worker agrees on the smallest, so all stop in the same round)."""
-        per_domain = max(1, roots.nbytes() // max(1, len(roots)))
-        fits = int(free_memory_bytes(roots.pair.device) * self.opts.store_fraction) // per_domain
-        cap = fits if self.opts.max_domains is None else min(self.opts.max_domains, fits)
-        return self.comm.agree_min(max(self.batch * 4, cap))
+    def _store_limit(self, per_domain: int, held: int = 0) -> int:
+        """Open domains this worker may keep (`store_limit.py`: max_domains, or what memory holds,
+        never less than a floor from the device's total memory); every worker agrees on the
+        smallest, so all stop in the same round. `held`: domains stored now (asked again when full)."""
+        self.limit = store_limit(per_domain, self.opts.store_fraction, self.batch * 4, self.problem.d.device,
+                                 self.opts.max_domains, held)
+        return self.comm.agree_min(self.limit.domains)
 
     def round(self):
         # Worst first, unless the queue is over half full: then the most promising domains (input
@@ -323,7 +325,7 @@ class BabSolver:
         if self.mode == "input":
             roots = input_bab.with_boxes(self.problem, roots)
         self.template = roots.index(torch.zeros(0, dtype=torch.long, device=roots.pair.device))
-        self.max_open = self._store_limit(roots)
+        self.max_open = self._store_limit(max(1, roots.nbytes() // max(1, len(roots))))
         if self.lockstep:
             self._prepare_exact()           # may gather sharded weights: every rank, here
         bar = None
@@ -370,8 +372,10 @@ class BabSolver:
             return self._result("proved")
         if state.time_up:
             return self._result("timeout")
+        if state.too_many(self.max_open) and self.limit is not None:    # every worker asks memory again
+            self.max_open = max(self.max_open, self._store_limit(self.limit.per_domain, len(self.store)))
         if state.too_many(self.max_open):
-            return self._result("unknown", f"too many open domains (limit {self.max_open} per worker)")
+            return self._result("unknown", self.limit.reason(self.max_open) if self.limit else "too many open domains")
         if self.opts.max_rounds is not None and loops >= self.opts.max_rounds:
             return self._result("unknown", f"stopped after {loops} rounds")   # the same on every rank
         return None

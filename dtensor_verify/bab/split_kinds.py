@@ -25,7 +25,9 @@ on them: with exact leaves (`bab/exact.py`) that search is finite and complete, 
 never ends on an instance whose exact margin is near 0 (seen on 3-input, 20-ReLU networks with
 margins of 1e-6..1e-4: input splitting timed out where ReLU splitting decides in a second).
 A network with other nonlinear ops (no exact leaves) splits inputs whenever few are perturbed,
-else neurons ('relu': ReLU and general splits).
+else neurons ('relu': ReLU and general splits). (nn4sys pensieve_big_parallel, 32 perturbed inputs:
+neither kind decided its hard instances on a CPU, docs/BENCHMARKS.md; the ratio boxes of
+`methods/ratio_bounds.py` decide all 77 before branch and bound, so the rule stays.)
 """
 from __future__ import annotations
 

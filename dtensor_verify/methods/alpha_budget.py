@@ -117,13 +117,20 @@ def plan_starts(graph, rows: dict, n_out_rows: int, batch: int, device, itemsize
     return StartPlan(names, tuple(n for n in names if n not in own), total, budget)
 
 
+# A-matrices of the widest node alive at once per row of a backward sweep without autograd:
+# measured peak live bytes / (rows x batch x widest x 4) of one sweep per carried node, CPU
+# (alloc_cap.AllocationCap's count): up to 5.33 on vit_2023 ibp_3_3_8 (softmax difference nodes,
+# 14,739 neurons), 4.07 on pgd_2_3_16 (scripts/bench_alpha_bab_memory.py --per-node).
+CROWN_COPIES = 6
+
+
 def crown_max_rows(graph, batch: int, device, itemsize: int = 4, free_bytes=free_memory_bytes) -> int | None:
-    """Rows per backward sweep (no autograd) that fit the budget: about four A-matrices of the
+    """Rows per backward sweep (no autograd) that fit the budget: `CROWN_COPIES` A-matrices of the
     widest node alive at once per row. None (no limit) on a CPU whose memory is not shared or
     faked (DTENSOR_VERIFY_SHARE_DEVICE / DTENSOR_VERIFY_DEVICE_BYTES): the host's free memory
     moves with other jobs, and a run's bounds should not."""
     if device.type == "cpu" and sharing() == 1 and "DTENSOR_VERIFY_DEVICE_BYTES" not in os.environ:
         return None
     widest = max((n.numel for n in graph.nodes), default=1)
-    per_row = 4 * itemsize * batch * widest
+    per_row = CROWN_COPIES * itemsize * batch * widest
     return max(1, int(free_bytes(device) * FRACTION) // per_row)

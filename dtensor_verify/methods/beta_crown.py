@@ -20,6 +20,7 @@ import torch
 from ..layout import DEFAULT_LAYOUT, Layout
 from ..margin import margin
 from ..memory import tag
+from ..ops.softmax_gate_probes import can_probe, gate_names, probe_gates
 from ..ops.softmax_sum import best_of_gates, split_gates
 from .crown import output_bound
 from .optimize import ParamGroup, maximise
@@ -32,6 +33,7 @@ class BetaOptions:
     lr_beta: float = 0.05
     patience: int = 5
     tol: float = 1e-4
+    gate_probes: bool = True             # the shift's gates probed after the iterations (below)
 
 
 @dataclass
@@ -80,11 +82,15 @@ def beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout: Layo
         beta_p = {r: b.detach().clone().requires_grad_(True) for r, b in betas.items()}
     recorded: dict = {}
 
-    def bound(record=None):
-        return output_bound(graph, bounds, C, layout,
-                            {r: _slopes(a, getattr(graph[r].op, "splittable", False)) for r, a in alpha_p.items()},
+    def bound_at(a, b, idx=None, record=None):
+        pick = (lambda t: t) if idx is None else (lambda t: t[idx])      # idx: some domains only
+        return output_bound(graph, {k: tuple(pick(t) for t in v) for k, v in bounds.items()}, pick(C), layout,
+                            {r: _slopes(x, getattr(graph[r].op, "splittable", False)) for r, x in a.items()},
                             want_lower=True, want_upper=False, gather=False,
-                            betas={r: (b, signs[r]) for r, b in beta_p.items()}, record=record)[0]
+                            betas={r: (x, pick(signs[r])) for r, x in b.items()}, record=record)[0]
+
+    def bound(record=None):
+        return bound_at(alpha_p, beta_p, record=record)
 
     with torch.no_grad():
         # Shifted and plain softmax / LayerNorm steps, the tighter per row (ops/softmax_sum.py).
@@ -121,4 +127,25 @@ def beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout: Layo
                   ParamGroup(list(beta_p.values()), opts.lr_beta, 0.0, None)]
         iterations = maximise(groups, evaluate, keep_best, opts.iterations, layout, opts.patience, opts.tol,
                               on_step)
+        if opts.gate_probes and iterations > 0 and can_probe(graph, best["alphas"]):
+            _probe_gates(graph, bound_at, best, d, row_mask, layout, on_step, iterations)
     return BetaResult(best["lower"], best["alphas"], best["betas"], recorded, iterations)
+
+
+def _probe_gates(graph, bound_at, best: dict, d, row_mask, layout: Layout, on_step, steps: int):
+    """The softmax / LayerNorm shift's gates probed around each row's own after the iterations, on
+    the best slopes and multipliers (ops/softmax_gate_probes.py): `best` (lower, alphas) tightened
+    in place, never looser. One process probes the domains with no proved row only; ranks that
+    share sweeps probe all theirs (the same sweeps on every rank), unless all are proved or a rank
+    is out of time (`on_step`, as after alpha-CROWN's iterations)."""
+    open_ = margin(best["lower"], d, row_mask) <= 0                      # [B]
+    late = on_step is not None and bool(on_step(steps, None))
+    if layout.all_true(not bool(open_.any())) or not layout.all_true(not late):
+        return
+    idx = open_.nonzero().flatten() if layout.world_size == 1 else torch.arange(len(open_), device=open_.device)
+    alphas = {r: a[idx] for r, a in best["alphas"].items()}
+    betas = {r: b[idx] for r, b in best["betas"].items()}
+    lower = probe_gates(graph, alphas, lambda: bound_at(alphas, betas, idx), best["lower"][idx])
+    best["lower"] = best["lower"].index_put((idx,), lower)
+    for r in gate_names(graph, alphas):
+        best["alphas"][r] = best["alphas"][r].index_put((idx,), alphas[r])

@@ -23,6 +23,7 @@ from ..ops.row_pieces import in_row_pieces
 from ..ops.softmax_sum import best_of_shifts
 from .ibp import ibp_step
 from .output_rows import default_spec, output_ibp, tighter_than_ibp  # noqa: F401 (re-exported)
+from .ratio_bounds import ratio_sites, tighten as tighten_ratio
 from .sweep_patches import (concretize_patches_pair, identity_output_as_rows, patches_or_dense,
                             reshape_rows_patches, starts_patches)
 
@@ -252,7 +253,8 @@ def identity_rows(rows: torch.Tensor, shape, batch: int, dtype, device) -> torch
 
 
 def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch, alphas_for=None):
-    """CROWN bounds of the flattened neurons `rows` of node `name`, in chunks of `opts.max_rows`.
+    """CROWN bounds of the flattened neurons `rows` of node `name`, in chunks of `opts.max_rows`
+    (None: in one process, what this process's share of the device holds, `crown_max_rows`).
 
     Each rank computes only its `layout.rows(...).mine` of the rows (spec sharding); the result
     is gathered to every rank. Returns (lower, upper) of shape [B, len(rows)].
@@ -262,9 +264,15 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
     split = layout.rows(name, n)
     local_rows = rows[split.mine]
     most = split.most
+    max_rows = opts.max_rows
+    if max_rows is None and layout.world_size == 1:
+        # A caller that did not size its rows gets this process's share of the device: branch and
+        # bound's layers bounded again behind general splits swept all 14,739 rows of a ViT
+        # softmax difference node for 48 trial children at once (38.85 GiB asked of a shared H100).
+        max_rows = crown_max_rows(graph, batch, box[0].device)
     # Under a deadline on a CPU, shorter sweeps (so its checks come often; deadline.sweep_rows).
     cap = deadline.sweep_rows(max((nd.numel for nd in graph.nodes), default=1), batch, box[0].device)
-    chunk = sweep_chunk(opts.max_rows if cap is None else min(cap, opts.max_rows or cap), most, n)
+    chunk = sweep_chunk(max_rows if cap is None else min(cap, max_rows or cap), most, n)
     lows, ups = [], []
     # Every rank runs the same number of sweeps (FSDP gathers are collectives), even with no rows.
     for start in range(0, most, chunk):
@@ -281,6 +289,13 @@ def node_bound_rows(graph, name, rows, bounds, layout, opts: CrownOptions, batch
         lo = up = box[0].new_zeros(batch, 0)
     diff = alphas_for is not None
     return split.gather(lo, differentiable=diff), split.gather(up, differentiable=diff)
+
+
+def agreed_max_rows(graph, batch: int, device, layout: Layout) -> int | None:
+    """`crown_max_rows`, the same on every rank that shares the sweeps (each asks its own device's
+    free memory; a different number of chunks would unpair FSDP's gathers)."""
+    most = crown_max_rows(graph, batch, device)
+    return most if most is None or layout.world_size == 1 else layout.smallest(most)
 
 
 def intermediate_bounds(graph, box, layout: Layout = DEFAULT_LAYOUT, opts: CrownOptions | None = None):
@@ -301,15 +316,19 @@ def _intermediate_bounds(graph, box, layout, opts):
     if opts.max_rows is None:
         # Sized to this process's part of the device (a GPU shared by benchmark processes): all
         # rows of a wide layer at once asked an H100 for 29 GiB (ml4acopf's 300-bus networks).
-        opts = dataclasses.replace(opts, max_rows=crown_max_rows(graph, batch, box[0].device))
+        opts = dataclasses.replace(opts, max_rows=agreed_max_rows(graph, batch, box[0].device, layout))
     bounds = {graph.input_name: box}
     preactivation = set(graph.preactivation_nodes())
     rows_by_node = {}
+    ratios = ratio_sites(graph, layout, box[0])     # averages by normalised weights (ratio_bounds.py)
     for node in graph.nodes:
         if node.op is None:
             continue
         ref_lo, ref_up = ibp_step(node, bounds, layout)
         name = node.name
+        if name in ratios:
+            bounds[name] = (ref_lo, ref_up)
+            ref_lo, ref_up = tighten_ratio(graph, ratios[name], bounds, layout, backward_bound)
         if name not in preactivation or graph.affine_from_input(name):
             bounds[name] = (ref_lo, ref_up)   # one affine op from the input: IBP is exact
             continue

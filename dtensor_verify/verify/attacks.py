@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -63,6 +64,14 @@ def _dp_share(inst: Instance, restarts: int, seed: int) -> tuple[int, int, objec
     return max(1, -(-restarts // topo.dp)), seed + 7919 * topo.dp_rank, topo
 
 
+def _dp_starts(starts, topo):
+    """This dp group's share of the given starts of each pair (round-robin; every group ran all
+    of them before: docs/bab_scaling/relu2x1/README.md); all of them with one group."""
+    if topo is None or not starts:
+        return starts
+    return {p: v[topo.dp_rank::topo.dp] for p, v in starts.items()}
+
+
 def _first_found(topo, run):
     """`run()` -> (found, margins) on this rank; then every rank's confirmed counterexample is
     gathered and the first one returned on every rank (so every rank decides alike). A rank whose
@@ -102,6 +111,7 @@ def attack_open(inst: Instance, restarts: int, seed: int, phase: str, starts=Non
         return None
     t = time.perf_counter()
     restarts, seed, topo = _dp_share(inst, restarts, seed) if spread else (restarts, seed, None)
+    starts = _dp_starts(starts, topo)
 
     def run():
         x_best, margins = attack_round(inst.model, inst.pairs, open_idx, inst.pair_lo, inst.pair_hi, inst.clock,
@@ -116,6 +126,48 @@ def attack_open(inst: Instance, restarts: int, seed: int, phase: str, starts=Non
     inst.say(f"{phase}: {restarts} restarts" + (f" + {n0} guided start(s)" if n0 else "")
              + f" x {inst.attack.steps} steps, best margin {float(margins.min()):.4g} ({time.perf_counter() - t:.2f} s)")
     return found
+
+
+class _Stopped(Exception):
+    """The bound that a side round runs beside is done (`helper_round`)."""
+
+
+class _StopClock:
+    """A rank's own clock (no collective) that also stops the round once `stopped()` says so."""
+
+    def __init__(self, clock, stopped):
+        self.clock, self.stopped = clock, stopped
+
+    def check(self):
+        self.clock.check()
+        if self.stopped():
+            raise _Stopped()
+
+
+def helper_round(inst: Instance, seed: int):
+    """The attack-extra round (`stages.AttackBeforeBab`'s: the pipeline's restarts, the guided
+    starts so far) as the side job of the dp ranks that wait while rank 0 bounds one box alone
+    (`bounds_dp.whole_then_agree`): ranks 1 .. dp-1 share it out (restarts rounded up, guided starts
+    round-robin, seeds of their own), each on its own clock (no collective inside). A callable of
+    `stopped` returning (the confirmed counterexample or None, seconds), or None when `stopped()`
+    turned True before the round ended (then the round is left to `AttackBeforeBab`)."""
+    from .bounds_dp import local_clock
+
+    def run(stopped):
+        t = time.perf_counter()
+        topo = inst.model.layout.topology
+        helpers, k = max(1, topo.dp - 1), max(0, topo.dp_rank - 1)
+        share = SimpleNamespace(dp=helpers, dp_rank=k)
+        open_idx = inst.open_pairs()
+        restarts = max(1, -(-inst.attack.restarts // helpers))
+        try:
+            x_best, margins = attack_round(inst.model, inst.pairs, open_idx, inst.pair_lo, inst.pair_hi,
+                                           _StopClock(local_clock(inst.clock), stopped), inst.attack, restarts,
+                                           seed + 7919 * k, _dp_starts(inst.guided, share))
+        except _Stopped:
+            return None
+        return confirm_candidates(inst, x_best, margins, open_idx), time.perf_counter() - t
+    return run
 
 
 def check_vertices(inst: Instance, vertices: dict, phase: str) -> Counterexample | None:

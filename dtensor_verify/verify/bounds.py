@@ -27,6 +27,7 @@ class BoundOutcome:
     vertices: dict = field(default_factory=dict)    # pair -> [n, *S] bound-guided vertices
     roots: dict = field(default_factory=dict)       # pair -> RootState (where BaB starts)
     iterations: list = field(default_factory=list)  # alpha-CROWN steps per batch
+    side: list = field(default_factory=list)        # results of the `side` job of the ranks that waited
 
 
 @dataclass
@@ -166,11 +167,12 @@ def _vertices(model, batch: _Batch, res: MethodBounds, margin_lower, pairs: Pair
 
 
 def bound_pairs(inst: Instance, method: str, open_idx, batching: str, alpha_options, max_batch: int,
-                guide: bool, max_rows_total: int = 4096) -> BoundOutcome:
+                guide: bool, max_rows_total: int = 4096, side=None) -> BoundOutcome:
     """Lower bounds of C y - d for the pairs `open_idx` by `method`, with BaB's roots and (if
     `guide`) the bound-guided vertices of the rows left unproved. Under a `Dx1` mesh each dp
     rank bounds its share of the batch elements and all ranks gather the outcomes
-    (`bounds_dp`): every rank ends with every pair's bounds."""
+    (`bounds_dp`): every rank ends with every pair's bounds. Where one rank bounds for all (one
+    box, a small network), the others run `side()` (if given) meanwhile: its results in `side`."""
     from . import bounds_dp
 
     groups = bound_groups(inst.pairs, open_idx, batching)
@@ -178,8 +180,14 @@ def bound_pairs(inst: Instance, method: str, open_idx, batching: str, alpha_opti
     if topo is None:
         return _bound_share(inst, method, groups, alpha_options, max_batch, guide, max_rows_total)
     if method != "ibp" and bounds_dp.by_rows(groups, topo):
-        # Fewer boxes than ranks: every rank takes every box, each its slice of every bound's rows
-        # (a small network: every rank the whole of each bound; the clock decides over dp).
+        # Fewer boxes than ranks: every rank takes every box, each its slice of every bound's rows;
+        # a small network: every rank the whole bound alone, then rank 0's outcome on every rank.
+        if bounds_dp.whole_on_one_rank(inst.model.graph):
+            out, sides = bounds_dp.whole_then_agree(topo, lambda: _bound_share(
+                inst, method, groups, alpha_options, max_batch, guide, max_rows_total,
+                clock=bounds_dp.local_clock(inst.clock)), inst.pairs.C.device, side)
+            out.side = sides if side is not None else []
+            return out
         layout = bounds_dp.rows_layout(inst.model, topo)
         return _bound_share(inst, method, groups, alpha_options, max_batch, guide, max_rows_total,
                             layout=layout, clock=bounds_dp.rows_clock(inst.clock, layout))

@@ -22,12 +22,17 @@ rows; alpha-CROWN's loss is the sum of every rank's rows, its gradient reaches e
 through the gather's backward (a sum over ranks), and the early stop is decided on the summed
 score (`Layout.total`), so the bounds are one process's up to the order of float sums.
 
-Small networks (`whole_on_every_rank`, below `ROWS_MIN_NEURONS` neurons feeding activations) do
+Small networks (`whole_on_one_rank`, below `ROWS_MIN_NEURONS` neurons feeding activations) do
 not split rows: on the lent 16-core host (docs/bab_scaling/dp_s4/README.md) the split alpha-CROWN
 took longer on 2 ranks than on one (mnist-net_256x4, 1024 neurons: 3.66 vs 3.34 s and 4.22 vs
 3.59 s; acasxu, 300 neurons: 0.41-0.52 vs 0.20-0.23 s): a step's per-op cost does not halve with
-its rows, and every step adds gathers. There every rank computes the whole bound itself (the same
-computation on the same inputs: one process's bounds, bit for bit), deciding time-outs together.
+its rows, and every step adds gathers. There dp rank 0 computes the whole bound alone
+(`whole_then_agree`): one process's computation (its clock checked on that rank only, no
+collective inside), then one gather hands its outcome (or its time-out / failure) to every rank.
+Deciding time-outs and early stops together *inside* the bound (every clock check and step an
+all-reduce over dp, about 1000 on prop_8_0.03) doubled the stage on the host: 1.98 s on one
+process, 3.88 s on 2x1 (docs/benchmarks/gpu_h100_2026-12-06_s4/bab_scaling_d13c5fc.md); the
+ranks wait for each other at every one.
 
 Only meshes of shard degree 1: there a rank's layout bounds whole rows on its own. With a shard
 group (DxS, S > 1) every rank of it would have to take the same share and a member of each
@@ -41,10 +46,11 @@ import dataclasses
 import torch
 
 from ..errors import TimeLimitReached, VerifierError
-from ..layout import Layout, RowSplit
+from ..layout import DEFAULT_LAYOUT, Layout, RowSplit
 
 _TIMED_OUT = "timed-out"
 _FAILED = "failed"
+_DONE = "done"          # a rank's outcome, not sent (`whole_then_agree`: rank 0's is used)
 
 
 def dp_topology(model):
@@ -76,15 +82,17 @@ def _to(x, device):
     return x
 
 
-def gather_outcomes(topo, outcome, device, merge):
+def gather_outcomes(topo, outcome, device, merge, send: bool = True):
     """Every rank's outcome (or its time-out / failure), gathered over the dp group;
-    `merge(outcomes)` of them in rank order, on `device`. If any rank timed out, every rank
-    raises TimeLimitReached; if any failed, the failing rank re-raises its error and the others
-    raise a VerifierError naming it (an `error` result, never a verdict)."""
+    `merge(outcomes)` of them in rank order, on `device` (`send` False: this rank's outcome stays
+    here, the others get a mark and merge without it). If any rank timed out, every rank raises
+    TimeLimitReached; if any failed, the failing rank re-raises its error and the others raise a
+    VerifierError naming it (an `error` result, never a verdict)."""
     import torch.distributed as dist
 
     failure = outcome if isinstance(outcome, BaseException) else None
-    mine = _TIMED_OUT if outcome is None else _FAILED if failure is not None else _to(outcome, "cpu")
+    mine = _TIMED_OUT if outcome is None else _FAILED if failure is not None else \
+        _to(outcome, "cpu") if send else _DONE
     gathered = [None] * topo.dp
     dist.all_gather_object(gathered, mine, group=topo.dp_group)
     marks = [g for g in gathered if isinstance(g, str)]
@@ -94,7 +102,61 @@ def gather_outcomes(topo, outcome, device, merge):
         raise VerifierError(f"bound stage failed on dp rank {gathered.index(_FAILED)}")
     if _TIMED_OUT in marks:
         raise TimeLimitReached()
-    return merge([_to(g, device) for g in gathered])
+    return merge([_to(g, device) for g in gathered if not isinstance(g, str)])
+
+
+def whole_then_agree(topo, fn, device, side=None):
+    """`fn()` (the whole bound stage, computed alone: no collective inside) on dp rank 0, then one
+    gather over dp: (rank 0's outcome, the other ranks' `side` results in rank order) on every
+    rank, or a time-out / failure of any rank raised on every rank (as `gather_outcomes`). The
+    other ranks would compute the same bound: they run `side(stopped)` instead (e.g. the next
+    attack round, `stages.Bound`; no collective inside), which should return None soon after
+    `stopped()` turns True: rank 0 tells them when its bound is done (one message each), so a
+    quick bound never waits for a long side job. Without `side` they wait (a rank waiting in
+    gloo's gather takes no CPU: a loaded host's cores go to rank 0)."""
+    first = topo.dp_rank == 0
+    if first:
+        share = run_share(fn)
+        if side is not None:
+            _tell_done(topo)
+    else:
+        share = run_share(lambda: _Side(_side_until_told(topo, side)))
+    return gather_outcomes(topo, share, device, lambda outs: (outs[0], [o.value for o in outs[1:]]))
+
+
+@dataclasses.dataclass
+class _Side:
+    """A side job's result (a wrapper: its value may be None, which `gather_outcomes` reads as a
+    time-out)."""
+    value: object = None
+
+
+def _tell_done(topo) -> None:
+    """Rank 0's bound is done: one message to every other rank of the dp group."""
+    import torch.distributed as dist
+
+    for r in range(1, topo.dp):
+        dist.send(torch.ones(1), group=topo.dp_group, group_dst=r)
+
+
+def _side_until_told(topo, side):
+    """`side(stopped)` on this rank, `stopped()` True once rank 0's message came (always received)."""
+    import torch.distributed as dist
+
+    if side is None:
+        return None
+    work = dist.irecv(torch.zeros(1), group=topo.dp_group, group_src=0)
+    try:
+        return side(work.is_completed)
+    finally:
+        work.wait()
+
+
+def local_clock(clock):
+    """The instance's clock deciding on this rank alone (`whole_then_agree`: the ranks agree after)."""
+    view = copy.copy(clock)
+    view.layout = DEFAULT_LAYOUT
+    return view
 
 
 def run_share(fn):
@@ -120,9 +182,10 @@ def by_rows(groups: list, topo) -> bool:
 ROWS_MIN_NEURONS = 4096
 
 
-def whole_on_every_rank(graph) -> bool:
-    """Fewer boxes than ranks on a small network: every rank computes each bound whole (splitting
-    its rows costs more in gathers and per-op overhead than it saves; see the module docstring)."""
+def whole_on_one_rank(graph) -> bool:
+    """Fewer boxes than ranks on a small network: dp rank 0 computes each bound whole, alone
+    (`whole_then_agree`; splitting its rows costs more in gathers and per-op overhead than it
+    saves; see the module docstring)."""
     return sum(graph[n].numel for n in graph.preactivation_nodes()) < ROWS_MIN_NEURONS
 
 
@@ -240,23 +303,10 @@ class DpRowsLayout(Layout):
         return self.base.splits_domains
 
 
-class DpWholeLayout(DpRowsLayout):
-    """Every rank bounds every row itself (`whole_on_every_rank`); the ranks still decide together
-    (time-outs, early stops, which layers alpha-CROWN optimises: the same on every rank, as under
-    `DpRowsLayout`), and each rank's score is already the whole one."""
-    splits_rows = False
-
-    def rows(self, start_name: str, n_rows: int) -> RowSplit:
-        return self.base.rows(start_name, n_rows)
-
-    def total(self, x: float) -> float:
-        return x
-
-
 def rows_layout(model, topo) -> DpRowsLayout:
-    """The layout of a bound stage with fewer boxes than dp ranks."""
-    cls = DpWholeLayout if whole_on_every_rank(model.graph) else DpRowsLayout
-    return cls(model.layout, topo)
+    """The layout of a bound stage with fewer boxes than dp ranks on a network that is not small
+    (`whole_on_one_rank` False)."""
+    return DpRowsLayout(model.layout, topo)
 
 
 def gather_rows_dim2(topo, alphas: dict) -> dict:

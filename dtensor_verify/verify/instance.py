@@ -28,11 +28,16 @@ class Clock:
     """The instance's time limit. `check` raises `TimeLimitReached` once every rank is past it."""
 
     def __init__(self, timeout: float, layout):
+        from .. import deadline
+
         self.timeout = float(timeout)
         self.t0 = time.perf_counter()
         self.cpu0 = time.process_time()
         self.deadline = self.t0 + max(float(timeout), 0.0)
         self.layout = layout
+        # On a GPU: wait for the queued kernels (once a second, and at every check near the limit)
+        # before reading the time (deadline.device_wait): the clock measures work done, not launched.
+        self.wait = deadline.device_wait(getattr(layout, "device", None))
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -41,9 +46,13 @@ class Clock:
         return time.process_time() - self.cpu0
 
     def left(self) -> float:
+        if self.wait is not None:
+            self.wait(self.deadline - time.perf_counter())
         return self.deadline - time.perf_counter()
 
     def check(self):
+        if self.wait is not None:
+            self.wait(self.deadline - time.perf_counter())
         # Every rank must agree before stopping (collectives must stay in step).
         if self.layout.all_true(time.perf_counter() >= self.deadline):
             raise TimeLimitReached()

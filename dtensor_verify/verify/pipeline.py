@@ -34,7 +34,9 @@ def build_stages(opts: PipelineOptions) -> list:
     if opts.methods and opts.methods[0] != "ibp":
         stages.append(ManyPairsIbp())            # a no-op unless the property has many pairs
     for k, m in enumerate(opts.methods):
-        stages.append(Bound(m, opts.bound_batching, opts.alpha_options, opts.max_batch, guide=opts.attack))
+        last = k == len(opts.methods) - 1
+        stages.append(Bound(m, opts.bound_batching, opts.alpha_options, opts.max_batch, guide=opts.attack,
+                            side_attack=opts.attack and opts.bab and last))
         if k == 0 and opts.attack:
             stages.append(DeferredAttack())      # a no-op unless Attack deferred itself (many pairs)
     if opts.bab:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..bab import BabOptions
 from ..errors import TimeLimitReached
 from ..methods import AlphaOptions
-from .attacks import attack_open, check_vertices
+from .attacks import attack_open, check_vertices, helper_round
 from .bab_stage import branch_and_bound
 from .bounds import bound_pairs
 from .instance import Instance
@@ -70,6 +70,7 @@ class Bound:
     alpha_options: AlphaOptions | None = None
     max_batch: int = 64
     guide: bool = True
+    side_attack: bool = False        # the attack-extra round meanwhile on ranks that would wait (dp)
 
     def run(self, inst: Instance) -> Decision | None:
         inst.clock.check()
@@ -77,9 +78,17 @@ class Bound:
         if not open_idx:
             return None
         t = time.perf_counter()
+        side = helper_round(inst, inst.attack.seed + 1) if self.side_attack and inst.attack.extra_rounds > 0 else None
         out = bound_pairs(inst, self.method, open_idx, self.batching, self.alpha_options, self.max_batch,
-                          self.guide)
+                          self.guide, side=side)
         inst.roots.update(out.roots)
+        if out.side and all(v is not None for v in out.side):
+            # AttackBeforeBab's round, run whole by the other dp ranks meanwhile
+            inst.extra_rounds_done = 1
+            inst.add_phase("attack-extra", max(s for _, s in out.side))
+        found = next((v[0] for v in out.side if v is not None and v[0] is not None), None)
+        if found is not None:
+            return _sat(inst, found, "attack")
         proved = sum(inst.bounded(p, lo[:inst.pairs.n_real_rows[p]].tolist(), self.method)
                      for p, lo in out.lowers.items())
         dt = time.perf_counter() - t
@@ -118,8 +127,8 @@ class AttackBeforeBab:
     name: str = "attack-extra"
 
     def run(self, inst: Instance) -> Decision | None:
-        if inst.attack.extra_rounds <= 0 or not inst.open_pairs():
-            return None
+        if inst.attack.extra_rounds <= 0 or not inst.open_pairs() or inst.extra_rounds_done:
+            return None                  # (done already: during the last bound, `Bound.side_attack`)
         inst.clock.check()
         found = attack_open(inst, inst.attack.restarts, inst.attack.seed + 1, "attack-extra", inst.guided,
                             spread=True)

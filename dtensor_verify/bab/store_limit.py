@@ -1,0 +1,71 @@
+"""How many open domains one branch-and-bound worker may keep, and why.
+
+The limit was `store_fraction` of the *free* memory when branch and bound started, divided by one
+domain's bytes. On a GPU shared by 16 benchmark processes the free memory at that moment can be a
+few MiB (the neighbours' peaks), which gave pensieve_parallel_76 a limit of 55 domains and an
+`unknown` after a few rounds, although the process's share of the card was gigabytes.
+
+Now the limit is the larger of
+  * `store_fraction` of the free memory now (as before), and
+  * a floor: `store_fraction` of this process's share of the device's *total* memory (the card's,
+    or the host's MemTotal on a CPU; divided among the processes that share it, `device_share`),
+and when the store reaches it, the free memory is asked again (the store's own bytes count as
+its own: they were free memory when it started) before the run gives up. The reason of the
+`unknown` says the limit, a domain's bytes and where the number came from.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..device_share import free_memory_bytes, sharing
+
+
+@dataclass
+class StoreLimit:
+    domains: int            # open domains this worker may hold
+    per_domain: int         # bytes one stored domain takes
+    source: str             # what the number came from (said in an `unknown`'s reason)
+
+    def reason(self, agreed: int) -> str:
+        """Why the run stops at `agreed` open domains (the workers' smallest limit)."""
+        return (f"too many open domains (limit {agreed} per worker, {self.per_domain} bytes each; this "
+                f"worker's limit {self.domains} from {self.source})")
+
+
+def total_memory_bytes(device) -> int:
+    """This process's share of the device's total memory (DTENSOR_VERIFY_DEVICE_BYTES when set)."""
+    fake = os.environ.get("DTENSOR_VERIFY_DEVICE_BYTES")
+    if fake and fake.isdigit() and int(fake) > 0:
+        return int(fake) // sharing()
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory) // sharing()
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if ":" in line}
+        total = info.get("MemTotal", 4 << 30)
+    except OSError:
+        total = 4 << 30
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return total // max(local, 1) // sharing()
+
+
+def store_limit(per_domain: int, fraction: float, at_least: int, device, max_domains: int | None,
+                held: int = 0) -> StoreLimit:
+    """The limit (see the module docstring). `held`: domains the store holds now (their bytes
+    count as free memory of this worker); `at_least`: a floor in domains (a few batches);
+    `max_domains`: the user's cap, if any."""
+    per_domain = max(1, int(per_domain))
+    free = int((free_memory_bytes(device) + held * per_domain) * fraction) // per_domain
+    floor = int(total_memory_bytes(device) * fraction) // per_domain
+    if free >= floor:
+        limit, source = free, f"{fraction:g} of the free memory"
+    else:
+        limit, source = floor, f"{fraction:g} of this process's share of the device memory"
+    if max_domains is not None and max_domains < limit:
+        limit, source = max_domains, "max_domains"
+    if limit < at_least:
+        limit, source = at_least, "four batches"
+    return StoreLimit(limit, per_domain, source)
