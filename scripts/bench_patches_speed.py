@@ -114,7 +114,8 @@ def _watchdog(limit_mib: float) -> None:
         while True:
             rss = int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmRSS")).split()[1]) / 1024
             if rss > limit_mib:
-                print(f"RSS {rss:.0f} MiB passed the limit of {limit_mib:.0f} MiB: stopped", file=sys.stderr, flush=True)
+                print(f"RSS {rss:.0f} MiB passed the limit of {limit_mib:.0f} MiB: stopped", file=sys.stderr,
+                      flush=True)
                 os._exit(3)
             time.sleep(0.1)
     threading.Thread(target=watch, daemon=True).start()

@@ -15,7 +15,7 @@ import dtensor_verify as dv
 import dtensor_verify.ops.patches_relu as patches_relu
 from dtensor_verify.ops import row_pieces
 from dtensor_verify.ops.patches import Patches, WindowGather
-from dtensor_verify.ops.relu import ReluOp
+from dtensor_verify.ops.relu import ReluOp, relaxation
 
 
 def _gather_by_advanced_indexing(A: Patches, t: torch.Tensor) -> torch.Tensor:
@@ -31,6 +31,11 @@ def _random_patches(B=1, K=37, C=3, kh=4, kw=5, H=9, W=8, seed=0) -> Patches:
     left = torch.randint(-kw + 1, W, (K,), generator=gen)
     A = Patches(torch.randn(B, K, C, kh, kw, generator=gen), top, left, (C, H, W))
     return A.with_P(A.P * A.inside())
+
+
+def _fast_step(lA, uA, lower, upper):
+    up_slope, up_intercept, adaptive, _, _ = relaxation(lower, upper)
+    return patches_relu.relu_patches_step(lA, uA, adaptive, up_slope, up_intercept)
 
 
 def _bounds(B, C, H, W, seed=1):
@@ -66,8 +71,8 @@ def test_relu_step_equals_the_rule_on_windows(case, monkeypatch):
     want = row_pieces.windowed_elementwise(ReluOp("r", None), lA, uA, [(lower, upper)])
     for size in (None, 1, 7 * 60):              # one piece, a row per piece, a few rows per piece
         if size is not None:
-            monkeypatch.setattr(patches_relu, "piece_elements", lambda like, temps, size=size: size)
-        got = patches_relu.relu_patches_step(lA, uA, lower, upper)
+            monkeypatch.setattr(patches_relu, "piece_size", lambda like, temps, size=size: size)
+        got = _fast_step(lA, uA, lower, upper)
         for w, g in zip(want.input_A[0], got.input_A[0]):
             assert (w is None) == (g is None)
             if w is not None:
@@ -154,14 +159,14 @@ def test_residual_windows_add_by_slices_as_by_scatter(monkeypatch):
 
 def test_piece_size_follows_the_device_share(monkeypatch):
     like = torch.empty(0)
-    assert row_pieces.piece_elements(like, 7) == row_pieces.WINDOWED_PIECE_ELEMENTS      # a CPU: fixed
+    assert row_pieces.piece_size(like, 7) == row_pieces.WINDOWED_PIECE_ELEMENTS      # a CPU: fixed
     meta = torch.empty(0, device="meta")
     monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(1 << 32))
     monkeypatch.setenv("DTENSOR_VERIFY_SHARE_DEVICE", "2")
     want = int((1 << 31) * row_pieces.PIECE_MEMORY_FRACTION) // (7 * 4)
-    assert row_pieces.piece_elements(meta, 7) == want
+    assert row_pieces.piece_size(meta, 7) == want
     monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", "1000")          # little memory: never below the base
-    assert row_pieces.piece_elements(meta, 7) == row_pieces.WINDOWED_PIECE_ELEMENTS
+    assert row_pieces.piece_size(meta, 7) == row_pieces.WINDOWED_PIECE_ELEMENTS
 
 
 def test_the_fast_step_steps_aside_for_autograd():

@@ -16,7 +16,7 @@ with s CROWN's adaptive lower slope, u / b the upper line's slope / intercept: t
 of its `where(A >= 0, s, u) * A`, bitwise), written into the result's buffers in place; A's two
 parts are made once for both sides when lA is uA. Positions off the grid gather 0 for
 s, u and b, and A is 0 there (the invariant of `ops/patches.py`): their coefficients stay 0.
-Pieces are sized by `row_pieces.piece_elements` (larger where the device has memory to spare).
+Pieces are sized by `row_pieces.piece_size` (larger where the device has memory to spare).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch
 from .. import deadline
 from .base import BackwardResult
 from .patches import Patches, WindowGather
-from .row_pieces import piece_elements, row_pieces
+from .row_pieces import piece_size, row_pieces
 
 # Piece-sized temporaries per piece (in A's elements): the three gathered windows, their int64
 # index (2), A's positive and negative parts (2).
@@ -41,20 +41,18 @@ def applies(lA, uA, lower: torch.Tensor, upper: torch.Tensor) -> bool:
     return not any(t is not None and t.requires_grad for t in tensors)
 
 
-def relu_patches_step(lA: Patches | None, uA: Patches | None, lower: torch.Tensor,
-                      upper: torch.Tensor) -> BackwardResult:
-    """CROWN's ReLU step on patches (either side may be None; `lA is uA` allowed), bounds
-    [B, C, H, W] of the ReLU's input. The same values as `ReluOp.backward` on the windows."""
-    from .relu import relaxation
-
+def relu_patches_step(lA: Patches | None, uA: Patches | None, lower_slope: torch.Tensor,
+                      up_slope: torch.Tensor, up_intercept: torch.Tensor) -> BackwardResult:
+    """CROWN's ReLU step on patches (either side may be None; `lA is uA` allowed), given the
+    relaxation on the node (`relu.relaxation` of the input's bounds [B, C, H, W]: the adaptive
+    lower slope, the upper slope and intercept). The same values as `ReluOp.backward` on the windows."""
     ref = lA if lA is not None else uA
-    up_slope, up_intercept, adaptive, _, _ = relaxation(lower, upper)
-    windows = WindowGather(ref, *(t.to(ref.P.dtype) for t in (adaptive, up_slope, up_intercept)))
-    B = max(ref.P.shape[0], lower.shape[0])
+    windows = WindowGather(ref, *(t.to(ref.P.dtype) for t in (lower_slope, up_slope, up_intercept)))
+    B = max(ref.P.shape[0], lower_slope.shape[0])
     K = ref.P.shape[1]
     outs = [None if A is None else (A.P.new_empty(B, K, *A.P.shape[2:]), A.P.new_empty(B, K))
             for A in (lA, uA)]
-    size = piece_elements(ref.P, TEMPORARIES)
+    size = piece_size(ref.P, TEMPORARIES)
     for rows in row_pieces(ref, size):
         deadline.check_fine()           # one step can be many pieces (TinyYOLO's 52 x 52 ReLUs)
         s, u, b = windows.rows(rows)

@@ -61,7 +61,8 @@ class ReluOp(BoundOp):
         """The step on each row's window of the bounds (and of its slopes / splits, if any)."""
         if alpha is None and beta is None:
             if type(self).backward is ReluOp.backward and patches_relu.applies(lA, uA, *input_bounds[0]):
-                return patches_relu.relu_patches_step(lA, uA, *input_bounds[0])     # the relaxation once per node
+                up_slope, up_intercept, adaptive, _, _ = relaxation(*input_bounds[0])   # once per node
+                return patches_relu.relu_patches_step(lA, uA, adaptive, up_slope, up_intercept)
             return windowed_elementwise(self, lA, uA, input_bounds)
         return windowed_with_slopes(self, lA, uA, input_bounds, alpha, beta)
 

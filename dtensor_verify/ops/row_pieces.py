@@ -28,7 +28,7 @@ WINDOWED_PIECE_ELEMENTS = 1 << 16
 PIECE_MEMORY_FRACTION = 0.25
 
 
-def piece_elements(like: torch.Tensor, temporaries: int, base: int = WINDOWED_PIECE_ELEMENTS) -> int:
+def piece_size(like: torch.Tensor, temporaries: int, base: int = WINDOWED_PIECE_ELEMENTS) -> int:
     """Elements per piece for a step that makes `temporaries` piece-sized tensors: `base` on a CPU
     (small pieces stay in cache; the rows' cost is the same), else as many as fit in
     `PIECE_MEMORY_FRACTION` of the device memory this process may use, and never fewer than `base`."""
@@ -60,12 +60,13 @@ def rows_of(A, rows: slice):
     return A[:, rows]
 
 
-def in_row_pieces(run, lA, uA, size: int | None = None) -> BackwardResult:
+def in_row_pieces(run, lA, uA, piece_elements: int | None = None) -> BackwardResult:
     """`run(lA, uA)` (an elementwise op's step: its results have A's rows and, for patches, A's
-    windows) on pieces of the rows (of `size` elements; default: `PIECE_ELEMENTS`, more where the
+    windows) on pieces of the rows (of `piece_elements` elements; default: `PIECE_ELEMENTS`, more where the
     device has memory to spare). One piece (or autograd on): a plain call."""
     ref = lA if lA is not None else uA
-    pieces = row_pieces(ref, piece_elements(_data(ref), 3, PIECE_ELEMENTS) if size is None else size)
+    size = piece_size(_data(ref), 3, PIECE_ELEMENTS) if piece_elements is None else piece_elements
+    pieces = row_pieces(ref, size)
     if len(pieces) == 1 or (torch.is_grad_enabled() and _data(ref).requires_grad):
         return run(lA, uA)
     result = None
@@ -121,7 +122,7 @@ def concretize_patches(A: Patches, box):
     center, radius = (x_upper + x_lower) / 2, (x_upper - x_lower) / 2
     windows = WindowGather(A, center, radius)
     mids, devs = [], []
-    for rows in row_pieces(A, piece_elements(A.P, 6, PIECE_ELEMENTS)):
+    for rows in row_pieces(A, piece_size(A.P, 6, PIECE_ELEMENTS)):
         P = A.P[:, rows]
         B, k = P.shape[:2]
         c, r = (w.expand(B, -1, -1, -1, -1) for w in windows.rows(rows))
@@ -139,7 +140,7 @@ def windowed_elementwise(op, lA, uA, input_bounds) -> BackwardResult:
     (the rule makes several bound-sized temporaries, here as large as the patches)."""
     ref = lA if lA is not None else uA
     return in_row_pieces(lambda part_l, part_u: _windowed_piece(op, part_l, part_u, input_bounds), lA, uA,
-                         piece_elements(ref.P, 9))
+                         piece_size(ref.P, 9))
 
 
 def _windowed_piece(op, lA, uA, input_bounds) -> BackwardResult:
