@@ -13,6 +13,9 @@ the JSON lines and a markdown table, and compares each model's bounds (after vs 
     scripts/bench_patches_speed.py --before 9a60094 --models yolo_2023:TinyYOLO,cgan_2023:cGAN_imgSz32_nCh_1 \
         --max-rows 1024 --out docs/memory/patches_speed_cpu
     scripts/bench_patches_speed.py --before 9a60094 --models cgan_2023:cGAN_imgSz32_nCh_1 --order after,before
+    # a GPU (no git there: stage the before code in an untracked folder and carry it)
+    git archive 9a60094 | (mkdir -p .before_tree && tar -x -C .before_tree)
+    scripts/bench_patches_speed.py --before-tree .before_tree --device cuda --models yolo_2023:TinyYOLO --out $OUT/ps
 
 `--max-rows` (CrownOptions.max_rows, both codes): without it a CPU bounds every row of a node in
 one sweep (TinyYOLO's 64 x 13 x 13 node then held more than 5 GiB); on a GPU the sweep's rows are
@@ -33,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "benchmarks"
-CSV_KEYS = ["model", "code", "rev", "time_s", "intermediate_s", "rest_s", "n_rows_spec", "max_rows", "threads",
+CSV_KEYS = ["model", "code", "rev", "device", "time_s", "intermediate_s", "rest_s", "n_rows_spec", "max_rows", "threads",
             "torch", "lower_mean", "max_abs_diff", "max_rel_diff", "speedup", "slowest_nodes", "error"]
 
 
@@ -66,8 +69,8 @@ def _case(model: str, all_outputs: bool, path: Path) -> int:
     return 0 if C is None else C.shape[1]
 
 
-def run_cell(tree: str, case: str, max_rows: int | None, bounds_out: str) -> dict:
-    """One cell, in this process: the code of `tree`, timed."""
+def run_cell(tree: str, case: str, max_rows: int | None, bounds_out: str, device: str = "cpu") -> dict:
+    """One cell, in this process: the code of `tree`, timed (on `device`: cpu or cuda[:N])."""
     sys.path.insert(0, tree)
     import torch
 
@@ -78,7 +81,10 @@ def run_cell(tree: str, case: str, max_rows: int | None, bounds_out: str) -> dic
     crown_mod = importlib.import_module("dtensor_verify.methods.crown")
     assert Path(crown_mod.__file__).resolve().is_relative_to(Path(tree).resolve()), crown_mod.__file__
     c = torch.load(case)
-    m = dv.load(c["onnx"])
+    m = dv.load(c["onnx"], device=device)
+    box = (c["xl"].to(device), c["xu"].to(device))
+    C = None if c["C"] is None else c["C"].to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     nodes, phases = {}, {}
     real_rows, real_inter = crown_mod.node_bound_rows, crown_mod.intermediate_bounds
 
@@ -94,17 +100,18 @@ def run_cell(tree: str, case: str, max_rows: int | None, bounds_out: str) -> dic
         phases["intermediate"] = time.perf_counter() - t
         return out
     crown_mod.node_bound_rows, crown_mod.intermediate_bounds = timed_rows, timed_inter
+    sync()
     t0 = time.perf_counter()
     with torch.no_grad():
-        lo, up, _ = crown_mod.crown(m.graph, (c["xl"], c["xu"]), c["C"], m.layout,
-                                    crown_mod.CrownOptions(max_rows=max_rows))
+        lo, up, _ = crown_mod.crown(m.graph, box, C, m.layout, crown_mod.CrownOptions(max_rows=max_rows))
+    sync()
     elapsed = time.perf_counter() - t0
-    torch.save({"lower": lo, "upper": up}, bounds_out)
+    torch.save({"lower": lo.cpu(), "upper": up.cpu()}, bounds_out)
     inter = phases.get("intermediate", 0.0)
     slow = sorted(nodes.items(), key=lambda kv: -kv[1])[:4]
     return {"time_s": elapsed, "intermediate_s": inter, "rest_s": elapsed - inter,
             "slowest_nodes": "; ".join(f"{k} {v:.1f}s" for k, v in slow), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "max_rows": max_rows, "lower_mean": float(lo.mean())}
+            "torch": torch.__version__, "max_rows": max_rows, "lower_mean": float(lo.mean()), "device": device}
 
 
 def _watchdog(limit_mib: float) -> None:
@@ -122,7 +129,8 @@ def _watchdog(limit_mib: float) -> None:
 
 
 def _spawn(tree: Path, case: Path, bounds: Path, args) -> dict:
-    cmd = [sys.executable, __file__, "cell", "--tree", str(tree), "--case", str(case), "--bounds-out", str(bounds)]
+    cmd = [sys.executable, __file__, "cell", "--tree", str(tree), "--case", str(case), "--bounds-out", str(bounds),
+           "--device", args.device]
     cmd += ["--max-rows", str(args.max_rows)] if args.max_rows else []
     cmd += ["--rss-limit-mib", str(args.rss_limit_mib)] if args.rss_limit_mib else []
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(tree))
@@ -154,9 +162,10 @@ def _compare(rows: list[dict], files: dict) -> None:
 
 def run_all(args) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="dv_patches_speed_"))
-    before = tmp / "before"
-    before.mkdir()
-    subprocess.run(f"git -C {ROOT} archive {args.before} | tar -x -C {before}", shell=True, check=True)
+    before = args.before_tree or tmp / "before"
+    if args.before_tree is None:
+        before.mkdir()
+        subprocess.run(f"git -C {ROOT} archive {args.before} | tar -x -C {before}", shell=True, check=True)
     trees = {"before": before, "after": ROOT}
     rows = []
     for model in args.models.split(","):
@@ -210,6 +219,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cmd", nargs="?", default="all", choices=("all", "cell"))
     p.add_argument("--before", default="9a60094", help="git revision of the 'before' code")
+    p.add_argument("--before-tree", type=Path, default=None,
+                   help="a folder holding the 'before' code already (`git archive REV | tar -x -C DIR`; where there is "
+                        "no git, e.g. a device machine)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the cells' CROWN; timed with synchronize)")
     p.add_argument("--models", default="yolo_2023:TinyYOLO,cgan_2023:cGAN_imgSz32_nCh_1")
     p.add_argument("--order", default="before,after", help="order of the cells of each model")
     p.add_argument("--all-outputs", action="store_true", help="CROWN without a spec (every output a row)")
@@ -224,7 +237,7 @@ def main(argv=None) -> int:
     if args.cmd == "cell":
         if args.rss_limit_mib:
             _watchdog(args.rss_limit_mib)
-        print(json.dumps(run_cell(args.tree, args.case, args.max_rows, args.bounds_out)))
+        print(json.dumps(run_cell(args.tree, args.case, args.max_rows, args.bounds_out, args.device)))
         return 0
     load = " ".join(open("/proc/loadavg").read().split()[:3])
     rows = run_all(args)
