@@ -7,17 +7,19 @@ import torch
 from dtensor_verify.attack import pgd
 from dtensor_verify.margin import best_row, margin, output_margin, spec_rows
 from dtensor_verify.verify import PipelineOptions, build_stages
+from dtensor_verify.verify.shallow_stage import ShallowSearch
 from dtensor_verify.verify.stages import Attack, AttackBeforeBab, Bound, BranchAndBound, FinalAttack, ManyPairsIbp
 
 
 def test_stage_order():
     names = [type(s).__name__ for s in build_stages(PipelineOptions())]
     assert names == ["Attack", "ManyPairsIbp", "Bound", "DeferredAttack", "Bound", "AttackBeforeBab",
-                     "BranchAndBound", "FinalAttack"]
+                     "ShallowSearch", "BranchAndBound", "FinalAttack"]
     stages = build_stages(PipelineOptions(methods=("crown",), attack=False, bab=False))
     assert [type(s) for s in stages] == [ManyPairsIbp, Bound] and stages[1].guide is False
     stages = build_stages(PipelineOptions(methods=("crown",), attack=False, bound_batching="pair", max_batch=8))
-    assert [type(s) for s in stages] == [ManyPairsIbp, Bound, BranchAndBound] and stages[1].batching == "pair"
+    assert [type(s) for s in stages] == [ManyPairsIbp, Bound, ShallowSearch, BranchAndBound]
+    assert stages[1].batching == "pair"
     assert [type(s) for s in build_stages(PipelineOptions(methods=("ibp",), attack=False, bab=False))] == [Bound]
     assert {Attack, AttackBeforeBab, FinalAttack} <= {type(s) for s in build_stages(PipelineOptions(methods=()))}
 

@@ -10,6 +10,7 @@ from ..errors import InputSpecError, TimeLimitReached, VerifierError
 from .instance import Clock, check_dimensions, open_instance
 from ..methods import AlphaOptions
 from .result import AttackOptions, Decision, VerifyResult
+from .shallow_stage import ShallowSearch
 from .stages import Attack, AttackBeforeBab, Bound, BranchAndBound, DeferredAttack, FinalAttack, ManyPairsIbp
 
 
@@ -28,7 +29,8 @@ class PipelineOptions:
 
 
 def build_stages(opts: PipelineOptions) -> list:
-    """attack -> bounds (method after method) -> [attack, branch and bound] -> final attack; with
+    """attack -> bounds (method after method) -> [attack, one-hidden-layer search, branch and bound]
+    -> final attack; with
     many pairs, IBP comes first and the first attack after the first bound, on the pairs left open."""
     stages = [Attack()] if opts.attack else []
     if opts.methods and opts.methods[0] != "ibp":
@@ -40,7 +42,8 @@ def build_stages(opts: PipelineOptions) -> list:
         if k == 0 and opts.attack:
             stages.append(DeferredAttack())      # a no-op unless Attack deferred itself (many pairs)
     if opts.bab:
-        stages += ([AttackBeforeBab()] if opts.attack else []) + [BranchAndBound(opts.bab_options, opts.progress)]
+        stages += ([AttackBeforeBab()] if opts.attack else []) + [ShallowSearch(opts.bab_options),
+                                                                  BranchAndBound(opts.bab_options, opts.progress)]
     if opts.attack:
         stages.append(FinalAttack())
     return stages
