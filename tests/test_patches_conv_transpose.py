@@ -149,3 +149,42 @@ def test_windows_covering_the_input_grid_stay_patches_when_smaller_than_the_dens
     assert isinstance(got, Patches) and got.smaller_as_dense()
     assert got.P[0].numel() < 8 * 6 * 6 * len(rows)
     assert torch.allclose(got.to_dense(), _dense_adjoint(m, (8, 2, 2), start), atol=1e-5)
+
+
+def _basis_by_convolution(m, C, kh, kw, oh, ow, canvas):
+    """The reference form of a phase basis: the canvas convolution of the identity."""
+    M = C * kh * kw
+    grid = torch.zeros(M, C, *canvas)
+    grid[:, :, oh:oh + kh, ow:ow + kw] = torch.eye(M).reshape(M, C, kh, kw)
+    return nn.functional.conv2d(grid, m.weight.detach(), None, m.stride, 0, m.dilation, m.groups).reshape(M, -1)
+
+
+@pytest.mark.parametrize("geom", GEOMS)
+def test_phase_basis_read_off_the_weight_equals_the_canvas_convolution(geom):
+    import dtensor_verify.ops.conv_transpose_patches as ctp
+
+    c_in, _, _, c_out, k, s, p, op_, d, g = geom
+    torch.manual_seed(4)
+    m = nn.ConvTranspose2d(c_in, c_out, k, stride=s, padding=p, output_padding=op_, dilation=d, groups=g)
+    w = m.weight.detach()
+    for kh, kw, canvas in ((2, 2, (8, 9)), (3, 5, (11, 12))):
+        for oh in range(0, canvas[0] - kh + 1, 2):
+            for ow in range(0, canvas[1] - kw + 1, 3):
+                want = _basis_by_convolution(m, c_out, kh, kw, oh, ow, canvas)
+                assert torch.equal(ctp._basis(m, w, c_out, kh, kw, oh, ow, canvas, w), want)
+
+
+def test_phase_basis_is_kept_per_module_until_its_weight_changes():
+    import dtensor_verify.ops.conv_transpose_patches as ctp
+
+    m = nn.ConvTranspose2d(3, 2, 4, stride=2)
+    w = m.weight.detach()
+    first = ctp._phase_basis(m, w, 2, 2, 2, 3, 3, (6, 6), w)
+    assert ctp._phase_basis(m, w, 2, 2, 2, 3, 3, (6, 6), w) is first
+    assert ctp._phase_basis(m, w, 2, 2, 2, 4, 3, (6, 6), w) is not first          # another phase
+    with torch.no_grad():
+        m.weight.mul_(2.0)                                                        # in place: a new version
+    again = ctp._phase_basis(m, w, 2, 2, 2, 3, 3, (6, 6), w)
+    assert again is not first and torch.equal(again, 2.0 * first)
+    other = nn.ConvTranspose2d(3, 2, 4, stride=2)
+    assert not torch.equal(ctp._phase_basis(other, other.weight.detach(), 2, 2, 2, 3, 3, (6, 6), w), again)

@@ -97,7 +97,8 @@ class Conv2dOp(BoundOp):
                 back = F.conv_transpose2d(flat, w, None, m.stride, 0, 0, m.groups, m.dilation)
             out = Patches(back.reshape(B, K, *back.shape[1:]), A.top * m.stride[0] - m.padding[0],
                           A.left * m.stride[1] - m.padding[1], tuple(self.in_shapes[0]))
-            return out.with_P(out.P * out.inside())
+            out.P.mul_(out.inside())          # (a new tensor: masked in place)
+            return out
 
         def bias(A):
             if A is None or b is None:

@@ -22,6 +22,9 @@ the (larger) output grid as the dense rule would.
 """
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 
@@ -68,13 +71,56 @@ def transposed_conv_step(module, in_shape, A: Patches) -> Patches | None:
     return out.with_P(out.P.mul_(out.inside()))
 
 
+_BASES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# Bases kept per module (LRU): a sweep meets each phase of a layer once per window size, and
+# alpha-CROWN's iterations, beta-CROWN's rounds and row chunks meet the same ones again.
+BASES_PER_MODULE = 64
+
+
 def _phase_basis(module, w, C, kh, kw, oh, ow, canvas, like):
     """[C kh kw, C_in n_h n_w]: the step of a window at offset (oh, ow) of its canvas, one row per
-    window coefficient (the canvas convolution of the identity)."""
-    M = C * kh * kw
-    grid = like.new_zeros(M, C, *canvas)
-    grid[:, :, oh:oh + kh, ow:ow + kw] = torch.eye(M, dtype=like.dtype, device=like.device).reshape(M, C, kh, kw)
-    return F.conv2d(grid, w, None, module.stride, 0, module.dilation, module.groups).reshape(M, -1)
+    window coefficient (the canvas convolution of the identity), kept per module, geometry and
+    device / dtype (the weight's storage and version are in the key, so a changed weight is never
+    served an old basis)."""
+    weight = module.weight
+    key = (C, kh, kw, oh, ow, tuple(canvas), like.dtype, like.device, weight.data_ptr(), weight._version)
+    cache = _BASES.setdefault(module, OrderedDict())
+    basis = cache.get(key)
+    if basis is None:
+        basis = _basis(module, w, C, kh, kw, oh, ow, canvas, like)
+        cache[key] = basis
+        while len(cache) > BASES_PER_MODULE:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    return basis
+
+
+def _taps(offset: int, n_win: int, n_in: int, s: int, d: int, k: int, device) -> torch.Tensor:
+    """[n_win, n_in]: the kernel tap joining window position `offset + i` of the canvas to input
+    i' (`offset + i = i' s + d u`), or k where none does."""
+    t = offset + torch.arange(n_win, device=device).view(-1, 1) - s * torch.arange(n_in, device=device).view(1, -1)
+    u = torch.div(t, d, rounding_mode="floor")
+    return torch.where((t % d == 0) & (u >= 0) & (u < k), u, torch.full_like(u, k))
+
+
+def _basis(module, w, C, kh, kw, oh, ow, canvas, like):
+    """The canvas convolution of the identity, read off the weight: window coefficient (c, i, j)
+    reaches input (c', a, b) with weight w[c', c, u, v] where `oh + i = a s + d u` (and likewise
+    for j, v), within c's group; every other entry is 0. (The convolution of one-hot canvases
+    sums one such product with zeros: the same values, bitwise.)"""
+    (sh, sw), (dh, dw), g = module.stride, module.dilation, module.groups
+    c_in, c_group, k_h, k_w = w.shape
+    n_h = (canvas[0] - dh * (k_h - 1) - 1) // sh + 1
+    n_w = (canvas[1] - dw * (k_w - 1) - 1) // sw + 1
+    rows_h = _taps(oh, kh, n_h, sh, dh, k_h, like.device)
+    cols_w = _taps(ow, kw, n_w, sw, dw, k_w, like.device)
+    full = like.new_zeros(c_in, C, k_h + 1, k_w + 1)      # tap k: no tap (0)
+    per = c_in // g
+    for gi in range(g):
+        full[gi * per:(gi + 1) * per, gi * c_group:(gi + 1) * c_group, :k_h, :k_w] = w[gi * per:(gi + 1) * per]
+    b = full[:, :, rows_h.view(kh, n_h, 1, 1), cols_w.view(1, 1, kw, n_w)]     # [C_in, C, kh, n_h, kw, n_w]
+    return b.permute(1, 2, 4, 0, 3, 5).reshape(C * kh * kw, -1)
 
 
 def _by_phases(module, w, A: Patches, canvas_top, canvas_left, canvas, n_in):

@@ -118,13 +118,17 @@ class LinearMapOp(BoundOp):
                 return None
             B, K, C, kh, kw = A.P.shape
             if tuple(g.kernel) == tuple(g.stride):
-                # Non-overlapping windows (a k x k pool with stride k): each entry is copied k x k times.
-                back = A.P.repeat_interleave(g.kernel[0], dim=3).repeat_interleave(g.kernel[1], dim=4) * g.scale
+                # Non-overlapping windows (a k x k pool with stride k): each entry is copied k x k
+                # times, times the scale (one pass: the product of a broadcast view).
+                k0, k1 = g.kernel
+                spread = A.P.reshape(B, K, C, kh, 1, kw, 1).expand(B, K, C, kh, k0, kw, k1)
+                back = torch.mul(spread, g.scale).reshape(B, K, C, kh * k0, kw * k1)
             else:
                 back = F.conv_transpose2d(A.P.reshape(B * K * C, 1, kh, kw), kernel, None, g.stride)
             out = Patches(back.reshape(B, K, C, *back.shape[-2:]), A.top * g.stride[0] - g.padding[0],
                           A.left * g.stride[1] - g.padding[1], in_shape)
-            return out.with_P(out.P * out.inside())
+            out.P.mul_(out.inside())          # (a new tensor: masked in place)
+            return out
 
         def bias(A):
             if A is None or self.offset is None:

@@ -94,11 +94,7 @@ class Patches:
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """Each row's window of a node-shaped tensor `t` [B, C, H, W] (B may be 1):
         [B, K, C, kh, kw], zero outside the grid."""
-        (pt, pb, pl, pr), ih, iw = self._indices()
-        padded = F.pad(t, (pl, pr, pt, pb)) if pt or pb or pl or pr else t
-        grid = padded.permute(2, 3, 0, 1)                         # [Hp, Wp, B, C]
-        win = grid[ih.unsqueeze(2), iw.unsqueeze(1)]              # [K, kh, kw, B, C]
-        return win.permute(3, 0, 4, 1, 2)
+        return WindowGather(self, t).rows(slice(None))[0]
 
     def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
         """Each row's window of its own row of a per-row tensor `t` [B, K, C, H, W] (slopes, split
@@ -145,10 +141,26 @@ class Patches:
         return Patches(self.P.narrow(2, start, length), self.top, self.left,
                        (length, *self.shape[1:]))
 
+    def uniform_offset(self, top: torch.Tensor, left: torch.Tensor) -> tuple[int, int] | None:
+        """(rows, columns) from `top` / `left` to every row's window when it is the same for all
+        rows (the windows of a residual block's branches: a conv grows each window alike), else
+        None. One host sync."""
+        if not len(self.top):
+            return None
+        dt, dl = self.top - top, self.left - left
+        t0, t1, l0, l1 = torch.stack((dt.min(), dt.max(), dl.min(), dl.max())).tolist()
+        return (t0, l0) if t0 == t1 and l0 == l1 else None
+
     def embed(self, top: torch.Tensor, left: torch.Tensor, kh: int, kw: int) -> "Patches":
         """The same coefficients in larger windows [kh, kw] at `top` / `left` (each containing
-        this row's window)."""
+        this row's window): a slice of the new windows where every row sits at the same offset,
+        else a scatter per row."""
         B, K, C, h, w = self.P.shape
+        offset = self.uniform_offset(top, left)
+        if offset is not None:
+            grid = self.P.new_zeros(B, K, C, kh, kw)
+            grid[:, :, :, offset[0]:offset[0] + h, offset[1]:offset[1] + w] = self.P
+            return Patches(grid, top, left, self.shape)
         dt, dl = self.top - top, self.left - left
         k = torch.arange(K, device=self.P.device).view(K, 1, 1)
         ih = dt.unsqueeze(1) + torch.arange(h, device=dt.device)
@@ -162,6 +174,31 @@ class Patches:
             raise ValueError("in-place sum of patches with different windows")
         self.P = self.P + other.P
         return self
+
+
+class WindowGather:
+    """The windows of `ref`'s rows in node-shaped tensors `ts` (each [B, C, H, W]), for a step
+    that reads them a piece of the rows at a time: the padding, the padded tensors and each row's
+    positions in them are made once (one host sync for the padding); each piece is one index
+    (channel offset + window position, in the layout of `ref.P`) and one `index_select` per
+    tensor, whose result is contiguous like the piece of `ref.P`. Exact: pure indexing."""
+
+    def __init__(self, ref: Patches, *ts: torch.Tensor):
+        (pt, pb, pl, pr), ih, iw = ref._indices()
+        padded = [F.pad(t, (pl, pr, pt, pb)) if pt or pb or pl or pr else t for t in ts]
+        hp, wp = padded[0].shape[-2:]
+        self.grids = [p.reshape(p.shape[0], -1) for p in padded]           # [B, C Hp Wp] each
+        self.window = ref.window
+        self.channels = ts[0].shape[1]
+        self.pos = ih.unsqueeze(2) * wp + iw.unsqueeze(1)                    # [K, kh, kw]
+        self.channel_start = torch.arange(self.channels, device=ih.device).view(-1, 1, 1) * (hp * wp)
+
+    def rows(self, rows: slice) -> list[torch.Tensor]:
+        """[B, k, C, kh, kw] per tensor (contiguous): the windows of the rows `rows`, zero off the grid."""
+        pos = self.pos[rows]
+        index = (pos.unsqueeze(1) + self.channel_start).reshape(-1)          # [k C kh kw]
+        shape = (pos.shape[0], self.channels, *self.window)
+        return [g.index_select(1, index).view(g.shape[0], *shape) for g in self.grids]
 
 
 def add_A(a, b):
@@ -196,7 +233,12 @@ def _common_windows(a: Patches, b: Patches) -> Patches | None:
     if kh * kw >= a.shape[1] * a.shape[2]:
         return None
     joined = a.embed(top, left, kh, kw)
-    joined.P = joined.P + b.embed(top, left, kh, kw).P
+    offset = b.uniform_offset(top, left)
+    if offset is None:
+        joined.P = joined.P + b.embed(top, left, kh, kw).P
+    else:       # b added into its slice of the joined windows (the same sums, no embedded copy of b)
+        (h, w), (t, l) = b.window, offset
+        joined.P[:, :, :, t:t + h, l:l + w] += b.P
     return joined
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
+from . import patches_relu
 from .row_pieces import windowed_elementwise
 from .windowed_slopes import windowed_with_slopes
 
@@ -59,6 +60,9 @@ class ReluOp(BoundOp):
     def backward_patches(self, lA, uA, input_bounds, params=None, alpha=None, beta=None):
         """The step on each row's window of the bounds (and of its slopes / splits, if any)."""
         if alpha is None and beta is None:
+            if type(self).backward is ReluOp.backward and patches_relu.applies(lA, uA, *input_bounds[0]):
+                up_slope, up_intercept, adaptive, _, _ = relaxation(*input_bounds[0])   # once per node
+                return patches_relu.relu_patches_step(lA, uA, adaptive, up_slope, up_intercept)
             return windowed_elementwise(self, lA, uA, input_bounds)
         return windowed_with_slopes(self, lA, uA, input_bounds, alpha, beta)
 

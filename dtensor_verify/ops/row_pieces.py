@@ -13,13 +13,30 @@ import torch
 
 from .. import deadline
 from .base import BackwardResult
-from .patches import Patches
+from .patches import Patches, WindowGather
 
 PIECE_ELEMENTS = 1 << 18
 # A windowed step (`windowed_elementwise`) makes about nine piece-sized temporaries (two windows
 # of the bounds, the relaxation's slopes, intercepts and masks, the rule's own), a dense ReLU
 # step about two: its pieces are smaller.
 WINDOWED_PIECE_ELEMENTS = 1 << 16
+
+
+# Where the device has memory to spare (a GPU), a piece may hold up to this share of what this
+# process may use (`device_share.free_memory_bytes`) in its temporaries: thousands of pieces of
+# 2^16 elements were thousands of kernel launches and host syncs per step on a shared GPU.
+PIECE_MEMORY_FRACTION = 0.25
+
+
+def piece_size(like: torch.Tensor, temporaries: int, base: int = WINDOWED_PIECE_ELEMENTS) -> int:
+    """Elements per piece for a step that makes `temporaries` piece-sized tensors: `base` on a CPU
+    (small pieces stay in cache; the rows' cost is the same), else as many as fit in
+    `PIECE_MEMORY_FRACTION` of the device memory this process may use, and never fewer than `base`."""
+    if like.device.type == "cpu":
+        return base
+    from ..device_share import free_memory_bytes
+    fits = int(free_memory_bytes(like.device) * PIECE_MEMORY_FRACTION) // (max(temporaries, 1) * like.element_size())
+    return max(base, fits)
 
 
 def _data(A) -> torch.Tensor:
@@ -43,11 +60,13 @@ def rows_of(A, rows: slice):
     return A[:, rows]
 
 
-def in_row_pieces(run, lA, uA, piece_elements: int = PIECE_ELEMENTS) -> BackwardResult:
+def in_row_pieces(run, lA, uA, piece_elements: int | None = None) -> BackwardResult:
     """`run(lA, uA)` (an elementwise op's step: its results have A's rows and, for patches, A's
-    windows) on pieces of the rows. One piece (or autograd on): a plain call."""
+    windows) on pieces of the rows (of `piece_elements` elements; default: `PIECE_ELEMENTS`, more where the
+    device has memory to spare). One piece (or autograd on): a plain call."""
     ref = lA if lA is not None else uA
-    pieces = row_pieces(ref, piece_elements)
+    size = piece_size(_data(ref), 3, PIECE_ELEMENTS) if piece_elements is None else piece_elements
+    pieces = row_pieces(ref, size)
     if len(pieces) == 1 or (torch.is_grad_enabled() and _data(ref).requires_grad):
         return run(lA, uA)
     result = None
@@ -97,18 +116,17 @@ def _write_rows(result: BackwardResult, part: BackwardResult, rows: slice) -> No
 
 
 def concretize_patches(A: Patches, box):
-    """(min, max) of A . x over the box [B, C, H, W] (the windows of its centre and radius),
-    a piece of the rows at a time."""
+    """(min, max) of A . x over the box [B, C, H, W] (the windows of its centre and radius, one
+    gather of both per piece of the rows)."""
     x_lower, x_upper = box
     center, radius = (x_upper + x_lower) / 2, (x_upper - x_lower) / 2
+    windows = WindowGather(A, center, radius)
     mids, devs = [], []
-    for rows in row_pieces(A):
-        part = rows_of(A, rows)
-        c, r = part.gather(center), part.gather(radius)
-        B, k = part.P.shape[:2]
-        c = c.expand(B, -1, -1, -1, -1)
-        r = r.expand(B, -1, -1, -1, -1)
-        flat = part.P.reshape(B * k, 1, -1)
+    for rows in row_pieces(A, piece_size(A.P, 6, PIECE_ELEMENTS)):
+        P = A.P[:, rows]
+        B, k = P.shape[:2]
+        c, r = (w.expand(B, -1, -1, -1, -1) for w in windows.rows(rows))
+        flat = P.reshape(B * k, 1, -1)
         mids.append(flat.bmm(c.reshape(B * k, -1, 1)).reshape(B, k))
         devs.append(flat.abs().bmm(r.reshape(B * k, -1, 1)).reshape(B, k))
     mid, dev = torch.cat(mids, 1), torch.cat(devs, 1)
@@ -120,8 +138,9 @@ def windowed_elementwise(op, lA, uA, input_bounds) -> BackwardResult:
     box of the rule's batch, with the window of the input bounds as its bounds. Valid for rules
     that read nothing node-shaped but the bounds (ReLU). Runs a piece of the rows at a time
     (the rule makes several bound-sized temporaries, here as large as the patches)."""
+    ref = lA if lA is not None else uA
     return in_row_pieces(lambda part_l, part_u: _windowed_piece(op, part_l, part_u, input_bounds), lA, uA,
-                         WINDOWED_PIECE_ELEMENTS)
+                         piece_size(ref.P, 9))
 
 
 def _windowed_piece(op, lA, uA, input_bounds) -> BackwardResult:
