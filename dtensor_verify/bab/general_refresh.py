@@ -28,18 +28,7 @@ import torch
 from ..methods.crown import CrownOptions, agreed_max_rows, node_bound_rows
 from ..ops.softmax_sum import best_of_shifts
 from .general_split import is_general, node_of
-from .refresh_cost import affordable
-
-
-def downstream(graph, names) -> set[str]:
-    """The nodes reachable from `names` along consumers (not the nodes themselves, unless reached)."""
-    seen, stack = set(), [c for n in names for c in graph.consumers[n]]
-    while stack:
-        cur = stack.pop()
-        if cur not in seen:
-            seen.add(cur)
-            stack.extend(graph.consumers[cur])
-    return seen
+from .refresh_cost import affordable, downstream  # noqa: F401 (downstream re-exported)
 
 
 def _relu_cuts(problem, decision: torch.Tensor) -> list[str]:

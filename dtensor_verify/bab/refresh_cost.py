@@ -25,6 +25,18 @@ from __future__ import annotations
 
 import os
 
+
+def downstream(graph, names) -> set[str]:
+    """The nodes reachable from `names` along consumers (not the nodes themselves, unless reached)."""
+    seen, stack = set(), [c for n in names for c in graph.consumers[n]]
+    while stack:
+        cur = stack.pop()
+        if cur not in seen:
+            seen.add(cur)
+            stack.extend(graph.consumers[cur])
+    return seen
+
+
 REFRESH_BUDGET = 1e8          # affordable refresh: at most this many A-matrix elements per child
 
 
@@ -45,7 +57,6 @@ def sweep_cost(graph, name: str) -> int:
 def refresh_cost(problem, cut) -> int:
     """The sweeps `refine_after` runs behind the `cut` nodes (carried nodes downstream, those
     not affine from the input), in A-matrix elements."""
-    from .general_refresh import downstream
 
     graph = problem.graph
     carried = set(graph.preactivation_nodes())
