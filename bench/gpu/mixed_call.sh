@@ -22,6 +22,10 @@ export SKIP_WHEELS=1 PYTHONPATH="$ROOT:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 share=0
 for j in "$@"; do [[ $j == bench:* ]] && share=$((share + $(cut -d: -f3 <<< "$j"))); done
 mkdir -p "$OUT/jobs"
+# Packed every 30 s as well: a call cut off by the device tool's limit (its budget may be less than
+# WALL) still brings back what the jobs had written (the tool returns only shallow files).
+( while sleep 30; do tar czf "$OUT/.partial.tgz" -C "$OUT" jobs 2>/dev/null && mv "$OUT/.partial.tgz" "$OUT/results.tgz"; done ) &
+packer=$!
 for j in "$@"; do
   IFS=: read -r kind a b c d e <<< "$j"
   if [ "$kind" = bench ]; then
@@ -41,7 +45,8 @@ for j in "$@"; do
        --bench-root .bench_data $args > "$OUT/jobs/scaling.log" 2>&1) &
   fi
 done
-wait
+for p in $(jobs -p); do [ "$p" = "$packer" ] || wait "$p"; done
+kill "$packer" 2>/dev/null
 { nproc; uptime; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
   for f in "$OUT"/jobs/*.summary.txt; do [ -f "$f" ] || continue; echo "== $f"; tail -2 "$f"; done
   [ -f "$OUT/jobs/scaling.log" ] && tail -30 "$OUT/jobs/scaling.log"
