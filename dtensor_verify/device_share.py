@@ -40,11 +40,27 @@ def free_memory_bytes(device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(free + max(cached, 0)) // sharing()
+    return _host_bytes("MemAvailable")
+
+
+def total_memory_bytes(device) -> int:
+    """This process's share of the device's *total* memory (DTENSOR_VERIFY_DEVICE_BYTES when set):
+    a size that does not move with what other processes hold at the moment."""
+    fake = _fake_bytes()
+    if fake is not None:
+        return fake // sharing()
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory) // sharing()
+    return _host_bytes("MemTotal")
+
+
+def _host_bytes(key: str) -> int:
+    """/proc/meminfo's `key`, shared by the ranks on the host and the processes sharing it."""
     try:
         with open("/proc/meminfo") as fh:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if ":" in line}
-        avail = info.get("MemAvailable", 4 << 30)
+        value = info.get(key, 4 << 30)
     except OSError:
-        avail = 4 << 30
+        value = 4 << 30
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return avail // max(local, 1) // sharing()
+    return value // max(local, 1) // sharing()

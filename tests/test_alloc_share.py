@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import dtensor_verify as dv
 from dtensor_verify.alloc_cap import AllocationCap, new_bytes
@@ -22,21 +21,10 @@ from dtensor_verify.bab import BabOptions, BabProblem, BabSolver, make_roots
 from dtensor_verify.bab.roots import RootState
 from dtensor_verify.methods.crown import CrownOptions, node_bound_rows
 from dtensor_verify.methods.ibp import ibp
+from attention_nets import AttentionBlock
 
 TOKENS = 6
 SHARE = 3 << 20             # the emulated device: 3 MiB
-
-
-class _Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.q, self.k, self.v = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
-        self.fc1, self.fc2 = nn.Linear(TOKENS * 4, 16), nn.Linear(16, 3)
-
-    def forward(self, x):                      # x [TOKENS, 4]
-        att = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) * 0.5, dim=-1)
-        return self.fc2(torch.relu(self.fc1((att @ self.v(x)).flatten(1))))
 
 
 _CACHE: dict = {}
@@ -44,7 +32,7 @@ _CACHE: dict = {}
 
 def _case():
     if not _CACHE:
-        m = dv.load(_Block().eval(), input_shape=(TOKENS, 4))
+        m = dv.load(AttentionBlock(TOKENS).eval(), input_shape=(TOKENS, 4))
         x0 = torch.randn(1, TOKENS, 4, generator=torch.Generator().manual_seed(1))
         _CACHE.update(m=m, box=(x0 - 0.3, x0 + 0.3))
     return _CACHE

@@ -6,34 +6,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import dtensor_verify as dv
 from dtensor_verify.bab import BabOptions, BabProblem, BabSolver, general_refresh, make_roots, refresh_cost
 from dtensor_verify.bab.general_split import is_general
 from dtensor_verify.bab.roots import RootState
 from dtensor_verify.methods.ibp import ibp
+from attention_nets import AttentionBlock
 
 TOKENS = 4
 
 
-class _Block(nn.Module):
-    """Attention (softmax and two products: general nodes) before a ReLU MLP."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.q, self.k, self.v = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
-        self.fc1, self.fc2 = nn.Linear(TOKENS * 4, 16), nn.Linear(16, 3)
-
-    def forward(self, x):                      # x [TOKENS, 4]
-        att = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) * 0.5, dim=-1)
-        return self.fc2(torch.relu(self.fc1((att @ self.v(x)).flatten(1))))
-
-
 def _problem_and_roots():
     """One open pair (y0 - y1 <= 10: not proved at the root), IBP bounds at the root."""
-    m = dv.load(_Block().eval(), input_shape=(TOKENS, 4))
+    m = dv.load(AttentionBlock(TOKENS).eval(), input_shape=(TOKENS, 4))
     x0 = torch.randn(1, TOKENS, 4, generator=torch.Generator().manual_seed(1))
     lo, hi = x0 - 0.3, x0 + 0.3
     g = m.graph

@@ -15,12 +15,9 @@ its own: they were free memory when it started) before the run gives up. The rea
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-import torch
-
-from ..device_share import free_memory_bytes, sharing
+from ..device_share import free_memory_bytes, total_memory_bytes
 
 
 @dataclass
@@ -33,23 +30,6 @@ class StoreLimit:
         """Why the run stops at `agreed` open domains (the workers' smallest limit)."""
         return (f"too many open domains (limit {agreed} per worker, {self.per_domain} bytes each; this "
                 f"worker's limit {self.domains} from {self.source})")
-
-
-def total_memory_bytes(device) -> int:
-    """This process's share of the device's total memory (DTENSOR_VERIFY_DEVICE_BYTES when set)."""
-    fake = os.environ.get("DTENSOR_VERIFY_DEVICE_BYTES")
-    if fake and fake.isdigit() and int(fake) > 0:
-        return int(fake) // sharing()
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory) // sharing()
-    try:
-        with open("/proc/meminfo") as fh:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if ":" in line}
-        total = info.get("MemTotal", 4 << 30)
-    except OSError:
-        total = 4 << 30
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return total // max(local, 1) // sharing()
 
 
 def store_limit(per_domain: int, fraction: float, at_least: int, device, max_domains: int | None,
