@@ -24,7 +24,7 @@ __all__ = ["BoundOp", "BackwardResult", "Interval", "make_op", "LinearOp", "Conv
            "supported_onnx_ops", "onnx_operators"]
 
 # Rule modules, in priority order (the first matching rule builds the op).
-_RULE_MODULES = ("rules_core", "structural", "activations", "products", "decompose", "softmax_sum", "layernorm", "layernorm_product", "comparisons")
+_RULE_MODULES = ("rules_core", "structural", "activations", "lookup_table", "products", "decompose", "softmax_sum", "layernorm", "layernorm_product", "comparisons")
 _loaded = False
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from .layernorm import layernorm_unit, rewrite_layernorm_chain
 from .layernorm_product import product_node
 from .linear_map import LinearMapOp
+from .lookup_table import rewrite_lookup
 from .registry import register
 from .softmax_sum import softmax_sum_one
 
@@ -319,7 +320,8 @@ def _decompose_one(gm) -> bool:
             continue
         if not any(a.name in perturbed for a in node.all_input_nodes):
             continue
-        for rewrite in (_rewrite_softmax, _rewrite_layernorm, _layernorm_chain, _rewrite_binary, _rewrite_maxpool):
+        for rewrite in (_rewrite_softmax, _rewrite_layernorm, _layernorm_chain, _rewrite_binary, _rewrite_maxpool,
+                        rewrite_lookup):
             if rewrite(gm, node, perturbed):
                 return True
         perturbed.add(node.name)

@@ -59,6 +59,8 @@ def _clamp(x, l, u):
 
 def intercepts(fn: ScalarFn, k, l, u):
     """(min, max) over [l, u] of f(x) - k x: the intercepts of the tightest lines of slope k."""
+    if hasattr(fn, "intercepts"):          # a function with its own (vectorised, exact) rule
+        return fn.intercepts(k, l, u)
     cands = [l, u] + [_clamp(c, l, u) for c in fn.kinks(l, u)] + [_clamp(c, l, u) for c in fn.stationary(k, l, u)]
     vals = [fn.f(c) - k * c for c in cands]
     for x, v in fn.jumps(l, u):
