@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ..bab import BabOptions
 from ..errors import TimeLimitReached
 from ..methods import AlphaOptions
+from .attack_cost import too_costly
 from .attacks import attack_open, check_vertices, helper_round
 from .bab_stage import branch_and_bound
 from .bounds import bound_pairs
@@ -37,6 +38,9 @@ class Attack:
         if n_open > inst.attack.defer_above:
             inst.attack_deferred = True
             inst.say(f"attack: deferred after the first bound ({n_open} pairs > {inst.attack.defer_above})")
+            return None
+        if too_costly(inst, n_open):            # the round would eat the time limit (attack_cost)
+            inst.attack_deferred = True
             return None
         return _sat(inst, attack_open(inst, inst.attack.restarts, inst.attack.seed, "attack", spread=True), "attack")
 
