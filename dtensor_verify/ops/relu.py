@@ -12,6 +12,7 @@ upper one, so every bound stays valid on the inputs that satisfy the splits.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -34,8 +35,8 @@ def relaxation(lower: torch.Tensor, upper: torch.Tensor):
 
 
 # Per-node constants of the relaxation, memoised while the intermediate bounds stay fixed (beta-CROWN's
-# steps: one sweep per step over the same bounds). A stack of memos; empty: nothing is memoised.
-_MEMOS: list[dict] = []
+# steps: one sweep per step over the same bounds). A stack of memos per thread; empty: nothing is memoised.
+_LOCAL = threading.local()
 _MEMO_ENTRIES = 64                      # a memo holding more is cleared (new bound tensors each sweep)
 
 
@@ -43,11 +44,18 @@ _MEMO_ENTRIES = 64                      # a memo holding more is cleared (new bo
 def fixed_bounds_memo():
     """Inside: `ReluOp.backward` computes its relaxation once per (lower, upper) pair of tensors and
     reuses it while neither changed (the same objects, the same in-place version, no gradient)."""
-    _MEMOS.append({})
+    memos = _memos()
+    memos.append({})
     try:
         yield
     finally:
-        _MEMOS.pop()
+        memos.pop()
+
+
+def _memos() -> list:
+    if not hasattr(_LOCAL, "memos"):
+        _LOCAL.memos = []
+    return _LOCAL.memos
 
 
 def _step_constants(lower: torch.Tensor, upper: torch.Tensor):
@@ -61,9 +69,10 @@ def _step_constants(lower: torch.Tensor, upper: torch.Tensor):
 
 def step_constants(lower: torch.Tensor, upper: torch.Tensor):
     """`_step_constants`, memoised inside `fixed_bounds_memo` (bounds that need no gradient only)."""
-    if not _MEMOS or lower.requires_grad or upper.requires_grad:
+    memos = _memos()
+    if not memos or lower.requires_grad or upper.requires_grad:
         return _step_constants(lower, upper)
-    memo = _MEMOS[-1]
+    memo = memos[-1]
     key = (id(lower), id(upper))
     hit = memo.get(key)
     # The entry holds the tensors themselves, so their ids cannot be reused while it is kept.
