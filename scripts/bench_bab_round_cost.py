@@ -109,7 +109,7 @@ def conditions(load_before: str) -> list[str]:
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     return [f"- machine: {os.cpu_count()} cores ({platform.machine()}), load average before {load_before}, "
-            f"after {' '.join(os.getloadavg().__repr__().strip('()').split(', '))}",
+            f"after {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
             f"- torch {torch.__version__}, Python {platform.python_version()}, commit {commit}; one thread, "
             "--device auto (CPU here), one process"]
 
