@@ -8,8 +8,8 @@ prop_8_0.03), alternating two modes per repeat: `before` (the per-step work as i
 relaxation recomputed every beta-CROWN step, Adam and the projection tensor by tensor, put back by
 patching) and `after` (the code as it is: `ops/relu.fixed_bounds_memo`, `torch._foreach_*`). Every
 round of branch and bound is timed (process CPU time of `BabSolver._bound_children`: bounding,
-branching, attack, storing), and a line `ms = fixed + per_child * children` is fitted by least squares
-over the rounds. Columns per mode (medians over repeats): verdict, rounds, domains, CPU s in branch
+branching, attack, storing), and a line `ms = fixed + per_child * children` is fitted through the rounds
+(Theil-Sen, robust to rounds slowed by other processes). Columns per mode (medians over repeats): verdict, rounds, domains, CPU s in branch
 and bound, ms per round, the fit's fixed ms per round and ms per child. The two modes must visit the
 same domains (the script says so when they do not).
 
@@ -94,13 +94,14 @@ def run_once(onnx: Path, vnnlib: Path, timeout: float) -> dict:
 
 
 def fit(rounds):
-    """Least squares ms = a + b * children over the rounds: (a, b)."""
-    xs, ys = [k for k, _ in rounds], [ms for _, ms in rounds]
-    if len(rounds) < 2 or len(set(xs)) < 2:
+    """The line ms = a + b * children through the rounds, (a, b), by Theil-Sen (b: the median of the
+    slopes between pairs of rounds; a: the median of ms - b * children): a round slowed by the
+    load (the other helpers' processes) moves it less than least squares."""
+    pairs = [(y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(rounds) for x2, y2 in rounds[i + 1:] if x2 != x1]
+    if not pairs:
         return float("nan"), float("nan")
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    return my - b * mx, b
+    b = statistics.median(pairs)
+    return statistics.median(y - b * x for x, y in rounds), b
 
 
 def conditions(load_before: str) -> list[str]:
