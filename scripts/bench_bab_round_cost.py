@@ -93,6 +93,60 @@ def run_once(onnx: Path, vnnlib: Path, timeout: float) -> dict:
             "bab_cpu_s": sum(ms for _, ms in rounds) / 1000}
 
 
+def capture_largest(onnx: Path, vnnlib: Path, timeout: float):
+    """One run that keeps the largest round's children (the solver and a copy of its batch)."""
+    from dtensor_verify.bab import solver
+
+    kept, real = [], solver.BabSolver._bound
+
+    def keep(self, domains, iterations):
+        if iterations > 0 and (not kept or len(domains) > len(kept[0][1])):
+            kept[:] = [(self, domains.index(torch_arange(len(domains))), iterations)]
+        return real(self, domains, iterations)
+
+    solver.BabSolver._bound = keep
+    try:
+        run_once(onnx, vnnlib, timeout)
+    finally:
+        solver.BabSolver._bound = real
+    return kept[0]
+
+
+def torch_arange(n: int):
+    import torch
+
+    return torch.arange(n)
+
+
+def replay(captured, sizes=(1, 8, 32, 128), reps: int = 5) -> list[dict]:
+    """beta-CROWN on the first n of the captured children (all steps: patience off), the two modes
+    alternating; median CPU ms of `reps` calls each, and whether the bounds are bitwise equal."""
+    import torch
+
+    from dtensor_verify.methods.beta_crown import BetaOptions, beta_crown
+
+    solver, domains, steps = captured
+    p, rows = solver.problem, []
+    opts = BetaOptions(**{**solver.opts.beta.__dict__, "iterations": steps, "patience": 10 ** 6})
+    for n in [k for k in sizes if k < len(domains)] + [len(domains)]:
+        dom = domains.index(torch.arange(n))
+        times, lower = {"before": [], "after": []}, {}
+        for _ in range(reps):
+            for mode in ("before", "after"):
+                with before_mode() if mode == "before" else contextlib.nullcontext():
+                    c = time.process_time()
+                    r = beta_crown(p.graph, p.bounds_of(dom), p.C[dom.pair], p.d[dom.pair], p.row_mask[dom.pair],
+                                   dom.alphas, dom.betas, dom.signs, p.layout, opts)
+                    times[mode].append(1000 * (time.process_time() - c))
+                lower[mode] = r.lower
+        rows.append({"children": n, "steps": r.iterations, "before_ms": statistics.median(times["before"]),
+                     "after_ms": statistics.median(times["after"]),
+                     "bitwise_equal": bool(torch.equal(lower["before"], lower["after"]))})
+        print(f"replay {n} children: before {rows[-1]['before_ms']:.1f} ms, after {rows[-1]['after_ms']:.1f} ms, "
+              f"equal {rows[-1]['bitwise_equal']}", flush=True)
+    return rows
+
+
 def fit(rounds):
     """The line ms = a + b * children through the rounds, (a, b), by Theil-Sen (b: the median of the
     slopes between pairs of rounds; a: the median of ms - b * children): a round slowed by the
@@ -121,6 +175,8 @@ def main() -> int:
     p.add_argument("--bench-root", type=Path, default=ROOT.parent.parent / "shared" / "benchmarks")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--replay", action="store_true", help="also time beta-CROWN alone on the largest round's "
+                   "first 1 / 8 / 32 / 128 / all children, the modes alternating")
     p.add_argument("files", nargs="*", default=[ONNX, VNNLIB], help="ONNX VNNLIB (relative to --bench-root)")
     args = p.parse_args()
     onnx, vnnlib = (args.bench_root / f for f in args.files)
@@ -134,11 +190,12 @@ def main() -> int:
             runs.append(r)
             print(f"{mode} {rep}: {r['verdict']} rounds {len(r['rounds'])} domains {r['domains']} "
                   f"BaB CPU {r['bab_cpu_s']:.2f} s, fixed {r['fixed_ms']:.1f} ms/round", flush=True)
-    write(args.out, runs, onnx, vnnlib, load_before)
+    replayed = replay(capture_largest(onnx, vnnlib, args.timeout)) if args.replay else []
+    write(args.out, runs, onnx, vnnlib, load_before, replayed)
     return 0
 
 
-def write(out: Path, runs: list[dict], onnx: Path, vnnlib: Path, load_before: str) -> None:
+def write(out: Path, runs: list[dict], onnx: Path, vnnlib: Path, load_before: str, replayed: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     keys = ["mode", "repeat", "verdict", "domains", "bab_cpu_s", "fixed_ms", "per_child_ms"]
     with open(out / "bab_round_cost.csv", "w", newline="") as f:
@@ -167,6 +224,17 @@ def write(out: Path, runs: list[dict], onnx: Path, vnnlib: Path, load_before: st
     lines += ["", f"after / before, BaB CPU: {med('after', 'bab_cpu_s') / med('before', 'bab_cpu_s'):.2f}; "
               f"fixed ms / round: {med('after', 'fixed_ms') / med('before', 'fixed_ms'):.2f}; "
               f"the same rounds and domains in every run: {'yes' if same else 'NO'}", ""]
+    if replayed:
+        with open(out / "bab_round_cost_replay.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(replayed[0]))
+            w.writeheader()
+            w.writerows(replayed)
+        lines += ["beta-CROWN alone on the largest round's first n children (every step; CPU ms, medians of 5, "
+                  "the modes alternating):", "", "| children | steps | before ms | after ms | after / before | "
+                  "bounds bitwise equal |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['children']} | {r['steps']} | {r['before_ms']:.1f} | {r['after_ms']:.1f} | "
+                  f"{r['after_ms'] / r['before_ms']:.2f} | {'yes' if r['bitwise_equal'] else 'NO'} |" for r in replayed]
+        lines.append("")
     lines += conditions(load_before)
     (out / "bab_round_cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
