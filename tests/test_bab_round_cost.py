@@ -79,6 +79,13 @@ def test_memo_recomputes_after_an_in_place_change_and_only_inside():
         again = step_constants(lower, upper)
         assert again is not first and bool(again[4][0, 0, 0]) and not bool(first[4][0, 0, 0])
         assert all(torch.equal(a, b) for a, b in zip(again, step_constants(lower.clone(), upper.clone())))
+        owner = object()                        # an op: one entry, replaced when its bounds change
+        mine = step_constants(lower, upper, owner=owner)
+        assert step_constants(lower, upper, owner=owner) is mine
+        other = step_constants(lower.clone(), upper.clone(), owner=owner)
+        assert other is not mine and step_constants(lower, upper, owner=owner) is not mine
+        from dtensor_verify.ops import relu
+        assert sum(1 for k in relu._memos()[-1] if not isinstance(k, tuple)) == 1
         grad = lower.clone().requires_grad_(True)
         assert step_constants(grad, upper) is not step_constants(grad, upper)  # a gradient: never memoised
 
@@ -133,3 +140,18 @@ def test_bab_visits_the_same_domains_with_and_without(monkeypatch):
     assert fb is not None and fb["domains_visited"] > 8, (fast.verdict, fast.decided_by, fb)
     for key in ("domains_visited", "domains_proved", "rounds"):
         assert fb[key] == sb[key], key
+
+
+def test_each_relaxation_is_computed_once_per_call(monkeypatch):
+    from dtensor_verify.ops import relu
+
+    model, problem, dom = _split_batch(0)
+    calls = []
+    real = relu.relaxation
+    monkeypatch.setattr(relu, "relaxation", lambda lo, up: calls.append(1) or real(lo, up))
+    result = _bound(model, problem, dom)
+    assert result.iterations == 12 and len(calls) == len(problem.relus)
+    calls.clear()
+    with _slow_paths(monkeypatch):
+        _bound(model, problem, dom)
+    assert len(calls) == len(problem.relus) * 13        # a sweep before the steps, one each step

@@ -67,18 +67,20 @@ def _step_constants(lower: torch.Tensor, upper: torch.Tensor):
             active, active.to(lower.dtype))
 
 
-def step_constants(lower: torch.Tensor, upper: torch.Tensor):
-    """`_step_constants`, memoised inside `fixed_bounds_memo` (bounds that need no gradient only)."""
+def step_constants(lower: torch.Tensor, upper: torch.Tensor, owner=None):
+    """`_step_constants`, memoised inside `fixed_bounds_memo` (bounds that need no gradient only).
+    `owner` (the op): one entry per op, replaced when its bounds change, so the memo holds at most
+    one relaxation per node however many different bounds pass (windows, placed copies)."""
     memos = _memos()
     if not memos or lower.requires_grad or upper.requires_grad:
         return _step_constants(lower, upper)
     memo = memos[-1]
-    key = (id(lower), id(upper))
+    key = id(owner) if owner is not None else (id(lower), id(upper))
     hit = memo.get(key)
     # The entry holds the tensors themselves, so their ids cannot be reused while it is kept.
     if hit is not None and hit[0] is lower and hit[1] is upper and hit[2] == (lower._version, upper._version):
         return hit[3]
-    if len(memo) >= _MEMO_ENTRIES:
+    if hit is None and len(memo) >= _MEMO_ENTRIES:
         memo.clear()
     out = _step_constants(lower, upper)
     memo[key] = (lower, upper, (lower._version, upper._version), out)
@@ -125,7 +127,7 @@ class ReluOp(BoundOp):
         in [0, 1]; they are used for unstable neurons only. `beta` (optional): (multipliers
         `[B, K, *S]` >= 0, signs `[B, *S]` in {-1, 0, +1}) of the split constraints."""
         # Bounds are [B, *S]; the A-matrices carry the extra row dim K.
-        up_slope, up_intercept, adaptive, unstable, active, active_f = step_constants(*input_bounds[0])
+        up_slope, up_intercept, adaptive, unstable, active, active_f = step_constants(*input_bounds[0], owner=self)
 
         def lower_slope(which):
             if alpha is None or alpha[which] is None:
