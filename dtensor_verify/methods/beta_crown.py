@@ -20,6 +20,7 @@ import torch
 from ..layout import DEFAULT_LAYOUT, Layout
 from ..margin import margin
 from ..memory import tag
+from ..ops.relu import fixed_bounds_memo
 from ..ops.softmax_gate_probes import can_probe, gate_names, probe_gates
 from ..ops.softmax_sum import best_of_gates, split_gates
 from .crown import output_bound
@@ -76,7 +77,13 @@ def beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout: Layo
     A domain's rows are proved where `lower - d > 0`; the loop stops early once every domain has a
     proved row (on every rank).
     """
-    opts = opts or BetaOptions()
+    # The intermediate bounds are fixed here: each ReLU's relaxation is computed once, not every step.
+    with fixed_bounds_memo():
+        return _beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout, opts or BetaOptions(),
+                           on_step)
+
+
+def _beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout, opts, on_step) -> BetaResult:
     with tag("alphas"):
         alpha_p = {r: a.detach().clone().requires_grad_(True) for r, a in alphas.items()}
         beta_p = {r: b.detach().clone().requires_grad_(True) for r, b in betas.items()}
@@ -118,7 +125,11 @@ def beta_crown(graph, bounds, C, d, row_mask, alphas, betas, signs, layout: Layo
         for r in beta_p:
             best["betas"][r] = _where_batch(better, beta_p[r].detach(), best["betas"][r])
         recorded.update(rec)
-        return float(best["objective"].sum()), proved_all(best["lower"])
+        # The score and "all proved" in one read from the device (one host sync a step, not two).
+        total = best["objective"].sum()
+        proved = (margin(best["lower"], d, row_mask) > 0).all().to(total.dtype)
+        score, done = torch.stack([total, proved]).tolist()
+        return score, done > 0
 
     iterations = 0
     if not layout.all_true(proved_all(best_lower)):

@@ -27,6 +27,13 @@ class ParamGroup:
     rule: str = "adam"
 
     def project_(self):
+        if len(self.params) > 1 and all(type(p) is torch.Tensor for p in self.params):
+            # One call per side for the group (the same clamp on each tensor; DTensors: one by one).
+            if self.low is not None:
+                torch._foreach_clamp_min_(self.params, self.low)
+            if self.high is not None:
+                torch._foreach_clamp_max_(self.params, self.high)
+            return
         for p in self.params:
             p.clamp_(self.low, self.high)
 

@@ -12,6 +12,9 @@ upper one, so every bound stays valid on the inputs that satisfy the splits.
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import torch
 
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
@@ -29,6 +32,59 @@ def relaxation(lower: torch.Tensor, upper: torch.Tensor):
     up_intercept = torch.where(unstable, -lower * upper / denom, torch.zeros_like(lower))
     adaptive = torch.where(unstable, (upper > -lower).to(lower.dtype), active.to(lower.dtype))
     return up_slope, up_intercept, adaptive, unstable, active
+
+
+# Per-node constants of the relaxation, memoised while the intermediate bounds stay fixed (beta-CROWN's
+# steps: one sweep per step over the same bounds). A stack of memos per thread; empty: nothing is memoised.
+_LOCAL = threading.local()
+_MEMO_ENTRIES = 64                      # a memo holding more is cleared (new bound tensors each sweep)
+
+
+@contextmanager
+def fixed_bounds_memo():
+    """Inside: `ReluOp.backward` computes its relaxation once per (lower, upper) pair of tensors and
+    reuses it while neither changed (the same objects, the same in-place version, no gradient)."""
+    memos = _memos()
+    memos.append({})
+    try:
+        yield
+    finally:
+        memos.pop()
+
+
+def _memos() -> list:
+    if not hasattr(_LOCAL, "memos"):
+        _LOCAL.memos = []
+    return _LOCAL.memos
+
+
+def _step_constants(lower: torch.Tensor, upper: torch.Tensor):
+    """The relaxation laid out for the A-matrices' row dim K: (up_slope, up_intercept, adaptive,
+    unstable, active, active as the bounds' dtype), each [B, 1, *S]."""
+    up_slope, up_intercept, adaptive, unstable, active = relaxation(lower, upper)
+    active = active.unsqueeze(1)
+    return (up_slope.unsqueeze(1), up_intercept.unsqueeze(1), adaptive.unsqueeze(1), unstable.unsqueeze(1),
+            active, active.to(lower.dtype))
+
+
+def step_constants(lower: torch.Tensor, upper: torch.Tensor, owner=None):
+    """`_step_constants`, memoised inside `fixed_bounds_memo` (bounds that need no gradient only).
+    `owner` (the op): one entry per op, replaced when its bounds change, so the memo holds at most
+    one relaxation per node however many different bounds pass (windows, placed copies)."""
+    memos = _memos()
+    if not memos or lower.requires_grad or upper.requires_grad:
+        return _step_constants(lower, upper)
+    memo = memos[-1]
+    key = id(owner) if owner is not None else (id(lower), id(upper))
+    hit = memo.get(key)
+    # The entry holds the tensors themselves, so their ids cannot be reused while it is kept.
+    if hit is not None and hit[0] is lower and hit[1] is upper and hit[2] == (lower._version, upper._version):
+        return hit[3]
+    if hit is None and len(memo) >= _MEMO_ENTRIES:
+        memo.clear()
+    out = _step_constants(lower, upper)
+    memo[key] = (lower, upper, (lower._version, upper._version), out)
+    return out
 
 
 class ReluOp(BoundOp):
@@ -70,16 +126,13 @@ class ReluOp(BoundOp):
         """`alpha` (optional): a pair of lower slopes (for lA, for uA), each `[B, K, *S]`, already
         in [0, 1]; they are used for unstable neurons only. `beta` (optional): (multipliers
         `[B, K, *S]` >= 0, signs `[B, *S]` in {-1, 0, +1}) of the split constraints."""
-        lower, upper = input_bounds[0]
-        up_slope, up_intercept, adaptive, unstable, active = relaxation(lower, upper)
         # Bounds are [B, *S]; the A-matrices carry the extra row dim K.
-        up_slope, up_intercept = up_slope.unsqueeze(1), up_intercept.unsqueeze(1)
-        adaptive, unstable, active = adaptive.unsqueeze(1), unstable.unsqueeze(1), active.unsqueeze(1)
+        up_slope, up_intercept, adaptive, unstable, active, active_f = step_constants(*input_bounds[0], owner=self)
 
         def lower_slope(which):
             if alpha is None or alpha[which] is None:
                 return adaptive
-            return torch.where(unstable, alpha[which], active.to(alpha[which].dtype))
+            return torch.where(unstable, alpha[which], _as(active, active_f, alpha[which].dtype))
 
         def optimised(which):
             return alpha is not None and alpha[which] is not None and alpha[which].requires_grad \
@@ -92,7 +145,8 @@ class ReluOp(BoundOp):
             if optimised(which):
                 # Autograd keeps A and the slopes only (see AlphaRelaxedA); the bias as before.
                 on_upper = A.clamp(max=0) if which == 0 else A.clamp(min=0)
-                new_A = AlphaRelaxedA.apply(A, alpha[which], unstable, active, up_slope, which == 0)
+                new_A = AlphaRelaxedA.apply(A, alpha[which], unstable, _as(active, active_f, alpha[which].dtype),
+                                            up_slope, which == 0)
                 return new_A, per_row_sum(on_upper * up_intercept)
             return lean_side(A, which == 0, lower_slope(which), up_slope, up_intercept)
 
@@ -100,6 +154,11 @@ class ReluOp(BoundOp):
         if beta is not None:
             new_lA, new_uA = add_split_terms(new_lA, new_uA, *beta)
         return BackwardResult([(new_lA, new_uA)], lbias, ubias)
+
+
+def _as(active, active_f, dtype):
+    """The active mask as `dtype` (the memoised copy when the dtypes agree)."""
+    return active_f if active_f.dtype == dtype else active.to(dtype)
 
 
 def lean_side(A, lower_side: bool, slope, up_slope, up_intercept):
@@ -144,6 +203,7 @@ class AlphaRelaxedA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, A, alpha, unstable, active, up_slope, alpha_on_positive: bool):
+        # (`active`: a mask, bool or already alpha's dtype; `.to` then returns it as it is.)
         slope = torch.where(unstable, alpha, active.to(alpha.dtype))
         pos, neg = A.clamp(min=0), A.clamp(max=0)
         out = pos * slope + neg * up_slope if alpha_on_positive else neg * slope + pos * up_slope
