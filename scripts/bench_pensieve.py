@@ -48,18 +48,27 @@ def launch(tree: Path, i: str, limit: float, device: str, tmp: Path):
     return subprocess.Popen(timer + cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), tag
 
 
-def row_of(i: str, limit: float, side: str, tag: Path, wall: float) -> dict:
-    row = {"id": i, "limit": limit, "side": side, "wall_s": round(wall, 1), "verdict": "error", "message": ""}
+def read_run(tag: Path) -> tuple[float | str, dict | None, str]:
+    """One timed run's files: (CPU seconds from `TAG.time` or "", `run --json`'s data or None, the
+    results file's first word or "no-result": what a run stopped by its own watchdog leaves)."""
     try:
-        row["cpu_s"] = round(sum(map(float, Path(f"{tag}.time").read_text().split()[-2:])), 1)
+        cpu = round(sum(map(float, Path(f"{tag}.time").read_text().split()[-2:])), 1)
     except (OSError, ValueError):
-        row["cpu_s"] = ""
+        cpu = ""
     try:
         data = json.loads(Path(f"{tag}.json").read_text())
     except (OSError, ValueError):
-        # Stopped by the run's own watchdog at the limit (no JSON): the results file says how.
-        res = Path(f"{tag}.res")
-        row["verdict"] = res.read_text().split()[0] if res.exists() and res.read_text().strip() else "no-result"
+        data = None
+    res = Path(f"{tag}.res")
+    text = res.read_text().strip() if res.exists() else ""
+    return cpu, data, (text.split()[0] if text else "no-result")
+
+
+def row_of(i: str, limit: float, side: str, tag: Path, wall: float) -> dict:
+    row = {"id": i, "limit": limit, "side": side, "wall_s": round(wall, 1), "verdict": "error", "message": ""}
+    row["cpu_s"], data, row_verdict = read_run(tag)
+    if data is None:
+        row["verdict"] = row_verdict
         return row
     bab = data.get("bounds", {}).get("bab", {})
     row.update(verdict=data.get("verdict"), message=(data.get("message") or "")[:120],

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pensieve import BENCH, ROOT, limits  # noqa: E402
+from bench_pensieve import BENCH, ROOT, limits, read_run  # noqa: E402
 
 DEFAULT_IDS = "35,37,42,45,39,44,57,64"     # the four H100 timeouts of d13c5fc first
 FIELDS = ["id", "limit", "side", "verdict", "decided_by", "wall_s", "cpu_s", "bab_s", "domains", "depth", "split",
@@ -62,16 +61,8 @@ def launch(tree: Path, split: str, onnx: Path, spec: Path, limit: float, tag: Pa
 
 def row_of(i: str, limit: float, side: str, tag: Path, wall: float) -> dict:
     row = {"id": i, "limit": limit, "side": side, "wall_s": round(wall, 1), "verdict": "no-result"}
-    try:
-        row["cpu_s"] = round(sum(map(float, Path(f"{tag}.time").read_text().split()[-2:])), 1)
-    except (OSError, ValueError):
-        row["cpu_s"] = ""
-    try:
-        data = json.loads(Path(f"{tag}.json").read_text())
-    except (OSError, ValueError):
-        res = Path(f"{tag}.res")
-        text = res.read_text().strip() if res.exists() else ""
-        row["verdict"] = text.split()[0] if text else "no-result"
+    row["cpu_s"], data, row["verdict"] = read_run(tag)
+    if data is None:
         return row
     bab = data.get("bounds", {}).get("bab", {})
     worst = bab.get("global_margin", "")

@@ -18,3 +18,20 @@ class AttentionBlock(nn.Module):
     def forward(self, x):
         att = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) * 0.5, dim=-1)
         return self.fc2(torch.relu(self.fc1((att @ self.v(x)).flatten(1))))
+
+
+def ibp_root(model, lo, hi, d: float = 10.0):
+    """(BabProblem, roots) for one pair `y0 - y1 <= d` over the box, with IBP's bounds at the root."""
+    from dtensor_verify.bab import BabProblem, make_roots
+    from dtensor_verify.bab.roots import RootState
+    from dtensor_verify.methods.ibp import ibp
+
+    g = model.graph
+    with torch.no_grad():
+        b = ibp(g, (lo, hi), model.layout)
+    C, dd = torch.tensor([[[1.0, -1.0, 0.0]]]), torch.tensor([[d]])
+    problem = BabProblem(g, model.layout, model.forward, C, dd, torch.ones(1, 1, dtype=torch.bool), lo, hi)
+    state = RootState({n: (b[n][0][0], b[n][1][0]) for n in g.preactivation_nodes()})
+    y_lo, y_hi = (t.flatten(1)[0] for t in b[g.output_name])
+    lower = (C[0].clamp(min=0) @ y_lo + C[0].clamp(max=0) @ y_hi - dd[0]).reshape(1)
+    return problem, make_roots(problem, [0], [state], [lower])

@@ -17,11 +17,10 @@ import torch
 
 import dtensor_verify as dv
 from dtensor_verify.alloc_cap import AllocationCap, new_bytes
-from dtensor_verify.bab import BabOptions, BabProblem, BabSolver, make_roots
-from dtensor_verify.bab.roots import RootState
+from dtensor_verify.bab import BabOptions, BabSolver
 from dtensor_verify.methods.crown import CrownOptions, node_bound_rows
 from dtensor_verify.methods.ibp import ibp
-from attention_nets import AttentionBlock
+from attention_nets import AttentionBlock, ibp_root
 
 TOKENS = 6
 SHARE = 3 << 20             # the emulated device: 3 MiB
@@ -41,15 +40,7 @@ def _case():
 def _problem_and_roots():
     """One open pair (y0 - y1 <= 10 is unsafe: never proved here), IBP bounds at the root."""
     m, (lo, hi) = _case()["m"], _case()["box"]
-    g = m.graph
-    with torch.no_grad():
-        b = ibp(g, (lo, hi), m.layout)
-    C, d = torch.tensor([[[1.0, -1.0, 0.0]]]), torch.tensor([[10.0]])
-    problem = BabProblem(g, m.layout, m.forward, C, d, torch.ones(1, 1, dtype=torch.bool), lo, hi)
-    state = RootState({n: (b[n][0][0], b[n][1][0]) for n in g.preactivation_nodes()})
-    y_lo, y_hi = (t.flatten(1)[0] for t in b[g.output_name])
-    lower = (C[0].clamp(min=0) @ y_lo + C[0].clamp(max=0) @ y_hi - d[0]).reshape(1)
-    return problem, make_roots(problem, [0], [state], [lower])
+    return ibp_root(m, lo, hi)
 
 
 def _emulate(monkeypatch, device_bytes: int | None):

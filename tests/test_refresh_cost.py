@@ -8,11 +8,10 @@ import pytest
 import torch
 
 import dtensor_verify as dv
-from dtensor_verify.bab import BabOptions, BabProblem, BabSolver, general_refresh, make_roots, refresh_cost
+from dtensor_verify.bab import BabOptions, BabSolver, general_refresh, refresh_cost
 from dtensor_verify.bab.general_split import is_general
-from dtensor_verify.bab.roots import RootState
 from dtensor_verify.methods.ibp import ibp
-from attention_nets import AttentionBlock
+from attention_nets import AttentionBlock, ibp_root
 
 TOKENS = 4
 
@@ -22,15 +21,7 @@ def _problem_and_roots():
     m = dv.load(AttentionBlock(TOKENS).eval(), input_shape=(TOKENS, 4))
     x0 = torch.randn(1, TOKENS, 4, generator=torch.Generator().manual_seed(1))
     lo, hi = x0 - 0.3, x0 + 0.3
-    g = m.graph
-    with torch.no_grad():
-        b = ibp(g, (lo, hi), m.layout)
-    C, d = torch.tensor([[[1.0, -1.0, 0.0]]]), torch.tensor([[10.0]])
-    problem = BabProblem(g, m.layout, m.forward, C, d, torch.ones(1, 1, dtype=torch.bool), lo, hi)
-    state = RootState({n: (b[n][0][0], b[n][1][0]) for n in g.preactivation_nodes()})
-    y_lo, y_hi = (t.flatten(1)[0] for t in b[g.output_name])
-    lower = (C[0].clamp(min=0) @ y_lo + C[0].clamp(max=0) @ y_hi - d[0]).reshape(1)
-    return problem, make_roots(problem, [0], [state], [lower])
+    return ibp_root(m, lo, hi)
 
 
 def _first_round(monkeypatch):
