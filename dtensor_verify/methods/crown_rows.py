@@ -16,10 +16,14 @@ def _feeds_general_op(graph, name) -> bool:
 
 def rows_to_bound(lower, upper, opts, all_rows: bool = False) -> torch.Tensor:
     """Flattened neuron indices that need a backward sweep (unstable under the given bounds)."""
+    lo, up = lower.flatten(1), upper.flatten(1)
+    # A neuron with a zero-width box in every box of the batch (a function of fixed inputs only:
+    # nn4sys mscn's set elements and masks) is known exactly: no sweep can tighten it.
+    moving = (lo != up).any(0) if lo.shape[0] else torch.ones(lo.shape[1], dtype=torch.bool, device=lo.device)
     if not opts.skip_stable or all_rows:
-        return torch.arange(lower.flatten(1).shape[1], device=lower.device)     # also on an empty batch
-    unstable = ((lower < 0) & (upper > 0)).flatten(1).any(0)
-    return unstable.nonzero().flatten()
+        return moving.nonzero().flatten()
+    unstable = ((lo < 0) & (up > 0)).any(0)
+    return (unstable & moving).nonzero().flatten()
 
 
 class _TighterOf(torch.autograd.Function):
@@ -45,6 +49,11 @@ def scatter_rows(full_lower, full_upper, rows, lo, up, intersect: bool):
     if intersect:
         lo = _TighterOf.apply(lo, fl[:, rows], False)
         up = _TighterOf.apply(up, fu[:, rows], True)
-    fl = fl.index_copy(1, rows, lo)
-    fu = fu.index_copy(1, rows, up)
-    return fl.reshape(shape), fu.reshape(shape)
+    fl2 = fl.index_copy(1, rows, lo)
+    fu2 = fu.index_copy(1, rows, up)
+    # A neuron fixed in this box keeps its exact (IBP) value, whether or not another box of the
+    # batch had it swept: a box's bounds do not depend on the rest of its batch.
+    fixed = fl == fu
+    fl2 = torch.where(fixed, fl, fl2)
+    fu2 = torch.where(fixed, fu, fu2)
+    return fl2.reshape(shape), fu2.reshape(shape)
