@@ -3,6 +3,7 @@
     mode_of       'input' or 'relu' for a problem (split_kinds.resolve_mode on its boxes)
     with_boxes    roots that carry their own box (their pair's), so that splits can halve it
     refreshed     children's intermediate bounds recomputed on their own boxes
+    splits_inputs will branch and bound split input boxes (the pipeline's many-pairs policy)
     alpha_before  fewer alpha-CROWN steps before branch and bound when it will split inputs (the
                   sub-boxes' bounds soon beat what long optimisation on the whole box gives)
     attack_boxes  PGD inside the most promising open sub-boxes; candidates go to the solver's
@@ -40,12 +41,18 @@ def alpha_before(model, pair_lo, pair_hi, bab: bool, bab_options, alpha_options)
     a `BabOptions` (not None)."""
     from ..methods import AlphaOptions
 
-    opts = bab_options
     if not bab or alpha_options is not None:
         return alpha_options
-    mode = resolve_mode(opts.split, relu_neurons(model.graph), perturbed_dims(pair_lo, pair_hi), opts.max_input_dims,
-                        has_general(model.graph))
-    return AlphaOptions(iterations=opts.input_alpha_iterations) if mode == "input" else None
+    if splits_inputs(model, pair_lo, pair_hi, bab, bab_options):
+        return AlphaOptions(iterations=bab_options.input_alpha_iterations)
+    return None
+
+
+def splits_inputs(model, pair_lo, pair_hi, bab: bool, bab_options) -> bool:
+    """Will branch and bound split the input boxes of these pairs (`resolve_mode`)?"""
+    opts = bab_options
+    return bab and resolve_mode(opts.split, relu_neurons(model.graph), perturbed_dims(pair_lo, pair_hi),
+                                opts.max_input_dims, has_general(model.graph)) == "input"
 
 
 def with_boxes(problem, roots: Domains) -> Domains:

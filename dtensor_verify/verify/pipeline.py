@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..bab import BabOptions
 from ..errors import InputSpecError, TimeLimitReached, VerifierError
 from .instance import Clock, check_dimensions, open_instance
+from .many_boxes import skip_above
 from ..methods import AlphaOptions
 from .result import AttackOptions, Decision, VerifyResult
 from .shallow_stage import ShallowSearch
@@ -26,6 +27,7 @@ class PipelineOptions:
     alpha_options: AlphaOptions | None = None
     bab_options: BabOptions | None = None
     progress: bool = False                  # a progress bar for branch and bound (rank 0)
+    input_split: bool = False               # branch and bound will split input boxes (many_boxes.py)
 
 
 def build_stages(opts: PipelineOptions) -> list:
@@ -38,11 +40,12 @@ def build_stages(opts: PipelineOptions) -> list:
     for k, m in enumerate(opts.methods):
         last = k == len(opts.methods) - 1
         stages.append(Bound(m, opts.bound_batching, opts.alpha_options, opts.max_batch, guide=opts.attack,
-                            side_attack=opts.attack and opts.bab and last))
+                            side_attack=opts.attack and opts.bab and last,
+                            skip_above=skip_above(opts.input_split, m, k)))
         if k == 0 and opts.attack:
-            stages.append(DeferredAttack())      # a no-op unless Attack deferred itself (many pairs)
+            stages.append(DeferredAttack(input_split=opts.input_split))  # a no-op unless Attack deferred itself
     if opts.bab:
-        stages += ([AttackBeforeBab()] if opts.attack else []) + [ShallowSearch(opts.bab_options),
+        stages += ([AttackBeforeBab(skip_above=skip_above(opts.input_split, "attack-extra", 1))] if opts.attack else []) + [ShallowSearch(opts.bab_options),
                                                                   BranchAndBound(opts.bab_options, opts.progress)]
     if opts.attack:
         stages.append(FinalAttack())
@@ -65,9 +68,11 @@ def _run(model, prop, onnx_path, clock, say, res, opts: PipelineOptions) -> Deci
         note = getattr(prop, "note", None)
         return Decision("unsat", "spec", note or "every term of the property is a false constant: it cannot be violated")
     inst = open_instance(model, prop, onnx_path, clock, say, opts.attack_options or AttackOptions(), res)
-    from ..bab.input_bab import alpha_before       # fewer alpha-CROWN steps when BaB will split inputs
+    from ..bab.input_bab import alpha_before, splits_inputs  # fewer alpha-CROWN steps when BaB will split inputs
+    bab_options = opts.bab_options or BabOptions()
     opts = dataclasses.replace(opts, alpha_options=alpha_before(model, inst.pair_lo, inst.pair_hi, opts.bab,
-                                                                opts.bab_options or BabOptions(), opts.alpha_options))
+                                                                bab_options, opts.alpha_options),
+                               input_split=splits_inputs(model, inst.pair_lo, inst.pair_hi, opts.bab, bab_options))
     for stage in build_stages(opts):
         decision = stage.run(inst)
         if decision is not None:

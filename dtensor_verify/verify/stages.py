@@ -23,6 +23,7 @@ from .attacks import attack_open, check_vertices, helper_round
 from .bab_stage import branch_and_bound
 from .bounds import bound_pairs
 from .instance import Instance
+from .many_boxes import box_restarts, skipped
 from .result import Counterexample, Decision
 
 
@@ -49,8 +50,10 @@ class Attack:
 class DeferredAttack:
     """The first attack when `Attack` deferred it: only on the pairs the first bound left open,
     its restarts cut so that pairs x restarts stays within `deferred_samples` (a round's cost
-    follows the pairs left, not the property's size). Every rank sees the same open pairs."""
+    follows the pairs left, not the property's size), and with `input_split` to a few per
+    perturbed input (`many_boxes.box_restarts`). Every rank sees the same open pairs."""
     name: str = "attack"
+    input_split: bool = False
 
     def run(self, inst: Instance) -> Decision | None:
         if not inst.attack_deferred:
@@ -62,6 +65,8 @@ class DeferredAttack:
         inst.clock.check()
         opts = inst.attack
         restarts = max(1, min(opts.restarts, opts.deferred_samples // n_open))
+        if self.input_split:
+            restarts = box_restarts(inst, restarts)
         return _sat(inst, attack_open(inst, restarts, opts.seed, "attack", spread=True), "attack")
 
 
@@ -75,11 +80,14 @@ class Bound:
     max_batch: int = 64
     guide: bool = True
     side_attack: bool = False        # the attack-extra round meanwhile on ranks that would wait (dp)
+    skip_above: int | None = None    # skipped with more open pairs than this (many_boxes.py)
 
     def run(self, inst: Instance) -> Decision | None:
         inst.clock.check()
         open_idx = inst.open_pairs()
         if not open_idx:
+            return None
+        if skipped(inst, self.method, len(open_idx), self.skip_above):
             return None
         t = time.perf_counter()
         side = helper_round(inst, inst.attack.seed + 1) if self.side_attack and inst.attack.extra_rounds > 0 else None
@@ -129,10 +137,13 @@ class ManyPairsIbp:
 class AttackBeforeBab:
     """One quick attack round, from the bound-guided vertices, before branch and bound."""
     name: str = "attack-extra"
+    skip_above: int | None = None    # skipped with more open pairs than this (many_boxes.py)
 
     def run(self, inst: Instance) -> Decision | None:
         if inst.attack.extra_rounds <= 0 or not inst.open_pairs() or inst.extra_rounds_done:
             return None                  # (done already: during the last bound, `Bound.side_attack`)
+        if skipped(inst, self.name, len(inst.open_pairs()), self.skip_above):
+            return None
         inst.clock.check()
         found = attack_open(inst, inst.attack.restarts, inst.attack.seed + 1, "attack-extra", inst.guided,
                             spread=True)
