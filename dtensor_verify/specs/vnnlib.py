@@ -37,6 +37,7 @@ import numpy as np
 
 from ..errors import InputSpecError, bounded_message, excerpt
 from .spec_types import OutputDisjunct, Property, Region
+from .vnnlib_simple import simple_comparison
 from .vnnlib_formula import (_NUM_RE, _X, _Y, MAX_DNF_TERMS, FormulaMixin, _Atom, _Constraint, _Converted, _Dnf,
                              _List, _name, converts_eagerly, term_limit)
 
@@ -63,11 +64,14 @@ _VAR_NAME = re.compile(r"([XY])_(0|[1-9]\d*)\Z")
 #   5 a whole `(declare-const NAME SORT)`          (groups 6-7)
 #   8 a comment, 9 '(', 10 ')', 11 any other atom (symbol or number)
 # Whitespace between tokens is skipped by finditer; every other character belongs to a token.
+#   8 a whole `(<=|>=|<|> NAME number)` (groups 9-11: vnnlib_simple.py), then 12 a comment, 13 '(',
+#   14 ')', 15 any other atom
 _TOKEN = re.compile(
     r"(\(\s*assert\s*\(\s*([<>]=?)\s+(X_\d+)\s+(" + _NUM_RE + r")\s*\)\s*\))"
     r"|(\(\s*declare-const\s+([^\s();]+)\s+([^\s();]+)\s*\))"
+    r"|(\(\s*([<>]=?)\s+([^\s();]+)\s+(" + _NUM_RE + r")\s*\))"
     r"|(;[^\n]*)|(\()|(\))|([^\s();]+)")
-_T_FAST_ASSERT, _T_DECLARE, _T_COMMENT, _T_OPEN, _T_CLOSE = 1, 5, 8, 9, 10
+_T_FAST_ASSERT, _T_DECLARE, _T_SIMPLE, _T_COMMENT, _T_OPEN, _T_CLOSE = 1, 5, 8, 12, 13, 14
 
 _IGNORED_COMMANDS = frozenset({"set-logic", "set-info", "set-option", "check-sat", "get-model",
                                "exit"})
@@ -109,13 +113,11 @@ class _Parser(FormulaMixin):
             elif kind == _T_CLOSE:
                 if not stack:
                     raise self.error(m.start(), "unbalanced ')'")
-                node = stack.pop()
-                if stack and converts_eagerly(stack[-1]):
-                    stack[-1].items.append(_Converted(self.formula(node), node.pos))
-                elif stack:
-                    stack[-1].items.append(node)
-                else:
-                    self.command(node)
+                self.closed(stack.pop(), stack)
+            elif kind == _T_SIMPLE:
+                if len(stack) >= MAX_DEPTH:
+                    raise self.error(m.start(), f"expressions nested deeper than {MAX_DEPTH}")
+                simple_comparison(self, m, stack, (9, 10, 11), lambda node: self.closed(node, stack))
             elif kind == _T_FAST_ASSERT:
                 if stack:
                     raise self.error(m.start(), "'assert' inside another expression "
@@ -137,6 +139,16 @@ class _Parser(FormulaMixin):
         if self.n_commands == 0:
             raise self.error(0, "empty file: no declarations or assertions")
         return self.build(n_inputs, n_outputs)
+
+    def closed(self, node: _List, stack: list) -> None:
+        """A list just closed: a disjunct of an `or` converted now, else kept for its parent, or
+        at the top a command."""
+        if stack and converts_eagerly(stack[-1]):
+            stack[-1].items.append(_Converted(self.formula(node), node.pos))
+        elif stack:
+            stack[-1].items.append(node)
+        else:
+            self.command(node)
 
     def command(self, node: _List) -> None:
         items = node.items

@@ -84,6 +84,8 @@ class FormulaMixin:
 
     def formula(self, node: _Atom | _List) -> _Dnf:
         """DNF of a boolean formula: a list of terms, each a tuple of constraints."""
+        if isinstance(node, _Converted):          # read as one token (vnnlib_simple.py)
+            return node.dnf
         if isinstance(node, _Atom):
             if node.text == "true":
                 return [()]
