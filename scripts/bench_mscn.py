@@ -31,7 +31,8 @@ COLUMNS = ("label", "vnnlib", "limit_s", "verdict", "decided_by", "wall_s", "ver
 def instances(bench: Path, listing: Path | None, model: str, only: str | None):
     with open(listing or bench / "instances.csv") as f:
         rows = [r for r in csv.reader(f) if len(r) >= 3 and model in r[0]]
-    return [r for r in rows if only is None or only in r[1]]
+    keys = None if only is None else only.split(",")
+    return [r for r in rows if keys is None or any(k in r[1] for k in keys)]
 
 
 def existing(bench: Path, rel: str) -> str:
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bench", type=Path, default=ROOT.parent / "shared/benchmarks/nn4sys_2023")
     ap.add_argument("--instances", type=Path, default=None, help="instances CSV (default BENCH/instances.csv)")
     ap.add_argument("--model", default="mscn_128d.onnx", help="instances whose onnx path contains this")
-    ap.add_argument("--filter", default=None, help="only vnnlib paths containing this")
+    ap.add_argument("--filter", default=None, help="only vnnlib paths containing one of these (comma-separated)")
     ap.add_argument("--timeout-scale", type=float, default=1.0)
     ap.add_argument("--code", type=Path, default=ROOT, help="the repository whose code runs")
     ap.add_argument("--label", default="after")
