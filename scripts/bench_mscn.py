@@ -48,7 +48,9 @@ def run_one(args, onnx: str, vnnlib: str, limit: float) -> dict:
                "--vnnlib", vnnlib, "--results", str(results), "--timeout", f"{limit:g}", "--json", str(js),
                "--quiet", "--device", args.device]
         t = time.perf_counter()
-        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=limit + 60)
+        # cwd: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH
+        subprocess.run(cmd, env=env, cwd=str(args.code), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=limit + 60)
         wall = time.perf_counter() - t
         verdict = results.read_text().split()[0] if results.exists() and results.read_text().strip() else "none"
         data = json.loads(js.read_text()) if js.exists() else {}
@@ -69,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="mscn_128d.onnx", help="instances whose onnx path contains this")
     ap.add_argument("--filter", default=None, help="only vnnlib paths containing one of these (comma-separated)")
     ap.add_argument("--timeout-scale", type=float, default=1.0)
-    ap.add_argument("--code", type=Path, default=ROOT, help="the repository whose code runs")
+    ap.add_argument("--code", type=Path, default=ROOT, help="the repository whose code runs (its folder is the cwd)")
     ap.add_argument("--label", default="after")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
