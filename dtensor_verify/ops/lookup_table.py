@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import deadline
 from .activation import ActivationOp
 from .registry import register
 from .scalar_base import BIG, ScalarFn
@@ -29,7 +30,13 @@ def relu_lookup(x, offsets, weights):
 
 
 class LookupTable(ScalarFn):
-    """f(x) = sum_k w_k relu(x - o_k) with the breakpoints sorted (float64 parameters)."""
+    """f(x) = sum_k w_k relu(x - o_k) with the breakpoints sorted (float64 parameters).
+
+    Evaluated per segment (`f`: f = seg_j x - cut_j on segment j, one `bucketize`), never as the
+    table's [..., K] ReLUs: the line rules evaluate f at K + 2 candidates of every (row, neuron) of
+    an alpha-CROWN sweep, and the [..., K + 2, K] temporaries of the table's own arithmetic took
+    24 GB (OOM) and minutes without a clock check on ml4acopf's 300-bus prop2 (issue 21). The
+    candidates are scanned one at a time (`_scan`), with a clock check between them."""
 
     name = "lookup_table"
 
@@ -38,15 +45,18 @@ class LookupTable(ScalarFn):
         w = torch.as_tensor(weights, dtype=torch.float64).flatten()
         order = torch.argsort(o)
         self.o, self.w = o[order], w[order]
-        # Slope of segment j (j = 0: left of every breakpoint; j: right of breakpoint j - 1).
-        self.seg = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(self.w, 0)])
+        zero = torch.zeros(1, dtype=torch.float64)
+        # Slope of segment j (j = 0: left of every breakpoint; j: right of breakpoint j - 1), and
+        # its offset: f(x) = seg[j] x - cut[j] there.
+        self.seg = torch.cat([zero, torch.cumsum(self.w, 0)])
+        self.cut = torch.cat([zero, torch.cumsum(self.w * self.o, 0)])
 
     def f(self, x):
-        o, w = self.o.to(x), self.w.to(x)
-        return torch.matmul(torch.relu(x.unsqueeze(-1) - o), w)
+        j = torch.bucketize(x.detach().contiguous(), self.o.to(x))     # breakpoints strictly below x
+        return self.seg.to(x)[j] * x - self.cut.to(x)[j]
 
     def df(self, x):
-        return torch.matmul((x.unsqueeze(-1) > self.o.to(x)).to(x), self.w.to(x))
+        return self.seg.to(x)[torch.bucketize(x.detach().contiguous(), self.o.to(x))]
 
     def kinks(self, l, u):
         return [self.o[i].to(l) + torch.zeros_like(l) for i in range(self.o.numel())]
@@ -62,16 +72,46 @@ class LookupTable(ScalarFn):
         kmax = torch.where(meets, s, torch.full_like(s, -BIG)).max(-1).values
         return kmin.clamp(-BIG, BIG), kmax.clamp(-BIG, BIG)
 
-    def intercepts(self, k, l, u):
-        """(min, max) over [l, u] of f(x) - k x: at l, u and the breakpoints clamped into [l, u]."""
-        l, u = torch.broadcast_tensors(l, u)
+    def _inside(self, l, u):
+        """The breakpoints strictly inside [min l, max u] (the others clamp to l or u everywhere)."""
+        ends = torch.stack([torch.nan_to_num(l, nan=-torch.inf).min(),
+                            torch.nan_to_num(u, nan=torch.inf).max()]).tolist()     # NaN: every one
         o = self.o.to(l)
-        pts = torch.cat([l.unsqueeze(-1), u.unsqueeze(-1), torch.minimum(torch.maximum(o, l.unsqueeze(-1)),
-                                                                          u.unsqueeze(-1))], -1)
-        vals = self.f(pts) - k.unsqueeze(-1) * pts if torch.is_tensor(k) else self.f(pts) - k * pts
+        return o[(o > ends[0]) & (o < ends[1])]
+
+    def _scan(self, k, l, u):
+        """(min, argmin, max, argmax) over [l, u] of f(x) - k x: at l, u and the breakpoints
+        clamped into [l, u], one candidate at a time (first extremum kept), a clock check between."""
+        def value(x):
+            return self.f(x) - k * x
+        v_lo = value(l)
+        x_lo = l.expand_as(v_lo)
+        v_hi, x_hi = v_lo, x_lo
+        for c in [u, *self._inside(l, u)]:
+            deadline.check_fine()
+            x = torch.minimum(torch.maximum(c, l), u)
+            v = value(x)
+            x = x.expand_as(v)
+            lower, higher = v < v_lo, v > v_hi
+            v_lo, x_lo = torch.where(lower, v, v_lo), torch.where(lower, x, x_lo)
+            v_hi, x_hi = torch.where(higher, v, v_hi), torch.where(higher, x, x_hi)
+        return v_lo, x_lo, v_hi, x_hi
+
+    def intercepts(self, k, l, u):
+        """(min, max) over [l, u] of f(x) - k x (exact: see `_scan`); infinite where l or u is."""
+        l, u = torch.broadcast_tensors(l, u)
+        lo, _, hi, _ = self._scan(k, l, u)
         ok = torch.isfinite(l) & torch.isfinite(u)
-        lo, hi = vals.min(-1).values, vals.max(-1).values
         return torch.where(ok, lo, -torch.inf), torch.where(ok, hi, torch.inf)
+
+    def touch_points(self, k, l, u, is_lower):
+        """Where the line of slope k touches f on [l, u]: the minimiser of f(x) - k x where
+        `is_lower` (a bool or a mask broadcasting with k), else the maximiser (alpha-CROWN's
+        gradient of the intercept in k)."""
+        l, u = torch.broadcast_tensors(l, u)
+        with torch.no_grad():
+            _, x_lo, _, x_hi = self._scan(k, l, u)
+        return torch.where(torch.as_tensor(is_lower, device=x_lo.device), x_lo, x_hi)
 
 
 def _lookup_parts(gm, node):
