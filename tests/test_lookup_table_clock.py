@@ -41,12 +41,14 @@ class _Clock:
             raise TimeLimitReached()
 
 
-def test_lines_check_the_clock_between_candidates():
+def test_lines_check_the_clock_between_candidates(monkeypatch):
     """A limit that passes while one op's lines are computed stops them: the old rule evaluated
-    every candidate in one call and never asked the clock."""
+    every candidate in one call and never asked the clock. (Blocks of 2 candidates here, as an
+    alpha sweep's [4, B, rows, n] slopes get on ml4acopf's 300-bus model.)"""
     fn = lt.LookupTable(*_table(55))
     l, u = _box(300)
     k = torch.randn(4, 1, 7, 300, dtype=torch.float64)
+    monkeypatch.setattr(lt, "SCAN_ELEMENTS", 2 * k.numel())
     fn.intercepts(k, l, u)                                     # no deadline: no check, no error
     clock = _Clock(checks=3)
     with deadline.checking(clock.check, clock.left, DEFAULT_LAYOUT), pytest.raises(TimeLimitReached):
@@ -57,10 +59,12 @@ def test_lines_check_the_clock_between_candidates():
         fn.touch_points(k, l, u, True)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_scan_is_exact_and_touches(seed):
+@pytest.mark.parametrize("seed,block", [(0, 1 << 21), (1, 1 << 21), (0, 1), (1, 2000)])
+def test_scan_is_exact_and_touches(seed, block, monkeypatch):
     """Intercepts equal the table's own arithmetic at every candidate (old rule); each touching
-    point attains its intercept (the envelope gradient of alpha-CROWN is a true minimiser's)."""
+    point attains its intercept (the envelope gradient of alpha-CROWN is a true minimiser's);
+    whatever the blocks of candidates (all at once, one at a time, a few)."""
+    monkeypatch.setattr(lt, "SCAN_ELEMENTS", block)
     o, w = _table(21, seed)
     fn = lt.LookupTable(o, w)
     l, u = _box(200, seed + 5)

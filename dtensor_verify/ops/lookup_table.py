@@ -16,12 +16,19 @@ slope (sound for every slope alpha-CROWN picks), computed in one vectorised pass
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import deadline
 from .activation import ActivationOp
 from .registry import register
 from .scalar_base import BIG, ScalarFn
+
+# The lines' candidate values are computed in blocks of at most this many elements (candidates x
+# the broadcast shape of slopes and bounds): a CROWN sweep's lines in one block, an alpha-CROWN
+# sweep's (4 slopes per row and neuron) a few candidates at a time, with a clock check between.
+SCAN_ELEMENTS = 1 << 21
 
 
 def relu_lookup(x, offsets, weights):
@@ -36,7 +43,7 @@ class LookupTable(ScalarFn):
     table's [..., K] ReLUs: the line rules evaluate f at K + 2 candidates of every (row, neuron) of
     an alpha-CROWN sweep, and the [..., K + 2, K] temporaries of the table's own arithmetic took
     24 GB (OOM) and minutes without a clock check on ml4acopf's 300-bus prop2 (issue 21). The
-    candidates are scanned one at a time (`_scan`), with a clock check between them."""
+    candidates are scanned in blocks of bounded size (`_scan`), with a clock check between them."""
 
     name = "lookup_table"
 
@@ -81,21 +88,28 @@ class LookupTable(ScalarFn):
 
     def _scan(self, k, l, u):
         """(min, argmin, max, argmax) over [l, u] of f(x) - k x: at l, u and the breakpoints
-        clamped into [l, u], one candidate at a time (first extremum kept), a clock check between."""
-        def value(x):
-            return self.f(x) - k * x
-        v_lo = value(l)
-        x_lo = l.expand_as(v_lo)
-        v_hi, x_hi = v_lo, x_lo
-        for c in [u, *self._inside(l, u)]:
+        clamped into [l, u], in blocks of candidates of at most SCAN_ELEMENTS values each (one
+        block for a layer's neurons; a few candidates at a time for an alpha sweep's rows), a
+        clock check between blocks. Where several candidates attain the extremum, the first."""
+        shape = torch.broadcast_shapes(l.shape, k.shape) if torch.is_tensor(k) else l.shape
+        k = k.unsqueeze(-1) if torch.is_tensor(k) else k
+        cands = torch.cat([torch.full((2,), torch.nan, dtype=l.dtype, device=l.device), self._inside(l, u)])
+        per = max(1, SCAN_ELEMENTS // max(1, math.prod(shape)))
+        best = None
+        for start in range(0, cands.numel(), per):
             deadline.check_fine()
-            x = torch.minimum(torch.maximum(c, l), u)
-            v = value(x)
+            c = cands[start:start + per]
+            x = torch.minimum(torch.maximum(c, l.unsqueeze(-1)), u.unsqueeze(-1))
+            if start == 0:          # the first two candidates: l and u themselves
+                x = torch.cat([l.unsqueeze(-1), u.unsqueeze(-1), x[..., 2:]], -1)
+            v = self.f(x) - k * x
             x = x.expand_as(v)
-            lower, higher = v < v_lo, v > v_hi
-            v_lo, x_lo = torch.where(lower, v, v_lo), torch.where(lower, x, x_lo)
-            v_hi, x_hi = torch.where(higher, v, v_hi), torch.where(higher, x, x_hi)
-        return v_lo, x_lo, v_hi, x_hi
+            v_lo, i_lo = v.min(-1)
+            v_hi, i_hi = v.max(-1)
+            found = (v_lo, x.gather(-1, i_lo.unsqueeze(-1)).squeeze(-1),
+                     v_hi, x.gather(-1, i_hi.unsqueeze(-1)).squeeze(-1))
+            best = found if best is None else _merge(best, found)
+        return best
 
     def intercepts(self, k, l, u):
         """(min, max) over [l, u] of f(x) - k x (exact: see `_scan`); infinite where l or u is."""
@@ -112,6 +126,14 @@ class LookupTable(ScalarFn):
         with torch.no_grad():
             _, x_lo, _, x_hi = self._scan(k, l, u)
         return torch.where(torch.as_tensor(is_lower, device=x_lo.device), x_lo, x_hi)
+
+
+def _merge(best, found):
+    """The running (min, argmin, max, argmax) of `_scan` and a later block's: earlier ones win ties."""
+    v_lo, x_lo, v_hi, x_hi = best
+    lower, higher = found[0] < v_lo, found[2] > v_hi
+    return (torch.where(lower, found[0], v_lo), torch.where(lower, found[1], x_lo),
+            torch.where(higher, found[2], v_hi), torch.where(higher, found[3], x_hi))
 
 
 def _lookup_parts(gm, node):
