@@ -37,6 +37,7 @@ import csv
 import json
 import os
 import platform
+import queue
 import statistics
 import subprocess
 import sys
@@ -136,9 +137,26 @@ def pinned_cores(job: int, procs: int) -> list[int]:
     return [usable[(start + k) % len(usable)] for k in range(procs)]
 
 
-def run_instance(root: Path, inst, i: int, args) -> list[dict]:
+def core_slots(args) -> "queue.Queue[int]":
+    """One slot per concurrent job: a run takes a free slot (its cores) and gives it back, so two
+    runs at once never share a core (an instance's index modulo --jobs did: a short instance's
+    successor landed on the cores of a long one still running, and both ran at half speed)."""
+    slots: queue.Queue[int] = queue.Queue()
+    for j in range(max(1, args.jobs)):
+        slots.put(j)
+    return slots
+
+
+def run_instance(root: Path, inst, i: int, args, slots: "queue.Queue[int]") -> list[dict]:
+    slot = slots.get()
+    try:
+        return _run_instance(root, inst, i, args, pinned_cores(slot, args.procs) if args.pin else None)
+    finally:
+        slots.put(slot)
+
+
+def _run_instance(root: Path, inst, i: int, args, cores: list[int] | None) -> list[dict]:
     rows = []
-    cores = pinned_cores(i % max(1, args.jobs), args.procs) if args.pin else None
     for rep in range(args.repeats):
         order = (1, args.procs) if rep % 2 == 0 else (args.procs, 1)
         for procs in order:
@@ -253,7 +271,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     load_before, t0 = os.getloadavg(), time.perf_counter()
     with cf.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_instance, root, inst, i, args) for i, inst in enumerate(insts)]
+        slots = core_slots(args)
+        futures = [pool.submit(run_instance, root, inst, i, args, slots) for i, inst in enumerate(insts)]
         runs = [f.result() for f in futures]
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()

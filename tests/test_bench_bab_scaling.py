@@ -101,3 +101,34 @@ def test_pinned_runs_get_their_own_cores_and_report_cpu_seconds(tmp_path, monkey
     row = bbs.summarise("m p (relu)", runs, 2)
     assert row["cpu_ratio"] == pytest.approx(0.5) and row["bab_cpu_ratio"] == pytest.approx(0.5)
     assert "| m p (relu) | 17.00 / 8.50 | 0.50 | 11.00 / 5.50 | 0.50 |" in "\n".join(bbs.tables([row], 2))
+
+
+def test_runs_at_once_never_share_cores(monkeypatch):
+    """A short instance's successor must not land on the cores of a long one still running (with
+    the slot taken from the instance index modulo --jobs, instance 2 shared instance 0's cores)."""
+    import concurrent.futures as cf
+    import threading
+    import time
+    import types
+
+    monkeypatch.setattr(bbs.os, "sched_getaffinity", lambda pid: set(range(8)))
+    busy: set[int] = set()
+    lock = threading.Lock()
+    clashes = []
+
+    def fake(root, inst, i, args, cores):
+        with lock:
+            if busy & set(cores):
+                clashes.append((i, cores))
+            busy.update(cores)
+        time.sleep(0.3 if i == 0 else 0.02)
+        with lock:
+            busy.difference_update(cores)
+        return []
+
+    monkeypatch.setattr(bbs, "_run_instance", fake)
+    args = types.SimpleNamespace(jobs=2, procs=2, pin=True)
+    slots = bbs.core_slots(args)
+    with cf.ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda i: bbs.run_instance(None, None, i, args, slots), range(5)))
+    assert clashes == []
