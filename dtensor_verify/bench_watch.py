@@ -32,6 +32,7 @@ RESTARTS_ENV = "DTENSOR_VERIFY_BENCH_RESTARTS"    # how many times this run was 
 GRACE_S = 5.0            # a stuck instance is ended this long after its limit ...
 GRACE_FRACTION = 0.1     # ... plus this fraction of the limit (a GPU's queued work, slow loads)
 POLL_S = 0.1
+EXIT_STUCK = 124         # as run_guard.EXIT_WATCHDOG, where the runner cannot be restarted
 
 
 def restarted() -> bool:
@@ -128,7 +129,12 @@ class InstanceWatch:
             if self.say is not None:
                 self.say(inst, message)
         finally:
-            self.restart()
+            try:
+                self.restart()
+            except OSError as exc:       # cannot re-execute: end the run as `run`'s watchdog would
+                print(f"dtensor-verify: error: the benchmark's watchdog cannot restart the runner ({exc}); "
+                      "the rows written so far stay, rerun with --resume", file=sys.stderr, flush=True)
+                os._exit(EXIT_STUCK)
 
 
 def wait_for_rows(read_keys, keys: list, budget_s: float, poll_s: float = 0.5) -> bool:

@@ -47,13 +47,13 @@ def _env():
 
 def test_a_stuck_instance_gets_a_timeout_row_and_the_run_goes_on(tmp_path):
     """3 instances of a 1.2 s limit (60 s x 0.02), the 2nd stuck for 600 s: 3 rows, the 2nd
-    `timeout` by the watchdog, the others decided, in about the limits' sum (plus the grace and
-    one restart of the runner)."""
+    `timeout` by the watchdog, the others ended on their own, in about the limits' sum (plus the
+    grace, 3 s: a loaded CPU's model load must not look stuck, and one restart of the runner)."""
     script = tmp_path / "stuck_runner.py"
     script.write_text(WRAPPER)
     out = tmp_path / "results.csv"
     cmd = [sys.executable, str(script), "--threads", "1", "benchmark", str(TEST), "--csv", str(out), "--limit", "3",
-           "--timeout-scale", "0.02", "--stuck-grace", "0.5", "--device", "cpu", "--quiet"]
+           "--timeout-scale", "0.02", "--stuck-grace", "3", "--device", "cpu", "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240)
     took = time.perf_counter() - t0
@@ -62,12 +62,12 @@ def test_a_stuck_instance_gets_a_timeout_row_and_the_run_goes_on(tmp_path):
         rows = list(csv.DictReader(fh))
     assert [r["onnx"] for r in rows] == ["test_nano.onnx", "test_tiny.onnx", "test_small.onnx"], rows
     assert rows[1]["verdict"] == "timeout" and "watchdog" in rows[1]["message"], rows[1]
-    assert 1.2 + 0.5 <= float(rows[1]["seconds"]) < 1.2 + 0.5 + 2.0, rows[1]
+    assert 1.2 + 3 <= float(rows[1]["seconds"]) < 1.2 + 3 + 5.0, rows[1]
     for r in (rows[0], rows[2]):         # ended on their own (a `timeout` there is the pipeline's own)
         assert r["verdict"] != "error" and "watchdog" not in r["message"], r
     assert "3 instance(s)" in proc.stdout and "resuming" in proc.stderr
     # Two start-ups of the runner (torch imports: seconds each on a loaded CPU) and the limits.
-    assert took < 3 * 1.2 + 0.5 + 60, took
+    assert took < 3 * 1.2 + 3 + 60, took
 
 
 class _Inst:
@@ -122,7 +122,7 @@ def test_a_stuck_instance_under_torchrun_shards(tmp_path):
     out = tmp_path / "results.csv"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
            "--threads", "1", "benchmark", str(TEST), "--csv", str(out), "--limit", "4", "--shard-instances",
-           "--timeout-scale", "0.02", "--stuck-grace", "0.5", "--device", "cpu", "--quiet"]
+           "--timeout-scale", "0.02", "--stuck-grace", "3", "--device", "cpu", "--quiet"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out, newline="") as fh:
