@@ -120,3 +120,17 @@ def test_lines_cost_does_not_grow_with_the_table_squared(monkeypatch):
     l, u = _box(50)
     fn.intercepts(torch.zeros(2, 1, 3, 50, dtype=torch.float64), l, u)
     assert not seen, seen[:3]
+
+
+def test_all_breakpoints_give_the_same_lines(monkeypatch):
+    """The breakpoints outside [min l, max u] change nothing (a GPU keeps them all, not to wait
+    for the device): the lines with every breakpoint equal those with the inside ones."""
+    fn = lt.LookupTable(*_table(30, 4))
+    l, u = _box(100, 9)
+    l, u = l * 0.2, l * 0.2 + (u - l) * 0.1          # a narrow range: most breakpoints outside
+    k = torch.randn(2, 1, 3, 100, dtype=torch.float64)
+    inside = fn.intercepts(k, l, u)
+    assert fn._inside(l, u).numel() < 30
+    monkeypatch.setattr(lt.LookupTable, "_inside", lambda self, l, u: self.o.to(l))
+    every = fn.intercepts(k, l, u)
+    assert torch.equal(inside[0], every[0]) and torch.equal(inside[1], every[1])

@@ -80,7 +80,10 @@ class LookupTable(ScalarFn):
         return kmin.clamp(-BIG, BIG), kmax.clamp(-BIG, BIG)
 
     def _inside(self, l, u):
-        """The breakpoints strictly inside [min l, max u] (the others clamp to l or u everywhere)."""
+        """The breakpoints strictly inside [min l, max u] (the others clamp to l or u everywhere);
+        on a GPU all of them (choosing would wait for the device: a sync per line computation)."""
+        if l.device.type != "cpu":
+            return self.o.to(l)
         ends = torch.stack([torch.nan_to_num(l, nan=-torch.inf).min(),
                             torch.nan_to_num(u, nan=torch.inf).max()]).tolist()     # NaN: every one
         o = self.o.to(l)
