@@ -134,3 +134,28 @@ def test_all_breakpoints_give_the_same_lines(monkeypatch):
     monkeypatch.setattr(lt.LookupTable, "_inside", lambda self, l, u: self.o.to(l))
     every = fn.intercepts(k, l, u)
     assert torch.equal(inside[0], every[0]) and torch.equal(inside[1], every[1])
+
+
+def test_intercepts_gradient_in_the_bounds():
+    """Intercepts of bounds that carry a gradient (alpha-CROWN's intermediate bounds): the same
+    values and gradients in l, u and k as the table's arithmetic at every candidate under
+    autograd (the old rule), without keeping the scan's temporaries."""
+    o, w = _table(17, 6)
+    fn = lt.LookupTable(o, w)
+    l0, u0 = _box(60, 11)
+    k0 = torch.randn(2, 1, 3, 60, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    weights = torch.randn(2, 2, 1, 3, 60, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    grads = []
+    for rule in ("scan", "table"):
+        l, u, k = (t.clone().requires_grad_(True) for t in (l0, u0, k0))
+        if rule == "scan":
+            lo, hi = fn.intercepts(k, l, u)
+        else:
+            pts = torch.cat([l.unsqueeze(-1), u.unsqueeze(-1), torch.minimum(torch.maximum(o, l.unsqueeze(-1)),
+                                                                              u.unsqueeze(-1))], -1)
+            vals = lt.relu_lookup(pts, o, w) - k.unsqueeze(-1) * pts
+            lo, hi = vals.min(-1).values, vals.max(-1).values
+        ((lo * weights[0]).sum() + (hi * weights[1]).sum()).backward()
+        grads.append((lo.detach(), hi.detach(), l.grad, u.grad, k.grad))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-9), (a - b).abs().max()

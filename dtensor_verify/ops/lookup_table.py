@@ -115,11 +115,24 @@ class LookupTable(ScalarFn):
         return best
 
     def intercepts(self, k, l, u):
-        """(min, max) over [l, u] of f(x) - k x (exact: see `_scan`); infinite where l or u is."""
+        """(min, max) over [l, u] of f(x) - k x (exact: see `_scan`); infinite where l or u is.
+        Scanned without autograd; where l, u or k carry a gradient (an alpha-CROWN step's
+        intermediate bounds), the extremes are evaluated again at their points, as functions of
+        l / u where they lie there (the same values; the gradient of the min / max), so the
+        step keeps O(shape) for its backward pass instead of every block's temporaries."""
         l, u = torch.broadcast_tensors(l, u)
-        lo, _, hi, _ = self._scan(k, l, u)
+        grad = torch.is_grad_enabled() and any(torch.is_tensor(t) and t.requires_grad for t in (k, l, u))
+        with torch.no_grad():
+            lo, x_lo, hi, x_hi = self._scan(k, l, u)
+        if grad:
+            lo, hi = self._attained(k, l, u, x_lo), self._attained(k, l, u, x_hi)
         ok = torch.isfinite(l) & torch.isfinite(u)
         return torch.where(ok, lo, -torch.inf), torch.where(ok, hi, torch.inf)
+
+    def _attained(self, k, l, u, x):
+        """f(x) - k x at the scan's points x, x taken as l or u where it is one (differentiable)."""
+        x = torch.where(x == l, l.expand_as(x), torch.where(x == u, u.expand_as(x), x))
+        return self.f(x) - k * x
 
     def touch_points(self, k, l, u, is_lower):
         """Where the line of slope k touches f on [l, u]: the minimiser of f(x) - k x where
