@@ -28,15 +28,16 @@ import torch
 from ..margin import best_row, margin, spec_rows
 from ..methods.beta_crown import BetaOptions, BetaResult, beta_crown
 from . import input_bab
-from .branching import choose, context_for, mixed
+from .branching import choose, choose_ranked, context_for, mixed
 from .budget import auto_batch_size, free_memory_bytes, out_of_memory, release_cached_memory
 from .comm import LocalComm
 from .domains import NO_DECISION, Domains, DomainStore, split
-from .exact_hooks import decide_leaves, settle_few_unstable
+from .exact_hooks import decide_leaves, prepare_exact, settle_few_unstable
 from .general_refresh import refresh_children
 from .problem import BabProblem, BabResult, BabStats, PhaseTimer
 from .split_kinds import needs_refresh
 from .store_limit import store_limit
+from .wide import max_width_for, parents_for, split_wide, width_for, with_more
 
 # (x [m, *S], pair [m], y [m, n_out]) -> a confirmed counterexample among the points, or None
 ConfirmFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]
@@ -51,6 +52,9 @@ class BabOptions:
     memory_fraction: float = 0.4        # of the free memory (per rank) that a round may use
     branching: str = "fsb"              # 'fsb' | 'babsr'
     candidates: int = 3                 # fsb: candidate splits tried per domain
+    split_width: int = 4                # ReLU splits per domain in a round, at most (wide.py; 1: off):
+    wide_capacity: int | None = None    # ... as many as frontier x 2^w <= this x workers (children per
+                                        # round per worker; None: 2 x the batch)
     beta: BetaOptions = field(default_factory=BetaOptions)
     root_iterations: int = 0            # beta-CROWN steps on the roots (they come from alpha-CROWN)
     max_domains: int | None = None      # open domains per worker before giving up (verdict unknown):
@@ -113,6 +117,8 @@ class BabSolver:
         self.branching = opts.input_branching if self.mode == "input" else mixed(opts.branching, problem)
         candidates = opts.input_candidates if self.mode == "input" else opts.candidates
         self.ctx = context_for(problem, self._bound_once, candidates)
+        self.max_width = max_width_for(opts, problem, self.mode, self.branching)    # wide rounds (wide.py)
+        self.width, self._open_all = 1, 0       # this round's split width; open domains, all workers
 
     @property
     def found(self) -> bool:
@@ -224,7 +230,11 @@ class BabSolver:
                 return
         lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.scored}
         with PhaseTimer(self.stats, "branching"):
-            rest.decision = choose(self.branching, rest, lA, self.ctx)
+            if self.max_width > 1:      # the best few, for wide rounds
+                ranked = choose_ranked(self.branching, rest, lA, self.ctx, self.max_width)
+                rest.decision, rest.more = ranked[:, 0].contiguous(), ranked[:, 1:].contiguous()
+            else:
+                rest.decision = choose(self.branching, rest, lA, self.ctx)
         stuck = rest.decision[:, 0] == NO_DECISION
         if bool(stuck.any()):
             # Every neuron of these domains is fixed, yet the bound does not prove them (beta's
@@ -234,15 +244,7 @@ class BabSolver:
         self.store.push(rest, margins)
 
     def _prepare_exact(self):
-        """The LP oracle of leaf domains, built by every rank at the same point (it may gather
-        sharded weights); a failure leaves it disabled with the reason."""
-        from .exact import ExactLeaves
-
-        self.exact = ExactLeaves(self.problem)
-        try:
-            self.exact.prepare()
-        except Exception as exc:    # noqa: BLE001 - then leaves stay open, saying why
-            self.exact.disabled = f"cannot copy the network for the exact LP ({type(exc).__name__}: {str(exc)[:200]})"
+        prepare_exact(self)
 
     def add_roots(self, roots: Domains):
         """Bound the roots (their slopes come from alpha-CROWN), then branch them."""
@@ -263,7 +265,10 @@ class BabSolver:
         # Worst first, unless the queue is over half full: then the most promising domains (input
         # splitting: the deepest, input_bab.pop_crowded), likeliest to be proved and leave the queue.
         crowded = len(self.store) > self.max_open // 2
-        k = self.batch
+        # Wide rounds: the frontier over all workers against their children per round (wide.py).
+        capacity = (self.opts.wide_capacity or 2 * self.batch) * self.comm.workers
+        self.width = width_for(self._open_all, capacity, self.max_width)
+        k = parents_for(self.batch, self.width)
         if self.mode == "input":
             self._room = input_bab.room_this_round(self.batch, self._child_seconds, self.time_left())
             k = max(1, min(k, self._room // 2))
@@ -287,20 +292,25 @@ class BabSolver:
             # One worker alone (no collective inside a round) can take a smaller batch: the
             # parents go back to the queue unchanged, so no domain is lost (a lost domain would
             # read as proved). Under a sharded layout the ranks would fall out of step: error.
-            if self.lockstep or not out_of_memory(exc) or len(parents) <= 1:
+            kids = len(parents) << self.width       # (at most: wide rounds, wide.py)
+            if self.lockstep or not out_of_memory(exc) or kids <= 2:
                 raise
             self.store.push(parents, margins)
-            self.batch = max(1, len(parents) // 2)
+            self.batch = max(1, kids // 4)          # half the children (a narrower width follows)
             self.stats.memory_retries += 1
             release_cached_memory(parents.pair.device)
-            self.log(f"bab: out of memory on {2 * len(parents)} children; batch now {self.batch} parents")
+            self.log(f"bab: out of memory on {kids} children; batch now {self.batch} parents")
 
     def _bound_children(self, parents: Domains):
         self.stats.rounds += 1
         # Only a domain stored after the clock ran out lacks a decision, and the run stops first.
         assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
         p = self.problem
-        kids = split(parents, parents.decision, p.relus, p.pre_of, p.general, p.beta_of)
+        if self.width > 1:
+            kids, _ = split_wide(parents, self.width, p.relus, p.pre_of)
+        else:
+            kids = split(parents, parents.decision, p.relus, p.pre_of, p.general, p.beta_of)
+        self.stats.widths[self.width] = self.stats.widths.get(self.width, 0) + 1
         if self.mode == "input" and self.opts.input_fill:
             kids = input_bab.fill_batch(kids, parents.decision, self._room or 2 * self.batch, self.problem)
         with PhaseTimer(self.stats, "bounding"):
@@ -324,6 +334,7 @@ class BabSolver:
         worker starts with them (the others get theirs by rebalancing)."""
         if self.mode == "input":
             roots = input_bab.with_boxes(self.problem, roots)
+        roots = with_more(roots, self.max_width - 1)
         self.template = roots.index(torch.zeros(0, dtype=torch.long, device=roots.pair.device))
         self.max_open = self._store_limit(max(1, roots.nbytes() // max(1, len(roots))))
         if self.lockstep:
@@ -359,6 +370,7 @@ class BabSolver:
             state = self.comm.sync(len(self.store), self.store.worst_margin(), self.found, self.exhausted,
                                    self.stats.bounded, self._out_of_time())
         self.stats.global_margin = state.worst_margin
+        self._open_all = state.open
         self.stats.visited_all = state.visited
         if bar is not None:
             bar.n = state.visited
