@@ -172,7 +172,7 @@ def add_bab_arguments(p):
                    help="domains split per round per worker (default: from the free memory)")
     p.add_argument("--bab-split-width", type=int, default=None, metavar="W",
                    help="ReLU splitting: at most W neurons split per domain in one round, while the open "
-                        "domains x 2^W fit the workers' batches (default 4; 1: one per round)")
+                        "domains x 2^W fit the workers' batches (default 3; 1: one per round)")
     p.add_argument("--branching", default="fsb", choices=["fsb", "babsr"],
                    help="branching heuristic (default fsb: filtered smart branching)")
     p.add_argument("--bab-split", default="auto", choices=["auto", "relu", "input"],

@@ -52,7 +52,7 @@ class BabOptions:
     memory_fraction: float = 0.4        # of the free memory (per rank) that a round may use
     branching: str = "fsb"              # 'fsb' | 'babsr'
     candidates: int = 3                 # fsb: candidate splits tried per domain
-    split_width: int = 4                # ReLU splits per domain in a round, at most (wide.py; 1: off):
+    split_width: int = 3                # ReLU splits per domain in a round, at most (wide.py; 1: off):
     wide_capacity: int | None = None    # ... as many as frontier x 2^w <= this x workers (children per
                                         # round per worker; None: 2 x the batch)
     beta: BetaOptions = field(default_factory=BetaOptions)
