@@ -60,7 +60,7 @@ def test_wide_children_cover_the_parent_and_bounds_hold(seed):
     roots = with_more(roots, width - 1)
     roots.decision = torch.tensor([picks[0]])
     roots.more = torch.tensor([picks[1:]])
-    kids, owner = split_wide(roots, width, problem.relus, problem.pre_of)
+    kids, owner, _ = split_wide(roots, width, problem.relus, problem.pre_of)
     assert len(kids) == 2 ** width and owner.tolist() == [0] * 2 ** width
     assert kids.depth.tolist() == [width] * 2 ** width
     assert bool((kids.more == NO_DECISION).all()) and bool((kids.decision == NO_DECISION).all())
@@ -90,9 +90,31 @@ def test_a_parent_with_fewer_ranked_splits_is_split_on_those():
     two = with_more(two, 3)
     two.decision = torch.tensor([picks[0], picks[0]])
     two.more[0, 0] = torch.tensor(picks[1])            # parent 0: 2 splits; parent 1: 1 (rest NO_DECISION)
-    kids, owner = split_wide(two, 4, problem.relus, problem.pre_of)
+    kids, owner, _ = split_wide(two, 4, problem.relus, problem.pre_of)
     assert sorted(owner.tolist()) == [0, 0, 0, 0, 1, 1]
     assert sorted(kids.depth.tolist()) == [1, 1, 2, 2, 2, 2]
+
+
+def test_children_proved_between_levels_leave_the_round():
+    """`prune` after the first level takes out the first child of each parent: its sign pattern
+    is covered by it (proved), the rest of the parent by the grandchildren of the other."""
+    model, problem, roots, _, _ = _problem(2)
+    picks = _unstable(problem, roots, 3)
+    roots = with_more(roots, 2)
+    roots.decision, roots.more = torch.tensor([picks[0]]), torch.tensor([picks[1:]])
+    calls = []
+
+    def prune(kids):
+        calls.append(len(kids))
+        out = torch.zeros(len(kids), dtype=torch.bool)
+        if len(calls) == 1:
+            out[0] = True               # the `z >= 0` child of the first split
+        return out
+
+    kids, owner, pruned = split_wide(roots, 3, problem.relus, problem.pre_of, prune)
+    assert calls == [2, 2] and pruned == 1 and len(kids) == 4 and owner.tolist() == [0] * 4
+    li, j = picks[0]
+    assert bool((kids.signs[problem.relus[li]].flatten(1)[:, j] == 1).all())       # all on `z <= 0`
 
 
 @pytest.mark.parametrize("name", ["fsb", "babsr"])

@@ -7,7 +7,8 @@ worker's too, in the first rounds) sits idle and the number of rounds, hence the
 does not shrink. A wide round splits each parent on its `w` best neurons (the branching
 heuristic's ranking, `branching.choose_ranked`) into the 2^w sign patterns, each child with
 its `w` split constraints (beta-CROWN takes any number): the search descends `w` levels in one
-round.
+round. Between levels, one cheap sound bound (no optimisation: the parent's slopes and multipliers,
+one backward sweep) takes out the children it already proves, so they are not split again.
 
 Soundness: the 2^w children of a parent are the parent with each sign pattern of `w` distinct
 neurons, unstable in the parent (its bounds are only clamped at split neurons, so a neuron
@@ -18,6 +19,8 @@ The width is a rule of capacity and frontier only (`width_for`), so one process 
 too where its batch has room; `max_width` 1 turns them off.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -39,24 +42,31 @@ def parents_for(batch: int, width: int) -> int:
     return max(1, (2 * batch) >> width)
 
 
-def split_wide(parents: Domains, width: int, relus: list[str], pre_of: dict) -> tuple[Domains, torch.Tensor]:
+def split_wide(parents: Domains, width: int, relus: list[str], pre_of: dict,
+               prune: Callable[[Domains], torch.Tensor] | None = None) -> tuple[Domains, torch.Tensor, int]:
     """The children of each parent on its `decision` and its next `width - 1` ranked splits
-    (`parents.more`), and the parent index of each child. Every split is a ReLU split."""
+    (`parents.more`), the parent index of each child, and how many `prune` took out. Every split
+    is a ReLU split. `prune(kids) -> [m] bool`: children already proved by a cheap sound bound;
+    they leave before the next level (their own children would be proved too). The same number
+    of levels (and `prune` calls, collectives under lockstep) on every rank, whatever its domains."""
     n = len(parents)
     more = parents.more
     kids = split(parents, parents.decision, relus, pre_of)
     owner = torch.arange(n, device=parents.pair.device).repeat(2)
+    pruned = 0
     for j in range(width - 1):
         if more is None or j >= more.shape[1]:
             break
+        if prune is not None:
+            keep = ~prune(kids)
+            pruned += len(kids) - int(keep.sum())
+            kids, owner = kids.index(keep), owner[keep]
         dec = more[owner, j]                                     # [m, 2]
         ok = dec[:, 0] >= 0
-        if not bool(ok.any()):
-            break
         halves = split(kids.index(ok), dec[ok], relus, pre_of)
         kids = Domains.cat([halves, kids.index(~ok)])
         owner = torch.cat([owner[ok], owner[ok], owner[~ok]])
-    return kids, owner
+    return kids, owner, pruned
 
 
 def with_more(domains: Domains, extra: int) -> Domains:
