@@ -173,6 +173,7 @@ def _decide(rank, world, instances, widths):
             res = verify_instance(model, read_vnnlib(spec, model.n_inputs, model.n_outputs), onnx_path, 60,
                                   attack=False, bab_options=BabOptions(batch_size=64, split="relu", split_width=w))
             bab = res.bounds.get("bab", {})
+            assert bab.get("wide_pruned", 0) <= bab.get("domains_proved", 0) <= bab.get("domains_visited", 0)
             rows.append((res.verdict, bab.get("workers"), bab.get("max_split_width", 1)))
     return rows
 

@@ -86,6 +86,7 @@ class BabSolver:
         self.ctx = context_for(problem, self._bound_once, candidates)
         self.max_width = max_width_for(opts, problem, self.mode, self.branching)    # wide rounds (wide.py)
         self.width, self._open_all = 1, 0       # this round's split width; open domains, all workers
+        self._wide_batch = self.batch           # every rank's smallest batch (solve): one width everywhere
 
     @property
     def found(self) -> bool:
@@ -240,7 +241,7 @@ class BabSolver:
         # splitting: the deepest, input_bab.pop_crowded), likeliest to be proved and leave the queue.
         crowded = len(self.store) > self.max_open // 2
         # Wide rounds: the frontier over all workers against their children per round (wide.py).
-        capacity = (self.opts.wide_capacity or 2 * self.batch) * self.comm.workers
+        capacity = (self.opts.wide_capacity or 2 * min(self.batch, self._wide_batch)) * self.comm.workers
         self.width = width_for(self._open_all, capacity, self.max_width)
         k = parents_for(self.batch, self.width)
         if self.mode == "input":
@@ -284,6 +285,7 @@ class BabSolver:
             kids, _, pruned = split_wide(parents, self.width, p.relus, p.pre_of, self._proved_cheaply)
             self.stats.bounded += pruned
             self.stats.proved += pruned
+            self.stats.wide_pruned += pruned
         else:
             kids = split(parents, parents.decision, p.relus, p.pre_of, p.general, p.beta_of)
         self.stats.widths[self.width] = self.stats.widths.get(self.width, 0) + 1
@@ -313,6 +315,7 @@ class BabSolver:
         roots = with_more(roots, self.max_width - 1)
         self.template = roots.index(torch.zeros(0, dtype=torch.long, device=roots.pair.device))
         self.max_open = self._store_limit(max(1, roots.nbytes() // max(1, len(roots))))
+        self._wide_batch = self.comm.agree_min(self.batch)     # (lockstep ranks take each level together)
         if self.lockstep:
             self._prepare_exact()           # may gather sharded weights: every rank, here
         bar = None
