@@ -43,6 +43,7 @@ import csv
 import json
 import os
 import platform
+import queue
 import shlex
 import statistics
 import subprocess
@@ -158,9 +159,26 @@ def variant_name(inst, variant: str) -> str:
     return f"{instance_name(inst)} [{variant}]" if variant else instance_name(inst)
 
 
-def run_instance(root: Path, inst, i: int, args) -> list[dict]:
+def core_slots(args) -> "queue.Queue[int]":
+    """One slot per concurrent job: a run takes a free slot (its cores) and gives it back, so two
+    runs at once never share a core (an instance's index modulo --jobs did: a short instance's
+    successor landed on the cores of a long one still running, and both ran at half speed)."""
+    slots: queue.Queue[int] = queue.Queue()
+    for j in range(max(1, args.jobs)):
+        slots.put(j)
+    return slots
+
+
+def run_instance(root: Path, inst, i: int, args, slots: "queue.Queue[int]") -> list[dict]:
+    slot = slots.get()
+    try:
+        return _run_instance(root, inst, i, args, pinned_cores(slot, args.procs) if args.pin else None)
+    finally:
+        slots.put(slot)
+
+
+def _run_instance(root: Path, inst, i: int, args, cores: list[int] | None) -> list[dict]:
     rows = []
-    cores = pinned_cores(i % max(1, args.jobs), args.procs) if args.pin else None
     variants = parse_variants(args.variant)
     for rep in range(args.repeats):
         order = (1, args.procs) if rep % 2 == 0 else (args.procs, 1)
@@ -281,7 +299,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     load_before, t0 = os.getloadavg(), time.perf_counter()
     with cf.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_instance, root, inst, i, args) for i, inst in enumerate(insts)]
+        slots = core_slots(args)
+        futures = [pool.submit(run_instance, root, inst, i, args, slots) for i, inst in enumerate(insts)]
         runs = [f.result() for f in futures]
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()

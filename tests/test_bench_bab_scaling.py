@@ -118,6 +118,37 @@ def test_variants_pass_their_arguments_and_name_their_rows(tmp_path, monkeypatch
     inst = ("mnist_fc", "onnx/m.onnx.gz", "vnnlib/p.vnnlib.gz", "relu")
     args = type("A", (), dict(jobs=1, procs=2, pin=False, repeats=1, timeout=30.0, out=tmp_path, device="cpu",
                               variant=["w1=--bab-split-width 1", "w3=--bab-split-width 3"]))()
-    rows = bbs.run_instance(tmp_path, inst, 0, args)
+    rows = bbs._run_instance(tmp_path, inst, 0, args, None)
     assert [r["instance"] for r in rows] == ["m p (relu) [w1]"] * 2 + ["m p (relu) [w3]"] * 2
     assert [c[c.index("--bab-split-width") + 1] for c in seen] == ["1", "1", "3", "3"]
+
+
+def test_runs_at_once_never_share_cores(monkeypatch):
+    """A short instance's successor must not land on the cores of a long one still running (with
+    the slot taken from the instance index modulo --jobs, instance 2 shared instance 0's cores)."""
+    import concurrent.futures as cf
+    import threading
+    import time
+    import types
+
+    monkeypatch.setattr(bbs.os, "sched_getaffinity", lambda pid: set(range(8)))
+    busy: set[int] = set()
+    lock = threading.Lock()
+    clashes = []
+
+    def fake(root, inst, i, args, cores):
+        with lock:
+            if busy & set(cores):
+                clashes.append((i, cores))
+            busy.update(cores)
+        time.sleep(0.3 if i == 0 else 0.02)
+        with lock:
+            busy.difference_update(cores)
+        return []
+
+    monkeypatch.setattr(bbs, "_run_instance", fake)
+    args = types.SimpleNamespace(jobs=2, procs=2, pin=True)
+    slots = bbs.core_slots(args)
+    with cf.ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda i: bbs.run_instance(None, None, i, args, slots), range(5)))
+    assert clashes == []
