@@ -6,8 +6,8 @@ and multipliers warm-started from the parent), drops the children whose bound pr
 tries the vertex that minimises each open child's linear bound as a counterexample, chooses
 the next split of the rest and stores them (while the frontier leaves room in the batches, a wide
 round splits each parent on its few best neurons at once: `wide.py`). Workers (dp groups of
-ranks, see `comm.py`) agree every round on whether to stop: a confirmed counterexample anywhere, no open domain anywhere,
-a domain that cannot be split any more, or the clock.
+ranks, see `comm.py`) agree every round on whether to stop: a confirmed counterexample anywhere,
+no open domain anywhere, a domain that cannot be split any more, or the clock.
 
 Domains carry their kind of split (`split_kinds.py`): ReLU, general (an activation neuron's interval
 cut in two, `general_split.py`) or, with few perturbed inputs (`split='auto'`), input splits (halves
