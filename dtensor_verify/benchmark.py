@@ -6,27 +6,24 @@ those rows). Under torchrun, `--shard-instances` splits the instances over the r
 P takes instances r, r+P, ...), each rank on its own device, all appending to the one CSV under
 a file lock; rank 0 prints the summary of every rank's rows. Without it `benchmark` refuses to
 run under torchrun: every rank would run every instance and write the same file.
+
+An instance stuck past its limit (a step that never reaches a clock check) gets a `timeout` row
+from a watchdog, and the runner re-executes itself to go on with the next instances
+(bench_watch.py): every instance gets its row.
 """
 from __future__ import annotations
 
 import csv
-import fcntl
 import os
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .benchmark_csv import FIELDS, REQUIRED, append_row, norm_key as _norm_key, prepare_csv, read_rows  # noqa: F401
 from .cli_common import (EXIT_CONTRADICTION, EXIT_OK, PROG, CliError, bab_options, err, load_model, one_line,
                          user_errors)
-
-FIELDS = ["onnx", "vnnlib", "verdict", "seconds", "expected", "agreement", "decided_by", "message",
-          # branch and bound, where it ran: domains bounded, deepest split, parents per round per
-          # worker, seconds in the stage
-          "bab_domains", "bab_depth", "bab_batch", "bab_seconds"]
-REQUIRED = ("onnx", "vnnlib", "verdict")
 
 
 @dataclass(frozen=True)
@@ -50,13 +47,6 @@ def _short(path: str) -> str:
     for suffix in (".gz", ".onnx", ".vnnlib"):
         name = name[:-len(suffix)] if name.endswith(suffix) else name
     return name
-
-
-def _norm_key(path: str) -> str:
-    s = path.strip().replace("\\", "/")
-    while s.startswith("./"):
-        s = s[2:]
-    return s[:-3] if s.endswith(".gz") else s
 
 
 def _resolve(base: Path, rel: str) -> Path:
@@ -120,63 +110,6 @@ def agreement(verdict: str, expected: str | None) -> str:
     if {verdict, expected} == {"sat", "unsat"}:
         return "CONTRADICTION"
     return "unsolved"
-
-
-# ------------------------------------------------------------------------------------------ results CSV
-
-@contextmanager
-def _locked(path: Path):
-    """An exclusive lock on `path` (created if missing), held by one writer (rank) at a time."""
-    with open(path, "a+", newline="") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield fh
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def prepare_csv(path: Path, resume: bool) -> None:
-    """Start the results file: a fresh header, or (resume) the rows already there, minus a last
-    row cut short by a kill (it would otherwise glue itself to the next row)."""
-    try:
-        with _locked(path) as fh:
-            fh.seek(0)
-            text = fh.read()
-            if resume and text.strip():
-                header = next(csv.reader([text.splitlines()[0]]), [])
-                missing = [f for f in REQUIRED if f not in header]
-                if missing:
-                    raise CliError(f"{path}: cannot resume: not a benchmark results file "
-                                   f"(no {', '.join(missing)} column in its header)")
-                if not text.endswith("\n"):
-                    fh.truncate(text.rfind("\n") + 1)
-                return
-            fh.truncate(0)
-            fh.write(",".join(FIELDS) + "\n")
-            fh.flush()
-    except IsADirectoryError:
-        raise CliError(f"{path}: is a directory, not a CSV file") from None
-
-
-def read_rows(path: Path) -> dict:
-    """The rows already in the results file, by instance key (a later row wins)."""
-    with _locked(path) as fh:
-        fh.seek(0)
-        rows = list(csv.DictReader(fh))
-    return {(_norm_key(r.get("onnx") or ""), _norm_key(r.get("vnnlib") or "")): r for r in rows
-            if r.get("verdict")}
-
-
-def append_row(path: Path, row: dict) -> None:
-    """One finished instance, on disk before the next one starts (flush + fsync). The columns are
-    the file's own header's, so resuming a file written by an older version stays aligned."""
-    with _locked(path) as fh:
-        fh.seek(0)
-        header = next(csv.reader([fh.readline()]), None) or FIELDS
-        fh.seek(0, os.SEEK_END)
-        csv.DictWriter(fh, fieldnames=header, extrasaction="ignore").writerow(row)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 # ------------------------------------------------------------------------------------------ ranks
@@ -253,12 +186,16 @@ def cmd_benchmark(args) -> int:
     device = resolve_device(args.device, what=f"--device {args.device}")
     use_device(device)
     out = Path(args.csv)
-    dist = _process_group(share, instances, args.timeout_scale) if share.world > 1 else None
-    if share.rank == 0:
+    from .bench_watch import restarted
+
+    # A runner re-executed after a stuck instance keeps the rows and joins no process group.
+    resume = args.resume or restarted()
+    dist = _process_group(share, instances, args.timeout_scale) if share.world > 1 and not restarted() else None
+    if share.rank == 0 and not restarted():
         prepare_csv(out, args.resume)
     if dist is not None:
         dist.barrier()
-    done = read_rows(out) if args.resume else {}
+    done = read_rows(out) if resume else {}
     todo = [i for i in share.take(instances) if i.key not in done]
     skipped = len(share.take(instances)) - len(todo)
     if skipped:
@@ -267,15 +204,45 @@ def cmd_benchmark(args) -> int:
 
     _run_instances(args, Path(args.dir), todo, expected, device, out, share)
 
-    if dist is not None:
-        dist.barrier()
+    if share.world > 1:
         if share.rank != 0:
             return EXIT_OK
+        _wait_for_ranks(out, instances, args.timeout_scale)
     rows = read_rows(out)
     return _summary(inst_path, [rows[i.key] for i in instances if i.key in rows], expected, out)
 
 
+def _wait_for_ranks(out: Path, instances: list[Instance], scale: float) -> None:
+    """Rank 0, at the end under torchrun: until every rank's instances have their rows (the ranks
+    meet through the CSV, not a barrier: a rank re-executed after a stuck instance is in no
+    process group), at most their limits with the watchdog's grace plus ten minutes."""
+    from .bench_watch import default_grace, wait_for_rows
+
+    budget = sum(i.timeout * scale + default_grace(i.timeout * scale) for i in instances) + 600.0
+    if not wait_for_rows(lambda: read_rows(out).keys(), [i.key for i in instances], budget):
+        err(f"{out}: some ranks' instances have no row after {budget:.0f} s; the summary has the rows there are")
+
+
+def _watch(args, expected: dict, out: Path, share: Share):
+    """The watchdog of the instances (bench_watch.py): a stuck one gets a `timeout` row."""
+    from .bench_watch import InstanceWatch
+
+    def write_row(inst, seconds, message):
+        exp = expected.get(inst.key)
+        append_row(out, {"onnx": inst.onnx, "vnnlib": inst.vnnlib, "verdict": "timeout",
+                         "seconds": f"{seconds:.3f}", "expected": exp or "", "agreement": agreement("timeout", exp),
+                         "decided_by": "", "message": message})
+
+    return InstanceWatch(write_row, grace_s=getattr(args, "stuck_grace", None),
+                         say=lambda inst, msg: _instance_log(share.tag() + inst.label)(msg))
+
+
 def _run_instances(args, base: Path, todo: list[Instance], expected: dict, device, out: Path, share: Share):
+    with _watch(args, expected, out, share) as watch:
+        _run_watched(args, base, todo, expected, device, out, share, watch)
+
+
+def _run_watched(args, base: Path, todo: list[Instance], expected: dict, device, out: Path, share: Share, watch):
     from tqdm import tqdm
 
     from .specs import read_vnnlib
@@ -288,6 +255,7 @@ def _run_instances(args, base: Path, todo: list[Instance], expected: dict, devic
                disable=args.quiet or share.rank != 0, dynamic_ncols=True)
     for inst in bar:
         t0 = time.perf_counter()
+        watch.arm(inst, inst.timeout * args.timeout_scale, t0)
         say = _instance_log(share.tag() + inst.label)
         onnx_path, vnn_path = _resolve(base, inst.onnx), _resolve(base, inst.vnnlib)
         decided_by, message, bab = "", "", {}
@@ -304,6 +272,7 @@ def _run_instances(args, base: Path, todo: list[Instance], expected: dict, devic
             verdict, message = "error", one_line(exc)
         exp = expected.get(inst.key)
         agree = agreement(verdict, exp)
+        watch.claim()                   # (blocks for good if the watchdog wrote this row instead)
         append_row(out, {"onnx": inst.onnx, "vnnlib": inst.vnnlib, "verdict": verdict,
                          "seconds": f"{time.perf_counter() - t0:.3f}", "expected": exp or "",
                          "agreement": agree, "decided_by": decided_by, "message": message, **bab})

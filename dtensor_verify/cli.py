@@ -73,6 +73,9 @@ def _add_benchmark_command(sub):
     k.add_argument("--quiet", action="store_true", help="no progress bar")
     k.add_argument("--verbose", action="store_true", help="pipeline messages per instance")
     add_bab_arguments(k)
+    k.add_argument("--stuck-grace", type=float, default=None, metavar="S",
+                   help="an instance still running S seconds past its limit is ended by a watchdog with a "
+                        "`timeout` row and the run goes on (default 5 s + 10%% of the limit)")
     k.add_argument("--resume", action="store_true",
                    help="keep the rows already in --csv and run only the instances without one")
     k.add_argument("--shard-instances", action="store_true",

@@ -70,6 +70,11 @@ def bab_options(args):
         if args.bab_batch < 1:
             raise CliError("--bab-batch must be >= 1")
         opts.batch_size = args.bab_batch
+    width = getattr(args, "bab_split_width", None)
+    if width is not None:
+        if width < 1:
+            raise CliError("--bab-split-width must be >= 1")
+        opts.split_width = width
     return opts
 
 
@@ -165,6 +170,9 @@ def add_bab_arguments(p):
                    help="stop after the bounds (no branch and bound: incomplete, answers unknown more often)")
     p.add_argument("--bab-batch", type=int, default=None, metavar="N",
                    help="domains split per round per worker (default: from the free memory)")
+    p.add_argument("--bab-split-width", type=int, default=None, metavar="W",
+                   help="ReLU splitting: at most W neurons split per domain in one round, while the open "
+                        "domains x 2^W fit the workers' batches (default 3; 1: one per round)")
     p.add_argument("--branching", default="fsb", choices=["fsb", "babsr"],
                    help="branching heuristic (default fsb: filtered smart branching)")
     p.add_argument("--bab-split", default="auto", choices=["auto", "relu", "input"],

@@ -2,7 +2,7 @@
 """Time to verdict of branch and bound, one process vs `--mesh 2x1` (CPU gloo), side by side in one run.
 
     scripts/bench_bab_scaling.py --out OUT [--timeout 30] [--repeats 1] [--jobs 1] [--pin]
-                                 [--bench-root DIR] [INSTANCE ...]
+                                 [--bench-root DIR] [--variant NAME=ARGS ...] [INSTANCE ...]
 
 The target instances of issue 21 by default (`DEFAULT`): the two mnist-net_256x4 properties that need
 ReLU branch and bound (prop_8_0.03, prop_3_0.05), one oval21 instance with seconds of ReLU branch and
@@ -28,6 +28,12 @@ for cores, their ratio is the work a rank did, an estimate of the quiet machine'
 
 Writes OUT/bab_scaling_runs.csv (every run), OUT/bab_scaling.csv (per instance, medians),
 OUT/bab_scaling.md (the tables and the conditions: cores, load, torch, commit) and prints the tables.
+
+`--variant NAME=ARGS` (repeatable): every instance also runs with these extra `dtensor-verify run`
+arguments (e.g. `w1=--bab-split-width 1`, `w3=--bab-split-width 3`), the variants one after the
+other inside each repeat (their order alternates too), so their one-process and 2x1 runs are side
+by side in one run; rows are named `INSTANCE [NAME]`. The JSON's split widths (rounds per width)
+are in the runs CSV.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ import json
 import os
 import platform
 import queue
+import shlex
 import statistics
 import subprocess
 import sys
@@ -84,7 +91,7 @@ def instance_name(inst) -> str:
 
 
 def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, device: str = "cpu",
-            cores: list[int] | None = None) -> dict:
+            cores: list[int] | None = None, extra: list[str] = ()) -> dict:
     """One `dtensor-verify run` of the instance on `procs` processes; its numbers from the JSON."""
     family, onnx, vnnlib, split = inst
     res, js = out / f"{tag}.txt", out / f"{tag}.json"
@@ -92,7 +99,7 @@ def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, d
     res.unlink(missing_ok=True)
     args = ["run", "--onnx", str(root / family / onnx), "--vnnlib", str(root / family / vnnlib),
             "--results", str(res), "--timeout", str(timeout), "--json", str(js), "--bab-split", split, "--quiet",
-            "--device", device]
+            "--device", device, *extra]
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)   # keep the caller's
     env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
     if device == "cpu":
@@ -127,7 +134,7 @@ def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, d
             "domains": n, "rate": n / bab_s if bab_s else 0.0, "rounds": bab.get("rounds", 0),
             "sync_seconds": bab.get("phases", {}).get("sync", 0.0), "note": note,
             "cpu_seconds": data.get("cpu_seconds") or float("nan"), "bab_cpu_seconds": bab.get("cpu_seconds", 0.0),
-            "workers": bab.get("workers", "")}
+            "workers": bab.get("workers", ""), "split_widths": json.dumps(bab.get("split_widths", {}))}
 
 
 def pinned_cores(job: int, procs: int) -> list[int]:
@@ -135,6 +142,21 @@ def pinned_cores(job: int, procs: int) -> list[int]:
     usable = sorted(os.sched_getaffinity(0))
     start = (job * procs) % max(1, len(usable))
     return [usable[(start + k) % len(usable)] for k in range(procs)]
+
+
+def parse_variants(texts: list[str]) -> list[tuple[str, list[str]]]:
+    """(name, extra args) of each `NAME=ARGS`; one unnamed variant without extra args by default."""
+    out = []
+    for text in texts:
+        name, sep, extra = text.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"bench_bab_scaling: bad variant {text!r} (NAME=ARGS)")
+        out.append((name.strip(), shlex.split(extra)))
+    return out or [("", [])]
+
+
+def variant_name(inst, variant: str) -> str:
+    return f"{instance_name(inst)} [{variant}]" if variant else instance_name(inst)
 
 
 def core_slots(args) -> "queue.Queue[int]":
@@ -157,14 +179,18 @@ def run_instance(root: Path, inst, i: int, args, slots: "queue.Queue[int]") -> l
 
 def _run_instance(root: Path, inst, i: int, args, cores: list[int] | None) -> list[dict]:
     rows = []
+    variants = parse_variants(args.variant)
     for rep in range(args.repeats):
         order = (1, args.procs) if rep % 2 == 0 else (args.procs, 1)
-        for procs in order:
-            r = run_one(root, inst, procs, args.timeout, args.out, f"i{i}_r{rep}_p{procs}", args.device, cores)
-            rows.append({"instance": instance_name(inst), "repeat": rep, "procs": procs, **r})
-            print(f"  {instance_name(inst)} repeat {rep} procs {procs}: {r['verdict']} {r['seconds']:.2f} s "
-                  f"(BaB {r['bab_seconds']:.2f} s, {r['domains']} domains)" + (f" [{r['note']}]" if r["note"] else ""),
-                  flush=True)
+        for v, (vname, extra) in enumerate(variants if rep % 2 == 0 else variants[::-1]):
+            for procs in order:
+                tag = f"i{i}_r{rep}_p{procs}" + (f"_{vname}" if vname else "")
+                r = run_one(root, inst, procs, args.timeout, args.out, tag, args.device, cores, extra)
+                name = variant_name(inst, vname)
+                rows.append({"instance": name, "repeat": rep, "procs": procs, **r})
+                print(f"  {name} repeat {rep} procs {procs}: {r['verdict']} {r['seconds']:.2f} s "
+                      f"(BaB {r['bab_seconds']:.2f} s, {r['domains']} domains, {r['rounds']} rounds)"
+                      + (f" [{r['note']}]" if r["note"] else ""), flush=True)
     return rows
 
 
@@ -260,6 +286,8 @@ def main() -> int:
     p.add_argument("--procs", type=int, default=2, help="ranks of the dp run (--mesh PROCSx1)")
     p.add_argument("--device", default="cpu", help="dtensor-verify's --device (default cpu: CPU gloo, also on a GPU host)")
     p.add_argument("--pin", action="store_true", help="taskset each run: 1 core for one process, PROCS for the dp run")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                   help="also run every instance with these extra dtensor-verify run arguments (repeatable)")
     p.add_argument("instances", nargs="*", default=DEFAULT)
     args = p.parse_args()
     root = args.bench_root or default_bench_root()
@@ -277,7 +305,9 @@ def main() -> int:
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()
     write_csv(args.out / "bab_scaling_runs.csv", [r for rs in runs for r in rs])
-    rows = [summarise(instance_name(inst), rs, args.procs) for inst, rs in zip(insts, runs)]
+    names = [variant_name(inst, v) for inst in insts for v, _ in parse_variants(args.variant)]
+    flat = [r for rs in runs for r in rs]
+    rows = [summarise(name, [r for r in flat if r["instance"] == name], args.procs) for name in names]
     write_csv(args.out / "bab_scaling.csv", rows)
     fmt = lambda la: "/".join(f"{x:.1f}" for x in la)  # noqa: E731
     text = "\n".join(tables(rows, args.procs) + [""] + conditions(args, fmt(load_before), fmt(load_after), wall))

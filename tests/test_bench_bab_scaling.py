@@ -103,6 +103,26 @@ def test_pinned_runs_get_their_own_cores_and_report_cpu_seconds(tmp_path, monkey
     assert "| m p (relu) | 17.00 / 8.50 | 0.50 | 11.00 / 5.50 | 0.50 |" in "\n".join(bbs.tables([row], 2))
 
 
+def test_variants_pass_their_arguments_and_name_their_rows(tmp_path, monkeypatch):
+    assert bbs.parse_variants([]) == [("", [])]
+    assert bbs.parse_variants(["w1=--bab-split-width 1", "auto="]) == [("w1", ["--bab-split-width", "1"]),
+                                                                        ("auto", [])]
+    with pytest.raises(SystemExit):
+        bbs.parse_variants(["no-equals"])
+    seen = []
+
+    def fake_run(cmd, env, cwd, stdout, stderr, timeout):
+        seen.append(cmd)
+
+    monkeypatch.setattr(bbs.subprocess, "run", fake_run)
+    inst = ("mnist_fc", "onnx/m.onnx.gz", "vnnlib/p.vnnlib.gz", "relu")
+    args = type("A", (), dict(jobs=1, procs=2, pin=False, repeats=1, timeout=30.0, out=tmp_path, device="cpu",
+                              variant=["w1=--bab-split-width 1", "w3=--bab-split-width 3"]))()
+    rows = bbs._run_instance(tmp_path, inst, 0, args, None)
+    assert [r["instance"] for r in rows] == ["m p (relu) [w1]"] * 2 + ["m p (relu) [w3]"] * 2
+    assert [c[c.index("--bab-split-width") + 1] for c in seen] == ["1", "1", "3", "3"]
+
+
 def test_runs_at_once_never_share_cores(monkeypatch):
     """A short instance's successor must not land on the cores of a long one still running (with
     the slot taken from the instance index modulo --jobs, instance 2 shared instance 0's cores)."""

@@ -9,7 +9,8 @@
     general_split.py   cutting a sigmoid / sin / product-operand neuron's interval in two
     general_refresh.py the layers behind a cut bounded again
     budget.py      batch size and queue length from the free memory
-    solver.py      pick -> split -> bound -> prune -> add, on a clock
+    solver.py      pick -> split -> bound -> prune -> add, on a clock (options.py: BabOptions)
+    wide.py        wide rounds: several ReLU splits per parent while the frontier leaves room
     comm.py        how workers (one per process, or spread over the `dp` mesh dim) agree
 
 `make_roots` turns the pipeline's open (region, disjunct) pairs and their alpha-CROWN state

@@ -38,6 +38,9 @@ class Domains:
     depth: torch.Tensor       # [n] long: number of splits
     decision: torch.Tensor    # [n, 2] long: (relu index, flat neuron) or (INPUT_SPLIT, input dim)
     box: tuple | None = None  # (lower, upper) [n, *S]: the domain's input sub-box (None: its pair's)
+    more: torch.Tensor | None = None  # [n, M, 2] long: the next-best ReLU splits after `decision`, best
+                                      # first (NO_DECISION where none), for wide rounds (`wide.py`);
+                                      # None: the run splits one neuron per round
 
     def __len__(self) -> int:
         return int(self.pair.shape[0])
@@ -179,6 +182,8 @@ def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: di
     if general:
         split_general(kids, dec, side, general, beta_of)
     kids.decision = torch.full_like(kids.decision, NO_DECISION)
+    if kids.more is not None:
+        kids.more = torch.full_like(kids.more, NO_DECISION)
     return kids
 
 

@@ -7,6 +7,18 @@ from __future__ import annotations
 import torch
 
 
+def prepare_exact(solver) -> None:
+    """The LP oracle of leaf domains, built by every rank at the same point (it may gather
+    sharded weights); a failure leaves it disabled with the reason."""
+    from .exact import ExactLeaves
+
+    solver.exact = ExactLeaves(solver.problem)
+    try:
+        solver.exact.prepare()
+    except Exception as exc:    # noqa: BLE001 - then leaves stay open, saying why
+        solver.exact.disabled = f"cannot copy the network for the exact LP ({type(exc).__name__}: {str(exc)[:200]})"
+
+
 def decide_leaves(solver, leaves) -> None:
     """Fully split domains of a BabSolver's round, decided exactly by the LP; those it cannot
     decide count as exhausted (the run then ends unknown, saying why)."""

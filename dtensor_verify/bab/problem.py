@@ -72,6 +72,9 @@ class BabStats:
     proved: int = 0                    # children proved
     max_depth: int = 0
     batch_sizes: list = field(default_factory=list)
+    widths: dict = field(default_factory=dict)     # split width (neurons per parent) -> rounds (wide.py)
+    wide_pruned: int = 0               # children a wide round's cheap bound proved between levels (counted
+                                       # in bounded and proved too)
     # sync: the workers' per-round meeting (comm.sync, rebalancing), waiting for the slowest included
     phases: dict = field(default_factory=lambda: {"branching": 0.0, "bounding": 0.0, "attack": 0.0,
                                                   "bookkeeping": 0.0, "sync": 0.0})
@@ -112,7 +115,9 @@ class BabStats:
                "phases": dict(self.phases), "global_margin": self.global_margin,
                "domains_visited_all_workers": self.visited_all, "memory_retries": self.memory_retries,
                "exhausted_domains": self.exhausted, "batch_per_worker": self.batch_per_worker,
-               "open_domain_limit": self.open_domain_limit, "workers": self.workers, "split": self.split}
+               "open_domain_limit": self.open_domain_limit, "workers": self.workers, "split": self.split,
+               "split_widths": {str(w): n for w, n in sorted(self.widths.items())},
+               "max_split_width": max(self.widths, default=1), "wide_pruned": self.wide_pruned}
         if self.reason:
             out["reason"] = self.reason
         if self.exact_lp is not None:

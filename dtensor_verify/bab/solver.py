@@ -4,9 +4,10 @@ Each round a worker takes its worst open domains (smallest margin first), splits
 neuron its branching heuristic chose, bounds all children in one batch with beta-CROWN (slopes
 and multipliers warm-started from the parent), drops the children whose bound proves them,
 tries the vertex that minimises each open child's linear bound as a counterexample, chooses
-the next split of the rest and stores them. Workers (dp groups of ranks, see `comm.py`) agree
-every round on whether to stop: a confirmed counterexample anywhere, no open domain anywhere,
-a domain that cannot be split any more, or the clock.
+the next split of the rest and stores them (while the frontier leaves room in the batches, a wide
+round splits each parent on its few best neurons at once: `wide.py`). Workers (dp groups of
+ranks, see `comm.py`) agree every round on whether to stop: a confirmed counterexample anywhere,
+no open domain anywhere, a domain that cannot be split any more, or the clock.
 
 Domains carry their kind of split (`split_kinds.py`): ReLU, general (an activation neuron's interval
 cut in two, `general_split.py`) or, with few perturbed inputs (`split='auto'`), input splits (halves
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -28,51 +28,22 @@ import torch
 from ..margin import best_row, margin, spec_rows
 from ..methods.beta_crown import BetaOptions, BetaResult, beta_crown
 from . import input_bab
-from .branching import choose, context_for, mixed
+from .branching import choose, choose_ranked, context_for, mixed
 from .budget import auto_batch_size, free_memory_bytes, out_of_memory, release_cached_memory
 from .comm import LocalComm
 from .domains import NO_DECISION, Domains, DomainStore, split
-from .exact_hooks import decide_leaves, settle_few_unstable
+from .options import BabOptions  # noqa: F401 (the solver's options; re-exported)
+from .exact_hooks import decide_leaves, prepare_exact, settle_few_unstable
 from .general_refresh import refresh_children
 from .problem import BabProblem, BabResult, BabStats, PhaseTimer
 from .split_kinds import needs_refresh
 from .store_limit import store_limit
+from .wide import max_width_for, parents_for, split_wide, width_for, with_more
 
 # (x [m, *S], pair [m], y [m, n_out]) -> a confirmed counterexample among the points, or None
 ConfirmFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]
 # (x [m, *S], pair [m]) -> a confirmed counterexample of a short PGD from the points, or None
 PgdFn = Callable[[torch.Tensor, torch.Tensor], object]
-
-
-@dataclass
-class BabOptions:
-    batch_size: int | None = None       # parents per round per worker (children: 2x); None: from memory
-    max_batch: int = 2048               # cap for the memory-derived batch
-    memory_fraction: float = 0.4        # of the free memory (per rank) that a round may use
-    branching: str = "fsb"              # 'fsb' | 'babsr'
-    candidates: int = 3                 # fsb: candidate splits tried per domain
-    beta: BetaOptions = field(default_factory=BetaOptions)
-    root_iterations: int = 0            # beta-CROWN steps on the roots (they come from alpha-CROWN)
-    max_domains: int | None = None      # open domains per worker before giving up (verdict unknown):
-    store_fraction: float = 0.2         # what this share of the free memory holds (the queue is
-                                        # copied when it grows, so it may take twice that), or fewer
-    max_rounds: int | None = None       # stop (unknown) after this many rounds (benchmarks: equal work)
-    pgd_every: int = 10                 # every this many rounds, a short PGD from the most
-    pgd_points: int = 16                # promising domains' vertices (this many per worker)
-    progress: bool = False              # a tqdm line on stderr (rank 0)
-    split: str = "auto"                 # 'auto' | 'relu' | 'input' (see split_kinds.resolve_mode)
-    max_input_dims: int = 16            # auto: input splitting up to this many perturbed inputs
-    input_branching: str = "input_sb"   # 'input_sb' | 'input_fsb' | 'input_widest' (docs/BENCHMARKS.md)
-    input_candidates: int = 4           # input_fsb: dimensions tried per sub-box
-    input_alpha_iterations: int = 10    # alpha-CROWN steps before input splitting (pipeline stage)
-    input_iterations: int = 0           # optimisation steps per round when splitting inputs (0: CROWN
-                                        # with the parent's slopes, as alpha,beta-CROWN's acasxu config)
-    input_cpu_batch: int = 256          # input splitting on a CPU: at most this many parents a round
-    input_max_batch: int = 16384        # input splitting elsewhere: at most this many (memory decides)
-    input_fill: bool = False            # a small frontier: split along the chosen dim into more parts
-                                        # (off: it left acasxu 2_7..4_7 prop_1 open, BENCHMARKS.md)
-    input_attack_every: int = 4         # PGD inside the most promising sub-boxes every this many rounds
-    input_clip: bool = True             # shrink open sub-boxes to where a counterexample can lie
 
 
 class BabSolver:
@@ -113,6 +84,9 @@ class BabSolver:
         self.branching = opts.input_branching if self.mode == "input" else mixed(opts.branching, problem)
         candidates = opts.input_candidates if self.mode == "input" else opts.candidates
         self.ctx = context_for(problem, self._bound_once, candidates)
+        self.max_width = max_width_for(opts, problem, self.mode, self.branching)    # wide rounds (wide.py)
+        self.width, self._open_all = 1, 0       # this round's split width; open domains, all workers
+        self._wide_batch = self.batch           # every rank's smallest batch (solve): one width everywhere
 
     @property
     def found(self) -> bool:
@@ -155,6 +129,13 @@ class BabSolver:
                 refresh_children(self.problem, domains, decision, self.lockstep)
                 return torch.maximum(self._bound(domains, 0).lower, domains.lower)
             return self._bound(domains, 0).lower
+
+    def _proved_cheaply(self, kids: Domains) -> torch.Tensor:
+        """[m] bool: children of a wide round's level that one sweep (no optimisation) proves; the
+        others keep that bound as their floor (a sound bound of their region)."""
+        with PhaseTimer(self.stats, "bounding"):
+            kids.lower = torch.maximum(self._bound_once(kids), kids.lower)
+        return self.problem.margins(kids.lower, kids.pair) > 0
 
     # -- one round's steps -----------------------------------------------------------------
     def _attack(self, domains: Domains, lA_input: torch.Tensor | None):
@@ -224,7 +205,11 @@ class BabSolver:
                 return
         lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.scored}
         with PhaseTimer(self.stats, "branching"):
-            rest.decision = choose(self.branching, rest, lA, self.ctx)
+            if self.max_width > 1:      # the best few, for wide rounds
+                ranked = choose_ranked(self.branching, rest, lA, self.ctx, self.max_width)
+                rest.decision, rest.more = ranked[:, 0].contiguous(), ranked[:, 1:].contiguous()
+            else:
+                rest.decision = choose(self.branching, rest, lA, self.ctx)
         stuck = rest.decision[:, 0] == NO_DECISION
         if bool(stuck.any()):
             # Every neuron of these domains is fixed, yet the bound does not prove them (beta's
@@ -234,15 +219,7 @@ class BabSolver:
         self.store.push(rest, margins)
 
     def _prepare_exact(self):
-        """The LP oracle of leaf domains, built by every rank at the same point (it may gather
-        sharded weights); a failure leaves it disabled with the reason."""
-        from .exact import ExactLeaves
-
-        self.exact = ExactLeaves(self.problem)
-        try:
-            self.exact.prepare()
-        except Exception as exc:    # noqa: BLE001 - then leaves stay open, saying why
-            self.exact.disabled = f"cannot copy the network for the exact LP ({type(exc).__name__}: {str(exc)[:200]})"
+        prepare_exact(self)
 
     def add_roots(self, roots: Domains):
         """Bound the roots (their slopes come from alpha-CROWN), then branch them."""
@@ -263,7 +240,10 @@ class BabSolver:
         # Worst first, unless the queue is over half full: then the most promising domains (input
         # splitting: the deepest, input_bab.pop_crowded), likeliest to be proved and leave the queue.
         crowded = len(self.store) > self.max_open // 2
-        k = self.batch
+        # Wide rounds: the frontier over all workers against their children per round (wide.py).
+        capacity = (self.opts.wide_capacity or 2 * min(self.batch, self._wide_batch)) * self.comm.workers
+        self.width = width_for(self._open_all, capacity, self.max_width)
+        k = parents_for(self.batch, self.width)
         if self.mode == "input":
             self._room = input_bab.room_this_round(self.batch, self._child_seconds, self.time_left())
             k = max(1, min(k, self._room // 2))
@@ -287,20 +267,28 @@ class BabSolver:
             # One worker alone (no collective inside a round) can take a smaller batch: the
             # parents go back to the queue unchanged, so no domain is lost (a lost domain would
             # read as proved). Under a sharded layout the ranks would fall out of step: error.
-            if self.lockstep or not out_of_memory(exc) or len(parents) <= 1:
+            kids = len(parents) << self.width       # (at most: wide rounds, wide.py)
+            if self.lockstep or not out_of_memory(exc) or kids <= 2:
                 raise
             self.store.push(parents, margins)
-            self.batch = max(1, len(parents) // 2)
+            self.batch = max(1, kids // 4)          # half the children (a narrower width follows)
             self.stats.memory_retries += 1
             release_cached_memory(parents.pair.device)
-            self.log(f"bab: out of memory on {2 * len(parents)} children; batch now {self.batch} parents")
+            self.log(f"bab: out of memory on {kids} children; batch now {self.batch} parents")
 
     def _bound_children(self, parents: Domains):
         self.stats.rounds += 1
         # Only a domain stored after the clock ran out lacks a decision, and the run stops first.
         assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
         p = self.problem
-        kids = split(parents, parents.decision, p.relus, p.pre_of, p.general, p.beta_of)
+        if self.width > 1:
+            kids, _, pruned = split_wide(parents, self.width, p.relus, p.pre_of, self._proved_cheaply)
+            self.stats.bounded += pruned
+            self.stats.proved += pruned
+            self.stats.wide_pruned += pruned
+        else:
+            kids = split(parents, parents.decision, p.relus, p.pre_of, p.general, p.beta_of)
+        self.stats.widths[self.width] = self.stats.widths.get(self.width, 0) + 1
         if self.mode == "input" and self.opts.input_fill:
             kids = input_bab.fill_batch(kids, parents.decision, self._room or 2 * self.batch, self.problem)
         with PhaseTimer(self.stats, "bounding"):
@@ -324,8 +312,10 @@ class BabSolver:
         worker starts with them (the others get theirs by rebalancing)."""
         if self.mode == "input":
             roots = input_bab.with_boxes(self.problem, roots)
+        roots = with_more(roots, self.max_width - 1)
         self.template = roots.index(torch.zeros(0, dtype=torch.long, device=roots.pair.device))
         self.max_open = self._store_limit(max(1, roots.nbytes() // max(1, len(roots))))
+        self._wide_batch = self.comm.agree_min(self.batch)     # (lockstep ranks take each level together)
         if self.lockstep:
             self._prepare_exact()           # may gather sharded weights: every rank, here
         bar = None
@@ -359,6 +349,7 @@ class BabSolver:
             state = self.comm.sync(len(self.store), self.store.worst_margin(), self.found, self.exhausted,
                                    self.stats.bounded, self._out_of_time())
         self.stats.global_margin = state.worst_margin
+        self._open_all = state.open
         self.stats.visited_all = state.visited
         if bar is not None:
             bar.n = state.visited

@@ -183,6 +183,8 @@ def _touch_grad(fn, k, l, u, lower: bool):
     """A zero-valued term whose gradient in k is -x* (the point where the line touches f)."""
     from .scalar_functions import _clamp
 
+    if hasattr(fn, "touch_points"):        # one candidate at a time (ops/lookup_table.py)
+        return -(k - k.detach()) * fn.touch_points(k.detach(), l, u, lower)
     with torch.no_grad():
         kd = k.detach()
         cands = [l, u] + [_clamp(c, l, u) for c in fn.kinks(l, u)] + [_clamp(c, l, u) for c in fn.stationary(kd, l, u)]
@@ -200,6 +202,8 @@ def _touch_grad_lines(fn, k, l, u, is_lower):
     elsewhere (the same touching points, one candidate evaluation)."""
     from .scalar_functions import _clamp
 
+    if hasattr(fn, "touch_points"):        # one candidate at a time (ops/lookup_table.py)
+        return -(k - k.detach()) * fn.touch_points(k.detach(), l, u, is_lower)
     with torch.no_grad():
         kd = k.detach()
         cands = [l, u] + [_clamp(c, l, u) for c in fn.kinks(l, u)] + [_clamp(c, l, u) for c in fn.stationary(kd, l, u)]

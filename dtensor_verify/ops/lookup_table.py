@@ -16,11 +16,19 @@ slope (sound for every slope alpha-CROWN picks), computed in one vectorised pass
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+from .. import deadline
 from .activation import ActivationOp
 from .registry import register
 from .scalar_base import BIG, ScalarFn
+
+# The lines' candidate values are computed in blocks of at most this many elements (candidates x
+# the broadcast shape of slopes and bounds): a CROWN sweep's lines in one block, an alpha-CROWN
+# sweep's (4 slopes per row and neuron) a few candidates at a time, with a clock check between.
+SCAN_ELEMENTS = 1 << 21
 
 
 def relu_lookup(x, offsets, weights):
@@ -29,7 +37,13 @@ def relu_lookup(x, offsets, weights):
 
 
 class LookupTable(ScalarFn):
-    """f(x) = sum_k w_k relu(x - o_k) with the breakpoints sorted (float64 parameters)."""
+    """f(x) = sum_k w_k relu(x - o_k) with the breakpoints sorted (float64 parameters).
+
+    Evaluated per segment (`f`: f = seg_j x - cut_j on segment j, one `bucketize`), never as the
+    table's [..., K] ReLUs: the line rules evaluate f at K + 2 candidates of every (row, neuron) of
+    an alpha-CROWN sweep, and the [..., K + 2, K] temporaries of the table's own arithmetic took
+    24 GB (OOM) and minutes without a clock check on ml4acopf's 300-bus prop2 (issue 21). The
+    candidates are scanned in blocks of bounded size (`_scan`), with a clock check between them."""
 
     name = "lookup_table"
 
@@ -38,15 +52,18 @@ class LookupTable(ScalarFn):
         w = torch.as_tensor(weights, dtype=torch.float64).flatten()
         order = torch.argsort(o)
         self.o, self.w = o[order], w[order]
-        # Slope of segment j (j = 0: left of every breakpoint; j: right of breakpoint j - 1).
-        self.seg = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(self.w, 0)])
+        zero = torch.zeros(1, dtype=torch.float64)
+        # Slope of segment j (j = 0: left of every breakpoint; j: right of breakpoint j - 1), and
+        # its offset: f(x) = seg[j] x - cut[j] there.
+        self.seg = torch.cat([zero, torch.cumsum(self.w, 0)])
+        self.cut = torch.cat([zero, torch.cumsum(self.w * self.o, 0)])
 
     def f(self, x):
-        o, w = self.o.to(x), self.w.to(x)
-        return torch.matmul(torch.relu(x.unsqueeze(-1) - o), w)
+        j = torch.bucketize(x.detach().contiguous(), self.o.to(x))     # breakpoints strictly below x
+        return self.seg.to(x)[j] * x - self.cut.to(x)[j]
 
     def df(self, x):
-        return torch.matmul((x.unsqueeze(-1) > self.o.to(x)).to(x), self.w.to(x))
+        return self.seg.to(x)[torch.bucketize(x.detach().contiguous(), self.o.to(x))]
 
     def kinks(self, l, u):
         return [self.o[i].to(l) + torch.zeros_like(l) for i in range(self.o.numel())]
@@ -62,16 +79,77 @@ class LookupTable(ScalarFn):
         kmax = torch.where(meets, s, torch.full_like(s, -BIG)).max(-1).values
         return kmin.clamp(-BIG, BIG), kmax.clamp(-BIG, BIG)
 
-    def intercepts(self, k, l, u):
-        """(min, max) over [l, u] of f(x) - k x: at l, u and the breakpoints clamped into [l, u]."""
-        l, u = torch.broadcast_tensors(l, u)
+    def _inside(self, l, u):
+        """The breakpoints strictly inside [min l, max u] (the others clamp to l or u everywhere);
+        on a GPU all of them (choosing would wait for the device: a sync per line computation)."""
+        if l.device.type != "cpu":
+            return self.o.to(l)
+        ends = torch.stack([torch.nan_to_num(l, nan=-torch.inf).min(),
+                            torch.nan_to_num(u, nan=torch.inf).max()]).tolist()     # NaN: every one
         o = self.o.to(l)
-        pts = torch.cat([l.unsqueeze(-1), u.unsqueeze(-1), torch.minimum(torch.maximum(o, l.unsqueeze(-1)),
-                                                                          u.unsqueeze(-1))], -1)
-        vals = self.f(pts) - k.unsqueeze(-1) * pts if torch.is_tensor(k) else self.f(pts) - k * pts
+        return o[(o > ends[0]) & (o < ends[1])]
+
+    def _scan(self, k, l, u):
+        """(min, argmin, max, argmax) over [l, u] of f(x) - k x: at l, u and the breakpoints
+        clamped into [l, u], in blocks of candidates of at most SCAN_ELEMENTS values each (one
+        block for a layer's neurons; a few candidates at a time for an alpha sweep's rows), a
+        clock check between blocks. Where several candidates attain the extremum, the first."""
+        shape = torch.broadcast_shapes(l.shape, k.shape) if torch.is_tensor(k) else l.shape
+        k = k.unsqueeze(-1) if torch.is_tensor(k) else k
+        cands = torch.cat([torch.full((2,), torch.nan, dtype=l.dtype, device=l.device), self._inside(l, u)])
+        per = max(1, SCAN_ELEMENTS // max(1, math.prod(shape)))
+        best = None
+        for start in range(0, cands.numel(), per):
+            deadline.check_fine()
+            c = cands[start:start + per]
+            x = torch.minimum(torch.maximum(c, l.unsqueeze(-1)), u.unsqueeze(-1))
+            if start == 0:          # the first two candidates: l and u themselves
+                x = torch.cat([l.unsqueeze(-1), u.unsqueeze(-1), x[..., 2:]], -1)
+            v = self.f(x) - k * x
+            x = x.expand_as(v)
+            v_lo, i_lo = v.min(-1)
+            v_hi, i_hi = v.max(-1)
+            found = (v_lo, x.gather(-1, i_lo.unsqueeze(-1)).squeeze(-1),
+                     v_hi, x.gather(-1, i_hi.unsqueeze(-1)).squeeze(-1))
+            best = found if best is None else _merge(best, found)
+        return best
+
+    def intercepts(self, k, l, u):
+        """(min, max) over [l, u] of f(x) - k x (exact: see `_scan`); infinite where l or u is.
+        Scanned without autograd; where l, u or k carry a gradient (an alpha-CROWN step's
+        intermediate bounds), the extremes are evaluated again at their points, as functions of
+        l / u where they lie there (the same values; the gradient of the min / max), so the
+        step keeps O(shape) for its backward pass instead of every block's temporaries."""
+        l, u = torch.broadcast_tensors(l, u)
+        grad = torch.is_grad_enabled() and any(torch.is_tensor(t) and t.requires_grad for t in (k, l, u))
+        with torch.no_grad():
+            lo, x_lo, hi, x_hi = self._scan(k, l, u)
+        if grad:
+            lo, hi = self._attained(k, l, u, x_lo), self._attained(k, l, u, x_hi)
         ok = torch.isfinite(l) & torch.isfinite(u)
-        lo, hi = vals.min(-1).values, vals.max(-1).values
         return torch.where(ok, lo, -torch.inf), torch.where(ok, hi, torch.inf)
+
+    def _attained(self, k, l, u, x):
+        """f(x) - k x at the scan's points x, x taken as l or u where it is one (differentiable)."""
+        x = torch.where(x == l, l.expand_as(x), torch.where(x == u, u.expand_as(x), x))
+        return self.f(x) - k * x
+
+    def touch_points(self, k, l, u, is_lower):
+        """Where the line of slope k touches f on [l, u]: the minimiser of f(x) - k x where
+        `is_lower` (a bool or a mask broadcasting with k), else the maximiser (alpha-CROWN's
+        gradient of the intercept in k)."""
+        l, u = torch.broadcast_tensors(l, u)
+        with torch.no_grad():
+            _, x_lo, _, x_hi = self._scan(k, l, u)
+        return torch.where(torch.as_tensor(is_lower, device=x_lo.device), x_lo, x_hi)
+
+
+def _merge(best, found):
+    """The running (min, argmin, max, argmax) of `_scan` and a later block's: earlier ones win ties."""
+    v_lo, x_lo, v_hi, x_hi = best
+    lower, higher = found[0] < v_lo, found[2] > v_hi
+    return (torch.where(lower, found[0], v_lo), torch.where(lower, found[1], x_lo),
+            torch.where(higher, found[2], v_hi), torch.where(higher, found[3], x_hi))
 
 
 def _lookup_parts(gm, node):

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .babsr import babsr, intercept_scores
-from .fsb import fsb
+from .babsr import babsr, babsr_ranked, intercept_scores
+from .fsb import fsb, fsb_ranked
 from .general import mixed_fsb, mixed_sr
 from .input_fsb import input_fsb
 from .input_sb import input_sb
@@ -24,6 +24,9 @@ HEURISTICS = {"babsr": babsr, "fsb": fsb, "input_sb": input_sb, "input_fsb": inp
 # Networks with general nonlinearities (sigmoid, products, ...) split neurons by these instead.
 MIXED = {"babsr": "mixed_sr", "fsb": "mixed_fsb"}
 INPUT_HEURISTICS = ("input_fsb", "input_sb", "input_widest")
+# Heuristics that rank several ReLU neurons per domain (wide rounds, bab/wide.py):
+# (domains, lA, ctx, width) -> [n, width, 2], best first.
+RANKED = {"babsr": babsr_ranked, "fsb": fsb_ranked}
 
 
 @dataclass
@@ -63,5 +66,10 @@ def choose(name: str, domains, lA, ctx: BranchingContext):
     return HEURISTICS[name](domains, lA, ctx)
 
 
-__all__ = ["HEURISTICS", "INPUT_HEURISTICS", "MIXED", "context_for", "mixed", "mixed_fsb", "mixed_sr", "BranchingContext", "choose", "babsr", "fsb", "input_fsb",
+def choose_ranked(name: str, domains, lA, ctx: BranchingContext, width: int):
+    """[n, width, 2]: each domain's `width` best splits by heuristic `name` (one of RANKED)."""
+    return RANKED[name](domains, lA, ctx, width)
+
+
+__all__ = ["HEURISTICS", "INPUT_HEURISTICS", "MIXED", "RANKED", "choose_ranked", "context_for", "mixed", "mixed_fsb", "mixed_sr", "BranchingContext", "choose", "babsr", "fsb", "input_fsb",
            "input_sb", "intercept_scores"]

@@ -46,7 +46,22 @@ def flat_choice(scores: list[torch.Tensor], k: int = 1):
 
 def babsr(domains, lA, ctx) -> torch.Tensor:
     """The neuron with the highest score, per domain."""
-    values, layer, neuron = flat_choice(intercept_scores(domains, lA, ctx), 1)
-    decision = torch.stack([layer[:, 0], neuron[:, 0]], 1)
-    decision[torch.isinf(values[:, 0])] = NO_DECISION
-    return decision
+    return babsr_ranked(domains, lA, ctx, 1)[:, 0]
+
+
+def babsr_ranked(domains, lA, ctx, width: int) -> torch.Tensor:
+    """[n, width, 2]: the `width` highest-scored neurons of each domain, best first (distinct;
+    NO_DECISION where fewer are unstable). Wide rounds split on several of them at once."""
+    values, layer, neuron = flat_choice(intercept_scores(domains, lA, ctx), width)
+    return ranked_decisions(values, layer, neuron, width)
+
+
+def ranked_decisions(values, layer, neuron, width: int) -> torch.Tensor:
+    """[n, width, 2] decisions from top-k choices (values, layer, neuron [n, k]): NO_DECISION
+    where the score is -inf (nothing to split) and in the columns past k."""
+    n = values.shape[0]
+    out = torch.full((n, width, 2), NO_DECISION, dtype=torch.long, device=values.device)
+    k = min(width, values.shape[1])
+    dec = torch.stack([layer[:, :k], neuron[:, :k]], -1)
+    out[:, :k] = torch.where(torch.isinf(values[:, :k]).unsqueeze(-1), NO_DECISION, dec)
+    return out
