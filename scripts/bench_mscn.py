@@ -41,7 +41,8 @@ def existing(bench: Path, rel: str) -> str:
 
 
 def run_one(args, onnx: str, vnnlib: str, limit: float) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(args.code))
+    extra = os.environ.get("PYTHONPATH")            # e.g. the GPU host's /tmp/site, kept after the code
+    env = dict(os.environ, PYTHONPATH=str(args.code) + (os.pathsep + extra if extra else ""))
     with tempfile.TemporaryDirectory() as tmp:
         results, js = Path(tmp) / "results.txt", Path(tmp) / "run.json"
         cmd = [sys.executable, "-m", "dtensor_verify", "--threads", str(args.threads), "run", "--onnx", onnx,
@@ -77,6 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--csv", type=Path, required=True)
     args = ap.parse_args(argv)
+    args.bench, args.code = args.bench.resolve(), args.code.resolve()
     rows = instances(args.bench, args.instances, args.model, args.filter)
     if not rows:
         print(f"no {args.model} instances in {args.instances or args.bench / 'instances.csv'}", file=sys.stderr)
