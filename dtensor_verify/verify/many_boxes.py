@@ -13,7 +13,7 @@ than they can prove:
   branch and bound attacks its most promising sub-boxes itself (`input_bab.attack_boxes`).
 
 The deferred attack (the first one, on the pairs CROWN left open) gets `PER_DIM_RESTARTS` random
-starts per perturbed input, at most, instead of 20: a box moving one input is an interval, and
+starts per perturbed input, at most, instead of 20, and `BOX_STEPS` steps instead of 100: a box moving one input is an interval, and
 branch and bound attacks its sub-boxes again (mscn_128d / cardinality_0_500: 429 pairs x 20
 restarts x 100 steps took 33-50 s on this CPU and did not move the best margin past its first
 starts).
@@ -27,6 +27,7 @@ MANY_PAIRS = 256          # as `stages.ManyPairsIbp.min_pairs`: the many-pairs r
 
 SKIPPED_STAGES = ("alpha-crown", "attack-extra")
 PER_DIM_RESTARTS = 2      # deferred attack: random starts per perturbed input (plus the centre's)
+BOX_STEPS = 30            # ... and PGD steps (a box moving a few inputs; was the round's 100)
 
 
 def skip_above(input_split: bool, stage: str, position: int) -> int | None:
@@ -55,3 +56,8 @@ def box_restarts(inst, restarts: int) -> int:
     idx = inst.open_pairs()
     dims = perturbed_dims(inst.pair_lo[idx], inst.pair_hi[idx]) if idx else 0
     return max(1, min(restarts, PER_DIM_RESTARTS * dims))
+
+
+def box_steps(steps: int) -> int:
+    """The deferred attack's PGD steps when branch and bound splits inputs."""
+    return min(steps, BOX_STEPS)

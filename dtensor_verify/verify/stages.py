@@ -12,6 +12,7 @@ settles the instance, else None. Timeouts are the clock's `TimeLimitReached`.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from .attacks import attack_open, check_vertices, helper_round
 from .bab_stage import branch_and_bound
 from .bounds import bound_pairs
 from .instance import Instance
-from .many_boxes import box_restarts, skipped
+from .many_boxes import box_restarts, box_steps, skipped
 from .result import Counterexample, Decision
 
 
@@ -65,9 +66,13 @@ class DeferredAttack:
         inst.clock.check()
         opts = inst.attack
         restarts = max(1, min(opts.restarts, opts.deferred_samples // n_open))
-        if self.input_split:
-            restarts = box_restarts(inst, restarts)
-        return _sat(inst, attack_open(inst, restarts, opts.seed, "attack", spread=True), "attack")
+        if not self.input_split:
+            return _sat(inst, attack_open(inst, restarts, opts.seed, "attack", spread=True), "attack")
+        inst.attack = dataclasses.replace(opts, steps=box_steps(opts.steps))
+        try:
+            return _sat(inst, attack_open(inst, box_restarts(inst, restarts), opts.seed, "attack", spread=True), "attack")
+        finally:
+            inst.attack = opts
 
 
 @dataclass
