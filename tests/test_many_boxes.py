@@ -87,3 +87,8 @@ def test_deferred_restarts_per_perturbed_input():
     assert many_boxes.box_restarts(inst, 1) == 1
     inst.idx = [2]
     assert many_boxes.box_restarts(inst, 20) == 1
+
+
+def test_deferred_steps_capped():
+    assert many_boxes.box_steps(100) == many_boxes.BOX_STEPS
+    assert many_boxes.box_steps(10) == 10
