@@ -227,3 +227,32 @@ def test_row_pieces_of_one_op_check_the_clock():
     with deadline.checking(clock.check, clock.left, DEFAULT_LAYOUT), pytest.raises(TimeLimitReached):
         in_row_pieces(run, A, A, piece_elements=8)       # 64 pieces of one row
     assert 1 <= len(seen) < 64, len(seen)
+
+
+def test_gate_search_begins_no_probe_it_cannot_finish(one_thread):
+    """alpha-CROWN's closing gate search (ops/softmax_sum.search_gates) probes up to 7 output sweeps
+    after the loop stopped for time: under load they ran past the limit (the clean-clone CI's
+    TimeLimitReached in the test above). Now a probe is not begun within 1.5 of the last one's
+    seconds of the limit, and the bounds so far are returned (never looser than given)."""
+    from dtensor_verify.layout import DEFAULT_LAYOUT
+    from dtensor_verify.ops import softmax_sum
+
+    c = _model()
+    graph = c["m"].graph
+    res = alpha_crown(graph, c["box"], opts=dv.AlphaOptions(iterations=3, warmup=0), want_upper=False)
+    gates = res.alphas[graph.output_name]
+    if not softmax_sum.searchable(graph, gates):
+        pytest.skip("no gates in this model's output alphas")
+    clock = _Clock(1.0)
+    probes = []
+
+    def slow_probe():
+        time.sleep(0.3)
+        clock.check()                   # as a sweep's check_fine does
+        probes.append(1)
+        return res.lower - 1.0, None    # looser than given: the given bound must stay
+
+    with deadline.checking(clock.check, clock.left, DEFAULT_LAYOUT):
+        lo, up = softmax_sum.search_gates(graph, gates, slow_probe, res.lower, None)
+    assert 1 <= len(probes) < 7 and clock.left() > 0
+    assert torch.equal(lo, res.lower) and up is None

@@ -32,9 +32,11 @@ optimum.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
+from .. import deadline
 from .base import BackwardResult, BoundOp, Capabilities, per_row_sum
 from .registry import register
 
@@ -281,9 +283,14 @@ def search_gates(graph, params: dict, run, lower, upper):
     vals = [lower, None if upper is None else -upper]
     step = SEARCH_GRID[1] - SEARCH_GRID[0]
     points = [(ref.new_full(ref.shape, g), ref.new_full(ref.shape, g)) for g in SEARCH_GRID]
+    last = 0.0                                  # the last probe's seconds: none begun that would end past the limit
     for it in range(2):
         for g_lo, g_up in points:
+            if last and deadline.ends_within(1.5 * last):
+                break
+            t0 = time.perf_counter()
             lo, up = probe(g_lo, g_up)
+            last = time.perf_counter() - t0
             for side, (new, g) in enumerate(((lo, g_lo), (None if up is None else -up, g_up))):
                 if new is None:
                     continue
