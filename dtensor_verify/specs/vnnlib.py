@@ -38,7 +38,8 @@ import numpy as np
 from ..errors import InputSpecError, bounded_message, excerpt
 from .spec_types import OutputDisjunct, Property, Region
 from .vnnlib_simple import simple_comparison
-from .vnnlib_formula import (_NUM_RE, _X, _Y, MAX_DNF_TERMS, FormulaMixin, _Atom, _Constraint, _Converted, _Dnf,
+from .vnnlib_tokens import T_CLOSE, T_COMMENT, T_DECLARE, T_FAST_ASSERT, T_OPEN, T_SIMPLE, TOKEN
+from .vnnlib_formula import (_X, _Y, MAX_DNF_TERMS, FormulaMixin, _Atom, _Constraint, _Converted, _Dnf,
                              _List, _name, converts_eagerly, term_limit)
 
 __all__ = ["VnnlibError", "OutputDisjunct", "Region", "Property", "read_vnnlib", "parse_vnnlib",
@@ -55,23 +56,9 @@ class VnnlibError(InputSpecError, ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokeniser
+# Tokeniser: vnnlib_tokens.py (one regular expression); names and ignored commands here
 # ---------------------------------------------------------------------------------------------
 _VAR_NAME = re.compile(r"([XY])_(0|[1-9]\d*)\Z")
-
-# One pass over the text. Alternatives, tried in this order at each position (m.lastindex):
-#   1 a whole `(assert (<=|>=|<|> X_i number))`   (groups 2-4: op, var, number) - the fast path
-#   5 a whole `(declare-const NAME SORT)`          (groups 6-7)
-#   8 a comment, 9 '(', 10 ')', 11 any other atom (symbol or number)
-# Whitespace between tokens is skipped by finditer; every other character belongs to a token.
-#   8 a whole `(<=|>=|<|> NAME number)` (groups 9-11: vnnlib_simple.py), then 12 a comment, 13 '(',
-#   14 ')', 15 any other atom
-_TOKEN = re.compile(
-    r"(\(\s*assert\s*\(\s*([<>]=?)\s+(X_\d+)\s+(" + _NUM_RE + r")\s*\)\s*\))"
-    r"|(\(\s*declare-const\s+([^\s();]+)\s+([^\s();]+)\s*\))"
-    r"|(\(\s*([<>]=?)\s+([^\s();]+)\s+(" + _NUM_RE + r")\s*\))"
-    r"|(;[^\n]*)|(\()|(\))|([^\s();]+)")
-_T_FAST_ASSERT, _T_DECLARE, _T_SIMPLE, _T_COMMENT, _T_OPEN, _T_CLOSE = 1, 5, 8, 12, 13, 14
 
 _IGNORED_COMMANDS = frozenset({"set-logic", "set-info", "set-option", "check-sat", "get-model",
                                "exit"})
@@ -102,29 +89,29 @@ class _Parser(FormulaMixin):
     # -- tokenising and s-expressions -------------------------------------------------------------
     def run(self, n_inputs: int | None, n_outputs: int | None) -> Property:
         stack: list[_List] = []
-        for m in _TOKEN.finditer(self.text):
+        for m in TOKEN.finditer(self.text):
             kind = m.lastindex
-            if kind == _T_COMMENT:
+            if kind == T_COMMENT:
                 continue
-            if kind == _T_OPEN:
+            if kind == T_OPEN:
                 if len(stack) >= MAX_DEPTH:
                     raise self.error(m.start(), f"expressions nested deeper than {MAX_DEPTH}")
                 stack.append(_List(m.start()))
-            elif kind == _T_CLOSE:
+            elif kind == T_CLOSE:
                 if not stack:
                     raise self.error(m.start(), "unbalanced ')'")
                 self.closed(stack.pop(), stack)
-            elif kind == _T_SIMPLE:
+            elif kind == T_SIMPLE:
                 if len(stack) >= MAX_DEPTH:
                     raise self.error(m.start(), f"expressions nested deeper than {MAX_DEPTH}")
                 simple_comparison(self, m, stack, (9, 10, 11), lambda node: self.closed(node, stack))
-            elif kind == _T_FAST_ASSERT:
+            elif kind == T_FAST_ASSERT:
                 if stack:
                     raise self.error(m.start(), "'assert' inside another expression "
                                                 "(a ')' is missing before it?)")
                 self.n_commands += 1
                 self.fast_bound(m.group(2), m.group(3), m.group(4), m.start())
-            elif kind == _T_DECLARE:
+            elif kind == T_DECLARE:
                 if stack:
                     raise self.error(m.start(), "'declare-const' inside another expression "
                                                 "(a ')' is missing before it?)")
