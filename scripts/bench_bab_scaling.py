@@ -137,9 +137,38 @@ def run_one(root: Path, inst, procs: int, timeout: float, out: Path, tag: str, d
             "workers": bab.get("workers", ""), "split_widths": json.dumps(bab.get("split_widths", {}))}
 
 
+def core_of(cpu: int) -> tuple[int, int]:
+    """(package, core) of logical CPU `cpu` from sysfs; (cpu, 0) when the kernel does not say. Two
+    logical CPUs with the same key are SMT siblings (one physical core)."""
+    top = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+    try:
+        return int((top / "physical_package_id").read_text()), int((top / "core_id").read_text())
+    except (OSError, ValueError):
+        return cpu, 0
+
+
+def physical_first(cpus: list[int]) -> list[int]:
+    """`cpus` with one logical CPU of every physical core first, then the siblings: pinned ranks of
+    one run never share a physical core while there are enough (issue 21: cores 2j, 2j+1 may be SMT
+    siblings, and a 2x1 run on one physical core does each rank's work slower than one process)."""
+    seen: dict[tuple[int, int], int] = {}
+    tiers: list[tuple[int, int]] = []
+    for cpu in sorted(cpus):
+        key = core_of(cpu)
+        tiers.append((seen.get(key, 0), cpu))
+        seen[key] = seen.get(key, 0) + 1
+    return [cpu for _, cpu in sorted(tiers)]
+
+
+def smt_note(cpus: list[int]) -> str:
+    """'N logical CPUs on M physical cores' of the CPUs this run may use (the conditions line)."""
+    return f"{len(cpus)} logical CPUs on {len({core_of(c) for c in cpus})} physical cores"
+
+
 def pinned_cores(job: int, procs: int) -> list[int]:
-    """The cores of job `job` (of those this process may use): `procs` of them, job 0 first."""
-    usable = sorted(os.sched_getaffinity(0))
+    """The cores of job `job` (of those this process may use): `procs` of them, job 0 first, one
+    logical CPU per physical core before any SMT sibling (`physical_first`)."""
+    usable = physical_first(sorted(os.sched_getaffinity(0)))
     start = (job * procs) % max(1, len(usable))
     return [usable[(start + k) % len(usable)] for k in range(procs)]
 
@@ -226,7 +255,7 @@ def conditions(args, load_before, load_after, wall) -> list[str]:
                             text=True).stdout.strip() or "unknown"
     return [f"- command: `{' '.join(sys.argv)}`",
             f"- machine: {os.cpu_count()} cores, {len(os.sched_getaffinity(0))} usable by this run "
-            f"({platform.processor() or platform.machine()}), "
+            f"({platform.processor() or platform.machine()}; {smt_note(sorted(os.sched_getaffinity(0)))}), "
             f"load average before {load_before}, after {load_after}",
             f"- torch {torch.__version__}, Python {platform.python_version()}, commit {commit}; one thread per "
             f"rank, --device {args.device}; limit {args.timeout:g} s; {args.repeats} repeat(s), {args.jobs} instance(s) at once",

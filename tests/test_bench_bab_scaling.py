@@ -90,6 +90,7 @@ def test_pinned_runs_get_their_own_cores_and_report_cpu_seconds(tmp_path, monkey
 
     monkeypatch.setattr(bbs.subprocess, "run", fake_run)
     monkeypatch.setattr(bbs.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(bbs, "core_of", lambda cpu: (0, cpu))        # no SMT
     inst = ("mnist_fc", "onnx/m.onnx.gz", "vnnlib/p.vnnlib.gz", "relu")
     assert bbs.pinned_cores(1, 2) == [2, 3] and bbs.pinned_cores(2, 2) == [0, 1]
     r = bbs.run_one(tmp_path, inst, 2, 30.0, tmp_path, "t3", cores=[2, 3])
@@ -152,3 +153,21 @@ def test_runs_at_once_never_share_cores(monkeypatch):
     with cf.ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(lambda i: bbs.run_instance(None, None, i, args, slots), range(5)))
     assert clashes == []
+
+
+@pytest.mark.parametrize("siblings", ["adjacent", "halves"])
+def test_pinned_ranks_of_one_run_never_share_a_physical_core(monkeypatch, siblings):
+    """Issue 21: on a host whose logical CPUs 2j, 2j+1 are SMT siblings, --pin put both ranks of a
+    2x1 run on one physical core (each rank slower, the one process not). Each job's cores now sit on
+    distinct physical cores, and jobs never share a logical CPU; the conditions line says the SMT."""
+    core = (lambda cpu: (0, cpu // 2)) if siblings == "adjacent" else (lambda cpu: (0, cpu % 8))
+    monkeypatch.setattr(bbs.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(bbs, "core_of", core)
+    taken = []
+    for job in range(4):
+        cores = bbs.pinned_cores(job, 2)
+        assert len({core(c) for c in cores}) == 2, cores
+        taken += cores
+    assert len(set(taken)) == len(taken) == 8
+    assert len({core(c) for c in taken}) == 8          # 8 physical cores for 8 ranks
+    assert bbs.smt_note(list(range(16))) == "16 logical CPUs on 8 physical cores"
