@@ -268,6 +268,7 @@ def _run_watched(args, base: Path, todo: list[Instance], expected: dict, device,
                                   bab_options=bab_options(args))
             verdict, decided_by, message = res.verdict, res.decided_by or "", res.message or ""
             bab = _bab_columns(res.bounds.get("bab"))
+            bab["phases"] = _phase_column(res.phases)
         except user_errors() as exc:
             verdict, message = "error", one_line(exc)
         exp = expected.get(inst.key)
@@ -291,6 +292,13 @@ def _bab_columns(stats: dict | None) -> dict:
     return {"bab_domains": stats.get("domains_visited_all_workers", stats.get("domains_visited", "")),
             "bab_depth": stats.get("max_depth", ""), "bab_batch": stats.get("batch_per_worker", ""),
             "bab_seconds": "" if seconds is None else f"{seconds:.3f}"}
+
+
+def _phase_column(phases: dict | None) -> str:
+    """The stages that ended, in order, with their seconds (`attack=1.20;crown=0.04`); a run that
+    timed out spent the rest of its time in the next stage."""
+    return ";".join(f"{name}={sec:.2f}" for name, sec in (phases or {}).items()
+                    if isinstance(sec, (int, float)))
 
 
 def _instance_log(label: str):

@@ -180,4 +180,24 @@ def test_branch_and_bound_columns(tmp_path, capsys):
     assert int(bab["bab_domains"]) >= 2 and int(bab["bab_depth"]) >= 1 and int(bab["bab_batch"]) >= 1
     assert 0 < float(bab["bab_seconds"]) < float(bab["seconds"])
     assert attack["verdict"] == "sat" and attack["bab_domains"] == attack["bab_seconds"] == ""
+    # the stages that ended, in order, with their seconds
+    stages = [part.split("=")[0] for part in bab["phases"].split(";")]
+    assert stages[0] == "attack" and stages[-1] == "bab" and "alpha-crown" in stages, bab["phases"]
+    assert abs(float(bab["phases"].split("bab=")[1]) - float(bab["bab_seconds"])) < 0.01
+    assert attack["phases"].startswith("attack="), attack
+    capsys.readouterr()
+
+
+def test_a_timeout_names_the_stage_it_ended_in(tmp_path, capsys):
+    """A run out of time says which stage was running (the phases column lists those that ended)."""
+    mnist = model_zoo.benchmarks_dir() / "mnist_fc"
+    chosen = tmp_path / "instances.csv"
+    chosen.write_text("onnx/mnist-net_256x4.onnx,vnnlib/prop_8_0.03.vnnlib,1\n")
+    out = tmp_path / "results.csv"
+    main(["benchmark", str(mnist), "--instances", str(chosen), "--csv", str(out), "--quiet", "--device", "cpu"])
+    (row,) = _rows(out)
+    assert row["verdict"] == "timeout", row
+    ended = [part.split("=")[0] for part in row["phases"].split(";") if part]
+    stage = row["message"].split("(in ")[1].rstrip(")")
+    assert stage and stage not in ended, row
     capsys.readouterr()

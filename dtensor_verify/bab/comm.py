@@ -1,9 +1,9 @@
 """How branch-and-bound workers agree: one worker per process, or several over the `dp` mesh dim.
 
 A *worker* owns a queue of open domains. `LocalComm` is the one-worker case. `MeshComm` (in
-`mesh_comm.py`) spreads workers over ranks. Both answer the solver's two questions each round:
-`sync` (everyone's counts, worst margin and stop flags, reduced) and `rebalance` (move open
-domains from full queues to empty ones).
+`mesh_comm.py`) spreads workers over ranks. Both answer the solver's three questions each round:
+`sync` (everyone's counts, worst margin and stop flags, reduced), `rebalance` (move open
+domains from full queues to empty ones) and `balance` (spread the round's children evenly).
 """
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ class LocalComm:
 
     def rebalance(self, store, batch: int) -> None:
         return None
+
+    def balance(self, kids):
+        """The round's children spread over the workers (here: all ours)."""
+        return kids
 
     def agree_min(self, value: int) -> int:
         """The smallest of every worker's `value` (here: ours)."""

@@ -11,8 +11,9 @@ Who is a worker depends on the layout, never on policy names:
   slice of the moved domains to the rank with the same shard index in the receiving group.
 
 Every round every rank calls `sync` (two small all-reduces over all ranks: counts, flags,
-worst margin) and `rebalance` (an all-gather of queue sizes; domains move only when some
-worker would otherwise run short of a full batch). Stopping is decided from the synced state,
+worst margin), `rebalance` (an all-gather of queue sizes; domains move only when some
+worker would otherwise run short of a full batch) and, once the round's children are made,
+`balance` (children move when the workers' counts are unequal). Stopping is decided from the synced state,
 so all ranks stop in the same round. A rank that dies makes the next collective fail (or time
 out): the pipeline reports `error` / `timeout`, never a verdict.
 """
@@ -49,6 +50,7 @@ class MeshComm:
         self.owns_roots = self.worker == 0
         self.is_leader = topo.is_leader
         self.moved = 0                                         # domains received by rebalancing
+        self.moved_children = 0                                # children received by `balance`
 
     def _counts_once(self) -> bool:
         """Does this rank speak for its worker in sums (one member per worker)?"""
@@ -113,6 +115,37 @@ class MeshComm:
             for domains, margins in (sent or {}).get(self.rank, []):
                 store.push(domains.to(self.device), margins.to(self.device))
                 self.moved += len(domains)
+
+    def balance(self, kids: Domains) -> Domains:
+        """This round's children spread evenly over the workers (`_plan` with no batch cap): the
+        workers above their fair share by more than a tenth of it send their last children to those
+        below. Parents are shared out whole by `rebalance`; children are not equal work per parent
+        (a wide round's cheap bound prunes a different number of each parent's), and a small
+        frontier (the first rounds: one root) leaves workers without parents. Every rank calls it
+        every round, with or without children (one all-reduce; domains move only when unequal)."""
+        counts = torch.zeros(self.world, dtype=torch.int64, device=self.device)
+        counts[self.rank] = len(kids)
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=self.group)
+        per_rank = counts.tolist()
+        per_worker = [per_rank[self.members[w][0]] for w in range(self.workers)]
+        total = sum(per_worker)
+        fair = -(-total // self.workers)
+        if max(per_worker) - fair <= max(0, fair // 10):
+            return kids
+        outgoing, keep = {}, len(kids)
+        for donor, receiver, n in self._plan(per_worker, total):
+            if donor == self.worker:
+                part = kids.index(torch.arange(keep - n, keep, device=kids.pair.device))
+                keep -= n
+                outgoing.setdefault(self.members[receiver][self.member], []).append(part.to("cpu"))
+        gathered = [None] * self.world
+        dist.all_gather_object(gathered, outgoing, group=self.group)
+        parts = [kids.index(torch.arange(keep, device=kids.pair.device))]
+        for sent in gathered:
+            for part in (sent or {}).get(self.rank, []):
+                parts.append(part.to(self.device))
+                self.moved_children += len(part)
+        return Domains.cat(parts)
 
     def share_counterexample(self, found_here):
         """The first rank's confirmed counterexample (x, y, who confirmed), on every rank."""

@@ -16,6 +16,8 @@ class BabOptions:
     split_width: int = 3                # ReLU splits per domain in a round, at most (wide.py; 1: off):
     wide_capacity: int | None = None    # ... as many as frontier x 2^w <= this x workers (children per
                                         # round per worker; None: 2 x the batch)
+    balance_children: bool = True       # dp: each round's children spread evenly over the workers
+                                        # (comm.balance), not only its parents
     beta: BetaOptions = field(default_factory=BetaOptions)
     root_iterations: int = 0            # beta-CROWN steps on the roots (they come from alpha-CROWN)
     max_domains: int | None = None      # open domains per worker before giving up (verdict unknown):

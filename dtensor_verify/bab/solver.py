@@ -86,6 +86,7 @@ class BabSolver:
         self.ctx = context_for(problem, self._bound_once, candidates)
         self.max_width = max_width_for(opts, problem, self.mode, self.branching)    # wide rounds (wide.py)
         self.width, self._open_all = 1, 0       # this round's split width; open domains, all workers
+        self._received = False                  # this round's children include another worker's
         self._wide_batch = self.batch           # every rank's smallest batch (solve): one width everywhere
 
     @property
@@ -252,10 +253,11 @@ class BabSolver:
         else:
             parents, margins = (self.store.pop_best if crowded else self.store.pop_worst)(k)
         if parents is None:
-            if not self.lockstep:
+            if not self.lockstep and not self._shares_children():
                 return
             parents = self.template
         t, before = time.perf_counter(), self.stats.bounded
+        self._received = False
         try:
             self._bound_children(parents)
             if self.mode == "input" or self.problem.general:     # (general: refreshed layers)
@@ -268,7 +270,8 @@ class BabSolver:
             # parents go back to the queue unchanged, so no domain is lost (a lost domain would
             # read as proved). Under a sharded layout the ranks would fall out of step: error.
             kids = len(parents) << self.width       # (at most: wide rounds, wide.py)
-            if self.lockstep or not out_of_memory(exc) or kids <= 2:
+            # Children received from another worker (`balance`) have no parent here to go back.
+            if self.lockstep or self._received or not out_of_memory(exc) or kids <= 2:
                 raise
             self.store.push(parents, margins)
             self.batch = max(1, kids // 4)          # half the children (a narrower width follows)
@@ -276,7 +279,18 @@ class BabSolver:
             release_cached_memory(parents.pair.device)
             self.log(f"bab: out of memory on {kids} children; batch now {self.batch} parents")
 
-    def _bound_children(self, parents: Domains):
+    def _shares_children(self) -> bool:
+        """Whether each round's children are spread over the workers (`comm.balance`): then every
+        worker takes part in every round, with or without parents of its own."""
+        return self.comm.workers > 1 and self.opts.balance_children
+
+    def _children(self, parents: Domains) -> Domains:
+        """The round's children of `parents`: one split each, or a wide round's levels (the
+        children a cheap bound proves between levels taken out, counted as bounded and proved),
+        with their intermediate bounds made for their region (input and general splits: before the
+        children can move to another worker, while each still sits next to its parent's decision)."""
+        if len(parents) == 0 and not self.lockstep:
+            return parents          # (the empty template: a worker that only takes others' children)
         self.stats.rounds += 1
         # Only a domain stored after the clock ran out lacks a decision, and the run stops first.
         assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
@@ -296,6 +310,18 @@ class BabSolver:
                 kids.bounds = input_bab.refreshed(p, kids, self.lockstep)
             if p.general:           # the layers behind general splits, bounded again
                 refresh_children(p, kids, parents.decision, self.lockstep)
+        return kids
+
+    def _bound_children(self, parents: Domains):
+        p = self.problem
+        kids = self._children(parents)
+        if self._shares_children():
+            with PhaseTimer(self.stats, "sync"):
+                mine = len(kids)
+                kids = self.comm.balance(kids)
+                self._received = len(kids) > mine
+            if len(kids) == 0 and not self.lockstep:
+                return
         if len(kids):
             self.stats.batch_sizes.append(len(kids))
             self.stats.max_depth = max(self.stats.max_depth, int(kids.depth.max()))

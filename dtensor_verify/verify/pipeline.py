@@ -74,6 +74,7 @@ def _run(model, prop, onnx_path, clock, say, res, opts: PipelineOptions) -> Deci
                                                                 bab_options, opts.alpha_options),
                                input_split=splits_inputs(model, inst.pair_lo, inst.pair_hi, opts.bab, bab_options))
     for stage in build_stages(opts):
+        res.stage = getattr(stage, "name", None) or getattr(stage, "method", None) or type(stage).__name__
         decision = stage.run(inst)
         if decision is not None:
             return decision
@@ -113,7 +114,8 @@ def verify_instance(model, prop, onnx_path: str | None, timeout: float,
     try:
         decision = _run(model, prop, onnx_path, clock, say, res, opts)
     except TimeLimitReached:
-        decision = Decision("timeout", message=f"time limit of {timeout:g} s reached")
+        where = f" (in {res.stage})" if res.stage else ""
+        decision = Decision("timeout", message=f"time limit of {timeout:g} s reached{where}")
     except VerifierError as exc:
         decision = Decision("error", message=str(exc))
     except Exception as exc:  # a bug: report it as 'error' (never unsat), keep the traceback

@@ -48,6 +48,8 @@ class VerifyResult:
     confirmed_by: str | None = None                 # 'onnxruntime' (or 'torch' without ONNX)
     cpu_seconds: float | None = None                # this process's CPU seconds over `seconds` (a loaded
                                                     # machine: the work done, without waiting for cores)
+    stage: str | None = None                        # the stage running when the run ended (a
+                                                    # timeout's: where its time went)
 
     def as_dict(self):
         out = {k: v for k, v in self.__dict__.items() if k not in ("counterexample", "details")}

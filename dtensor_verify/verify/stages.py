@@ -160,6 +160,7 @@ class AttackBeforeBab:
 class BranchAndBound:
     options: BabOptions | None = None
     progress: bool = False           # a progress bar on stderr (rank 0)
+    name: str = "bab"
 
     def run(self, inst: Instance) -> Decision | None:
         if not inst.open_pairs():
