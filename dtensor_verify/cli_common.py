@@ -75,6 +75,8 @@ def bab_options(args):
         if width < 1:
             raise CliError("--bab-split-width must be >= 1")
         opts.split_width = width
+    if getattr(args, "bab_balance", "on") == "off":
+        opts.balance_children = False
     return opts
 
 
@@ -173,6 +175,9 @@ def add_bab_arguments(p):
     p.add_argument("--bab-split-width", type=int, default=None, metavar="W",
                    help="ReLU splitting: at most W neurons split per domain in one round, while the open "
                         "domains x 2^W fit the workers' batches (default 3; 1: one per round)")
+    p.add_argument("--bab-balance", default="on", choices=["on", "off"],
+                   help="--mesh with several dp groups: spread each round's children evenly over the "
+                        "workers (default on; off: only whole parents move, between rounds)")
     p.add_argument("--branching", default="fsb", choices=["fsb", "babsr"],
                    help="branching heuristic (default fsb: filtered smart branching)")
     p.add_argument("--bab-split", default="auto", choices=["auto", "relu", "input"],
