@@ -19,7 +19,7 @@ PY=${PY:-python3}
 [ -n "${SKIP_WHEELS:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 export SKIP_WHEELS=1 PYTHONPATH="$ROOT:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-share=0
+share=${SHARE_EXTRA:-0}      # GPU processes of `sh` jobs, if any (each bench process takes 1/share)
 for j in "$@"; do [[ $j == bench:* ]] && share=$((share + $(cut -d: -f3 <<< "$j"))); done
 mkdir -p "$OUT/jobs"
 # Packed every 30 s as well: a call cut off by the device tool's limit (its budget may be less than
