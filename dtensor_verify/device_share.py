@@ -2,8 +2,8 @@
 working set are sized to.
 
 `DTENSOR_VERIFY_SHARE_DEVICE=N`: N processes share the device without knowing of each other
-(e.g. bench/gpu/input_bab_gpu.sh's 8 benchmark processes on one GPU); each takes 1/N of the free
-memory. `DTENSOR_VERIFY_DEVICE_BYTES=B` (tests, dry runs on a CPU): take B bytes as the free
+(e.g. bench/gpu/input_bab_gpu.sh's 8 benchmark processes on one GPU); each takes at most 1/N of the
+device's memory, and no more than is free. `DTENSOR_VERIFY_DEVICE_BYTES=B` (tests, dry runs on a CPU): take B bytes as the free
 memory of the device instead of asking it, before the division.
 """
 from __future__ import annotations
@@ -31,15 +31,20 @@ def _fake_bytes() -> int | None:
 
 def free_memory_bytes(device) -> int:
     """Free memory for this rank: CUDA's free bytes plus what PyTorch's caching allocator holds
-    unused (blocks kept from earlier instances of a benchmark), or MemAvailable shared by the
-    ranks on the host; divided among the processes that share the device (`sharing`)."""
+    unused (blocks kept from earlier instances of a benchmark), at most this process's share of
+    the device's total (`sharing`); or MemAvailable shared by the ranks on the host.
+
+    The share caps the total, not what is free now: the other processes' allocations are already
+    out of the free bytes, so dividing those by N again starved whoever asked last (a 2-parent
+    branch-and-bound batch on TinyYOLO and a 1-parent one on nn4sys mscn_128d with 16 and 8
+    processes on one GPU, where an 18 GB share holds about 18; docs/BENCHMARKS.md, session 7)."""
     fake = _fake_bytes()
     if fake is not None:
         return fake // sharing()
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+        free, total = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(free + max(cached, 0)) // sharing()
+        return min(int(free + max(cached, 0)), int(total) // sharing())
     return _host_bytes("MemAvailable")
 
 
