@@ -31,14 +31,14 @@ from . import input_bab
 from .branching import choose, choose_ranked, context_for, mixed
 from .budget import auto_batch_size, free_memory_bytes, out_of_memory, release_cached_memory
 from .comm import LocalComm
-from .domains import NO_DECISION, Domains, DomainStore, split
+from .domains import NO_DECISION, Domains, DomainStore
 from .options import BabOptions  # noqa: F401 (the solver's options; re-exported)
 from .exact_hooks import decide_leaves, prepare_exact, settle_few_unstable
+from .children import children_of, shares_children
 from .general_refresh import refresh_children
 from .problem import BabProblem, BabResult, BabStats, PhaseTimer
-from .split_kinds import needs_refresh
 from .store_limit import store_limit
-from .wide import max_width_for, parents_for, split_wide, width_for, with_more
+from .wide import max_width_for, parents_for, width_for, with_more
 
 # (x [m, *S], pair [m], y [m, n_out]) -> a confirmed counterexample among the points, or None
 ConfirmFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]
@@ -253,7 +253,7 @@ class BabSolver:
         else:
             parents, margins = (self.store.pop_best if crowded else self.store.pop_worst)(k)
         if parents is None:
-            if not self.lockstep and not self._shares_children():
+            if not self.lockstep and not shares_children(self):
                 return
             parents = self.template
         t, before = time.perf_counter(), self.stats.bounded
@@ -279,43 +279,10 @@ class BabSolver:
             release_cached_memory(parents.pair.device)
             self.log(f"bab: out of memory on {kids} children; batch now {self.batch} parents")
 
-    def _shares_children(self) -> bool:
-        """Whether each round's children are spread over the workers (`comm.balance`): then every
-        worker takes part in every round, with or without parents of its own."""
-        return self.comm.workers > 1 and self.opts.balance_children
-
-    def _children(self, parents: Domains) -> Domains:
-        """The round's children of `parents`: one split each, or a wide round's levels (the
-        children a cheap bound proves between levels taken out, counted as bounded and proved),
-        with their intermediate bounds made for their region (input and general splits: before the
-        children can move to another worker, while each still sits next to its parent's decision)."""
-        if len(parents) == 0 and not self.lockstep:
-            return parents          # (the empty template: a worker that only takes others' children)
-        self.stats.rounds += 1
-        # Only a domain stored after the clock ran out lacks a decision, and the run stops first.
-        assert bool((parents.decision[:, 0] != NO_DECISION).all()), "a domain without a branching decision"
-        p = self.problem
-        if self.width > 1:
-            kids, _, pruned = split_wide(parents, self.width, p.relus, p.pre_of, self._proved_cheaply)
-            self.stats.bounded += pruned
-            self.stats.proved += pruned
-            self.stats.wide_pruned += pruned
-        else:
-            kids = split(parents, parents.decision, p.relus, p.pre_of, p.general, p.beta_of)
-        self.stats.widths[self.width] = self.stats.widths.get(self.width, 0) + 1
-        if self.mode == "input" and self.opts.input_fill:
-            kids = input_bab.fill_batch(kids, parents.decision, self._room or 2 * self.batch, self.problem)
-        with PhaseTimer(self.stats, "bounding"):
-            if self.mode == "input" or bool(needs_refresh(parents.decision).any()):
-                kids.bounds = input_bab.refreshed(p, kids, self.lockstep)
-            if p.general:           # the layers behind general splits, bounded again
-                refresh_children(p, kids, parents.decision, self.lockstep)
-        return kids
-
     def _bound_children(self, parents: Domains):
         p = self.problem
-        kids = self._children(parents)
-        if self._shares_children():
+        kids = children_of(self, parents)
+        if shares_children(self):
             with PhaseTimer(self.stats, "sync"):
                 mine = len(kids)
                 kids = self.comm.balance(kids)
