@@ -264,7 +264,8 @@ class BabSolver:
                 # Never lowered: the reserve must not shrink between a round that stored its domains
                 # unbranched (out of time) and the sync that stops the run.
                 self._round_seconds = max(self._round_seconds, time.perf_counter() - t)
-                self._child_seconds = (time.perf_counter() - t) / max(1, self.stats.bounded - before)
+                if self.stats.bounded > before:     # (not a round that only waited for others' children)
+                    self._child_seconds = (time.perf_counter() - t) / (self.stats.bounded - before)
         except Exception as exc:
             # One worker alone (no collective inside a round) can take a smaller batch: the
             # parents go back to the queue unchanged, so no domain is lost (a lost domain would
