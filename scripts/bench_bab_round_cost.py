@@ -161,8 +161,9 @@ def fit(rounds):
 def conditions(load_before: str) -> list[str]:
     import torch
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    # DTENSOR_VERIFY_COMMIT: the caller's commit where the checkout's git metadata is stale (a device copy)
+    commit = os.environ.get("DTENSOR_VERIFY_COMMIT") or subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return [f"- machine: {os.cpu_count()} cores ({platform.machine()}), load average before {load_before}, "
             f"after {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
             f"- torch {torch.__version__}, Python {platform.python_version()}, commit {commit}; one thread, "

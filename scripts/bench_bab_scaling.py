@@ -256,8 +256,9 @@ def summarise(name: str, runs: list[dict], procs: int) -> dict:
 def conditions(args, load_before, load_after, wall) -> list[str]:
     import torch
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    # DTENSOR_VERIFY_COMMIT: the caller's commit where the checkout's git metadata is stale (a device copy)
+    commit = os.environ.get("DTENSOR_VERIFY_COMMIT") or subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
     return [f"- command: `{' '.join(sys.argv)}`",
             f"- machine: {os.cpu_count()} cores, {len(os.sched_getaffinity(0))} usable by this run "
             f"({platform.processor() or platform.machine()}; {smt_note(sorted(os.sched_getaffinity(0)))}), "

@@ -184,6 +184,8 @@ def run_all(args) -> list[dict]:
 
 
 def _head() -> str:
+    if os.environ.get("DTENSOR_VERIFY_COMMIT"):     # the caller's commit (a device copy's git metadata is stale)
+        return os.environ["DTENSOR_VERIFY_COMMIT"]
     out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()

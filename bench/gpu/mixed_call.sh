@@ -10,7 +10,8 @@
 # output in OUT/jobs/NAME.log; e.g. scripts/bench_memory_patches_gpu.sh run "$JOB_OUT").
 # CORES is a taskset list (e.g. 0-5). Every job stops by WALL_S. Everything under OUT is packed
 # into OUT/results.tgz (the device tool brings back only a few files), plus one summary.txt.
-# Carry [".whl", ".bench_data"] with the benchmarks the jobs name.
+# Carry [".whl", ".bench_data"] with the benchmarks the jobs name. The device copy's git metadata is stale:
+# prefix the call with DTENSOR_VERIFY_COMMIT=<this checkout's commit> so the scripts' tables name the code run.
 set -uo pipefail
 OUT=$1; WALL=$2; shift 2
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
