@@ -44,7 +44,6 @@ def main() -> int:
     from dtensor_verify.bab.budget import bytes_per_domain
     from dtensor_verify.bab.problem import BabProblem
     from dtensor_verify.bab.roots import RootState, make_roots
-    from dtensor_verify.bab.domains import Domains
     from dtensor_verify.memory import measure
     from dtensor_verify.methods.beta_crown import BetaOptions, beta_crown
     from dtensor_verify.methods.ibp import ibp
@@ -54,12 +53,8 @@ def main() -> int:
     prop = read_vnnlib(args.vnnlib, n_inputs=model.n_inputs, n_outputs=model.n_outputs)
     region = prop.regions[0]
     disjunct = region.disjuncts[0]
-    shape = tuple(model.graph[model.graph.input_name].shape) if hasattr(model.graph[model.graph.input_name], "shape") \
-        else None
-    lo = torch.as_tensor(region.lower, dtype=torch.float32).reshape(1, -1)
-    hi = torch.as_tensor(region.upper, dtype=torch.float32).reshape(1, -1)
-    if shape is not None:
-        lo, hi = lo.reshape(1, *shape[-len(shape):]), hi.reshape(1, *shape[-len(shape):])
+    lo = torch.as_tensor(region.lower, dtype=torch.float32).reshape(1, *model.input_shape)
+    hi = torch.as_tensor(region.upper, dtype=torch.float32).reshape(1, *model.input_shape)
     C = torch.as_tensor(disjunct.C, dtype=torch.float32).unsqueeze(0)
     d = torch.as_tensor(disjunct.d, dtype=torch.float32).unsqueeze(0)
     mask = torch.ones(d.shape, dtype=torch.bool)

@@ -27,7 +27,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = {"test", "vnncomp2026"}
-STAGES = ["attack", "ibp", "crown", "attack-guided", "alpha-crown", "attack-extra", "shallow-bab", "bab"]
 
 
 def present(bench: Path, rel: str) -> bool:
@@ -68,10 +67,11 @@ def stage_seconds(row: dict, limit: float) -> dict[str, float]:
     for part in (row.get("phases") or "").split(";"):
         if "=" in part:
             name, sec = part.split("=", 1)
+            name = name.replace("_", "-")       # (the phase `shallow_bab` is the stage `shallow-bab`)
             out[name] = out.get(name, 0.0) + float(sec)
     msg = row.get("message") or ""
     if row.get("verdict") == "timeout" and "(in " in msg:
-        stage = msg.split("(in ")[-1].rstrip(")")
+        stage = msg.split("(in ")[-1].rstrip(")").replace("_", "-")
         out[stage] = out.get(stage, 0.0) + max(0.0, limit - sum(out.values()))
     return out
 
@@ -128,6 +128,9 @@ def main() -> int:
         w.writerows(table)
     import torch
 
+    # DTENSOR_VERIFY_COMMIT: the caller's commit where the checkout's git metadata is stale (a device copy)
+    commit = os.environ.get("DTENSOR_VERIFY_COMMIT") or subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = ["| benchmark | instances | unsat | sat | timeout | other | median s | where the time went (share of all seconds) |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     lines += [f"| {r['benchmark']} | {r['run']} of {r['chosen']} | {r['unsat']} | {r['sat']} | {r['timeout']} | "
@@ -135,7 +138,7 @@ def main() -> int:
     lines += ["", f"- command: `{' '.join(sys.argv)}`",
               f"- {os.cpu_count()} cores, load before {load_before}, after "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; torch {torch.__version__}, Python "
-              f"{platform.python_version()}, commit {os.environ.get('DTENSOR_VERIFY_COMMIT') or subprocess.run(['git', '-C', str(ROOT), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}; "
+              f"{platform.python_version()}, commit {commit}; "
               f"one thread, {args.jobs} benchmark(s) at once, limits x {args.scale}; {time.perf_counter() - t0:.0f} s in all"]
     text = "\n".join(lines)
     (args.out / "cpu_tenth.md").write_text(text + "\n")
