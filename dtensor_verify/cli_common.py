@@ -77,6 +77,8 @@ def bab_options(args):
         opts.split_width = width
     if getattr(args, "bab_balance", "on") == "off":
         opts.balance_children = False
+    if getattr(args, "bab_grow", "on") == "off":
+        opts.grow_batch = False
     return opts
 
 
@@ -178,6 +180,9 @@ def add_bab_arguments(p):
     p.add_argument("--bab-balance", default="on", choices=["on", "off"],
                    help="--mesh with several dp groups: spread each round's children evenly over the "
                         "workers (default on; off: only whole parents move, between rounds)")
+    p.add_argument("--bab-grow", default="on", choices=["on", "off"],
+                   help="CUDA: raise the batch from what full rounds measured (peak bytes a child) up to "
+                        "this process's share of the free memory (default on; off: the estimate's batch)")
     p.add_argument("--branching", default="fsb", choices=["fsb", "babsr"],
                    help="branching heuristic (default fsb: filtered smart branching)")
     p.add_argument("--bab-split", default="auto", choices=["auto", "relu", "input"],

@@ -11,6 +11,8 @@ class BabOptions:
     batch_size: int | None = None       # parents per round per worker (children: 2x); None: from memory
     max_batch: int = 2048               # cap for the memory-derived batch
     memory_fraction: float = 0.4        # of the free memory (per rank) that a round may use
+    grow_batch: bool = True             # CUDA: raise the batch from rounds' measured peak bytes
+                                        # (batch_growth.py; not with batch_size or lockstep ranks)
     branching: str = "fsb"              # 'fsb' | 'babsr'
     candidates: int = 3                 # fsb: candidate splits tried per domain
     split_width: int = 3                # ReLU splits per domain in a round, at most (wide.py; 1: off):

@@ -82,6 +82,8 @@ class BabStats:
     global_margin: float = -math.inf
     visited_all: int = 0               # domains bounded by all workers (from the last sync)
     memory_retries: int = 0            # rounds redone with half the batch after running out of memory
+    first_batch: int = 0               # parents per round per worker at the start (from memory) ...
+    batch_grown: int = 0               # ... and rounds that raised it from their measured bytes
     # Filled in when the search ends:
     open_domains: int = 0
     exhausted: int = 0                 # open domains with no neuron left to split
@@ -115,6 +117,7 @@ class BabStats:
                "phases": dict(self.phases), "global_margin": self.global_margin,
                "domains_visited_all_workers": self.visited_all, "memory_retries": self.memory_retries,
                "exhausted_domains": self.exhausted, "batch_per_worker": self.batch_per_worker,
+               "first_batch": self.first_batch, "batch_grown": self.batch_grown,
                "open_domain_limit": self.open_domain_limit, "workers": self.workers, "split": self.split,
                "split_widths": {str(w): n for w, n in sorted(self.widths.items())},
                "max_split_width": max(self.widths, default=1), "wide_pruned": self.wide_pruned}

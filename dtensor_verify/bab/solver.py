@@ -29,6 +29,7 @@ from ..margin import best_row, margin, spec_rows
 from ..methods.beta_crown import BetaOptions, BetaResult, beta_crown
 from . import input_bab
 from .branching import choose, choose_ranked, context_for, mixed
+from .batch_growth import growth_for
 from .budget import auto_batch_size, free_memory_bytes, out_of_memory, release_cached_memory
 from .comm import LocalComm
 from .domains import NO_DECISION, Domains, DomainStore
@@ -75,6 +76,8 @@ class BabSolver:
         self._step_seconds = 0.0                # recent duration of one beta-CROWN step
         self.mode = input_bab.mode_of(problem, opts)       # 'relu' | 'input': the kind of split
         self.batch = auto_batch_size(problem, opts, problem.d.device, free_memory_bytes, self.mode)
+        self.growth = growth_for(opts, problem.d.device, self.lockstep, self.mode)  # measured rounds (CUDA)
+        self.stats.first_batch = self.batch
         self.max_open = opts.max_domains or 0   # set from memory when solving starts
         self.limit = None                       # ... and why (store_limit.StoreLimit)
         self._late = False                      # a round stored its domains unbranched (out of time)
@@ -258,8 +261,12 @@ class BabSolver:
             parents = self.template
         t, before = time.perf_counter(), self.stats.bounded
         self._received = False
+        if self.growth is not None:
+            self.growth.start()
         try:
             self._bound_children(parents)
+            if self.growth is not None:
+                self.batch = self.growth.after(self.batch, self.stats.bounded - before)
             if self.mode == "input" or self.problem.general:     # (general: refreshed layers)
                 # Never lowered: the reserve must not shrink between a round that stored its domains
                 # unbranched (out of time) and the sync that stops the run.
@@ -276,6 +283,8 @@ class BabSolver:
                 raise
             self.store.push(parents, margins)
             self.batch = max(1, kids // 4)          # half the children (a narrower width follows)
+            if self.growth is not None:
+                self.growth.out_of_memory(self.batch)
             self.stats.memory_retries += 1
             release_cached_memory(parents.pair.device)
             self.log(f"bab: out of memory on {kids} children; batch now {self.batch} parents")
@@ -376,6 +385,7 @@ class BabSolver:
         st = self.stats
         st.ended, st.cpu_ended = time.perf_counter(), time.process_time()
         st.open_domains, st.exhausted, st.batch_per_worker = len(self.store), self.exhausted, self.batch
+        st.batch_grown = self.growth.grown if self.growth is not None else 0
         st.open_domain_limit, st.workers, st.reason = self.max_open, self.comm.workers, why
         if self.exact is not None:
             st.exact_lp = self.exact.summary()

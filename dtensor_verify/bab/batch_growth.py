@@ -1,0 +1,85 @@
+"""Growing branch and bound's batch from what its rounds measured.
+
+The first batch comes from an estimate of a child's bytes (`budget.bytes_per_domain`), which must
+hold for every network and so is pessimistic: on TinyYOLO it says 94 MiB a child where a measured
+beta-CROWN call takes 52 MiB (`scripts/bench_bab_domain_bytes.py`), and with several processes on
+one GPU the estimate left yolo's rounds with a handful of parents. Here each full round on a CUDA
+device measures its peak bytes over what was allocated when it began (children, their bounds,
+the branching trials, autograd), and the next batch is what the headroom left to this process
+holds at that many bytes a child, at most twice the last one and never above a batch that ran
+out of memory. A CPU's batch is about time, not memory (options.input_cpu_batch); sharded layouts
+(lockstep ranks) keep one batch; a batch the user fixed is kept.
+
+Soundness: only the number of parents a round takes changes; an overshoot is the solver's
+out-of-memory retry (the parents go back to the queue), never a lost domain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..device_share import sharing
+
+
+def _peak_since_reset(device) -> tuple[int, int]:
+    return torch.cuda.max_memory_allocated(device), torch.cuda.memory_allocated(device)
+
+
+def _headroom(device, base: int) -> int:
+    """Bytes a round may add to `base` (allocated when it began): what CUDA has free plus what
+    this process's allocator caches unused, and no more than this process's share of the device
+    (`DTENSOR_VERIFY_SHARE_DEVICE`) less `base`."""
+    free, total = torch.cuda.mem_get_info(device)
+    cached = max(0, torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    return max(0, min(int(free) + int(cached), int(total) // sharing() - base))
+
+
+@dataclass
+class BatchGrowth:
+    """`start()` before a round, `after(batch, children)` once it ended: the next batch."""
+    device: torch.device
+    cap: int                          # options' max_batch
+    fraction: float = 0.8             # of the headroom the next round's measured need may take
+    peak: Callable = _peak_since_reset        # (device) -> (peak allocated, allocated now)
+    headroom: Callable = _headroom            # (device, base) -> bytes
+    reset: Callable = None                    # (device) -> None: peak counter back to now
+    ceiling: int | None = None        # parents: below a batch that ran out of memory
+    _base: int = 0
+    grown: int = 0                    # rounds that raised the batch
+
+    def __post_init__(self):
+        if self.reset is None:
+            self.reset = torch.cuda.reset_peak_memory_stats
+
+    def start(self):
+        self.reset(self.device)
+        self._base = self.peak(self.device)[1]
+
+    def out_of_memory(self, batch_after: int):
+        """The round ran out of memory; the solver retries with `batch_after` parents."""
+        self.ceiling = batch_after if self.ceiling is None else min(self.ceiling, batch_after)
+
+    def after(self, batch: int, children: int) -> int:
+        """The batch for the next round. Only a full round (its 2 x `batch` children, or nearly:
+        wide rounds' pruned children count) says what a full one needs."""
+        if children < 1.8 * batch:
+            return batch
+        used = max(1, self.peak(self.device)[0] - self._base)
+        per_child = used / children
+        fits = int(self.headroom(self.device, self._base) * self.fraction / per_child) // 2
+        limit = min(self.cap, 2 * batch, self.ceiling if self.ceiling is not None else self.cap)
+        new = max(batch, min(fits, limit))
+        if new > batch:
+            self.grown += 1
+        return new
+
+
+def growth_for(opts, device, lockstep: bool, mode: str) -> BatchGrowth | None:
+    """The solver's growth rule, or None where the batch stays as it starts (input splitting sizes
+    its rounds by time as well, `input_bab.room_this_round`, from a larger first batch)."""
+    if device.type != "cuda" or lockstep or mode == "input" or opts.batch_size is not None \
+            or not opts.grow_batch:
+        return None
+    return BatchGrowth(device, opts.max_batch)
