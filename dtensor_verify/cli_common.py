@@ -79,6 +79,11 @@ def bab_options(args):
         opts.balance_children = False
     if getattr(args, "bab_grow", "on") == "off":
         opts.grow_batch = False
+    share = getattr(args, "bab_alpha_time", None)
+    if share is not None:
+        if not 0 < share <= 1:
+            raise CliError("--bab-alpha-time must be in (0, 1]")
+        opts.alpha_time_fraction = None if share >= 1 else share
     return opts
 
 
@@ -183,6 +188,9 @@ def add_bab_arguments(p):
     p.add_argument("--bab-grow", default="on", choices=["on", "off"],
                    help="CUDA: raise the batch from what full rounds measured (peak bytes a child) up to "
                         "this process's share of the free memory (default on; off: the estimate's batch)")
+    p.add_argument("--bab-alpha-time", type=float, default=None, metavar="F",
+                   help="alpha-CROWN before ReLU / general branch and bound stops after this share of the "
+                        "time limit, keeping its best bounds (default 0.3; 1: no cap)")
     p.add_argument("--branching", default="fsb", choices=["fsb", "babsr"],
                    help="branching heuristic (default fsb: filtered smart branching)")
     p.add_argument("--bab-split", default="auto", choices=["auto", "relu", "input"],

@@ -247,3 +247,65 @@ def test_crown_rows_per_sweep_from_the_share(monkeypatch):
     assert crown_max_rows(g, 2, torch.device("cpu")) == 20
     monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", "1")
     assert crown_max_rows(g, 2, torch.device("cpu")) == 1
+
+
+def test_max_seconds_stops_the_optimisation_and_keeps_sound_bounds():
+    """`max_seconds`: a call stops after its share of the time (the pipeline's cap when branch and
+    bound follows, BabOptions.alpha_time_fraction): no joint phase once past it, one step at most
+    per phase begun, the best bounds so far (never looser than CROWN, sound)."""
+    c = _case()
+    opts = dv.AlphaOptions(iterations=10, warmup=5, patience=100)
+    full = _run(opts)
+    assert full.iterations == 15
+    capped = _run(dv.AlphaOptions(iterations=10, warmup=5, patience=100, max_seconds=0.0))
+    assert capped.iterations == 1                   # the warm-up's first step, then nothing
+    assert set(capped.alphas) == {c["m"].graph.output_name}
+    assert (capped.lower >= capped.crown_lower).all()
+    _sound(capped.lower)
+    roomy = _run(dv.AlphaOptions(iterations=10, warmup=5, patience=100, max_seconds=600.0))
+    assert roomy.iterations == 15 and torch.equal(roomy.lower, full.lower)
+
+
+def test_the_pipeline_caps_alpha_only_when_branch_and_bound_follows():
+    """`alpha_time_share`: fraction x limit when ReLU / general BaB follows; nothing without BaB,
+    with input splitting, without alpha-CROWN, with no fraction; a cap the caller set stays."""
+    from dtensor_verify.bab import BabOptions
+    from dtensor_verify.verify.pipeline import PipelineOptions, alpha_time_share
+
+    bab = BabOptions()
+    assert bab.alpha_time_fraction == 0.3
+    got = alpha_time_share(PipelineOptions(), bab, 100.0)
+    assert got.max_seconds == pytest.approx(30.0) and got.iterations == 100     # verdict_options()'s steps
+    assert alpha_time_share(PipelineOptions(bab=False), bab, 100.0) is None
+    assert alpha_time_share(PipelineOptions(input_split=True), bab, 100.0) is None
+    assert alpha_time_share(PipelineOptions(methods=("crown",)), bab, 100.0) is None
+    assert alpha_time_share(PipelineOptions(), BabOptions(alpha_time_fraction=None), 100.0) is None
+    mine = dv.AlphaOptions(iterations=7, max_seconds=3.0)
+    assert alpha_time_share(PipelineOptions(alpha_options=mine), bab, 100.0) is mine
+    assert alpha_time_share(PipelineOptions(alpha_options=dv.AlphaOptions(iterations=7)), bab, 10.0).max_seconds == 3.0
+
+
+def test_a_tiny_share_cuts_the_pipelines_alpha_steps_and_the_verdict_stays():
+    """End to end: with a share of ~0 of the limit the alpha-CROWN stage takes one step (against
+    more without a cap) and branch and bound still decides the same."""
+    from dtensor_verify.bab import BabOptions
+    from dtensor_verify.specs import parse_vnnlib
+    from dtensor_verify.verify import verify_instance
+
+    net, shape = mz.random_mlp([3, 30, 30, 30, 1], seed=5)
+    model = dv.load(net, input_shape=shape)
+    x = torch.rand(20000, 3) * 2 - 1
+    with torch.no_grad():
+        t = float(net(x).min()) - 0.1
+    text = "".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} -1))\n(assert (<= X_{i} 1))\n" for i in range(3))
+    prop = parse_vnnlib(text + f"(declare-const Y_0 Real)\n(assert (<= Y_0 {t!r}))\n", n_inputs=3, n_outputs=1)
+    runs = {}
+    for frac in (1e-9, None):
+        res = verify_instance(model, prop, None, timeout=120, attack=False,
+                              bab_options=BabOptions(split="relu", alpha_time_fraction=frac))
+        runs[frac] = res
+        assert res.verdict == "unsat", (frac, res.verdict, res.message)
+    alpha_steps = {f: sum(r.bounds["alpha-crown"]["iterations"]) for f, r in runs.items()}
+    assert alpha_steps[1e-9] == 1 and alpha_steps[None] > 1, alpha_steps
+    assert runs[1e-9].verdict == runs[None].verdict == "unsat"
+    assert runs[1e-9].decided_by == "bab"

@@ -21,6 +21,8 @@ class BabOptions:
     balance_children: bool = True       # dp: each round's children spread evenly over the workers
                                         # (comm.balance), not only its parents
     beta: BetaOptions = field(default_factory=BetaOptions)
+    alpha_time_fraction: float | None = 0.3     # alpha-CROWN before branch and bound stops after this
+                                        # share of the limit (verify/pipeline.alpha_time_share; None: no cap)
     root_iterations: int = 0            # beta-CROWN steps on the roots (they come from alpha-CROWN)
     max_domains: int | None = None      # open domains per worker before giving up (verdict unknown):
     store_fraction: float = 0.2         # what this share of the free memory holds (the queue is

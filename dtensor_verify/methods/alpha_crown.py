@@ -50,6 +50,11 @@ class AlphaOptions:
     # None: those that the budget cannot give per-row slopes (alpha_budget.plan_starts; one
     # process), True: every one, False: none (a node that does not fit is left out instead).
     share_alphas: bool | None = None
+    # Stop optimising once a call has run this long (seconds; None: no cap). The best bounds so
+    # far are kept (every step's bounds are sound). The verdict pipeline sets it when branch and
+    # bound follows (BabOptions.alpha_time_fraction of the limit), as alpha,beta-CROWN's
+    # `solver.alpha-crown.max_time` does for its vit configuration.
+    max_seconds: float | None = None
 
 
 def verdict_options() -> AlphaOptions:
@@ -117,10 +122,15 @@ class _Run:
         self.want_lower, self.want_upper = want_lower, want_upper
         self.batch = box[0].shape[0]
         self.best: dict = {}
+        self.stop_at: float | None = None    # perf_counter (opts.max_seconds after the call began)
         self.stop_above = None
         if stop_above is not None and want_lower:
             # This rank's rows: each rank stops on its own rows, and maximise asks all ranks.
             self.stop_above = stop_above[:, layout.rows(graph.output_name, C.shape[1]).mine]
+
+    def out_of_share(self) -> bool:
+        """Past `stop_at` on every rank (a collective under several ranks: call on all)."""
+        return self.stop_at is not None and self.layout.all_true(time.perf_counter() >= self.stop_at)
 
     def proved(self) -> bool:
         """Every row of this rank proved (False without `stop_above`)."""
@@ -186,7 +196,7 @@ class _Run:
                  for r, a in per_start.items()]
         gates, params, gate_lr, rule = split_gates(self.graph, named, self.opts.lr)   # (softmax_sum.py)
         groups = [ParamGroup(params, self.opts.lr, 0.0, 1.0), ParamGroup(gates, gate_lr, 0.0, 1.0, rule)]
-        step = _until_deadline(on_step, first)
+        step = _until_deadline(on_step, first, self.stop_at)
         return maximise(groups, lambda it: self.evaluate(alphas, rows),
                         lambda state: self.keep_best(state, rows), iterations, self.layout, self.opts.patience,
                         self.opts.tol, step)
@@ -201,17 +211,18 @@ def _watch(hook, *tensors):
             t.register_hook(hook)
 
 
-def _until_deadline(on_step, first: int):
+def _until_deadline(on_step, first: int, stop_at: float | None = None):
     """`maximise`'s per-step callback: the caller's `on_step` (numbered from `first`), and a stop
     when the time limit is nearer than twice the step just taken (the next would likely end past
-    it: steps vary; the best bounds so far are kept, all sound)."""
+    it: steps vary; the best bounds so far are kept, all sound), or once `stop_at` (perf_counter,
+    `AlphaOptions.max_seconds`) is passed. `maximise` stops only when every rank asks."""
     last = [time.perf_counter()]
 
     def step(it, score):
         now = time.perf_counter()
         took, last[0] = now - last[0], now
         stop = bool(on_step(first + it, score)) if on_step is not None else False
-        return deadline.ends_within(2.0 * took) or stop
+        return deadline.ends_within(2.0 * took) or stop or (stop_at is not None and now >= stop_at)
     return step
 
 
@@ -277,6 +288,7 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
         C = default_spec(graph, box[0].shape[0], box[0].dtype, box[0].device)
     run = _Run(graph, box, C, layout, opts, want_lower, want_upper, stop_above)
     t0 = time.perf_counter()
+    run.stop_at = None if opts.max_seconds is None else t0 + opts.max_seconds
     bounds, rows, crown_lo, crown_up = _crown_start(run, crown_bounds)
     crown_seconds = time.perf_counter() - t0
     run.best = {"lo": crown_lo, "up": crown_up, "bounds": {k: (v[0].detach(), v[1].detach()) for k, v in bounds.items()}}
@@ -288,7 +300,8 @@ def alpha_crown(graph, box, C=None, layout: Layout = DEFAULT_LAYOUT, opts: Alpha
         steps = run.optimise(alphas, {}, min(opts.warmup, opts.iterations), on_step)
     # A joint step redoes the start's sweeps with autograd, then their backward pass: about twice
     # the start's time. Not begun when the limit is nearer (fine checks stop it anyway).
-    if not run.all_proved() and not (joint and deadline.ends_within(2.0 * crown_seconds)):
+    if not run.all_proved() and not (joint and deadline.ends_within(2.0 * crown_seconds)) \
+            and not run.out_of_share():
         with tag("alphas"):
             alphas.update(init_alphas(graph, bounds, {name: len(r) for name, r in joint.items()}, layout, run.shared))
         steps += run.optimise(alphas, joint, opts.iterations, on_step, first=steps)

@@ -73,12 +73,30 @@ def _run(model, prop, onnx_path, clock, say, res, opts: PipelineOptions) -> Deci
     opts = dataclasses.replace(opts, alpha_options=alpha_before(model, inst.pair_lo, inst.pair_hi, opts.bab,
                                                                 bab_options, opts.alpha_options),
                                input_split=splits_inputs(model, inst.pair_lo, inst.pair_hi, opts.bab, bab_options))
+    opts = dataclasses.replace(opts, alpha_options=alpha_time_share(opts, bab_options, clock.timeout))
     for stage in build_stages(opts):
         res.stage = getattr(stage, "name", None) or getattr(stage, "method", None) or type(stage).__name__
         decision = stage.run(inst)
         if decision is not None:
             return decision
     return Decision("unknown", message=_unknown_reason(res, opts.bab))
+
+
+def alpha_time_share(opts: PipelineOptions, bab_options: BabOptions, timeout: float) -> AlphaOptions | None:
+    """alpha-CROWN's options with a time cap when branch and bound (ReLU or general splits) follows
+    it: `bab_options.alpha_time_fraction` of the limit (None or >= 1: none), so that a large model's
+    slow steps (vit pgd_2_3_16: 22-63 s of its 100 s on a shared H100) leave branch and bound its
+    time. Its best bounds so far are kept, all sound. Unchanged: no BaB, input splitting (a few
+    steps already, `alpha_before`), a cap the caller set."""
+    from ..methods.alpha_crown import verdict_options
+
+    frac = bab_options.alpha_time_fraction
+    if not opts.bab or opts.input_split or frac is None or frac >= 1 or "alpha-crown" not in opts.methods:
+        return opts.alpha_options
+    base = opts.alpha_options or verdict_options()
+    if base.max_seconds is not None:
+        return base
+    return dataclasses.replace(base, max_seconds=max(0.0, frac) * timeout)
 
 
 def _unknown_reason(res, bab: bool) -> str:
