@@ -21,6 +21,9 @@ class BabOptions:
     balance_children: bool = True       # dp: each round's children spread evenly over the workers
                                         # (comm.balance), not only its parents
     beta: BetaOptions = field(default_factory=BetaOptions)
+    focus_rows: float | None = 3.0      # ReLU / general splitting: bound only the rows of an open
+                                        # disjunct whose root bound is >= this x its best row's
+                                        # (focus_rows.py; None: every row)
     alpha_time_fraction: float | None = 0.3     # alpha-CROWN before branch and bound stops after this
                                         # share of the limit (verify/pipeline.alpha_time_share; None: no cap)
     root_iterations: int = 0            # beta-CROWN steps on the roots (they come from alpha-CROWN)

@@ -82,6 +82,7 @@ class BabStats:
     global_margin: float = -math.inf
     visited_all: int = 0               # domains bounded by all workers (from the last sync)
     memory_retries: int = 0            # rounds redone with half the batch after running out of memory
+    rows: tuple | None = None          # (rows bounded, of the open disjuncts' rows) when focus_rows dropped some
     first_batch: int = 0               # parents per round per worker at the start (from memory) ...
     batch_grown: int = 0               # ... and rounds that raised it from their measured bytes
     # Filled in when the search ends:
@@ -118,6 +119,7 @@ class BabStats:
                "domains_visited_all_workers": self.visited_all, "memory_retries": self.memory_retries,
                "exhausted_domains": self.exhausted, "batch_per_worker": self.batch_per_worker,
                "first_batch": self.first_batch, "batch_grown": self.batch_grown,
+               "rows_bounded": None if self.rows is None else {"kept": self.rows[0], "of": self.rows[1]},
                "open_domain_limit": self.open_domain_limit, "workers": self.workers, "split": self.split,
                "split_widths": {str(w): n for w, n in sorted(self.widths.items())},
                "max_split_width": max(self.widths, default=1), "wide_pruned": self.wide_pruned}

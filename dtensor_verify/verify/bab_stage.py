@@ -66,6 +66,8 @@ def _solve(inst: Instance, open_idx, opts):
     """Build the problem and the roots, run the solver; returns (BabResult, shared counterexample)."""
     from ..bab import BabProblem, BabSolver, make_roots
     from ..bab.comm import comm_for
+    from ..bab.focus_rows import focus
+    from ..bab.input_bab import mode_of
 
     model, pairs = inst.model, inst.pairs
     param = next(iter(model.module.parameters()), None)          # where the weights live (DTensors too)
@@ -76,11 +78,23 @@ def _solve(inst: Instance, open_idx, opts):
         if layout.world_size > 1 and opts.root_iterations == 0:
             opts = dataclasses.replace(opts, root_iterations=opts.beta.iterations)   # split rows: no slopes
         lowers = [torch.tensor(inst.details[p].lower, dtype=pairs.d.dtype, device=device) for p in open_idx]
-        roots = make_roots(problem, open_idx, [inst.roots[p] for p in open_idx], lowers)
+        states = [inst.roots[p] for p in open_idx]
+        focused = None
+        if mode_of(problem, opts) != "input":         # (input splitting keeps every row: focus_rows.py)
+            focused = focus(problem.C, problem.d, problem.row_mask, open_idx, lowers, states, opts.focus_rows,
+                            set(problem.relus), set(problem.general_ops))
+        if focused is not None:
+            problem = dataclasses.replace(problem, C=focused.C, d=focused.d, row_mask=focused.mask)
+            lowers, states = focused.lowers, focused.roots
+            inst.say(f"bab: bounding {focused.kept} of the open disjuncts' {focused.rows} rows "
+                     f"(the others' root bounds are below {opts.focus_rows:g} x their best row's)")
+        roots = make_roots(problem, open_idx, states, lowers)
         comm = comm_for(layout)
         solver = BabSolver(problem, opts, inst.clock.left, _ConfirmPoints(inst), log=inst.say, comm=comm,
                            pgd=_ShortPgd(inst, open_idx, opts.pgd_points))
         outcome = _solve_on_time(solver, roots, inst, layout)
+        if focused is not None:
+            outcome.stats.rows = (focused.kept, focused.rows)
         shared = comm.share_counterexample(outcome.counterexample) if outcome.status == "sat" else None
     if outcome.status == "sat" and not isinstance(shared, Counterexample):
         raise RuntimeError("branch and bound reported sat without a confirmed counterexample")
