@@ -79,6 +79,17 @@ def bab_options(args):
         opts.balance_children = False
     if getattr(args, "bab_grow", "on") == "off":
         opts.grow_batch = False
+    focus = getattr(args, "bab_focus_rows", None)
+    if focus is not None:
+        if focus == "off":
+            opts.focus_rows = None
+        else:
+            try:
+                opts.focus_rows = float(focus)
+            except ValueError:
+                raise CliError(f"--bab-focus-rows must be a number >= 1 or 'off', not {focus!r}") from None
+            if not opts.focus_rows >= 1:
+                raise CliError(f"--bab-focus-rows must be a number >= 1 or 'off', not {focus!r}")
     share = getattr(args, "bab_alpha_time", None)
     if share is not None:
         if not 0 < share <= 1:
@@ -188,6 +199,9 @@ def add_bab_arguments(p):
     p.add_argument("--bab-grow", default="on", choices=["on", "off"],
                    help="CUDA: raise the batch from what full rounds measured (peak bytes a child) up to "
                         "this process's share of the free memory (default on; off: the estimate's batch)")
+    p.add_argument("--bab-focus-rows", default=None, metavar="F",
+                   help="ReLU / general splitting: bound only the rows of an open disjunct whose root bound is "
+                        ">= F x its best row's (default 3; off: every row)")
     p.add_argument("--bab-alpha-time", type=float, default=None, metavar="F",
                    help="alpha-CROWN before ReLU / general branch and bound stops after this share of the "
                         "time limit, keeping its best bounds (default 0.3; 1: no cap)")

@@ -94,3 +94,20 @@ def test_searches_on_the_focused_rows_keep_their_verdicts():
     res = verify_instance(model, false, None, timeout=20, attack=False,
                           bab_options=BabOptions(split="relu", focus_rows=3.0))
     assert res.verdict in ("sat", "unknown", "timeout"), res.verdict
+
+
+def test_the_command_line_sets_or_turns_it_off():
+    import argparse
+
+    import pytest
+
+    from dtensor_verify.cli_common import CliError, add_bab_arguments, bab_options
+
+    p = argparse.ArgumentParser()
+    add_bab_arguments(p)
+    assert bab_options(p.parse_args([])).focus_rows == 3.0
+    assert bab_options(p.parse_args(["--bab-focus-rows", "off"])).focus_rows is None
+    assert bab_options(p.parse_args(["--bab-focus-rows", "5"])).focus_rows == 5.0
+    for bad in ("0.5", "x"):
+        with pytest.raises(CliError, match="--bab-focus-rows"):
+            bab_options(p.parse_args(["--bab-focus-rows", bad]))

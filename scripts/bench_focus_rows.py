@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Branch and bound on every row of a disjunct against only the rows that can prove it
+(`bab/focus_rows.py`), side by side in one run: each instance with `--bab-focus-rows off` and
+with the default (3), the two runs of an instance at the same time (one thread each), so both see
+the same load.
+
+    scripts/bench_focus_rows.py [--bench-root ../shared/benchmarks] [--timeout 30] [--out DIR]
+                                [--split relu] [--instances acasxu_2023:1_1:prop_3 ...]
+
+The default instances are acasxu's conjunctions of 4 rows (prop_2, prop_3, prop_4: "Y_0 is
+minimal / maximal") on a spread of its networks, split on their ReLUs (`--split relu`: input
+splitting keeps every row). Prints a Markdown table (verdict, seconds, domains, rows bounded of
+each side; the ratio of seconds where both decided) and writes OUT/focus_rows.csv and
+OUT/focus_rows.md with the conditions (CPU, load, torch, commit).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = [f"acasxu_2023:{net}:{prop}" for net in ("1_1", "1_5", "2_3", "3_4", "4_2", "5_7")
+           for prop in ("prop_2", "prop_3", "prop_4")]
+
+
+def _paths(bench_root: Path, spec: str) -> tuple[Path, Path]:
+    bench, net, prop = spec.split(":")
+    folder = bench_root / bench
+    onnx = next((folder / "onnx").glob(f"*{net}_batch_2000.onnx*"), None) or next((folder / "onnx").glob(f"*{net}*.onnx*"))
+    vnnlib = next((folder / "vnnlib").glob(f"{prop}.vnnlib*"))
+    return onnx, vnnlib
+
+
+def _run(onnx: Path, vnnlib: Path, timeout: float, split: str, focus: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        js, res = Path(tmp) / "r.json", Path(tmp) / "r.txt"
+        cmd = [sys.executable, "-m", "dtensor_verify", "--threads", "1", "run", "--onnx", str(onnx),
+               "--vnnlib", str(vnnlib), "--results", str(res), "--json", str(js), "--timeout", str(timeout),
+               "--device", "cpu", "--quiet", "--bab-split", split, "--bab-focus-rows", focus]
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        subprocess.run(cmd, env=env, capture_output=True, timeout=timeout * 2 + 60)
+        try:
+            d = json.loads(js.read_text())
+        except (OSError, ValueError):
+            return {"verdict": "error", "seconds": None, "domains": None, "rows": ""}
+    bab = d.get("bounds", {}).get("bab", {}) or {}
+    rows = bab.get("rows_bounded")
+    return {"verdict": d.get("verdict"), "seconds": d.get("seconds") or d.get("time"),
+            "domains": bab.get("domains_visited"), "decided_by": d.get("decided_by"),
+            "rows": f"{rows['kept']}/{rows['of']}" if rows else ""}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bench-root", default=str(ROOT.parent / "shared" / "benchmarks"))
+    ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--split", default="relu", choices=["relu", "auto"])
+    ap.add_argument("--instances", nargs="+", default=DEFAULT, metavar="BENCH:NET:PROP")
+    ap.add_argument("--out", default=str(ROOT / "out" / "bench_focus_rows"))
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for spec in args.instances:
+        onnx, vnnlib = _paths(Path(args.bench_root), spec)
+        with ThreadPoolExecutor(2) as pool:
+            off, on = pool.map(lambda f: _run(onnx, vnnlib, args.timeout, args.split, f), ["off", "3"])
+        ratio = ""
+        if off["verdict"] in ("sat", "unsat") and on["verdict"] in ("sat", "unsat") and off["seconds"]:
+            ratio = f"{on['seconds'] / off['seconds']:.2f}"
+        if {off["verdict"], on["verdict"]} == {"sat", "unsat"}:
+            ratio = "CONTRADICTION"
+        rows.append({"instance": spec, "off_verdict": off["verdict"], "off_seconds": off["seconds"],
+                     "off_domains": off["domains"], "on_verdict": on["verdict"], "on_seconds": on["seconds"],
+                     "on_domains": on["domains"], "on_rows": on["rows"], "on_over_off": ratio})
+        print(rows[-1], flush=True)
+    with open(out / "focus_rows.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    fmt = (lambda v: f"{v:.1f}" if isinstance(v, float) else ("" if v is None else str(v)))
+    head = ["instance", "off: verdict", "s", "domains", "focus 3: verdict", "s", "domains", "rows bounded", "on / off"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(v) for v in r.values()) + " |")
+    import torch
+    commit = os.environ.get("DTENSOR_VERIFY_COMMIT") or subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cond = (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} "
+            f"at the end; torch {torch.__version__}; commit {commit}; one thread a run, the two runs of an "
+            f"instance at once; --bab-split {args.split}, limit {args.timeout:g} s")
+    text = "\n".join(lines) + "\n\n" + cond + "\n"
+    (out / "focus_rows.md").write_text(text)
+    print(text)
+    if any(r["on_over_off"] == "CONTRADICTION" for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
