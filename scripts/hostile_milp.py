@@ -21,6 +21,8 @@ run) and OUT/hostile_milp.md (the table and the conditions: CPUs, load, torch, t
 
 `--family scaled`: issue 18's badly scaled 9-input, 3 x 26-ReLU nets instead
 (milp_oracle.scaled_instance; `--floor` the smallest gap relative to the output's magnitude);
+`--family conjunction`: the random row ANDed with 2 rows that hold on the whole box
+(milp_oracle.conjunction_instance; branch and bound drops them, `rows_bounded`);
 `--split` forces branch and bound's split kind and `--max-enumerated K` the few-unstable exact
 LPs (0: off) in this process.
 """
@@ -45,7 +47,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 SIZES = [(2, (8, 8)), (3, (10, 10)), (4, (12, 12, 12)), (5, (16, 16)), (3, (20,))]
 FIELDS = ["seed", "size", "expected", "gap", "milp_seconds", "runner", "attack", "verdict", "correct",
           "seconds", "startup_s", "launch_s", "imports_s", "load_s", "plan_s", "verify_s", "bab_domains",
-          "exact_lp_domains", "all_gathers", "broadcasts", "message"]
+          "exact_lp_domains", "rows_bounded", "all_gathers", "broadcasts", "message"]
 
 
 def make(seed: int, family: str = "random", floor: float = 1e-5):
@@ -53,6 +55,10 @@ def make(seed: int, family: str = "random", floor: float = 1e-5):
 
     if family == "scaled":
         return mo.scaled_instance(seed, floor=floor), "9-26x26x26s"
+    if family == "conjunction":
+        inst = mo.conjunction_instance(seed)
+        hidden = [len(b) for _, b in inst.weights[:-1]]
+        return inst, f"{len(inst.lower)}-{'x'.join(map(str, hidden))}+{len(inst.extra)}rows"
     n_in, hidden = SIZES[seed % len(SIZES)]
     inst = mo.instance(seed, n_in=n_in, hidden=hidden, gap_range=(1e-6, 1e-2))
     return inst, f"{n_in}-{'x'.join(map(str, hidden))}"
@@ -82,7 +88,8 @@ def run_local(onnx_path, spec, timeout: float, attack: bool, split: str | None =
     bab = res.bounds.get("bab", {})
     return {"verdict": res.verdict, "seconds": time.perf_counter() - t, "message": res.message or "",
             "bab_domains": bab.get("domains_visited", 0),
-            "exact_lp_domains": (bab.get("exact_lp") or {}).get("domains", 0)}
+            "exact_lp_domains": (bab.get("exact_lp") or {}).get("domains", 0),
+            "rows_bounded": "{kept}/{of}".format(**bab["rows_bounded"]) if bab.get("rows_bounded") else ""}
 
 
 def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mesh: str | None = None,
@@ -248,8 +255,10 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, metavar="J",
                     help="torchrun runs at once (each P = 2 processes of one thread: J <= CPUs / 2 - 1)")
     ap.add_argument("--out", default="docs/trust", help="folder for hostile_milp.csv / .md")
-    ap.add_argument("--family", choices=["random", "scaled"], default="random",
-                    help="scaled: issue 18's badly scaled 9-input 3 x 26-ReLU nets (milp_oracle.scaled_instance)")
+    ap.add_argument("--family", choices=["random", "scaled", "conjunction"], default="random",
+                    help="scaled: issue 18's badly scaled 9-input 3 x 26-ReLU nets (milp_oracle.scaled_instance); "
+                         "conjunction: the random row ANDed with 2 rows true on the box (milp_oracle."
+                         "conjunction_instance: branch and bound drops them, bab/focus_rows.py)")
     ap.add_argument("--floor", type=float, default=1e-5,
                     help="scaled: the gap is at least this fraction of the output's magnitude (float32 rounding)")
     ap.add_argument("--max-enumerated", type=int, default=None, metavar="K",

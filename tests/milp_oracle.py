@@ -9,7 +9,7 @@ arithmetic), so the instance is `sat` (d above the minimum) or `unsat` (below) b
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,10 @@ class Instance:
     exact_min: float         # min over the box of c . y (MILP)
     gap: float               # |d - exact_min|
     milp_seconds: float
+    # More rows `c_j . y <= d_j` ANDed into the unsafe set, each true on the whole box (so the
+    # answer is the first row's): a conjunction whose far rows branch and bound may drop
+    # (bab/focus_rows.py). Empty: the property is the one row.
+    extra: list = field(default_factory=list)
 
 
 def random_net(rng, n_in: int, hidden: list[int], n_out: int, scales=None) -> list:
@@ -171,8 +175,9 @@ def write(inst: Instance, folder) -> tuple[str, str]:
             [f"(declare-const Y_{j} Real)" for j in range(n_out)]
     for i in range(n_in):
         lines += [f"(assert (>= X_{i} {float(inst.lower[i])!r}))", f"(assert (<= X_{i} {float(inst.upper[i])!r}))"]
-    terms = " ".join(f"(* {float(v)!r} Y_{j})" for j, v in enumerate(inst.c) if v != 0)
-    lines.append(f"(assert (<= (+ {terms}) {float(inst.d)!r}))")
+    for c, d in [(inst.c, inst.d), *inst.extra]:
+        terms = " ".join(f"(* {float(v)!r} Y_{j})" for j, v in enumerate(c) if v != 0)
+        lines.append(f"(assert (<= (+ {terms}) {float(d)!r}))")
     spec_path = folder / f"prop{inst.seed}.vnnlib"
     spec_path.write_text("\n".join(lines) + "\n")
     return str(onnx_path), str(spec_path)
@@ -198,3 +203,32 @@ def scaled_instance(seed: int, margin: float = 2.7e-4, n_in: int = 9, hidden=(26
     expected = inst.expected if inst.expected == "undecided" else "unsat"
     return Instance(seed, inst.weights, inst.lower, inst.upper, inst.c, d, expected, inst.exact_min,
                     abs(inst.exact_min - d), inst.milp_seconds)
+
+
+def output_upper(layers, lo, hi, c) -> float:
+    """An upper bound of c . f(x) over the box by interval arithmetic (sound, not tight)."""
+    pre = interval_bounds(layers, lo, hi)
+    l, u = (lo, hi) if not pre else (np.maximum(pre[-1][0], 0), np.maximum(pre[-1][1], 0))
+    W, b = layers[-1]
+    cw = c @ W
+    return float(np.maximum(cw, 0) @ u + np.minimum(cw, 0) @ l + c @ b)
+
+
+def conjunction_instance(seed: int, n_extra: int = 2) -> Instance:
+    """`instance`'s row ANDed with `n_extra` rows y_i - y_j <= d_j that hold on the whole box
+    (d_j above an interval bound of the row, by a random 0.1-3 x the output's spread): the exact
+    answer stays the first row's, while the extra rows' bounds sit far below it."""
+    n_in, hidden = [(2, (8, 8)), (3, (10, 10)), (4, (12, 12, 12))][seed % 3]
+    inst = instance(seed, n_in=n_in, hidden=hidden, gap_range=(1e-6, 1e-2))
+    rng = np.random.default_rng(20_000 + seed)
+    n_out = inst.weights[-1][0].shape[0]
+    ys = forward(inst.weights, rng.uniform(inst.lower, inst.upper, (256, n_in)))
+    extra = []
+    for _ in range(n_extra):
+        c = np.zeros(n_out)
+        i, j = rng.choice(n_out, 2, replace=False)
+        c[i], c[j] = 1.0, -1.0
+        spread = max(float(np.ptp(ys @ c)), 1e-3)
+        d = output_upper(inst.weights, inst.lower, inst.upper, c) + rng.uniform(0.1, 3.0) * spread
+        extra.append((c, float(np.float32(d + 1e-6 * abs(d) + 1e-6))))
+    return replace(inst, extra=extra)
