@@ -96,26 +96,13 @@ def test_off_where_the_batch_is_not_about_memory_or_must_stay():
     assert isinstance(g, BatchGrowth) and g.cap == 77
 
 
-def _grid_min(model, n=401):
-    g = torch.linspace(-1, 1, n)
-    xx, yy = torch.meshgrid(g, g, indexing="ij")
-    with torch.no_grad():
-        y = model.forward(torch.stack([xx.flatten(), yy.flatten()], 1))[:, 0]
-    return float(y.min())
-
-
-def _threshold_property(t: float) -> str:
-    return ("(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
-            "(assert (>= X_0 -1))\n(assert (<= X_0 1))\n(assert (>= X_1 -1))\n(assert (<= X_1 1))\n"
-            f"(assert (<= Y_0 {t!r}))\n")
-
-
 def test_a_search_grows_its_batch_stays_below_the_memory_limit_and_keeps_its_verdict(monkeypatch):
     """A whole ReLU search with the simulated allocator: 1000 bytes a child bounded, room for 80
     children (40 parents), and a round of more than 40 children runs out of memory. The batch grows
     from 2, the round that overshoots is redone with half, the batch never goes back above that,
     and the verdicts hold."""
     from dtensor_verify.bab import solver as solver_module
+    from test_bab import _grid_min, _lipschitz, _threshold_property
 
     mem = FakeMemory(headroom=100_000)
     real = solver_module.BabSolver._bound
@@ -132,12 +119,8 @@ def test_a_search_grows_its_batch_stays_below_the_memory_limit_and_keeps_its_ver
     monkeypatch.setattr(solver_module, "growth_for", lambda opts, device, lockstep, mode: mem.growth())
     net, shape = random_mlp([2, 24, 24, 1], seed=10)
     model = dv.load(net, input_shape=shape)
-    gmin = _grid_min(model)
-    lip = 1.0
-    for m in net.modules():
-        if isinstance(m, torch.nn.Linear):
-            lip *= float(torch.linalg.matrix_norm(m.weight.detach(), ord=2))
-    certain = gmin - lip * (2.0 / 400) * math.sqrt(2) / 2 - 1e-3
+    gmin, _ = _grid_min(model)
+    certain = gmin - _lipschitz(net) * (2.0 / 400) * math.sqrt(2) / 2 - 1e-3
     opts = BabOptions(batch_size=2, split="relu", split_width=1)
     prop = parse_vnnlib(_threshold_property(certain), n_inputs=2, n_outputs=1)
     res = verify_instance(model, prop, None, timeout=60, attack=False, bab_options=opts)
@@ -163,3 +146,29 @@ def test_the_command_line_turns_it_off():
     add_bab_arguments(p)
     assert bab_options(p.parse_args([])).grow_batch is True
     assert bab_options(p.parse_args(["--bab-grow", "off"])).grow_batch is False
+
+
+def test_no_growth_where_an_out_of_memory_round_cannot_be_retried(monkeypatch):
+    """dp workers that share their children (a received child has no parent here to push back: an
+    OOM there is an error) and lockstep ranks keep their first batch: the solver asks `growth_for`
+    with no_retry set."""
+    from dtensor_verify.bab import BabSolver
+    from dtensor_verify.bab import solver as solver_module
+    from dtensor_verify.bab.comm import LocalComm
+    from test_bab import root_problem
+
+    asked = []
+    monkeypatch.setattr(solver_module, "growth_for",
+                        lambda opts, device, no_retry, mode: asked.append(no_retry) or None)
+
+    class TwoWorkers(LocalComm):
+        workers = 2
+
+    net, shape = random_mlp([4, 16, 16, 2], seed=1)
+    model = dv.load(net, input_shape=shape)
+    problem, _ = root_problem(model, -torch.ones(1, 4), torch.ones(1, 4), torch.tensor([[[1.0, -1.0]]]),
+                              torch.zeros(1, 1))
+    BabSolver(problem, BabOptions(), lambda: 1e9, lambda *a: None)
+    BabSolver(problem, BabOptions(), lambda: 1e9, lambda *a: None, comm=TwoWorkers())
+    BabSolver(problem, BabOptions(balance_children=False), lambda: 1e9, lambda *a: None, comm=TwoWorkers())
+    assert asked == [False, True, False]

@@ -7,8 +7,9 @@ one GPU the estimate left yolo's rounds with a handful of parents. Here each ful
 device measures its peak bytes over what was allocated when it began (children, their bounds,
 the branching trials, autograd), and the next batch is what the headroom left to this process
 holds at that many bytes a child, at most twice the last one and never above a batch that ran
-out of memory. A CPU's batch is about time, not memory (options.input_cpu_batch); sharded layouts
-(lockstep ranks) keep one batch; a batch the user fixed is kept.
+out of memory. A CPU's batch is about time, not memory (options.input_cpu_batch); where a round
+that runs out of memory is an error rather than a retry (lockstep ranks, dp workers sharing their
+children) the batch stays; a batch the user fixed is kept.
 
 Soundness: only the number of parents a round takes changes; an overshoot is the solver's
 out-of-memory retry (the parents go back to the queue), never a lost domain.
@@ -76,10 +77,13 @@ class BatchGrowth:
         return new
 
 
-def growth_for(opts, device, lockstep: bool, mode: str) -> BatchGrowth | None:
-    """The solver's growth rule, or None where the batch stays as it starts (input splitting sizes
-    its rounds by time as well, `input_bab.room_this_round`, from a larger first batch)."""
-    if device.type != "cuda" or lockstep or mode == "input" or opts.batch_size is not None \
+def growth_for(opts, device, no_retry: bool, mode: str) -> BatchGrowth | None:
+    """The solver's growth rule, or None where the batch stays as it starts: input splitting sizes
+    its rounds by time as well (`input_bab.room_this_round`, from a larger first batch), and where
+    an out-of-memory round cannot be retried with fewer parents (`no_retry`: lockstep ranks, or dp
+    workers that take each other's children, `children.shares_children`) a batch near the memory's
+    edge would end the run as an error."""
+    if device.type != "cuda" or no_retry or mode == "input" or opts.batch_size is not None \
             or not opts.grow_batch:
         return None
     return BatchGrowth(device, opts.max_batch)

@@ -76,7 +76,8 @@ class BabSolver:
         self._step_seconds = 0.0                # recent duration of one beta-CROWN step
         self.mode = input_bab.mode_of(problem, opts)       # 'relu' | 'input': the kind of split
         self.batch = auto_batch_size(problem, opts, problem.d.device, free_memory_bytes, self.mode)
-        self.growth = growth_for(opts, problem.d.device, self.lockstep, self.mode)  # measured rounds (CUDA)
+        # measured rounds (CUDA); not where a round may hold other workers' children (no OOM retry there)
+        self.growth = growth_for(opts, problem.d.device, self.lockstep or shares_children(self), self.mode)
         self.stats.first_batch = self.batch
         self.max_open = opts.max_domains or 0   # set from memory when solving starts
         self.limit = None                       # ... and why (store_limit.StoreLimit)
