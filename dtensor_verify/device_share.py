@@ -29,10 +29,12 @@ def _fake_bytes() -> int | None:
     return value if value > 0 else None
 
 
-def free_memory_bytes(device) -> int:
+def free_memory_bytes(device, held: int = 0) -> int:
     """Free memory for this rank: CUDA's free bytes plus what PyTorch's caching allocator holds
     unused (blocks kept from earlier instances of a benchmark), at most this process's share of
-    the device's total (`sharing`); or MemAvailable shared by the ranks on the host.
+    the device's total (`sharing`) less `held` (bytes this process has allocated and counts
+    against its share, e.g. branch and bound's measured rounds, bab/batch_growth.py); or
+    MemAvailable shared by the ranks on the host.
 
     The share caps the total, not what is free now: the other processes' allocations are already
     out of the free bytes, so dividing those by N again starved whoever asked last (a 2-parent
@@ -40,11 +42,11 @@ def free_memory_bytes(device) -> int:
     processes on one GPU, where an 18 GB share holds about 18; docs/BENCHMARKS.md, session 7)."""
     fake = _fake_bytes()
     if fake is not None:
-        return fake // sharing()
+        return max(0, fake // sharing() - held)
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return min(int(free + max(cached, 0)), int(total) // sharing())
+        return max(0, min(int(free + max(cached, 0)), int(total) // sharing() - held))
     return _host_bytes("MemAvailable")
 
 

@@ -53,8 +53,7 @@ def _run(onnx: Path, vnnlib: Path, timeout: float, split: str, focus: str) -> di
             return {"verdict": "error", "seconds": None, "domains": None, "rows": ""}
     bab = d.get("bounds", {}).get("bab", {}) or {}
     rows = bab.get("rows_bounded")
-    return {"verdict": d.get("verdict"), "seconds": d.get("seconds") or d.get("time"),
-            "domains": bab.get("domains_visited"), "decided_by": d.get("decided_by"),
+    return {"verdict": d.get("verdict"), "seconds": d.get("seconds"), "domains": bab.get("domains_visited"),
             "rows": f"{rows['kept']}/{rows['of']}" if rows else ""}
 
 

@@ -47,3 +47,13 @@ def test_the_fake_device_bytes_of_dry_runs_are_still_divided(monkeypatch):
     monkeypatch.setenv("DTENSOR_VERIFY_DEVICE_BYTES", str(16 * GB))
     monkeypatch.setenv("DTENSOR_VERIFY_SHARE_DEVICE", "4")
     assert device_share.free_memory_bytes(CUDA) == 4 * GB
+
+
+def test_what_a_process_holds_comes_out_of_its_share(monkeypatch):
+    """`held` (branch and bound's batch growth: what was allocated when a round began) counts
+    against the share, never below zero; what is free now still caps it."""
+    _device(monkeypatch, free=140 * GB, total=144 * GB)
+    assert device_share.free_memory_bytes(CUDA, held=5 * GB) == 13 * GB
+    assert device_share.free_memory_bytes(CUDA, held=20 * GB) == 0
+    _device(monkeypatch, free=3 * GB, total=144 * GB)
+    assert device_share.free_memory_bytes(CUDA, held=5 * GB) == 3 * GB

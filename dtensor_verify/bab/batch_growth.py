@@ -21,20 +21,11 @@ from typing import Callable
 
 import torch
 
-from ..device_share import sharing
+from ..device_share import free_memory_bytes
 
 
 def _peak_since_reset(device) -> tuple[int, int]:
     return torch.cuda.max_memory_allocated(device), torch.cuda.memory_allocated(device)
-
-
-def _headroom(device, base: int) -> int:
-    """Bytes a round may add to `base` (allocated when it began): what CUDA has free plus what
-    this process's allocator caches unused, and no more than this process's share of the device
-    (`DTENSOR_VERIFY_SHARE_DEVICE`) less `base`."""
-    free, total = torch.cuda.mem_get_info(device)
-    cached = max(0, torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    return max(0, min(int(free) + int(cached), int(total) // sharing() - base))
 
 
 @dataclass
@@ -44,15 +35,13 @@ class BatchGrowth:
     cap: int                          # options' max_batch
     fraction: float = 0.8             # of the headroom the next round's measured need may take
     peak: Callable = _peak_since_reset        # (device) -> (peak allocated, allocated now)
-    headroom: Callable = _headroom            # (device, base) -> bytes
-    reset: Callable = None                    # (device) -> None: peak counter back to now
+    # (device, held) -> bytes a round may add to `held` (allocated when it began): free now with
+    # this process's cached blocks, within its share of the device less `held`
+    headroom: Callable = free_memory_bytes
+    reset: Callable = torch.cuda.reset_peak_memory_stats    # (device) -> None: peak counter back to now
     ceiling: int | None = None        # parents: below a batch that ran out of memory
     _base: int = 0
     grown: int = 0                    # rounds that raised the batch
-
-    def __post_init__(self):
-        if self.reset is None:
-            self.reset = torch.cuda.reset_peak_memory_stats
 
     def start(self):
         self.reset(self.device)

@@ -38,7 +38,7 @@ class FocusedRows:
 def keep_of(lower: torch.Tensor, factor: float) -> torch.Tensor:
     """Indices of the rows to keep: lower bound >= factor x the best (when the best is negative)."""
     best = float(lower.max())
-    if best >= 0 or factor is None:
+    if best >= 0:
         return torch.arange(lower.shape[0], device=lower.device)
     return (lower >= factor * best).nonzero().flatten()
 
@@ -61,24 +61,19 @@ def focus(C: torch.Tensor, d: torch.Tensor, mask: torch.Tensor, open_idx: list[i
     d2 = d[:, :width].clone()
     m2 = mask[:, :width].clone()
     new_roots, new_lowers = [], []
-    for p, keep, lo, root in zip(open_idx, keeps, lowers, roots):
+    for p, keep, lo, root in zip(open_idx, keeps, lowers, roots):      # (all on the problem's device)
         k = keep.numel()
-        idx = keep.to(C.device)
-        C2[p] = 0
-        C2[p, :k] = C[p, idx]
-        d2[p] = 0
-        d2[p, :k] = d[p, idx]
-        m2[p] = False
-        m2[p, :k] = mask[p, idx]
-        new_lowers.append(lo[keep.to(lo.device)])
+        C2[p], d2[p], m2[p] = 0, 0, False
+        C2[p, :k], d2[p, :k], m2[p, :k] = C[p, keep], d[p, keep], mask[p, keep]
+        new_lowers.append(lo[keep])
         if root.alphas is None:
             new_roots.append(root)
             continue
         alphas = {}
         for name, a in root.alphas.items():
             if name in relus:
-                alphas[name] = a[keep.to(a.device)]
+                alphas[name] = a[keep]
             elif name in general_ops and a.dim() >= 2 and a.shape[0] == 2 and a.shape[1] == lo.shape[0]:
-                alphas[name] = a[:, keep.to(a.device)]
+                alphas[name] = a[:, keep]
         new_roots.append(replace(root, alphas=alphas))
     return FocusedRows(C2, d2, m2, new_lowers, new_roots, kept, total)
