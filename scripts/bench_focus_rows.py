@@ -9,8 +9,9 @@ the same load.
 
 The default instances are acasxu's conjunctions of 4 rows (prop_2, prop_3, prop_4: "Y_0 is
 minimal / maximal") on a spread of its networks, split on their ReLUs (`--split relu`: input
-splitting keeps every row). Prints a Markdown table (verdict, seconds, domains, rows bounded of
-each side; the ratio of seconds where both decided) and writes OUT/focus_rows.csv and
+splitting keeps every row). Prints a Markdown table (each side's verdict, seconds, domains bounded
+and proved, worst margin at the end, first batch; the rows bounded; the ratio of seconds where both
+decided) and writes OUT/focus_rows.csv and
 OUT/focus_rows.md with the conditions (CPU, load, torch, commit).
 """
 from __future__ import annotations
@@ -50,11 +51,13 @@ def _run(onnx: Path, vnnlib: Path, timeout: float, split: str, focus: str) -> di
         try:
             d = json.loads(js.read_text())
         except (OSError, ValueError):
-            return {"verdict": "error", "seconds": None, "domains": None, "rows": ""}
+            return {"verdict": "error", "seconds": None, "domains": None, "proved": None, "worst": None,
+                    "first_batch": None, "rows": ""}
     bab = d.get("bounds", {}).get("bab", {}) or {}
     rows = bab.get("rows_bounded")
     return {"verdict": d.get("verdict"), "seconds": d.get("seconds"), "domains": bab.get("domains_visited"),
-            "rows": f"{rows['kept']}/{rows['of']}" if rows else ""}
+            "proved": bab.get("domains_proved"), "worst": bab.get("global_margin"),
+            "first_batch": bab.get("first_batch"), "rows": f"{rows['kept']}/{rows['of']}" if rows else ""}
 
 
 def main(argv=None):
@@ -77,16 +80,18 @@ def main(argv=None):
             ratio = f"{on['seconds'] / off['seconds']:.2f}"
         if {off["verdict"], on["verdict"]} == {"sat", "unsat"}:
             ratio = "CONTRADICTION"
-        rows.append({"instance": spec, "off_verdict": off["verdict"], "off_seconds": off["seconds"],
-                     "off_domains": off["domains"], "on_verdict": on["verdict"], "on_seconds": on["seconds"],
-                     "on_domains": on["domains"], "on_rows": on["rows"], "on_over_off": ratio})
+        rows.append({"instance": spec, **{f"{side}_{k}": r[k] for side, r in (("off", off), ("on", on))
+                                           for k in ("verdict", "seconds", "domains", "proved", "worst",
+                                                     "first_batch")},
+                     "on_rows": on["rows"], "on_over_off": ratio})
         print(rows[-1], flush=True)
     with open(out / "focus_rows.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    fmt = (lambda v: f"{v:.1f}" if isinstance(v, float) else ("" if v is None else str(v)))
-    head = ["instance", "off: verdict", "s", "domains", "focus 3: verdict", "s", "domains", "rows bounded", "on / off"]
+    fmt = (lambda v: f"{v:.3g}" if isinstance(v, float) else ("" if v is None else str(v)))
+    side = ["verdict", "s", "domains", "proved", "worst margin", "first batch"]
+    head = ["instance", *[f"off: {c}" for c in side], *[f"focus 3: {c}" for c in side], "rows bounded", "on / off"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join(fmt(v) for v in r.values()) + " |")
