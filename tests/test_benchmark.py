@@ -178,6 +178,8 @@ def test_branch_and_bound_columns(tmp_path, capsys):
     bab, attack = _rows(out)
     assert bab["verdict"] == "unsat" and bab["decided_by"] == "bab", bab
     assert int(bab["bab_domains"]) >= 2 and int(bab["bab_depth"]) >= 1 and int(bab["bab_batch"]) >= 1
+    assert 1 <= int(bab["bab_first_batch"]) <= int(bab["bab_batch"])   # a batch only grows
+    assert bab["bab_rows"] == ""     # one row a disjunct: nothing to focus (bab/focus_rows.py)
     assert 0 < float(bab["bab_seconds"]) < float(bab["seconds"])
     assert attack["verdict"] == "sat" and attack["bab_domains"] == attack["bab_seconds"] == ""
     # the stages that ended, in order, with their seconds

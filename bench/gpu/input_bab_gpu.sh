@@ -12,6 +12,11 @@
 # INSTANCES=CSV: these instances (paths relative to the benchmark folder, e.g. a subset in
 # bench/gpu/subsets/, or docs/benchmarks/input_bab_h100/acasxu_hard12.csv) instead of the folder's
 # instances.csv.
+# QUEUE=1: instead of dealing the instances out in advance, each process takes the next one from one
+# shared queue (flock) as it finishes the last, one `benchmark` process per instance (a few seconds of
+# start-up each), starting none with under QUEUE_MIN_S (default 40) seconds of the wall left: where a
+# few instances run to their limit and most end early (yolo), no process sits idle while another
+# still has a backlog. The instances start in the CSV's order: put the slow ones first.
 # The code run is .gpu_src/ when present (a staged copy of a branch), else this checkout.
 set -uo pipefail
 BENCH=$1; OUT=$2; WORKERS=${3:-8}; SCALE=${4:-1.0}; WALL=${5:-540}
@@ -26,7 +31,23 @@ $PY -c "import torch, scipy, onnxruntime; print('torch', torch.__version__, torc
 D=.bench_data/$BENCH
 mkdir -p "$OUT/parts"
 tail -n +1 "${INSTANCES:-$D/instances.csv}" | grep -v '^\s*$' > "$OUT/parts/all.csv"
+T0=$(date +%s)
+take() {   # the next line of the queue (its number in $OUT/parts/next), empty when none is left
+  (flock 9; n=$(cat "$OUT/parts/next" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$OUT/parts/next"
+   sed -n "${n}p" "$OUT/parts/all.csv") 9> "$OUT/parts/queue.lock"
+}
+worker() {   # QUEUE=1: take instances until the queue is empty or the wall is near
+  local k=$1 i=0 line
+  while [ $(( $(date +%s) - T0 )) -lt $((WALL - ${QUEUE_MIN_S:-40})) ]; do
+    line=$(take); [ -n "$line" ] || break
+    i=$((i + 1)); echo "$line" > "$OUT/parts/q${k}_$i.csv"
+    timeout -k 5 $((WALL - ($(date +%s) - T0))) $PY -m dtensor_verify --threads "${THREADS:-2}" benchmark "$D" \
+      --instances "$OUT/parts/q${k}_$i.csv" --timeout-scale "$SCALE" --csv "$OUT/part${k}_$i.csv" --quiet \
+      --device "$DEVICE" >> "$OUT/parts/log$k.txt" 2>&1
+  done
+}
 for k in $(seq 0 $((WORKERS-1))); do
+  if [ -n "${QUEUE:-}" ]; then worker "$k" & continue; fi
   awk -v n="$WORKERS" -v k="$k" 'NR % n == k' "$OUT/parts/all.csv" > "$OUT/parts/part$k.csv"
   timeout -k 5 "$WALL" $PY -m dtensor_verify --threads "${THREADS:-2}" benchmark "$D" --instances "$OUT/parts/part$k.csv" \
     --timeout-scale "$SCALE" --csv "$OUT/part$k.csv" --quiet --device "$DEVICE" > "$OUT/parts/log$k.txt" 2>&1 &
