@@ -12,6 +12,7 @@
 # INSTANCES=CSV: these instances (paths relative to the benchmark folder, e.g. a subset in
 # bench/gpu/subsets/, or docs/benchmarks/input_bab_h100/acasxu_hard12.csv) instead of the folder's
 # instances.csv.
+# BENCH_DATA=DIR: the folder holding BENCH instead of .bench_data (e.g. ../shared/benchmarks).
 # QUEUE=1: instead of dealing the instances out in advance, each process takes the next one from one
 # shared queue (flock) as it finishes the last, one `benchmark` process per instance (a few seconds of
 # start-up each), starting none with under QUEUE_MIN_S (default 40) seconds of the wall left: where a
@@ -28,7 +29,7 @@ SRC="$ROOT"; [ -d .gpu_src ] && SRC="$ROOT/.gpu_src"
 export PYTHONPATH="$SRC:/tmp/site" PYTHONUNBUFFERED=1
 export DTENSOR_VERIFY_SHARE_DEVICE=${SHARE:-$WORKERS}   # each process sizes its work for 1/SHARE of the GPU
 $PY -c "import torch, scipy, onnxruntime; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', 'scipy', scipy.__version__)"
-D=.bench_data/$BENCH
+D=${BENCH_DATA:-.bench_data}/$BENCH
 mkdir -p "$OUT/parts"
 tail -n +1 "${INSTANCES:-$D/instances.csv}" | grep -v '^\s*$' > "$OUT/parts/all.csv"
 T0=$(date +%s)
