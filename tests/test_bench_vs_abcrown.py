@@ -99,6 +99,8 @@ def test_abcrown_status_to_verdict(status, seconds, verdict):
     ("Result: unknown in 1e seconds", None),                # not a number: an ordinary line
     ("  Result: safe in 1.0 seconds", None),                # only at the start of the (stripped) line
     ("Final verified acc: 100.0% (total 1 examples)", None),
+    ("248 domains visited", abcrown_output.Visited(248)),    # after each branch-and-bound round
+    ("Cumulative time: 3.2 (248 domains visited)", None),
     ("", None)])
 def test_abcrown_output_lines(line, event):
     assert abcrown_output.parse_line(line) == event
@@ -151,6 +153,8 @@ FAKE_ABCROWN = textwrap.dedent('''
             raise RuntimeError(f"fake crash on row {row}")
         if action == "hang":
             time.sleep(3600)
+        for n in plan.get("visited", {}).get(row, []):     # branch and bound's rounds
+            print(f"{n} domains visited", flush=True)
         print(f"Result: {action} in 0.25 seconds", flush=True)
 ''')
 
@@ -191,7 +195,8 @@ def test_bench():
 def test_runner_survives_crash_and_hang_and_flags_contradictions(tmp_path, test_bench):
     # rows of test/instances.csv: nano, tiny, small, test_sat, test_unsat (both tools must agree
     # with the expected sat / unsat of the last two; the fake claims sat on test_unsat)
-    opts, calls = _fake_abcrown(tmp_path, {"rows": ["safe", "crash", "hang", "unsafe-pgd", "unsafe-pgd"]})
+    opts, calls = _fake_abcrown(tmp_path, {"rows": ["safe", "crash", "hang", "unsafe-pgd", "unsafe-pgd"],
+                                           "visited": {0: [8, 24]}})
     expected = tmp_path / "expected.csv"
     expected.write_text("onnx,vnnlib,verdict\ntest_sat.onnx,test_prop.vnnlib,sat\n"
                         "test_unsat.onnx,test_prop.vnnlib,unsat\n")
@@ -203,6 +208,12 @@ def test_runner_survives_crash_and_hang_and_flags_contradictions(tmp_path, test_
     rows = _rows(out)
     assert [r["abcrown_raw"] for r in rows] == ["unsat", "error", "timeout", "sat", "sat"]
     assert "fake crash on row 1" in rows[1]["abcrown_message"]
+    # branch and bound's domains: abcrown's last "N domains visited" of the instance, none where it
+    # did not branch; ours' bab_domains column
+    assert [r["abcrown_domains"] for r in rows] == ["24", "", "", "", ""]
+    assert all(r["ours_domains"] == "" or int(r["ours_domains"]) >= 1 for r in rows)
+    abc_csv = list(csv.DictReader(open(out / "abcrown.csv")))
+    assert [r["domains"] for r in abc_csv] == ["24", "", "", "", ""]
     assert rows[2]["abcrown_status"] == "killed"
     assert calls.read_text().split() == ["0", "2", "3"]      # restarted after the crash and the hang
     assert [r["ours_raw"] for r in rows[3:]] == ["sat", "unsat"]
@@ -212,6 +223,8 @@ def test_runner_survives_crash_and_hang_and_flags_contradictions(tmp_path, test_
     table = (out / "table.md").read_text()
     assert "general.complete_verifier: mip -> bab" in table
     assert "**CONTRADICTION: ours says unsat, abcrown says sat**" in table
+    assert "| dtensor-verify | s | domains | alpha,beta-CROWN | s | domains |" in table
+    assert "| unsat | 0.25 | 24 |" in table
     assert "| test_unsat | dtensor-verify | 1 | 0 | 1 | 0 | 0 | 0 | 1 |" in res.stdout
     assert "| test_unsat | alpha,beta-CROWN | 1 | 1 | 0 | 0 | 0 | 0 | 1 |" in res.stdout
     assert (out / "ours.csv").exists() and "fake crash on row 1" in (out / "abcrown.log").read_text()
@@ -270,6 +283,7 @@ def test_released_configs_for_the_input_split_and_vit_benchmarks():
     for family in ("acasxu", "acasxu_2023"):
         assert configs.released_config_for(family, "ACASXU_run2a_1_1_batch_2000") == "vnncomp21/acasxu.yaml"
     assert configs.released_config_for("vit_2023", "pgd_2_3_16") == "vnncomp23/vit.yaml"
+    assert configs.released_config_for("yolo_2023", "TinyYOLO") == "vnncomp23/yolo-xiangruzh.yaml"
 
 
 ACTIONS = {"test_nano.onnx": "safe", "test_tiny.onnx": "unknown", "test_small.onnx": "safe-incomplete",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 _IDX = re.compile(r"idx: (\d+), vnnlib ID: (\d+)")
 _RESULT = re.compile(r"^Result: (.+) in ([0-9.eE+-]+) seconds")
+_VISITED = re.compile(r"^(\d+) domains visited")
 
 
 @dataclass(frozen=True)
@@ -22,11 +23,21 @@ class Result:
     seconds: float
 
 
-def parse_line(text: str) -> Opened | Result | None:
-    """One stripped line of abcrown's output: an instance opened, a result, or anything else."""
+@dataclass(frozen=True)
+class Visited:
+    """`N domains visited`: abcrown's branch and bound so far on the open instance (after each round)."""
+    domains: int
+
+
+def parse_line(text: str) -> Opened | Result | Visited | None:
+    """One stripped line of abcrown's output: an instance opened, a result, branch and bound's
+    domains so far, or anything else."""
     m_idx = _IDX.search(text)
     if m_idx:
         return Opened(int(m_idx.group(2)))
+    m_vis = _VISITED.match(text)
+    if m_vis:
+        return Visited(int(m_vis.group(1)))
     m_res = _RESULT.match(text)
     if m_res:
         try:

@@ -11,7 +11,8 @@ from .records import PROG, ConfigGroup, Instance, UsageError
 # rest, path under complete_verifier/exp_configs). VNN-COMP 2022 ran mnist-net_256x2 with
 # mnistfc_small (MIP) and the 256x4 / 256x6 nets with mnistfc (bab-refine).
 # acasxu: the release has no vnncomp23 acasxu config; vnncomp21/acasxu.yaml (input split, the same
-# 186 instances) is the one its VNN-COMP 2022 / 2023 runs named. vit: vnncomp23/vit.yaml.
+# 186 instances) is the one its VNN-COMP 2022 / 2023 runs named. vit: vnncomp23/vit.yaml; yolo:
+# vnncomp23/yolo-xiangruzh.yaml (batch 128, shared alphas, 20 alpha / 20 beta steps).
 ABCROWN_CONFIGS = {
     "mnist_fc": [("mnist-net_256x2", "vnncomp22/mnistfc_small.yaml"), (None, "vnncomp22/mnistfc.yaml")],
     "oval21": [(None, "vnncomp22/oval22.yaml")],
@@ -19,6 +20,7 @@ ABCROWN_CONFIGS = {
     "acasxu_2023": [(None, "vnncomp21/acasxu.yaml")],
     "vit": [(None, "vnncomp23/vit.yaml")],
     "vit_2023": [(None, "vnncomp23/vit.yaml")],
+    "yolo_2023": [(None, "vnncomp23/yolo-xiangruzh.yaml")],
 }
 
 

@@ -50,6 +50,8 @@ class Outcome:
     seconds: float | None = None
     detail: str = ""            # abcrown's status string, or ours' decided_by
     message: str = ""
+    domains: int | None = None  # branch-and-bound domains bounded (abcrown: its last "N domains
+                                # visited" line; ours: the CSV's bab_domains), where it branched
 
 
 @dataclass

@@ -51,9 +51,11 @@ def expected_table(rows: list[Row], tools: list[str]) -> list[str]:
 
 
 def instance_table(rows: list[Row], tools: list[str]) -> list[str]:
+    """One row per instance: each tool's verdict, seconds and branch-and-bound domains (`-` where it
+    did not branch)."""
     head = "| # | model | property | limit s | expected | " + " | ".join(
-        f"{TOOL_NAMES[t]} | s" for t in tools) + " | flags |"
-    lines = [head, "| " + " | ".join(["---:", "---", "---", "---:", "---"] + ["---", "---:"] * len(tools)
+        f"{TOOL_NAMES[t]} | s | domains" for t in tools) + " | flags |"
+    lines = [head, "| " + " | ".join(["---:", "---", "---", "---:", "---"] + ["---", "---:", "---:"] * len(tools)
                                      + ["---"]) + " |"]
     for r in rows:
         cells = [str(r.inst.index), r.inst.model, r.inst.prop, f"{r.inst.limit:g}", r.expected or "-"]
@@ -62,7 +64,8 @@ def instance_table(rows: list[Row], tools: list[str]) -> list[str]:
             shown = r.verdict(tool)
             if shown != out.verdict:
                 shown += f" (late {out.verdict})"
-            cells += [shown, "-" if out.seconds is None else f"{out.seconds:.2f}"]
+            cells += [shown, "-" if out.seconds is None else f"{out.seconds:.2f}",
+                      "-" if out.domains is None else str(out.domains)]
         cells.append("; ".join(r.flags()) or "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .abcrown_output import Opened, Result, abcrown_verdict, parse_line
+from .abcrown_output import Opened, Result, Visited, abcrown_verdict, parse_line
 from .configs import abcrown_groups
 from .instances import stage_gunzipped, write_instances_csv
 from .records import HANG_FACTOR, PIDS_FILE, PROG, ROOT, ConfigGroup, Instance, Options, Outcome, ToolRun, quote
@@ -132,15 +132,19 @@ class _Watch:
     current: int | None = None
     started: float = 0.0
     last_text: str = ""
+    visited: int | None = None      # the open instance's branch-and-bound domains so far
+
 
     def feed(self, text: str) -> None:
         event = parse_line(text)
         if isinstance(event, Opened):
-            self.current, self.started = event.row, time.perf_counter()
+            self.current, self.started, self.visited = event.row, time.perf_counter(), None
+        elif isinstance(event, Visited):
+            self.visited = event.domains
         elif isinstance(event, Result) and self.current is not None:
             inst = self.members[self.current]
             verdict = abcrown_verdict(event.status, event.seconds, inst.limit)
-            self.ctx.record(inst, Outcome(verdict, event.seconds, event.status))
+            self.ctx.record(inst, Outcome(verdict, event.seconds, event.status, domains=self.visited))
             self.next_row, self.current = self.current + 1, None
         elif text:
             self.last_text = text

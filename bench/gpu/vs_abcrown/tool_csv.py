@@ -10,14 +10,21 @@ from .records import TOOLS, VERDICTS, Instance, Outcome, ToolRun, UsageError
 from .verdicts import Row
 
 RESULTS_FIELDS = ["index", "model", "onnx", "vnnlib", "limit_s", "expected",
-                  "ours_verdict", "ours_seconds", "ours_raw", "ours_decided_by", "ours_message",
+                  "ours_verdict", "ours_seconds", "ours_raw", "ours_decided_by", "ours_message", "ours_domains",
                   "abcrown_verdict", "abcrown_seconds", "abcrown_raw", "abcrown_status", "abcrown_message",
+                  "abcrown_domains",
                   "flags"]
 DETAIL_COLUMN = {"ours": "decided_by", "abcrown": "status"}
 
 
 def _seconds(out: Outcome) -> str:
     return "" if out.seconds is None else f"{out.seconds:.3f}"
+
+
+def _domains(row: dict) -> int | None:
+    """A CSV row's branch-and-bound domains (ours: bab_domains; abcrown.csv: domains), if any."""
+    raw = (row.get("bab_domains") or row.get("domains") or "").strip()
+    return int(raw) if raw.isdigit() else None
 
 
 def read_ours_csv(path: Path, instances: list[Instance]) -> list[Outcome]:
@@ -32,7 +39,7 @@ def read_ours_csv(path: Path, instances: list[Instance]) -> list[Outcome]:
             raise RuntimeError(f"{path}: row {inst.index} is {row['onnx']} {row['vnnlib']}, "
                                f"expected {inst.onnx} {inst.vnnlib}")
         out.append(Outcome(row["verdict"], float(row["seconds"]), row.get("decided_by", ""),
-                           row.get("message", "")))
+                           row.get("message", ""), _domains(row)))
     return out
 
 
@@ -41,9 +48,10 @@ def write_tool_csv(path: Path, instances: list[Instance], outcomes: list[Outcome
     (onnx, vnnlib, verdict, seconds), plus its own status string and message."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["onnx", "vnnlib", "verdict", "seconds", "status", "message"])
+        w.writerow(["onnx", "vnnlib", "verdict", "seconds", "status", "message", "domains"])
         for inst, out in zip(instances, outcomes):
-            w.writerow([inst.onnx, inst.vnnlib, out.verdict, _seconds(out), out.detail, out.message])
+            w.writerow([inst.onnx, inst.vnnlib, out.verdict, _seconds(out), out.detail, out.message,
+                        "" if out.domains is None else out.domains])
 
 
 def _outcome_of_row(path: Path, n: int, row: dict) -> Outcome:
@@ -55,7 +63,7 @@ def _outcome_of_row(path: Path, n: int, row: dict) -> Outcome:
     except ValueError:
         raise UsageError(f"{path}: line {n}: seconds '{row.get('seconds')}' is not a number") from None
     detail = row.get("decided_by") or row.get("status") or ""
-    return Outcome(verdict, secs, detail, row.get("message") or "")
+    return Outcome(verdict, secs, detail, row.get("message") or "", _domains(row))
 
 
 def read_tool_csv(path: Path, instances: list[Instance], name: str) -> ToolRun:
@@ -90,7 +98,8 @@ def _result_record(r: Row) -> dict:
             continue
         rec.update({f"{tool}_verdict": r.verdict(tool), f"{tool}_raw": out.verdict,
                     f"{tool}_seconds": _seconds(out), f"{tool}_{DETAIL_COLUMN[tool]}": out.detail,
-                    f"{tool}_message": out.message})
+                    f"{tool}_message": out.message,
+                    f"{tool}_domains": "" if out.domains is None else out.domains})
     return rec
 
 
