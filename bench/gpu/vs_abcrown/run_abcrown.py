@@ -134,7 +134,6 @@ class _Watch:
     last_text: str = ""
     visited: int | None = None      # the open instance's branch-and-bound domains so far
 
-
     def feed(self, text: str) -> None:
         event = parse_line(text)
         if isinstance(event, Opened):

@@ -27,6 +27,10 @@ def _domains(row: dict) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
+def _domains_cell(out: Outcome) -> str:
+    return "" if out.domains is None else str(out.domains)
+
+
 def read_ours_csv(path: Path, instances: list[Instance]) -> list[Outcome]:
     """`dtensor-verify benchmark --csv` of the run just made: one row per instance, in order."""
     with open(path, newline="") as fh:
@@ -51,7 +55,7 @@ def write_tool_csv(path: Path, instances: list[Instance], outcomes: list[Outcome
         w.writerow(["onnx", "vnnlib", "verdict", "seconds", "status", "message", "domains"])
         for inst, out in zip(instances, outcomes):
             w.writerow([inst.onnx, inst.vnnlib, out.verdict, _seconds(out), out.detail, out.message,
-                        "" if out.domains is None else out.domains])
+                        _domains_cell(out)])
 
 
 def _outcome_of_row(path: Path, n: int, row: dict) -> Outcome:
@@ -99,7 +103,7 @@ def _result_record(r: Row) -> dict:
         rec.update({f"{tool}_verdict": r.verdict(tool), f"{tool}_raw": out.verdict,
                     f"{tool}_seconds": _seconds(out), f"{tool}_{DETAIL_COLUMN[tool]}": out.detail,
                     f"{tool}_message": out.message,
-                    f"{tool}_domains": "" if out.domains is None else out.domains})
+                    f"{tool}_domains": _domains_cell(out)})
     return rec
 
 
