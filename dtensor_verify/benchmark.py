@@ -290,9 +290,10 @@ def _bab_columns(stats: dict | None) -> dict:
         return {}
     seconds = stats.get("seconds")
     rows = stats.get("rows_bounded")
-    return {"bab_first_batch": stats.get("first_batch", ""),
-            "bab_rows": f"{rows['kept']}/{rows['of']}" if rows else "","bab_domains": stats.get("domains_visited_all_workers", stats.get("domains_visited", "")),
+    return {"bab_domains": stats.get("domains_visited_all_workers", stats.get("domains_visited", "")),
             "bab_depth": stats.get("max_depth", ""), "bab_batch": stats.get("batch_per_worker", ""),
+            "bab_first_batch": stats.get("first_batch", ""),
+            "bab_rows": f"{rows['kept']}/{rows['of']}" if rows else "",
             "bab_seconds": "" if seconds is None else f"{seconds:.3f}"}
 
 
