@@ -79,6 +79,11 @@ def bab_options(args):
         opts.balance_children = False
     if getattr(args, "bab_grow", "on") == "off":
         opts.grow_batch = False
+    host = getattr(args, "bab_host_store", None)
+    if host is not None:
+        if not 0.0 <= host <= 0.9:
+            raise CliError(f"--bab-host-store must be in [0, 0.9], not {host}")
+        opts.host_fraction = host
     focus = getattr(args, "bab_focus_rows", None)
     if focus is not None:
         if focus == "off":
@@ -199,6 +204,10 @@ def add_bab_arguments(p):
     p.add_argument("--bab-grow", default="on", choices=["on", "off"],
                    help="CUDA: raise the batch from what full rounds measured (peak bytes a child) up to "
                         "this process's share of the free memory (default on; off: the estimate's batch)")
+    p.add_argument("--bab-host-store", type=float, default=None, metavar="F",
+                   help="CUDA: open domains past what the GPU's part of the queue holds move to host memory, "
+                        "up to this share of this process's part of it (default 0.5; 0: none, the search "
+                        "ends unknown when the GPU's part is full)")
     p.add_argument("--bab-focus-rows", default=None, metavar="F",
                    help="ReLU / general splitting: bound only the rows of an open disjunct whose root bound is "
                         ">= F x its best row's (default 3; off: every row)")

@@ -29,6 +29,19 @@ def _fake_bytes() -> int | None:
     return value if value > 0 else None
 
 
+CONTEXT_BYTES = 1 << 30    # a CUDA process's memory outside PyTorch's allocator (context, cuBLAS)
+
+
+def card_share(total: int) -> int:
+    """One process's part of a card of `total` bytes shared by `sharing()` processes: each one's
+    CUDA context (about 0.9 GiB, outside the allocator) comes off first. Dividing the whole card
+    left nothing for the contexts: 12 processes sized to 1/12 of an H100 ran it out of memory."""
+    n = sharing()
+    if n == 1:
+        return total
+    return max(0, total - n * CONTEXT_BYTES) // n
+
+
 def free_memory_bytes(device, held: int = 0) -> int:
     """Free memory for this rank: CUDA's free bytes plus what PyTorch's caching allocator holds
     unused (blocks kept from earlier instances of a benchmark), at most this process's share of
@@ -46,7 +59,7 @@ def free_memory_bytes(device, held: int = 0) -> int:
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return max(0, min(int(free + max(cached, 0)), int(total) // sharing() - held))
+        return max(0, min(int(free + max(cached, 0)), card_share(int(total)) - held))
     return _host_bytes("MemAvailable")
 
 
@@ -57,8 +70,14 @@ def total_memory_bytes(device) -> int:
     if fake is not None:
         return fake // sharing()
     if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory) // sharing()
+        return card_share(int(torch.cuda.get_device_properties(device).total_memory))
     return _host_bytes("MemTotal")
+
+
+def host_memory_bytes() -> int:
+    """This process's share of the host's available memory (where a GPU's branch and bound spills
+    the open domains its device part cannot hold)."""
+    return _host_bytes("MemAvailable")
 
 
 def _host_bytes(key: str) -> int:

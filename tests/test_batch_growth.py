@@ -172,3 +172,27 @@ def test_no_growth_where_an_out_of_memory_round_cannot_be_retried(monkeypatch):
     BabSolver(problem, BabOptions(), lambda: 1e9, lambda *a: None, comm=TwoWorkers())
     BabSolver(problem, BabOptions(balance_children=False), lambda: 1e9, lambda *a: None, comm=TwoWorkers())
     assert asked == [False, True, False]
+
+
+def test_branching_is_sized_as_if_every_child_were_open():
+    """A round where most children were proved measures branching on few of them; the next round's
+    children may all be open (TinyYOLO on a shared H100: processes at 1.3-1.7x their share). Here
+    bounding takes 100 bytes a child and branching 2000 bytes per open child, on 2 of 32: sized per
+    child at 2000, 0.8 x 100000 holds 40 children (20 parents), not the 2x of one peak's average."""
+    mem = FakeMemory(headroom=100_000)
+    g = mem.growth()
+    batch = 16
+    g.start()
+    mem.use(2 * batch * 100)
+    g.bounded(2 * batch)
+    g.branching()
+    mem.use(2 * 2000)
+    g.branched(2)
+    assert g.after(batch, 2 * batch) == 20
+    # what is still held when branching begins counts per child too
+    mem2 = FakeMemory(headroom=100_000)
+    g2 = mem2.growth()
+    g2.start()
+    mem2.use(2 * batch * 100)
+    g2.bounded(2 * batch)
+    assert g2.after(batch, 2 * batch) == 32        # bounding alone: 100 bytes a child, doubles

@@ -23,14 +23,25 @@ def _device(monkeypatch, free, total, reserved=0, allocated=0, share=8):
 
 
 def test_the_first_to_ask_gets_its_share_of_the_total_not_all_that_is_free(monkeypatch):
+    # 8 processes: each one's CUDA context (1 GiB) comes off the card before it is divided
     _device(monkeypatch, free=140 * GB, total=144 * GB)
-    assert device_share.free_memory_bytes(CUDA) == 18 * GB
+    assert device_share.free_memory_bytes(CUDA) == 17 * GB
 
 
 def test_the_last_to_ask_still_gets_its_share_when_it_is_free(monkeypatch):
-    # seven processes hold their 18 GB each: 18 GB are left, all of them this process's share
+    # seven processes hold their 17 GB each (and a context): 18 GB are left, its share is 17
     _device(monkeypatch, free=18 * GB, total=144 * GB)
-    assert device_share.free_memory_bytes(CUDA) == 18 * GB
+    assert device_share.free_memory_bytes(CUDA) == 17 * GB
+
+
+def test_the_shares_and_contexts_fit_on_the_card(monkeypatch):
+    """12 processes on an 80 GB card: twelve shares and twelve contexts no more than the card
+    (before: twelve shares were the whole card, and the contexts ran it out of memory)."""
+    total = 80 * GB
+    _device(monkeypatch, free=total, total=total, share=12)
+    share = device_share.free_memory_bytes(CUDA)
+    assert 12 * (share + device_share.CONTEXT_BYTES) <= total
+    assert share >= total // 12 - 2 * GB
 
 
 def test_never_more_than_is_free_with_its_own_cached_blocks(monkeypatch):
@@ -53,7 +64,7 @@ def test_what_a_process_holds_comes_out_of_its_share(monkeypatch):
     """`held` (branch and bound's batch growth: what was allocated when a round began) counts
     against the share, never below zero; what is free now still caps it."""
     _device(monkeypatch, free=140 * GB, total=144 * GB)
-    assert device_share.free_memory_bytes(CUDA, held=5 * GB) == 13 * GB
+    assert device_share.free_memory_bytes(CUDA, held=5 * GB) == 12 * GB
     assert device_share.free_memory_bytes(CUDA, held=20 * GB) == 0
     _device(monkeypatch, free=3 * GB, total=144 * GB)
     assert device_share.free_memory_bytes(CUDA, held=5 * GB) == 3 * GB

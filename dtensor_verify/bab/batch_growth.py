@@ -11,6 +11,13 @@ out of memory. A CPU's batch is about time, not memory (options.input_cpu_batch)
 that runs out of memory is an error rather than a retry (lockstep ranks, dp workers sharing their
 children) the batch stays; a batch the user fixed is kept.
 
+A round's peak has two parts, measured apart: bounding all its children, and choosing the open
+children's next splits (the branching heuristic bounds trial splits of each). A round where most
+children were proved measures little branching, so the next one, where they are not, would
+overshoot (TinyYOLO on a shared H100, session 10: processes at 1.3-1.7x their share, out of
+memory). The estimate is therefore a child's bounding bytes or, if larger, its part of what was
+held when branching began plus branching's bytes per *open* child, as if every child were open.
+
 Soundness: only the number of parents a round takes changes; an overshoot is the solver's
 out-of-memory retry (the parents go back to the queue), never a lost domain.
 """
@@ -42,10 +49,35 @@ class BatchGrowth:
     ceiling: int | None = None        # parents: below a batch that ran out of memory
     _base: int = 0
     grown: int = 0                    # rounds that raised the batch
+    _active: bool = False             # between start() and after()
+    _children: int = 0
+    _per_bound: float = 0.0           # bytes a child took while the round's children were bounded
+    _per_branch: float = 0.0          # ... and at branching, as if every child were open
+    _at_branch: int = 0
 
     def start(self):
         self.reset(self.device)
         self._base = self.peak(self.device)[1]
+        self._active, self._children, self._per_bound, self._per_branch = True, 0, 0.0, 0.0
+
+    def bounded(self, children: int):
+        """The round's children are bounded: their peak, per child."""
+        if self._active and children > 0:
+            self._children = children
+            self._per_bound = max(0, self.peak(self.device)[0] - self._base) / children
+
+    def branching(self):
+        """Branching begins: its peak is measured from here."""
+        if self._active:
+            self.reset(self.device)
+            self._at_branch = self.peak(self.device)[1]
+
+    def branched(self, open_children: int):
+        """Branching ended on `open_children`: per child as if all were open."""
+        if self._active and open_children > 0 and self._children > 0:
+            extra = max(0, self.peak(self.device)[0] - self._at_branch) / open_children
+            held = max(0, self._at_branch - self._base) / self._children
+            self._per_branch = held + extra
 
     def out_of_memory(self, batch_after: int):
         """The round ran out of memory; the solver retries with `batch_after` parents."""
@@ -54,10 +86,11 @@ class BatchGrowth:
     def after(self, batch: int, children: int) -> int:
         """The batch for the next round. Only a full round (its 2 x `batch` children, or nearly:
         wide rounds' pruned children count) says what a full one needs."""
+        self._active = False
         if children < 1.8 * batch:
             return batch
         used = max(1, self.peak(self.device)[0] - self._base)
-        per_child = used / children
+        per_child = max(used / children, self._per_bound, self._per_branch)
         fits = int(self.headroom(self.device, self._base) * self.fraction / per_child) // 2
         limit = min(self.cap, 2 * batch, self.ceiling if self.ceiling is not None else self.cap)
         new = max(batch, min(fits, limit))

@@ -99,63 +99,115 @@ class Domains:
 
 
 class DomainStore:
-    """The open domains of one worker, worst (smallest margin) first out."""
+    """The open domains of one worker, worst (smallest margin) first out.
 
-    def __init__(self):
+    On a GPU the store keeps at most `keep` domains on the device; past that, the domains it would
+    take last (the largest margins) move to host memory (`host`) in chunks, and come back, worst
+    chunk first, when the device's part runs short of a round's parents. Before, a full store
+    ended the run `unknown` ("too many open domains") with most of its time left (TinyYOLO on a
+    shared H100: after 30 s of a 300 s limit). Soundness: a spilled domain is still open (it counts
+    in `len` and in `worst_margin`), so the run cannot read as proved while any is on the host.
+    `domains` / `margins` are the device's part (what `pop_largest`'s key indexes)."""
+
+    def __init__(self, keep: int | None = None, host: torch.device | None = None):
         self.domains: Domains | None = None
         self.margins: torch.Tensor | None = None
+        self.keep = keep                  # domains on the device at most (None: no limit)
+        self.host = host                  # where the excess goes (None: nowhere, all stay)
+        self._spilled: list[tuple[Domains, torch.Tensor, float]] = []   # (domains, margins, min margin)
+        self._spilled_n = 0
+        self._device = None               # where the device's part lives (its last push)
+        self.spills = 0                   # chunks moved to the host
+        self.refills = 0                  # chunks brought back
 
     def __len__(self) -> int:
+        return self.on_device() + self._spilled_n
+
+    def on_device(self) -> int:
         return 0 if self.domains is None else len(self.domains)
+
+    def spilled(self) -> int:
+        return self._spilled_n
 
     def push(self, domains: Domains, margins: torch.Tensor):
         if len(domains) == 0:
             return
+        self._device = margins.device
         if self.domains is None:
             self.domains, self.margins = domains, margins
         else:
             self.domains = Domains.cat([self.domains, domains])
             self.margins = torch.cat([self.margins, margins])
+        self._spill()
+
+    def _spill(self):
+        """Past `keep` on the device: the largest margins down to 3/4 of it go to the host."""
+        n = self.on_device()
+        if self.host is None or self.keep is None or n <= self.keep:
+            return
+        out, margins = self._take(torch.topk(self.margins, n - self.keep * 3 // 4, largest=True).indices)
+        margins = margins.to(self.host)
+        self._spilled.append((out.to(self.host), margins, float(margins.min())))
+        self._spilled_n += len(out)
+        self.spills += 1
+
+    def refill(self, k: int):
+        """Bring spilled chunks back (the one with the worst margin first) until the device holds
+        `k` domains or none is left on the host."""
+        while self._spilled and self.on_device() < k:
+            j = min(range(len(self._spilled)), key=lambda i: self._spilled[i][2])
+            domains, margins, _ = self._spilled.pop(j)
+            self._spilled_n -= len(domains)
+            self.refills += 1
+            device = self._device       # (the device's part may be empty: its last pop left None)
+            self.domains = domains.to(device) if self.domains is None else Domains.cat(
+                [self.domains, domains.to(device)])
+            self.margins = margins.to(device) if self.margins is None else torch.cat(
+                [self.margins, margins.to(device)])
 
     def worst_margin(self) -> float:
-        return float(self.margins.min()) if len(self) else float("inf")
+        worst = float(self.margins.min()) if self.on_device() else float("inf")
+        return min([worst] + [m for _, _, m in self._spilled])
+
+    def _take(self, idx) -> tuple[Domains, torch.Tensor]:
+        """Remove the device's domains `idx` and return them (and their margins). All-or-nothing:
+        the store changes only once both copies exist (an out-of-memory error leaves it whole)."""
+        n = self.on_device()
+        keep = torch.ones(n, dtype=torch.bool, device=self.margins.device)
+        keep[idx] = False
+        out = (self.domains.index(idx), self.margins[idx])
+        if not bool(keep.any()):
+            self.domains = self.margins = None
+        else:
+            self.domains, self.margins = self.domains.index(keep), self.margins[keep]
+        return out
 
     def pop_worst(self, k: int) -> tuple[Domains | None, torch.Tensor | None]:
         """Remove and return the `k` domains with the smallest margins (and those margins)."""
-        n = len(self)
+        self.refill(k)
+        n = self.on_device()
         if n == 0 or k <= 0:
             return None, None
         if k >= n:
             out = (self.domains, self.margins)
             self.domains = self.margins = None
             return out
-        idx = torch.topk(self.margins, k, largest=False).indices
-        keep = torch.ones(n, dtype=torch.bool, device=self.margins.device)
-        keep[idx] = False
-        out = (self.domains.index(idx), self.margins[idx])
-        self.domains, self.margins = self.domains.index(keep), self.margins[keep]
-        return out
+        return self._take(torch.topk(self.margins, k, largest=False).indices)
 
     def pop_largest(self, key: torch.Tensor, k: int) -> tuple[Domains | None, torch.Tensor | None]:
-        """Remove and return the `k` domains with the largest `key` [n] (and their margins)."""
-        n = len(self)
+        """Remove and return the `k` domains of the device's part with the largest `key` [n] (and
+        their margins); `refill` first where the caller wants spilled ones among them."""
+        n = self.on_device()
         if n == 0 or k <= 0:
             return None, None
         k = min(k, n)
-        idx = torch.topk(key, k, largest=True).indices
-        keep = torch.ones(n, dtype=torch.bool, device=self.margins.device)
-        keep[idx] = False
-        out = (self.domains.index(idx), self.margins[idx])
-        if k == n:
-            self.domains = self.margins = None
-        else:
-            self.domains, self.margins = self.domains.index(keep), self.margins[keep]
-        return out
+        return self._take(torch.topk(key, k, largest=True).indices)
 
     def pop_best(self, k: int) -> tuple[Domains | None, torch.Tensor | None]:
         """Remove and return the `k` domains with the largest margins (to hand to another worker:
         the easy end of the queue, so the sender keeps the work it was about to do)."""
-        return self.pop_largest(self.margins, k)
+        self.refill(k)
+        return self.pop_largest(self.margins, k) if self.on_device() else (None, None)
 
 
 def split(domains: Domains, decision: torch.Tensor, relus: list[str], pre_of: dict[str, str],

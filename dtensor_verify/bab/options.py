@@ -30,6 +30,9 @@ class BabOptions:
     max_domains: int | None = None      # open domains per worker before giving up (verdict unknown):
     store_fraction: float = 0.2         # what this share of the free memory holds (the queue is
                                         # copied when it grows, so it may take twice that), or fewer
+    host_fraction: float = 0.5          # CUDA: open domains past the device's part move to host memory,
+                                        # up to this share of it (bab/store_limit.py; 0: none, the run
+                                        # gives up at the device's limit)
     max_rounds: int | None = None       # stop (unknown) after this many rounds (benchmarks: equal work)
     pgd_every: int = 10                 # every this many rounds, a short PGD from the most
     pgd_points: int = 16                # promising domains' vertices (this many per worker)

@@ -90,6 +90,9 @@ class BabStats:
     exhausted: int = 0                 # open domains with no neuron left to split
     batch_per_worker: int = 0
     open_domain_limit: int = 0
+    spilled: int = 0                   # open domains in host memory at the end (a GPU's store) ...
+    spills: int = 0                    # ... chunks moved there, and brought back
+    refills: int = 0
     workers: int = 1
     reason: str | None = None          # why the search stopped short of a verdict
     split: str = "relu"                # the kind of split: 'relu' | 'input'
@@ -120,7 +123,8 @@ class BabStats:
                "exhausted_domains": self.exhausted, "batch_per_worker": self.batch_per_worker,
                "first_batch": self.first_batch, "batch_grown": self.batch_grown,
                "rows_bounded": None if self.rows is None else {"kept": self.rows[0], "of": self.rows[1]},
-               "open_domain_limit": self.open_domain_limit, "workers": self.workers, "split": self.split,
+               "open_domain_limit": self.open_domain_limit, "spilled": self.spilled, "spills": self.spills,
+               "refills": self.refills, "workers": self.workers, "split": self.split,
                "split_widths": {str(w): n for w, n in sorted(self.widths.items())},
                "max_split_width": max(self.widths, default=1), "wide_pruned": self.wide_pruned}
         if self.reason:

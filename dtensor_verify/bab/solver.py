@@ -209,12 +209,16 @@ class BabSolver:
             if not self.lockstep and (self.found or len(rest) == 0):
                 return
         lA = {r: a[open_idx] for r, a in result.lA.items() if r in p.scored}
+        if self.growth is not None:
+            self.growth.branching()
         with PhaseTimer(self.stats, "branching"):
             if self.max_width > 1:      # the best few, for wide rounds
                 ranked = choose_ranked(self.branching, rest, lA, self.ctx, self.max_width)
                 rest.decision, rest.more = ranked[:, 0].contiguous(), ranked[:, 1:].contiguous()
             else:
                 rest.decision = choose(self.branching, rest, lA, self.ctx)
+        if self.growth is not None:
+            self.growth.branched(len(rest))
         stuck = rest.decision[:, 0] == NO_DECISION
         if bool(stuck.any()):
             # Every neuron of these domains is fixed, yet the bound does not prove them (beta's
@@ -238,8 +242,10 @@ class BabSolver:
         never less than a floor from the device's total memory); every worker agrees on the
         smallest, so all stop in the same round. `held`: domains stored now (asked again when full)."""
         self.limit = store_limit(per_domain, self.opts.store_fraction, self.batch * 4, self.problem.d.device,
-                                 self.opts.max_domains, held)
-        return self.comm.agree_min(self.limit.domains)
+                                 self.opts.max_domains, held, self.opts.host_fraction)
+        if self.limit.host:         # a GPU's store: the device's part, the rest in host memory
+            self.store.keep, self.store.host = self.limit.domains, torch.device("cpu")
+        return self.comm.agree_min(self.limit.total)
 
     def round(self):
         # Worst first, unless the queue is over half full: then the most promising domains (input
@@ -252,10 +258,7 @@ class BabSolver:
         if self.mode == "input":
             self._room = input_bab.room_this_round(self.batch, self._child_seconds, self.time_left())
             k = max(1, min(k, self._room // 2))
-        if crowded and self.mode == "input":
-            parents, margins = input_bab.pop_crowded(self.store, k)
-        else:
-            parents, margins = (self.store.pop_best if crowded else self.store.pop_worst)(k)
+        parents, margins = self._pop(k, crowded)
         if parents is None:
             if not self.lockstep and not shares_children(self):
                 return
@@ -290,6 +293,27 @@ class BabSolver:
             release_cached_memory(parents.pair.device)
             self.log(f"bab: out of memory on {kids} children; batch now {self.batch} parents")
 
+    def _pop(self, k: int, crowded: bool):
+        """This round's parents. Taking them copies the device's part of the store; where that
+        runs out of memory (a GPU shared with other processes), the store is left whole
+        (`DomainStore._take`), the cached blocks are freed and it is tried once more with half."""
+        for attempt in range(2):
+            try:
+                if crowded and self.mode == "input":
+                    self.store.refill(k)
+                    return input_bab.pop_crowded(self.store, k)
+                return (self.store.pop_best if crowded else self.store.pop_worst)(k)
+            except Exception as exc:
+                if attempt or self.lockstep or not out_of_memory(exc):
+                    raise
+                release_cached_memory(self.problem.d.device)
+                k = max(1, k // 2)
+                self.batch = max(1, min(self.batch, k))
+                if self.growth is not None:
+                    self.growth.out_of_memory(self.batch)
+                self.stats.memory_retries += 1
+                self.log(f"bab: out of memory taking the round's parents; batch now {self.batch}")
+
     def _bound_children(self, parents: Domains):
         p = self.problem
         kids = children_of(self, parents)
@@ -306,6 +330,8 @@ class BabSolver:
         steps = self.opts.input_iterations if self.mode == "input" else self.opts.beta.iterations
         with PhaseTimer(self.stats, "bounding"):
             result = self._bound(kids, steps)
+        if self.growth is not None:
+            self.growth.bounded(len(kids))
         self.stats.iterations += result.iterations
         self.stats.bounded += len(kids)
         self._settle(kids, result, kids.lower)
@@ -368,7 +394,7 @@ class BabSolver:
         if state.time_up:
             return self._result("timeout")
         if state.too_many(self.max_open) and self.limit is not None:    # every worker asks memory again
-            self.max_open = max(self.max_open, self._store_limit(self.limit.per_domain, len(self.store)))
+            self.max_open = max(self.max_open, self._store_limit(self.limit.per_domain, self.store.on_device()))
         if state.too_many(self.max_open):
             return self._result("unknown", self.limit.reason(self.max_open) if self.limit else "too many open domains")
         if self.opts.max_rounds is not None and loops >= self.opts.max_rounds:
@@ -387,6 +413,7 @@ class BabSolver:
         st.ended, st.cpu_ended = time.perf_counter(), time.process_time()
         st.open_domains, st.exhausted, st.batch_per_worker = len(self.store), self.exhausted, self.batch
         st.batch_grown = self.growth.grown if self.growth is not None else 0
+        st.spilled, st.spills, st.refills = self.store.spilled(), self.store.spills, self.store.refills
         st.open_domain_limit, st.workers, st.reason = self.max_open, self.comm.workers, why
         if self.exact is not None:
             st.exact_lp = self.exact.summary()
