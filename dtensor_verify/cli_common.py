@@ -79,6 +79,14 @@ def bab_options(args):
         opts.balance_children = False
     if getattr(args, "bab_grow", "on") == "off":
         opts.grow_batch = False
+    for name, field, low in (("bab_iterations", "iterations", 0), ("bab_lr_alpha", "lr_alpha", 0.0),
+                             ("bab_lr_beta", "lr_beta", 0.0)):
+        value = getattr(args, name, None)
+        if value is not None:
+            if value < low or (field != "iterations" and value == 0):
+                raise CliError(f"--{name.replace('_', '-')} must be {'>= 0' if field == 'iterations' else '> 0'}, "
+                               f"not {value}")
+            setattr(opts.beta, field, value)
     host = getattr(args, "bab_host_store", None)
     if host is not None:
         if not 0.0 <= host <= 0.9:
@@ -204,6 +212,13 @@ def add_bab_arguments(p):
     p.add_argument("--bab-grow", default="on", choices=["on", "off"],
                    help="CUDA: raise the batch from what full rounds measured (peak bytes a child) up to "
                         "this process's share of the free memory (default on; off: the estimate's batch)")
+    p.add_argument("--bab-iterations", type=int, default=None, metavar="N",
+                   help="beta-CROWN optimisation steps per branch-and-bound round (default 20)")
+    p.add_argument("--bab-lr-alpha", type=float, default=None, metavar="LR",
+                   help="beta-CROWN's step size for the slopes in branch and bound (default 0.1; "
+                        "alpha,beta-CROWN's yolo / vit configs: 0.01)")
+    p.add_argument("--bab-lr-beta", type=float, default=None, metavar="LR",
+                   help="beta-CROWN's step size for the split multipliers (default 0.05; alpha,beta-CROWN: 0.1)")
     p.add_argument("--bab-host-store", type=float, default=None, metavar="F",
                    help="CUDA: open domains past what the GPU's part of the queue holds move to host memory, "
                         "up to this share of this process's part of it (default 0.5; 0: none, the search "

@@ -99,3 +99,25 @@ def test_a_full_device_part_no_longer_ends_the_search(monkeypatch):
     stats = res.bounds["bab"]
     assert res.verdict == "unknown" and "stopped after 30 rounds" in res.message, (res.verdict, res.message)
     assert stats["spills"] >= 1 and stats["open_domains"] > 40 and stats["spilled"] > 0, stats
+
+
+def test_the_command_line_sets_the_host_part_and_beta_steps():
+    import argparse
+
+    import pytest
+
+    from dtensor_verify.cli_common import CliError, add_bab_arguments, bab_options
+
+    p = argparse.ArgumentParser()
+    add_bab_arguments(p)
+    opts = bab_options(p.parse_args([]))
+    assert opts.host_fraction == 0.5 and opts.beta.iterations == 20
+    opts = bab_options(p.parse_args(["--bab-host-store", "0", "--bab-iterations", "8", "--bab-lr-alpha", "0.01",
+                                     "--bab-lr-beta", "0.1"]))
+    assert opts.host_fraction == 0.0 and opts.beta.iterations == 8
+    assert opts.beta.lr_alpha == 0.01 and opts.beta.lr_beta == 0.1
+    assert bab_options(p.parse_args([])).beta.lr_alpha == 0.1         # (each BabOptions its own BetaOptions)
+    for args, flag in ((["--bab-host-store", "2"], "--bab-host-store"), (["--bab-iterations", "-1"], "--bab-iterations"),
+                       (["--bab-lr-beta", "0"], "--bab-lr-beta")):
+        with pytest.raises(CliError, match=flag):
+            bab_options(p.parse_args(args))
