@@ -203,6 +203,16 @@ def _threshold_property(t: float) -> str:
             f"(assert (<= Y_0 {t!r}))\n")
 
 
+def certain_instance(seed: int = 10):
+    """A 2-24-24-1 network on [-1, 1]^2, its grid minimum, and a threshold property certainly true
+    (below the minimum by the grid's Lipschitz margin): (model, grid minimum, property)."""
+    net, shape = random_mlp([2, 24, 24, 1], seed=seed)
+    model = dv.load(net, input_shape=shape)
+    gmin, _ = _grid_min(model)
+    certain = gmin - _lipschitz(net) * (2.0 / 400) * math.sqrt(2) / 2 - 1e-3
+    return model, gmin, parse_vnnlib(_threshold_property(certain), n_inputs=2, n_outputs=1)
+
+
 @pytest.mark.parametrize("split", ["relu", "input"])
 @pytest.mark.parametrize("seed", range(3))
 def test_bab_decides_small_networks_as_ground_truth_says(seed, split):
@@ -281,11 +291,7 @@ def test_out_of_memory_halves_the_batch_and_loses_no_domain(monkeypatch):
         return real(self, domains, iterations)
 
     monkeypatch.setattr(solver_module.BabSolver, "_bound", small_memory)
-    net, shape = random_mlp([2, 24, 24, 1], seed=10)
-    model = dv.load(net, input_shape=shape)
-    gmin, _ = _grid_min(model)
-    certain = gmin - _lipschitz(net) * (2.0 / 400) * math.sqrt(2) / 2 - 1e-3
-    prop = parse_vnnlib(_threshold_property(certain), n_inputs=2, n_outputs=1)
+    model, gmin, prop = certain_instance()
     # ReLU splitting (2 inputs would pick input splitting, whose few rounds stay under 16 children).
     res = verify_instance(model, prop, None, timeout=60, attack=False,
                           bab_options=BabOptions(batch_size=64, split="relu"))

@@ -5,8 +5,6 @@ host part is forced on: no domain is lost or handed out twice, the worst margin 
 domains, and the verdicts are the ground truth's (a spilled domain is still open: never unsat early)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 import dtensor_verify as dv
@@ -16,7 +14,7 @@ from dtensor_verify.bab import store_limit as store_limit_module
 from dtensor_verify.specs import parse_vnnlib
 from dtensor_verify.verify import verify_instance
 from model_zoo import random_mlp
-from test_bab import _grid_min, _lipschitz, _threshold_property, root_problem
+from test_bab import _threshold_property, certain_instance, root_problem
 
 
 def _store_of(n, keep):
@@ -67,11 +65,7 @@ def _small_device_part(monkeypatch, device_domains: int):
 
 def test_bab_with_a_tiny_device_part_decides_as_ground_truth_says(monkeypatch):
     _small_device_part(monkeypatch, 8)
-    net, shape = random_mlp([2, 24, 24, 1], seed=10)
-    model = dv.load(net, input_shape=shape)
-    gmin, _ = _grid_min(model)
-    certain = gmin - _lipschitz(net) * (2.0 / 400) * math.sqrt(2) / 2 - 1e-3
-    prop = parse_vnnlib(_threshold_property(certain), n_inputs=2, n_outputs=1)
+    model, gmin, prop = certain_instance()
     res = verify_instance(model, prop, None, timeout=60, attack=False,
                           bab_options=BabOptions(batch_size=2, split="relu", split_width=1))
     assert res.verdict == "unsat", (res.verdict, res.message)

@@ -25,7 +25,6 @@ from typing import Callable
 
 import torch
 
-from ..margin import best_row, margin, spec_rows
 from ..methods.beta_crown import BetaOptions, BetaResult, beta_crown
 from . import input_bab
 from .branching import choose, choose_ranked, context_for, mixed
@@ -34,11 +33,13 @@ from .budget import auto_batch_size, free_memory_bytes, out_of_memory, release_c
 from .comm import LocalComm
 from .domains import NO_DECISION, Domains, DomainStore
 from .options import BabOptions  # noqa: F401 (the solver's options; re-exported)
+from .parents import pop_parents
 from .exact_hooks import decide_leaves, prepare_exact, settle_few_unstable
 from .children import children_of, shares_children
 from .general_refresh import refresh_children
 from .problem import BabProblem, BabResult, BabStats, PhaseTimer
 from .store_limit import store_limit
+from .vertex_attack import attack_vertices
 from .wide import max_width_for, parents_for, width_for, with_more
 
 # (x [m, *S], pair [m], y [m, n_out]) -> a confirmed counterexample among the points, or None
@@ -143,29 +144,6 @@ class BabSolver:
         return self.problem.margins(kids.lower, kids.pair) > 0
 
     # -- one round's steps -----------------------------------------------------------------
-    def _attack(self, domains: Domains, lA_input: torch.Tensor | None):
-        """Try the input vertex minimising each open domain's linear bound (on its best row).
-        Cheap (one forward pass) and finds the counterexamples BaB runs into. Returns what
-        `confirm` confirmed, or None."""
-        p = self.problem
-        if lA_input is None or (len(domains) == 0 and not self.lockstep):
-            return None
-        n = lA_input.shape[0]
-        d, mask = p.d[domains.pair], p.row_mask[domains.pair]
-        lo, hi = p.box_of(domains)
-        row = best_row(domains.lower, d, mask)
-        A = lA_input[torch.arange(n, device=row.device), row]                 # [n, *S]
-        x = torch.where(A > 0, lo, hi)
-        with torch.no_grad():
-            y = p.forward(x)
-        worst = margin(spec_rows(p.C[domains.pair], y), d, mask)
-        best = torch.topk(worst, min(self.pgd_points, n), largest=False).indices
-        self.seeds = (x[best].detach(), domains.pair[best])
-        hits = (worst <= 0).nonzero().flatten()
-        if hits.numel() == 0:
-            return None
-        return self.confirm(x[hits], domains.pair[hits], y[hits])
-
     def _settle(self, kids: Domains, result, parent_lower: torch.Tensor | None):
         """Children's bounds in, proved ones out, the rest branched and stored."""
         p = self.problem
@@ -183,7 +161,7 @@ class BabSolver:
         if self.mode == "input" and self.opts.input_clip and result.iterations == 0 and lA_in is not None:
             rest.box = input_bab.clip_boxes(p, rest, lA_in[open_idx], result.lower[open_idx])
         with PhaseTimer(self.stats, "attack"):
-            found = self._attack(rest, None if lA_in is None else lA_in[open_idx])
+            found = attack_vertices(self, rest, None if lA_in is None else lA_in[open_idx])
             self.counterexample = self.counterexample or found or None
             # Under lockstep every rank takes the PGD step (its forward passes are collectives).
             if self.mode == "input" and (self.lockstep or not self.found) \
@@ -258,7 +236,7 @@ class BabSolver:
         if self.mode == "input":
             self._room = input_bab.room_this_round(self.batch, self._child_seconds, self.time_left())
             k = max(1, min(k, self._room // 2))
-        parents, margins = self._pop(k, crowded)
+        parents, margins = pop_parents(self, k, crowded)
         if parents is None:
             if not self.lockstep and not shares_children(self):
                 return
@@ -292,27 +270,6 @@ class BabSolver:
             self.stats.memory_retries += 1
             release_cached_memory(parents.pair.device)
             self.log(f"bab: out of memory on {kids} children; batch now {self.batch} parents")
-
-    def _pop(self, k: int, crowded: bool):
-        """This round's parents. Taking them copies the device's part of the store; where that
-        runs out of memory (a GPU shared with other processes), the store is left whole
-        (`DomainStore._take`), the cached blocks are freed and it is tried once more with half."""
-        for attempt in range(2):
-            try:
-                if crowded and self.mode == "input":
-                    self.store.refill(k)
-                    return input_bab.pop_crowded(self.store, k)
-                return (self.store.pop_best if crowded else self.store.pop_worst)(k)
-            except Exception as exc:
-                if attempt or self.lockstep or not out_of_memory(exc):
-                    raise
-                release_cached_memory(self.problem.d.device)
-                k = max(1, k // 2)
-                self.batch = max(1, min(self.batch, k))
-                if self.growth is not None:
-                    self.growth.out_of_memory(self.batch)
-                self.stats.memory_retries += 1
-                self.log(f"bab: out of memory taking the round's parents; batch now {self.batch}")
 
     def _bound_children(self, parents: Domains):
         p = self.problem
