@@ -147,11 +147,6 @@ def main(argv=None) -> int:
         from .run_guard import job_age_s, process_age_s
         age = job_age_s()                   # under dtensor_verify.launch: since the launcher started
         started_at -= process_age_s() if age is None else age
-    # CUDA's caching allocator in growable segments: branch and bound's rounds change size every
-    # round, and fixed segments left GBs reserved but unusable next to other processes on a shared
-    # GPU (out of memory with 1-2 GiB "reserved but unallocated"). Before any CUDA allocation;
-    # a value the user set is kept.
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -30,7 +30,16 @@ def _no_gpu_reason() -> str:
     return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
 
 
+ALLOC_CONF = "expandable_segments:True"
+
+
 def _cuda_device(index: int | None, what: str) -> torch.device:
+    # CUDA's caching allocator in growable segments, set before CUDA starts (`current_device`,
+    # `set_device`) for every entry point that picks a GPU: branch and bound's rounds change size
+    # every round, and fixed segments left 1-2 GiB "reserved but unallocated" when a process next to
+    # others on one GPU ran out of memory (TinyYOLO, session 10). A value the user set is kept; where
+    # CUDA has started already it changes nothing.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", ALLOC_CONF)
     if not torch.cuda.is_available():
         raise DeviceError(f"{what}: {_no_gpu_reason()}; use --device cpu (or auto)")
     count = torch.cuda.device_count()

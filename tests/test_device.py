@@ -253,3 +253,22 @@ def test_gpu_arithmetic_is_full_float32():
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old[:2]
         torch.set_float32_matmul_precision(old[2])
+
+
+def test_picking_a_gpu_sets_growable_allocator_segments_unless_the_user_chose(two_gpus, monkeypatch):
+    """Before CUDA starts, every entry point that picks a GPU asks for expandable segments (fixed
+    ones left 1-2 GiB reserved but unusable next to other processes on one GPU); the user's own
+    PYTORCH_CUDA_ALLOC_CONF is kept, and the CPU leaves it alone."""
+    import os
+
+    from dtensor_verify import device
+
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "")      # (recorded: restored after the test)
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    device.resolve_device("cpu")
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+    device.resolve_device("cuda")
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    device.resolve_device("auto")
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
