@@ -9,8 +9,10 @@ of an instance at the same time (one thread each), so both see the same load.
 
 An instance is BENCH:ONNX_PREFIX:VNNLIB_PREFIX (files under BENCH/onnx and BENCH/vnnlib, .gz or
 not). Prints a Markdown table (each side's verdict, seconds, domains bounded and proved, the worst
-open margin at the end, first and last batch, rows bounded) and writes OUT/ab.csv and OUT/ab.md
-with the conditions (CPU, load, torch, commit, both argument sets).
+open margin at the end, first and last batch, rows bounded; B's seconds over A's where both
+decided) and writes OUT/ab.csv and OUT/ab.md with the conditions (CPU, load, torch, commit, both
+argument sets). One side's sat against the other's unsat is a CONTRADICTION (exit status 1).
+`_run` is also scripts/bench_focus_rows.py's.
 """
 from __future__ import annotations
 
@@ -63,6 +65,15 @@ def _run(onnx: Path, vnnlib: Path, timeout: float, device: str, extra: list[str]
             "rows": f"{rows['kept']}/{rows['of']}" if rows else ""}
 
 
+def b_over_a(a: dict, b: dict) -> str:
+    """B's seconds over A's where both decided; CONTRADICTION where one says sat and the other unsat."""
+    if {a["verdict"], b["verdict"]} == {"sat", "unsat"}:
+        return "CONTRADICTION"
+    if a["verdict"] in ("sat", "unsat") and b["verdict"] in ("sat", "unsat") and a["seconds"]:
+        return f"{b['seconds'] / a['seconds']:.2f}"
+    return ""
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"
@@ -77,7 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bench-root", type=Path, default=ROOT.parent / "shared" / "benchmarks")
-    ap.add_argument("--out", type=Path, default=Path("bench_bab_ab_out"))
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench_bab_ab")
     args = ap.parse_args(argv)
     sides = {"A": shlex.split(args.a), "B": shlex.split(args.b)}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -87,28 +98,31 @@ def main(argv=None) -> int:
         onnx, vnnlib = _paths(args.bench_root, spec)
         with ThreadPoolExecutor(2) as pool:
             got = dict(zip(sides, pool.map(lambda s: _run(onnx, vnnlib, args.timeout, args.device, sides[s]), sides)))
-        rows.append({"instance": spec, **{f"{s}_{c}": got[s][c] for s in sides for c in COLS}})
+        rows.append({"instance": spec, **{f"{s}_{c}": got[s][c] for s in sides for c in COLS},
+                     "b_over_a": b_over_a(got["A"], got["B"])})
         print(f"{spec}: A {got['A']['verdict']} worst {_fmt(got['A']['worst'])}, "
               f"B {got['B']['verdict']} worst {_fmt(got['B']['worst'])}", flush=True)
     with open(args.out / "ab.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = os.environ.get("DTENSOR_VERIFY_COMMIT") or subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     import torch
     lines = [f"A: `{args.a or '(defaults)'}`; B: `{args.b}`; limit {args.timeout:g} s, {args.device}, one thread each, "
              f"both sides at once; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load "
              f"{load0:.1f} before / {os.getloadavg()[0]:.1f} after, torch {torch.__version__}, commit {commit}", "",
-             "| instance | side | verdict | s | domains | proved | worst margin at the end | first batch | last batch | rows |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| instance | side | verdict | s | domains | proved | worst margin at the end | first batch | last batch | rows "
+             "| B / A s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         for s in sides:
-            lines.append(f"| {r['instance']} | {s} | " + " | ".join(_fmt(r[f'{s}_{c}']) for c in COLS) + " |")
+            lines.append(f"| {r['instance']} | {s} | " + " | ".join(_fmt(r[f'{s}_{c}']) for c in COLS)
+                         + f" | {r['b_over_a'] if s == 'B' else ''} |")
     text = "\n".join(lines) + "\n"
     (args.out / "ab.md").write_text(text)
     print(text)
-    return 0
+    return 1 if any(r["b_over_a"] == "CONTRADICTION" for r in rows) else 0
 
 
 if __name__ == "__main__":

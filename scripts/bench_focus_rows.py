@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_bab_ab import _run as run_side, b_over_a  # noqa: E402 (the sibling script's runner)
 DEFAULT = [f"acasxu_2023:{net}:{prop}" for net in ("1_1", "1_5", "2_3", "3_4", "4_2", "5_7")
            for prop in ("prop_2", "prop_3", "prop_4")]
 
@@ -41,23 +41,7 @@ def _paths(bench_root: Path, spec: str) -> tuple[Path, Path]:
 
 
 def _run(onnx: Path, vnnlib: Path, timeout: float, split: str, focus: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        js, res = Path(tmp) / "r.json", Path(tmp) / "r.txt"
-        cmd = [sys.executable, "-m", "dtensor_verify", "--threads", "1", "run", "--onnx", str(onnx),
-               "--vnnlib", str(vnnlib), "--results", str(res), "--json", str(js), "--timeout", str(timeout),
-               "--device", "cpu", "--quiet", "--bab-split", split, "--bab-focus-rows", focus]
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-        subprocess.run(cmd, env=env, capture_output=True, timeout=timeout * 2 + 60)
-        try:
-            d = json.loads(js.read_text())
-        except (OSError, ValueError):
-            return {"verdict": "error", "seconds": None, "domains": None, "proved": None, "worst": None,
-                    "first_batch": None, "rows": ""}
-    bab = d.get("bounds", {}).get("bab", {}) or {}
-    rows = bab.get("rows_bounded")
-    return {"verdict": d.get("verdict"), "seconds": d.get("seconds"), "domains": bab.get("domains_visited"),
-            "proved": bab.get("domains_proved"), "worst": bab.get("global_margin"),
-            "first_batch": bab.get("first_batch"), "rows": f"{rows['kept']}/{rows['of']}" if rows else ""}
+    return run_side(onnx, vnnlib, timeout, "cpu", ["--bab-split", split, "--bab-focus-rows", focus])
 
 
 def main(argv=None):
@@ -75,11 +59,7 @@ def main(argv=None):
         onnx, vnnlib = _paths(Path(args.bench_root), spec)
         with ThreadPoolExecutor(2) as pool:
             off, on = pool.map(lambda f: _run(onnx, vnnlib, args.timeout, args.split, f), ["off", "3"])
-        ratio = ""
-        if off["verdict"] in ("sat", "unsat") and on["verdict"] in ("sat", "unsat") and off["seconds"]:
-            ratio = f"{on['seconds'] / off['seconds']:.2f}"
-        if {off["verdict"], on["verdict"]} == {"sat", "unsat"}:
-            ratio = "CONTRADICTION"
+        ratio = b_over_a(off, on)
         rows.append({"instance": spec, **{f"{side}_{k}": r[k] for side, r in (("off", off), ("on", on))
                                            for k in ("verdict", "seconds", "domains", "proved", "worst",
                                                      "first_batch")},
