@@ -79,14 +79,16 @@ def bab_options(args):
         opts.balance_children = False
     if getattr(args, "bab_grow", "on") == "off":
         opts.grow_batch = False
-    for name, field, low in (("bab_iterations", "iterations", 0), ("bab_lr_alpha", "lr_alpha", 0.0),
-                             ("bab_lr_beta", "lr_beta", 0.0)):
-        value = getattr(args, name, None)
-        if value is not None:
-            if value < low or (field != "iterations" and value == 0):
-                raise CliError(f"--{name.replace('_', '-')} must be {'>= 0' if field == 'iterations' else '> 0'}, "
-                               f"not {value}")
-            setattr(opts.beta, field, value)
+    # beta-CROWN in branch and bound: steps per round (>= 0), step sizes (> 0)
+    for flag, field, ok, rule in (("--bab-iterations", "iterations", lambda v: v >= 0, ">= 0"),
+                                  ("--bab-lr-alpha", "lr_alpha", lambda v: v > 0, "> 0"),
+                                  ("--bab-lr-beta", "lr_beta", lambda v: v > 0, "> 0")):
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is None:
+            continue
+        if not ok(value):
+            raise CliError(f"{flag} must be {rule}, not {value}")
+        setattr(opts.beta, field, value)
     host = getattr(args, "bab_host_store", None)
     if host is not None:
         if not 0.0 <= host <= 0.9:

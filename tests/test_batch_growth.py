@@ -176,7 +176,7 @@ def test_no_growth_where_an_out_of_memory_round_cannot_be_retried(monkeypatch):
 
 def test_branching_is_sized_as_if_every_child_were_open():
     """A round where most children were proved measures branching on few of them; the next round's
-    children may all be open (TinyYOLO on a shared H100: processes at 1.3-1.7x their share). Here
+    children may all be open (TinyYOLO on a shared H100: processes at 1.3-2.6x their share). Here
     bounding takes 100 bytes a child and branching 2000 bytes per open child, on 2 of 32: sized per
     child at 2000, 0.8 x 100000 holds 40 children (20 parents), not the 2x of one peak's average."""
     mem = FakeMemory(headroom=100_000)

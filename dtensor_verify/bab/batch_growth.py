@@ -13,10 +13,11 @@ children) the batch stays; a batch the user fixed is kept.
 
 A round's peak has two parts, measured apart: bounding all its children, and choosing the open
 children's next splits (the branching heuristic bounds trial splits of each). A round where most
-children were proved measures little branching, so the next one, where they are not, would
-overshoot (TinyYOLO on a shared H100, session 10: processes at 1.3-1.7x their share, out of
-memory). The estimate is therefore a child's bounding bytes or, if larger, its part of what was
-held when branching began plus branching's bytes per *open* child, as if every child were open.
+children were proved measures little branching, so the next one, where they are not, may
+overshoot: the suspected cause (not yet confirmed on a GPU) of processes at 1.3-2.6x their share
+in branch and bound on TinyYOLO (a shared H100, session 10, out of memory). The estimate is
+therefore a child's bounding bytes or, if larger, its part of what was held when branching began
+plus branching's bytes per *open* child, as if every child were open.
 
 Soundness: only the number of parents a round takes changes; an overshoot is the solver's
 out-of-memory retry (the parents go back to the queue), never a lost domain.
