@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Ours next to a published VNN-COMP run, instance by instance, on the instances both have.
+
+    python bench/gpu/vs_published.py PUBLISHED.csv OURS.csv [OURS2.csv ...] [--out both.csv]
+
+PUBLISHED.csv is a tool's `results.csv` from a VNN-COMP results repository, e.g. alpha,beta-CROWN's
+VNN-COMP 2023 yolo run:
+
+    git -C <mirror of ChristopherBrix/vnncomp2023_results> show HEAD:alpha_beta_crown/2023_yolo/results.csv
+
+(rows `benchmark,onnx,vnnlib,prepare_seconds,result,run_seconds`, no header). OURS.csv are
+`dtensor-verify benchmark --csv` files (several calls are merged as bench/gpu/merge_calls.py does:
+the first decided verdict of an instance is kept). Instances are matched on the ONNX and VNN-LIB
+file names (the shared copies of vit / yolo were drawn again from the generators, so only some of
+their properties are the published run's). Prints the pairs table (published verdict x ours) and
+one row per instance; writes those rows to --out. A sat / unsat clash is a CONTRADICTION (exit 1).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from merge_calls import DECIDED, merge  # noqa: E402
+
+# The words results.csv uses for a verdict, as ours writes them.
+PUBLISHED_WORDS = {"unsat": "unsat", "holds": "unsat", "sat": "sat", "violated": "sat",
+                   "timeout": "timeout", "unknown": "unknown"}
+
+
+def _key(onnx: str, vnnlib: str) -> tuple[str, str]:
+    return Path(onnx).name, Path(vnnlib).name
+
+
+def read_published(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
+    """(onnx name, vnnlib name) -> (verdict, seconds) of a VNN-COMP results.csv."""
+    out = {}
+    with open(path, newline="") as fh:
+        for n, row in enumerate(csv.reader(fh), 1):
+            if not row or row[0] == "benchmark":
+                continue
+            if len(row) < 6:
+                raise SystemExit(f"{path}:{n}: expected benchmark,onnx,vnnlib,prepare,result,seconds; got {row}")
+            verdict = PUBLISHED_WORDS.get(row[4].strip().lower(), "error")
+            out[_key(row[1], row[2])] = (verdict, row[5].strip())
+    return out
+
+
+def pair(published: dict, ours: dict) -> tuple[list[dict], list[str]]:
+    rows, clashes = [], []
+    for (onnx, vnnlib), r in sorted(ours.items(), key=lambda kv: _key(*kv[0])):
+        key = _key(onnx, vnnlib)
+        if key not in published:
+            continue
+        pv, ps = published[key]
+        flag = ""
+        if pv in DECIDED and r["verdict"] in DECIDED and pv != r["verdict"]:
+            flag = "CONTRADICTION"
+            clashes.append(f"CONTRADICTION: {key[1]}: published {pv}, ours {r['verdict']} ({r['call']})")
+        rows.append({"onnx": key[0], "vnnlib": key[1], "published": pv, "published_seconds": ps,
+                     "ours": r["verdict"], "ours_seconds": r.get("seconds", ""), "ours_call": r["call"],
+                     "ours_message": (r.get("message") or "")[:120], "flag": flag})
+    return rows, clashes
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("published", type=Path)
+    ap.add_argument("ours", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    published = read_published(args.published)
+    ours, own_clashes = merge(args.ours)
+    rows, clashes = pair(published, ours)
+    clashes = own_clashes + clashes
+    print(f"{len(rows)} instances in both ({len(published)} published, {len(ours)} ours)")
+    counts = Counter((r["published"], r["ours"]) for r in rows)
+    ours_kinds = sorted({o for _, o in counts}, key=lambda v: (v not in DECIDED, v))
+    print("| published \\ ours | " + " | ".join(ours_kinds) + " | total |")
+    print("|---|" + "---:|" * (len(ours_kinds) + 1))
+    for pv in sorted({p for p, _ in counts}, key=lambda v: (v not in DECIDED, v)):
+        cells = [str(counts[pv, o]) for o in ours_kinds]
+        print(f"| {pv} | " + " | ".join(cells) + f" | {sum(counts[pv, o] for o in ours_kinds)} |")
+    print()
+    print("| instance | published | s | ours | s | call |")
+    print("|---|---|---:|---|---:|---|")
+    for r in rows:
+        ps = f"{float(r['published_seconds']):.1f}" if r["published_seconds"] else ""
+        os_ = f"{float(r['ours_seconds']):.1f}" if r["ours_seconds"] else ""
+        print(f"| {Path(r['vnnlib']).stem} | {r['published']} | {ps} | {r['ours']} | {os_} | {r['ours_call']} |"
+              + (" **CONTRADICTION**" if r["flag"] else ""))
+    for line in clashes:
+        print(line)
+    if args.out:
+        with open(args.out, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["onnx"])
+            w.writeheader()
+            w.writerows(rows)
+    return 1 if clashes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""bench/gpu/vs_published.py: ours next to a published VNN-COMP results.csv on the instances both
+have (matched by file name), the pairs table, and sat vs unsat as a CONTRADICTION."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ours(path, rows):
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["onnx", "vnnlib", "verdict", "seconds", "message"])
+        w.writerows(rows)
+
+
+def _published(path, rows):
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows(["b", f"x/onnx/{o}", f"x/vnnlib/{v}", "1.0", res, s] for o, v, res, s in rows)
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(ROOT / "bench/gpu/vs_published.py"), *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_pairs_on_shared_instances_only(tmp_path):
+    pub, ours, out = tmp_path / "results.csv", tmp_path / "c1.csv", tmp_path / "both.csv"
+    _published(pub, [("n.onnx", "p1.vnnlib", "unsat", "9.1"), ("n.onnx", "p2.vnnlib", "timeout", "300"),
+                     ("n.onnx", "p9.vnnlib", "unsat", "8")])
+    _ours(ours, [["onnx/n.onnx", "vnnlib/p1.vnnlib", "unsat", "3", ""],
+                 ["onnx/n.onnx", "vnnlib/p2.vnnlib", "unsat", "40", ""],
+                 ["onnx/n.onnx", "vnnlib/p3.vnnlib", "timeout", "300", ""]])
+    proc = _run(pub, ours, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 instances in both (3 published, 3 ours)" in proc.stdout, proc.stdout
+    assert "| unsat | 1 | 1 |" in proc.stdout and "| timeout | 1 | 1 |" in proc.stdout, proc.stdout
+    rows = {r["vnnlib"]: r for r in csv.DictReader(open(out))}
+    assert set(rows) == {"p1.vnnlib", "p2.vnnlib"}
+    assert rows["p2.vnnlib"]["published"] == "timeout" and rows["p2.vnnlib"]["ours"] == "unsat"
+
+
+def test_sat_against_published_unsat_is_a_contradiction(tmp_path):
+    pub, ours = tmp_path / "results.csv", tmp_path / "c1.csv"
+    _published(pub, [("n.onnx", "p1.vnnlib", "unsat", "9.1")])
+    _ours(ours, [["onnx/n.onnx", "vnnlib/p1.vnnlib", "sat", "3", ""]])
+    proc = _run(pub, ours)
+    assert proc.returncode == 1 and "CONTRADICTION: p1.vnnlib" in proc.stdout, proc.stdout
