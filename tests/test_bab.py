@@ -328,7 +328,9 @@ def test_out_of_memory_on_one_domain_is_an_error_not_a_verdict(monkeypatch):
         assert "out of memory" in res.message.lower()
 
 
-def test_queue_limit_follows_memory_and_ends_unknown(monkeypatch):
+@pytest.mark.parametrize("derive_bounds,memory,limits", [(False, 4_000_000, (100, 200)),
+                                                         (True, 1_600_000, (120, 180))])
+def test_queue_limit_follows_memory_and_ends_unknown(monkeypatch, derive_bounds, memory, limits):
     """The open-domain queue is limited by what `store_fraction` of the free memory holds (an
     oval21 queue at VNN-COMP's 720 s would otherwise outgrow a GPU); reaching it ends the search
     as unknown (never unsat), and a crowded queue serves its most promising domains first."""
@@ -337,19 +339,21 @@ def test_queue_limit_follows_memory_and_ends_unknown(monkeypatch):
     from dtensor_verify.bab import store_limit
 
     monkeypatch.setattr(solver_module, "free_memory_bytes", lambda device: 4_000_000)
-    # The store's limit: free memory now, floored by the device's total (both 4 MB here).
-    monkeypatch.setattr(store_limit, "free_memory_bytes", lambda device: 4_000_000)
-    monkeypatch.setattr(store_limit, "total_memory_bytes", lambda device: 4_000_000)
+    # The store's limit: free memory now, floored by the device's total (both `memory` here).
+    monkeypatch.setattr(store_limit, "free_memory_bytes", lambda device: memory)
+    monkeypatch.setattr(store_limit, "total_memory_bytes", lambda device: memory)
     net, shape = random_mlp([20, 64, 64, 64, 64, 2], seed=4)
     model = dv.load(net, input_shape=shape)
     text = "".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} -1))\n(assert (<= X_{i} 1))\n" for i in range(20))
     text += "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n(assert (<= Y_0 Y_1))\n"
     prop = parse_vnnlib(text, n_inputs=20, n_outputs=2)
-    res = verify_instance(model, prop, None, timeout=30, attack=False, bab_options=BabOptions(batch_size=8))
+    res = verify_instance(model, prop, None, timeout=30, attack=False,
+                          bab_options=BabOptions(batch_size=8, derive_bounds=derive_bounds))
     stats = res.bounds["bab"]
     # A stored domain here: pre-activation bounds (2 x 256), slopes, multipliers and signs
-    # (3 x 256 floats), a few scalars: about 5 KB, so 0.2 x 4 MB holds about 155.
-    assert 100 < stats["open_domain_limit"] < 200, stats
+    # (3 x 256 floats), a few scalars: about 5 KB, so 0.2 x 4 MB holds about 155. Kept without
+    # its bounds and with int8 signs (bab/domain_codec.py): about 2.3 KB, so 0.2 x 1.6 MB about 140.
+    assert limits[0] < stats["open_domain_limit"] < limits[1], stats
     assert res.verdict == "unknown", (res.verdict, stats)
     assert "too many open domains (limit" in res.message
     assert stats["open_domains"] <= stats["open_domain_limit"] + 2 * 8

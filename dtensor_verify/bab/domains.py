@@ -107,9 +107,12 @@ class DomainStore:
     ended the run `unknown` ("too many open domains") with most of its time left (TinyYOLO on a
     shared H100: after 30 s of a 300 s limit). Soundness: a spilled domain is still open (it counts
     in `len` and in `worst_margin`), so the run cannot read as proved while any is on the host.
-    `domains` / `margins` are the device's part (what `pop_largest`'s key indexes)."""
+    `domains` / `margins` are the device's part (what `pop_largest`'s key indexes), as `codec`
+    packs them (`domain_codec.py`: ReLU splitting keeps no intermediate bounds, they follow from
+    the splits); what leaves the store is unpacked."""
 
-    def __init__(self, keep: int | None = None, host: torch.device | None = None):
+    def __init__(self, keep: int | None = None, host: torch.device | None = None, codec=None):
+        self.codec = codec                # packs domains coming in, unpacks them going out (None: as they are)
         self.domains: Domains | None = None
         self.margins: torch.Tensor | None = None
         self.keep = keep                  # domains on the device at most (None: no limit)
@@ -129,9 +132,14 @@ class DomainStore:
     def spilled(self) -> int:
         return self._spilled_n
 
+    def _out(self, domains: Domains | None) -> Domains | None:
+        return domains if domains is None or self.codec is None else self.codec.unpack(domains)
+
     def push(self, domains: Domains, margins: torch.Tensor):
         if len(domains) == 0:
             return
+        if self.codec is not None:
+            domains = self.codec.pack(domains)
         self._device = margins.device
         if self.domains is None:
             self.domains, self.margins = domains, margins
@@ -169,13 +177,15 @@ class DomainStore:
         worst = float(self.margins.min()) if self.on_device() else float("inf")
         return min([worst] + [m for _, _, m in self._spilled])
 
-    def _take(self, idx) -> tuple[Domains, torch.Tensor]:
-        """Remove the device's domains `idx` and return them (and their margins). All-or-nothing:
-        the store changes only once both copies exist (an out-of-memory error leaves it whole)."""
+    def _take(self, idx, unpack: bool = False) -> tuple[Domains, torch.Tensor]:
+        """Remove the device's domains `idx` and return them (and their margins; `unpack`: as the
+        codec unpacks them). All-or-nothing: the store changes only once both copies exist (an
+        out-of-memory error leaves it whole)."""
         n = self.on_device()
         keep = torch.ones(n, dtype=torch.bool, device=self.margins.device)
         keep[idx] = False
-        out = (self.domains.index(idx), self.margins[idx])
+        taken = self.domains.index(idx)
+        out = (self._out(taken) if unpack else taken, self.margins[idx])
         if not bool(keep.any()):
             self.domains = self.margins = None
         else:
@@ -189,10 +199,10 @@ class DomainStore:
         if n == 0 or k <= 0:
             return None, None
         if k >= n:
-            out = (self.domains, self.margins)
+            out = (self._out(self.domains), self.margins)     # (before the store lets them go)
             self.domains = self.margins = None
             return out
-        return self._take(torch.topk(self.margins, k, largest=False).indices)
+        return self._take(torch.topk(self.margins, k, largest=False).indices, unpack=True)
 
     def pop_largest(self, key: torch.Tensor, k: int) -> tuple[Domains | None, torch.Tensor | None]:
         """Remove and return the `k` domains of the device's part with the largest `key` [n] (and
@@ -201,7 +211,7 @@ class DomainStore:
         if n == 0 or k <= 0:
             return None, None
         k = min(k, n)
-        return self._take(torch.topk(key, k, largest=True).indices)
+        return self._take(torch.topk(key, k, largest=True).indices, unpack=True)
 
     def pop_best(self, k: int) -> tuple[Domains | None, torch.Tensor | None]:
         """Remove and return the `k` domains with the largest margins (to hand to another worker:

@@ -33,6 +33,8 @@ class BabOptions:
     host_fraction: float = 0.5          # CUDA: open domains past the device's part move to host memory,
                                         # up to this share of it (bab/store_limit.py; 0: none, the run
                                         # gives up at the device's limit)
+    derive_bounds: bool = True          # ReLU splitting: the store keeps no intermediate bounds and only
+                                        # the root's unstable neurons (bab/domain_codec.py; False: whole)
     max_rounds: int | None = None       # stop (unknown) after this many rounds (benchmarks: equal work)
     pgd_every: int = 10                 # every this many rounds, a short PGD from the most
     pgd_points: int = 16                # promising domains' vertices (this many per worker)

@@ -31,6 +31,7 @@ from .branching import choose, choose_ranked, context_for, mixed
 from .batch_growth import growth_for
 from .budget import auto_batch_size, free_memory_bytes, out_of_memory, release_cached_memory
 from .comm import LocalComm
+from .domain_codec import codec_for
 from .domains import NO_DECISION, Domains, DomainStore
 from .options import BabOptions  # noqa: F401 (the solver's options; re-exported)
 from .parents import pop_parents
@@ -301,7 +302,10 @@ class BabSolver:
             roots = input_bab.with_boxes(self.problem, roots)
         roots = with_more(roots, self.max_width - 1)
         self.template = roots.index(torch.zeros(0, dtype=torch.long, device=roots.pair.device))
-        self.max_open = self._store_limit(max(1, roots.nbytes() // max(1, len(roots))))
+        if self.opts.derive_bounds:
+            self.store.codec = codec_for(self.problem, self.mode, roots)
+        stored = self.store.codec.pack(roots) if self.store.codec is not None else roots
+        self.max_open = self._store_limit(max(1, stored.nbytes() // max(1, len(roots))))
         self._wide_batch = self.comm.agree_min(self.batch)     # (lockstep ranks take each level together)
         if self.lockstep:
             self._prepare_exact()           # may gather sharded weights: every rank, here
