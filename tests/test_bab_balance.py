@@ -98,7 +98,8 @@ def _solve(model, threshold, comm=None, balance=True):
                        lambda: 1e9, lambda *a: None, comm=comm)
     out = solver.solve(roots)
     first = out.stats.batch_sizes[0] if out.stats.batch_sizes else 0
-    return out.status, getattr(solver.comm, "moved_children", 0), first, out.stats.visited_all
+    return (out.status, getattr(solver.comm, "moved_children", 0), first, out.stats.visited_all,
+            solver.store.shared_codec, getattr(solver.comm, "moved", 0))
 
 
 def _search_on_ranks(rank, world, threshold, balance):
@@ -118,6 +119,11 @@ def test_the_worker_without_the_root_bounds_children_in_the_first_round(tmp_path
     assert one[0] == "proved" and one[3] > 8, one
     res = run_distributed(_search_on_ranks, 2, tmp_path, threshold, balance, timeout_s=180, start_method=START)
     assert [r[0] for r in res] == ["proved", "proved"], res
+    # Both workers' stores derive bounds from the same roots: domains travelled packed
+    # (bab/domain_codec.py), children (balance) and parents (rebalance) alike.
+    assert all(r[4] for r in res), res
+    if not balance:
+        assert sum(r[5] for r in res) > 0, res
     if balance:
         assert res[1][1] > 0, res          # rank 1 received children
         # rank 0 kept half of its first round's children and rank 1 bounded the other half

@@ -19,6 +19,7 @@ refresh bounds after them). Elsewhere the store keeps domains whole (`Whole`).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 
 import torch
@@ -30,6 +31,9 @@ SIGN_DTYPE = torch.int8
 
 class Whole:
     """Domains kept as they are."""
+
+    def fingerprint(self) -> int:
+        return 0
 
     def pack(self, domains: Domains) -> Domains:
         return domains
@@ -61,12 +65,23 @@ class DerivedBounds:
                 continue                 # (a layout that keeps a part of the slopes: kept whole)
             self.index[relu] = ((lo < 0) & (up > 0)).flatten(1).any(0).nonzero().flatten()
             self.root_alpha[relu] = _by_pair(alpha, pairs, n_pairs)
-        self.sign_dtype = None          # the signs' dtype outside the store (the first pack's)
+        signs = list(roots.signs.values())
+        self.sign_dtype = signs[0].dtype if signs else torch.float32     # (outside the store)
+
+    def fingerprint(self) -> int:
+        """A 62-bit digest of what `unpack` rebuilds from (the roots' bounds and slopes, the kept
+        neurons): workers may send each other packed domains only where theirs are all equal."""
+        h = hashlib.blake2b(digest_size=8)
+        for name in sorted(self.root):
+            for t in self.root[name]:
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        for relu in sorted(self.index):
+            h.update(self.index[relu].cpu().numpy().tobytes())
+            h.update(self.root_alpha[relu].detach().cpu().contiguous().numpy().tobytes())
+        return int.from_bytes(h.digest(), "little") >> 2
 
     def pack(self, domains: Domains) -> Domains:
         signs, alphas, betas = dict(domains.signs), dict(domains.alphas), dict(domains.betas)
-        if signs and self.sign_dtype is None:
-            self.sign_dtype = next(iter(signs.values())).dtype
         for relu, s in signs.items():
             idx = self.index.get(relu)
             if idx is None:
@@ -80,7 +95,7 @@ class DerivedBounds:
     def unpack(self, domains: Domains) -> Domains:
         pair = domains.pair
         n = len(pair)
-        dtype = self.sign_dtype or torch.float32
+        dtype = self.sign_dtype
         bounds = {name: (lo[pair], up[pair]) for name, (lo, up) in self.root.items()}
         signs, alphas, betas = dict(domains.signs), dict(domains.alphas), dict(domains.betas)
         for relu, pre in self.pre_of.items():

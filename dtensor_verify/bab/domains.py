@@ -113,6 +113,7 @@ class DomainStore:
 
     def __init__(self, keep: int | None = None, host: torch.device | None = None, codec=None):
         self.codec = codec                # packs domains coming in, unpacks them going out (None: as they are)
+        self.shared_codec = False         # every worker's codec is the same: domains may travel packed
         self.domains: Domains | None = None
         self.margins: torch.Tensor | None = None
         self.keep = keep                  # domains on the device at most (None: no limit)
@@ -135,10 +136,12 @@ class DomainStore:
     def _out(self, domains: Domains | None) -> Domains | None:
         return domains if domains is None or self.codec is None else self.codec.unpack(domains)
 
-    def push(self, domains: Domains, margins: torch.Tensor):
+    def push(self, domains: Domains, margins: torch.Tensor, packed: bool = False):
+        """Store `domains` (`packed`: as the codec packs them already, e.g. sent by another worker
+        from its store)."""
         if len(domains) == 0:
             return
-        if self.codec is not None:
+        if self.codec is not None and not packed:
             domains = self.codec.pack(domains)
         self._device = margins.device
         if self.domains is None:
@@ -192,17 +195,18 @@ class DomainStore:
             self.domains, self.margins = self.domains.index(keep), self.margins[keep]
         return out
 
-    def pop_worst(self, k: int) -> tuple[Domains | None, torch.Tensor | None]:
-        """Remove and return the `k` domains with the smallest margins (and those margins)."""
+    def pop_worst(self, k: int, packed: bool = False) -> tuple[Domains | None, torch.Tensor | None]:
+        """Remove and return the `k` domains with the smallest margins (and those margins;
+        `packed`: as the store keeps them, for another worker's store)."""
         self.refill(k)
         n = self.on_device()
         if n == 0 or k <= 0:
             return None, None
         if k >= n:
-            out = (self._out(self.domains), self.margins)     # (before the store lets them go)
+            out = (self.domains if packed else self._out(self.domains), self.margins)   # (before the store lets them go)
             self.domains = self.margins = None
             return out
-        return self._take(torch.topk(self.margins, k, largest=False).indices, unpack=True)
+        return self._take(torch.topk(self.margins, k, largest=False).indices, unpack=not packed)
 
     def pop_largest(self, key: torch.Tensor, k: int) -> tuple[Domains | None, torch.Tensor | None]:
         """Remove and return the `k` domains of the device's part with the largest `key` [n] (and

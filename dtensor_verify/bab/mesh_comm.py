@@ -106,23 +106,24 @@ class MeshComm:
         outgoing = {}
         for donor, receiver, n in moves:
             if donor == self.worker:
-                domains, margins = store.pop_worst(n)
+                domains, margins = store.pop_worst(n, packed=store.shared_codec)   # (fewer bytes to send)
                 target = self.members[receiver][self.member]
                 outgoing.setdefault(target, []).append((domains.to("cpu"), margins.cpu()))
         gathered = [None] * self.world
         dist.all_gather_object(gathered, outgoing, group=self.group)
         for sent in gathered:
             for domains, margins in (sent or {}).get(self.rank, []):
-                store.push(domains.to(self.device), margins.to(self.device))
+                store.push(domains.to(self.device), margins.to(self.device), packed=store.shared_codec)
                 self.moved += len(domains)
 
-    def balance(self, kids: Domains) -> Domains:
+    def balance(self, kids: Domains, codec=None) -> Domains:
         """This round's children spread evenly over the workers (`_plan` with no batch cap): the
         workers above their fair share by more than a tenth of it send their last children to those
         below. Parents are shared out whole by `rebalance`; children are not equal work per parent
         (a wide round's cheap bound prunes a different number of each parent's), and a small
         frontier (the first rounds: one root) leaves workers without parents. Every rank calls it
-        every round, with or without children (one all-reduce; domains move only when unequal)."""
+        every round, with or without children (one all-reduce; domains move only when unequal).
+        `codec` (the store's, `domain_codec.py`): children travel packed, as the store keeps them."""
         counts = torch.zeros(self.world, dtype=torch.int64, device=self.device)
         counts[self.rank] = len(kids)
         dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=self.group)
@@ -137,13 +138,16 @@ class MeshComm:
             if donor == self.worker:
                 part = kids.index(torch.arange(keep - n, keep, device=kids.pair.device))
                 keep -= n
+                if codec is not None:
+                    part = codec.pack(part)
                 outgoing.setdefault(self.members[receiver][self.member], []).append(part.to("cpu"))
         gathered = [None] * self.world
         dist.all_gather_object(gathered, outgoing, group=self.group)
         parts = [kids.index(torch.arange(keep, device=kids.pair.device))]
         for sent in gathered:
             for part in (sent or {}).get(self.rank, []):
-                parts.append(part.to(self.device))
+                part = part.to(self.device)
+                parts.append(part if codec is None else codec.unpack(part))
                 self.moved_children += len(part)
         return Domains.cat(parts)
 

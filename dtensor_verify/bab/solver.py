@@ -278,7 +278,7 @@ class BabSolver:
         if shares_children(self):
             with PhaseTimer(self.stats, "sync"):
                 mine = len(kids)
-                kids = self.comm.balance(kids)
+                kids = self.comm.balance(kids, self.store.codec if self.store.shared_codec else None)
                 self._received = len(kids) > mine
             if len(kids) == 0 and not self.lockstep:
                 return
@@ -304,6 +304,10 @@ class BabSolver:
         self.template = roots.index(torch.zeros(0, dtype=torch.long, device=roots.pair.device))
         if self.opts.derive_bounds:
             self.store.codec = codec_for(self.problem, self.mode, roots)
+            # Domains travel between workers packed only where every worker's codec is the same.
+            fp = self.store.codec.fingerprint()
+            least, most = self.comm.agree_min(fp), -self.comm.agree_min(-fp)     # (both, on every rank)
+            self.store.shared_codec = fp != 0 and least == most == fp
         stored = self.store.codec.pack(roots) if self.store.codec is not None else roots
         self.max_open = self._store_limit(max(1, stored.nbytes() // max(1, len(roots))))
         self._wide_batch = self.comm.agree_min(self.batch)     # (lockstep ranks take each level together)
