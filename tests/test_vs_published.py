@@ -34,7 +34,7 @@ def test_pairs_on_shared_instances_only(tmp_path):
                  ["onnx/n.onnx", "vnnlib/p3.vnnlib", "timeout", "300", ""]])
     proc = _run(pub, ours, "--out", out)
     assert proc.returncode == 0, proc.stderr
-    assert "2 instances in both (3 published, 3 ours)" in proc.stdout, proc.stdout
+    assert "2 instances in both, same file names (3 published, 3 ours)" in proc.stdout, proc.stdout
     assert "| unsat | 1 | 1 |" in proc.stdout and "| timeout | 1 | 1 |" in proc.stdout, proc.stdout
     rows = {r["vnnlib"]: r for r in csv.DictReader(open(out))}
     assert set(rows) == {"p1.vnnlib", "p2.vnnlib"}
@@ -47,3 +47,28 @@ def test_sat_against_published_unsat_is_a_contradiction(tmp_path):
     _ours(ours, [["onnx/n.onnx", "vnnlib/p1.vnnlib", "sat", "3", ""]])
     proc = _run(pub, ours)
     assert proc.returncode == 1 and "CONTRADICTION: p1.vnnlib" in proc.stdout, proc.stdout
+
+
+def test_with_both_folders_only_identical_files_are_compared(tmp_path):
+    """A name is not a property (collins_rul_cnn's generator draws new ones under old names): with
+    the two benchmark folders, instances whose files differ are not compared (gzip read through)."""
+    import gzip
+
+    theirs, mine = tmp_path / "theirs", tmp_path / "mine"
+    for folder in (theirs, mine):
+        (folder / "onnx").mkdir(parents=True)
+        (folder / "vnnlib").mkdir()
+        (folder / "onnx" / "n.onnx").write_bytes(b"net")
+    (theirs / "vnnlib" / "p1.vnnlib").write_bytes(b"same")
+    (mine / "vnnlib" / "p1.vnnlib.gz").write_bytes(gzip.compress(b"same"))
+    (theirs / "vnnlib" / "p2.vnnlib").write_bytes(b"drawn once")
+    (mine / "vnnlib" / "p2.vnnlib").write_bytes(b"drawn again")
+    pub, ours = tmp_path / "results.csv", tmp_path / "c1.csv"
+    _published(pub, [("n.onnx", "p1.vnnlib", "unsat", "9"), ("n.onnx", "p2.vnnlib", "sat", "9")])
+    _ours(ours, [["onnx/n.onnx", "vnnlib/p1.vnnlib", "unsat", "3", ""],
+                 ["onnx/n.onnx", "vnnlib/p2.vnnlib", "unsat", "4", ""]])
+    assert _run(pub, ours).returncode == 1                       # by name: a clash
+    proc = _run(pub, ours, "--published-files", theirs, "--our-files", mine)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 instances in both, same file contents" in proc.stdout and "1 of the same names have different files" \
+        in proc.stdout, proc.stdout

@@ -2,6 +2,7 @@
 """Ours next to a published VNN-COMP run, instance by instance, on the instances both have.
 
     python bench/gpu/vs_published.py PUBLISHED.csv OURS.csv [OURS2.csv ...] [--out both.csv]
+        [--published-files DIR --our-files DIR]
 
 PUBLISHED.csv is a tool's `results.csv` from a VNN-COMP results repository, e.g. alpha,beta-CROWN's
 VNN-COMP 2023 yolo run:
@@ -12,13 +13,21 @@ VNN-COMP 2023 yolo run:
 `dtensor-verify benchmark --csv` files (several calls are merged as bench/gpu/merge_calls.py does:
 the first decided verdict of an instance is kept). Instances are matched on the ONNX and VNN-LIB
 file names (the shared copies of vit / yolo were drawn again from the generators, so only some of
-their properties are the published run's). Prints the pairs table (published verdict x ours) and
-one row per instance; writes those rows to --out. A sat / unsat clash is a CONTRADICTION (exit 1).
+their properties are the published run's). A name is not a property: some generators draw random
+properties under fixed names (collins_rul_cnn's `monotonicity_CI_shift10_w20` differs between the
+published benchmark and our copy). With --published-files (the published run's benchmark folder,
+e.g. `git archive` of ChristopherBrix/vnncomp2023_benchmarks' benchmarks/vit) and --our-files (ours,
+e.g. ../shared/benchmarks/vit_2023), only instances whose ONNX and VNN-LIB files have the same
+contents (gzip or not) are compared; the others are counted as `different files`. Prints the pairs
+table (published verdict x ours) and one row per instance; writes those rows to --out. A sat /
+unsat clash is a CONTRADICTION (exit 1).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
+import hashlib
 import sys
 from collections import Counter
 from pathlib import Path
@@ -49,11 +58,45 @@ def read_published(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
     return out
 
 
-def pair(published: dict, ours: dict) -> tuple[list[dict], list[str]]:
-    rows, clashes = [], []
+class Contents:
+    """Digests of a benchmark folder's files by name (`x.onnx`, `x.vnnlib`; `.gz` read through)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.paths = {}
+        for p in folder.rglob("*"):
+            if p.is_file() and (".onnx" in p.name or ".vnnlib" in p.name):
+                self.paths.setdefault(p.name[:-3] if p.name.endswith(".gz") else p.name, p)
+        self._digests = {}
+
+    def digest(self, name: str) -> str | None:
+        if name not in self._digests:
+            p = self.paths.get(name)
+            if p is None:
+                self._digests[name] = None
+            else:
+                data = gzip.decompress(p.read_bytes()) if p.name.endswith(".gz") else p.read_bytes()
+                self._digests[name] = hashlib.sha256(data).hexdigest()
+        return self._digests[name]
+
+
+def same_files(key: tuple[str, str], theirs: Contents | None, ours: Contents | None) -> bool:
+    """Whether both runs' ONNX and VNN-LIB files of `key` have the same contents (True when
+    the folders are not given: names only)."""
+    if theirs is None or ours is None:
+        return True
+    return all(theirs.digest(n) is not None and theirs.digest(n) == ours.digest(n) for n in key)
+
+
+def pair(published: dict, ours: dict, theirs_files: Contents | None = None, our_files: Contents | None = None
+         ) -> tuple[list[dict], list[str], int]:
+    rows, clashes, differ = [], [], 0
     for (onnx, vnnlib), r in sorted(ours.items(), key=lambda kv: _key(*kv[0])):
         key = _key(onnx, vnnlib)
         if key not in published:
+            continue
+        if not same_files(key, theirs_files, our_files):
+            differ += 1
             continue
         pv, ps = published[key]
         flag = ""
@@ -63,7 +106,7 @@ def pair(published: dict, ours: dict) -> tuple[list[dict], list[str]]:
         rows.append({"onnx": key[0], "vnnlib": key[1], "published": pv, "published_seconds": ps,
                      "ours": r["verdict"], "ours_seconds": r.get("seconds", ""), "ours_call": r["call"],
                      "ours_message": (r.get("message") or "")[:120], "flag": flag})
-    return rows, clashes
+    return rows, clashes, differ
 
 
 def main(argv=None) -> int:
@@ -71,12 +114,28 @@ def main(argv=None) -> int:
     ap.add_argument("published", type=Path)
     ap.add_argument("ours", nargs="+", type=Path)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--published-files", type=Path, help="the published run's benchmark folder")
+    ap.add_argument("--our-files", type=Path, help="our benchmark folder (both: compare contents, not names)")
     args = ap.parse_args(argv)
+    if (args.published_files is None) != (args.our_files is None):
+        ap.error("--published-files and --our-files go together")
+    for folder in (args.published_files, args.our_files):
+        if folder is not None and not folder.is_dir():
+            ap.error(f"{folder}: not a folder")
+    theirs_files = Contents(args.published_files) if args.published_files else None
+    our_files = Contents(args.our_files) if args.our_files else None
     published = read_published(args.published)
     ours, own_clashes = merge(args.ours)
-    rows, clashes = pair(published, ours)
+    rows, clashes, differ = pair(published, ours, theirs_files, our_files)
     clashes = own_clashes + clashes
-    print(f"{len(rows)} instances in both ({len(published)} published, {len(ours)} ours)")
+    how = "same file contents" if theirs_files else "same file names"
+    print(f"{len(rows)} instances in both, {how} ({len(published)} published, {len(ours)} ours"
+          + (f"; {differ} of the same names have different files, not compared)" if theirs_files else ")"))
+    if not rows:
+        print("nothing to compare")
+        for line in clashes:
+            print(line)
+        return 1 if clashes else 0
     counts = Counter((r["published"], r["ours"]) for r in rows)
     ours_kinds = sorted({o for _, o in counts}, key=lambda v: (v not in DECIDED, v))
     print("| published \\ ours | " + " | ".join(ours_kinds) + " | total |")
