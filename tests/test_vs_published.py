@@ -17,7 +17,8 @@ def _ours(path, rows):
 
 def _published(path, rows):
     with open(path, "w", newline="") as fh:
-        csv.writer(fh).writerows(["b", f"x/onnx/{o}", f"x/vnnlib/{v}", "1.0", res, s] for o, v, res, s in rows)
+        csv.writer(fh).writerows(["b", f"vnncomp/benchmarks/b/onnx/{o}", f"vnncomp/benchmarks/b/vnnlib/{v}", "1.0", res, s]
+                                 for o, v, res, s in rows)
 
 
 def _run(*args):
@@ -37,8 +38,8 @@ def test_pairs_on_shared_instances_only(tmp_path):
     assert "2 instances in both, same file names (3 published, 3 ours)" in proc.stdout, proc.stdout
     assert "| unsat | 1 | 1 |" in proc.stdout and "| timeout | 1 | 1 |" in proc.stdout, proc.stdout
     rows = {r["vnnlib"]: r for r in csv.DictReader(open(out))}
-    assert set(rows) == {"p1.vnnlib", "p2.vnnlib"}
-    assert rows["p2.vnnlib"]["published"] == "timeout" and rows["p2.vnnlib"]["ours"] == "unsat"
+    assert set(rows) == {"vnnlib/p1.vnnlib", "vnnlib/p2.vnnlib"}
+    assert rows["vnnlib/p2.vnnlib"]["published"] == "timeout" and rows["vnnlib/p2.vnnlib"]["ours"] == "unsat"
 
 
 def test_sat_against_published_unsat_is_a_contradiction(tmp_path):
@@ -46,7 +47,7 @@ def test_sat_against_published_unsat_is_a_contradiction(tmp_path):
     _published(pub, [("n.onnx", "p1.vnnlib", "unsat", "9.1")])
     _ours(ours, [["onnx/n.onnx", "vnnlib/p1.vnnlib", "sat", "3", ""]])
     proc = _run(pub, ours)
-    assert proc.returncode == 1 and "CONTRADICTION: p1.vnnlib" in proc.stdout, proc.stdout
+    assert proc.returncode == 1 and "CONTRADICTION: vnnlib/p1.vnnlib" in proc.stdout, proc.stdout
 
 
 def test_with_both_folders_only_identical_files_are_compared(tmp_path):
@@ -72,3 +73,15 @@ def test_with_both_folders_only_identical_files_are_compared(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 instances in both, same file contents" in proc.stdout and "1 of the same names have different files" \
         in proc.stdout, proc.stdout
+
+
+def test_same_file_names_in_two_folders_are_two_instances(tmp_path):
+    """safenlp: vnnlib/medical/hyperrectangle_1101 and vnnlib/ruarobot/hyperrectangle_1101 are two
+    properties of two models (one sat, one unsat in the published run): never paired crosswise."""
+    pub, ours = tmp_path / "results.csv", tmp_path / "c1.csv"
+    _published(pub, [("medical/p.onnx", "medical/h_1.vnnlib", "unsat", "8"),
+                     ("robot/p.onnx", "robot/h_1.vnnlib", "sat", "8")])
+    _ours(ours, [["./onnx/robot/p.onnx", "./vnnlib/robot/h_1.vnnlib", "sat", "1", ""],
+                 ["onnx/medical/p.onnx", "vnnlib/medical/h_1.vnnlib", "unsat", "1", ""]])
+    proc = _run(pub, ours)
+    assert proc.returncode == 0 and "| sat | 1 | 0 |" in proc.stdout and "| unsat | 0 | 1 |" in proc.stdout, proc.stdout

@@ -12,7 +12,7 @@ VNN-COMP 2023 yolo run:
 (rows `benchmark,onnx,vnnlib,prepare_seconds,result,run_seconds`, no header). OURS.csv are
 `dtensor-verify benchmark --csv` files (several calls are merged as bench/gpu/merge_calls.py does:
 the first decided verdict of an instance is kept). Instances are matched on the ONNX and VNN-LIB
-file names (the shared copies of vit / yolo were drawn again from the generators, so only some of
+paths inside the benchmark folder (the shared copies of vit / yolo were drawn again from the generators, so only some of
 their properties are the published run's). A name is not a property: some generators draw random
 properties under fixed names (collins_rul_cnn's `monotonicity_CI_shift10_w20` differs between the
 published benchmark and our copy). With --published-files (the published run's benchmark folder,
@@ -28,6 +28,8 @@ import argparse
 import csv
 import gzip
 import hashlib
+import posixpath
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -40,8 +42,18 @@ PUBLISHED_WORDS = {"unsat": "unsat", "holds": "unsat", "sat": "sat", "violated":
                    "timeout": "timeout", "unknown": "unknown"}
 
 
+def _rel(path: str) -> str:
+    """A file's path inside its benchmark folder (`onnx/medical/perturbations_0.onnx`), `.gz` off:
+    results.csv names `vnncomp2024_benchmarks/benchmarks/safenlp/onnx/...`, ours `onnx/...`. Not the
+    file name alone: safenlp's two models have vnnlib files of the same names in two folders."""
+    path = posixpath.normpath(path.strip().replace("\\", "/"))        # (`dist_shift_2023/./onnx/...`)
+    m = re.search(r"(?:^|/)benchmarks/[^/]+/(.+)$", path)
+    rel = m.group(1) if m else path
+    return rel[:-3] if rel.endswith(".gz") else rel
+
+
 def _key(onnx: str, vnnlib: str) -> tuple[str, str]:
-    return Path(onnx).name, Path(vnnlib).name
+    return _rel(onnx), _rel(vnnlib)
 
 
 def read_published(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
@@ -66,7 +78,8 @@ class Contents:
         self.paths = {}
         for p in folder.rglob("*"):
             if p.is_file() and (".onnx" in p.name or ".vnnlib" in p.name):
-                self.paths.setdefault(p.name[:-3] if p.name.endswith(".gz") else p.name, p)
+                rel = p.relative_to(folder).as_posix()
+                self.paths.setdefault(rel[:-3] if rel.endswith(".gz") else rel, p)
         self._digests = {}
 
     def digest(self, name: str) -> str | None:
@@ -149,7 +162,7 @@ def main(argv=None) -> int:
     for r in rows:
         ps = f"{float(r['published_seconds']):.1f}" if r["published_seconds"] else ""
         os_ = f"{float(r['ours_seconds']):.1f}" if r["ours_seconds"] else ""
-        print(f"| {Path(r['vnnlib']).stem} | {r['published']} | {ps} | {r['ours']} | {os_} | {r['ours_call']} |"
+        print(f"| {r['vnnlib'].removesuffix('.vnnlib')} | {r['published']} | {ps} | {r['ours']} | {os_} | {r['ours_call']} |"
               + (" **CONTRADICTION**" if r["flag"] else ""))
     for line in clashes:
         print(line)
