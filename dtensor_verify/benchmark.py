@@ -14,6 +14,7 @@ from a watchdog, and the runner re-executes itself to go on with the next instan
 from __future__ import annotations
 
 import csv
+import math
 import os
 import statistics
 import sys
@@ -294,7 +295,16 @@ def _bab_columns(stats: dict | None) -> dict:
             "bab_depth": stats.get("max_depth", ""), "bab_batch": stats.get("batch_per_worker", ""),
             "bab_first_batch": stats.get("first_batch", ""),
             "bab_rows": f"{rows['kept']}/{rows['of']}" if rows else "",
+            "bab_worst": _worst_cell(stats.get("global_margin")),
             "bab_seconds": "" if seconds is None else f"{seconds:.3f}"}
+
+
+def _worst_cell(margin) -> str:
+    """The worst open margin at the end (`BabStats.global_margin`), or "" where no domain was
+    open (a proof) or none was bounded yet."""
+    if margin is None or not math.isfinite(margin):
+        return ""
+    return f"{margin:.6g}"
 
 
 def _phase_column(phases: dict | None) -> str:

@@ -14,8 +14,9 @@ from .cli_common import CliError
 FIELDS = ["onnx", "vnnlib", "verdict", "seconds", "expected", "agreement", "decided_by", "message",
           # branch and bound, where it ran: domains bounded, deepest split, parents per round per
           # worker at the end and at the start (bab/batch_growth.py raises it), rows bounded of the
-          # property's (bab/focus_rows.py, `2/5`), seconds in the stage
-          "bab_domains", "bab_depth", "bab_batch", "bab_first_batch", "bab_rows", "bab_seconds",
+          # property's (bab/focus_rows.py, `2/5`), the worst open domain's margin at the end (how
+          # far an undecided search was from a proof; empty when none was open), seconds in the stage
+          "bab_domains", "bab_depth", "bab_batch", "bab_first_batch", "bab_rows", "bab_worst", "bab_seconds",
           # the pipeline's stages that ended, with their seconds (where a timeout's time went)
           "phases"]
 REQUIRED = ("onnx", "vnnlib", "verdict")

@@ -180,6 +180,7 @@ def test_branch_and_bound_columns(tmp_path, capsys):
     assert int(bab["bab_domains"]) >= 2 and int(bab["bab_depth"]) >= 1 and int(bab["bab_batch"]) >= 1
     assert 1 <= int(bab["bab_first_batch"]) <= int(bab["bab_batch"])   # a batch only grows
     assert bab["bab_rows"] == ""     # one row a disjunct: nothing to focus (bab/focus_rows.py)
+    assert bab["bab_worst"] == ""    # proved: no open domain left
     assert 0 < float(bab["bab_seconds"]) < float(bab["seconds"])
     assert attack["verdict"] == "sat" and attack["bab_domains"] == attack["bab_seconds"] == ""
     # the stages that ended, in order, with their seconds
@@ -203,3 +204,12 @@ def test_a_timeout_names_the_stage_it_ended_in(tmp_path, capsys):
     stage = row["message"].split("(in ")[1].rstrip(")")
     assert stage and stage not in ended, row
     capsys.readouterr()
+
+
+def test_worst_open_margin_column():
+    """A search that ended undecided says how far its worst open domain was from a proof."""
+    from dtensor_verify.benchmark import _bab_columns
+
+    assert _bab_columns({"global_margin": -0.1875, "domains_visited": 9})["bab_worst"] == "-0.1875"
+    assert _bab_columns({"global_margin": float("inf")})["bab_worst"] == ""
+    assert _bab_columns({"global_margin": float("-inf")})["bab_worst"] == ""
