@@ -357,3 +357,28 @@ def test_queue_limit_follows_memory_and_ends_unknown(monkeypatch, derive_bounds,
     assert res.verdict == "unknown", (res.verdict, stats)
     assert "too many open domains (limit" in res.message
     assert stats["open_domains"] <= stats["open_domain_limit"] + 2 * 8
+
+
+def test_clock_inside_a_round_keeps_the_counts(monkeypatch):
+    """One process: the clock may stop a round from inside (deadline.py). The row is still a
+    timeout (never a verdict), and it keeps what the search did: domains bounded, the worst
+    open margin (TinyYOLO on a CPU had a `timeout (in bab)` with no branch-and-bound columns)."""
+    from dtensor_verify.bab import solver as solver_module
+    from dtensor_verify.errors import TimeLimitReached
+
+    real, calls = solver_module.BabSolver.round, []
+
+    def round_then_clock(self):
+        calls.append(1)
+        if len(calls) > 3:
+            raise TimeLimitReached()
+        return real(self)
+
+    monkeypatch.setattr(solver_module.BabSolver, "round", round_then_clock)
+    model, _, prop = certain_instance()
+    res = verify_instance(model, prop, None, timeout=60, attack=False,
+                          bab_options=BabOptions(batch_size=2, split="relu", split_width=1))
+    assert res.verdict == "timeout" and "(in bab)" in res.message, (res.verdict, res.message)
+    stats = res.bounds["bab"]
+    assert stats["domains_visited"] > 0 and stats["reason"] == "time limit reached inside a round", stats
+    assert stats["global_margin"] < 0, stats

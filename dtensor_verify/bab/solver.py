@@ -373,6 +373,12 @@ class BabSolver:
             seeds = self.seeds if self.seeds is not None else (self.problem.box_lower[:0], self.template.pair)
             self.counterexample = self.counterexample or self.pgd(*seeds) or None
 
+    def stopped_inside_round(self) -> BabResult:
+        """The result when the clock stopped a round from inside (one process, `deadline.py`):
+        `timeout` with the counts so far, or `sat` where a counterexample was already confirmed.
+        The round's parents were taken and not stored again, so `open_domains` is a floor."""
+        return self._result("sat") if self.found else self._result("timeout", "time limit reached inside a round")
+
     def _result(self, status: str, why: str | None = None) -> BabResult:
         st = self.stats
         st.ended, st.cpu_ended = time.perf_counter(), time.process_time()

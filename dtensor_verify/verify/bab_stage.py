@@ -12,6 +12,7 @@ import time
 import torch
 
 from .. import deadline
+from ..errors import TimeLimitReached
 from ..margin import output_margin
 from .attacks import attack_round
 from .instance import Instance, NoClock
@@ -110,7 +111,13 @@ def _solve_on_time(solver, roots, inst: Instance, layout):
     if layout.topology.world > 1:
         return solver.solve(roots)
     with deadline.checking(inst.clock.check, inst.clock.left, layout):
-        return solver.solve(roots)
+        try:
+            return solver.solve(roots)
+        except TimeLimitReached:
+            # The clock stopped a round from inside: the search's counts so far (domains bounded,
+            # the worst open margin of the last sync), not nothing (TinyYOLO on this CPU: a row
+            # "timeout (in bab)" with no branch-and-bound columns).
+            return solver.stopped_inside_round()
 
 
 def branch_and_bound(inst: Instance, bab_options, progress: bool) -> str:
