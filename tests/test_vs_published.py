@@ -1,18 +1,13 @@
 """bench/gpu/vs_published.py: ours next to a published VNN-COMP results.csv on the instances both
-have (matched by file name), the pairs table, and sat vs unsat as a CONTRADICTION."""
+have (matched by path inside the benchmark folder), the pairs table, and sat vs unsat as a CONTRADICTION."""
 import csv
 import subprocess
 import sys
 from pathlib import Path
 
+from test_merge_calls import _csv as _ours      # (our benchmark CSV's columns)
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _ours(path, rows):
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["onnx", "vnnlib", "verdict", "seconds", "message"])
-        w.writerows(rows)
 
 
 def _published(path, rows):

@@ -5,22 +5,21 @@
         [--published-files DIR --our-files DIR]
 
 PUBLISHED.csv is a tool's `results.csv` from a VNN-COMP results repository, e.g. alpha,beta-CROWN's
-VNN-COMP 2023 yolo run:
+VNN-COMP 2024 yolo run:
 
-    git -C <mirror of ChristopherBrix/vnncomp2023_results> show HEAD:alpha_beta_crown/2023_yolo/results.csv
+    git -C <mirror of ChristopherBrix/vnncomp2024_results> show HEAD:alpha_beta_crown/2024_yolo_2023/results.csv
 
 (rows `benchmark,onnx,vnnlib,prepare_seconds,result,run_seconds`, no header). OURS.csv are
 `dtensor-verify benchmark --csv` files (several calls are merged as bench/gpu/merge_calls.py does:
 the first decided verdict of an instance is kept). Instances are matched on the ONNX and VNN-LIB
-paths inside the benchmark folder (the shared copies of vit / yolo were drawn again from the generators, so only some of
-their properties are the published run's). A name is not a property: some generators draw random
-properties under fixed names (collins_rul_cnn's `monotonicity_CI_shift10_w20` differs between the
-published benchmark and our copy). With --published-files (the published run's benchmark folder,
-e.g. `git archive` of ChristopherBrix/vnncomp2023_benchmarks' benchmarks/vit) and --our-files (ours,
-e.g. ../shared/benchmarks/vit_2023), only instances whose ONNX and VNN-LIB files have the same
-contents (gzip or not) are compared; the others are counted as `different files`. Prints the pairs
-table (published verdict x ours) and one row per instance; writes those rows to --out. A sat /
-unsat clash is a CONTRADICTION (exit 1).
+paths inside the benchmark folder. A path is not a property: some generators draw new properties
+under old names (collins_rul_cnn's `monotonicity_CI_shift10_w20` differs between VNN-COMP 2023 and
+2024). With --published-files (the published run's benchmark folder, e.g. out of
+ChristopherBrix/vnncomp2024_benchmarks) and --our-files (ours, e.g. ../shared/benchmarks/yolo_2023),
+only instances whose ONNX and VNN-LIB files have the same contents (gzip or not) are compared; the
+others are counted as having different files. Prints the pairs table (published verdict x ours)
+and one row per instance; writes those rows to --out. A sat / unsat clash is a CONTRADICTION
+(exit 1). `compare` / `report` / `write_rows` are also bench/gpu/vs_published_all.py's.
 """
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ import posixpath
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,7 +57,7 @@ def _key(onnx: str, vnnlib: str) -> tuple[str, str]:
 
 
 def read_published(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
-    """(onnx name, vnnlib name) -> (verdict, seconds) of a VNN-COMP results.csv."""
+    """(onnx path, vnnlib path) inside the benchmark folder -> (verdict, seconds) of a VNN-COMP results.csv."""
     out = {}
     with open(path, newline="") as fh:
         for n, row in enumerate(csv.reader(fh), 1):
@@ -71,7 +71,7 @@ def read_published(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
 
 
 class Contents:
-    """Digests of a benchmark folder's files by name (`x.onnx`, `x.vnnlib`; `.gz` read through)."""
+    """Digests of a benchmark folder's files by path inside it (`onnx/x.onnx`; `.gz` read through)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -101,6 +101,10 @@ def same_files(key: tuple[str, str], theirs: Contents | None, ours: Contents | N
     return all(theirs.digest(n) is not None and theirs.digest(n) == ours.digest(n) for n in key)
 
 
+ROW_FIELDS = ["onnx", "vnnlib", "published", "published_seconds", "ours", "ours_seconds", "ours_call",
+              "ours_message", "flag"]
+
+
 def pair(published: dict, ours: dict, theirs_files: Contents | None = None, our_files: Contents | None = None
          ) -> tuple[list[dict], list[str], int]:
     rows, clashes, differ = [], [], 0
@@ -122,6 +126,61 @@ def pair(published: dict, ours: dict, theirs_files: Contents | None = None, our_
     return rows, clashes, differ
 
 
+@dataclass
+class Comparison:
+    rows: list[dict]            # one per instance both have (identical files, where they were compared)
+    clashes: list[str]          # CONTRADICTION lines (ours among themselves, and against the published run)
+    differ: int                 # same paths, other files (not compared)
+    published: int              # instances in the published results.csv
+    ours: int                   # instances in our CSVs (merged)
+    by_contents: bool           # files compared (else paths only)
+
+
+def compare(published_csv: Path, our_csvs: list[Path], published_files: Path | None = None,
+            our_files: Path | None = None) -> Comparison:
+    theirs = Contents(published_files) if published_files else None
+    mine = Contents(our_files) if our_files else None
+    published = read_published(published_csv)
+    ours, own_clashes = merge(our_csvs)
+    rows, clashes, differ = pair(published, ours, theirs, mine)
+    return Comparison(rows, own_clashes + clashes, differ, len(published), len(ours), theirs is not None)
+
+
+def kinds(c: Comparison, side: str) -> Counter:
+    """unsat / sat / undecided counts of one side ("published" or "ours") on the paired rows."""
+    return Counter(r[side] if r[side] in DECIDED else "undecided" for r in c.rows)
+
+
+def report(c: Comparison) -> str:
+    how = "same file contents" if c.by_contents else "same file names"
+    out = [f"{len(c.rows)} instances in both, {how} ({c.published} published, {c.ours} ours"
+           + (f"; {c.differ} of the same names have different files, not compared)" if c.by_contents else ")")]
+    if not c.rows:
+        out.append("nothing to compare")
+    else:
+        counts = Counter((r["published"], r["ours"]) for r in c.rows)
+        ours_kinds = sorted({o for _, o in counts}, key=lambda v: (v not in DECIDED, v))
+        out.append("| published \\ ours | " + " | ".join(ours_kinds) + " | total |")
+        out.append("|---|" + "---:|" * (len(ours_kinds) + 1))
+        for pv in sorted({p for p, _ in counts}, key=lambda v: (v not in DECIDED, v)):
+            cells = [str(counts[pv, o]) for o in ours_kinds]
+            out.append(f"| {pv} | " + " | ".join(cells) + f" | {sum(counts[pv, o] for o in ours_kinds)} |")
+        out += ["", "| instance | published | s | ours | s | call |", "|---|---|---:|---|---:|---|"]
+        for r in c.rows:
+            ps = f"{float(r['published_seconds']):.1f}" if r["published_seconds"] else ""
+            os_ = f"{float(r['ours_seconds']):.1f}" if r["ours_seconds"] else ""
+            out.append(f"| {r['vnnlib'].removesuffix('.vnnlib')} | {r['published']} | {ps} | {r['ours']} | {os_} | "
+                       f"{r['ours_call']} |" + (" **CONTRADICTION**" if r["flag"] else ""))
+    return "\n".join(out + c.clashes) + "\n"
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=ROW_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("published", type=Path)
@@ -135,43 +194,11 @@ def main(argv=None) -> int:
     for folder in (args.published_files, args.our_files):
         if folder is not None and not folder.is_dir():
             ap.error(f"{folder}: not a folder")
-    theirs_files = Contents(args.published_files) if args.published_files else None
-    our_files = Contents(args.our_files) if args.our_files else None
-    published = read_published(args.published)
-    ours, own_clashes = merge(args.ours)
-    rows, clashes, differ = pair(published, ours, theirs_files, our_files)
-    clashes = own_clashes + clashes
-    how = "same file contents" if theirs_files else "same file names"
-    print(f"{len(rows)} instances in both, {how} ({len(published)} published, {len(ours)} ours"
-          + (f"; {differ} of the same names have different files, not compared)" if theirs_files else ")"))
-    if not rows:
-        print("nothing to compare")
-        for line in clashes:
-            print(line)
-        return 1 if clashes else 0
-    counts = Counter((r["published"], r["ours"]) for r in rows)
-    ours_kinds = sorted({o for _, o in counts}, key=lambda v: (v not in DECIDED, v))
-    print("| published \\ ours | " + " | ".join(ours_kinds) + " | total |")
-    print("|---|" + "---:|" * (len(ours_kinds) + 1))
-    for pv in sorted({p for p, _ in counts}, key=lambda v: (v not in DECIDED, v)):
-        cells = [str(counts[pv, o]) for o in ours_kinds]
-        print(f"| {pv} | " + " | ".join(cells) + f" | {sum(counts[pv, o] for o in ours_kinds)} |")
-    print()
-    print("| instance | published | s | ours | s | call |")
-    print("|---|---|---:|---|---:|---|")
-    for r in rows:
-        ps = f"{float(r['published_seconds']):.1f}" if r["published_seconds"] else ""
-        os_ = f"{float(r['ours_seconds']):.1f}" if r["ours_seconds"] else ""
-        print(f"| {r['vnnlib'].removesuffix('.vnnlib')} | {r['published']} | {ps} | {r['ours']} | {os_} | {r['ours_call']} |"
-              + (" **CONTRADICTION**" if r["flag"] else ""))
-    for line in clashes:
-        print(line)
+    c = compare(args.published, args.ours, args.published_files, args.our_files)
+    print(report(c), end="")
     if args.out:
-        with open(args.out, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["onnx"])
-            w.writeheader()
-            w.writerows(rows)
-    return 1 if clashes else 0
+        write_rows(args.out, c.rows)
+    return 1 if c.clashes else 0
 
 
 if __name__ == "__main__":

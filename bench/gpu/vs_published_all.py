@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import subprocess
 import sys
 import tempfile
 from collections import Counter
-from contextlib import redirect_stdout
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -131,22 +129,17 @@ def main(argv=None) -> int:
             pub_csv = Path(tmp) / f"{year}_{bench}_results.csv"
             pub_csv.write_bytes(rows)
             name = f"{year}_{bench}"
-            text = io.StringIO()
-            with redirect_stdout(text):
-                rc = vs_published.main([str(pub_csv), *map(str, ours), "--out", str(args.out / f"{name}.csv"),
-                                        "--published-files", str(folder), "--our-files", str(args.benchmarks / ours_dir)])
-            (args.out / f"{name}.md").write_text(text.getvalue())
-            clashes += rc != 0
-            paired = list(csv.DictReader(open(args.out / f"{name}.csv"))) if (args.out / f"{name}.csv").exists() else []
-            paired = [r for r in paired if r.get("published")]
-            pub = Counter(_kind(r["published"]) for r in paired)
-            got = Counter(_kind(r["ours"]) for r in paired)
-            only_theirs = sum(_kind(r["published"]) != "undecided" and _kind(r["ours"]) == "undecided" for r in paired)
-            only_ours = sum(_kind(r["published"]) == "undecided" and _kind(r["ours"]) != "undecided" for r in paired)
+            c = vs_published.compare(pub_csv, ours, folder, args.benchmarks / ours_dir)
+            (args.out / f"{name}.md").write_text(vs_published.report(c))
+            vs_published.write_rows(args.out / f"{name}.csv", c.rows)
+            clashes += bool(c.clashes)
+            pub, got = vs_published.kinds(c, "published"), vs_published.kinds(c, "ours")
+            only_theirs = sum(_kind(r["published"]) != "undecided" and _kind(r["ours"]) == "undecided" for r in c.rows)
+            only_ours = sum(_kind(r["published"]) == "undecided" and _kind(r["ours"]) != "undecided" for r in c.rows)
             summary.append({"year": year, "published benchmark": bench, "ours": how,
-                            "identical instances": len(paired), "published unsat/sat/undecided": _uss(pub),
+                            "identical instances": len(c.rows), "published unsat/sat/undecided": _uss(pub),
                             "ours unsat/sat/undecided": _uss(got), "decided by it only": only_theirs,
-                            "decided by us only": only_ours, "contradictions": int(rc != 0)})
+                            "decided by us only": only_ours, "contradictions": len(c.clashes)})
     keys = list(summary[0]) if summary else []
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
@@ -161,7 +154,7 @@ def main(argv=None) -> int:
 
 
 def _kind(verdict: str) -> str:
-    return verdict if verdict in ("sat", "unsat") else "undecided"
+    return verdict if verdict in vs_published.DECIDED else "undecided"
 
 
 def _uss(c: Counter) -> str:
