@@ -269,6 +269,7 @@ def _run_watched(args, base: Path, todo: list[Instance], expected: dict, device,
                                   bab_options=bab_options(args))
             verdict, decided_by, message = res.verdict, res.decided_by or "", res.message or ""
             bab = _bab_columns(res.bounds.get("bab"))
+            bab["output_constraints"] = _oc_cell(res.bounds.get("output_constraints"))
             bab["phases"] = _phase_column(res.phases)
         except user_errors() as exc:
             verdict, message = "error", one_line(exc)
@@ -297,6 +298,15 @@ def _bab_columns(stats: dict | None) -> dict:
             "bab_rows": f"{rows['kept']}/{rows['of']}" if rows else "",
             "bab_worst": _worst_cell(stats.get("global_margin")),
             "bab_seconds": "" if seconds is None else f"{seconds:.3f}"}
+
+
+def _oc_cell(report: dict | None) -> str:
+    """`--output-constraints`: neurons made stable of those tightened, their summed width before ->
+    after, pairs proved there (verify/output_constraints_stage.py); empty where it did not run."""
+    if not report or not report.get("neurons"):
+        return ""
+    return (f"{report['stabilised']}/{report['neurons']} stable; width {report['width_before']:.4g}"
+            f"->{report['width_after']:.4g}; {report['proved_pairs']} proved")
 
 
 def _worst_cell(margin) -> str:

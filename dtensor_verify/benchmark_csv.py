@@ -17,6 +17,8 @@ FIELDS = ["onnx", "vnnlib", "verdict", "seconds", "expected", "agreement", "deci
           # property's (bab/focus_rows.py, `2/5`), the worst open domain's margin at the end (how
           # far an undecided search was from a proof; empty when none was open), seconds in the stage
           "bab_domains", "bab_depth", "bab_batch", "bab_first_batch", "bab_rows", "bab_worst", "bab_seconds",
+          # --output-constraints: made stable / tightened, summed width before -> after, pairs proved
+          "output_constraints",
           # the pipeline's stages that ended, with their seconds (where a timeout's time went)
           "phases"]
 REQUIRED = ("onnx", "vnnlib", "verdict")

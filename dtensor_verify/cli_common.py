@@ -107,6 +107,14 @@ def bab_options(args):
                 raise CliError(f"--bab-focus-rows must be a number >= 1 or 'off', not {focus!r}") from None
             if not opts.focus_rows >= 1:
                 raise CliError(f"--bab-focus-rows must be a number >= 1 or 'off', not {focus!r}")
+    oc = getattr(args, "output_constraints", None)
+    if oc is not None:
+        opts.output_constraints = oc
+    oc_iterations = getattr(args, "output_constraints_iterations", None)
+    if oc_iterations is not None:
+        if oc_iterations < 1:
+            raise CliError(f"--output-constraints-iterations must be >= 1, not {oc_iterations}")
+        opts.oc_iterations = oc_iterations
     share = getattr(args, "bab_alpha_time", None)
     if share is not None:
         if not 0 < share <= 1:
@@ -235,6 +243,12 @@ def add_bab_arguments(p):
     p.add_argument("--bab-focus-rows", default=None, metavar="F",
                    help="ReLU / general splitting: bound only the rows of an open disjunct whose root bound is "
                         ">= F x its best row's (default 3; off: every row)")
+    p.add_argument("--output-constraints", default=None, choices=["off", "last"],
+                   help="before ReLU / general branch and bound, tighten the bounds of the last nonlinear "
+                        "layer's inputs over each disjunct's unsafe set (INVPROP-style, as alpha,beta-CROWN's "
+                        "TinyYOLO config); a disjunct whose bounds cross is proved there (default off)")
+    p.add_argument("--output-constraints-iterations", type=int, default=None, metavar="N",
+                   help="--output-constraints: optimisation steps per chunk of neurons (default 20)")
     p.add_argument("--bab-alpha-time", type=float, default=None, metavar="F",
                    help="alpha-CROWN before ReLU / general branch and bound stops after this share of the "
                         "time limit, keeping its best bounds (default 0.3; 1: no cap)")

@@ -72,7 +72,7 @@ def judge(expected: str, verdict: str) -> str:
     return "WRONG" if verdict in ("sat", "unsat") else "no"
 
 
-def run_local(onnx_path, spec, timeout: float, attack: bool, split: str | None = None) -> dict:
+def run_local(onnx_path, spec, timeout: float, attack: bool, split: str | None = None, oc: str = "off") -> dict:
     import dtensor_verify as dv
     from dtensor_verify.specs import read_vnnlib
     from dtensor_verify.verify import verify_instance
@@ -80,20 +80,20 @@ def run_local(onnx_path, spec, timeout: float, attack: bool, split: str | None =
     t = time.perf_counter()
     model = dv.load(onnx_path)
     opts = None
-    if split is not None:
+    if split is not None or oc != "off":
         from dtensor_verify.bab import BabOptions
-        opts = BabOptions(split=split)
+        opts = BabOptions(split=split or "auto", output_constraints=oc)
     res = verify_instance(model, read_vnnlib(spec, model.n_inputs, model.n_outputs), onnx_path, timeout,
                           attack=attack, bab_options=opts)
     bab = res.bounds.get("bab", {})
     return {"verdict": res.verdict, "seconds": time.perf_counter() - t, "message": res.message or "",
-            "bab_domains": bab.get("domains_visited", 0),
+            "bab_domains": bab.get("domains_visited", 0), "decided_by": res.decided_by or "",
             "exact_lp_domains": (bab.get("exact_lp") or {}).get("domains", 0),
             "rows_bounded": "{kept}/{of}".format(**bab["rows_bounded"]) if bab.get("rows_bounded") else ""}
 
 
 def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mesh: str | None = None,
-                 attack: bool = True, launcher: str = "fast") -> dict:
+                 attack: bool = True, launcher: str = "fast", oc: str = "off") -> dict:
     """One job under dtensor_verify.launch; `launcher` "torchrun": torch.distributed.run starts the
     ranks (DTENSOR_VERIFY_LAUNCHER=torchrun), "fast": the launcher's own torch-free start."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,7 +102,8 @@ def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mes
                "-m", "dtensor_verify", "--threads", "1", "run", "--onnx", onnx_path, "--vnnlib", spec,
                "--results", str(res), "--timeout", str(timeout), "--plan", plan, "--quiet", "--json", str(report),
                "--device", "cpu",       # CPU gloo ranks, also on a host with fewer GPUs than ranks
-               *(["--mesh", mesh] if mesh else []), *([] if attack else ["--no-attack"])]
+               *(["--mesh", mesh] if mesh else []), *([] if attack else ["--no-attack"]),
+               *([] if oc == "off" else ["--output-constraints", oc])]
         # DTENSOR_VERIFY_TP_BAB=allow: the sweep checks tp's verdicts, not its speed (the plan
         # checker refuses tp for branch and bound on small CPU models: placements/bab_check.py).
         # The checkout first, the caller's path kept (e.g. wheels unpacked beside the repository on a GPU host).
@@ -142,7 +143,7 @@ def startup_columns(report: Path, launched: float) -> dict:
 
 def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], folder: Path, log=print,
           family: str = "random", split: str | None = None, floor: float = 1e-5, jobs: int = 1,
-          launchers=("fast",), on_row=None) -> list[dict]:
+          launchers=("fast",), on_row=None, oc: str = "off") -> list[dict]:
     """Every instance in this process first (one at a time), then the torchrun runs, `jobs` at once;
     `on_row(row)` sees each row as it is made (a run cut off at a wall clock keeps what it had)."""
     import torch
@@ -155,13 +156,13 @@ def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], f
         base = {"seed": seed, "size": size, "expected": inst.expected, "gap": f"{inst.gap:.3g}",
                 "milp_seconds": round(inst.milp_seconds, 3)}
         rows.append(_row(base, inst, "one process", seed % 2 == 0,
-                         run_local(onnx_path, spec, timeout, seed % 2 == 0, split), log, on_row))
+                         run_local(onnx_path, spec, timeout, seed % 2 == 0, split, oc), log, on_row))
         if seed - first < torchrun:
             for plan in plans:
                 mesh = "2x1" if plan == "2x1" else None
                 for launcher in launchers:
                     later.append((base, inst, f"torchrun {plan}" + ("" if launcher == "fast" else " [torchrun]"),
-                                  (onnx_path, spec, timeout, "replicate" if mesh else plan, 2, mesh, True, launcher)))
+                                  (onnx_path, spec, timeout, "replicate" if mesh else plan, 2, mesh, True, launcher, oc)))
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         futures = {pool.submit(run_torchrun, *a): (b, i, r) for b, i, r, a in later}
         for fut in as_completed(futures):
@@ -266,6 +267,8 @@ def main(argv=None) -> int:
                          "phase pattern (default: bab/exact.py's MAX_ENUMERATED; 0: off)")
     ap.add_argument("--split", choices=["auto", "relu", "input"], default=None,
                     help="branch and bound's split kind in this process (default: the verifier's)")
+    ap.add_argument("--output-constraints", choices=["off", "last"], default="off",
+                    help="branch and bound's roots tightened by the output constraints (every runner)")
     ap.add_argument("--hold-bytes", type=int, default=None, metavar="B",
                     help="torchrun runs: hold at most B bytes of fsdp / spec weights gathered for a search "
                          "(DTENSOR_VERIFY_HOLD_BYTES; 0: gather per step, the behaviour before; default: "
@@ -289,7 +292,7 @@ def main(argv=None) -> int:
 
         rows = sweep(args.n, args.first_seed, args.timeout, args.torchrun, args.plans, Path(tmp),
                      family=args.family, split=args.split, floor=args.floor, jobs=args.jobs,
-                     launchers=args.launchers, on_row=keep)
+                     launchers=args.launchers, on_row=keep, oc=args.output_constraints)
     (out / "hostile_milp.partial.csv").unlink()
     with open(out / "hostile_milp.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")

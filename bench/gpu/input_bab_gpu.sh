@@ -23,6 +23,7 @@
 # of the queue (at most one retry an instance, listed in OUT/parts/retried.txt, and none with under
 # QUEUE_MIN_S of the wall left); its first CSV is kept as OUT/parts/oom_first_try_K_I.csv, merged
 # only where the retry never ran. OOM_RETRY=0 turns this off. The summary adds `oom retried: N`.
+# BENCH_ARGS: more `benchmark` options for every process (e.g. "--output-constraints last").
 # The code run is .gpu_src/ when present (a staged copy of a branch), else this checkout.
 set -uo pipefail
 BENCH=$1; OUT=$2; WORKERS=${3:-8}; SCALE=${4:-1.0}; WALL=${5:-540}
@@ -49,7 +50,7 @@ worker() {   # QUEUE=1: take instances until the queue is empty or the wall is n
     i=$((i + 1)); echo "$line" > "$OUT/parts/q${k}_$i.csv"
     timeout -k 5 $((WALL - ($(date +%s) - T0))) $PY -m dtensor_verify --threads "${THREADS:-2}" benchmark "$D" \
       --instances "$OUT/parts/q${k}_$i.csv" --timeout-scale "$SCALE" --csv "$OUT/part${k}_$i.csv" --quiet \
-      --device "$DEVICE" >> "$OUT/parts/log$k.txt" 2>&1
+      --device "$DEVICE" ${BENCH_ARGS:-} >> "$OUT/parts/log$k.txt" 2>&1
     if [ "${OOM_RETRY:-1}" != 0 ] && [ $(( $(date +%s) - T0 )) -lt $((WALL - ${QUEUE_MIN_S:-40})) ] \
        && is_oom "$OUT/part${k}_$i.csv" && requeue "$line"; then
       mv "$OUT/part${k}_$i.csv" "$OUT/parts/oom_first_try_${k}_$i.csv"
@@ -74,7 +75,7 @@ for k in $(seq 0 $((WORKERS-1))); do
   if [ -n "${QUEUE:-}" ]; then worker "$k" & continue; fi
   awk -v n="$WORKERS" -v k="$k" 'NR % n == k' "$OUT/parts/all.csv" > "$OUT/parts/part$k.csv"
   timeout -k 5 "$WALL" $PY -m dtensor_verify --threads "${THREADS:-2}" benchmark "$D" --instances "$OUT/parts/part$k.csv" \
-    --timeout-scale "$SCALE" --csv "$OUT/part$k.csv" --quiet --device "$DEVICE" > "$OUT/parts/log$k.txt" 2>&1 &
+    --timeout-scale "$SCALE" --csv "$OUT/part$k.csv" --quiet --device "$DEVICE" ${BENCH_ARGS:-} > "$OUT/parts/log$k.txt" 2>&1 &
 done
 wait
 $PY - "$OUT" "$OUT/parts/all.csv" <<'PY'

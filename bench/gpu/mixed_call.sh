@@ -2,8 +2,9 @@
 # One device call, several jobs at once on one lent GPU host, each pinned to its own CPU cores
 # (taskset), so that a CPU timing job (the dp scaling bench) runs on cores no GPU job uses.
 #   bash bench/gpu/mixed_call.sh OUT WALL_S JOB...
-# A JOB is `bench:BENCH:WORKERS:SCALE:CORES[:INSTANCES_CSV]` (bench/gpu/input_bab_gpu.sh, one thread
-# per process, the GPU share set to the number of GPU processes of all jobs) or
+# A JOB is `bench:BENCH:WORKERS:SCALE:CORES[:INSTANCES_CSV[:ARGS]]` (bench/gpu/input_bab_gpu.sh, one thread
+# per process, the GPU share set to the number of GPU processes of all jobs; ARGS: more `benchmark`
+# options with `+` for spaces, e.g. --output-constraints+last; its files then go to OUT/jobs/BENCH_args) or
 # `scaling:CORES:ARGS...` (scripts/bench_bab_scaling.py --out OUT/scaling ARGS, on CORES) or
 # `milp:CORES:ARGS...` (scripts/hostile_milp.py --out OUT/milp ARGS, on CORES: CPU torchrun runs) or
 # `sh:CORES:NAME:COMMAND...` (any command on CORES, run by bash with OUT/jobs/NAME as $JOB_OUT; its
@@ -28,10 +29,11 @@ mkdir -p "$OUT/jobs"
 ( while sleep 30; do tar czf "$OUT/.partial.tgz" -C "$OUT" jobs 2>/dev/null && mv "$OUT/.partial.tgz" "$OUT/results.tgz"; done ) &
 packer=$!
 for j in "$@"; do
-  IFS=: read -r kind a b c d e <<< "$j"
+  IFS=: read -r kind a b c d e f <<< "$j"
   if [ "$kind" = bench ]; then
-    (INSTANCES=${e:-} THREADS=1 SHARE=$share PY=$PY timeout -k 5 $((WALL + 10)) taskset -c "$d" \
-       bash bench/gpu/input_bab_gpu.sh "$a" "$OUT/jobs/$a" "$b" "$c" "$WALL" > "$OUT/jobs/$a.summary.txt" 2>&1) &
+    name=$a; [ -z "${f:-}" ] || name=${a}_args
+    (INSTANCES=${e:-} BENCH_ARGS="${f//+/ }" THREADS=1 SHARE=$share PY=$PY timeout -k 5 $((WALL + 10)) taskset -c "$d" \
+       bash bench/gpu/input_bab_gpu.sh "$a" "$OUT/jobs/$name" "$b" "$c" "$WALL" > "$OUT/jobs/$name.summary.txt" 2>&1) &
   elif [ "$kind" = sh ]; then
     cmd=${j#sh:*:*:}
     (mkdir -p "$OUT/jobs/$b"; JOB_OUT="$OUT/jobs/$b" timeout -k 5 "$WALL" taskset -c "$a" bash -c "$cmd" \

@@ -62,7 +62,7 @@ def concretize(A: torch.Tensor, box, upper: bool) -> torch.Tensor:
 
 
 def backward_bound(graph, start: str, lA, uA, bounds, layout: Layout = DEFAULT_LAYOUT, alphas=None, rows=None,
-                   betas=None, record=None, patches=False):
+                   betas=None, record=None, patches=False, extra=None):
     """Bounds of `lA . v_start` (lower) and `uA . v_start` (upper) over the input box.
 
     `bounds` must hold the input box (under `graph.input_name`) and the bounds of every ReLU
@@ -73,10 +73,13 @@ def backward_bound(graph, start: str, lA, uA, bounds, layout: Layout = DEFAULT_L
     only if the start op has no direct rule for them). `record`, a dict, receives the lower
     A-matrix reaching each ReLU's output (detached, full), which branching heuristics score.
     `patches`: with `rows`, start a conv node's sweep from patches (see `CrownOptions.patches`).
+    `extra` maps upstream node names to (lA, uA) [B, K, *S_node] added to what reaches them: the
+    sweep then bounds `lA . v_start + sum extra . v_node` (output constraints, output_constraints.py).
     Returns (lower, upper), each [B, K] or None.
     """
     with layout.sweep(start) as sweep, tag("A-matrices"):
-        return _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows, betas, record, patches)
+        return _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows, betas, record, patches,
+                               extra)
 
 
 def _step(node, lA, uA, input_bounds, alpha, beta=None, params=None):
@@ -168,12 +171,15 @@ def _place_split(beta, node, sweep):
 
 
 def _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows=None, betas=None, record=None,
-                    patches=False):
+                    patches=False, extra=None):
     # The starting A-matrices laid out as the start node's style expects (a shared pair stays shared).
     shared = lA is uA
     lA = None if lA is None else sweep.place_A(lA, graph[start])
     uA = lA if shared else (None if uA is None else sweep.place_A(uA, graph[start]))
     pending = {start: (lA, uA)}
+    for name, (e_lA, e_uA) in (extra or {}).items():
+        assert name in graph.ancestors(start) and name != start, f"extra A-matrix for {name}: not upstream of {start}"
+        pending[name] = tuple(None if a is None else sweep.place_A(a, graph[name]) for a in (e_lA, e_uA))
     lbias = ubias = 0.0
     ancestors = graph.ancestors(start)
     for node in reversed(graph.nodes):

@@ -63,8 +63,9 @@ def _skip_reason(inst: Instance, open_idx, opts) -> str | None:
     return None
 
 
-def _solve(inst: Instance, open_idx, opts):
-    """Build the problem and the roots, run the solver; returns (BabResult, shared counterexample)."""
+def _solve(inst: Instance, open_idx, opts, tightened=None):
+    """Build the problem and the roots, run the solver; returns (BabResult, shared counterexample).
+    `tightened`: roots tightened by the output constraints (TightenedRoots), used where given."""
     from ..bab import BabProblem, BabSolver, make_roots
     from ..bab.comm import comm_for
     from ..bab.focus_rows import focus
@@ -80,6 +81,9 @@ def _solve(inst: Instance, open_idx, opts):
             opts = dataclasses.replace(opts, root_iterations=opts.beta.iterations)   # split rows: no slopes
         lowers = [torch.tensor(inst.details[p].lower, dtype=pairs.d.dtype, device=device) for p in open_idx]
         states = [inst.roots[p] for p in open_idx]
+        if tightened is not None:
+            lowers = [tightened.lowers[p].to(device) if p in tightened.lowers else lo for p, lo in zip(open_idx, lowers)]
+            states = [tightened.states.get(p, s) for p, s in zip(open_idx, states)]
         focused = None
         if mode_of(problem, opts) != "input":         # (input splitting keeps every row: focus_rows.py)
             focused = focus(problem.C, problem.d, problem.row_mask, open_idx, lowers, states, opts.focus_rows,
@@ -120,6 +124,34 @@ def _solve_on_time(solver, roots, inst: Instance, layout):
             return solver.stopped_inside_round()
 
 
+def _output_constraints(inst: Instance, open_idx, opts):
+    """`--output-constraints`: the open pairs' roots tightened over their unsafe sets (pairs proved
+    there are marked so); None when off or when branch and bound will split inputs."""
+    if opts.output_constraints == "off":
+        return None
+    from ..bab import BabProblem
+    from ..bab.input_bab import mode_of
+    from .output_constraints_stage import tighten_roots
+
+    model, pairs = inst.model, inst.pairs
+    with model.layout.domain_batches() as layout:
+        probe = BabProblem(model.graph, layout, model.forward, pairs.C, pairs.d, pairs.mask, inst.pair_lo, inst.pair_hi)
+        if mode_of(probe, opts) == "input":
+            return None
+    t = time.perf_counter()
+    tightened = tighten_roots(inst, open_idx, opts)
+    inst.add_phase("output_constraints", time.perf_counter() - t)
+    inst.result.bounds["output_constraints"] = tightened.report
+    r = tightened.report
+    if r.get("neurons"):
+        inst.say(f"output constraints: {r['neurons']} neurons of {', '.join(r['nodes'])}, {r['stabilised']} made stable, "
+                 f"width {r['width_before']:.4g} -> {r['width_after']:.4g}, {len(tightened.proved)} of {len(open_idx)} "
+                 f"pairs proved ({r['seconds']:.2f} s)")
+    for p in tightened.proved:
+        inst.details[p].status, inst.details[p].proved_by = "proved", "output constraints"
+    return tightened
+
+
 def branch_and_bound(inst: Instance, bab_options, progress: bool) -> str:
     """Run branch and bound on the open pairs; returns 'proved', 'sat', 'timeout' or 'unknown'
     (a counterexample is recorded in the instance)."""
@@ -135,7 +167,13 @@ def branch_and_bound(inst: Instance, bab_options, progress: bool) -> str:
     if progress and inst.model.layout.rank == 0:
         opts = dataclasses.replace(opts, progress=True)
     t = time.perf_counter()
-    outcome, found = _solve(inst, open_idx, opts)
+    tightened = _output_constraints(inst, open_idx, opts)
+    if tightened is not None:
+        open_idx = [p for p in open_idx if p not in tightened.proved]
+        if not open_idx:
+            inst.result.phases["bab"] = time.perf_counter() - t
+            return "proved"
+    outcome, found = _solve(inst, open_idx, opts, tightened)
     if found is not None:
         inst.accept(found)
     stats = outcome.stats.as_dict()
