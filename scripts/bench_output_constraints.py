@@ -25,11 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FIELDS = ["instance", "variant", "iterations", "neurons", "stabilised", "width_before", "width_after",
-          "seconds", "row_before", "row_after", "empty"]
+FIELDS = ["instance", "start", "variant", "iterations", "rounds", "neurons", "stabilised", "width_before",
+          "width_after", "seconds", "row_before", "row_after", "empty"]
 
 
-def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=512):
+def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=512, rounds=(1,), start="crown"):
     import torch
 
     import dtensor_verify as dv
@@ -50,9 +50,17 @@ def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=51
     d = torch.as_tensor(disjunct.d, dtype=torch.float32, device=dev)
     graph = model.graph
     t = time.perf_counter()
-    with torch.no_grad():
-        bounds, _ = intermediate_bounds(graph, (xl, xu))
-        before, _ = output_bound(graph, bounds, C.unsqueeze(0), want_upper=False)
+    slopes = None
+    if start == "alpha":
+        from dtensor_verify.methods.alpha_crown import alpha_crown, verdict_options
+        res = alpha_crown(graph, (xl, xu), C.unsqueeze(0), opts=verdict_options(), want_upper=False)
+        bounds = {k: (v[0].detach(), v[1].detach()) for k, v in res.intermediate.items()}
+        bounds[graph.input_name] = (xl, xu)
+        before, slopes = res.lower.detach(), res.output_alphas
+    else:
+        with torch.no_grad():
+            bounds, _ = intermediate_bounds(graph, (xl, xu))
+            before, _ = output_bound(graph, bounds, C.unsqueeze(0), want_upper=False)
     crown_s = time.perf_counter() - t
     node = last_preactivations(graph)[-1]
     lo, up = bounds[node]
@@ -63,29 +71,30 @@ def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=51
         pick = unstable[torch.randperm(len(unstable), generator=g)[:neurons].to(unstable.device)]
     rows = []
     name = Path(vnnlib).name
-    for variant in variants:
-        for its in iterations:
-            opts = OutputConstraintOptions(iterations=its, slopes=variant == "gamma+slopes", max_rows=max_rows)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            res = tighten(graph, bounds, C, d, node, model.layout, opts, neurons=pick)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            secs = time.perf_counter() - t
-            after = ""
-            if pick is None and not res.empty:
-                tight = dict(bounds)
-                tight[node] = (res.lower, res.upper)
-                with torch.no_grad():
-                    lb, _ = output_bound(graph, tight, C.unsqueeze(0), want_upper=False)
-                after = f"{float((lb[0] - d).max()):.5f}"
-            rows.append({"instance": name, "variant": variant, "iterations": its, "neurons": res.neurons,
-                         "stabilised": res.stabilised, "width_before": f"{res.width_before:.4f}",
-                         "width_after": f"{res.width_after:.4f}", "seconds": f"{secs:.2f}",
-                         "row_before": f"{float((before[0] - d).max()):.5f}", "row_after": after,
-                         "empty": res.empty})
-            print(" | ".join(str(rows[-1][k]) for k in FIELDS), flush=True)
+    for variant, its, n_rounds in [(v, i, r) for v in variants for i in iterations for r in rounds]:
+        opts = OutputConstraintOptions(iterations=its, slopes=variant == "gamma+slopes", max_rows=max_rows,
+                                       rounds=n_rounds)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        res = tighten(graph, bounds, C, d, node, model.layout, opts, neurons=pick)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        secs = time.perf_counter() - t
+        after = ""
+        if pick is None and not res.empty:
+            tight = dict(bounds)
+            tight[node] = (res.lower, res.upper)
+            with torch.no_grad():
+                lb, _ = output_bound(graph, tight, C.unsqueeze(0), alphas=slopes, want_upper=False)
+            after = f"{float((lb[0] - d).max()):.5f}"
+        rows.append({"instance": name, "start": start, "variant": variant, "iterations": its,
+                     "rounds": n_rounds, "neurons": res.neurons,
+                     "stabilised": res.stabilised, "width_before": f"{res.width_before:.4f}",
+                     "width_after": f"{res.width_after:.4f}", "seconds": f"{secs:.2f}",
+                     "row_before": f"{float((before[0] - d).max()):.5f}", "row_after": after,
+                     "empty": res.empty})
+        print(" | ".join(str(rows[-1][k]) for k in FIELDS), flush=True)
     return rows, {"node": node, "unstable": len(unstable), "crown_s": round(crown_s, 2)}
 
 
@@ -96,6 +105,10 @@ def main(argv=None) -> int:
     ap.add_argument("--neurons", type=int, default=None, help="this many unstable neurons, drawn at random")
     ap.add_argument("--iterations", type=int, nargs="+", default=[20])
     ap.add_argument("--variants", nargs="+", choices=["gamma", "gamma+slopes"], default=["gamma", "gamma+slopes"])
+    ap.add_argument("--rounds", type=int, nargs="+", default=[1])
+    ap.add_argument("--start", choices=["crown", "alpha"], default="crown",
+                    help="the bounds tightened: CROWN's, or alpha-CROWN's (the verdict pipeline's; row_after then "
+                         "uses its output slopes)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-rows", type=int, default=512)
     ap.add_argument("--out", default=None, help="folder for output_constraints.csv / .md")
@@ -105,7 +118,8 @@ def main(argv=None) -> int:
     print(" | ".join(FIELDS))
     rows, facts = [], []
     for v in args.vnnlib:
-        r, f = run(args.onnx, v, args.neurons, args.iterations, args.variants, args.device, max_rows=args.max_rows)
+        r, f = run(args.onnx, v, args.neurons, args.iterations, args.variants, args.device, max_rows=args.max_rows,
+                   rounds=args.rounds, start=args.start)
         rows += r
         facts.append(f)
     cond = (f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, {platform.node()}, "

@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 SIZES = [(2, (8, 8)), (3, (10, 10)), (4, (12, 12, 12)), (5, (16, 16)), (3, (20,))]
 FIELDS = ["seed", "size", "expected", "gap", "milp_seconds", "runner", "attack", "verdict", "correct",
           "seconds", "startup_s", "launch_s", "imports_s", "load_s", "plan_s", "verify_s", "bab_domains",
-          "exact_lp_domains", "rows_bounded", "all_gathers", "broadcasts", "message"]
+          "exact_lp_domains", "rows_bounded", "all_gathers", "broadcasts", "decided_by", "output_constraints",
+          "message"]
 
 
 def make(seed: int, family: str = "random", floor: float = 1e-5):
@@ -88,8 +89,16 @@ def run_local(onnx_path, spec, timeout: float, attack: bool, split: str | None =
     bab = res.bounds.get("bab", {})
     return {"verdict": res.verdict, "seconds": time.perf_counter() - t, "message": res.message or "",
             "bab_domains": bab.get("domains_visited", 0), "decided_by": res.decided_by or "",
+            "output_constraints": _oc_cell(res.bounds.get("output_constraints")),
             "exact_lp_domains": (bab.get("exact_lp") or {}).get("domains", 0),
             "rows_bounded": "{kept}/{of}".format(**bab["rows_bounded"]) if bab.get("rows_bounded") else ""}
+
+
+def _oc_cell(report) -> str:
+    """`--output-constraints`: made stable / tightened, and pairs proved there ("" where it did not run)."""
+    if not report or not report.get("neurons"):
+        return ""
+    return f"{report['stabilised']}/{report['neurons']} stable, {report['proved_pairs']} proved"
 
 
 def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mesh: str | None = None,
