@@ -25,11 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FIELDS = ["instance", "start", "variant", "iterations", "rounds", "neurons", "stabilised", "width_before",
+FIELDS = ["instance", "start", "variant", "upstream", "iterations", "rounds", "neurons", "stabilised", "width_before",
           "width_after", "seconds", "row_before", "row_after", "empty"]
 
 
-def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=512, rounds=(1,), start="crown"):
+def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=512, rounds=(1,), start="crown",
+        upstream=("shared",)):
     import torch
 
     import dtensor_verify as dv
@@ -71,9 +72,10 @@ def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=51
         pick = unstable[torch.randperm(len(unstable), generator=g)[:neurons].to(unstable.device)]
     rows = []
     name = Path(vnnlib).name
-    for variant, its, n_rounds in [(v, i, r) for v in variants for i in iterations for r in rounds]:
+    for variant, up_kind, its, n_rounds in [(v, u, i, r) for v in variants for u in upstream for i in iterations
+                                            for r in rounds]:
         opts = OutputConstraintOptions(iterations=its, slopes=variant == "gamma+slopes", max_rows=max_rows,
-                                       rounds=n_rounds)
+                                       rounds=n_rounds, upstream=up_kind)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -88,7 +90,7 @@ def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=51
             with torch.no_grad():
                 lb, _ = output_bound(graph, tight, C.unsqueeze(0), alphas=slopes, want_upper=False)
             after = f"{float((lb[0] - d).max()):.5f}"
-        rows.append({"instance": name, "start": start, "variant": variant, "iterations": its,
+        rows.append({"instance": name, "start": start, "variant": variant, "upstream": up_kind, "iterations": its,
                      "rounds": n_rounds, "neurons": res.neurons,
                      "stabilised": res.stabilised, "width_before": f"{res.width_before:.4f}",
                      "width_after": f"{res.width_after:.4f}", "seconds": f"{secs:.2f}",
@@ -106,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, nargs="+", default=[20])
     ap.add_argument("--variants", nargs="+", choices=["gamma", "gamma+slopes"], default=["gamma", "gamma+slopes"])
     ap.add_argument("--rounds", type=int, nargs="+", default=[1])
+    ap.add_argument("--upstream", nargs="+", choices=["shared", "rows", "crown"], default=["shared"],
+                    help="the slopes of the ReLUs below the node (OutputConstraintOptions.upstream)")
     ap.add_argument("--start", choices=["crown", "alpha"], default="crown",
                     help="the bounds tightened: CROWN's, or alpha-CROWN's (the verdict pipeline's; row_after then "
                          "uses its output slopes)")
@@ -119,7 +123,7 @@ def main(argv=None) -> int:
     rows, facts = [], []
     for v in args.vnnlib:
         r, f = run(args.onnx, v, args.neurons, args.iterations, args.variants, args.device, max_rows=args.max_rows,
-                   rounds=args.rounds, start=args.start)
+                   rounds=args.rounds, start=args.start, upstream=args.upstream)
         rows += r
         facts.append(f)
     cond = (f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, {platform.node()}, "

@@ -40,8 +40,11 @@ class OutputConstraintOptions:
     lr_alpha: float = 0.1               # the slopes of the ReLUs between the node and the output
     lr_decay: float = 0.98
     slopes: bool = True                 # optimise those slopes per row too (False: CROWN's)
+    upstream: str = "shared"            # the ReLUs below the node: 'shared' (one slope set for a sweep's
+                                        # rows, optimised; alpha,beta-CROWN's share_alphas), 'rows' (per
+                                        # row: memory of an A-matrix each), 'crown' (CROWN's, fixed)
     max_rows: int = 512                 # neurons per sweep (each is two rows: its lower and upper)
-    rounds: int = 3                     # passes over the node, each relaxing its own ReLU with the
+    rounds: int = 8                     # passes over the node, each relaxing its own ReLU with the
                                         # bounds the last pass left (stops when the width shrinks < 1 %)
 
 
@@ -139,6 +142,8 @@ def _sweep_chunk(graph, bounds, C, d, node, idx, shape, out_shape, layout, opts,
     E = E.reshape(1, 2 * r, *shape)
     gamma = torch.zeros(1, 2 * r, C.shape[0], dtype=C.dtype, device=C.device, requires_grad=True)
     slopes = _downstream_slopes(graph, bounds, node, 2 * r) if opts.slopes else {}
+    if opts.upstream != "crown":
+        slopes.update(_upstream_slopes(graph, bounds, node, 1 if opts.upstream == "shared" else 2 * r))
     groups = [([gamma], opts.lr)] + ([(list(slopes.values()), opts.lr_alpha)] if slopes else [])
     opt = Adam(groups)
     best = torch.full((2 * r,), -torch.inf, dtype=C.dtype, device=C.device)
@@ -163,13 +168,27 @@ def _sweep_chunk(graph, bounds, C, d, node, idx, shape, out_shape, layout, opts,
     return best
 
 
+def _relus(graph):
+    return [n for n in graph.nodes
+            if n.op is not None and getattr(n.op, "splittable", False) and hasattr(n.op, "init_alpha")]
+
+
+def _upstream_slopes(graph, bounds, node, rows):
+    """Lower slopes [1, rows, *S] of the ReLUs upstream of `node` (rows = 1: shared by every row)."""
+    above = graph.ancestors(node)
+    slopes = {}
+    for n in _relus(graph):
+        if n.name in above and n.name != node:
+            init = n.op.init_alpha(*bounds[n.inputs[0]])[0]
+            slopes[n.name] = init.unsqueeze(1).expand(1, rows, *init.shape[1:]).clone().requires_grad_(True)
+    return slopes
+
+
 def _downstream_slopes(graph, bounds, node, rows):
     """Lower slopes [1, rows, *S] (CROWN's adaptive choice to start) of the ReLUs on the way from
     the output to `node`: those whose input is `node` or has it upstream."""
     slopes = {}
-    for n in graph.nodes:
-        if n.op is None or not getattr(n.op, "splittable", False) or not hasattr(n.op, "init_alpha"):
-            continue
+    for n in _relus(graph):
         src = n.inputs[0]
         if src != node and node not in graph.ancestors(src):
             continue
