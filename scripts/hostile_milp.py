@@ -102,7 +102,7 @@ def _oc_cell(report) -> str:
 
 
 def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mesh: str | None = None,
-                 attack: bool = True, launcher: str = "fast", oc: str = "off") -> dict:
+                 attack: bool = True, launcher: str = "fast", oc: str = "off", split: str | None = None) -> dict:
     """One job under dtensor_verify.launch; `launcher` "torchrun": torch.distributed.run starts the
     ranks (DTENSOR_VERIFY_LAUNCHER=torchrun), "fast": the launcher's own torch-free start."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +112,7 @@ def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mes
                "--results", str(res), "--timeout", str(timeout), "--plan", plan, "--quiet", "--json", str(report),
                "--device", "cpu",       # CPU gloo ranks, also on a host with fewer GPUs than ranks
                *(["--mesh", mesh] if mesh else []), *([] if attack else ["--no-attack"]),
-               *([] if oc == "off" else ["--output-constraints", oc])]
+               *([] if oc == "off" else ["--output-constraints", oc]), *(["--bab-split", split] if split else [])]
         # DTENSOR_VERIFY_TP_BAB=allow: the sweep checks tp's verdicts, not its speed (the plan
         # checker refuses tp for branch and bound on small CPU models: placements/bab_check.py).
         # The checkout first, the caller's path kept (e.g. wheels unpacked beside the repository on a GPU host).
@@ -145,7 +145,9 @@ def startup_columns(report: Path, launched: float) -> dict:
         weights = data.get("weight_collectives") or {}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
+    oc = data.get("bounds", {}).get("output_constraints") if isinstance(data.get("bounds"), dict) else None
     return {**{k: round(v, 3) for k, v in cols.items()}, "bab_domains": bab.get("domains_visited", ""),
+            "output_constraints": _oc_cell(oc), "decided_by": data.get("decided_by") or "",
             "exact_lp_domains": (bab.get("exact_lp") or {}).get("domains", ""),
             "all_gathers": weights.get("all_gathers", ""), "broadcasts": weights.get("broadcast", "")}
 
@@ -171,7 +173,8 @@ def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], f
                 mesh = "2x1" if plan == "2x1" else None
                 for launcher in launchers:
                     later.append((base, inst, f"torchrun {plan}" + ("" if launcher == "fast" else " [torchrun]"),
-                                  (onnx_path, spec, timeout, "replicate" if mesh else plan, 2, mesh, True, launcher, oc)))
+                                  (onnx_path, spec, timeout, "replicate" if mesh else plan, 2, mesh, True, launcher, oc,
+                                   split)))
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         futures = {pool.submit(run_torchrun, *a): (b, i, r) for b, i, r, a in later}
         for fut in as_completed(futures):

@@ -197,3 +197,21 @@ def test_the_stage_proves_a_pair_before_branch_and_bound():
     assert on.verdict == "unsat", (on.verdict, on.message)
     report = on.bounds["output_constraints"]
     assert report["proved_pairs"] == 1 and report["stabilised"] > 0 and "bab" not in on.bounds
+
+
+@pytest.mark.parametrize("plan,mesh", [("replicate", "2x1"), ("fsdp", None), ("tp", None), ("spec", None)])
+def test_the_stage_under_torchrun_plans(tmp_path, plan, mesh):
+    """Two CPU gloo ranks on every placement plan (dp workers, fsdp / tp / spec sweeps): the stage
+    runs before ReLU branch and bound (its report is in the JSON) and the verdict is the MILP's.
+    tp once failed here: the slopes of a sweep must be laid out as alpha-CROWN's (alpha_param)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import hostile_milp as hm
+    import milp_oracle as mo
+    inst, _ = hm.make(1001)
+    assert inst.expected == "unsat"
+    onnx_path, spec = mo.write(inst, tmp_path)
+    out = hm.run_torchrun(onnx_path, spec, 30, plan, 2, mesh, True, "fast", "last", "relu")
+    assert out["verdict"] == "unsat", out
+    assert "stable" in out["output_constraints"], out

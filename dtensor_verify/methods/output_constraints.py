@@ -141,9 +141,9 @@ def _sweep_chunk(graph, bounds, C, d, node, idx, shape, out_shape, layout, opts,
     E[0, r + rows, idx] = -1.0
     E = E.reshape(1, 2 * r, *shape)
     gamma = torch.zeros(1, 2 * r, C.shape[0], dtype=C.dtype, device=C.device, requires_grad=True)
-    slopes = _downstream_slopes(graph, bounds, node, 2 * r) if opts.slopes else {}
+    slopes = _downstream_slopes(graph, bounds, node, 2 * r, layout) if opts.slopes else {}
     if opts.upstream != "crown":
-        slopes.update(_upstream_slopes(graph, bounds, node, 1 if opts.upstream == "shared" else 2 * r))
+        slopes.update(_upstream_slopes(graph, bounds, node, 1 if opts.upstream == "shared" else 2 * r, layout))
     groups = [([gamma], opts.lr)] + ([(list(slopes.values()), opts.lr_alpha)] if slopes else [])
     opt = Adam(groups)
     best = torch.full((2 * r,), -torch.inf, dtype=C.dtype, device=C.device)
@@ -152,7 +152,7 @@ def _sweep_chunk(graph, bounds, C, d, node, idx, shape, out_shape, layout, opts,
             break
         A = torch.einsum("bqk,kn->bqn", gamma, C).reshape(1, 2 * r, *out_shape)
         value, _ = backward_bound(graph, graph.output_name, A, None, bounds, layout,
-                                  alphas={k: (a, None) for k, a in slopes.items()}, extra={node: (E, None)})
+                                  alphas=slopes, extra={node: (E, None)})
         value = value - torch.einsum("bqk,k->bq", gamma, d)
         best = torch.maximum(best, value.detach()[0])
         if it + 1 == opts.iterations:
@@ -173,25 +173,23 @@ def _relus(graph):
             if n.op is not None and getattr(n.op, "splittable", False) and hasattr(n.op, "init_alpha")]
 
 
-def _upstream_slopes(graph, bounds, node, rows):
-    """Lower slopes [1, rows, *S] of the ReLUs upstream of `node` (rows = 1: shared by every row)."""
+def _upstream_slopes(graph, bounds, node, rows, layout):
+    """Slopes of the ReLUs upstream of `node` (rows = 1: one set shared by every row)."""
     above = graph.ancestors(node)
-    slopes = {}
-    for n in _relus(graph):
-        if n.name in above and n.name != node:
-            init = n.op.init_alpha(*bounds[n.inputs[0]])[0]
-            slopes[n.name] = init.unsqueeze(1).expand(1, rows, *init.shape[1:]).clone().requires_grad_(True)
-    return slopes
+    return {n.name: _slope_param(n, bounds, rows, layout, graph) for n in _relus(graph)
+            if n.name in above and n.name != node}
 
 
-def _downstream_slopes(graph, bounds, node, rows):
-    """Lower slopes [1, rows, *S] (CROWN's adaptive choice to start) of the ReLUs on the way from
-    the output to `node`: those whose input is `node` or has it upstream."""
-    slopes = {}
-    for n in _relus(graph):
-        src = n.inputs[0]
-        if src != node and node not in graph.ancestors(src):
-            continue
-        init = n.op.init_alpha(*bounds[src])[0]             # [1, *S]
-        slopes[n.name] = init.unsqueeze(1).expand(1, rows, *init.shape[1:]).clone().requires_grad_(True)
-    return slopes
+def _downstream_slopes(graph, bounds, node, rows, layout):
+    """Slopes, one set per row, of the ReLUs on the way from the output to `node`: those whose
+    input is `node` or has it upstream."""
+    return {n.name: _slope_param(n, bounds, rows, layout, graph) for n in _relus(graph)
+            if n.inputs[0] == node or node in graph.ancestors(n.inputs[0])}
+
+
+def _slope_param(relu, bounds, rows, layout, graph):
+    """CROWN's adaptive slopes [2 (sides), 1, rows, *S] laid out as alpha-CROWN's are for the
+    output's sweep (`layout.alpha_param`: a tp rank keeps its neurons), to be optimised."""
+    init = relu.op.init_alpha(*bounds[relu.inputs[0]])          # [2, 1, *S]
+    a = init.unsqueeze(2).expand(-1, -1, rows, *([-1] * (init.dim() - 2)))
+    return layout.alpha_param(a, relu, graph.output_name).clone().requires_grad_(True)
