@@ -243,10 +243,11 @@ def add_bab_arguments(p):
     p.add_argument("--bab-focus-rows", default=None, metavar="F",
                    help="ReLU / general splitting: bound only the rows of an open disjunct whose root bound is "
                         ">= F x its best row's (default 3; off: every row)")
-    p.add_argument("--output-constraints", default=None, choices=["off", "last"],
+    p.add_argument("--output-constraints", default=None, choices=["auto", "off", "last"],
                    help="before ReLU / general branch and bound, tighten the bounds of the last nonlinear "
                         "layer's inputs over each disjunct's unsafe set (INVPROP-style, as alpha,beta-CROWN's "
-                        "TinyYOLO config); a disjunct whose bounds cross is proved there (default off)")
+                        "TinyYOLO config); a disjunct whose bounds cross is proved there (default auto: on "
+                        "ReLU networks where an open disjunct has several rows; last: always; off: never)")
     p.add_argument("--output-constraints-iterations", type=int, default=None, metavar="N",
                    help="--output-constraints: optimisation steps per chunk of neurons (default 20)")
     p.add_argument("--bab-alpha-time", type=float, default=None, metavar="F",

@@ -73,7 +73,7 @@ def judge(expected: str, verdict: str) -> str:
     return "WRONG" if verdict in ("sat", "unsat") else "no"
 
 
-def run_local(onnx_path, spec, timeout: float, attack: bool, split: str | None = None, oc: str = "off") -> dict:
+def run_local(onnx_path, spec, timeout: float, attack: bool, split: str | None = None, oc: str | None = None) -> dict:
     import dtensor_verify as dv
     from dtensor_verify.specs import read_vnnlib
     from dtensor_verify.verify import verify_instance
@@ -81,9 +81,11 @@ def run_local(onnx_path, spec, timeout: float, attack: bool, split: str | None =
     t = time.perf_counter()
     model = dv.load(onnx_path)
     opts = None
-    if split is not None or oc != "off":
+    if split is not None or oc is not None:
         from dtensor_verify.bab import BabOptions
-        opts = BabOptions(split=split or "auto", output_constraints=oc)
+        opts = BabOptions(split=split or "auto")
+        if oc is not None:
+            opts.output_constraints = oc
     res = verify_instance(model, read_vnnlib(spec, model.n_inputs, model.n_outputs), onnx_path, timeout,
                           attack=attack, bab_options=opts)
     bab = res.bounds.get("bab", {})
@@ -102,7 +104,7 @@ def _oc_cell(report) -> str:
 
 
 def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mesh: str | None = None,
-                 attack: bool = True, launcher: str = "fast", oc: str = "off", split: str | None = None) -> dict:
+                 attack: bool = True, launcher: str = "fast", oc: str | None = None, split: str | None = None) -> dict:
     """One job under dtensor_verify.launch; `launcher` "torchrun": torch.distributed.run starts the
     ranks (DTENSOR_VERIFY_LAUNCHER=torchrun), "fast": the launcher's own torch-free start."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +114,7 @@ def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mes
                "--results", str(res), "--timeout", str(timeout), "--plan", plan, "--quiet", "--json", str(report),
                "--device", "cpu",       # CPU gloo ranks, also on a host with fewer GPUs than ranks
                *(["--mesh", mesh] if mesh else []), *([] if attack else ["--no-attack"]),
-               *([] if oc == "off" else ["--output-constraints", oc]), *(["--bab-split", split] if split else [])]
+               *(["--output-constraints", oc] if oc else []), *(["--bab-split", split] if split else [])]
         # DTENSOR_VERIFY_TP_BAB=allow: the sweep checks tp's verdicts, not its speed (the plan
         # checker refuses tp for branch and bound on small CPU models: placements/bab_check.py).
         # The checkout first, the caller's path kept (e.g. wheels unpacked beside the repository on a GPU host).
@@ -154,7 +156,7 @@ def startup_columns(report: Path, launched: float) -> dict:
 
 def sweep(n: int, first: int, timeout: float, torchrun: int, plans: list[str], folder: Path, log=print,
           family: str = "random", split: str | None = None, floor: float = 1e-5, jobs: int = 1,
-          launchers=("fast",), on_row=None, oc: str = "off") -> list[dict]:
+          launchers=("fast",), on_row=None, oc: str | None = None) -> list[dict]:
     """Every instance in this process first (one at a time), then the torchrun runs, `jobs` at once;
     `on_row(row)` sees each row as it is made (a run cut off at a wall clock keeps what it had)."""
     import torch
@@ -279,8 +281,9 @@ def main(argv=None) -> int:
                          "phase pattern (default: bab/exact.py's MAX_ENUMERATED; 0: off)")
     ap.add_argument("--split", choices=["auto", "relu", "input"], default=None,
                     help="branch and bound's split kind in this process (default: the verifier's)")
-    ap.add_argument("--output-constraints", choices=["off", "last"], default="off",
-                    help="branch and bound's roots tightened by the output constraints (every runner)")
+    ap.add_argument("--output-constraints", choices=["auto", "off", "last"], default=None,
+                    help="branch and bound's roots tightened by the output constraints (every runner; "
+                         "default: the verifier's)")
     ap.add_argument("--hold-bytes", type=int, default=None, metavar="B",
                     help="torchrun runs: hold at most B bytes of fsdp / spec weights gathered for a search "
                          "(DTENSOR_VERIFY_HOLD_BYTES; 0: gather per step, the behaviour before; default: "

@@ -191,7 +191,7 @@ def test_the_stage_proves_a_pair_before_branch_and_bound():
     text += "".join(f"(assert (>= X_{i} -0.3))\n(assert (<= X_{i} 0.3))\n" for i in range(4))
     text += f"(assert (<= (- Y_{label} Y_{other}) {d!r}))\n"
     prop = parse_vnnlib(text, n_inputs=4, n_outputs=3)
-    off = verify_instance(model, prop, None, timeout=30, bab_options=BabOptions(split="relu"))
+    off = verify_instance(model, prop, None, timeout=30, bab_options=BabOptions(split="relu", output_constraints="off"))
     assert off.verdict == "unsat" and off.bounds["bab"]["domains_visited"] > 0
     on = verify_instance(model, prop, None, timeout=30, bab_options=BabOptions(split="relu", output_constraints="last"))
     assert on.verdict == "unsat", (on.verdict, on.message)
@@ -212,6 +212,34 @@ def test_the_stage_under_torchrun_plans(tmp_path, plan, mesh):
     inst, _ = hm.make(1001)
     assert inst.expected == "unsat"
     onnx_path, spec = mo.write(inst, tmp_path)
-    out = hm.run_torchrun(onnx_path, spec, 30, plan, 2, mesh, True, "fast", "last", "relu")
+    # (120 s: the instance takes well under a second; the limit only guards a loaded CI machine)
+    out = hm.run_torchrun(onnx_path, spec, 120, plan, 2, mesh, True, "fast", "last", "relu")
     assert out["verdict"] == "unsat", out
     assert "stable" in out["output_constraints"], out
+
+
+def test_auto_runs_on_relu_conjunctions_only():
+    """The default ('auto'): the stage runs before ReLU branch and bound where an open disjunct is a
+    conjunction of several rows (its report is in the result), not for a one-row disjunct, and
+    never before input splitting."""
+    net, shape = mz.random_mlp([4, 24, 24, 24, 3], seed=1)
+    model = dv.load(net, input_shape=shape)
+    with torch.no_grad():
+        xs = torch.rand(20000, 4, generator=torch.Generator().manual_seed(1)) * 0.6 - 0.3
+        ys = model.forward(xs)
+    head = "".join(f"(declare-const X_{i} Real)\n" for i in range(4))
+    head += "".join(f"(declare-const Y_{i} Real)\n" for i in range(3))
+    head += "".join(f"(assert (>= X_{i} -0.3))\n(assert (<= X_{i} 0.3))\n" for i in range(4))
+    # y0 - y1 and y0 - y2 just below their sampled minima: true, and not by CROWN alone
+    m1, m2 = float((ys[:, 0] - ys[:, 1]).min()), float((ys[:, 0] - ys[:, 2]).min())
+    both = head + f"(assert (<= (- Y_0 Y_1) {m1 - 0.02!r}))\n(assert (<= (- Y_0 Y_2) {m2 - 0.02!r}))\n"
+    one = head + f"(assert (<= (- Y_0 Y_1) {m1 - 0.02!r}))\n"
+    seen = {}
+    for name, text in (("both", both), ("one", one)):
+        prop = parse_vnnlib(text, n_inputs=4, n_outputs=3)
+        for split in ("relu", "input"):
+            res = verify_instance(model, prop, None, timeout=30, bab_options=BabOptions(split=split))
+            assert res.verdict == "unsat", (name, split, res.verdict, res.message)
+            seen[name, split] = ("output_constraints" in res.bounds, "bab" in res.phases)
+    assert seen["one", "relu"][0] is False and seen["both", "input"][0] is False and seen["one", "input"][0] is False
+    assert seen["both", "relu"] == (True, True), seen       # branch and bound ran, the stage before it

@@ -26,9 +26,10 @@ class BabOptions:
                                         # (focus_rows.py; None: every row)
     alpha_time_fraction: float | None = 0.3     # alpha-CROWN before branch and bound stops after this
                                         # share of the limit (verify/pipeline.alpha_time_share; None: no cap)
-    output_constraints: str = "off"     # 'off' | 'last': before ReLU / general splitting, tighten the
-                                        # last nonlinear layer's input bounds over each pair's unsafe
-                                        # set (verify/output_constraints_stage.py)
+    output_constraints: str = "auto"    # 'off' | 'last' | 'auto': before ReLU / general splitting, tighten
+                                        # the last nonlinear layer's input bounds over each pair's unsafe
+                                        # set (verify/output_constraints_stage.py); auto: ReLU networks
+                                        # with a conjunction of several rows open (bab_stage._wanted)
     oc_iterations: int = 20             # ... projected Adam steps per chunk of neurons
     oc_time_fraction: float = 0.2       # ... stopping after this share of the time left
     root_iterations: int = 0            # beta-CROWN steps on the roots (they come from alpha-CROWN)

@@ -126,18 +126,11 @@ def _solve_on_time(solver, roots, inst: Instance, layout):
 
 def _output_constraints(inst: Instance, open_idx, opts):
     """`--output-constraints`: the open pairs' roots tightened over their unsafe sets (pairs proved
-    there are marked so); None when off or when branch and bound will split inputs."""
-    if opts.output_constraints == "off":
-        return None
-    from ..bab import BabProblem
-    from ..bab.input_bab import mode_of
+    there are marked so); None when it does not run (`_wanted`)."""
     from .output_constraints_stage import tighten_roots
 
-    model, pairs = inst.model, inst.pairs
-    with model.layout.domain_batches() as layout:
-        probe = BabProblem(model.graph, layout, model.forward, pairs.C, pairs.d, pairs.mask, inst.pair_lo, inst.pair_hi)
-        if mode_of(probe, opts) == "input":
-            return None
+    if not _wanted(inst, open_idx, opts):
+        return None
     t = time.perf_counter()
     tightened = tighten_roots(inst, open_idx, opts)
     inst.add_phase("output_constraints", time.perf_counter() - t)
@@ -150,6 +143,26 @@ def _output_constraints(inst: Instance, open_idx, opts):
     for p in tightened.proved:
         inst.details[p].status, inst.details[p].proved_by = "proved", "output constraints"
     return tightened
+
+
+def _wanted(inst: Instance, open_idx, opts) -> bool:
+    """'last': before ReLU / general splitting (input splitting bounds every sub-box afresh).
+    'auto' (the default): also only where the network's nonlinear ops are all ReLUs and some open
+    disjunct is a conjunction of several rows (TinyYOLO's 5: the unsafe set is their intersection,
+    which says more than one half-space); measured there (docs/BENCHMARKS.md, session 12)."""
+    from ..bab import BabProblem
+    from ..bab.input_bab import mode_of
+
+    if opts.output_constraints == "off":
+        return False
+    model, pairs = inst.model, inst.pairs
+    with model.layout.domain_batches() as layout:
+        probe = BabProblem(model.graph, layout, model.forward, pairs.C, pairs.d, pairs.mask, inst.pair_lo, inst.pair_hi)
+        if mode_of(probe, opts) == "input":
+            return False
+    if opts.output_constraints == "last":
+        return True
+    return not probe.general_ops and any(pairs.n_real_rows[p] >= 2 for p in open_idx)
 
 
 def branch_and_bound(inst: Instance, bab_options, progress: bool) -> str:
