@@ -93,6 +93,8 @@ def tighten_roots(inst: Instance, open_idx: list[int], opts) -> TightenedRoots:
             if proved:
                 out.proved.append(p)
                 continue
+            if empty:       # crossed here but not on every worker: this worker keeps its old root
+                continue
             out.states[p] = RootState(bounds={k: (bounds[k][0][0], bounds[k][1][0]) for k in state.bounds},
                                       alphas=state.alphas)
             out.lowers[p] = lower
