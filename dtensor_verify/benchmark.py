@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .benchmark_csv import FIELDS, REQUIRED, append_row, norm_key as _norm_key, prepare_csv, read_rows  # noqa: F401
+from .benchmark_csv import (FIELDS, REQUIRED, append_row, norm_key as _norm_key, output_constraints_cell,  # noqa: F401
+                            prepare_csv, read_rows)
 from .cli_common import (EXIT_CONTRADICTION, EXIT_OK, PROG, CliError, bab_options, err, load_model, one_line,
                          user_errors)
 
@@ -269,7 +270,7 @@ def _run_watched(args, base: Path, todo: list[Instance], expected: dict, device,
                                   bab_options=bab_options(args))
             verdict, decided_by, message = res.verdict, res.decided_by or "", res.message or ""
             bab = _bab_columns(res.bounds.get("bab"))
-            bab["output_constraints"] = _oc_cell(res.bounds.get("output_constraints"))
+            bab["output_constraints"] = output_constraints_cell(res.bounds.get("output_constraints"))
             bab["phases"] = _phase_column(res.phases)
         except user_errors() as exc:
             verdict, message = "error", one_line(exc)
@@ -298,15 +299,6 @@ def _bab_columns(stats: dict | None) -> dict:
             "bab_rows": f"{rows['kept']}/{rows['of']}" if rows else "",
             "bab_worst": _worst_cell(stats.get("global_margin")),
             "bab_seconds": "" if seconds is None else f"{seconds:.3f}"}
-
-
-def _oc_cell(report: dict | None) -> str:
-    """`--output-constraints`: neurons made stable of those tightened, their summed width before ->
-    after, pairs proved there (verify/output_constraints_stage.py); empty where it did not run."""
-    if not report or not report.get("neurons"):
-        return ""
-    return (f"{report['stabilised']}/{report['neurons']} stable; width {report['width_before']:.4g}"
-            f"->{report['width_after']:.4g}; {report['proved_pairs']} proved")
 
 
 def _worst_cell(margin) -> str:

@@ -24,6 +24,15 @@ FIELDS = ["onnx", "vnnlib", "verdict", "seconds", "expected", "agreement", "deci
 REQUIRED = ("onnx", "vnnlib", "verdict")
 
 
+def output_constraints_cell(report: dict | None) -> str:
+    """`--output-constraints`: neurons made stable of those tightened, their summed width before ->
+    after, pairs proved there (verify/output_constraints_stage.py); empty where it did not run."""
+    if not report or not report.get("neurons"):
+        return ""
+    return (f"{report['stabilised']}/{report['neurons']} stable; width {report['width_before']:.4g}"
+            f"->{report['width_after']:.4g}; {report['proved_pairs']} proved")
+
+
 def norm_key(path: str) -> str:
     s = path.strip().replace("\\", "/")
     while s.startswith("./"):

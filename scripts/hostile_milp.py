@@ -75,6 +75,7 @@ def judge(expected: str, verdict: str) -> str:
 
 def run_local(onnx_path, spec, timeout: float, attack: bool, split: str | None = None, oc: str | None = None) -> dict:
     import dtensor_verify as dv
+    from dtensor_verify.benchmark_csv import output_constraints_cell
     from dtensor_verify.specs import read_vnnlib
     from dtensor_verify.verify import verify_instance
 
@@ -91,16 +92,9 @@ def run_local(onnx_path, spec, timeout: float, attack: bool, split: str | None =
     bab = res.bounds.get("bab", {})
     return {"verdict": res.verdict, "seconds": time.perf_counter() - t, "message": res.message or "",
             "bab_domains": bab.get("domains_visited", 0), "decided_by": res.decided_by or "",
-            "output_constraints": _oc_cell(res.bounds.get("output_constraints")),
+            "output_constraints": output_constraints_cell(res.bounds.get("output_constraints")),
             "exact_lp_domains": (bab.get("exact_lp") or {}).get("domains", 0),
             "rows_bounded": "{kept}/{of}".format(**bab["rows_bounded"]) if bab.get("rows_bounded") else ""}
-
-
-def _oc_cell(report) -> str:
-    """`--output-constraints`: made stable / tightened, and pairs proved there ("" where it did not run)."""
-    if not report or not report.get("neurons"):
-        return ""
-    return f"{report['stabilised']}/{report['neurons']} stable, {report['proved_pairs']} proved"
 
 
 def run_torchrun(onnx_path, spec, timeout: float, plan: str, nproc: int = 2, mesh: str | None = None,
@@ -147,9 +141,11 @@ def startup_columns(report: Path, launched: float) -> dict:
         weights = data.get("weight_collectives") or {}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
+    from dtensor_verify.benchmark_csv import output_constraints_cell
+
     oc = data.get("bounds", {}).get("output_constraints") if isinstance(data.get("bounds"), dict) else None
     return {**{k: round(v, 3) for k, v in cols.items()}, "bab_domains": bab.get("domains_visited", ""),
-            "output_constraints": _oc_cell(oc), "decided_by": data.get("decided_by") or "",
+            "output_constraints": output_constraints_cell(oc), "decided_by": data.get("decided_by") or "",
             "exact_lp_domains": (bab.get("exact_lp") or {}).get("domains", ""),
             "all_gathers": weights.get("all_gathers", ""), "broadcasts": weights.get("broadcast", "")}
 
