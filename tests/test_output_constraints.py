@@ -243,3 +243,19 @@ def test_auto_runs_on_relu_conjunctions_only():
             seen[name, split] = ("output_constraints" in res.bounds, "bab" in res.phases)
     assert seen["one", "relu"][0] is False and seen["both", "input"][0] is False and seen["one", "input"][0] is False
     assert seen["both", "relu"] == (True, True), seen       # branch and bound ran, the stage before it
+
+
+def test_neurons_per_sweep_follow_the_device_share():
+    """A sweep keeps every node's A-matrix for autograd: the neurons per sweep shrink with the free
+    memory (two rows each, about two copies of every node a row), never below 1 nor above `most`;
+    an unshared CPU takes `most`."""
+    from dtensor_verify.methods.output_constraints import neurons_per_sweep
+    net, shape = mz.random_mlp([4, 24, 24, 24, 3], seed=0)
+    graph = dv.load(net, input_shape=shape).graph
+    per_row = 2 * 4 * sum(n.numel for n in graph.nodes if n.op is not None)
+    cpu = torch.device("cpu")
+    assert neurons_per_sweep(graph, cpu, 512) == 512
+    # half the free bytes (alpha_budget.FRACTION), two rows a neuron
+    assert neurons_per_sweep(graph, cpu, 512, free_bytes=lambda d: 4 * per_row * 20) == 20
+    assert neurons_per_sweep(graph, cpu, 512, free_bytes=lambda d: 10 ** 12) == 512
+    assert neurons_per_sweep(graph, cpu, 512, free_bytes=lambda d: 1) == 1

@@ -43,7 +43,9 @@ class OutputConstraintOptions:
     upstream: str = "shared"            # the ReLUs below the node: 'shared' (one slope set for a sweep's
                                         # rows, optimised; alpha,beta-CROWN's share_alphas), 'rows' (per
                                         # row: memory of an A-matrix each), 'crown' (CROWN's, fixed)
-    max_rows: int = 512                 # neurons per sweep (each is two rows: its lower and upper)
+    max_rows: int = 512                 # neurons per sweep, at most (each is two rows: its lower and
+                                        # upper); fewer where this process's device share holds fewer
+                                        # (`neurons_per_sweep`)
     rounds: int = 8                     # passes over the node, each relaxing its own ReLU with the
                                         # bounds the last pass left (stops when the width shrinks < 1 %)
 
@@ -112,10 +114,11 @@ def tighten_once(graph, bounds: dict, C: torch.Tensor, d: torch.Tensor, node: st
     out_shape = graph.output.shape
     C = C.detach().to(lo.dtype)
     d = d.detach().to(lo.dtype)
-    for start in range(0, len(unstable), opts.max_rows):
+    step = layout.smallest(neurons_per_sweep(graph, lo.device, opts.max_rows))    # (ranks sweep together)
+    for start in range(0, len(unstable), step):
         if stop is not None and stop():
             break
-        idx = unstable[start:start + opts.max_rows]
+        idx = unstable[start:start + step]
         with torch.enable_grad():
             best = _sweep_chunk(graph, bounds, C, d, node, idx, shape, out_shape, layout, opts, stop)
         r = len(idx)
@@ -166,6 +169,21 @@ def _sweep_chunk(graph, bounds, C, d, node, idx, shape, out_shape, layout, opts,
                 a.clamp_(0.0, 1.0)
         opt.groups = [(params, lr * opts.lr_decay) for params, lr in opt.groups]
     return best
+
+
+def neurons_per_sweep(graph, device, most: int, free_bytes=None) -> int:
+    """Neurons per sweep (2 rows each) that this process's part of the device holds: a sweep with
+    autograd keeps every node's A-matrix for the backward pass (about two copies of each node per
+    row: the A-matrix and what the slopes' rule saves). `most` on a CPU whose memory is not shared
+    (as `alpha_budget.crown_max_rows`)."""
+    from ..device_share import free_memory_bytes, sharing
+    from .alpha_budget import FRACTION
+
+    if device.type == "cpu" and sharing() == 1 and free_bytes is None:
+        return most
+    per_row = 2 * 4 * sum(n.numel for n in graph.nodes if n.op is not None)
+    free = (free_bytes or free_memory_bytes)(device)
+    return max(1, min(most, int(free * FRACTION) // (2 * per_row)))
 
 
 def _relus(graph):
