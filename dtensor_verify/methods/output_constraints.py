@@ -33,6 +33,9 @@ from .adam import Adam
 from .crown import backward_bound
 
 
+EMPTY_TOL = 1e-5        # relative: crossed bounds prove U empty only past this (float32 rounding)
+
+
 @dataclass(frozen=True)
 class OutputConstraintOptions:
     iterations: int = 20                # projected Adam steps on gamma per chunk of neurons
@@ -124,7 +127,13 @@ def tighten_once(graph, bounds: dict, C: torch.Tensor, d: torch.Tensor, node: st
         r = len(idx)
         flat_lo[0, idx] = torch.maximum(flat_lo[0, idx], best[:r])
         flat_up[0, idx] = torch.minimum(flat_up[0, idx], -best[r:])
-    empty = bool((flat_lo > flat_up).any())
+    # U empty: some neuron's bounds cross by more than float32 rounding of their size could explain
+    # (a one-point U computed a hair apart must not prove anything).
+    empty = bool((flat_lo - flat_up > EMPTY_TOL * (1.0 + flat_lo.abs() + flat_up.abs())).any())
+    if not empty:       # crossed within rounding: those neurons keep the bounds they came with
+        crossed = flat_lo > flat_up
+        flat_lo = torch.where(crossed, lo.detach().flatten(1), flat_lo)
+        flat_up = torch.where(crossed, up.detach().flatten(1), flat_up)
     stable_now = ((flat_lo[0, unstable] >= 0) | (flat_up[0, unstable] <= 0))
     width_after = float((flat_up - flat_lo)[0, unstable].clamp_min(0).sum())
     return Tightened(flat_lo.reshape(1, *shape), flat_up.reshape(1, *shape), len(unstable),
