@@ -177,11 +177,11 @@ def _backward_sweep(graph, start, lA, uA, bounds, layout, sweep, alphas, rows=No
     lA = None if lA is None else sweep.place_A(lA, graph[start])
     uA = lA if shared else (None if uA is None else sweep.place_A(uA, graph[start]))
     pending = {start: (lA, uA)}
-    for name, (e_lA, e_uA) in (extra or {}).items():
-        assert name in graph.ancestors(start) and name != start, f"extra A-matrix for {name}: not upstream of {start}"
-        pending[name] = tuple(None if a is None else sweep.place_A(a, graph[name]) for a in (e_lA, e_uA))
     lbias = ubias = 0.0
     ancestors = graph.ancestors(start)
+    for name, (e_lA, e_uA) in (extra or {}).items():
+        assert name in ancestors and name != start, f"extra A-matrix for {name}: not upstream of {start}"
+        pending[name] = tuple(None if a is None else sweep.place_A(a, graph[name]) for a in (e_lA, e_uA))
     for node in reversed(graph.nodes):
         if node.name not in pending or node.op is None:
             continue
