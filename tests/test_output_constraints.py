@@ -199,7 +199,10 @@ def test_the_stage_proves_a_pair_before_branch_and_bound():
     assert report["proved_pairs"] == 1 and report["stabilised"] > 0 and "bab" not in on.bounds
 
 
-@pytest.mark.parametrize("plan,mesh", [("replicate", "2x1"), ("fsdp", None), ("tp", None), ("spec", None)])
+# dp workers (2x1: their agreement) and tp (its slopes' layout once failed) in the default run; fsdp / spec
+# sweeps are collective like tp's and run with `-m slow` (the default suite is near its 15 minutes).
+@pytest.mark.parametrize("plan,mesh", [("replicate", "2x1"), pytest.param("fsdp", None, marks=pytest.mark.slow),
+                                       ("tp", None), pytest.param("spec", None, marks=pytest.mark.slow)])
 def test_the_stage_under_torchrun_plans(tmp_path, plan, mesh):
     """Two CPU gloo ranks on every placement plan (dp workers, fsdp / tp / spec sweeps): the stage
     runs before ReLU branch and bound (its report is in the JSON) and the verdict is the MILP's.
