@@ -107,6 +107,7 @@ def test_input_bab_on_two_ranks(tmp_path, configs, workers):
     assert [row[5] for row in res[0][::2]] == workers
 
 
+@pytest.mark.slow      # 4 ranks, ~50 s on 2 cores; tp on 2 ranks: test_bab_on_two_ranks_every_plan
 def test_bab_on_a_2x2_mesh_with_tp(tmp_path):
     """tp on a 2x2 mesh: each dp group is one worker whose two ranks share a queue; domains move
     between the groups rank by rank. (spec on a 2x2 mesh: test_mnist_256x2_all_verdicts_distributed
@@ -148,7 +149,9 @@ def _expected_256x2():
         return {row["vnnlib"].split("/")[-1].removesuffix(".vnnlib"): row["verdict"] for row in csv.DictReader(fh)}
 
 
-@pytest.mark.parametrize("world,plan,mesh", [(2, "fsdp", None), (4, "spec", "2x2")], ids=["fsdp-P2", "spec-2x2"])
+# spec on a 2x2 mesh (4 ranks, ~90 s on 2 cores): -m slow; test_torchrun.py runs spec on 2x2 through the CLI.
+@pytest.mark.parametrize("world,plan,mesh", [(2, "fsdp", None), pytest.param(4, "spec", "2x2", marks=pytest.mark.slow)],
+                         ids=["fsdp-P2", "spec-2x2"])
 def test_mnist_256x2_all_verdicts_distributed(tmp_path, world, plan, mesh):
     """Issue 12's acceptance: the 30 mnist-net_256x2 instances give their known verdicts under
     torchrun-style process groups, as in one process (tests/test_bab.py covers one process)."""

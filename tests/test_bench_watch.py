@@ -113,6 +113,7 @@ def test_default_grace(limit, grace):
     assert bench_watch.default_grace(limit) == pytest.approx(grace)
 
 
+@pytest.mark.slow      # ~20 s on 2 cores; the one-process stuck instance runs by default
 def test_a_stuck_instance_under_torchrun_shards(tmp_path):
     """`--shard-instances` on 2 ranks, rank 1's first instance stuck: rank 1 is re-executed
     (outside the process group), rank 0 waits for its rows through the CSV; every instance has

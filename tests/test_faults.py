@@ -216,7 +216,8 @@ def test_refused_input_under_plain_torchrun_is_printed_once(tmp_path):
 
 # ------------------------------------------------------------------------------ faults
 
-@pytest.mark.parametrize("victim", [0, 1])
+# One victim each in the default run (a non-zero rank killed, rank 0 stopped); the other under -m slow.
+@pytest.mark.parametrize("victim", [pytest.param(0, marks=pytest.mark.slow), 1])
 def test_killed_rank_ends_the_run_as_error_at_once(victim, tmp_path):
     res = tmp_path / "r.txt"
     res.write_text("unsat\n")
@@ -239,7 +240,7 @@ def test_killed_rank_ends_the_run_as_error_at_once(victim, tmp_path):
     assert not any(_alive(pid) for pid in ranks.values())
 
 
-@pytest.mark.parametrize("victim", [0, 1])
+@pytest.mark.parametrize("victim", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_stopped_rank_ends_the_whole_run_within_40_s(victim, tmp_path):
     """The acceptance bound, with plain torchrun: SIGSTOP one rank of a `--timeout 20` run. The
     other rank's watchdog writes `timeout`, SIGKILLs the stopped rank and leaves (exit 124)."""

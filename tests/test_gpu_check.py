@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import model_zoo
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,7 @@ def _gpu_check(out: Path, work_env: dict) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow      # ~25 s on 2 cores; the GPU scripts' smoke in the default run: test_bench_vs_abcrown.py
 def test_gpu_check_dry_run_on_cpu(tmp_path):
     out = tmp_path / "out"
     work = {"GPU_CHECK_WORK": str(tmp_path / "work")}

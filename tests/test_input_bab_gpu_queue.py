@@ -22,7 +22,7 @@ def test_queue_runs_every_instance_once(tmp_path):
     env = dict(os.environ, QUEUE="1", SKIP_WHEELS="1", PY=sys.executable, DEVICE="cpu", THREADS="1",
                INSTANCES=str(queue), BENCH_DATA=str(shared), DTENSOR_VERIFY_SHARE_DEVICE="1")
     proc = subprocess.run(["bash", str(ROOT / "bench/gpu/input_bab_gpu.sh"), "acasxu_2023", str(out), "2",
-                           "0.05", "200"], env=env, capture_output=True, text=True, timeout=300)
+                           "0.02", "200"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "all_results.csv")))
     ran = sorted((r["onnx"], r["vnnlib"]) for r in rows)

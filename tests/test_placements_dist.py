@@ -211,8 +211,11 @@ def _check_run(results, key, world):
     return problems
 
 
-@pytest.mark.parametrize("world", [2, 4])
-@pytest.mark.parametrize("key", ["mlp", "cnn", "resnet"])
+# P = 4 in the default run on the CNN only (the MLP and the ResNet at P = 4 take ~2 min on 2 cores: -m slow).
+@pytest.mark.parametrize("key,world", [("mlp", 2), ("cnn", 2), ("resnet", 2), ("cnn", 4),
+                                       pytest.param("mlp", 4, marks=pytest.mark.slow),
+                                       pytest.param("resnet", 4, marks=pytest.mark.slow)],
+                         ids=["mlp-2", "cnn-2", "resnet-2", "cnn-4", "mlp-4", "resnet-4"])
 def test_plans_match_one_process(key, world, tmp_path):
     if key == "resnet":
         import model_zoo
