@@ -6,7 +6,8 @@ the last nonlinear layer's unstable neurons (all, or `--neurons N` of them drawn
 tightened over the disjunct's unsafe set, by each variant: gamma only, or gamma and the slopes of
 the ReLUs on the way, at each `--iterations`. Prints a table (and writes CSV): neurons, made
 stable, summed width before / after, seconds, and (with every neuron) the CROWN bound of the
-disjunct's best row before / after.
+disjunct's best row before / after, and after with alpha-CROWN's output slopes optimised for the
+tightened bounds (`row_after_alpha`, the stage's own bound: verify/output_constraints_stage.py).
 
     python scripts/bench_output_constraints.py ../shared/benchmarks/yolo_2023/onnx/TinyYOLO.onnx.gz \\
         ../shared/benchmarks/yolo_2023/vnnlib/TinyYOLO_prop_000079_eps_1_255.vnnlib.gz --neurons 64 \\
@@ -26,11 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 FIELDS = ["instance", "start", "variant", "upstream", "iterations", "rounds", "neurons", "stabilised", "width_before",
-          "width_after", "seconds", "row_before", "row_after", "empty"]
+          "width_after", "seconds", "row_before", "row_after", "row_after_alpha", "alpha_seconds", "empty"]
 
 
 def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=512, rounds=(1,), start="crown",
-        upstream=("shared",)):
+        upstream=("shared",), alpha_iterations=20):
     import torch
 
     import dtensor_verify as dv
@@ -38,6 +39,7 @@ def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=51
     from dtensor_verify.methods.crown import output_bound
     from dtensor_verify.methods.output_constraints import OutputConstraintOptions, last_preactivations, tighten
     from dtensor_verify.specs import read_vnnlib
+    from dtensor_verify.verify.output_constraints_stage import _output_bound_over_u
 
     model = dv.load(onnx, device=device)
     prop = read_vnnlib(vnnlib, model.n_inputs, model.n_outputs)
@@ -83,18 +85,25 @@ def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=51
         if dev.type == "cuda":
             torch.cuda.synchronize()
         secs = time.perf_counter() - t
-        after = ""
+        after = after_alpha = alpha_s = ""
         if pick is None and not res.empty:
             tight = dict(bounds)
             tight[node] = (res.lower, res.upper)
             with torch.no_grad():
                 lb, _ = output_bound(graph, tight, C.unsqueeze(0), alphas=slopes, want_upper=False)
             after = f"{float((lb[0] - d).max()):.5f}"
+            t = time.perf_counter()
+            lb_alpha, _ = _output_bound_over_u(graph, tight, C, model.layout, alpha_iterations, lambda: False)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            alpha_s = f"{time.perf_counter() - t:.2f}"
+            after_alpha = f"{float((lb_alpha - d).max()):.5f}"
         rows.append({"instance": name, "start": start, "variant": variant, "upstream": up_kind, "iterations": its,
                      "rounds": n_rounds, "neurons": res.neurons,
                      "stabilised": res.stabilised, "width_before": f"{res.width_before:.4f}",
                      "width_after": f"{res.width_after:.4f}", "seconds": f"{secs:.2f}",
                      "row_before": f"{float((before[0] - d).max()):.5f}", "row_after": after,
+                     "row_after_alpha": after_alpha, "alpha_seconds": alpha_s,
                      "empty": res.empty})
         print(" | ".join(str(rows[-1][k]) for k in FIELDS), flush=True)
     return rows, {"node": node, "unstable": len(unstable), "crown_s": round(crown_s, 2)}
@@ -113,6 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--start", choices=["crown", "alpha"], default="crown",
                     help="the bounds tightened: CROWN's, or alpha-CROWN's (the verdict pipeline's; row_after then "
                          "uses its output slopes)")
+    ap.add_argument("--alpha-iterations", type=int, default=20,
+                    help="alpha-CROWN steps on the output slopes over the tightened bounds (row_after_alpha)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-rows", type=int, default=512)
     ap.add_argument("--out", default=None, help="folder for output_constraints.csv / .md")
@@ -123,7 +134,8 @@ def main(argv=None) -> int:
     rows, facts = [], []
     for v in args.vnnlib:
         r, f = run(args.onnx, v, args.neurons, args.iterations, args.variants, args.device, max_rows=args.max_rows,
-                   rounds=args.rounds, start=args.start, upstream=args.upstream)
+                   rounds=args.rounds, start=args.start, upstream=args.upstream,
+                   alpha_iterations=args.alpha_iterations)
         rows += r
         facts.append(f)
     cond = (f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, {platform.node()}, "

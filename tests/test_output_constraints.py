@@ -20,6 +20,7 @@ from dtensor_verify.methods.crown import output_bound
 from dtensor_verify.methods.output_constraints import OutputConstraintOptions, last_preactivations, tighten
 from dtensor_verify.specs import parse_vnnlib
 from dtensor_verify.verify import verify_instance
+from dtensor_verify.verify.output_constraints_stage import _output_bound_over_u
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -102,6 +103,33 @@ def test_tightened_bounds_hold_on_the_unsafe_set(kind, seed):
         z = torch.cat([_values(graph, points)[node], _values(graph, attacked)[node]]).flatten(1)
     tol = 1e-5 * (1 + z.abs())
     assert torch.all(z >= t.lower.flatten(1) - tol) and torch.all(z <= t.upper.flatten(1) + tol)
+    # The stage's row bounds over U: alpha-CROWN's output slopes on the tightened bounds. Never below
+    # CROWN's on them, never above C y at a point of U (sampled, or attacked toward each row's minimum).
+    tightened = dict(bounds)
+    tightened[node] = (t.lower, t.upper)
+    with torch.no_grad():
+        crown_lb, _ = output_bound(graph, tightened, C[None], want_upper=False)
+    lb, alphas = _output_bound_over_u(graph, tightened, C, model.layout, 20, lambda: False)
+    assert torch.all(lb >= crown_lb[0] - 1e-5) and alphas
+    assert all(a.shape[0] == C.shape[0] for a in alphas.values())       # RootState's [K, *S]
+    pts = torch.cat([points] + [_attacked_rows(model, points[:200], C, d, xl, xu, k) for k in range(C.shape[0])])
+    with torch.no_grad():
+        ys_u = model.forward(pts) @ C.T
+        assert ((ys_u - d) <= 1e-6).all()
+    assert torch.all(lb <= ys_u.min(0).values + 1e-5 * (1 + ys_u.abs().max()))
+
+
+def _attacked_rows(model, x, C, d, xl, xu, k, steps=30):
+    """Points of U pushed to make row k of C y small (a step kept only where the point stays in U)."""
+    x = x.clone()
+    for _ in range(steps):
+        x.requires_grad_(True)
+        (model.forward(x) @ C[k]).sum().backward()
+        with torch.no_grad():
+            cand = torch.minimum(torch.maximum(x - (xu - xl) * 0.02 * x.grad.sign(), xl), xu)
+            inside = ((model.forward(cand) @ C.T - d) <= 0).all(1)
+            x = torch.where(inside.reshape(-1, *([1] * (x.dim() - 1))), cand, x).detach()
+    return x
 
 
 def test_tightening_proves_what_crown_leaves_open():
@@ -196,7 +224,9 @@ def test_the_stage_proves_a_pair_before_branch_and_bound():
     on = verify_instance(model, prop, None, timeout=30, bab_options=BabOptions(split="relu", output_constraints="last"))
     assert on.verdict == "unsat", (on.verdict, on.message)
     report = on.bounds["output_constraints"]
-    assert report["proved_pairs"] == 1 and report["stabilised"] > 0 and "bab" not in on.bounds
+    assert report["proved_pairs"] == 1 and report["stabilised"] > 0
+    assert on.decided_by == "output-constraints" and off.decided_by == "bab"
+    assert on.bounds["bab"] == {"reason": "not run: the output constraints proved every open pair"}
 
 
 # dp workers (2x1: their agreement) and tp (its slopes' layout once failed) in the default run; fsdp / spec

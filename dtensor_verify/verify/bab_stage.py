@@ -63,13 +63,30 @@ def _skip_reason(inst: Instance, open_idx, opts) -> str | None:
     return None
 
 
-def _solve(inst: Instance, open_idx, opts, tightened=None):
+@dataclasses.dataclass(frozen=True)
+class _Split:
+    """What kind of split this search makes (`bab.input_bab.mode_of`: 'relu' | 'input' | ...) and
+    whether the network has general (non-ReLU) nonlinear ops; decided once per search."""
+    mode: str
+    general: bool
+
+
+def _split_of(inst: Instance, opts) -> _Split:
+    from ..bab import BabProblem
+    from ..bab.input_bab import mode_of
+
+    model, pairs = inst.model, inst.pairs
+    with model.layout.domain_batches() as layout:
+        probe = BabProblem(model.graph, layout, model.forward, pairs.C, pairs.d, pairs.mask, inst.pair_lo, inst.pair_hi)
+        return _Split(mode_of(probe, opts), bool(probe.general_ops))
+
+
+def _solve(inst: Instance, open_idx, opts, split: _Split, tightened=None):
     """Build the problem and the roots, run the solver; returns (BabResult, shared counterexample).
     `tightened`: roots tightened by the output constraints (TightenedRoots), used where given."""
     from ..bab import BabProblem, BabSolver, make_roots
     from ..bab.comm import comm_for
     from ..bab.focus_rows import focus
-    from ..bab.input_bab import mode_of
 
     model, pairs = inst.model, inst.pairs
     param = next(iter(model.module.parameters()), None)          # where the weights live (DTensors too)
@@ -85,7 +102,7 @@ def _solve(inst: Instance, open_idx, opts, tightened=None):
             lowers = [tightened.lowers[p].to(device) if p in tightened.lowers else lo for p, lo in zip(open_idx, lowers)]
             states = [tightened.states.get(p, s) for p, s in zip(open_idx, states)]
         focused = None
-        if mode_of(problem, opts) != "input":         # (input splitting keeps every row: focus_rows.py)
+        if split.mode != "input":         # (input splitting keeps every row: focus_rows.py)
             focused = focus(problem.C, problem.d, problem.row_mask, open_idx, lowers, states, opts.focus_rows,
                             set(problem.relus), set(problem.general_ops))
         if focused is not None:
@@ -124,12 +141,12 @@ def _solve_on_time(solver, roots, inst: Instance, layout):
             return solver.stopped_inside_round()
 
 
-def _output_constraints(inst: Instance, open_idx, opts):
+def _output_constraints(inst: Instance, open_idx, opts, split: _Split):
     """`--output-constraints`: the open pairs' roots tightened over their unsafe sets (pairs proved
     there are marked so); None when it does not run (`_wanted`)."""
     from .output_constraints_stage import tighten_roots
 
-    if not _wanted(inst, open_idx, opts):
+    if not _wanted(inst, open_idx, opts, split):
         return None
     t = time.perf_counter()
     tightened = tighten_roots(inst, open_idx, opts)
@@ -145,29 +162,22 @@ def _output_constraints(inst: Instance, open_idx, opts):
     return tightened
 
 
-def _wanted(inst: Instance, open_idx, opts) -> bool:
+def _wanted(inst: Instance, open_idx, opts, split: _Split) -> bool:
     """'last': before ReLU / general splitting (input splitting bounds every sub-box afresh).
     'auto' (the default): also only where the network's nonlinear ops are all ReLUs and some open
     disjunct is a conjunction of several rows (TinyYOLO's 5: the unsafe set is their intersection,
     which says more than one half-space); measured there (docs/BENCHMARKS.md, session 12)."""
-    from ..bab import BabProblem
-    from ..bab.input_bab import mode_of
-
-    if opts.output_constraints == "off":
+    if opts.output_constraints == "off" or split.mode == "input":
         return False
-    model, pairs = inst.model, inst.pairs
-    with model.layout.domain_batches() as layout:
-        probe = BabProblem(model.graph, layout, model.forward, pairs.C, pairs.d, pairs.mask, inst.pair_lo, inst.pair_hi)
-        if mode_of(probe, opts) == "input":
-            return False
     if opts.output_constraints == "last":
         return True
-    return not probe.general_ops and any(pairs.n_real_rows[p] >= 2 for p in open_idx)
+    return not split.general and any(inst.pairs.n_real_rows[p] >= 2 for p in open_idx)
 
 
 def branch_and_bound(inst: Instance, bab_options, progress: bool) -> str:
     """Run branch and bound on the open pairs; returns 'proved', 'sat', 'timeout' or 'unknown'
-    (a counterexample is recorded in the instance)."""
+    (a counterexample is recorded in the instance), or 'proved-output-constraints' where the
+    output-constraint step alone proved every open pair (no search ran)."""
     from ..bab import BabOptions
 
     open_idx = inst.open_pairs()
@@ -180,13 +190,14 @@ def branch_and_bound(inst: Instance, bab_options, progress: bool) -> str:
     if progress and inst.model.layout.rank == 0:
         opts = dataclasses.replace(opts, progress=True)
     t = time.perf_counter()
-    tightened = _output_constraints(inst, open_idx, opts)
+    split = _split_of(inst, opts)
+    tightened = _output_constraints(inst, open_idx, opts, split)
     if tightened is not None:
         open_idx = [p for p in open_idx if p not in tightened.proved]
         if not open_idx:
-            inst.result.phases["bab"] = time.perf_counter() - t
-            return "proved"
-    outcome, found = _solve(inst, open_idx, opts, tightened)
+            inst.result.bounds["bab"] = {"reason": "not run: the output constraints proved every open pair"}
+            return "proved-output-constraints"
+    outcome, found = _solve(inst, open_idx, opts, split, tightened)
     if found is not None:
         inst.accept(found)
     stats = outcome.stats.as_dict()

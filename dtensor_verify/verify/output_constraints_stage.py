@@ -3,9 +3,10 @@
 `--output-constraints last` (BabOptions.output_constraints): before ReLU / general branch and
 bound, each open (region, disjunct) pair's bounds of the last nonlinear layer's inputs are
 tightened over U = {x in the box : every row of the disjunct holds} (methods/output_constraints.py).
-A pair is proved here when some neuron's bounds cross (U is empty) or a row's CROWN bound over the
-tightened bounds is positive; otherwise branch and bound starts from the tightened bounds (valid on
-U, which is all it has to rule out). Input splitting re-bounds every sub-box from scratch and is
+A pair is proved here when some neuron's bounds cross (U is empty) or a row's bound over the
+tightened bounds is positive: alpha-CROWN's, its output slopes optimised afresh for those bounds
+(the root's slopes were chosen for the box's looser ones); otherwise branch and bound starts from
+the tightened bounds (valid on U, which is all it has to rule out) and those slopes. Input splitting re-bounds every sub-box from scratch and is
 left as it is.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..methods.crown import output_bound
+from ..methods.alpha_crown import AlphaOptions, alpha_crown
+from ..methods.crown import CrownOptions
 from ..methods.output_constraints import OutputConstraintOptions, last_preactivations, tighten
 from .instance import Instance
 
@@ -82,12 +84,13 @@ def tighten_roots(inst: Instance, open_idx: list[int], opts) -> TightenedRoots:
                 if t.empty:
                     empty = True
                     break
-            lower = None
+            lower, alphas = None, state.alphas
             if not empty:
-                with torch.no_grad():
-                    lb, _ = output_bound(graph, bounds, C.unsqueeze(0), layout, want_upper=False)
+                lb, new_alphas = _output_bound_over_u(graph, bounds, C, layout, opts.oc_iterations, stop)
                 old = torch.tensor(inst.details[p].lower, dtype=lb.dtype, device=device)
-                lower = torch.maximum(old, lb[0] - d)
+                lower = torch.maximum(old, lb - d)
+                if new_alphas is not None and layout.world_size == 1:    # (as verify/bounds.py's roots)
+                    alphas = new_alphas
             # Every worker must agree: a pair proved on one and searched on another would unpair them.
             proved = comm.agree_min(int(empty or bool(lower.max() > 0))) == 1
             if proved:
@@ -96,10 +99,26 @@ def tighten_roots(inst: Instance, open_idx: list[int], opts) -> TightenedRoots:
             if empty:       # crossed here but not on every worker: this worker keeps its old root
                 continue
             out.states[p] = RootState(bounds={k: (bounds[k][0][0], bounds[k][1][0]) for k in state.bounds},
-                                      alphas=state.alphas)
+                                      alphas=alphas)
             out.lowers[p] = lower
     totals["seconds"] = round(time.perf_counter() - t0, 3)
     totals["nodes"] = nodes
     totals["proved_pairs"] = len(out.proved)
     out.report = totals
     return out
+
+
+def _output_bound_over_u(graph, bounds: dict, C, layout, iterations: int, stop):
+    """Lower bounds [K] of the pair's rows C y over U, from its tightened intermediate bounds
+    (`bounds`: node -> (lower, upper) [1, *S], with the input box): alpha-CROWN on the output's
+    slopes alone, the intermediate bounds held fixed; and those slopes in RootState's form (ReLU:
+    [K, *S] lower-side slopes; other alpha ops: [2, K, *S]), or None. Every step's bound holds on U
+    (any slopes are sound), so the best one is kept."""
+    given = {k: v for k, v in bounds.items() if k != graph.input_name}
+    res = alpha_crown(graph, bounds[graph.input_name], C.unsqueeze(0), layout,
+                      AlphaOptions(iterations=iterations, optimize_intermediate=False,
+                                   crown=CrownOptions(intersect_ibp=False)),    # (no output interval here)
+                      want_upper=False,
+                      on_step=lambda it, score: stop(), crown_bounds=given)
+    alphas = {r: a[0, 0] if a.shape[0] == 2 else a[:2, 0] for r, a in res.output_alphas.items()} or None
+    return res.lower[0].detach(), alphas

@@ -42,7 +42,7 @@ class VerifyResult:
     details: list = field(default_factory=list)     # DisjunctStatus per (region, disjunct)
     bounds: dict = field(default_factory=dict)      # method -> {seconds, proved, open, ...}
     phases: dict = field(default_factory=dict)      # phase -> seconds
-    decided_by: str | None = None                   # 'attack' | method name | 'spec'
+    decided_by: str | None = None                   # 'attack' | method name | 'spec' | 'bab' | 'output-constraints'
     message: str | None = None                      # for 'error' / 'timeout'
     traceback: str | None = None                    # for unexpected (non-user) errors
     confirmed_by: str | None = None                 # 'onnxruntime' (or 'torch' without ONNX)

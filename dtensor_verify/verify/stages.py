@@ -170,6 +170,8 @@ class BranchAndBound:
             return Decision("sat", "bab")
         if outcome == "proved":
             return Decision("unsat", "bab")
+        if outcome == "proved-output-constraints":
+            return Decision("unsat", "output-constraints")
         if outcome == "timeout":
             raise TimeLimitReached()
         return None
