@@ -31,9 +31,11 @@ ROOT = Path(__file__).resolve().parents[2]
 B = "docs/benchmarks"
 S4, S5, S6, S7 = (f"{B}/gpu_h100_2026-12-06{x}" for x in ("_s4", "_s5", "_s6", "_s7"))
 S3, S10, S11, S12 = f"{B}/gpu_h100_2026-12-06", f"{B}/gpu_h100_s10", f"{B}/gpu_h100_s11", f"{B}/gpu_h100_s12"
+S13 = f"{B}/gpu_h100_s13"
 VIT = [f"{B}/input_bab_h100/vit_2023_every12_main11f3ac4.csv", f"{S3}/vit_2023_every24_30345b1.csv",
        f"{S4}/vit_2023_every24_d13c5fc.csv", f"{S7}/vit_2023_every5_off2_498f777.csv",
-       f"{S11}/vit_published_overlap_78884a8.csv", f"{S12}/vit_no_rows_c2_77d4b23.csv"]
+       f"{S11}/vit_published_overlap_78884a8.csv", f"{S12}/vit_no_rows_c2_77d4b23.csv",
+       f"{S13}/vit_no_rows_c3_a81c72f.csv", f"{S13}/vit_side_by_side_a_ours.csv", f"{S13}/vit_side_by_side_b_ours.csv"]
 YOLO = [f"{S10}/yolo_c{i}.csv" for i in range(1, 6)] + [f"{S11}/yolo_undecided6_78884a8.csv"] + [
     f"{S12}/yolo_abcrown_only_oc_77d4b23.csv", f"{S12}/yolo_prop024_oc_3fd7133.csv",
     f"{S12}/yolo_undecided12_oc_908c431.csv"]      # session 12: --output-constraints last
