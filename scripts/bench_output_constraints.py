@@ -39,7 +39,7 @@ def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=51
     from dtensor_verify.methods.crown import output_bound
     from dtensor_verify.methods.output_constraints import OutputConstraintOptions, last_preactivations, tighten
     from dtensor_verify.specs import read_vnnlib
-    from dtensor_verify.verify.output_constraints_stage import _output_bound_over_u
+    from dtensor_verify.verify.output_constraints_stage import output_bound_over_u
 
     model = dv.load(onnx, device=device)
     prop = read_vnnlib(vnnlib, model.n_inputs, model.n_outputs)
@@ -93,7 +93,7 @@ def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=51
                 lb, _ = output_bound(graph, tight, C.unsqueeze(0), alphas=slopes, want_upper=False)
             after = f"{float((lb[0] - d).max()):.5f}"
             t = time.perf_counter()
-            lb_alpha, _ = _output_bound_over_u(graph, tight, C, model.layout, alpha_iterations, lambda: False)
+            lb_alpha, _ = output_bound_over_u(graph, tight, C, model.layout, alpha_iterations, lambda: False)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             alpha_s = f"{time.perf_counter() - t:.2f}"

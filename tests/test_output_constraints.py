@@ -20,7 +20,7 @@ from dtensor_verify.methods.crown import output_bound
 from dtensor_verify.methods.output_constraints import OutputConstraintOptions, last_preactivations, tighten
 from dtensor_verify.specs import parse_vnnlib
 from dtensor_verify.verify import verify_instance
-from dtensor_verify.verify.output_constraints_stage import _output_bound_over_u
+from dtensor_verify.verify.output_constraints_stage import output_bound_over_u
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -109,7 +109,7 @@ def test_tightened_bounds_hold_on_the_unsafe_set(kind, seed):
     tightened[node] = (t.lower, t.upper)
     with torch.no_grad():
         crown_lb, _ = output_bound(graph, tightened, C[None], want_upper=False)
-    lb, alphas = _output_bound_over_u(graph, tightened, C, model.layout, 20, lambda: False)
+    lb, alphas = output_bound_over_u(graph, tightened, C, model.layout, 20, lambda: False)
     assert torch.all(lb >= crown_lb[0] - 1e-5) and alphas
     assert all(a.shape[0] == C.shape[0] for a in alphas.values())       # RootState's [K, *S]
     pts = torch.cat([points] + [_attacked_rows(model, points[:200], C, d, xl, xu, k) for k in range(C.shape[0])])

@@ -19,6 +19,14 @@ class RootState:
                                         # parameters), or None (then CROWN's choice)
 
 
+def root_alphas(output_alphas: dict, b: int, pos: int, k: int) -> dict | None:
+    """`RootState.alphas` of one pair from alpha-CROWN's output slopes (`AlphaResult.output_alphas`):
+    box b, rows pos:pos+k. ReLU: [2 (lA, uA), B, K, *S] -> its lA side; other alpha ops: [4, ...] ->
+    their two lA-side ones. None without slopes."""
+    return {r: a[0, b, pos:pos + k] if a.shape[0] == 2 else a[:2, b, pos:pos + k]
+            for r, a in output_alphas.items()} or None
+
+
 def make_roots(problem: BabProblem, pairs: list[int], roots: list[RootState], lowers: list[torch.Tensor]
                ) -> Domains:
     """One root domain per pair.

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import deadline
-from ..bab.roots import RootState
+from ..bab.roots import RootState, root_alphas
 from ..methods.dispatch import MethodBounds, run_method
 from .instance import Instance, Pairs
 
@@ -135,11 +135,7 @@ def _roots(model, batch: _Batch, res: MethodBounds, pairs: Pairs, skip=frozenset
         if p in skip:
             continue
         k = pairs.rows_of[p]
-        alphas = None
-        if res.output_alphas and one_process:
-            # ReLU: [2 (lA, uA), B, K, *S] -> its lA side; other alpha ops: [4, ...] -> their two lA-side ones
-            alphas = {r: a[0, b, pos:pos + k] if a.shape[0] == 2 else a[:2, b, pos:pos + k]
-                      for r, a in res.output_alphas.items()}
+        alphas = root_alphas(res.output_alphas, b, pos, k) if one_process else None
         roots[p] = RootState({n: (bounds[n][0][b].detach(), bounds[n][1][b].detach()) for n in pre}, alphas)
     return roots
 

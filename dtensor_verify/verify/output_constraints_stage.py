@@ -6,8 +6,8 @@ tightened over U = {x in the box : every row of the disjunct holds} (methods/out
 A pair is proved here when some neuron's bounds cross (U is empty) or a row's bound over the
 tightened bounds is positive: alpha-CROWN's, its output slopes optimised afresh for those bounds
 (the root's slopes were chosen for the box's looser ones); otherwise branch and bound starts from
-the tightened bounds (valid on U, which is all it has to rule out) and those slopes. Input splitting re-bounds every sub-box from scratch and is
-left as it is.
+the tightened bounds (valid on U, which is all it has to rule out) and those slopes. Input
+splitting re-bounds every sub-box from scratch and is left as it is.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torch
 from ..methods.alpha_crown import AlphaOptions, alpha_crown
 from ..methods.crown import CrownOptions
 from ..methods.output_constraints import OutputConstraintOptions, last_preactivations, tighten
+from ..bab.roots import RootState, root_alphas
 from .instance import Instance
 
 
@@ -48,7 +49,6 @@ class _SoftStop:
 def tighten_roots(inst: Instance, open_idx: list[int], opts) -> TightenedRoots:
     """Tighten every open pair's root (see the module doc). `opts`: BabOptions."""
     from ..bab.comm import comm_for
-    from ..bab.roots import RootState
 
     out = TightenedRoots()
     model = inst.model
@@ -86,7 +86,7 @@ def tighten_roots(inst: Instance, open_idx: list[int], opts) -> TightenedRoots:
                     break
             lower, alphas = None, state.alphas
             if not empty:
-                lb, new_alphas = _output_bound_over_u(graph, bounds, C, layout, opts.oc_iterations, stop)
+                lb, new_alphas = output_bound_over_u(graph, bounds, C, layout, opts.oc_iterations, stop)
                 old = torch.tensor(inst.details[p].lower, dtype=lb.dtype, device=device)
                 lower = torch.maximum(old, lb - d)
                 if new_alphas is not None and layout.world_size == 1:    # (as verify/bounds.py's roots)
@@ -108,7 +108,7 @@ def tighten_roots(inst: Instance, open_idx: list[int], opts) -> TightenedRoots:
     return out
 
 
-def _output_bound_over_u(graph, bounds: dict, C, layout, iterations: int, stop):
+def output_bound_over_u(graph, bounds: dict, C, layout, iterations: int, stop):
     """Lower bounds [K] of the pair's rows C y over U, from its tightened intermediate bounds
     (`bounds`: node -> (lower, upper) [1, *S], with the input box): alpha-CROWN on the output's
     slopes alone, the intermediate bounds held fixed; and those slopes in RootState's form (ReLU:
@@ -120,5 +120,4 @@ def _output_bound_over_u(graph, bounds: dict, C, layout, iterations: int, stop):
                                    crown=CrownOptions(intersect_ibp=False)),    # (no output interval here)
                       want_upper=False,
                       on_step=lambda it, score: stop(), crown_bounds=given)
-    alphas = {r: a[0, 0] if a.shape[0] == 2 else a[:2, 0] for r, a in res.output_alphas.items()} or None
-    return res.lower[0].detach(), alphas
+    return res.lower[0].detach(), root_alphas(res.output_alphas, 0, 0, C.shape[0])
