@@ -93,7 +93,7 @@ def run(onnx, vnnlib, neurons, iterations, variants, device, seed=0, max_rows=51
                 lb, _ = output_bound(graph, tight, C.unsqueeze(0), alphas=slopes, want_upper=False)
             after = f"{float((lb[0] - d).max()):.5f}"
             t = time.perf_counter()
-            lb_alpha, _ = output_bound_over_u(graph, tight, C, model.layout, alpha_iterations, lambda: False)
+            lb_alpha = output_bound_over_u(graph, tight, C, model.layout, alpha_iterations, lambda: False)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             alpha_s = f"{time.perf_counter() - t:.2f}"

@@ -109,9 +109,8 @@ def test_tightened_bounds_hold_on_the_unsafe_set(kind, seed):
     tightened[node] = (t.lower, t.upper)
     with torch.no_grad():
         crown_lb, _ = output_bound(graph, tightened, C[None], want_upper=False)
-    lb, alphas = output_bound_over_u(graph, tightened, C, model.layout, 20, lambda: False)
-    assert torch.all(lb >= crown_lb[0] - 1e-5) and alphas
-    assert all(a.shape[0] == C.shape[0] for a in alphas.values())       # RootState's [K, *S]
+    lb = output_bound_over_u(graph, tightened, C, model.layout, 20, lambda: False)
+    assert torch.all(lb >= crown_lb[0] - 1e-5)
     pts = torch.cat([points] + [_attacked_rows(model, points[:200], C, d, xl, xu, k) for k in range(C.shape[0])])
     with torch.no_grad():
         ys_u = model.forward(pts) @ C.T

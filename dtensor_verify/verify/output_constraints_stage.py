@@ -6,8 +6,10 @@ tightened over U = {x in the box : every row of the disjunct holds} (methods/out
 A pair is proved here when some neuron's bounds cross (U is empty) or a row's bound over the
 tightened bounds is positive: alpha-CROWN's, its output slopes optimised afresh for those bounds
 (the root's slopes were chosen for the box's looser ones); otherwise branch and bound starts from
-the tightened bounds (valid on U, which is all it has to rule out) and those slopes. Input
-splitting re-bounds every sub-box from scratch and is left as it is.
+the tightened bounds (valid on U, which is all it has to rule out) and the root's slopes (those of
+the new bound, from 20 steps at CROWN's start, made it bound more domains on the MILP sweeps:
+docs/trust/output_constraints/). Input splitting re-bounds every sub-box from scratch and is left
+as it is.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 from ..methods.alpha_crown import AlphaOptions, alpha_crown
 from ..methods.crown import CrownOptions
 from ..methods.output_constraints import OutputConstraintOptions, last_preactivations, tighten
-from ..bab.roots import RootState, root_alphas
+from ..bab.roots import RootState
 from .instance import Instance
 
 
@@ -84,13 +86,11 @@ def tighten_roots(inst: Instance, open_idx: list[int], opts) -> TightenedRoots:
                 if t.empty:
                     empty = True
                     break
-            lower, alphas = None, state.alphas
+            lower = None
             if not empty:
-                lb, new_alphas = output_bound_over_u(graph, bounds, C, layout, opts.oc_iterations, stop)
+                lb = output_bound_over_u(graph, bounds, C, layout, opts.oc_iterations, stop)
                 old = torch.tensor(inst.details[p].lower, dtype=lb.dtype, device=device)
                 lower = torch.maximum(old, lb - d)
-                if new_alphas is not None and layout.world_size == 1:    # (as verify/bounds.py's roots)
-                    alphas = new_alphas
             # Every worker must agree: a pair proved on one and searched on another would unpair them.
             proved = comm.agree_min(int(empty or bool(lower.max() > 0))) == 1
             if proved:
@@ -99,7 +99,7 @@ def tighten_roots(inst: Instance, open_idx: list[int], opts) -> TightenedRoots:
             if empty:       # crossed here but not on every worker: this worker keeps its old root
                 continue
             out.states[p] = RootState(bounds={k: (bounds[k][0][0], bounds[k][1][0]) for k in state.bounds},
-                                      alphas=alphas)
+                                      alphas=state.alphas)
             out.lowers[p] = lower
     totals["seconds"] = round(time.perf_counter() - t0, 3)
     totals["nodes"] = nodes
@@ -111,13 +111,12 @@ def tighten_roots(inst: Instance, open_idx: list[int], opts) -> TightenedRoots:
 def output_bound_over_u(graph, bounds: dict, C, layout, iterations: int, stop):
     """Lower bounds [K] of the pair's rows C y over U, from its tightened intermediate bounds
     (`bounds`: node -> (lower, upper) [1, *S], with the input box): alpha-CROWN on the output's
-    slopes alone, the intermediate bounds held fixed; and those slopes in RootState's form (ReLU:
-    [K, *S] lower-side slopes; other alpha ops: [2, K, *S]), or None. Every step's bound holds on U
-    (any slopes are sound), so the best one is kept."""
+    slopes alone, the intermediate bounds held fixed. Every step's bound holds on U (any slopes are
+    sound), so the best one is kept."""
     given = {k: v for k, v in bounds.items() if k != graph.input_name}
     res = alpha_crown(graph, bounds[graph.input_name], C.unsqueeze(0), layout,
                       AlphaOptions(iterations=iterations, optimize_intermediate=False,
                                    crown=CrownOptions(intersect_ibp=False)),    # (no output interval here)
                       want_upper=False,
                       on_step=lambda it, score: stop(), crown_bounds=given)
-    return res.lower[0].detach(), root_alphas(res.output_alphas, 0, 0, C.shape[0])
+    return res.lower[0].detach()
