@@ -65,7 +65,7 @@ PLAN = [
     (2024, "acasxu_2023", "acasxu_2023", [f"{S4}/acasxu_2023_d13c5fc_alone.csv"], "H100, VNN-COMP limits"),
     (2024, "tllverifybench_2023", "tllverifybench_2023", [f"{B}/input_bab_cpu/tll_results.csv"], "this CPU, a subset"),
     (2023, "vit", "vit_2023", VIT, "H100, a sample"),
-    (2024, "vit_2023", "vit_2023", VIT, "H100, a sample"),
+    (2024, "vit_2023", "vit_2023", VIT, "H100, VNN-COMP limits"),
     (2023, "yolo", "yolo_2023", YOLO, "H100"),
     (2024, "yolo_2023", "yolo_2023", YOLO, "H100"),
     (2022, "mnist_fc", "mnist_fc", [f"{B}/h100_vs_abcrown/mnist_256x{w}/ours.csv" for w in (2, 4, 6)],
